@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+Every error a user can fix by changing their input derives from `DeadReluError`. The command
+line prints such an error as one line (`deadrelu: error: ...`) and exits with code 2; anything
+else is an internal error (exit code 3).
+"""
+
+from __future__ import annotations
+
+
+class DeadReluError(Exception):
+    """Base class of the errors caused by the user's input.
+
+    The message must say what is wrong and how to fix it, in one sentence or two.
+    """
+
+
+class ModelLoadError(DeadReluError):
+    """The model file cannot be found, read or rebuilt."""
+
+
+class DataError(DeadReluError):
+    """The data cannot be read or does not fit the model."""
+
+
+class UsageError(DeadReluError):
+    """A flag or argument is wrong or missing."""
+
+
+class UnsupportedModelError(DeadReluError):
+    """The model is valid but the requested transformation is not defined for it."""
