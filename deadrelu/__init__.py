@@ -1,0 +1,25 @@
+"""deadrelu: find, measure and fix dead ReLU units in existing Keras models.
+
+Importing the package is cheap: TensorFlow loads only when a function that needs it runs.
+
+Example:
+    >>> import deadrelu
+    >>> model = deadrelu.load_model("model.h5")
+    >>> report = deadrelu.scan(model, "x.npz")
+    >>> report.summary
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from deadrelu.errors import DataError, DeadReluError, ModelLoadError, UnsupportedModelError, UsageError
+from deadrelu.loading import load_model
+from deadrelu.report import Report, SiteReport, Thresholds
+from deadrelu.scan import scan
+from deadrelu.sites import Site, find_sites
+
+__all__ = [
+    "DataError", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
+    "UnsupportedModelError", "UsageError", "__version__", "find_sites", "load_model", "scan",
+]

@@ -1,0 +1,642 @@
+"""Sites + batches → per-unit statistics: the one engine shared by scan, retrain and the callback.
+
+How it works: for the duration of each step call, every site's nonlinearity is wrapped (the
+layer's `activation` attribute, or the `call` of a `ReLU` layer) so that its output is handed to a
+recorder. The step is one `tf.function`: it runs the model in inference mode, reduces every site
+output to per-unit sums and maxima, and adds them to accumulator variables. Nothing of size
+samples × units is ever kept, so memory is O(units). The wrappers are removed after every call —
+the traced graph keeps the recording, the user's model object is left exactly as it was.
+
+With `gradients=True` the same step also takes the per-sample loss (sum reduction, so numbers do
+not depend on the batch size) and measures ∂ℓₙ/∂z at every site and the weight gradient of every
+layer.
+
+All accumulators are plain sums and maxima, so a distributed run can reduce them across replicas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable, Iterable
+
+import numpy as np
+
+from deadrelu.errors import DataError, UsageError
+from deadrelu.sites import KIND_RELU_LAYER, Site, SiteMap, find_sites
+
+
+@dataclasses.dataclass
+class SiteStatistics:
+    """Accumulated statistics of one site (raw sums; rates are derived properties).
+
+    Attributes:
+        site: The site measured.
+        calls: How many times the site runs per forward pass (2 for a sub-model used twice).
+        positions: Non-batch, non-channel positions per call (1 for Dense).
+        samples: Sample-calls observed (samples × calls).
+        fires: Per unit, (sample, position) pairs with a non-zero output.
+        sample_fires: Per unit, sample-calls in which the unit fired at least once.
+        sum_abs: Per unit, sum of |output|.
+        max_output: Per unit, the largest output seen.
+        saturated: Per unit, pairs at the cap (capped sites only).
+        grad_abs_sum: Per unit, sum of |∂ℓₙ/∂z| (with gradients only).
+        grad_zero: Per unit, pairs whose gradient is exactly zero (with gradients only).
+    """
+
+    site: Site
+    calls: int
+    positions: int
+    samples: int
+    fires: np.ndarray
+    sample_fires: np.ndarray
+    sum_abs: np.ndarray
+    max_output: np.ndarray
+    saturated: np.ndarray | None = None
+    grad_abs_sum: np.ndarray | None = None
+    grad_zero: np.ndarray | None = None
+
+    @property
+    def units(self) -> int:
+        return int(self.fires.shape[0])
+
+    @property
+    def observations(self) -> int:
+        """(sample, position) pairs per unit."""
+        return self.samples * self.positions
+
+    @property
+    def active_rate(self) -> np.ndarray:
+        return self.fires / max(self.observations, 1)
+
+    @property
+    def sample_active_rate(self) -> np.ndarray:
+        return self.sample_fires / max(self.samples, 1)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.sum_abs / max(self.observations, 1)
+
+    @property
+    def dormancy(self) -> np.ndarray:
+        """ReDo score: each unit's mean |output| relative to the site's average unit."""
+        mean_abs = self.mean_abs
+        scale = mean_abs.mean() if mean_abs.size else 0.0
+        return mean_abs / scale if scale > 0 else np.zeros_like(mean_abs)
+
+    @property
+    def saturated_rate(self) -> np.ndarray | None:
+        return None if self.saturated is None else self.saturated / max(self.observations, 1)
+
+    @property
+    def grad_mean_abs(self) -> np.ndarray | None:
+        return None if self.grad_abs_sum is None else self.grad_abs_sum / max(self.observations, 1)
+
+    @property
+    def grad_zero_rate(self) -> np.ndarray | None:
+        return None if self.grad_zero is None else self.grad_zero / max(self.observations, 1)
+
+
+@dataclasses.dataclass
+class LayerGradient:
+    """Weight-gradient magnitude of one layer, over the whole data.
+
+    `grad_norm` is the L2 norm of the gradient of the mean per-sample loss with respect to the
+    layer's trainable weights; `ratio` is `grad_norm / weight_norm` (the relative step size of
+    plain SGD at learning rate 1).
+    """
+
+    path: str
+    layer_class: str
+    params: int
+    grad_norm: float
+    weight_norm: float
+
+    @property
+    def ratio(self) -> float:
+        return self.grad_norm / self.weight_norm if self.weight_norm > 0 else float("inf")
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """Everything one pass of the probe measured.
+
+    Attributes:
+        sites: Statistics per site, in model order.
+        samples: Samples streamed through the model.
+        others: Activations that are not sites (listed, not measured).
+        layer_gradients: Per layer with trainable weights (with gradients only).
+        mean_loss: Mean per-sample loss (with gradients only).
+    """
+
+    sites: list[SiteStatistics]
+    samples: int
+    others: list
+    layer_gradients: list[LayerGradient] | None = None
+    mean_loss: float | None = None
+
+
+class _Recorder:
+    """Receives site outputs from the wrappers while a step is being traced."""
+
+    def __init__(self):
+        self.records: list[tuple[int, object]] | None = None
+        self.tape = None
+
+    def record(self, site_index: int, output):
+        if self.records is not None:
+            if self.tape is not None:
+                self.tape.watch(output)
+            self.records.append((site_index, output))
+        return output
+
+    @contextlib.contextmanager
+    def recording(self, tape=None):
+        self.records, self.tape = [], tape
+        try:
+            yield self.records
+        finally:
+            self.records, self.tape = None, None
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def hooked(site_map: SiteMap, recorder: _Recorder):
+    """Wraps every site's nonlinearity so its output reaches `recorder`; always restores.
+
+    Fused and `Activation` sites get their `activation` attribute wrapped, `ReLU` layers their
+    `call`. Attributes are set on the instance with `object.__setattr__` (bypassing Keras's
+    attribute tracking) and put back exactly as they were, even when the step raises.
+    """
+    saved = []
+    try:
+        for site in site_map.sites:
+            layer = site.layer
+            name = "call" if site.kind == KIND_RELU_LAYER else "activation"
+            saved.append((layer, name, layer.__dict__.get(name, _MISSING)))
+            object.__setattr__(layer, name, _wrap(getattr(layer, name), site.index, recorder))
+        yield
+    finally:
+        for layer, name, before in reversed(saved):
+            if before is _MISSING:
+                layer.__dict__.pop(name, None)
+            else:
+                object.__setattr__(layer, name, before)
+
+
+def _wrap(fn: Callable, site_index: int, recorder: _Recorder) -> Callable:
+    def wrapped(*args, **kwargs):
+        return recorder.record(site_index, fn(*args, **kwargs))
+
+    wrapped.__name__ = getattr(fn, "__name__", "wrapped")
+    wrapped.__deadrelu_wrapped__ = fn
+    return wrapped
+
+
+class Probe:
+    """Streams batches through a model once and accumulates per-unit statistics of every site.
+
+    A `Probe` is compiled once (one trace, on the first batch) and can be `run` again and again
+    (the training callback does so every epoch) without retracing, as long as batches keep the
+    same structure and non-batch shapes.
+
+    Args:
+        model: A `keras.Model`.
+        site_map: The sites to measure (default: `find_sites(model)`).
+        gradients: Also measure gradients; batches must then be `(x, y)` pairs.
+        loss: With gradients: a Keras loss name, function or `keras.losses.Loss`; default the
+            model's compiled loss.
+
+    Example:
+        >>> probe = Probe(model)
+        >>> result = probe.run(batches)   # batches: iterable of numpy arrays
+    """
+
+    def __init__(self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None):
+        self.model = model
+        self.site_map = site_map if site_map is not None else find_sites(model)
+        self.gradients = gradients
+        self._loss = loss
+        self._loss_fn = None
+        self._recorder = _Recorder()
+        self._step = None
+        self._spec = None
+        self._acc = None
+        self._layout = None  # per site: (calls, positions, units)
+        self._weight_groups = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def run(self, batches: Iterable, *, on_batch: Callable[[int], None] | None = None) -> ProbeResult:
+        """Streams `batches` through the model and returns the accumulated statistics.
+
+        Args:
+            batches: Iterable of inputs (array, list or dict of arrays), or of `(x, y)` pairs
+                when the probe measures gradients.
+            on_batch: Called with each batch's sample count after it has been processed.
+
+        Returns:
+            A `ProbeResult`.
+        """
+        import tensorflow as tf
+
+        samples = 0
+        for batch in batches:
+            x, y = self._split(batch)
+            if self._step is None:
+                self._build(x, y)
+                self._reset()
+            elif samples == 0:
+                self._reset()
+            with hooked(self.site_map, self._recorder):
+                if self.gradients:
+                    self._step(x, tf.convert_to_tensor(y))
+                else:
+                    self._step(x)
+            n = _batch_size(x)
+            samples += n
+            if on_batch is not None:
+                on_batch(n)
+        if samples == 0:
+            raise DataError("the data holds no samples; pass a file or array with at least one sample")
+        return self._result(samples)
+
+    # -- building -------------------------------------------------------------------------
+
+    def _split(self, batch):
+        if self.gradients:
+            if not (isinstance(batch, tuple) and len(batch) == 2):
+                raise UsageError("gradients need labels: pass labels (--labels y.npy) with the data")
+            return batch
+        if isinstance(batch, tuple) and len(batch) == 2 and not self._expects_two_inputs():
+            return batch[0], None
+        return batch, None
+
+    def _expects_two_inputs(self) -> bool:
+        inputs = getattr(self.model, "inputs", None)
+        return bool(inputs) and len(inputs) == 2
+
+    def _build(self, x, y) -> None:
+        """Learns each site's layout from one eager call, creates accumulators, traces the step."""
+        import tensorflow as tf
+
+        self._layout = self._discover_layout(x)
+        self._acc = _Accumulators(self.site_map.sites, self._layout, self.gradients)
+        if self.gradients:
+            self._loss_fn = per_sample_loss(self.model, self._loss, y)
+            self._weight_groups = _weight_groups(self.model)
+            self._acc.add_weight_accumulators(self._weight_groups)
+
+        x_spec = tf.nest.map_structure(_batch_spec, x)
+        if self.gradients:
+            y_spec = _batch_spec(np.asarray(y))
+            self._step = tf.function(self._gradient_step, input_signature=[x_spec, y_spec])
+        else:
+            self._step = tf.function(self._forward_step, input_signature=[x_spec])
+
+    def _discover_layout(self, x) -> list[tuple[int, int, int]]:
+        """Runs one sample eagerly with hooks: builds the model, checks the input, finds shapes."""
+        one = tf_nest_slice(x, 1)
+        with hooked(self.site_map, self._recorder), self._recorder.recording() as records:
+            try:
+                self.model(one, training=False)
+            except Exception as exc:  # noqa: BLE001 - a shape/dtype mismatch is the user's data
+                raise DataError(f"the model cannot run on this data ({_first_line(exc)}); "
+                                f"check the data's shape against the model input {_input_shape(self.model)}") from exc
+        layout = []
+        for site in self.site_map.sites:
+            outputs = [out for index, out in records if index == site.index]
+            if not outputs:
+                # A site the forward pass never reaches (e.g. an unused branch).
+                layout.append((0, 1, _units_from_layer(site)))
+                continue
+            shape = tuple(outputs[0].shape)
+            axis = site.channel_axis % len(shape)
+            units = int(shape[axis])
+            positions = int(np.prod([d for i, d in enumerate(shape) if i not in (0, axis)], dtype=np.int64))
+            layout.append((len(outputs), positions, units))
+        return layout
+
+    def _reset(self) -> None:
+        self._acc.reset()
+
+    # -- the traced steps -----------------------------------------------------------------
+
+    def _forward_step(self, x):
+        with self._recorder.recording() as records:
+            self.model(x, training=False)
+        for site_index, output in records:
+            self._acc.add_site(site_index, _site_batch_stats(self.site_map.sites[site_index], output))
+        return 0
+
+    def _gradient_step(self, x, y):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            with self._recorder.recording(tape) as records:
+                y_pred = self.model(x, training=False)
+            per_sample = self._loss_fn(y, y_pred)
+            total = tf.reduce_sum(per_sample)
+        variables = [v for group in self._weight_groups for v in group.variables]
+        outputs = [output for _, output in records]
+        grads = tape.gradient(total, outputs + variables,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        for (site_index, output), grad in zip(records, grads[:len(outputs)]):
+            site = self.site_map.sites[site_index]
+            self._acc.add_site(site_index, _site_batch_stats(site, output, grad))
+        self._acc.add_weight_grads(grads[len(outputs):])
+        self._acc.add_loss(total)
+        return 0
+
+    # -- results --------------------------------------------------------------------------
+
+    def _result(self, samples: int) -> ProbeResult:
+        values = self._acc.read()
+        stats = []
+        for site, (calls, positions, units), sums in zip(self.site_map.sites, self._layout, values["sites"]):
+            stats.append(SiteStatistics(
+                site=site, calls=calls, positions=positions, samples=samples * calls,
+                fires=sums["fires"], sample_fires=sums["sample_fires"], sum_abs=sums["sum_abs"],
+                max_output=sums["max"], saturated=sums.get("saturated"),
+                grad_abs_sum=sums.get("grad_abs"), grad_zero=sums.get("grad_zero"),
+            ))
+        result = ProbeResult(sites=stats, samples=samples, others=self.site_map.others)
+        if self.gradients:
+            result.mean_loss = float(values["loss"]) / samples
+            result.layer_gradients = [
+                LayerGradient(
+                    path=group.path, layer_class=group.layer_class,
+                    params=int(sum(int(np.prod(v.shape)) for v in group.variables)),
+                    grad_norm=float(np.sqrt(sum(np.sum((g / samples) ** 2) for g in grads))),
+                    weight_norm=float(np.sqrt(sum(np.sum(np.square(v.numpy(), dtype=np.float64))
+                                                  for v in group.variables))),
+                )
+                for group, grads in zip(self._weight_groups, values["weights"])
+            ]
+        return result
+
+
+# -- per-batch reductions (traced) -----------------------------------------------------------
+
+def _site_batch_stats(site: Site, output, grad=None) -> dict:
+    """Reduces one site output (and its gradient) to per-unit sums over batch and positions."""
+    import tensorflow as tf
+
+    a = tf.cast(output, tf.float32)
+    rank = a.shape.rank
+    if site.channel_axis != -1 and rank > 2:
+        perm = [0] + [i for i in range(1, rank) if i != site.channel_axis % rank] + [site.channel_axis % rank]
+        a = tf.transpose(a, perm)
+        if grad is not None:
+            grad = tf.transpose(grad, perm)
+    units = a.shape[-1]
+    flat = tf.reshape(a, [tf.shape(a)[0], -1, units])
+    nonzero = tf.not_equal(flat, 0.0)
+    stats = {
+        "fires": tf.reduce_sum(tf.cast(nonzero, tf.int64), axis=[0, 1]),
+        "sample_fires": tf.reduce_sum(tf.cast(tf.reduce_any(nonzero, axis=1), tf.int64), axis=0),
+        "sum_abs": tf.reduce_sum(tf.cast(tf.abs(flat), tf.float64), axis=[0, 1]),
+        "max": tf.reduce_max(flat, axis=[0, 1]),
+    }
+    at_cap = None
+    if site.capped:
+        at_cap = tf.greater_equal(flat, site.max_value)
+        stats["saturated"] = tf.reduce_sum(tf.cast(at_cap, tf.int64), axis=[0, 1])
+    if grad is not None:
+        # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
+        g = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
+        passes = nonzero if at_cap is None else tf.logical_and(nonzero, tf.logical_not(at_cap))
+        g = tf.where(passes, g, tf.zeros_like(g))
+        stats["grad_abs"] = tf.reduce_sum(tf.cast(tf.abs(g), tf.float64), axis=[0, 1])
+        stats["grad_zero"] = tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.int64), axis=[0, 1])
+    return stats
+
+
+class _Accumulators:
+    """Per-site accumulator variables, updated inside the traced step."""
+
+    _SUM_KEYS = ("fires", "sample_fires", "sum_abs")
+
+    def __init__(self, sites: list[Site], layout, gradients: bool):
+        import tensorflow as tf
+
+        self._vars: list[dict] = []
+        for site, (_, _, units) in zip(sites, layout):
+            entry = {
+                "fires": tf.Variable(tf.zeros([units], tf.int64), trainable=False),
+                "sample_fires": tf.Variable(tf.zeros([units], tf.int64), trainable=False),
+                "sum_abs": tf.Variable(tf.zeros([units], tf.float64), trainable=False),
+                "max": tf.Variable(tf.zeros([units], tf.float32), trainable=False),
+            }
+            if site.capped:
+                entry["saturated"] = tf.Variable(tf.zeros([units], tf.int64), trainable=False)
+            if gradients:
+                entry["grad_abs"] = tf.Variable(tf.zeros([units], tf.float64), trainable=False)
+                entry["grad_zero"] = tf.Variable(tf.zeros([units], tf.int64), trainable=False)
+            self._vars.append(entry)
+        self._weights: list[list] = []
+        self._loss = tf.Variable(0.0, dtype=tf.float64, trainable=False) if gradients else None
+
+    def add_weight_accumulators(self, groups) -> None:
+        import tensorflow as tf
+
+        self._weights = [[tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in group.variables]
+                         for group in groups]
+
+    def reset(self) -> None:
+        for entry in self._vars:
+            for name, var in entry.items():
+                # ReLU outputs are ≥ 0 for threshold ≥ 0; -inf start keeps negative thresholds right.
+                var.assign(np.full(var.shape, -np.inf, np.float32) if name == "max" else np.zeros(var.shape, var.dtype.as_numpy_dtype))
+        for group in self._weights:
+            for var in group:
+                var.assign(np.zeros(var.shape, np.float32))
+        if self._loss is not None:
+            self._loss.assign(0.0)
+
+    def add_site(self, index: int, stats: dict) -> None:
+        entry = self._vars[index]
+        for name, value in stats.items():
+            if name == "max":
+                entry[name].assign(_maximum(entry[name], value))
+            else:
+                entry[name].assign_add(value)
+
+    def add_weight_grads(self, grads) -> None:
+        flat = [var for group in self._weights for var in group]
+        for var, grad in zip(flat, grads):
+            var.assign_add(_dense(grad))
+
+    def add_loss(self, total) -> None:
+        import tensorflow as tf
+
+        self._loss.assign_add(tf.cast(total, tf.float64))
+
+    def read(self) -> dict:
+        sites = [{name: var.numpy() for name, var in entry.items()} for entry in self._vars]
+        for entry in sites:
+            entry["max"] = np.where(np.isneginf(entry["max"]), 0.0, entry["max"]).astype(np.float32)
+        values = {"sites": sites,
+                  "weights": [[var.numpy().astype(np.float64) for var in group] for group in self._weights]}
+        if self._loss is not None:
+            values["loss"] = self._loss.numpy()
+        return values
+
+
+def _maximum(a, b):
+    import tensorflow as tf
+
+    return tf.maximum(a, b)
+
+
+def _dense(grad):
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(grad)
+
+
+# -- losses --------------------------------------------------------------------------------
+
+def per_sample_loss(model, loss, y) -> Callable:
+    """Returns `fn(y_true, y_pred) -> per-sample losses` (shape [batch]).
+
+    Args:
+        model: The model (its compiled loss is the default).
+        loss: None, a Keras loss name, a function, or a `keras.losses.Loss`.
+        y: A batch of labels, used to tell sparse from one-hot labels.
+
+    Returns:
+        A traceable function giving each sample's own loss (summed over its non-batch axes).
+    """
+    import keras
+    import tensorflow as tf
+
+    if loss is None:
+        loss = getattr(model, "loss", None)
+        if isinstance(loss, (list, tuple)) and len(loss) == 1:
+            loss = loss[0]
+        if isinstance(loss, dict) and len(loss) == 1:
+            loss = next(iter(loss.values()))
+        if loss is None:
+            raise UsageError("the model has no stored loss; pass one with --loss NAME "
+                             "(e.g. --loss categorical_crossentropy)")
+    if isinstance(loss, (list, tuple, dict)):
+        raise UsageError("gradients of multi-output models need one loss; pass --loss NAME")
+    try:
+        if isinstance(loss, keras.losses.Loss):
+            fn = loss.call
+            name = getattr(loss, "name", type(loss).__name__)
+        else:
+            fn = keras.losses.get(loss)
+            name = loss if isinstance(loss, str) else getattr(fn, "__name__", str(fn))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"unknown loss {loss!r}; pass a Keras loss name such as "
+                         "categorical_crossentropy or mse with --loss") from exc
+    fn = _match_label_format(fn, str(name), np.asarray(y), model)
+
+    def per_sample(y_true, y_pred):
+        values = fn(y_true, y_pred)
+        rank = values.shape.rank or 0
+        if rank > 1:
+            values = tf.reduce_sum(values, axis=list(range(1, rank)))
+        return values
+
+    return per_sample
+
+
+def _match_label_format(fn, name: str, y: np.ndarray, model) -> Callable:
+    """Swaps categorical ↔ sparse crossentropy when the labels' shape says the other one."""
+    import keras
+
+    out_shape = getattr(model, "output_shape", None)
+    classes = out_shape[-1] if isinstance(out_shape, tuple) and out_shape else None
+    sparse_labels = y.ndim == 1 or (y.ndim >= 2 and y.shape[-1] == 1 and classes not in (None, 1))
+    lowered = name.lower()
+    if "sparse" not in lowered and "categorical_crossentropy" in lowered and sparse_labels:
+        return keras.losses.sparse_categorical_crossentropy
+    if "sparse_categorical" in lowered and not sparse_labels and classes and y.shape[-1] == classes:
+        return keras.losses.categorical_crossentropy
+    return fn
+
+
+# -- weights -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _WeightGroup:
+    path: str
+    layer_class: str
+    variables: list
+
+
+def _weight_groups(model) -> list[_WeightGroup]:
+    """Leaf layers with trainable weights, in model order, with their paths."""
+    from deadrelu.sites import _children
+
+    groups: list[_WeightGroup] = []
+    seen: set[int] = set()
+
+    def visit(layer, prefix: str) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        path = f"{prefix}{layer.name}"
+        children = _children(layer)
+        if children:
+            for child in children:
+                visit(child, f"{path}/")
+            own = [v for v in layer.trainable_weights
+                   if not any(v is w for child in children for w in child.trainable_weights)]
+        else:
+            own = list(layer.trainable_weights)
+        if own:
+            groups.append(_WeightGroup(path, type(layer).__name__, own))
+
+    for layer in _children(model):
+        visit(layer, "")
+    return groups
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def _batch_spec(array):
+    import tensorflow as tf
+
+    array = np.asarray(array) if not hasattr(array, "dtype") else array
+    dtype = tf.as_dtype(array.dtype)
+    return tf.TensorSpec((None,) + tuple(array.shape[1:]), dtype)
+
+
+def _batch_size(x) -> int:
+    import tensorflow as tf
+
+    return int(tf.nest.flatten(x)[0].shape[0])
+
+
+def tf_nest_slice(x, n: int):
+    """The first `n` samples of an input structure."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(lambda a: a[:n], x)
+
+
+def _units_from_layer(site: Site) -> int:
+    shape = getattr(site.layer, "output_shape", None) or getattr(getattr(site.layer, "output", None), "shape", None)
+    try:
+        return int(shape[site.channel_axis])
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _input_shape(model) -> str:
+    try:
+        shapes = [tuple(t.shape) for t in model.inputs]
+        return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+    except Exception:  # noqa: BLE001
+        return "(unknown)"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,260 @@
+"""Probe statistics → verdicts per unit and per site → the JSON report of DESIGN.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+
+from deadrelu.errors import DataError
+
+SCHEMA = "deadrelu/report@1"
+
+DEAD, SATURATED, DYING, HEALTHY = "dead", "saturated", "dying", "healthy"
+
+
+@dataclasses.dataclass
+class Thresholds:
+    """Where the verdicts are drawn (recorded in the report's settings).
+
+    Attributes:
+        dying: A unit firing on fewer than this share of (sample, position) pairs is dying.
+        flag: A site whose dead share is at least this is flagged.
+        saturated: A capped unit at its cap on at least this share of pairs is saturated.
+    """
+
+    dying: float = 0.01
+    flag: float = 0.10
+    saturated: float = 0.99
+
+
+_UNIT_ARRAYS = ("active_rate", "sample_active_rate", "mean_abs", "dormancy", "max_output")
+_OPTIONAL_ARRAYS = ("saturated_rate", "grad_mean_abs", "grad_zero_rate")
+
+
+@dataclasses.dataclass
+class SiteReport:
+    """Verdicts and per-unit statistics of one site.
+
+    Per-unit arrays have one entry per unit; optional ones are None when not measured.
+    """
+
+    path: str
+    layer: str
+    kind: str
+    params: dict
+    units: int
+    positions: int
+    calls: int
+    dead: list[int]
+    dying: list[int]
+    saturated: list[int]
+    flagged: bool
+    fires: np.ndarray
+    active_rate: np.ndarray
+    sample_active_rate: np.ndarray
+    mean_abs: np.ndarray
+    dormancy: np.ndarray
+    max_output: np.ndarray
+    saturated_rate: np.ndarray | None = None
+    grad_mean_abs: np.ndarray | None = None
+    grad_zero_rate: np.ndarray | None = None
+
+    @property
+    def dead_fraction(self) -> float:
+        return len(self.dead) / self.units if self.units else 0.0
+
+    @property
+    def healthy(self) -> int:
+        return self.units - len(self.dead) - len(self.dying) - len(self.saturated)
+
+    def status(self, unit: int) -> str:
+        """The verdict of one unit: dead, saturated, dying or healthy."""
+        for name, members in ((DEAD, self.dead), (SATURATED, self.saturated), (DYING, self.dying)):
+            if unit in members:
+                return name
+        return HEALTHY
+
+    def to_dict(self) -> dict:
+        out = {
+            "path": self.path, "layer": self.layer, "kind": self.kind, "params": self.params,
+            "units": self.units, "positions": self.positions, "calls": self.calls,
+            "dead": self.dead, "dying": self.dying, "saturated": self.saturated,
+            "dead_fraction": self.dead_fraction, "flagged": self.flagged,
+            "fires": [int(v) for v in self.fires],
+        }
+        for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = [float(v) for v in value]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SiteReport":
+        arrays = {name: (np.asarray(d[name], dtype=np.float64) if d.get(name) is not None else None)
+                  for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS}
+        return cls(path=d["path"], layer=d["layer"], kind=d["kind"], params=d.get("params", {}),
+                   units=d["units"], positions=d["positions"], calls=d.get("calls", 1),
+                   dead=list(d["dead"]), dying=list(d["dying"]), saturated=list(d["saturated"]),
+                   flagged=bool(d.get("flagged", False)),
+                   fires=np.asarray(d.get("fires", []), dtype=np.int64), **arrays)
+
+
+@dataclasses.dataclass
+class Report:
+    """The result of a scan: what was measured, on what, and the verdicts.
+
+    Example:
+        >>> report = deadrelu.scan(model, x)
+        >>> report.summary["dead_fraction"]
+        >>> report.to_json("scan.json")
+    """
+
+    model: dict
+    data: dict
+    settings: dict
+    sites: list[SiteReport]
+    others: list[dict] = dataclasses.field(default_factory=list)
+    layer_gradients: list[dict] | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    tool: dict = dataclasses.field(default_factory=lambda: {"name": "deadrelu", "version": _version()})
+    loss: float | None = None
+
+    @property
+    def summary(self) -> dict:
+        units = sum(s.units for s in self.sites)
+        dead = sum(len(s.dead) for s in self.sites)
+        return {
+            "sites": len(self.sites),
+            "units": units,
+            "dead": dead,
+            "dying": sum(len(s.dying) for s in self.sites),
+            "saturated": sum(len(s.saturated) for s in self.sites),
+            "healthy": sum(s.healthy for s in self.sites),
+            "dead_fraction": dead / units if units else 0.0,
+            "flagged_sites": sum(s.flagged for s in self.sites),
+        }
+
+    @property
+    def dead_fraction(self) -> float:
+        return self.summary["dead_fraction"]
+
+    @property
+    def has_gradients(self) -> bool:
+        return any(s.grad_mean_abs is not None for s in self.sites) or bool(self.layer_gradients)
+
+    def site(self, path: str) -> SiteReport:
+        """The site with this path."""
+        for site in self.sites:
+            if site.path == path:
+                return site
+        raise KeyError(f"no site {path!r}; sites are {[s.path for s in self.sites]}")
+
+    def to_dict(self) -> dict:
+        out = {
+            "schema": SCHEMA,
+            "tool": self.tool,
+            "model": self.model,
+            "data": self.data,
+            "settings": self.settings,
+            "summary": self.summary,
+            "sites": [site.to_dict() for site in self.sites],
+            "other_activations": self.others,
+            "notes": self.notes,
+        }
+        if self.layer_gradients is not None:
+            out["layer_gradients"] = self.layer_gradients
+        if self.loss is not None:
+            out["loss"] = self.loss
+        return out
+
+    def to_json(self, path: str) -> None:
+        """Writes the report as JSON (atomically: a temporary file renamed into place)."""
+        from deadrelu.files import atomic_output
+
+        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        if d.get("schema") != SCHEMA:
+            raise DataError(f"not a deadrelu report (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+        return cls(model=d["model"], data=d["data"], settings=d["settings"],
+                   sites=[SiteReport.from_dict(s) for s in d["sites"]],
+                   others=d.get("other_activations", []), layer_gradients=d.get("layer_gradients"),
+                   notes=d.get("notes", []), tool=d.get("tool", {}), loss=d.get("loss"))
+
+    @classmethod
+    def from_json(cls, path: str) -> "Report":
+        """Reads a report written by `to_json` (or `deadrelu scan --json`)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError as exc:
+            raise DataError(f"report file not found: {path}; check the path") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path} is not a JSON report ({exc}); pass a file written by 'deadrelu scan --json'") from exc
+        return cls.from_dict(d)
+
+
+def build_report(result, *, thresholds: Thresholds, model: dict, data: dict, settings: dict,
+                 notes: list[str] | None = None) -> Report:
+    """Turns a `ProbeResult` into a `Report`: per-unit verdicts, flags and provenance.
+
+    Args:
+        result: The probe's `ProbeResult`.
+        thresholds: Where the verdicts are drawn.
+        model: Provenance of the model (path, name, sha256, format, ...).
+        data: Provenance of the data (source, samples, ...).
+        settings: Scan settings; the thresholds are added.
+        notes: One-line remarks to keep with the report (adaptations, warnings).
+
+    Returns:
+        A `Report`.
+    """
+    sites = [site_report(stats, thresholds) for stats in result.sites]
+    settings = dict(settings, dying_threshold=thresholds.dying, flag_threshold=thresholds.flag,
+                    saturated_threshold=thresholds.saturated)
+    others = [dataclasses.asdict(other) for other in result.others]
+    layer_gradients = None
+    if result.layer_gradients is not None:
+        layer_gradients = [
+            {"path": g.path, "layer": g.layer_class, "params": g.params, "grad_norm": g.grad_norm,
+             "weight_norm": g.weight_norm, "ratio": g.ratio if math.isfinite(g.ratio) else None}
+            for g in result.layer_gradients
+        ]
+    return Report(model=model, data=data, settings=settings, sites=sites, others=others,
+                  layer_gradients=layer_gradients, notes=list(notes or []), loss=result.mean_loss)
+
+
+def site_report(stats, thresholds: Thresholds) -> SiteReport:
+    """Verdicts for one site's `SiteStatistics`: first match wins — dead, saturated, dying."""
+    active = stats.active_rate
+    dead = stats.fires == 0
+    saturated = np.zeros_like(dead)
+    if stats.saturated_rate is not None:
+        saturated = ~dead & (stats.saturated_rate >= thresholds.saturated)
+    dying = ~dead & ~saturated & (active < thresholds.dying)
+    units = stats.units
+    return SiteReport(
+        path=stats.site.path, layer=stats.site.layer_class, kind=stats.site.kind, params=stats.site.params,
+        units=units, positions=stats.positions, calls=stats.calls,
+        dead=_indices(dead), dying=_indices(dying), saturated=_indices(saturated),
+        flagged=bool(units and dead.sum() / units >= thresholds.flag),
+        fires=stats.fires.astype(np.int64), active_rate=active, sample_active_rate=stats.sample_active_rate,
+        mean_abs=stats.mean_abs, dormancy=stats.dormancy, max_output=stats.max_output.astype(np.float64),
+        saturated_rate=stats.saturated_rate, grad_mean_abs=stats.grad_mean_abs,
+        grad_zero_rate=stats.grad_zero_rate,
+    )
+
+
+def _indices(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(mask)]
+
+
+def _version() -> str:
+    from deadrelu import __version__
+
+    return __version__

@@ -1,0 +1,90 @@
+"""`deadrelu.scan`: model + data → probe → report. The one entry point the CLI and users share."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from deadrelu.errors import UsageError
+from deadrelu.report import Report, Thresholds, build_report
+
+DEFAULT_BATCH_SIZE = 256
+
+
+def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE, gradients: bool = False,
+         loss=None, samples: int | None = None, rescale: float | None = None,
+         dying_threshold: float = 0.01, flag_threshold: float = 0.10, saturated_threshold: float = 0.99,
+         on_batch: Callable[[int], None] | None = None, on_start: Callable[[int | None], None] | None = None,
+         model_info: dict | None = None) -> Report:
+    """Measures every ReLU site of a model on data and returns the verdicts.
+
+    Args:
+        model: A `keras.Model`, or a path to a model file (loaded with `deadrelu.load_model`).
+        data: Inputs: numpy array(s), `tf.data.Dataset`, `keras.utils.PyDataset` or a path (see
+            `deadrelu.data.load_data`). None uses synthetic inputs, which cannot give a real verdict.
+        labels: Labels (array or path), needed with `gradients=True` unless the data file has `y`.
+        batch_size: Samples per step; results do not depend on it.
+        gradients: Also measure ∂ℓₙ/∂z per unit and the weight gradient per layer.
+        loss: Loss for gradients (Keras name, function or `Loss`); default the model's compiled loss.
+        samples: Use only the first `samples` samples.
+        rescale: Multiply inputs by this factor after converting them to float.
+        dying_threshold: Active rate under which a live unit is dying.
+        flag_threshold: Dead share at which a site is flagged.
+        saturated_threshold: Share of outputs at the cap from which a capped unit is saturated.
+        on_batch: Called with each batch's sample count (progress).
+        on_start: Called once with the number of samples to come (None if unknown).
+        model_info: Provenance to record instead of the in-memory description.
+
+    Returns:
+        A `Report`.
+
+    Example:
+        >>> report = deadrelu.scan(model, x_test, batch_size=500)
+        >>> print(report.summary)
+    """
+    from deadrelu.data import load_data
+    from deadrelu.probe import Probe
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if isinstance(model, (str, os.PathLike)):
+        from deadrelu.loading import load
+
+        loaded = load(os.fspath(model))
+        model = loaded.model
+        model_info = model_info or describe_loaded(loaded)
+    probe_data = load_data(data, model, labels=labels, samples=samples, rescale=rescale)
+    if gradients and not probe_data.has_labels and probe_data.stream is None:
+        raise UsageError("--gradients needs labels: pass --labels y.npy (or a data file with a 'y' array)")
+    if on_start is not None:
+        on_start(probe_data.samples)
+    probe = Probe(model, gradients=gradients, loss=loss)
+    result = probe.run(probe_data.batches(batch_size, labels=gradients), on_batch=on_batch)
+
+    notes = list(probe_data.notes)
+    if probe_data.synthetic:
+        notes.append("no data given: measured on synthetic inputs; pass real data (--data) for a real verdict")
+    settings = {"batch_size": batch_size, "gradients": gradients, "samples_limit": samples, "rescale": rescale,
+                "inference_mode": True}
+    if gradients:
+        settings["loss"] = _loss_name(loss, model)
+    data_info = {"source": probe_data.source, "samples": result.samples, "synthetic": probe_data.synthetic}
+    return build_report(
+        result,
+        thresholds=Thresholds(dying=dying_threshold, flag=flag_threshold, saturated=saturated_threshold),
+        model=model_info or {"path": None, "name": model.name, "sha256": None, "format": "in-memory"},
+        data=data_info, settings=settings, notes=notes,
+    )
+
+
+def describe_loaded(loaded) -> dict:
+    """Model provenance for the report, from a `LoadedModel`."""
+    return {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format,
+            "repairs": list(loaded.repairs)}
+
+
+def _loss_name(loss, model) -> str:
+    loss = loss if loss is not None else getattr(model, "loss", None)
+    if isinstance(loss, str):
+        return loss
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__

@@ -1,0 +1,235 @@
+"""Model → sites: every place where a ReLU-family nonlinearity that can die is applied.
+
+A *site* (DESIGN.md) is a fused `activation='relu'|'relu6'`, an `Activation('relu'|'relu6')`
+layer, or a `ReLU` layer with `negative_slope == 0`. Nonlinearities that keep a gradient for
+negative inputs (LeakyReLU, PReLU, ELU, GELU, ...) cannot die: they are listed as *other
+activations* so `inspect` can show them, and never measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+# Activation names (as Keras serialises them) that are sites, and their cap.
+_SITE_ACTIVATIONS = {"relu": None, "relu6": 6.0}
+# Activations that cannot die; listed by `inspect` only.
+_OTHER_ACTIVATIONS = {
+    "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "softplus", "celu", "glu",
+    "sigmoid", "tanh", "hard_sigmoid", "hard_silu", "hard_swish", "softmax", "log_softmax",
+    "softsign", "exponential", "relu_family",
+}
+# Layer classes whose `activation` runs inside a loop or that we cannot observe per call.
+_RECURRENT_MARKERS = ("RNN", "LSTM", "GRU", "Cell", "Bidirectional")
+
+KIND_FUSED = "fused"
+KIND_ACTIVATION = "activation"
+KIND_RELU_LAYER = "relu_layer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One place where a dying-capable ReLU is applied.
+
+    Attributes:
+        path: Names of the nested models holding the layer, then the layer's name, joined by "/".
+        layer: The Keras layer object that applies the nonlinearity.
+        kind: "fused" (a layer's `activation`), "activation" (`Activation` layer) or
+            "relu_layer" (`ReLU` layer).
+        activation: "relu" or "relu6" (for `ReLU` layers: "relu").
+        max_value: The cap, or None when the site is not capped.
+        threshold: Values at or below it are zeroed (0 for a plain ReLU).
+        channel_axis: Axis of the output that indexes units (-1, or 1 for channels_first).
+        index: Position of the site in model order.
+    """
+
+    path: str
+    layer: object = dataclasses.field(compare=False, repr=False)
+    kind: str
+    activation: str
+    max_value: float | None
+    threshold: float
+    channel_axis: int
+    index: int
+
+    @property
+    def layer_class(self) -> str:
+        return type(self.layer).__name__
+
+    @property
+    def capped(self) -> bool:
+        return self.max_value is not None
+
+    @property
+    def params(self) -> dict:
+        """The nonlinearity's parameters, as recorded in the report."""
+        params = {"activation": self.activation}
+        if self.max_value is not None:
+            params["max_value"] = self.max_value
+        if self.threshold:
+            params["threshold"] = self.threshold
+        if self.channel_axis != -1:
+            params["channel_axis"] = self.channel_axis
+        return params
+
+
+@dataclasses.dataclass(frozen=True)
+class OtherActivation:
+    """A nonlinearity that cannot die (listed, never measured)."""
+
+    path: str
+    layer_class: str
+    activation: str
+    reason: str
+
+
+@dataclasses.dataclass
+class SiteMap:
+    """All sites of a model, plus the activations that are not sites.
+
+    Attributes:
+        sites: The sites in model order.
+        others: Nonlinearities that are listed but never counted as dead.
+    """
+
+    sites: list[Site]
+    others: list[OtherActivation]
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self.sites)
+
+    def by_path(self, path: str) -> Site:
+        for site in self.sites:
+            if site.path == path:
+                return site
+        raise KeyError(path)
+
+
+def activation_name(fn) -> str | None:
+    """Returns the serialised name of an activation function, or None."""
+    if fn is None:
+        return None
+    name = getattr(fn, "__name__", None)
+    if name is None and hasattr(fn, "func"):  # functools.partial
+        return None
+    return name
+
+
+def find_sites(model) -> SiteMap:
+    """Lists the sites of a model, recursing into nested and subclassed models.
+
+    Args:
+        model: A built or unbuilt `keras.Model` (Sequential, Functional or subclassed).
+
+    Returns:
+        A `SiteMap` with sites in model order. A layer used several times is one site.
+
+    Example:
+        >>> for site in deadrelu.find_sites(model):
+        ...     print(site.path, site.kind)
+    """
+    sites: list[Site] = []
+    others: list[OtherActivation] = []
+    seen: set[int] = set()
+
+    def visit(layer, prefix: str, previous) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        path = f"{prefix}{layer.name}"
+        _classify(layer, path, previous, sites, others)
+        children = _children(layer)
+        if children:
+            # Nested models and custom container layers prefix their children's paths.
+            child_prefix = f"{path}/"
+            prev = None
+            for child in children:
+                visit(child, child_prefix, prev)
+                prev = child
+
+    previous = None
+    for layer in _children(model):
+        visit(layer, "", previous)
+        previous = layer
+    return SiteMap(sites=sites, others=others)
+
+
+def _children(layer) -> list:
+    """Direct sublayers in model order (functional order for Functional/Sequential)."""
+    import keras
+
+    if isinstance(layer, keras.Model) and hasattr(layer, "layers"):
+        try:
+            return [child for child in layer.layers if not isinstance(child, keras.layers.InputLayer)]
+        except Exception:  # noqa: BLE001 - some subclassed models raise before build
+            pass
+    inner = getattr(layer, "_flatten_layers", None)
+    if inner is None:
+        return []
+    return [child for child in inner(include_self=False, recursive=False)
+            if not isinstance(child, keras.layers.InputLayer)]
+
+
+def _classify(layer, path: str, previous, sites: list, others: list) -> None:
+    import keras
+
+    cls = type(layer).__name__
+    index = len(sites)
+    if isinstance(layer, keras.layers.ReLU):
+        slope = float(layer.negative_slope or 0.0)
+        if slope != 0.0:
+            others.append(OtherActivation(path, cls, "relu", f"negative_slope={slope:g} keeps a gradient"))
+            return
+        max_value = None if layer.max_value is None else float(layer.max_value)
+        sites.append(Site(path, layer, KIND_RELU_LAYER, "relu", max_value, float(layer.threshold or 0.0),
+                          _inherited_channel_axis(layer, previous), index))
+        return
+    if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax)):
+        others.append(OtherActivation(path, cls, cls.lower(), "keeps a gradient for negative inputs"))
+        return
+    fn = getattr(layer, "activation", None)
+    name = activation_name(fn) if callable(fn) else None
+    if name is None:
+        return
+    is_activation_layer = isinstance(layer, keras.layers.Activation)
+    if name in _SITE_ACTIVATIONS:
+        if any(marker in cls for marker in _RECURRENT_MARKERS):
+            others.append(OtherActivation(path, cls, name, "recurrent activation: runs inside a loop, not measured"))
+            return
+        kind = KIND_ACTIVATION if is_activation_layer else KIND_FUSED
+        axis = _inherited_channel_axis(layer, previous) if is_activation_layer else _own_channel_axis(layer)
+        sites.append(Site(path, layer, kind, name, _SITE_ACTIVATIONS[name], 0.0, axis, index))
+    elif name != "linear":
+        others.append(OtherActivation(path, cls, name, "cannot die (not a zero-slope ReLU)"))
+
+
+def _own_channel_axis(layer) -> int:
+    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+
+
+def _inherited_channel_axis(layer, previous) -> int:
+    """A standalone activation inherits the layout of what feeds it."""
+    feeder = _inbound_layer(layer) or previous
+    if feeder is None:
+        return -1
+    if getattr(feeder, "data_format", None) == "channels_first":
+        return 1
+    axis = getattr(feeder, "axis", None)  # BatchNormalization(axis=1) marks channels_first
+    if type(feeder).__name__ == "BatchNormalization" and axis in (1, [1]):
+        return 1
+    return -1
+
+
+def _inbound_layer(layer):
+    """The layer whose output feeds `layer` in a functional graph, when there is exactly one."""
+    try:
+        node = layer._inbound_nodes[0]
+        tensors = node.input_tensors
+        if len(tensors) != 1:
+            return None
+        return tensors[0]._keras_history.operation
+    except Exception:  # noqa: BLE001 - not a functional graph
+        return None
