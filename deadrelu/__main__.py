@@ -1,0 +1,5 @@
+"""`python -m deadrelu` runs the command line."""
+
+from deadrelu.cli import entry
+
+entry()

@@ -1,0 +1,165 @@
+"""Report → terminal: small rich renderables (a summary line, the site table) and markdown."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from deadrelu.report import Report, SiteReport
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _dead_style(fraction: float, flagged: bool) -> str:
+    if flagged:
+        return "bold red"
+    return "yellow" if fraction > 0 else "green"
+
+
+def shorten(path: str, width: int = 48) -> str:
+    """Shortens a long site path from the middle, keeping its first and last parts."""
+    if len(path) <= width:
+        return path
+    keep = width - 1
+    head = keep // 3
+    return f"{path[:head]}…{path[-(keep - head):]}"
+
+
+def order_sites(report: Report, sort: str = "model") -> list[tuple[int, SiteReport]]:
+    """Sites with their model-order index, in model order or worst first (`sort="dead"`)."""
+    indexed = list(enumerate(report.sites))
+    if sort == "dead":
+        indexed.sort(key=lambda item: (-item[1].dead_fraction, -len(item[1].dying), item[0]))
+    return indexed
+
+
+def summary_text(report: Report) -> Text:
+    """One line: how many sites and units, how many dead / dying / saturated, what is flagged."""
+    s = report.summary
+    name = report.model.get("name") or report.model.get("path") or "model"
+    if not s["sites"]:
+        return Text(f"{name}: no ReLU site found — nothing here can die this way.", style="green")
+    style = "bold red" if s["flagged_sites"] else ("yellow" if s["dead"] else "green")
+    text = Text(f"{name}: ")
+    text.append(f"{s['dead']:,} of {s['units']:,} units dead ({_percent(s['dead_fraction'])})", style=style)
+    text.append(f", {s['dying']:,} dying, {s['saturated']:,} saturated across {s['sites']} sites")
+    if s["flagged_sites"]:
+        text.append(f"; {s['flagged_sites']} flagged (≥ {_percent(report.settings.get('flag_threshold', 0.1))} dead)",
+                    style="bold red")
+    text.append(f" — measured on {report.data.get('samples', '?'):,} samples")
+    if report.data.get("synthetic"):
+        text.append(" (SYNTHETIC)", style="bold yellow")
+    return text
+
+
+def site_table(report: Report, *, sort: str = "model", limit: int | None = None) -> Table:
+    """The main table: one row per site, flagged sites in red.
+
+    Args:
+        report: The scan report.
+        sort: "model" (model order) or "dead" (worst first).
+        limit: Show at most this many rows (the rest are counted in the caption).
+    """
+    gradients = report.has_gradients
+    table = Table(title="dead ReLU scan", title_justify="left", header_style="bold", show_lines=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("site path", overflow="fold")
+    table.add_column("layer")
+    table.add_column("kind")
+    table.add_column("units", justify="right")
+    table.add_column("dead", justify="right")
+    table.add_column("dying", justify="right")
+    table.add_column("sat.", justify="right")
+    table.add_column("dead %", justify="right")
+    if gradients:
+        table.add_column("mean |∂z|", justify="right")
+        table.add_column("zero ∂ %", justify="right")
+    table.add_column("flag")
+    rows = order_sites(report, sort)
+    shown = rows if limit is None else rows[:limit]
+    for index, site in shown:
+        style = _dead_style(site.dead_fraction, site.flagged)
+        cells = [str(index), shorten(site.path), site.layer, _kind_label(site), f"{site.units:,}",
+                 Text(f"{len(site.dead):,}", style=style), f"{len(site.dying):,}", f"{len(site.saturated):,}",
+                 Text(_percent(site.dead_fraction), style=style)]
+        if gradients:
+            cells += _gradient_cells(site)
+        cells.append(Text("✗ flagged", style="bold red") if site.flagged else Text("ok", style="green"))
+        table.add_row(*cells)
+    if len(shown) < len(rows):
+        table.caption = f"{len(rows) - len(shown)} more sites not shown (--top)"
+    return table
+
+
+def _kind_label(site: SiteReport) -> str:
+    label = site.params.get("activation", "relu") if site.kind != "relu_layer" else "ReLU"
+    extras = []
+    if "max_value" in site.params:
+        extras.append(f"max {site.params['max_value']:g}")
+    if site.params.get("threshold"):
+        extras.append(f"thr {site.params['threshold']:g}")
+    kind = {"fused": "fused", "activation": "Activation", "relu_layer": "layer"}.get(site.kind, site.kind)
+    return f"{kind}:{label}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _gradient_cells(site: SiteReport) -> list:
+    if site.grad_mean_abs is None:
+        return ["–", "–"]
+    mean = float(site.grad_mean_abs.mean()) if site.units else 0.0
+    zero = float(site.grad_zero_rate.mean()) if site.units else 1.0
+    style = "bold red" if mean == 0 else ("yellow" if zero > 0.9 else "")
+    return [Text(f"{mean:.2e}", style=style), Text(_percent(zero), style=style)]
+
+
+def layer_gradient_table(report: Report) -> Table | None:
+    """Per layer with weights: gradient norm, weight norm and their ratio (with gradients only)."""
+    if not report.layer_gradients:
+        return None
+    table = Table(title="weight gradients (mean per-sample loss)", title_justify="left", header_style="bold")
+    for name, justify in (("layer path", "left"), ("layer", "left"), ("params", "right"),
+                          ("‖∇W‖", "right"), ("‖W‖", "right"), ("ratio", "right")):
+        table.add_column(name, justify=justify)
+    for g in report.layer_gradients:
+        ratio = g["ratio"]
+        style = "bold red" if g["grad_norm"] == 0 else ("yellow" if ratio is not None and ratio < 1e-6 else "")
+        table.add_row(shorten(g["path"]), g["layer"], f"{g['params']:,}", Text(f"{g['grad_norm']:.3e}", style=style),
+                      f"{g['weight_norm']:.3e}", Text("–" if ratio is None else f"{ratio:.2e}", style=style))
+    return table
+
+
+def markdown_table(report: Report) -> str:
+    """The site table as GitHub markdown, with the summary line above it."""
+    gradients = report.has_gradients
+    header = ["#", "site", "layer", "kind", "units", "dead", "dying", "saturated", "dead %"]
+    if gradients:
+        header += ["mean abs grad", "zero grad %"]
+    header.append("flag")
+    lines = [summary_text(report).plain, "", "| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if h in ("#", "units", "dead", "dying", "saturated", "dead %") else "---"
+                            for h in header) + "|"]
+    for index, site in order_sites(report):
+        row = [str(index), f"`{site.path}`", site.layer, _kind_label(site), str(site.units), str(len(site.dead)),
+               str(len(site.dying)), str(len(site.saturated)), _percent(site.dead_fraction)]
+        if gradients:
+            row += [cell.plain if isinstance(cell, Text) else cell for cell in _gradient_cells(site)]
+        row.append("**flagged**" if site.flagged else "ok")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def inspect_table(site_map, repairs: list[str] | None = None) -> Table:
+    """The sites of a model and the activations that cannot die, without data."""
+    table = Table(title="ReLU sites", title_justify="left", header_style="bold")
+    for name in ("#", "path", "layer", "kind", "params", "counted"):
+        table.add_column(name)
+    for site in site_map.sites:
+        params = ", ".join(f"{k}={v}" for k, v in site.params.items())
+        table.add_row(str(site.index), site.path, site.layer_class, site.kind, params, Text("yes", style="green"))
+    for other in site_map.others:
+        table.add_row("–", other.path, other.layer_class, "other", f"activation={other.activation}",
+                      Text(f"no: {other.reason}", style="dim"))
+    if repairs:
+        table.caption = "repairs applied while loading: " + "; ".join(repairs)
+    return table
