@@ -286,7 +286,10 @@ def cmd_inspect(args, output: Output) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error
+        return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT

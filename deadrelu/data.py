@@ -123,11 +123,18 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
 # -- files ---------------------------------------------------------------------------------
 
 def _split_key(path: str) -> tuple[str, str | None]:
-    """'file.npz:key' → ('file.npz', 'key'); a plain path (or a Windows drive) has no key."""
-    head, sep, tail = str(path).rpartition(":")
-    if sep and head and not os.path.exists(path) and "/" not in tail and "\\" not in tail:
-        return head, tail
-    return str(path), None
+    """'file.npz:key' → ('file.npz', 'key'). HDF5 keys may hold '/' (group/dataset)."""
+    if os.path.exists(path):
+        return path, None
+    index = path.find(":")
+    while index != -1:
+        if os.path.isfile(path[:index]):
+            return path[:index], path[index + 1:] or None
+        index = path.find(":", index + 1)
+    head, sep, tail = path.partition(":")
+    if sep and head.lower().endswith((".npz", ".h5", ".hdf5")):
+        return head, tail or None  # the file is missing; report it without the key
+    return path, None
 
 
 def _read_path(path, *, for_labels: bool):

@@ -1,0 +1,202 @@
+"""The command line: outputs, exit codes, one-line errors, quiet TensorFlow, untouched inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deadrelu.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A small CNN with three conv units planted dead (bias -1e3) in a .keras file."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(12, activation="relu", name="dense"),
+        keras.layers.Dense(3, activation="softmax", name="out"),
+    ], name="planted")
+    conv = model.get_layer("conv")
+    kernel, bias = conv.get_weights()
+    bias[[1, 4]] = -1e3
+    conv.set_weights([kernel, bias])
+    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    path = tmp_path_factory.mktemp("models") / "planted.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "probe.npz"
+    np.savez(path, x=rng.uniform(0, 1, (50, 8, 8, 1)).astype(np.float32), y=rng.integers(0, 3, 50),
+             other=rng.uniform(0, 1, (50, 5)).astype(np.float32))
+    return path
+
+
+def run(argv, capfd):
+    code = main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_scan_writes_json_equal_to_printed_json_and_finds_planted_units(model_file, data_file, tmp_path, capfd):
+    report_path = tmp_path / "scan.json"
+    code, out, err = run(["scan", model_file, "--data", data_file, "--json", report_path, "--format", "json",
+                          "--batch-size", "7", "--quiet"], capfd)
+    assert code == 0, err
+    printed = json.loads(out)
+    written = json.loads(report_path.read_text())
+    assert printed == written
+    conv = written["sites"][0]
+    assert conv["path"] == "conv" and conv["dead"] == [1, 4]
+    assert written["summary"]["dead"] >= 2
+    assert written["model"]["sha256"] == sha256(model_file)
+    assert written["data"]["samples"] == 50
+
+
+def test_table_and_markdown_outputs(model_file, data_file, capfd):
+    code, out, _ = run(["scan", model_file, "--data", data_file, "--quiet"], capfd)
+    assert code == 0
+    assert "conv" in out and "flagged" in out and "units dead" in out
+    code, out, _ = run(["scan", model_file, "--data", data_file, "--format", "markdown", "--quiet"], capfd)
+    assert code == 0
+    table_rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(table_rows) == 1 + 2  # header + two sites
+    assert "**flagged**" in out
+
+
+def test_fail_on_gate_exit_codes(model_file, data_file, capfd):
+    assert run(["scan", model_file, "--data", data_file, "--fail-on", "0.01", "--quiet"], capfd)[0] == 1
+    assert run(["scan", model_file, "--data", data_file, "--fail-on", "0.99", "--quiet"], capfd)[0] == 0
+
+
+def test_plot_is_a_real_png(model_file, data_file, tmp_path, capfd):
+    from PIL import Image
+
+    png = tmp_path / "overview.png"
+    assert run(["scan", model_file, "--data", data_file, "--plot", png, "--quiet"], capfd)[0] == 0
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 200
+        assert len(set(image.convert("RGB").getdata())) > 10  # not a blank canvas
+
+
+def test_report_command_renders_saved_report(model_file, data_file, tmp_path, capfd):
+    report_path = tmp_path / "scan.json"
+    run(["scan", model_file, "--data", data_file, "--json", report_path, "--quiet"], capfd)
+    code, out, _ = run(["report", report_path, "--format", "markdown"], capfd)
+    assert code == 0 and "`conv`" in out
+
+
+def test_inspect_lists_sites_and_others(model_file, capfd):
+    code, out, _ = run(["inspect", model_file], capfd)
+    assert code == 0
+    assert "conv" in out and "dense" in out and "softmax" in out and "2 ReLU sites" in out
+
+
+def test_without_data_warns_synthetic(model_file, capfd):
+    code, out, err = run(["scan", model_file, "--samples", "16"], capfd)
+    assert code == 0
+    assert "synthetic" in err.lower() and "SYNTHETIC" in out
+
+
+def test_adapts_trailing_channel_and_uint8(model_file, tmp_path, capfd):
+    path = tmp_path / "mnist_like.npy"
+    np.save(path, np.random.default_rng(1).integers(0, 255, (20, 8, 8), dtype=np.uint8))
+    code, _, err = run(["scan", model_file, "--data", path, "--rescale", "1/255"], capfd)
+    assert code == 0, err
+    assert "trailing channel axis" in err and "uint8" in err
+
+
+BAD_INPUTS = {
+    "missing model": (["scan", "{tmp}/nope.keras"], "not found"),
+    "not a model": (["scan", "{tmp}/text.keras"], "{tmp}/text.keras"),
+    "data missing": (["scan", "{model}", "--data", "{tmp}/none.npz"], "not found"),
+    "wrong key": (["scan", "{model}", "--data", "{data}:nokey"], "no array named 'nokey'"),
+    "wrong shape": (["scan", "{model}", "--data", "{data}:other"], "shape"),
+    "empty data": (["scan", "{model}", "--data", "{tmp}/empty.npy"], "no samples"),
+    "nan data": (["scan", "{model}", "--data", "{tmp}/nan.npy"], "NaN"),
+    "samples 0": (["scan", "{model}", "--samples", "0"], "at least 1"),
+    "json folder missing": (["scan", "{model}", "--data", "{data}", "--json", "{tmp}/no/dir/r.json"], "does not exist"),
+    "plot folder missing": (["scan", "{model}", "--data", "{data}", "--plot", "{tmp}/no/dir/p.png"], "does not exist"),
+    "gradients without labels": (["scan", "{model}", "--data", "{tmp}/nolabels.npy", "--gradients"], "labels"),
+    "bad flag value": (["scan", "{model}", "--fail-on", "2"], "fraction"),
+    "not a report": (["report", "{tmp}/text.keras"], "not a JSON report"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, model_file, data_file, tmp_path, capfd):
+    (tmp_path / "text.keras").write_text("hello")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8, 1), np.float32))
+    nan = np.random.default_rng(2).uniform(size=(30, 8, 8, 1)).astype(np.float32)
+    nan[17, 2, 3, 0] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "nolabels.npy", nan[:5])
+    argv, expected = BAD_INPUTS[case]
+    argv = [a.format(tmp=tmp_path, model=model_file, data=data_file) for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    model_hash = sha256(model_file)
+    code, _, err = run(argv, capfd)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("deadrelu: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert expected.format(tmp=tmp_path) in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+    assert sha256(model_file) == model_hash
+    if case == "nan data":
+        assert "sample 17" in lines[0]
+
+
+def test_debug_shows_traceback(tmp_path, capfd):
+    code, _, err = run(["scan", tmp_path / "missing.keras", "--debug"], capfd)
+    assert code == 2 and "Traceback" in err
+
+
+def _subprocess(args, **kwargs):
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run([sys.executable, "-m", "deadrelu", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300, **kwargs)
+
+
+def test_help_does_not_import_tensorflow():
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "deadrelu", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "scan" in result.stdout
+    assert "tensorflow" not in result.stderr and "keras" not in result.stderr
+
+
+def test_python_m_scan_sample_is_quiet_unless_verbose():
+    """`python -m deadrelu` works; TensorFlow's start-up lines never reach the terminal."""
+    model = SAMPLES / "dying_mlp.keras"
+    before = sha256(model)
+    quiet = _subprocess(["scan", model, "--data", SAMPLES / "probe.npz"])
+    assert quiet.returncode == 0, quiet.stderr
+    assert "dying_mlp" in quiet.stdout and "hidden_1" in quiet.stdout
+    noise = ("oneDNN", "cudart", "absl::InitializeLog", "cpu_feature_guard", "cuInit")
+    assert not any(word in quiet.stderr for word in noise), quiet.stderr
+    verbose = _subprocess(["scan", model, "--data", SAMPLES / "probe.npz", "--samples", "10", "--verbose"])
+    assert verbose.returncode == 0
+    assert any(word in verbose.stderr for word in noise)  # proves the quiet run did hide something
+    assert sha256(model) == before

@@ -1,0 +1,126 @@
+"""Data sources: every format gives the same statistics as the array it holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import deadrelu
+from deadrelu.data import load_data
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    keras.utils.set_random_seed(5)
+    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                             keras.layers.Flatten(), keras.layers.Dense(5, activation="relu")])
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(7).integers(0, 256, (23, 6, 6, 1), dtype=np.uint8)
+
+
+def _fires(report):
+    return [site.fires.tolist() for site in report.sites]
+
+
+@pytest.fixture(scope="module")
+def expected(model, images):
+    return _fires(deadrelu.scan(model, images.astype(np.float32) / 255, batch_size=5))
+
+
+def _scan(model, data, **kwargs):
+    return deadrelu.scan(model, data, batch_size=5, rescale=1 / 255, **kwargs)
+
+
+def test_npy_npz_h5_csv_give_the_same_statistics(model, images, expected, tmp_path):
+    import h5py
+
+    np.save(tmp_path / "x.npy", images)
+    np.savez(tmp_path / "x.npz", other=np.zeros(3), images_b=images, x=images)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("group/pixels", data=images)
+    np.savetxt(tmp_path / "x.csv", images.reshape(23, -1), delimiter=",", fmt="%d",
+               header=",".join(f"p{i}" for i in range(36)), comments="")
+    assert _fires(_scan(model, str(tmp_path / "x.npy"))) == expected
+    assert _fires(_scan(model, str(tmp_path / "x.npz"))) == expected  # default key 'x'
+    assert _fires(_scan(model, f"{tmp_path / 'x.npz'}:images_b")) == expected
+    assert _fires(_scan(model, f"{tmp_path / 'x.h5'}:group/pixels")) == expected
+
+
+def test_csv_of_flat_features():
+    import keras
+
+    mlp = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu")])
+    rows = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
+    import tempfile, os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "x.csv")
+        np.savetxt(path, rows, delimiter=",", header="a,b,c,d", comments="")
+        from_csv = deadrelu.scan(mlp, path)
+    assert _fires(from_csv) == _fires(deadrelu.scan(mlp, rows))
+
+
+def test_folder_of_images_is_resized_to_the_model(model, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    data = load_data(str(tmp_path), model)
+    batch = next(data.batches(10))
+    assert batch.shape == (4, 6, 6, 1) and batch.dtype == np.float32 and data.samples == 4
+
+
+def test_samples_limit_and_labels_from_file(model, images, tmp_path):
+    np.savez(tmp_path / "xy.npz", x_test=images, y_test=np.arange(23) % 3)
+    data = load_data(str(tmp_path / "xy.npz"), model, samples=10)
+    assert data.samples == 10 and data.has_labels
+    x, y = next(data.batches(100, labels=True))
+    assert x.shape[0] == 10 and y.tolist() == (np.arange(10) % 3).tolist()
+
+
+def test_tf_dataset_and_pydataset_stream(model, images, expected):
+    import keras
+    import tensorflow as tf
+
+    scaled = images.astype(np.float32) / 255
+    dataset = tf.data.Dataset.from_tensor_slices(scaled).batch(4)
+    assert _fires(deadrelu.scan(model, dataset)) == expected
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            return scaled[index * 8:(index + 1) * 8]
+
+    assert _fires(deadrelu.scan(model, Batches())) == expected
+
+
+def test_multi_input_dict():
+    import keras
+
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    out = keras.layers.Dense(4, activation="relu", name="joint")(keras.layers.Concatenate()([a, b]))
+    two = keras.Model({"a": a, "b": b}, out)
+    rng = np.random.default_rng(1)
+    x = {"a": rng.normal(size=(11, 3)).astype(np.float32), "b": rng.normal(size=(11, 2)).astype(np.float32)}
+    report = deadrelu.scan(two, x, batch_size=4)
+    joint = np.maximum(np.concatenate([x["a"], x["b"]], 1) @ two.get_layer("joint").get_weights()[0]
+                       + two.get_layer("joint").get_weights()[1], 0)
+    assert report.sites[0].fires.tolist() == (joint != 0).sum(0).tolist()
+
+
+def test_h5_is_streamed_not_loaded(model, images, tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.create_dataset("x", data=images)
+    data = load_data(str(tmp_path / "big.h5"), model)
+    assert isinstance(data.x, h5py.Dataset)  # read slice by slice, never as a whole array
