@@ -18,7 +18,7 @@ from typing import Sequence
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit code 2."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
@@ -26,14 +26,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT)
 
 
-def _fraction(text: str) -> float:
-    value = _number(text)
+def fraction(text: str) -> float:
+    value = number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
     return value
 
 
-def _number(text: str) -> float:
+def number(text: str) -> float:
     """A float, also written as a ratio such as 1/255."""
     try:
         if "/" in text:
@@ -44,7 +44,7 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number such as 0.5 or 1/255, got {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -54,65 +54,60 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _shape(text: str) -> tuple:
+def shape(text: str) -> tuple:
     try:
         return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a shape such as 28,28,1, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command (no TensorFlow import)."""
-    from deadrelu import __version__
-
-    parser = _Parser(prog="deadrelu", description="Find, measure and fix dead ReLU units in Keras models.")
-    parser.add_argument("--version", action="version", version=f"deadrelu {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
+def parent_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Flag groups shared by several commands: "common", "model" and "data"."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
     common.add_argument("--verbose", action="store_true", help="let TensorFlow's own log lines through")
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
-    loading = argparse.ArgumentParser(add_help=False)
-    loading.add_argument("model", metavar="MODEL", help="a .keras or .h5 file, or a SavedModel directory")
-    loading.add_argument("--custom-objects", metavar="FILE.py", help="a Python file defining the model's custom classes")
-    loading.add_argument("--architecture", metavar="MODEL.json", help="a Keras JSON config, for a weights-only .h5")
-    loading.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs Python code from the file)")
-    loading.add_argument("--input-shape", type=_shape, metavar="H,W,C", help="input shape, when the file lacks one")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("model", metavar="MODEL", help="a .keras or .h5 file, or a SavedModel directory")
+    model.add_argument("--custom-objects", metavar="FILE.py", help="a Python file defining the model's custom classes")
+    model.add_argument("--architecture", metavar="MODEL.json", help="a Keras JSON config, for a weights-only .h5")
+    model.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs Python code from the file)")
+    model.add_argument("--input-shape", type=shape, metavar="H,W,C", help="input shape, when the file lacks one")
 
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--data", metavar="PATH", help=".npy, .npz[:key], .h5[:dataset], .csv or a folder of images")
     data.add_argument("--labels", metavar="PATH", help="labels (same formats); default the data file's 'y'")
-    data.add_argument("--samples", type=_positive_int, metavar="N", help="use the first N samples")
-    data.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="samples per step (default 256)")
-    data.add_argument("--rescale", type=_number, metavar="F", help="multiply inputs by F, e.g. 1/255")
+    data.add_argument("--samples", type=positive_int, metavar="N", help="use the first N samples")
+    data.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="samples per step (default 256)")
+    data.add_argument("--rescale", type=number, metavar="F", help="multiply inputs by F, e.g. 1/255")
+    return {"common": common, "model": model, "data": data}
 
-    scan = commands.add_parser("scan", parents=[loading, data, common], help="measure every ReLU unit on data",
-                               description="Measure every ReLU unit of MODEL on data and report dead, dying and "
-                                           "saturated units.")
-    scan.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
-    scan.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
-    _add_output_flags(scan)
-    scan.add_argument("--fail-on", type=_fraction, metavar="FRACTION",
-                      help="exit 1 when the model's dead fraction exceeds FRACTION (a CI gate)")
-    scan.add_argument("--dying-threshold", type=_fraction, default=0.01, metavar="F",
-                      help="active rate under which a unit is dying (default 0.01)")
-    scan.add_argument("--flag-threshold", type=_fraction, default=0.10, metavar="F",
-                      help="dead share from which a site is flagged (default 0.10)")
-    scan.set_defaults(handler=cmd_scan)
 
-    inspect = commands.add_parser("inspect", parents=[loading, common], help="list the ReLU sites, without data")
-    inspect.set_defaults(handler=cmd_inspect)
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (no TensorFlow import).
 
-    report = commands.add_parser("report", parents=[common], help="render a saved JSON report again")
-    report.add_argument("report", metavar="REPORT.json")
-    _add_output_flags(report, json_flag=False)
-    report.set_defaults(handler=cmd_report)
+    Each module of `deadrelu.commands` defines one command: `ORDER` (its place in --help),
+    `register(subparsers, parents)` and `run(args, output) -> exit code`.
+    """
+    import importlib
+    import pkgutil
+
+    from deadrelu import __version__, commands
+
+    parser = Parser(prog="deadrelu", description="Find, measure and fix dead ReLU units in Keras models.")
+    parser.add_argument("--version", action="version", version=f"deadrelu {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    modules = [importlib.import_module(f"deadrelu.commands.{info.name}")
+               for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+    parents = parent_parsers()
+    for module in sorted(modules, key=lambda m: m.ORDER):
+        module.register(subparsers, parents).set_defaults(handler=module.run)
     return parser
 
 
-def _add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+def add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """--json, --plot, --format, --sort, --top: how a report is shown and saved."""
     if json_flag:
         parser.add_argument("--json", metavar="PATH", help="write the JSON report here")
     parser.add_argument("--plot", metavar="PATH", help="save the overview figure (PNG)")
@@ -120,7 +115,7 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True
                         help="what to print (default: table)")
     parser.add_argument("--sort", choices=("model", "dead"), default="model",
                         help="row order: model order or worst first")
-    parser.add_argument("--top", type=_positive_int, metavar="N", help="show at most N rows")
+    parser.add_argument("--top", type=positive_int, metavar="N", help="show at most N rows")
 
 
 # -- the console ----------------------------------------------------------------------------
@@ -200,85 +195,13 @@ class Output:
 
 # -- commands -------------------------------------------------------------------------------
 
-def _load(args):
+def load_from_args(args):
+    """Loads the MODEL of a command with its loading flags; returns a `LoadedModel`."""
     from deadrelu.loading import load
 
     options = {"custom_objects": args.custom_objects, "architecture": args.architecture,
                "unsafe": args.unsafe or None, "input_shape": args.input_shape}
     return load(args.model, **{k: v for k, v in options.items() if v is not None})
-
-
-def cmd_scan(args, output: Output) -> int:
-    from deadrelu.files import check_output_path
-    from deadrelu.scan import describe_loaded, scan
-
-    for path in (args.json, args.plot):
-        if path:
-            check_output_path(path)
-    loaded = _load(args)
-    for repair in loaded.repairs:
-        output.note(f"repaired while loading: {repair}", style="dim")
-    with output.progress("scanning") as (on_start, on_batch):
-        report = scan(loaded.model, args.data, args.labels, batch_size=args.batch_size, gradients=args.gradients,
-                      loss=args.loss, samples=args.samples, rescale=args.rescale,
-                      dying_threshold=args.dying_threshold, flag_threshold=args.flag_threshold,
-                      on_start=on_start, on_batch=on_batch, model_info=describe_loaded(loaded))
-    for note in report.notes:
-        output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
-    return _emit(report, args, output)
-
-
-def cmd_report(args, output: Output) -> int:
-    from deadrelu.report import Report
-
-    return _emit(Report.from_json(args.report), args, output)
-
-
-def _emit(report, args, output: Output) -> int:
-    """Prints the report in the chosen format and writes the requested files."""
-    if getattr(args, "json", None):
-        report.to_json(args.json)
-    if args.plot:
-        from deadrelu.plots import plot_overview
-
-        plot_overview(report, args.plot)
-    if args.format == "json":
-        import json
-
-        sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
-    elif args.format == "markdown":
-        from deadrelu.render import markdown_table
-
-        sys.stdout.write(markdown_table(report))
-    else:
-        from deadrelu.render import layer_gradient_table, site_table, summary_text
-
-        if report.sites:
-            output.out.print(site_table(report, sort=args.sort, limit=args.top))
-        gradient_table = layer_gradient_table(report)
-        if gradient_table is not None:
-            output.out.print(gradient_table)
-        output.out.print(summary_text(report))
-    for path, what in ((getattr(args, "json", None), "report"), (args.plot, "figure")):
-        if path:
-            output.note(f"wrote {what} {path}", style="dim")
-    fail_on = getattr(args, "fail_on", None)
-    if fail_on is not None and report.dead_fraction > fail_on:
-        output.note(f"dead fraction {report.dead_fraction:.1%} exceeds --fail-on {fail_on:.1%}", style="bold red")
-        return EXIT_GATE
-    return EXIT_OK
-
-
-def cmd_inspect(args, output: Output) -> int:
-    from deadrelu.render import inspect_table
-    from deadrelu.sites import find_sites
-
-    loaded = _load(args)
-    site_map = find_sites(loaded.model)
-    output.out.print(inspect_table(site_map, loaded.repairs))
-    output.out.print(f"{loaded.model.name}: {len(site_map.sites)} ReLU sites, {len(site_map.others)} other "
-                     f"activations (format {loaded.format})")
-    return EXIT_OK
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""`deadrelu scan`: measure every ReLU unit of a model on data."""
+
+from __future__ import annotations
+
+import sys
+
+from deadrelu.cli import EXIT_GATE, EXIT_OK, add_output_flags, fraction, load_from_args
+
+ORDER = 10
+
+
+def register(subparsers, parents):
+    parser = subparsers.add_parser(
+        "scan", parents=[parents["model"], parents["data"], parents["common"]],
+        help="measure every ReLU unit on data",
+        description="Measure every ReLU unit of MODEL on data and report dead, dying and saturated units.")
+    parser.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
+    parser.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
+    add_output_flags(parser)
+    parser.add_argument("--fail-on", type=fraction, metavar="FRACTION",
+                        help="exit 1 when the model's dead fraction exceeds FRACTION (a CI gate)")
+    parser.add_argument("--dying-threshold", type=fraction, default=0.01, metavar="F",
+                        help="active rate under which a unit is dying (default 0.01)")
+    parser.add_argument("--flag-threshold", type=fraction, default=0.10, metavar="F",
+                        help="dead share from which a site is flagged (default 0.10)")
+    return parser
+
+
+def run(args, output) -> int:
+    from deadrelu.files import check_output_path
+    from deadrelu.scan import describe_loaded, scan
+
+    for path in (args.json, args.plot):
+        if path:
+            check_output_path(path)
+    loaded = load_from_args(args)
+    for repair in loaded.repairs:
+        output.note(f"repaired while loading: {repair}", style="dim")
+    with output.progress("scanning") as (on_start, on_batch):
+        report = scan(loaded.model, args.data, args.labels, batch_size=args.batch_size, gradients=args.gradients,
+                      loss=args.loss, samples=args.samples, rescale=args.rescale,
+                      dying_threshold=args.dying_threshold, flag_threshold=args.flag_threshold,
+                      on_start=on_start, on_batch=on_batch, model_info=describe_loaded(loaded))
+    for note in report.notes:
+        output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
+    return emit(report, args, output)
+
+
+def emit(report, args, output) -> int:
+    """Prints a report in the chosen format, writes the requested files, applies --fail-on."""
+    if getattr(args, "json", None):
+        report.to_json(args.json)
+    if args.plot:
+        from deadrelu.plots import plot_overview
+
+        plot_overview(report, args.plot)
+    if args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
+    elif args.format == "markdown":
+        from deadrelu.render import markdown_table
+
+        sys.stdout.write(markdown_table(report))
+    else:
+        from deadrelu.render import layer_gradient_table, site_table, summary_text
+
+        if report.sites:
+            output.out.print(site_table(report, sort=args.sort, limit=args.top))
+        gradient_table = layer_gradient_table(report)
+        if gradient_table is not None:
+            output.out.print(gradient_table)
+        output.out.print(summary_text(report))
+    for path, what in ((getattr(args, "json", None), "report"), (args.plot, "figure")):
+        if path:
+            output.note(f"wrote {what} {path}", style="dim")
+    fail_on = getattr(args, "fail_on", None)
+    if fail_on is not None and report.dead_fraction > fail_on:
+        output.note(f"dead fraction {report.dead_fraction:.1%} exceeds --fail-on {fail_on:.1%}", style="bold red")
+        return EXIT_GATE
+    return EXIT_OK
