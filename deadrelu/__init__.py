@@ -19,7 +19,19 @@ from deadrelu.report import Report, SiteReport, Thresholds
 from deadrelu.scan import scan
 from deadrelu.sites import Site, find_sites
 
+
+
+def __getattr__(name: str):
+    # The callback subclasses keras.callbacks.Callback: importing it loads TensorFlow, so it is
+    # imported on first use rather than with the package.
+    if name == "DeadReluMonitor":
+        from deadrelu.callbacks import DeadReluMonitor
+
+        return DeadReluMonitor
+    raise AttributeError(f"module 'deadrelu' has no attribute {name!r}")
+
+
 __all__ = [
-    "DataError", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
+    "DeadReluMonitor", "DataError", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
     "UnsupportedModelError", "UsageError", "__version__", "find_sites", "load_model", "scan",
 ]

@@ -1,0 +1,108 @@
+"""A timeline of scans during training: which units are dead at each check, and what changed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Check:
+    """One scan during training.
+
+    Attributes:
+        epoch: Epoch index (0-based) at which the check ran.
+        step: Global training step (batches seen so far).
+        dead: Per site path, the dead unit indices.
+        units: Per site path, the number of units.
+        dead_fraction: Dead units / all units.
+        dying_fraction: Dying units / all units.
+        newly_dead: Per site path, units dead now but not at the previous check.
+        revived: Per site path, units dead at the previous check but alive now.
+        persistence: Share of the previous check's dead units still dead (None at the first check).
+        action: What the monitor did ("warn", "stop", "revive") or None.
+    """
+
+    epoch: int
+    step: int
+    dead: dict[str, list[int]]
+    units: dict[str, int]
+    dead_fraction: float
+    dying_fraction: float
+    newly_dead: dict[str, list[int]]
+    revived: dict[str, list[int]]
+    persistence: float | None
+    action: str | None = None
+
+    def site_dead_fraction(self, path: str) -> float:
+        return len(self.dead.get(path, ())) / self.units[path] if self.units.get(path) else 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_check(report, previous: Check | None, *, epoch: int, step: int) -> Check:
+    """Builds a `Check` from a scan `Report`, diffing against the previous check."""
+    dead = {site.path: list(site.dead) for site in report.sites}
+    units = {site.path: site.units for site in report.sites}
+    summary = report.summary
+    newly_dead, revived = {}, {}
+    persistence = None
+    if previous is not None:
+        kept = total = 0
+        for path, now in dead.items():
+            before = set(previous.dead.get(path, ()))
+            now_set = set(now)
+            newly_dead[path] = sorted(now_set - before)
+            revived[path] = sorted(before - now_set)
+            kept += len(before & now_set)
+            total += len(before)
+        persistence = kept / total if total else None
+    return Check(epoch=epoch, step=step, dead=dead, units=units, dead_fraction=summary["dead_fraction"],
+                 dying_fraction=summary["dying"] / summary["units"] if summary["units"] else 0.0,
+                 newly_dead=newly_dead, revived=revived, persistence=persistence)
+
+
+def plot_timeline(checks: list[Check], path: str, *, title: str = "dead units during training") -> None:
+    """Saves a figure of each site's dead share over training (and the model's, in black).
+
+    Args:
+        checks: The monitor's checks, in order.
+        path: Where to write the PNG (atomically).
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from deadrelu.files import atomic_output
+    from deadrelu.render import shorten
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    if checks:
+        x = [c.epoch + 1 for c in checks]
+        paths = list(checks[-1].units)
+        cmap = plt.get_cmap("tab20")
+        for i, site_path in enumerate(paths):
+            shares = [c.site_dead_fraction(site_path) for c in checks]
+            ax.plot(x, shares, marker=".", lw=1.2, color=cmap(i % 20),
+                    label=shorten(site_path, 30) if len(paths) <= 20 else None)
+        ax.plot(x, [c.dead_fraction for c in checks], color="black", lw=2.4, label="whole model")
+        for c in checks:
+            if c.action == "revive":
+                ax.axvline(c.epoch + 1, color="#27ae60", ls=":", lw=1)
+            elif c.action == "stop":
+                ax.axvline(c.epoch + 1, color="#c0392b", ls="--", lw=1)
+        ax.set_xticks(np.unique(x))
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("share of units dead")
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

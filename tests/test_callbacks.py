@@ -1,0 +1,159 @@
+"""DeadReluMonitor during a real `fit`: logs reach History, CSVLogger and TensorBoard; the timeline
+records deaths planted mid-training; stop ends training; the probe is traced once."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+import deadrelu
+
+
+def _model(seed=11):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((10,)),
+        keras.layers.Dense(16, activation="relu", name="hidden"),
+        keras.layers.Dense(8, activation="relu", name="second"),
+        keras.layers.Dense(3, activation="softmax", name="out"),
+    ], name="watched")
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.fixture(scope="module")
+def xy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 10)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int)
+
+
+KILL_AT_EPOCH = 1  # 0-based epoch at whose start units 0..5 of "hidden" are killed
+KILLED = list(range(6))
+
+
+def _killer():
+    """A callback that plants 6 dead units in 'hidden' at the start of epoch 1 (bias -1e4)."""
+    import keras
+
+    def kill(epoch, logs=None):
+        if epoch == KILL_AT_EPOCH:
+            layer = kill.model.get_layer("hidden")
+            kernel, bias = layer.get_weights()
+            bias[KILLED] = -1e4
+            layer.set_weights([kernel, bias])
+
+    callback = keras.callbacks.LambdaCallback(on_epoch_begin=kill)
+    return callback, kill
+
+
+def _reference_dead(model, x):
+    """Dead units per site from materialized activations (numpy)."""
+    import keras
+
+    outputs = [model.get_layer(name).output for name in ("hidden", "second")]
+    acts = keras.Model(model.inputs, outputs).predict(x, verbose=0)
+    return {name: np.flatnonzero((a != 0).sum(0) == 0).tolist() for name, a in zip(("hidden", "second"), acts)}
+
+
+def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    x, y = xy
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=False)
+    logdir = tmp_path / "tb"
+    csv_path = tmp_path / "log.csv"
+    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0,
+                        callbacks=[killer, monitor, keras.callbacks.CSVLogger(str(csv_path)),
+                                   keras.callbacks.TensorBoard(str(logdir))])
+
+    # History: one value per epoch, equal to the timeline and to a numpy reference at the end.
+    dead_fraction = history.history["deadrelu/dead_fraction"]
+    assert len(dead_fraction) == 3
+    assert dead_fraction == pytest.approx([c.dead_fraction for c in monitor.timeline])
+    reference = _reference_dead(model, x[:100])
+    assert monitor.timeline[-1].dead == reference
+    assert dead_fraction[-1] == pytest.approx(sum(map(len, reference.values())) / 24)
+    assert set(KILLED) <= set(monitor.timeline[1].dead["hidden"])
+    assert "deadrelu/hidden/dead_fraction" in history.history  # flagged from epoch 1 on
+
+    # CSVLogger: the same numbers in the file.
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [float(r["deadrelu/dead_fraction"]) for r in rows] == pytest.approx(dead_fraction)
+
+    # TensorBoard: read the event files back.
+    scalars = {}
+    for event_file in (logdir / "train").glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if not value.tag.startswith("epoch_"):
+                    continue  # the model graph and other non-scalar summaries
+                scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    assert scalars["epoch_deadrelu/dead_fraction"] == pytest.approx(dead_fraction, rel=1e-6)
+
+    # The probe was traced once and reused for every check.
+    assert monitor._probe._step.experimental_get_tracing_count() == 1
+
+
+def test_timeline_newly_dead_revived_and_persistence(xy):
+    x, y = xy
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=False)
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[killer, monitor])
+    first, second, third = monitor.timeline
+    assert first.persistence is None and first.newly_dead == {}
+    before = set(first.dead["hidden"])
+    assert set(second.newly_dead["hidden"]) == set(second.dead["hidden"]) - before
+    assert set(KILLED) - before <= set(second.newly_dead["hidden"])
+    assert set(second.revived["hidden"]) == before - set(second.dead["hidden"])
+    dead_then = sum(len(v) for v in second.dead.values())
+    still = sum(len(set(second.dead[p]) & set(third.dead[p])) for p in second.dead)
+    assert third.persistence == pytest.approx(still / dead_then)
+    assert third.persistence == 1.0  # a bias of -1e4 does not recover under SGD in one epoch
+
+
+def test_warn_prints_one_line_per_newly_flagged_site(xy, capsys):
+    x, y = xy
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0,
+              callbacks=[killer, deadrelu.DeadReluMonitor(x[:100], on_dead="warn")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("deadrelu:")]
+    assert sum("hidden flagged" in line for line in lines) == 1
+
+
+def test_stop_ends_training_like_early_stopping(xy):
+    x, y = xy
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="stop", max_dead_fraction=0.2, patience=1, verbose=False)
+    history = model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[killer, monitor])
+    # Over the limit from epoch 1 (6+ of 24 units dead), tolerated once (patience 1), stopped after epoch 2.
+    assert len(history.history["loss"]) == 3
+    assert monitor.timeline[-1].action == "stop"
+
+
+def test_every_steps_and_plot(xy, tmp_path):
+    from PIL import Image
+
+    x, y = xy
+    model = _model()
+    monitor = deadrelu.DeadReluMonitor(x[:64], every_steps=4, on_dead=None, verbose=False)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
+    assert [c.step for c in monitor.timeline] == [4, 8, 12, 16]
+    monitor.plot(tmp_path / "timeline.png")
+    with Image.open(tmp_path / "timeline.png") as image:
+        assert image.format == "PNG" and len(set(image.convert("RGB").getdata())) > 10
