@@ -163,3 +163,31 @@ def inspect_table(site_map, repairs: list[str] | None = None) -> Table:
     if repairs:
         table.caption = "repairs applied while loading: " + "; ".join(repairs)
     return table
+
+
+def comparison_table(comparison) -> Table:
+    """Before → after per retrained variant: dead and dying units, validation loss and metrics."""
+    metrics = list(comparison.variants[0].after) if comparison.variants else []
+    table = Table(title=f"retrained {comparison.settings.get('epochs')} epochs, same data and seed",
+                  title_justify="left", header_style="bold")
+    table.add_column("variant")
+    table.add_column("dead units", justify="right")
+    table.add_column("dying", justify="right")
+    for metric in metrics:
+        table.add_column(f"val {metric}", justify="right")
+    best = {m: _best(comparison, m) for m in metrics}
+    for v in comparison.variants:
+        cells = [v.name, f"{v.dead_before} → {v.dead_after}", f"{v.dying_before} → {v.dying_after}"]
+        for metric in metrics:
+            text = Text(f"{v.before.get(metric, float('nan')):.4f} → {v.after[metric]:.4f}")
+            if len(comparison.variants) > 1 and v.name == best[metric]:
+                text.stylize("bold green")
+            cells.append(text)
+        table.add_row(*cells)
+    return table
+
+
+def _best(comparison, metric: str) -> str:
+    lower_is_better = "loss" in metric or "error" in metric
+    pick = min if lower_is_better else max
+    return pick(comparison.variants, key=lambda v: v.after[metric]).name

@@ -1,0 +1,221 @@
+"""Retrain model variants the same way and compare them: what helped?
+
+Each variant (e.g. "as is", "patched to PReLU", "revived") is recompiled like the original file
+(its loss, metrics and optimizer class and configuration, with fresh optimizer state), fitted with
+the same data, epochs and seed, and scanned before and after on the validation data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from deadrelu.errors import UsageError
+
+
+@dataclasses.dataclass
+class VariantResult:
+    """Before/after numbers of one retrained variant.
+
+    Attributes:
+        name: The variant's label.
+        units: ReLU units in the model.
+        dead_before, dying_before, dead_after, dying_after: Unit counts from scans of the
+            validation data before and after training.
+        before, after: Validation loss and each compiled metric (`model.evaluate`).
+        history: Per-epoch training curves (`History.history`).
+    """
+
+    name: str
+    units: int
+    dead_before: int
+    dying_before: int
+    dead_after: int
+    dying_after: int
+    before: dict[str, float]
+    after: dict[str, float]
+    history: dict[str, list[float]]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The retraining of several variants under one budget."""
+
+    variants: list[VariantResult]
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return {"schema": "deadrelu/retrain@1", "settings": self.settings,
+                "variants": [v.to_dict() for v in self.variants]}
+
+    def to_json(self, path: str) -> None:
+        import json
+
+        from deadrelu.files import atomic_output
+
+        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+
+def compile_like(model, source, *, loss=None, optimizer: str | None = None, learning_rate: float | None = None) -> None:
+    """Compiles `model` as `source` was compiled, with fresh optimizer state.
+
+    Args:
+        model: The model to compile.
+        source: The original model (its compile configuration is reused when it has one).
+        loss: Overrides the loss (a Keras loss name).
+        optimizer: Overrides the optimizer class (a Keras optimizer name such as "adam").
+        learning_rate: Overrides the learning rate.
+
+    Raises:
+        UsageError: Neither `source` nor the arguments give a loss.
+    """
+    import keras
+
+    config = _compile_config(source)
+    if loss is None and not config.get("loss"):
+        raise UsageError("the model file stores no loss; pass one with --loss NAME (e.g. --loss categorical_crossentropy)")
+    if optimizer is not None:
+        opt = keras.optimizers.get(optimizer)
+    elif config.get("optimizer") is not None:
+        opt = keras.optimizers.deserialize(config["optimizer"])
+    else:
+        opt = keras.optimizers.Adam()
+    if learning_rate is not None:
+        opt.learning_rate = learning_rate
+    model.compile(optimizer=opt, loss=loss if loss is not None else config["loss"],
+                  metrics=config.get("metrics"), loss_weights=config.get("loss_weights"))
+
+
+def _compile_config(model) -> dict:
+    try:
+        config = model.get_compile_config() or {}
+    except Exception:  # noqa: BLE001 - models compiled with objects that cannot be serialised
+        config = {}
+    if not config and getattr(model, "loss", None) is not None:
+        config = {"loss": model.loss, "optimizer": None, "metrics": None}
+    return config
+
+
+def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, validation_data=None,
+            validation_split: float | None = None, seed: int = 0, loss=None, optimizer: str | None = None,
+            learning_rate: float | None = None, probe_samples: int = 2000,
+            on_epoch: Callable[[str, int, dict], None] | None = None) -> Comparison:
+    """Fits every variant with the same data, epochs and seed, and scans each before and after.
+
+    Args:
+        variants: Label → `keras.Model` (each is compiled here; pass copies you can spare).
+        source: The original model, whose compile configuration the variants inherit.
+        x, y: Training data (numpy arrays).
+        epochs: Epochs per variant.
+        batch_size: Training batch size.
+        validation_data: `(x_val, y_val)`; else the last `validation_split` of `x`, `y` is held out.
+        validation_split: Share of the training data held out when `validation_data` is None.
+        seed: Seed set before each fit, so every variant sees the same shuffles and dropout.
+        loss, optimizer, learning_rate: Overrides of the stored compile configuration.
+        probe_samples: Validation samples used for the dead-unit scans.
+        on_epoch: Called with (variant, epoch, logs) after each epoch (progress).
+
+    Returns:
+        A `Comparison`.
+
+    Example:
+        >>> comparison = retrain({"as is": clone, "prelu": patched}, model, x, y, epochs=2,
+        ...                      validation_split=0.2)
+    """
+    import keras
+
+    from deadrelu.scan import scan
+
+    x_train, y_train, x_val, y_val = _split(x, y, validation_data, validation_split)
+    probe = x_val[:probe_samples]
+    results = []
+    for name, model in variants.items():
+        compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
+        scan_before = scan(model, probe)
+        before = _evaluate(model, x_val, y_val, batch_size)
+        keras.utils.set_random_seed(seed)
+        reseed_layers(model, seed)
+        callbacks = [keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs, name=name: on_epoch(name, epoch, logs))] if on_epoch else []
+        history = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0,
+                            validation_data=(x_val, y_val), callbacks=callbacks)
+        scan_after = scan(model, probe)
+        after = _evaluate(model, x_val, y_val, batch_size)
+        results.append(VariantResult(
+            name=name, units=scan_before.summary["units"],
+            dead_before=scan_before.summary["dead"], dying_before=scan_before.summary["dying"],
+            dead_after=scan_after.summary["dead"], dying_after=scan_after.summary["dying"],
+            before=before, after=after,
+            history={k: [float(v) for v in values] for k, values in history.history.items()}))
+    settings = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_samples": len(x_train),
+                "validation_samples": len(x_val), "probe_samples": len(probe),
+                "validation": "given" if validation_data is not None else f"last {validation_split:g} of the data"}
+    return Comparison(variants=results, settings=settings)
+
+
+def reseed_layers(model, seed: int) -> None:
+    """Resets the random state of every layer (Dropout, noise) from `seed`.
+
+    Keras layers draw their own seeds when they are built, so a clone or a patched copy would
+    drop different units than the original even under the same global seed. The i-th generator of
+    every variant gets the same state, so all variants train under identical randomness.
+    """
+    import keras
+
+    generators = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        generators += [value for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)]
+    for i, generator in enumerate(generators):
+        generator.state.assign(np.array([seed + i, 0], dtype=generator.state.dtype))
+
+
+def _split(x, y, validation_data, validation_split):
+    if validation_data is not None:
+        x_val, y_val = validation_data
+        return x, y, x_val, y_val
+    if not validation_split or not 0 < validation_split < 1:
+        raise UsageError("retraining needs validation data: pass --validation-data val.npz or --validation-split 0.2")
+    cut = int(round(len(x) * (1 - validation_split)))
+    if cut < 1 or cut >= len(x):
+        raise UsageError(f"--validation-split {validation_split:g} leaves no training or no validation samples")
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def _evaluate(model, x, y, batch_size: int) -> dict[str, float]:
+    values = model.evaluate(x, y, batch_size=max(batch_size, 256), verbose=0, return_dict=True)
+    return {k: float(v) for k, v in values.items()}
+
+
+def plot_curves(comparison: Comparison, path: str) -> None:
+    """Saves training curves: validation loss (and the first metric) per epoch, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from deadrelu.files import atomic_output
+
+    keys = ["val_loss"]
+    first = comparison.variants[0].history if comparison.variants else {}
+    keys += [k for k in first if k.startswith("val_") and k != "val_loss"][:1]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for variant in comparison.variants:
+            values = variant.history.get(key, [])
+            start = variant.before.get(key[4:] if key != "val_loss" else "loss")
+            xs = np.arange(0, len(values) + 1)
+            ax.plot(xs, [start] + values, marker="o", lw=1.6, label=variant.name)
+        ax.set_xlabel("epoch")
+        ax.set_title(key.replace("val_", "validation "), fontsize=10, loc="left")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
