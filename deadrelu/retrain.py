@@ -62,6 +62,36 @@ class Comparison:
             json.dump(self.to_dict(), f, indent=1)
 
 
+def copy_model(model):
+    """An independent copy of a model with the same weights (nested models copied too)."""
+    import keras
+
+    try:
+        clone = keras.models.clone_model(model, recursive=True)
+        clone.set_weights(model.get_weights())
+        return clone
+    except Exception:  # noqa: BLE001 - subclassed models: go through the file format instead
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "copy.keras")
+            model.save(path)
+            return keras.models.load_model(path)
+
+
+def match_labels(y: np.ndarray, model) -> np.ndarray:
+    """Turns integer labels into one-hot ones when the compiled loss is categorical crossentropy."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
+    classes = model.output_shape[-1] if isinstance(getattr(model, "output_shape", None), tuple) else None
+    y = np.asarray(y)
+    if "categorical" in str(name) and "sparse" not in str(name) and classes and classes > 1 \
+            and (y.ndim == 1 or y.shape[-1] == 1) and np.issubdtype(y.dtype, np.integer):
+        return np.eye(classes, dtype=np.float32)[y.reshape(-1)]
+    return y
+
+
 def compile_like(model, source, *, loss=None, optimizer: str | None = None, learning_rate: float | None = None) -> None:
     """Compiles `model` as `source` was compiled, with fresh optimizer state.
 
@@ -137,16 +167,17 @@ def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, 
     results = []
     for name, model in variants.items():
         compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
+        fit_y, val_y = match_labels(y_train, model), match_labels(y_val, model)
         scan_before = scan(model, probe)
-        before = _evaluate(model, x_val, y_val, batch_size)
+        before = _evaluate(model, x_val, val_y, batch_size)
         keras.utils.set_random_seed(seed)
         reseed_layers(model, seed)
         callbacks = [keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs, name=name: on_epoch(name, epoch, logs))] if on_epoch else []
-        history = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0,
-                            validation_data=(x_val, y_val), callbacks=callbacks)
+        history = model.fit(x_train, fit_y, epochs=epochs, batch_size=batch_size, verbose=0,
+                            validation_data=(x_val, val_y), callbacks=callbacks)
         scan_after = scan(model, probe)
-        after = _evaluate(model, x_val, y_val, batch_size)
+        after = _evaluate(model, x_val, val_y, batch_size)
         results.append(VariantResult(
             name=name, units=scan_before.summary["units"],
             dead_before=scan_before.summary["dead"], dying_before=scan_before.summary["dying"],

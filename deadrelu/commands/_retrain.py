@@ -1,0 +1,79 @@
+"""`--retrain` for `patch` and `revive`: fit the new model (and with --baseline an unchanged
+copy) under the same budget, and print what helped."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deadrelu.cli import fraction, number, positive_int
+
+
+def add_retrain_flags(parser) -> None:
+    """Adds the retraining flags (the command must already have the "data" parent flags)."""
+    group = parser.add_argument_group("retraining (with --retrain)")
+    group.add_argument("--retrain", action="store_true", help="fit the new model on --data/--labels and compare")
+    group.add_argument("--epochs", type=positive_int, default=2, metavar="N", help="epochs (default 2)")
+    group.add_argument("--fit-batch-size", type=positive_int, default=32, metavar="N",
+                       help="training batch size (default 32)")
+    group.add_argument("--validation-data", metavar="PATH", help="validation inputs (and 'y' labels)")
+    group.add_argument("--validation-labels", metavar="PATH", help="validation labels, if not in the file")
+    group.add_argument("--validation-split", type=fraction, metavar="F",
+                       help="hold out the last F of --data for validation")
+    group.add_argument("--loss", metavar="NAME", help="loss, when the file stores none (or to override it)")
+    group.add_argument("--optimizer", metavar="NAME", help="optimizer class, e.g. adam (default: the file's)")
+    group.add_argument("--lr", type=number, metavar="F", help="learning rate (default: the file's)")
+    group.add_argument("--baseline", action="store_true", help="also retrain an unchanged copy, for a fair comparison")
+    group.add_argument("--train-seed", type=int, default=0, metavar="N", help="seed of the training runs (default 0)")
+    group.add_argument("--curves", metavar="PATH", help="save the training curves (PNG)")
+
+
+def retrain_from_args(args, output, source, variants: dict):
+    """Retrains `variants` (label → model) as the flags say; prints the comparison; returns it.
+
+    Args:
+        args: Parsed flags of a command that called `add_retrain_flags`.
+        output: The command's `Output`.
+        source: The model as loaded (its compile configuration and, with --baseline, a copy).
+        variants: Label → transformed model.
+
+    Returns:
+        A `deadrelu.retrain.Comparison`.
+    """
+    from deadrelu.data import load_data
+    from deadrelu.errors import UsageError
+    from deadrelu.render import comparison_table
+    from deadrelu.retrain import copy_model, plot_curves, retrain
+
+    if args.data is None:
+        raise UsageError("--retrain needs training data: pass --data train.npz (with 'y', or --labels y.npy)")
+    train = load_data(args.data, source, labels=args.labels, samples=args.samples, rescale=args.rescale)
+    if not train.has_labels:
+        raise UsageError("--retrain needs labels: pass --labels y.npy (or a data file with a 'y' array)")
+    x, y = _materialize(train)
+    validation = None
+    if args.validation_data:
+        held_out = load_data(args.validation_data, source, labels=args.validation_labels, rescale=args.rescale)
+        if not held_out.has_labels:
+            raise UsageError("--validation-data needs labels: a file with a 'y' array, or --validation-labels")
+        validation = _materialize(held_out)
+    elif args.validation_split is None:
+        raise UsageError("--retrain needs validation data: pass --validation-data val.npz or --validation-split 0.2")
+    if args.baseline:
+        variants = {"as is (baseline)": copy_model(source), **variants}
+    total = args.epochs * len(variants)
+    with output.progress("retraining") as (on_start, on_batch):
+        on_start(total)
+        comparison = retrain(variants, source, x, y, epochs=args.epochs, batch_size=args.fit_batch_size,
+                             validation_data=validation, validation_split=args.validation_split,
+                             seed=args.train_seed, loss=args.loss, optimizer=args.optimizer,
+                             learning_rate=args.lr, on_epoch=lambda name, epoch, logs: on_batch(1))
+    output.out.print(comparison_table(comparison))
+    if args.curves:
+        plot_curves(comparison, args.curves)
+        output.note(f"wrote training curves {args.curves}", style="dim")
+    return comparison
+
+
+def _materialize(data) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*data.batches(4096, labels=True))
+    return np.concatenate(xs), np.concatenate(ys)
