@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from deadrelu.errors import DataError, DeadReluError, ModelLoadError, UnsupportedModelError, UsageError
 from deadrelu.loading import load_model
+from deadrelu.patch import PatchResult, SelfCheckError, patch, patch_model, patch_self_check
 from deadrelu.report import Report, SiteReport, Thresholds
 from deadrelu.scan import scan
 from deadrelu.sites import Site, find_sites
@@ -32,6 +33,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DeadReluMonitor", "DataError", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
+    "DeadReluMonitor", "DataError", "PatchResult", "SelfCheckError", "patch", "patch_model", "patch_self_check", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
     "UnsupportedModelError", "UsageError", "__version__", "find_sites", "load_model", "scan",
 ]

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from deadrelu.errors import DataError, UsageError
-from deadrelu.sites import KIND_RELU_LAYER, Site, SiteMap, find_sites
+from deadrelu.sites import Site, SiteMap, find_sites
 
 
 @dataclasses.dataclass
@@ -166,15 +166,14 @@ _MISSING = object()
 def hooked(site_map: SiteMap, recorder: _Recorder):
     """Wraps every site's nonlinearity so its output reaches `recorder`; always restores.
 
-    Fused and `Activation` sites get their `activation` attribute wrapped, `ReLU` layers their
-    `call`. Attributes are set on the instance with `object.__setattr__` (bypassing Keras's
+    Fused and `Activation` sites get their `activation` attribute wrapped, `ReLU` layers (and
+    `TimeDistributed` wrappers) their `call` — see `Site.hook`. Attributes are set on the instance with `object.__setattr__` (bypassing Keras's
     attribute tracking) and put back exactly as they were, even when the step raises.
     """
     saved = []
     try:
         for site in site_map.sites:
-            layer = site.layer
-            name = "call" if site.kind == KIND_RELU_LAYER else "activation"
+            layer, name = site.hook
             saved.append((layer, name, layer.__dict__.get(name, _MISSING)))
             object.__setattr__(layer, name, _wrap(getattr(layer, name), site.index, recorder))
         yield
@@ -251,10 +250,14 @@ class Probe:
             elif samples == 0:
                 self._reset()
             with hooked(self.site_map, self._recorder):
-                if self.gradients:
-                    self._step(x, tf.convert_to_tensor(y))
-                else:
-                    self._step(x)
+                try:
+                    if self.gradients:
+                        self._step(x, tf.convert_to_tensor(y))
+                    else:
+                        self._step(x)
+                except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+                    raise DataError(f"the model failed on the data ({_first_line(exc)}); check the shape and "
+                                    "type of the data and labels against the model's input and output") from exc
             n = _batch_size(x)
             samples += n
             if on_batch is not None:
@@ -299,12 +302,15 @@ class Probe:
     def _discover_layout(self, x) -> list[tuple[int, int, int]]:
         """Runs one sample eagerly with hooks: builds the model, checks the input, finds shapes."""
         one = tf_nest_slice(x, 1)
-        with hooked(self.site_map, self._recorder), self._recorder.recording() as records:
-            try:
+        try:
+            # Unhooked first: building an unbuilt (subclassed) model traces `call` symbolically,
+            # and those symbolic outputs must not be counted as calls.
+            self.model(one, training=False)
+            with hooked(self.site_map, self._recorder), self._recorder.recording() as records:
                 self.model(one, training=False)
-            except Exception as exc:  # noqa: BLE001 - a shape/dtype mismatch is the user's data
-                raise DataError(f"the model cannot run on this data ({_first_line(exc)}); "
-                                f"check the data's shape against the model input {_input_shape(self.model)}") from exc
+        except Exception as exc:  # noqa: BLE001 - a shape/dtype mismatch is the user's data
+            raise DataError(f"the model cannot run on this data ({_first_line(exc)}); "
+                            f"check the data's shape against the model input {_input_shape(self.model)}") from exc
         layout = []
         for site in self.site_map.sites:
             outputs = [out for index, out in records if index == site.index]
@@ -502,13 +508,16 @@ def _dense(grad):
 def per_sample_loss(model, loss, y) -> Callable:
     """Returns `fn(y_true, y_pred) -> per-sample losses` (shape [batch]).
 
+    ℓₙ is sample n's own loss as Keras computes it: the loss's values for that sample, averaged
+    over any remaining axes (time steps, pixels) as Keras's mean reduction would.
+
     Args:
         model: The model (its compiled loss is the default).
         loss: None, a Keras loss name, a function, or a `keras.losses.Loss`.
         y: A batch of labels, used to tell sparse from one-hot labels.
 
     Returns:
-        A traceable function giving each sample's own loss (summed over its non-batch axes).
+        A traceable function giving each sample's own loss.
     """
     import keras
     import tensorflow as tf
@@ -525,40 +534,65 @@ def per_sample_loss(model, loss, y) -> Callable:
     if isinstance(loss, (list, tuple, dict)):
         raise UsageError("gradients of multi-output models need one loss; pass --loss NAME")
     try:
-        if isinstance(loss, keras.losses.Loss):
-            fn = loss.call
-            name = getattr(loss, "name", type(loss).__name__)
-        else:
-            fn = keras.losses.get(loss)
-            name = loss if isinstance(loss, str) else getattr(fn, "__name__", str(fn))
+        loss_obj = loss if isinstance(loss, keras.losses.Loss) else keras.losses.get(loss)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"unknown loss {loss!r}; pass a Keras loss name such as "
                          "categorical_crossentropy or mse with --loss") from exc
-    fn = _match_label_format(fn, str(name), np.asarray(y), model)
+    if isinstance(loss_obj, keras.losses.Loss):
+        unreduced = loss_obj.call  # Loss objects match label ranks themselves
+        name = f"{loss_obj.name} {type(loss_obj).__name__} {getattr(getattr(loss_obj, 'fn', None), '__name__', '')}"
+    else:
+        fn = loss_obj
+        unreduced = lambda y_true, y_pred: fn(*_same_rank(y_true, y_pred))  # noqa: E731
+        name = getattr(fn, "__name__", str(fn))
+    adapt_labels = _label_adapter(_snake(name), np.asarray(y), model)
 
     def per_sample(y_true, y_pred):
-        values = fn(y_true, y_pred)
+        values = unreduced(adapt_labels(y_true, y_pred), y_pred)
         rank = values.shape.rank or 0
         if rank > 1:
-            values = tf.reduce_sum(values, axis=list(range(1, rank)))
+            values = tf.reduce_mean(values, axis=list(range(1, rank)))
         return values
 
     return per_sample
 
 
-def _match_label_format(fn, name: str, y: np.ndarray, model) -> Callable:
-    """Swaps categorical ↔ sparse crossentropy when the labels' shape says the other one."""
-    import keras
+def _same_rank(y_true, y_pred):
+    """Labels of shape (N,) for an (N, 1) output get their last axis, as `fit` would do."""
+    import tensorflow as tf
+
+    true_rank, pred_rank = y_true.shape.rank, y_pred.shape.rank
+    if true_rank == pred_rank - 1 and y_pred.shape[-1] == 1:
+        y_true = tf.expand_dims(y_true, -1)
+    elif true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
+        y_true = tf.squeeze(y_true, -1)
+    return y_true, y_pred
+
+
+def _snake(name: str) -> str:
+    """'SparseCategoricalCrossentropy' → 'sparse_categorical_crossentropy' (names already snake stay)."""
+    import re
+
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _label_adapter(name: str, y: np.ndarray, model) -> Callable:
+    """Converts labels between sparse and one-hot when their shape says the other kind.
+
+    The loss itself is kept (with its `from_logits`, `axis`, label smoothing, ...); only the
+    labels change form.
+    """
+    import tensorflow as tf
 
     out_shape = getattr(model, "output_shape", None)
     classes = out_shape[-1] if isinstance(out_shape, tuple) and out_shape else None
     sparse_labels = y.ndim == 1 or (y.ndim >= 2 and y.shape[-1] == 1 and classes not in (None, 1))
-    lowered = name.lower()
-    if "sparse" not in lowered and "categorical_crossentropy" in lowered and sparse_labels:
-        return keras.losses.sparse_categorical_crossentropy
-    if "sparse_categorical" in lowered and not sparse_labels and classes and y.shape[-1] == classes:
-        return keras.losses.categorical_crossentropy
-    return fn
+    if "sparse" not in name and "categorical_crossentropy" in name and sparse_labels and classes:
+        return lambda y_true, y_pred: tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), classes,
+                                                 dtype=y_pred.dtype)
+    if "sparse_categorical" in name and not sparse_labels and classes and y.shape[-1] == classes:
+        return lambda y_true, y_pred: tf.argmax(y_true, axis=-1)
+    return lambda y_true, y_pred: y_true
 
 
 # -- weights -------------------------------------------------------------------------------
@@ -638,5 +672,15 @@ def _input_shape(model) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The informative line of an exception (for TensorFlow's graph errors, the last one)."""
+    import re
+
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Graph execution error"):
+        # The op's own message follows the Python stack of where the op was defined.
+        lines = [line for line in lines if not line.startswith(("[[", "File ", "Detected at", "Graph execution"))
+                 and not line.startswith(("self.", "return ", "outputs = "))] or lines
+        lines = lines[-1:]
+    return re.sub(r"\s*\[\[.*$|\s*\[Op:.*$", "", lines[0])[:300]

@@ -61,6 +61,7 @@ class SiteReport:
     saturated_rate: np.ndarray | None = None
     grad_mean_abs: np.ndarray | None = None
     grad_zero_rate: np.ndarray | None = None
+    reached: bool = True
 
     @property
     def dead_fraction(self) -> float:
@@ -82,7 +83,7 @@ class SiteReport:
             "path": self.path, "layer": self.layer, "kind": self.kind, "params": self.params,
             "units": self.units, "positions": self.positions, "calls": self.calls,
             "dead": self.dead, "dying": self.dying, "saturated": self.saturated,
-            "dead_fraction": self.dead_fraction, "flagged": self.flagged,
+            "dead_fraction": self.dead_fraction, "flagged": self.flagged, "reached": self.reached,
             "fires": [int(v) for v in self.fires],
         }
         for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS:
@@ -98,7 +99,7 @@ class SiteReport:
         return cls(path=d["path"], layer=d["layer"], kind=d["kind"], params=d.get("params", {}),
                    units=d["units"], positions=d["positions"], calls=d.get("calls", 1),
                    dead=list(d["dead"]), dying=list(d["dying"]), saturated=list(d["saturated"]),
-                   flagged=bool(d.get("flagged", False)),
+                   flagged=bool(d.get("flagged", False)), reached=bool(d.get("reached", True)),
                    fires=np.asarray(d.get("fires", []), dtype=np.int64), **arrays)
 
 
@@ -124,7 +125,7 @@ class Report:
 
     @property
     def summary(self) -> dict:
-        units = sum(s.units for s in self.sites)
+        units = sum(s.units for s in self.sites if s.reached)
         dead = sum(len(s.dead) for s in self.sites)
         return {
             "sites": len(self.sites),
@@ -132,9 +133,10 @@ class Report:
             "dead": dead,
             "dying": sum(len(s.dying) for s in self.sites),
             "saturated": sum(len(s.saturated) for s in self.sites),
-            "healthy": sum(s.healthy for s in self.sites),
+            "healthy": sum(s.healthy for s in self.sites if s.reached),
             "dead_fraction": dead / units if units else 0.0,
             "flagged_sites": sum(s.flagged for s in self.sites),
+            "unreached_sites": sum(not s.reached for s in self.sites),
         }
 
     @property
@@ -232,11 +234,13 @@ def build_report(result, *, thresholds: Thresholds, model: dict, data: dict, set
 def site_report(stats, thresholds: Thresholds) -> SiteReport:
     """Verdicts for one site's `SiteStatistics`: first match wins — dead, saturated, dying."""
     active = stats.active_rate
-    dead = stats.fires == 0
+    # A site the forward pass never ran (an unused branch) was not measured: it is not dead.
+    reached = stats.calls > 0
+    dead = (stats.fires == 0) & reached
     saturated = np.zeros_like(dead)
     if stats.saturated_rate is not None:
         saturated = ~dead & (stats.saturated_rate >= thresholds.saturated)
-    dying = ~dead & ~saturated & (active < thresholds.dying)
+    dying = ~dead & ~saturated & (active < thresholds.dying) & reached
     units = stats.units
     return SiteReport(
         path=stats.site.path, layer=stats.site.layer_class, kind=stats.site.kind, params=stats.site.params,
@@ -246,7 +250,7 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
         fires=stats.fires.astype(np.int64), active_rate=active, sample_active_rate=stats.sample_active_rate,
         mean_abs=stats.mean_abs, dormancy=stats.dormancy, max_output=stats.max_output.astype(np.float64),
         saturated_rate=stats.saturated_rate, grad_mean_abs=stats.grad_mean_abs,
-        grad_zero_rate=stats.grad_zero_rate,
+        grad_zero_rate=stats.grad_zero_rate, reached=reached,
     )
 
 

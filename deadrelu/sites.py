@@ -41,6 +41,9 @@ class Site:
         threshold: Values at or below it are zeroed (0 for a plain ReLU).
         channel_axis: Axis of the output that indexes units (-1, or 1 for channels_first).
         index: Position of the site in model order.
+        hook: The object whose attribute the probe wraps to observe the site's output, and the
+            attribute's name: `(layer, "activation")`, `(layer, "call")`, or for a layer inside
+            `TimeDistributed` the wrapper's `call`, so time steps count as positions.
     """
 
     path: str
@@ -51,6 +54,7 @@ class Site:
     threshold: float
     channel_axis: int
     index: int
+    hook: tuple = dataclasses.field(compare=False, repr=False, default=())
 
     @property
     def layer_class(self) -> str:
@@ -134,20 +138,29 @@ def find_sites(model) -> SiteMap:
     sites: list[Site] = []
     others: list[OtherActivation] = []
     seen: set[int] = set()
+    paths: set[str] = set()
 
-    def visit(layer, prefix: str, previous) -> None:
+    def unique(path: str) -> str:
+        # Subclassed models may hold two layers with the same name; a path must name one site.
+        candidate, k = path, 2
+        while candidate in paths:
+            candidate, k = f"{path}#{k}", k + 1
+        paths.add(candidate)
+        return candidate
+
+    def visit(layer, prefix: str, previous, wrapper=None) -> None:
         if id(layer) in seen:
             return
         seen.add(id(layer))
-        path = f"{prefix}{layer.name}"
-        _classify(layer, path, previous, sites, others)
+        path = unique(f"{prefix}{layer.name}")
+        _classify(layer, path, previous, sites, others, wrapper)
         children = _children(layer)
         if children:
-            # Nested models and custom container layers prefix their children's paths.
-            child_prefix = f"{path}/"
+            # Nested models and container layers prefix their children's paths.
+            inner_wrapper = layer if _is_time_distributed(layer) else None
             prev = None
             for child in children:
-                visit(child, child_prefix, prev)
+                visit(child, f"{path}/", prev, inner_wrapper)
                 prev = child
 
     previous = None
@@ -155,6 +168,10 @@ def find_sites(model) -> SiteMap:
         visit(layer, "", previous)
         previous = layer
     return SiteMap(sites=sites, others=others)
+
+
+def _is_time_distributed(layer) -> bool:
+    return type(layer).__name__ == "TimeDistributed"
 
 
 def _children(layer) -> list:
@@ -173,11 +190,17 @@ def _children(layer) -> list:
             if not isinstance(child, keras.layers.InputLayer)]
 
 
-def _classify(layer, path: str, previous, sites: list, others: list) -> None:
+def _classify(layer, path: str, previous, sites: list, others: list, wrapper=None) -> None:
     import keras
 
     cls = type(layer).__name__
     index = len(sites)
+
+    def hook(attribute: str) -> tuple:
+        # Inside TimeDistributed the inner layer runs once per time step; observing the
+        # wrapper's output instead counts time steps as positions of one call.
+        return (wrapper, "call") if wrapper is not None else (layer, attribute)
+
     if isinstance(layer, keras.layers.ReLU):
         slope = float(layer.negative_slope or 0.0)
         if slope != 0.0:
@@ -185,7 +208,7 @@ def _classify(layer, path: str, previous, sites: list, others: list) -> None:
             return
         max_value = None if layer.max_value is None else float(layer.max_value)
         sites.append(Site(path, layer, KIND_RELU_LAYER, "relu", max_value, float(layer.threshold or 0.0),
-                          _inherited_channel_axis(layer, previous), index))
+                          _inherited_channel_axis(layer, previous), index, hook("call")))
         return
     if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax)):
         others.append(OtherActivation(path, cls, cls.lower(), "keeps a gradient for negative inputs"))
@@ -201,7 +224,7 @@ def _classify(layer, path: str, previous, sites: list, others: list) -> None:
             return
         kind = KIND_ACTIVATION if is_activation_layer else KIND_FUSED
         axis = _inherited_channel_axis(layer, previous) if is_activation_layer else _own_channel_axis(layer)
-        sites.append(Site(path, layer, kind, name, _SITE_ACTIVATIONS[name], 0.0, axis, index))
+        sites.append(Site(path, layer, kind, name, _SITE_ACTIVATIONS[name], 0.0, axis, index, hook("activation")))
     elif name != "linear":
         others.append(OtherActivation(path, cls, name, "cannot die (not a zero-slope ReLU)"))
 
@@ -211,25 +234,33 @@ def _own_channel_axis(layer) -> int:
 
 
 def _inherited_channel_axis(layer, previous) -> int:
-    """A standalone activation inherits the layout of what feeds it."""
-    feeder = _inbound_layer(layer) or previous
-    if feeder is None:
-        return -1
-    if getattr(feeder, "data_format", None) == "channels_first":
-        return 1
-    axis = getattr(feeder, "axis", None)  # BatchNormalization(axis=1) marks channels_first
-    if type(feeder).__name__ == "BatchNormalization" and axis in (1, [1]):
-        return 1
-    return -1
+    """A standalone activation inherits the layout of what feeds it.
+
+    Walks back, breadth first, through layers without a layout of their own (Add, Dropout,
+    Concatenate, ...) to the nearest conv or pooling layer (`data_format`) or BatchNormalization
+    (`axis`); if there is none, the Keras default `image_data_format` decides.
+    """
+    queue = _inbound_layers(layer) or ([previous] if previous is not None else [])
+    seen: set[int] = set()
+    while queue and len(seen) < 256:
+        feeder = queue.pop(0)
+        if id(feeder) in seen:
+            continue
+        seen.add(id(feeder))
+        data_format = getattr(feeder, "data_format", None)
+        if data_format is not None:
+            return 1 if data_format == "channels_first" else -1
+        if type(feeder).__name__ == "BatchNormalization":
+            return 1 if getattr(feeder, "axis", -1) in (1, [1]) else -1
+        queue += _inbound_layers(feeder)
+    import keras
+
+    return 1 if keras.config.image_data_format() == "channels_first" else -1
 
 
-def _inbound_layer(layer):
-    """The layer whose output feeds `layer` in a functional graph, when there is exactly one."""
+def _inbound_layers(layer) -> list:
+    """The layers whose outputs feed `layer` in a functional graph (empty elsewhere)."""
     try:
-        node = layer._inbound_nodes[0]
-        tensors = node.input_tensors
-        if len(tensors) != 1:
-            return None
-        return tensors[0]._keras_history.operation
+        return [t._keras_history.operation for t in layer._inbound_nodes[0].input_tensors]
     except Exception:  # noqa: BLE001 - not a functional graph
-        return None
+        return []

@@ -1,0 +1,195 @@
+"""`deadrelu patch`: rewrite a model's ReLUs to LeakyReLU or PReLU, keeping every trained weight."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from deadrelu.cli import EXIT_OK, number
+
+ORDER = 40
+
+
+def register(subparsers, parents):
+    parser = subparsers.add_parser(
+        "patch", parents=[parents["model"], parents["data"], parents["common"]],
+        help="rewrite ReLUs to LeakyReLU or PReLU, keeping the weights",
+        description="Rewrite the ReLU sites of MODEL to LeakyReLU or PReLU. Every trained weight is kept, and "
+                    "the output loads with plain keras.models.load_model. A self-check verifies that the same "
+                    "patch with slope 0 reproduces the original outputs (on --data, or synthetic inputs).")
+    parser.add_argument("--to", required=True, choices=("leaky", "prelu"), help="the new activation")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="where to write (.keras, or .h5); default <model>_<to>.keras beside MODEL")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--alpha", type=number, metavar="A",
+                        help="LeakyReLU negative slope (default 0.01, Maas et al. 2013)")
+    parser.add_argument("--alpha-init", type=number, metavar="A",
+                        help="initial PReLU slope (default 0.25, He et al. 2015)")
+    parser.add_argument("--prelu-shared-axes", choices=("channel", "none"), default="channel",
+                        help="one PReLU alpha per channel (default) or per element (none)")
+    parser.add_argument("--only", choices=("all", "dead", "flagged"), default="all",
+                        help="rewrite every site (default), or only sites with dead units / flagged sites "
+                             "(needs --data or --report)")
+    parser.add_argument("--report", metavar="SCAN.json", help="a report of this model from 'deadrelu scan --json'")
+    parser.add_argument("--layers", metavar="REGEX", help="only sites whose path matches REGEX (re.search)")
+    parser.add_argument("--json", metavar="PATH", help="write a JSON summary of the patch here")
+    return parser
+
+
+@dataclasses.dataclass
+class PatchRun:
+    """What `make_patch` produced: the input, the patched model, and the evidence."""
+
+    loaded: object          # deadrelu.loading.LoadedModel
+    result: object          # deadrelu.patch.PatchResult
+    check: object           # deadrelu.patch.SelfCheck
+    report: object = None   # deadrelu.Report used for --only, if any
+    output: str = ""
+
+
+def run(args, output) -> int:
+    out_path = resolve_output(args)
+    patched = make_patch(args, output, out_path)
+    save(patched, args, output)
+    show(patched, args, output)
+    return EXIT_OK
+
+
+def resolve_output(args) -> str:
+    """Checks the flags that need no model, and returns OUT: fails fast, before TensorFlow loads."""
+    from deadrelu.errors import UsageError
+    from deadrelu.files import check_output_path
+    from deadrelu.saving import MODEL_EXTENSIONS
+
+    if args.only != "all" and not (args.data or args.report):
+        raise UsageError(f"--only {args.only} decides from a scan: pass --data x.npz (scanned first) "
+                         "or --report scan.json (from 'deadrelu scan --json')")
+    if args.alpha is not None and args.to != "leaky":
+        raise UsageError("--alpha is the LeakyReLU slope; with --to prelu use --alpha-init")
+    if args.alpha_init is not None and args.to != "prelu":
+        raise UsageError("--alpha-init is the initial PReLU slope; with --to leaky use --alpha")
+    if args.output:
+        out = args.output
+    else:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
+        out = os.path.join(os.path.dirname(os.path.normpath(args.model)), f"{stem}_{args.to}.keras")
+    if not out.endswith(MODEL_EXTENSIONS):
+        raise UsageError(f"-o {out}: the output name must end in .keras or .h5")
+    same = os.path.abspath(out) == os.path.abspath(args.model)
+    if not same and os.path.exists(args.model) and os.path.exists(out):
+        same = os.path.samefile(args.model, out)  # a link, or another spelling of the same file
+    if same:
+        raise UsageError(f"-o {out} is the input model; deadrelu never overwrites its input, choose another path")
+    for path in (out, args.json):
+        if path:
+            check_output_path(path, force=args.force or path != out)
+    return out
+
+
+def make_patch(args, output, out_path: str = "") -> PatchRun:
+    """Loads MODEL, finds the report if --only needs one, patches and self-checks.
+
+    Raises:
+        SelfCheckError: The slope-0 patch does not reproduce the original outputs (exit 3).
+    """
+    from deadrelu.cli import load_from_args
+    from deadrelu.patch import SelfCheckError, patch_model, patch_self_check
+    from deadrelu.report import Report
+
+    loaded = load_from_args(args)
+    for repair in loaded.repairs:
+        output.note(f"repaired while loading: {repair}", style="dim")
+    report = None
+    if args.report:
+        report = Report.from_json(args.report)
+        sha = (report.model or {}).get("sha256")
+        if sha and sha != loaded.sha256:
+            output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
+    elif args.only != "all":
+        from deadrelu.scan import describe_loaded, scan
+
+        with output.progress("scanning") as (on_start, on_batch):
+            report = scan(loaded.model, args.data, batch_size=args.batch_size, samples=args.samples,
+                          rescale=args.rescale, on_start=on_start, on_batch=on_batch,
+                          model_info=describe_loaded(loaded))
+        for note in report.notes:
+            output.note(note)
+    options = {"prelu_shared_axes": None if args.prelu_shared_axes == "none" else "channel",
+               "only": args.only, "report": report, "layers": args.layers}
+    slopes = {"alpha": args.alpha} if args.alpha is not None else {}
+    if args.alpha_init is not None:
+        slopes["alpha_init"] = args.alpha_init
+    result = patch_model(loaded.model, args.to, **slopes, **options)
+    check = patch_self_check(loaded.model, args.data, to=args.to, batch_size=args.batch_size,
+                             samples=args.samples or 1024, synthetic_samples=args.samples or 256,
+                             rescale=args.rescale, **options)
+    if not check.passed:
+        raise SelfCheckError(f"{check.describe()}, above the tolerance {check.tolerance:g}; "
+                             "the patch would change the model, so nothing was written")
+    return PatchRun(loaded=loaded, result=result, check=check, report=report, output=out_path)
+
+
+def save(patched: PatchRun, args, output) -> None:
+    """Writes OUT (atomically) and the --json summary."""
+    from deadrelu.saving import save_model
+
+    notes: list[str] = []
+    save_model(patched.result.model, patched.output, force=args.force, notes=notes)
+    patched.result.notes.extend(notes)
+    if args.json:
+        import json
+
+        from deadrelu.files import atomic_output
+
+        summary = summary_dict(patched)
+        with atomic_output(args.json) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+
+
+def summary_dict(patched: PatchRun) -> dict:
+    """The --json summary: input, output, settings, every rewrite and the self-check."""
+    from deadrelu import __version__
+
+    loaded = patched.loaded
+    return {
+        "schema": "deadrelu/patch@1",
+        "tool": {"name": "deadrelu", "version": __version__},
+        "model": {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format},
+        "output": {"path": patched.output, "format": "keras" if patched.output.endswith(".keras") else "h5"},
+        **patched.result.to_dict(),
+        "self_check": patched.check.to_dict(),
+    }
+
+
+def show(patched: PatchRun, args, output) -> None:
+    """The table of rewrites, the self-check line and where the files went."""
+    from rich.table import Table
+    from rich.text import Text
+
+    result = patched.result
+    if result.rewrites:
+        with_report = any(r.dead is not None for r in result.rewrites)
+        table = Table(title=f"{len(result.rewrites)} site{'s' if len(result.rewrites) != 1 else ''} "
+                            f"rewritten to {'LeakyReLU' if result.to == 'leaky' else 'PReLU'}")
+        table.add_column("site")
+        table.add_column("kind")
+        if with_report:
+            table.add_column("dead", justify="right")
+        table.add_column("old")
+        table.add_column("new")
+        for rewrite in result.rewrites:
+            row = [rewrite.path, rewrite.kind]
+            if with_report:
+                row.append(f"{rewrite.dead}/{rewrite.units}" if rewrite.dead is not None else "")
+            table.add_row(*(Text(cell) for cell in (*row, rewrite.old, rewrite.new)))
+        output.out.print(table)
+    if result.kept:
+        shown = ", ".join(result.kept[:8]) + (", ..." if len(result.kept) > 8 else "")
+        output.out.print(f"kept as they were: {len(result.kept)} site{'s' if len(result.kept) != 1 else ''} ({shown})",
+                         markup=False)
+    for note in result.notes:
+        output.note(note)
+    output.out.print(patched.check.describe(), markup=False)
+    output.out.print(f"wrote {patched.output}", markup=False)
+    if args.json:
+        output.note(f"wrote summary {args.json}", style="dim")
