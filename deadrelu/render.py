@@ -177,7 +177,10 @@ def comparison_table(comparison) -> Table:
         table.add_column(f"val {metric}", justify="right")
     best = {m: _best(comparison, m) for m in metrics}
     for v in comparison.variants:
-        cells = [v.name, f"{v.dead_before} → {v.dead_after}", f"{v.dying_before} → {v.dying_after}"]
+        if v.units:
+            cells = [v.name, f"{v.dead_before} → {v.dead_after}", f"{v.dying_before} → {v.dying_after}"]
+        else:
+            cells = [v.name, Text("no ReLU left", style="dim"), Text("–", style="dim")]
         for metric in metrics:
             text = Text(f"{v.before.get(metric, float('nan')):.4f} → {v.after[metric]:.4f}")
             if len(comparison.variants) > 1 and v.name == best[metric]:

@@ -242,7 +242,12 @@ def plot_curves(comparison: Comparison, path: str) -> None:
             start = variant.before.get(key[4:] if key != "val_loss" else "loss")
             xs = np.arange(0, len(values) + 1)
             ax.plot(xs, [start] + values, marker="o", lw=1.6, label=variant.name)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0: before retraining)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        lows = [min(v.history.get(key, [np.inf])) for v in comparison.variants]
+        highs = [max([v.before.get("loss", 0.0)] + v.history.get(key, [])) for v in comparison.variants]
+        if key == "val_loss" and min(lows) > 0 and max(highs) / min(lows) > 50:
+            ax.set_yscale("log")  # a patched model can start orders of magnitude off
         ax.set_title(key.replace("val_", "validation "), fontsize=10, loc="left")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

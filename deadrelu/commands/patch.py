@@ -6,6 +6,7 @@ import dataclasses
 import os
 
 from deadrelu.cli import EXIT_OK, number
+from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args
 
 ORDER = 40
 
@@ -32,7 +33,8 @@ def register(subparsers, parents):
                              "(needs --data or --report)")
     parser.add_argument("--report", metavar="SCAN.json", help="a report of this model from 'deadrelu scan --json'")
     parser.add_argument("--layers", metavar="REGEX", help="only sites whose path matches REGEX (re.search)")
-    parser.add_argument("--json", metavar="PATH", help="write a JSON summary of the patch here")
+    parser.add_argument("--json", metavar="PATH", help="write a JSON summary of the patch (and retraining) here")
+    add_retrain_flags(parser)
     return parser
 
 
@@ -45,11 +47,16 @@ class PatchRun:
     check: object           # deadrelu.patch.SelfCheck
     report: object = None   # deadrelu.Report used for --only, if any
     output: str = ""
+    comparison: object = None  # deadrelu.retrain.Comparison with --retrain
 
 
 def run(args, output) -> int:
     out_path = resolve_output(args)
     patched = make_patch(args, output, out_path)
+    if args.retrain:
+        # The patched model is trained in place, so OUT holds the retrained model.
+        patched.comparison = retrain_from_args(args, output, patched.loaded.model,
+                                               {f"patched ({args.to})": patched.result.model})
     save(patched, args, output)
     show(patched, args, output)
     return EXIT_OK
@@ -158,6 +165,7 @@ def summary_dict(patched: PatchRun) -> dict:
         "output": {"path": patched.output, "format": "keras" if patched.output.endswith(".keras") else "h5"},
         **patched.result.to_dict(),
         "self_check": patched.check.to_dict(),
+        **({"retrain": patched.comparison.to_dict()} if patched.comparison is not None else {}),
     }
 
 
