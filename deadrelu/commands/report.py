@@ -1,21 +1,108 @@
-"""`deadrelu report`: render a saved JSON report again."""
+"""`deadrelu report`: render a saved JSON report again — table, figures, HTML — or compare two reports."""
 
 from __future__ import annotations
 
-from deadrelu.cli import add_output_flags
+import argparse
+import os
+
+from deadrelu.cli import EXIT_OK, add_output_flags
 
 ORDER = 30
 
 
+def plot_dir(text: str) -> str:
+    """argparse type of `--plot-dir`: a folder, or a new one whose parent exists (checked before any work)."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"the parent folder {parent} does not exist; create it first")
+    return text
+
+
+def add_plot_dir_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds `--plot-dir DIR` (shared with `deadrelu scan`)."""
+    parser.add_argument("--plot-dir", type=plot_dir, metavar="DIR",
+                        help="also write every figure into DIR: overview, unit map, rate histogram, one per site")
+
+
 def register(subparsers, parents):
-    parser = subparsers.add_parser("report", parents=[parents["common"]], help="render a saved JSON report again")
-    parser.add_argument("report", metavar="REPORT.json")
+    parser = subparsers.add_parser(
+        "report", parents=[parents["common"]], help="render a saved JSON report again, or compare two",
+        description="Render a saved JSON report again (table, figures, a self-contained HTML page), or compare "
+                    "it with an earlier one (--compare) to see which units died and which revived.")
+    parser.add_argument("report", metavar="REPORT.json", help="a report written by 'deadrelu scan --json'")
+    parser.add_argument("--compare", metavar="OLD.json",
+                        help="an earlier report (e.g. an earlier checkpoint): show newly dead and revived units")
+    parser.add_argument("--html", metavar="PATH", help="write one self-contained HTML report here")
+    parser.add_argument("--json", metavar="PATH",
+                        help="with --compare: write the diff as JSON; otherwise write the report again")
     add_output_flags(parser, json_flag=False)
+    add_plot_dir_flag(parser)
     return parser
 
 
 def run(args, output) -> int:
-    from deadrelu.commands.scan import emit
+    from deadrelu.files import check_output_path
     from deadrelu.report import Report
 
-    return emit(Report.from_json(args.report), args, output)
+    for path in (args.json, args.plot, args.html):
+        if path:
+            check_output_path(path)
+    report = Report.from_json(args.report)
+    if args.compare:
+        return _compare(report, Report.from_json(args.compare), args, output)
+    from deadrelu.commands.scan import emit
+
+    code = emit(report, args, output)
+    if args.html:
+        _write_html(report, args, output)
+    return code
+
+
+def _compare(report, old, args, output) -> int:
+    """Prints (and writes) the diff of two reports; figures and HTML as requested."""
+    import json
+    import sys
+
+    from deadrelu.compare import compare_reports, diff_markdown, diff_summary, diff_table
+
+    diff = compare_reports(report, old)
+    if args.json:
+        diff.to_json(args.json)
+    if args.plot:
+        from deadrelu.plots import plot_diff
+
+        plot_diff(diff, args.plot)
+    if args.plot_dir:
+        _write_plot_dir(report, args, output)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(diff.to_dict(), indent=1) + "\n")
+    elif args.format == "markdown":
+        sys.stdout.write(diff_markdown(diff))
+    else:
+        output.out.print(diff_table(diff, limit=args.top))
+        output.out.print(diff_summary(diff), style="bold red" if diff.summary["newly_dead"] else None,
+                         markup=False, highlight=False)
+    for note in diff.notes:
+        output.note(note)
+    if args.html:
+        _write_html(report, args, output, diff=diff)
+    for path, what in ((args.json, "diff"), (args.plot, "diff figure")):
+        if path:
+            output.note(f"wrote {what} {path}", style="dim")
+    return EXIT_OK
+
+
+def _write_plot_dir(report, args, output) -> None:
+    from deadrelu.plots import plot_site_dir
+
+    written = plot_site_dir(report, args.plot_dir)
+    output.note(f"wrote {len(written)} figures into {args.plot_dir}", style="dim")
+
+
+def _write_html(report, args, output, diff=None) -> None:
+    from deadrelu.html import write_html
+
+    write_html(report, args.html, diff=diff)
+    output.note(f"wrote HTML report {args.html}", style="dim")

@@ -17,6 +17,9 @@ def register(subparsers, parents):
     parser.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
     parser.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
     add_output_flags(parser)
+    from deadrelu.commands.report import add_plot_dir_flag
+
+    add_plot_dir_flag(parser)
     parser.add_argument("--fail-on", type=fraction, metavar="FRACTION",
                         help="exit 1 when the model's dead fraction exceeds FRACTION (a CI gate)")
     parser.add_argument("--dying-threshold", type=fraction, default=0.01, metavar="F",
@@ -54,6 +57,10 @@ def emit(report, args, output) -> int:
         from deadrelu.plots import plot_overview
 
         plot_overview(report, args.plot)
+    if getattr(args, "plot_dir", None):
+        from deadrelu.plots import plot_site_dir
+
+        output.note(f"wrote {len(plot_site_dir(report, args.plot_dir))} figures into {args.plot_dir}", style="dim")
     if args.format == "json":
         import json
 
