@@ -17,6 +17,7 @@ from deadrelu.errors import DataError, DeadReluError, ModelLoadError, Unsupporte
 from deadrelu.loading import load_model
 from deadrelu.patch import PatchResult, SelfCheckError, patch, patch_model, patch_self_check
 from deadrelu.report import Report, SiteReport, Thresholds
+from deadrelu.revive import ReviveResult, revive, revive_in_place, revive_with_result
 from deadrelu.scan import scan
 from deadrelu.sites import Site, find_sites
 
@@ -33,6 +34,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DeadReluMonitor", "DataError", "PatchResult", "SelfCheckError", "patch", "patch_model", "patch_self_check", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
+    "DeadReluMonitor", "DataError", "PatchResult", "SelfCheckError", "patch", "patch_model", "patch_self_check",
+    "ReviveResult", "revive", "revive_in_place", "revive_with_result", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
     "UnsupportedModelError", "UsageError", "__version__", "find_sites", "load_model", "scan",
 ]

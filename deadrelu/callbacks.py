@@ -142,8 +142,10 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def _revive(self, report: Report) -> None:
         from deadrelu.revive import revive_in_place
 
-        result = revive_in_place(self.model, report, seed=self.seed)
-        reset = reset_optimizer_slots(getattr(self.model, "optimizer", None), result.reinitialized)
+        result = revive_in_place(self.model, report, seed=self.seed, data=self.data, batch_size=self.batch_size,
+                                 scan_options={"samples": self.samples})
+        reset = reset_optimizer_slots(getattr(self.model, "optimizer", None), result.reinitialized,
+                                      result.variables)
         self.revivals += 1
         revived = sum(len(units) for units in result.revived.values())
         self._say(f"epoch {self._epoch + 1}: revived {revived} dead units (ReDo); "
@@ -166,7 +168,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         plot_timeline(self.timeline, path, title=f"{self.model.name}: dead units during training")
 
 
-def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray]) -> int:
+def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: dict[str, object]) -> int:
     """Zeroes the optimizer's per-variable slots (moments, velocities) where `masks` is True.
 
     A re-initialised weight must not inherit the running moments of the dead unit it replaces:
@@ -174,23 +176,24 @@ def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray]) -> int:
 
     Args:
         optimizer: A Keras 3 optimizer (or None: nothing to do).
-        masks: Variable path → boolean mask of the entries to reset.
+        masks: Key → boolean mask of the entries to reset.
+        variables: Key → the model variable the mask belongs to (`ReviveResult.variables`).
 
     Returns:
         How many slot entries were reset.
     """
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    variables = getattr(optimizer, "_trainable_variables", None)
-    if not variables or not masks:
+    tracked = getattr(optimizer, "_trainable_variables", None)
+    if not tracked or not masks:
         return 0
-    index = {v.path: i for i, v in enumerate(variables)}
+    index = {id(v): i for i, v in enumerate(tracked)}  # by identity: paths can repeat
     # Slots are lists aligned with the trainable variables (Adam: _momentums, _velocities, ...).
     slot_lists = [value for name, value in vars(optimizer).items()
-                  if name != "_trainable_variables" and isinstance(value, list) and len(value) == len(variables)
+                  if name != "_trainable_variables" and isinstance(value, list) and len(value) == len(tracked)
                   and all(hasattr(slot, "assign") for slot in value)]
     reset = 0
-    for path, mask in masks.items():
-        i = index.get(path)
+    for key, mask in masks.items():
+        i = index.get(id(variables.get(key)))
         if i is None:
             continue
         for slots in slot_lists:

@@ -62,24 +62,6 @@ class Comparison:
             json.dump(self.to_dict(), f, indent=1)
 
 
-def copy_model(model):
-    """An independent copy of a model with the same weights (nested models copied too)."""
-    import keras
-
-    try:
-        clone = keras.models.clone_model(model, recursive=True)
-        clone.set_weights(model.get_weights())
-        return clone
-    except Exception:  # noqa: BLE001 - subclassed models: go through the file format instead
-        import os
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "copy.keras")
-            model.save(path)
-            return keras.models.load_model(path)
-
-
 def match_labels(y: np.ndarray, model) -> np.ndarray:
     """Turns integer labels into one-hot ones when the compiled loss is categorical crossentropy."""
     loss = getattr(model, "loss", None)

@@ -157,3 +157,32 @@ def test_every_steps_and_plot(xy, tmp_path):
     monitor.plot(tmp_path / "timeline.png")
     with Image.open(tmp_path / "timeline.png") as image:
         assert image.format == "PNG" and len(set(image.convert("RGB").getdata())) > 10
+
+
+def test_revive_in_training_keeps_outputs_revives_units_and_resets_moments(xy):
+    import keras
+
+    x, y = xy
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    killer, kill = _killer()
+    kill.model = model
+    watcher = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=False)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[killer, watcher])
+    assert set(KILLED) <= set(watcher.timeline[-1].dead["hidden"])
+
+    # Act now, as the monitor would at an epoch end: outputs unchanged at that moment.
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="revive", max_dead_fraction=0.05, seed=0, verbose=False)
+    monitor.set_model(model)
+    monitor.on_train_begin()
+    before = model.predict(x, verbose=0)
+    momentum = model.optimizer._momentums[model.optimizer._get_variable_index(model.get_layer("hidden").kernel)]
+    assert np.abs(momentum.numpy()).sum() > 0
+    check = monitor.check()
+    assert check.action == "revive" and monitor.revivals == 1
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, atol=1e-6)
+    # The revived units fire again on the probe data (numpy reference on materialized activations).
+    assert not set(KILLED) & set(_reference_dead(model, x[:100])["hidden"])
+    # Adam's moments of the re-initialised kernel columns were reset.
+    kernel_moments = momentum.numpy()
+    assert np.all(kernel_moments[:, KILLED] == 0)

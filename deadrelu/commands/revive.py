@@ -1,0 +1,265 @@
+"""`deadrelu revive`: re-initialise dead ReLU units (ReDo) without changing the model's outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from deadrelu.cli import EXIT_OK, positive_int
+from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args
+
+ORDER = 50
+
+# Outputs may differ by float rounding only (BatchNormalization's folded constants); more is a bug.
+TOLERANCE = 1e-4
+
+
+def register(subparsers, parents):
+    parser = subparsers.add_parser(
+        "revive", parents=[parents["model"], parents["data"], parents["common"]],
+        help="re-initialise dead units (ReDo), outputs unchanged",
+        description="Re-initialise the dead ReLU units of MODEL (ReDo, Sokar et al. 2023): fresh incoming weights "
+                    "from each layer's own initializer, zero outgoing weights, so the outputs stay the same while "
+                    "the units fire again. Checks the outputs on --data, rescans, and writes OUT.")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="where to write (.keras, or .h5); default <model>_revived.keras beside MODEL")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed of the new weights (default: random)")
+    parser.add_argument("--scale", choices=("initializer", "live"), default="initializer",
+                        help="new weights as the layer's initializer draws them (default, as in ReDo), or "
+                             "rescaled to the norm of the layer's live units")
+    parser.add_argument("--report", metavar="SCAN.json",
+                        help="take the dead units from this report ('deadrelu scan --json') instead of scanning")
+    parser.add_argument("--site", action="append", dest="sites", metavar="PATH",
+                        help="only revive this site (repeat for several)")
+    parser.add_argument("--json", metavar="PATH", help="write a JSON summary of the revival here")
+    parser.add_argument("--check-samples", type=positive_int, default=None, metavar="N",
+                        help="compare outputs on the first N samples only (default: all of --data)")
+    add_retrain_flags(parser)
+    return parser
+
+
+@dataclasses.dataclass
+class ReviveRun:
+    """What one `deadrelu revive` produced: the input, the revived model, and the evidence.
+
+    Attributes:
+        loaded: The input, a `deadrelu.loading.LoadedModel`.
+        model: The revived copy.
+        result: The `deadrelu.revive.ReviveResult`.
+        before: The report the dead units came from.
+        after: A scan of the revived model on the same data (None without --data).
+        max_diff: Largest |Δ| between the outputs of MODEL and the revived model (None without --data).
+        samples: Samples the outputs were compared on.
+        output: Where the revived model goes.
+        notes: One-line remarks for the user.
+    """
+
+    loaded: object
+    model: object
+    result: object
+    before: object
+    after: object = None
+    max_diff: float | None = None
+    samples: int = 0
+    output: str = ""
+    notes: list = dataclasses.field(default_factory=list)
+    retrain: object = None  # the deadrelu.retrain.Comparison of --retrain
+
+
+def run(args, output) -> int:
+    out_path = resolve_output(args)
+    revived = make_revival(args, output, out_path)
+    check_outputs(revived, args)
+    rescan(revived, args, output)
+    if args.retrain:
+        # The revived copy is trained in place, so OUT holds the retrained model.
+        revived.retrain = retrain_from_args(args, output, revived.loaded.model, {"revived": revived.model})
+    save(revived, args, output)
+    show(revived, args, output)
+    return EXIT_OK
+
+
+def resolve_output(args) -> str:
+    """Checks the flags that need no model and returns OUT: fails fast, before TensorFlow loads."""
+    from deadrelu.errors import UsageError
+    from deadrelu.files import check_output_path
+    from deadrelu.saving import MODEL_EXTENSIONS
+
+    if not (args.data or args.report):
+        raise UsageError("revive needs the data the units are dead on: pass --data x.npz "
+                         "(or --report scan.json from 'deadrelu scan --json')")
+    if args.output:
+        out = args.output
+    else:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
+        out = os.path.join(os.path.dirname(os.path.normpath(args.model)), f"{stem}_revived.keras")
+    if not out.endswith(MODEL_EXTENSIONS):
+        raise UsageError(f"-o {out}: the output name must end in .keras or .h5")
+    same = os.path.abspath(out) == os.path.abspath(args.model)
+    if not same and os.path.exists(args.model) and os.path.exists(out):
+        same = os.path.samefile(args.model, out)  # a link, or another spelling of the same file
+    if same:
+        raise UsageError(f"-o {out} is the input model; deadrelu never overwrites its input, choose another path")
+    for path in (out, args.json):
+        if path:
+            check_output_path(path, force=args.force or path != out)
+    return out
+
+
+def make_revival(args, output, out_path: str = "") -> ReviveRun:
+    """Loads MODEL, scans it (or reads --report), and revives a copy of it."""
+    from deadrelu.cli import load_from_args
+    from deadrelu.report import Report
+    from deadrelu.revive import copy_model, revive_in_place
+    from deadrelu.scan import describe_loaded, scan
+
+    loaded = load_from_args(args)
+    for repair in loaded.repairs:
+        output.note(f"repaired while loading: {repair}", style="dim")
+    if args.report:
+        report = Report.from_json(args.report)
+        sha = (report.model or {}).get("sha256")
+        if sha and sha != loaded.sha256:
+            output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
+    else:
+        with output.progress("scanning") as (on_start, on_batch):
+            report = scan(loaded.model, args.data, batch_size=args.batch_size, samples=args.samples,
+                          rescale=args.rescale, on_start=on_start, on_batch=on_batch,
+                          model_info=describe_loaded(loaded))
+        for note in report.notes:
+            output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
+    with output.progress("reviving"):
+        model = copy_model(loaded.model)
+        # With data, revived units that still do not fire on it get a second draw.
+        result = revive_in_place(model, report, seed=args.seed, scale=args.scale, sites=args.sites,
+                                 data=args.data or None,
+                                 batch_size=args.batch_size,
+                                 scan_options={"samples": args.samples, "rescale": args.rescale})
+    return ReviveRun(loaded=loaded, model=model, result=result, before=report, output=out_path,
+                     notes=list(result.notes))
+
+
+def check_outputs(revived: ReviveRun, args) -> None:
+    """Compares the outputs of MODEL and the revived model on --data (inference mode)."""
+    if not args.data:
+        revived.notes.append("no --data: the outputs were not compared")
+        return
+    from deadrelu.data import load_data
+    from deadrelu.revive import output_difference
+
+    samples = min(filter(None, (args.samples, args.check_samples)), default=None)
+    data = load_data(args.data, revived.loaded.model, samples=samples, rescale=args.rescale)
+    revived.max_diff, revived.samples = output_difference(revived.loaded.model, revived.model,
+                                                          data.batches(args.batch_size))
+    if revived.max_diff > TOLERANCE:  # a bug, not the user's fault: exit 3 and write nothing
+        raise RuntimeError(f"the revival changed the outputs (max |Δ| = {revived.max_diff:.3g} on "
+                           f"{revived.samples} samples, tolerance {TOLERANCE:g}); nothing was written")
+
+
+def rescan(revived: ReviveRun, args, output) -> None:
+    """Scans the revived model on the same data: the revived units should fire now."""
+    if not args.data:
+        return
+    from deadrelu.scan import scan
+
+    with output.progress("rescanning") as (on_start, on_batch):
+        revived.after = scan(revived.model, args.data, batch_size=args.batch_size, samples=args.samples,
+                             rescale=args.rescale, on_start=on_start, on_batch=on_batch)
+
+
+def save(revived: ReviveRun, args, output) -> None:
+    """Writes OUT (atomically) and the --json summary."""
+    from deadrelu.saving import save_model
+
+    notes: list[str] = []
+    save_model(revived.model, revived.output, force=args.force, notes=notes)
+    revived.notes.extend(notes)
+    if args.json:
+        import json
+
+        from deadrelu.files import atomic_output
+
+        with atomic_output(args.json) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary_dict(revived), f, indent=1)
+
+
+def summary_dict(revived: ReviveRun) -> dict:
+    """The --json summary: input, output, per-site revival, the output check, dead before/after."""
+    from deadrelu import __version__
+
+    loaded = revived.loaded
+    after = {s.path: s for s in revived.after.sites} if revived.after is not None else {}
+    sites = []
+    for site in revived.before.sites:
+        entry = {"path": site.path, "units": site.units, "dead_before": len(site.dead),
+                 "revived": revived.result.revived.get(site.path, []),
+                 "skipped": revived.result.skipped.get(site.path)}
+        if site.path in after:
+            entry["dead_after"] = len(after[site.path].dead)
+        sites.append(entry)
+    return {
+        "schema": "deadrelu/revive@1",
+        "tool": {"name": "deadrelu", "version": __version__},
+        "model": {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format},
+        "output": {"path": revived.output, "format": "keras" if revived.output.endswith(".keras") else "h5"},
+        "data": dict(revived.before.data),
+        "sites": sites,
+        "summary_before": revived.before.summary,
+        "summary_after": revived.after.summary if revived.after is not None else None,
+        "units_revived": revived.result.units_revived,
+        "outputs_check": {"max_abs_diff": revived.max_diff, "samples": revived.samples, "tolerance": TOLERANCE},
+        "modified_entries": {path: int(mask.sum()) for path, mask in revived.result.reinitialized.items()},
+        "notes": revived.notes,
+        **({"retrain": revived.retrain.to_dict()} if revived.retrain is not None else {}),
+    }
+
+
+def show(revived: ReviveRun, args, output) -> None:
+    """The per-site table, the output check, dead before → after, and where the files went."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from deadrelu.render import shorten
+
+    result = revived.result
+    after = {s.path: s for s in revived.after.sites} if revived.after is not None else {}
+    rows = [site for site in revived.before.sites if site.dead]
+    if rows:
+        table = Table(title="revived units (ReDo)", title_justify="left", header_style="bold")
+        table.add_column("site path", overflow="fold")
+        table.add_column("units", justify="right")
+        table.add_column("dead before", justify="right")
+        table.add_column("revived", justify="right")
+        if after:
+            table.add_column("dead after", justify="right")
+        table.add_column("skipped: reason", overflow="fold")
+        for site in rows:
+            count = len(result.revived.get(site.path, []))
+            cells = [Text(shorten(site.path)), f"{site.units:,}", Text(f"{len(site.dead):,}", style="red"),
+                     Text(f"{count:,}", style="green" if count else "dim")]
+            if after:
+                dead = len(after[site.path].dead) if site.path in after else None
+                cells.append(Text("–" if dead is None else f"{dead:,}", style="yellow" if dead else "green"))
+            reason = result.skipped.get(site.path, "")
+            if not reason and args.sites and site.path not in args.sites:
+                reason = "not selected (--site)"
+            cells.append(Text(reason, style="yellow"))
+            table.add_row(*cells)
+        output.out.print(table)
+    else:
+        output.out.print("no dead units: nothing to revive", markup=False)
+    for note in revived.notes:
+        output.note(note)
+    if revived.max_diff is not None:
+        output.out.print(Text(f"outputs unchanged: max |Δ| = {revived.max_diff:.3g} on {revived.samples:,} samples",
+                              style="green"))
+    before = revived.before.summary
+    line = f"dead units: {before['dead']:,} of {before['units']:,} ({100 * before['dead_fraction']:.1f}%)"
+    if revived.after is not None:
+        s = revived.after.summary
+        line += f" → {s['dead']:,} ({100 * s['dead_fraction']:.1f}%)"
+    output.out.print(f"{line}; {result.units_revived:,} revived", markup=False)
+    output.out.print(f"wrote {revived.output}", markup=False)
+    if args.json:
+        output.note(f"wrote summary {args.json}", style="dim")

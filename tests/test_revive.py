@@ -1,0 +1,353 @@
+"""`deadrelu.revive` and `deadrelu revive`: dead units come back, the outputs do not move.
+
+Every model here has dead units planted by construction (a bias of -100, or a BatchNormalization
+beta of -50, on chosen units). For each: the revived copy gives the same outputs (≤ 1e-5), the
+revived units fire on a rescan, every changed entry is in `reinitialized`, and the user's model
+is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import deadrelu
+from deadrelu.cli import main
+from deadrelu.revive import ReviveResult, output_difference, revive, revive_in_place, revive_with_result
+
+L = keras.layers
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ATOL = 1e-5
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).uniform(0, 1, (48, 8, 8, 3)).astype(np.float32)
+
+
+def plant(model, name: str, units, value: float = -100.0, weight: int = -1) -> None:
+    """Makes `units` dead with a large negative bias (BatchNormalization: beta, weight=1), and
+    the layer's other units surely alive with a bias of +1."""
+    layer = model.get_layer(name)
+    weights = layer.get_weights()
+    weights[weight][:] = 1.0
+    weights[weight][list(units)] = value
+    layer.set_weights(weights)
+
+
+def snapshot(model) -> dict[str, np.ndarray]:
+    return {v.path: np.array(v.numpy()) for v in model.weights}
+
+
+def short(mapping: dict) -> dict:
+    """Keys cut to their last two parts ('sequential/h/kernel' → 'h/kernel'), for readable checks."""
+    out = {"/".join(key.split("/")[-2:]): value for key, value in mapping.items()}
+    assert len(out) == len(mapping)
+    return out
+
+
+def check(model, x, *, planted: dict, expect_skipped=()) -> tuple:
+    """Revives a copy; checks outputs, firing, masks, and that `model` is untouched.
+
+    Every planted unit must be revived, and so must every other dead unit (small random models
+    have a few) except at the sites expected to be skipped.
+    """
+    before = snapshot(model)
+    old_values = [np.array(v.numpy()) for v in model.weights]
+    report = deadrelu.scan(model, x)
+    revived, result = revive_with_result(model, x, seed=0)
+    assert [v.path for v in revived.weights] == [v.path for v in model.weights]
+    for path, units in planted.items():
+        assert set(units) <= set(result.revived.get(path, [])), (path, result.skipped)
+    for site in report.sites:
+        if site.dead and site.path not in expect_skipped:
+            assert result.revived.get(site.path) == site.dead, (site.path, result.skipped)
+    assert set(result.skipped) == set(expect_skipped), result.skipped
+    # The user's model is left exactly as it was.
+    assert all(np.array_equal(before[p], v.numpy()) for p, v in ((v.path, v) for v in model.weights))
+    # Same outputs on the scan data.
+    diff, samples = output_difference(model, revived, [x])
+    assert diff <= ATOL and samples == len(x)
+    # The revived units fire; nothing else dies.
+    after = deadrelu.scan(revived, x)
+    for site in after.sites:
+        assert not set(site.dead) & set(result.revived.get(site.path, [])), site.path
+        assert set(site.dead) <= set(report.site(site.path).dead)
+    # Every changed entry is in the mask.
+    assert all(result.variables[key].path == key for key in result.reinitialized)
+    for old, variable in zip(old_values, revived.weights):
+        changed = variable.numpy() != old
+        mask = result.reinitialized.get(variable.path, np.zeros(old.shape, bool))
+        assert mask.shape == old.shape
+        assert not (changed & ~mask).any(), f"{variable.path}: changed outside the mask"
+    after_weights = snapshot(revived)
+    result.reinitialized = short(result.reinitialized)
+    return revived, result, short(before), short(after_weights)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+def test_dense_dense_exact_masks_and_live_units_untouched():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((10,)), L.Dense(8, activation="relu", name="h"),
+                              L.Dense(3, name="out")])
+    plant(model, "h", [2, 5])
+    x = np.random.default_rng(1).uniform(0, 1, (64, 10)).astype(np.float32)
+    revived, result, before, after = check(model, x, planted={"h": [2, 5]})
+    mask = result.reinitialized
+    dead = np.zeros(8, bool)
+    dead[[2, 5]] = True
+    assert set(mask) == {"h/kernel", "h/bias", "out/kernel"}
+    assert np.array_equal(mask["h/kernel"], np.broadcast_to(dead, (10, 8)))
+    assert np.array_equal(mask["h/bias"], dead)
+    assert np.array_equal(mask["out/kernel"], np.broadcast_to(dead[:, None], (8, 3)))
+    # Live units' incoming weights and the rest of the outgoing weights are bit-identical.
+    assert np.array_equal(after["h/kernel"][:, ~dead], before["h/kernel"][:, ~dead])
+    assert np.array_equal(after["out/kernel"][~dead], before["out/kernel"][~dead])
+    assert np.all(after["out/kernel"][dead] == 0) and np.all(after["h/bias"][dead] == 0)
+    # Scaled by the initializer (glorot_uniform here), not copied: the new columns are fresh.
+    assert not np.allclose(after["h/kernel"][:, dead], before["h/kernel"][:, dead])
+
+
+def test_conv_flatten_dense_cuts_every_flattened_index(images):
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu", name="conv"),
+                              L.Flatten(), L.Dense(5, activation="relu", name="dense"), L.Dense(2, name="out")])
+    plant(model, "conv", [1, 3])
+    plant(model, "dense", [0])
+    _, result, _, after = check(model, images, planted={"conv": [1, 3], "dense": [0]})
+    # Flatten of (6, 6, 4): channel c sits at every index i with i % 4 == c.
+    mask = result.reinitialized["dense/kernel"]
+    assert mask[:, 0].all()  # unit 0 of `dense` is revived: its whole column is new
+    rows = np.flatnonzero(mask[:, 1:].any(axis=1))
+    assert set(rows) == {i for i in range(144) if i % 4 in (1, 3)}
+    assert np.all(after["dense/kernel"][rows][:, 1:] == 0)  # column 0 is the revived unit: fresh weights
+
+
+def test_conv_maxpool_conv(images):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(6, 3, padding="same", activation="relu", name="c1"),
+                              L.MaxPooling2D(), L.Dropout(0.5), L.Conv2D(4, 3, activation="relu", name="c2"),
+                              L.GlobalMaxPooling2D(), L.Dense(2, name="out")])
+    plant(model, "c1", [0, 4])
+    plant(model, "c2", [2])
+    _, result, _, after = check(model, images, planted={"c1": [0, 4], "c2": [2]})
+    kernel_mask = result.reinitialized["c2/kernel"]
+    assert kernel_mask[:, :, [0, 4], :][..., [0, 1, 3]].all()  # cut from the live units of c2
+    assert np.all(after["c2/kernel"][:, :, [0, 4]][..., [0, 1, 3]] == 0)
+
+
+def test_conv_batchnorm_relu_gap_dense(images):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(6, 3, name="conv")(inputs)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.ReLU(name="relu")(h)
+    h = L.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, L.Dense(3, name="out")(h))
+    model.get_layer("bn").set_weights([np.full(6, 1.5, np.float32), np.zeros(6, np.float32),
+                                       np.full(6, 0.1, np.float32), np.full(6, 2.0, np.float32)])
+    plant(model, "bn", [2, 5], value=-50.0, weight=1)  # beta
+    _, result, _, after = check(model, images, planted={"relu": [2, 5]})
+    # The BN channel is reset to a state in which it fires: live-like gamma, zero beta and mean.
+    assert np.allclose(after["bn/gamma"][[2, 5]], 1.5) and np.all(after["bn/beta"][[2, 5]] == 0)
+    assert np.all(after["bn/moving_mean"][[2, 5]] == 0) and np.allclose(after["bn/moving_variance"][[2, 5]], 2.0)
+    assert result.reinitialized["conv/kernel"][..., [2, 5]].all()
+
+
+def test_dense_then_batchnorm_cuts_through_gamma():
+    """A site followed by BatchNormalization: gamma → 0, beta → the channel's old constant."""
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(5, activation="relu", name="h"),
+                              L.BatchNormalization(name="bn"), L.Dense(2, name="out")])
+    model.get_layer("bn").set_weights([np.full(5, 0.7, np.float32), np.full(5, 0.2, np.float32),
+                                       np.full(5, 0.4, np.float32), np.full(5, 0.5, np.float32)])
+    plant(model, "h", [1])
+    x = np.random.default_rng(5).uniform(0, 1, (40, 6)).astype(np.float32)
+    _, result, _, after = check(model, x, planted={"h": [1]})
+    assert after["bn/gamma"][1] == 0 and "out/kernel" not in result.reinitialized
+
+
+def test_concatenate_offsets_the_channel(images):
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(3, 3, activation="relu", name="a")(inputs)
+    b = L.Conv2D(4, 3, activation="relu", name="b")(inputs)
+    h = L.Concatenate()([a, b])
+    h = L.Conv2D(2, 1, name="mix")(h)
+    model = keras.Model(inputs, L.Flatten()(h))
+    plant(model, "a", [1])
+    plant(model, "b", [0, 3])
+    _, result, _, _ = check(model, images, planted={"a": [1], "b": [0, 3]})
+    rows = np.flatnonzero(result.reinitialized["mix/kernel"].any(axis=(0, 1, 3)))
+    assert list(rows) == [1, 3 + 0, 3 + 3]
+
+
+def test_add_branches_revive_where_both_dead_and_skip_where_live():
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((6,))
+    a = L.Dense(5, activation="relu", name="a")(inputs)
+    b = L.Dense(5, activation="relu", name="b")(inputs)
+    h = L.Add()([a, b])
+    h = L.Dense(4, activation="relu", name="after")(h)
+    model = keras.Model(inputs, L.Dense(2, name="out")(h))
+    plant(model, "a", [1, 3])
+    plant(model, "b", [3])
+    plant(model, "after", [0])
+    x = np.random.default_rng(7).uniform(0, 1, (40, 6)).astype(np.float32)
+    _, result, _, _ = check(model, x, planted={"a": [3], "b": [3], "after": [0]}, expect_skipped={"a"})
+    # Unit 1 of `a` is summed with a live unit of `b`: cutting the sum would change the outputs.
+    assert "1 unit [1]:" in result.skipped["a"] and "'after'" in result.skipped["a"]
+
+
+def test_nested_submodel(images):
+    keras.utils.set_random_seed(8)
+    encoder = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(5, 3, activation="relu", name="conv"),
+                                L.MaxPooling2D(), L.Flatten()], name="encoder")
+    head = keras.Sequential([keras.Input((45,)), L.Dense(6, activation="relu", name="hidden"),
+                             L.Dense(2, name="logits")], name="head")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, head(encoder(inputs)))
+    plant(encoder, "conv", [0, 2])
+    plant(head, "hidden", [4])
+    _, result, _, _ = check(model, images, planted={"encoder/conv": [0, 2], "head/hidden": [4]})
+    assert result.reinitialized["hidden/kernel"][[i for i in range(45) if i % 5 in (0, 2)]][:, [0, 1, 2, 3, 5]].all()
+
+
+def test_shared_submodel_called_twice():
+    """A siamese tower: one sub-model, two calls; the dead unit is cut after both calls."""
+    keras.utils.set_random_seed(12)
+    tower = keras.Sequential([keras.Input((6,)), L.Dense(5, activation="relu", name="t")], name="tower")
+    left, right = keras.Input((6,)), keras.Input((6,))
+    joined = L.Concatenate()([tower(left), tower(right)])
+    model = keras.Model([left, right], L.Dense(2, name="out")(joined))
+    plant(tower, "t", [3])
+    rng = np.random.default_rng(12)
+    x = [rng.uniform(0, 1, (30, 6)).astype(np.float32), rng.uniform(0, 1, (30, 6)).astype(np.float32)]
+    revived, result = revive_with_result(model, x, seed=0)
+    assert result.revived == {"tower/t": [3]}
+    assert output_difference(model, revived, [x])[0] <= ATOL
+    assert set(np.flatnonzero(short(result.reinitialized)["out/kernel"].any(axis=1))) == {3, 8}
+
+
+def test_unfollowable_sites_are_skipped_with_a_reason(images):
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, name="conv")(inputs)
+    skip = L.Conv2D(4, 3, name="skip")(inputs)
+    h = L.Add(name="sum")([h, skip])
+    h = L.Activation("relu", name="relu_after_add")(h)           # fed by an Add: no own weights
+    g = L.Dense(4, activation="relu", name="into_softmax")(L.Flatten()(h))
+    g = L.Softmax(name="mixer")(g)                                 # mixes units without weights
+    out = L.Dense(2, activation="relu", name="at_output")(g)       # the model output itself
+    model = keras.Model(inputs, out)
+    plant(model, "skip", [1])
+    plant(model, "conv", [1])
+    plant(model, "into_softmax", [2])
+    plant(model, "at_output", [0])
+    report = deadrelu.scan(model, images)
+    assert {s.path for s in report.sites if s.dead} == {"relu_after_add", "into_softmax", "at_output"}
+    copy = revive(model, report, seed=0)
+    result = revive_in_place(copy, report, seed=0)
+    assert result.revived == {}
+    assert "Add 'sum'" in result.skipped["relu_after_add"]
+    assert "Softmax 'mixer'" in result.skipped["into_softmax"]
+    assert "model output" in result.skipped["at_output"]
+    assert output_difference(model, copy, [images])[0] == 0.0
+
+
+def test_user_model_unchanged_and_seed_is_reproducible():
+    keras.utils.set_random_seed(10)
+    model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu", name="h"), L.Dense(2, name="out")])
+    model.compile(optimizer="adam", loss="mse")
+    plant(model, "h", [0, 1, 2])
+    x = np.random.default_rng(10).uniform(0, 1, (30, 5)).astype(np.float32)
+    before = snapshot(model)
+    one = revive(model, x, seed=3)
+    two = revive(model, x, seed=3)
+    assert one is not model and all(np.array_equal(before[v.path], v.numpy()) for v in model.weights)
+    assert all(np.array_equal(a, b) for a, b in zip(one.get_weights(), two.get_weights()))
+    assert one.compiled and one.loss == "mse"  # compiled like the original, fresh optimizer
+    assert isinstance(revive_with_result(model, deadrelu.scan(model, x))[1], ReviveResult)
+
+
+def test_sites_option_and_unknown_site():
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu", name="h1"),
+                              L.Dense(6, activation="relu", name="h2"), L.Dense(2, name="out")])
+    plant(model, "h1", [0])
+    plant(model, "h2", [1])
+    x = np.random.default_rng(11).uniform(0, 1, (30, 5)).astype(np.float32)
+    report = deadrelu.scan(model, x)
+    result = revive_in_place(model, report, seed=0, sites=["h2"])
+    assert result.revived == {"h2": [1]}
+    with pytest.raises(deadrelu.UsageError, match="no site 'nope'"):
+        revive_in_place(model, report, sites=["nope"])
+
+
+# -- command line ---------------------------------------------------------------------------
+
+def test_cli_revives_dying_mlp(tmp_path, capfd):
+    model_path = tmp_path / "dying_mlp.keras"
+    model_path.write_bytes((SAMPLES / "dying_mlp.keras").read_bytes())
+    out, summary = tmp_path / "revived.keras", tmp_path / "revive.json"
+    argv = ["revive", model_path, "--data", SAMPLES / "probe.npz", "-o", out, "--seed", "0", "--json", summary]
+    code = main([str(a) for a in argv])
+    stdout, stderr = capfd.readouterr()
+    assert code == 0, stderr
+    assert "outputs unchanged: max |Δ| = " in stdout and "on 1,000 samples" in stdout
+    assert "→ 0 (0.0%)" in stdout and "hidden_1" in stdout
+    data = json.loads(summary.read_text())
+    assert data["summary_before"]["dead_fraction"] > 0.5 and data["summary_after"]["dead"] == 0
+    assert data["outputs_check"]["max_abs_diff"] <= ATOL
+    # The file loads with plain Keras and computes what the input computes.
+    x = np.load(SAMPLES / "probe.npz")["x"][:200]
+    original = keras.models.load_model(model_path)
+    assert output_difference(original, keras.models.load_model(out), [x])[0] <= ATOL
+    # An existing OUT is refused without --force (one line, exit 2); the input never becomes OUT.
+    assert main([str(a) for a in argv]) == 2
+    assert "exists" in capfd.readouterr().err
+    assert main(["revive", str(model_path), "--data", str(SAMPLES / "probe.npz"), "-o", str(model_path),
+                 "--force"]) == 2
+    assert "is the input model" in capfd.readouterr().err
+
+
+def test_cli_with_a_saved_report_and_no_data(tmp_path, capfd):
+    model_path = tmp_path / "dying_mlp.keras"
+    model_path.write_bytes((SAMPLES / "dying_mlp.keras").read_bytes())
+    report_path = tmp_path / "scan.json"
+    assert main(["scan", str(model_path), "--data", str(SAMPLES / "probe.npz"), "--samples", "200",
+                 "--json", str(report_path), "--quiet"]) == 0
+    capfd.readouterr()
+    assert main(["revive", str(model_path), "--report", str(report_path), "--seed", "1"]) == 0
+    out, err = capfd.readouterr()
+    assert (tmp_path / "dying_mlp_revived.keras").exists() and "outputs were not compared" in err
+    x = np.load(SAMPLES / "probe.npz")["x"][:200]
+    revived = keras.models.load_model(tmp_path / "dying_mlp_revived.keras")
+    assert output_difference(keras.models.load_model(model_path), revived, [x])[0] <= ATOL
+
+
+# -- a real model ---------------------------------------------------------------------------
+
+STUCK = SHARED / "models" / "dd_mnist_al22_trained_stuck.h5"
+
+
+@pytest.mark.skipif(not STUCK.exists(), reason="needs ../shared/models (not part of a user's clone)")
+def test_stuck_real_model_outputs_unchanged_and_units_fire():
+    mnist = np.load(SHARED / "data" / "mnist.npz")
+    x = (mnist["x_test"][:500] / 255.0).reshape(-1, 28, 28, 1).astype(np.float32)
+    model = deadrelu.load_model(STUCK)
+    report = deadrelu.scan(model, x)
+    assert report.summary["dead_fraction"] > 0.5
+    revived, result = revive_with_result(model, x, seed=0)
+    assert result.units_revived == report.summary["dead"] and not result.skipped
+    assert output_difference(model, revived, [x])[0] <= ATOL
+    assert deadrelu.scan(revived, x).summary["dead"] <= 0.01 * report.summary["units"]
