@@ -95,6 +95,10 @@ def plot_timeline(checks: list[Check], path: str, *, title: str = "dead units du
                 ax.axvline(c.epoch + 1, color="#27ae60", ls=":", lw=1)
             elif c.action == "stop":
                 ax.axvline(c.epoch + 1, color="#c0392b", ls="--", lw=1)
+        if any(c.action == "revive" for c in checks):
+            ax.plot([], [], color="#27ae60", ls=":", lw=1, label="revived (ReDo)")
+        if any(c.action == "stop" for c in checks):
+            ax.plot([], [], color="#c0392b", ls="--", lw=1, label="stopped")
         ax.set_xticks(np.unique(x))
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_ylim(-0.02, 1.02)
