@@ -15,6 +15,37 @@ MODEL_EXTENSIONS = (".keras", ".h5", ".hdf5")
 _H5_EXTENSIONS = (".h5", ".hdf5")
 
 
+def model_output_path(model_path: str, output: str | None, suffix: str, *, force: bool = False) -> str:
+    """Resolves and checks where a transformed model goes, before any work is done.
+
+    Args:
+        model_path: The input model (never overwritten).
+        output: The user's -o OUT, or None for `<stem>_<suffix>.keras` beside the input.
+        suffix: What the transformation is called ("prelu", "revived", ...).
+        force: Whether an existing OUT may be overwritten.
+
+    Returns:
+        OUT, as a string.
+
+    Raises:
+        UsageError: OUT has no model extension, is the input itself, or exists without `force`.
+    """
+    if output:
+        out = os.fspath(output)
+    else:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(model_path)))[0]
+        out = os.path.join(os.path.dirname(os.path.normpath(model_path)), f"{stem}_{suffix}.keras")
+    if not out.endswith(MODEL_EXTENSIONS):
+        raise UsageError(f"-o {out}: the output name must end in .keras or .h5")
+    same = os.path.abspath(out) == os.path.abspath(model_path)
+    if not same and os.path.exists(model_path) and os.path.exists(out):
+        same = os.path.samefile(model_path, out)  # a link, or another spelling of the same file
+    if same:
+        raise UsageError(f"-o {out} is the input model; deadrelu never overwrites its input, choose another path")
+    check_output_path(out, force=force)
+    return out
+
+
 def save_model(model, path, *, force: bool = False, verify: bool = True, notes: list[str] | None = None) -> str:
     """Saves a Keras model to `path` through a temporary file renamed into place.
 

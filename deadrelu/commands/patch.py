@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from deadrelu.cli import EXIT_OK, number
 from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args
@@ -66,7 +65,7 @@ def resolve_output(args) -> str:
     """Checks the flags that need no model, and returns OUT: fails fast, before TensorFlow loads."""
     from deadrelu.errors import UsageError
     from deadrelu.files import check_output_path
-    from deadrelu.saving import MODEL_EXTENSIONS
+    from deadrelu.saving import model_output_path
 
     if args.only != "all" and not (args.data or args.report):
         raise UsageError(f"--only {args.only} decides from a scan: pass --data x.npz (scanned first) "
@@ -75,21 +74,9 @@ def resolve_output(args) -> str:
         raise UsageError("--alpha is the LeakyReLU slope; with --to prelu use --alpha-init")
     if args.alpha_init is not None and args.to != "prelu":
         raise UsageError("--alpha-init is the initial PReLU slope; with --to leaky use --alpha")
-    if args.output:
-        out = args.output
-    else:
-        stem = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
-        out = os.path.join(os.path.dirname(os.path.normpath(args.model)), f"{stem}_{args.to}.keras")
-    if not out.endswith(MODEL_EXTENSIONS):
-        raise UsageError(f"-o {out}: the output name must end in .keras or .h5")
-    same = os.path.abspath(out) == os.path.abspath(args.model)
-    if not same and os.path.exists(args.model) and os.path.exists(out):
-        same = os.path.samefile(args.model, out)  # a link, or another spelling of the same file
-    if same:
-        raise UsageError(f"-o {out} is the input model; deadrelu never overwrites its input, choose another path")
-    for path in (out, args.json):
-        if path:
-            check_output_path(path, force=args.force or path != out)
+    out = model_output_path(args.model, args.output, args.to, force=args.force)
+    if args.json:
+        check_output_path(args.json)
     return out
 
 

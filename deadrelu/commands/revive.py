@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from deadrelu.cli import EXIT_OK, positive_int
 from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args
@@ -84,26 +83,14 @@ def resolve_output(args) -> str:
     """Checks the flags that need no model and returns OUT: fails fast, before TensorFlow loads."""
     from deadrelu.errors import UsageError
     from deadrelu.files import check_output_path
-    from deadrelu.saving import MODEL_EXTENSIONS
+    from deadrelu.saving import model_output_path
 
     if not (args.data or args.report):
         raise UsageError("revive needs the data the units are dead on: pass --data x.npz "
                          "(or --report scan.json from 'deadrelu scan --json')")
-    if args.output:
-        out = args.output
-    else:
-        stem = os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
-        out = os.path.join(os.path.dirname(os.path.normpath(args.model)), f"{stem}_revived.keras")
-    if not out.endswith(MODEL_EXTENSIONS):
-        raise UsageError(f"-o {out}: the output name must end in .keras or .h5")
-    same = os.path.abspath(out) == os.path.abspath(args.model)
-    if not same and os.path.exists(args.model) and os.path.exists(out):
-        same = os.path.samefile(args.model, out)  # a link, or another spelling of the same file
-    if same:
-        raise UsageError(f"-o {out} is the input model; deadrelu never overwrites its input, choose another path")
-    for path in (out, args.json):
-        if path:
-            check_output_path(path, force=args.force or path != out)
+    out = model_output_path(args.model, args.output, "revived", force=args.force)
+    if args.json:
+        check_output_path(args.json)
     return out
 
 
