@@ -100,8 +100,21 @@ def compile_like(model, source, *, loss=None, optimizer: str | None = None, lear
         opt = keras.optimizers.Adam()
     if learning_rate is not None:
         opt.learning_rate = learning_rate
-    model.compile(optimizer=opt, loss=loss if loss is not None else config["loss"],
-                  metrics=config.get("metrics"), loss_weights=config.get("loss_weights"))
+    model.compile(optimizer=opt, loss=loss if loss is not None else _deserialize(config["loss"]),
+                  metrics=_deserialize(config.get("metrics")), loss_weights=config.get("loss_weights"))
+
+
+def _deserialize(value):
+    """Turns the serialised objects of a compile config (dicts with "class_name") back into objects."""
+    import keras
+
+    if isinstance(value, dict) and "class_name" in value:
+        return keras.saving.deserialize_keras_object(value)
+    if isinstance(value, list):
+        return [_deserialize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _deserialize(v) for k, v in value.items()}
+    return value
 
 
 def _compile_config(model) -> dict:

@@ -74,3 +74,22 @@ def test_validation_is_required(xy):
     x, y = xy
     with pytest.raises(UsageError, match="validation"):
         retrain({"a": _model()}, _model(), x, y, epochs=1)
+
+
+def test_compile_like_restores_a_serialised_loss_from_a_legacy_file(tmp_path):
+    """Keras 2 files store the loss as a function; its compile config holds it serialised."""
+    import keras
+
+    source = _model()
+    source.compile(optimizer=keras.optimizers.RMSprop(0.003), loss=keras.losses.categorical_crossentropy,
+                   metrics=["accuracy"])
+    path = tmp_path / "fn_loss.h5"
+    source.save(path)
+    loaded = deadrelu.load_model(str(path))
+    target = _copy(loaded)
+    compile_like(target, loaded)
+    assert type(target.optimizer).__name__ == "RMSprop"
+    assert float(target.optimizer.learning_rate) == pytest.approx(0.003)
+    x = np.zeros((4, 6), np.float32)
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    assert np.isfinite(target.evaluate(x, y, verbose=0, return_dict=True)["loss"])
