@@ -5,7 +5,7 @@
 Made for `../shared/models/dd_mnist_al22_trained_stuck.h5` (a Keras 2.3.1 MNIST model stuck at
 ~11% accuracy with most units dead), but works for any MNIST model with input (28, 28, 1).
 Every variant gets the same budget: `--train-samples` training images, `--epochs` epochs, the
-file's own loss and optimizer (fresh state), the same seed. Dead units are scanned on 2,000 test
+file's own loss and optimizer (fresh state; `--optimizer adam --lr 1e-3` to override), the same seed. Dead units are scanned on 2,000 test
 images; accuracy is measured on the whole test set.
 """
 
@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--optimizer", help="optimizer class for every variant (default: the file's)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: the file's)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -53,14 +55,17 @@ def main() -> None:
             "revive + patch → PReLU": deadrelu.patch(revived, to="prelu"),
         }
         comparison = retrain(variants, source, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                             validation_data=(x_test, y_test), seed=seed, probe_samples=2000)
+                             validation_data=(x_test, y_test), seed=seed, probe_samples=2000,
+                             optimizer=args.optimizer, learning_rate=args.lr)
         for variant in comparison.variants:
             accuracy = next((v for k, v in variant.after.items() if "acc" in k), float("nan"))
             results.setdefault(variant.name, []).append((accuracy, variant.dead_after, variant.units))
             print(f"  seed {seed}: {variant.name}: test accuracy {accuracy:.4f}, dead after "
                   f"{variant.dead_after}/{variant.units}", flush=True)
 
-    print(f"\n{args.epochs} epochs on {args.train_samples} images, batch {args.batch_size}, seeds {args.seeds}\n")
+    optimizer = (args.optimizer or "the file's optimizer") + (f", lr {args.lr:g}" if args.lr else "")
+    print(f"\n{args.epochs} epochs on {args.train_samples} images, batch {args.batch_size}, {optimizer}, "
+          f"seeds {args.seeds}\n")
     print("| variant | test accuracy per seed | dead units after (ReLU sites left) |")
     print("|---|---|---|")
     for name, rows in results.items():
