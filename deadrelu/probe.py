@@ -272,10 +272,18 @@ class Probe:
         if self.gradients:
             if not (isinstance(batch, tuple) and len(batch) == 2):
                 raise UsageError("gradients need labels: pass labels (--labels y.npy) with the data")
-            return batch
+            return self._structured(batch[0]), batch[1]
         if isinstance(batch, tuple) and len(batch) == 2 and not self._expects_two_inputs():
-            return batch[0], None
-        return batch, None
+            return self._structured(batch[0]), None
+        return self._structured(batch), None
+
+    def _structured(self, x):
+        """Wraps a single array in a list when the model was built with a one-element input list
+        (Keras 2 functional files), as Keras would otherwise warn on every call."""
+        struct = getattr(self.model, "_inputs_struct", None)
+        if isinstance(struct, list) and len(struct) == 1 and not isinstance(x, (list, tuple, dict)):
+            return [x]
+        return x
 
     def _expects_two_inputs(self) -> bool:
         inputs = getattr(self.model, "inputs", None)
