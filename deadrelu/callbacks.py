@@ -80,8 +80,11 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self._logged_sites: list[str] = []
         self._strikes = 0
         self._epoch = 0
-        self._step = 0
         self.revivals = 0
+        if every_steps is not None:
+            # Defined only when needed: Keras gives up asynchronous dispatch for the whole fit
+            # when any callback overrides a batch hook.
+            self.on_train_batch_end = self._check_every_steps
 
     # -- Keras hooks ----------------------------------------------------------------------
 
@@ -96,10 +99,14 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self.every_steps and self._step % self.every_steps == 0:
+    def _check_every_steps(self, batch, logs=None):
+        if self._steps() % self.every_steps == 0:
             self.check()
+
+    def _steps(self) -> int:
+        """Training steps taken so far (the optimizer counts them)."""
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        return int(iterations.numpy()) if iterations is not None else 0
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_steps is None and (epoch + 1) % self.every == 0:
@@ -117,7 +124,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
                               data={"source": self._probe_data.source, "samples": result.samples},
                               settings={"batch_size": self.batch_size})
         previous = self.timeline[-1] if self.timeline else None
-        check = make_check(report, previous, epoch=self._epoch, step=self._step)
+        check = make_check(report, previous, epoch=self._epoch, step=self._steps())
         newly_flagged = [s.path for s in report.sites if s.flagged and s.path not in self._logged_sites]
         self._logged_sites += newly_flagged
         self.timeline.append(check)

@@ -407,24 +407,28 @@ def _site_batch_stats(site: Site, output, grad=None) -> dict:
             grad = tf.transpose(grad, perm)
     units = a.shape[-1]
     flat = tf.reshape(a, [tf.shape(a)[0], -1, units])
-    nonzero = tf.not_equal(flat, 0.0)
+    # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds), so "fires" is "> 0" and
+    # |a| is a. Reductions run in float32 over the big tensor — per-batch counts stay far below
+    # 2**24, so they are exact — and only the per-unit results are widened to int64/float64.
+    fires = tf.cast(tf.greater(flat, 0.0), tf.float32)
+    sample_max = tf.reduce_max(flat, axis=1)  # [batch, units]
     stats = {
-        "fires": tf.reduce_sum(tf.cast(nonzero, tf.int64), axis=[0, 1]),
-        "sample_fires": tf.reduce_sum(tf.cast(tf.reduce_any(nonzero, axis=1), tf.int64), axis=0),
-        "sum_abs": tf.reduce_sum(tf.cast(tf.abs(flat), tf.float64), axis=[0, 1]),
-        "max": tf.reduce_max(flat, axis=[0, 1]),
+        "fires": tf.cast(tf.reduce_sum(fires, axis=[0, 1]), tf.int64),
+        "sample_fires": tf.cast(tf.reduce_sum(tf.cast(sample_max > 0.0, tf.float32), axis=0), tf.int64),
+        "sum_abs": tf.cast(tf.reduce_sum(flat, axis=[0, 1]), tf.float64),
+        "max": tf.reduce_max(sample_max, axis=0),
     }
     at_cap = None
     if site.capped:
-        at_cap = tf.greater_equal(flat, site.max_value)
-        stats["saturated"] = tf.reduce_sum(tf.cast(at_cap, tf.int64), axis=[0, 1])
+        at_cap = tf.cast(tf.greater_equal(flat, site.max_value), tf.float32)
+        stats["saturated"] = tf.cast(tf.reduce_sum(at_cap, axis=[0, 1]), tf.int64)
     if grad is not None:
         # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
         g = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
-        passes = nonzero if at_cap is None else tf.logical_and(nonzero, tf.logical_not(at_cap))
-        g = tf.where(passes, g, tf.zeros_like(g))
-        stats["grad_abs"] = tf.reduce_sum(tf.cast(tf.abs(g), tf.float64), axis=[0, 1])
-        stats["grad_zero"] = tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.int64), axis=[0, 1])
+        passes = fires if at_cap is None else fires * (1.0 - at_cap)
+        g = tf.abs(g * passes)
+        stats["grad_abs"] = tf.cast(tf.reduce_sum(g, axis=[0, 1]), tf.float64)
+        stats["grad_zero"] = tf.cast(tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.float32), axis=[0, 1]), tf.int64)
     return stats
 
 
