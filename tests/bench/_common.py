@@ -1,0 +1,213 @@
+"""Shared helpers for the benchmark scripts in tests/bench/ (not collected by pytest).
+
+Keep this module cheap to import: TensorFlow/Keras are imported inside the functions that need
+them, so a parent process can spawn measurement children before it loads TensorFlow itself.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[2]
+MNIST = Path(__file__).resolve().parents[3] / "shared/data/mnist.npz"
+SEED = 0
+
+
+# -- model ---------------------------------------------------------------------------------
+
+def mnist_cnn(seed: int = SEED):
+    """DESIGN.md's reference "MNIST CNN" with ReLU (untrained: weights from a fixed seed)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        L.Conv2D(32, (3, 3), activation="relu"),
+        L.MaxPooling2D(2),
+        L.Dropout(0.25),
+        L.Conv2D(64, (3, 3), activation="relu"),
+        L.MaxPooling2D(2),
+        L.Dropout(0.25),
+        L.Flatten(),
+        L.Dense(256, activation="relu"),
+        L.Dense(10, activation="softmax"),
+    ], name="mnist_cnn")
+
+
+def relu_outputs(model) -> list:
+    """The symbolic outputs of the layers with a fused ReLU (the naive user's site list)."""
+    import keras
+
+    relu = (keras.activations.relu, "relu")
+    return [layer.output for layer in model.layers if getattr(layer, "activation", None) in relu]
+
+
+# -- data ----------------------------------------------------------------------------------
+
+def load_inputs(n: int, *, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, str]:
+    """`n` MNIST images as float32 (n, 28, 28, 1) in [0, 1] with one-hot labels, or random data.
+
+    MNIST test images come first, then training images (70,000 in all; repeated beyond that).
+    The float array is filled chunk by chunk so no float64 temporary of the whole set is made
+    (which would raise the process's peak RSS before a memory measurement starts).
+
+    Returns:
+        (x, y_onehot, description of the source)
+    """
+    x = np.empty((n, 28, 28, 1), np.float32)
+    y = np.zeros((n, 10), np.float32)
+    if MNIST.exists():
+        with np.load(MNIST) as archive:
+            images = [archive["x_test"], archive["x_train"]]
+            labels = [archive["y_test"], archive["y_train"]]
+        pool = sum(len(a) for a in images)
+        filled = 0
+        while filled < n:
+            for xs, ys in zip(images, labels):
+                take = min(len(xs), n - filled)
+                for start in range(0, take, 5000):
+                    stop = min(start + 5000, take)
+                    x[filled + start:filled + stop, ..., 0] = xs[start:stop] / np.float32(255.0)
+                y[np.arange(filled, filled + take), ys[:take].astype(np.int64)] = 1.0
+                filled += take
+                if filled >= n:
+                    break
+        del images, labels
+        source = f"MNIST ({MNIST}), first {n} of test+train" + (" (repeated)" if n > pool else "")
+    else:
+        rng = np.random.default_rng(seed)
+        for start in range(0, n, 5000):
+            stop = min(start + 5000, n)
+            x[start:stop] = rng.random((stop - start, 28, 28, 1), dtype=np.float32)
+        y[np.arange(n), rng.integers(0, 10, n)] = 1.0
+        source = f"random uniform [0, 1) inputs, random labels ({MNIST} not found)"
+    gc.collect()
+    return x, y, source
+
+
+# -- memory --------------------------------------------------------------------------------
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, MB (`ru_maxrss`, KB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS mark to the current RSS (Linux ≥ 4.0), so a later
+    `ru_maxrss` shows only what happens after this point. Returns whether it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- timing --------------------------------------------------------------------------------
+
+class Timing:
+    """Wall and process-CPU times of one contender over repetitions."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def best(self) -> float:
+        return min(self.wall)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+    def spread(self) -> str:
+        return ", ".join(f"{t:.2f}" for t in self.wall)
+
+
+def time_interleaved(contenders: dict[str, Callable[[], object]], repeats: int,
+                     log: Callable[[str], None] = print, groups: list[list[str]] | None = None) -> dict[str, Timing]:
+    """Warms every contender up once (untimed: tracing/compilation excluded), then times them
+    `repeats` times, interleaved.
+
+    `groups` (default: one per contender) are contenders that are compared with each other:
+    a group's members always run back to back, their order alternating every round, and the
+    order of the groups rotates every round, so drift in the machine's load hits all alike.
+    """
+    names = list(contenders)
+    groups = groups or [[name] for name in names]
+    for name in names:
+        start = time.perf_counter()
+        contenders[name]()
+        log(f"  warm-up {name}: {time.perf_counter() - start:.2f} s (not counted)")
+    timings = {name: Timing(name) for name in names}
+    for r in range(repeats):
+        shift = r % len(groups)
+        order = [name for group in groups[shift:] + groups[:shift]
+                 for name in (group if r % 2 == 0 else group[::-1])]
+        for name in order:
+            gc.collect()
+            c0, t0 = time.process_time(), time.perf_counter()
+            contenders[name]()
+            t1, c1 = time.perf_counter(), time.process_time()
+            timings[name].wall.append(t1 - t0)
+            timings[name].cpu.append(c1 - c0)
+        log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{n} {timings[n].wall[-1]:.2f}s" for n in order))
+    return timings
+
+
+def paired_ratio(num: Timing, den: Timing) -> float:
+    """Median over rounds of num/den measured in the same round (adjacent in time, so both saw
+    about the same machine load) — steadier than a ratio of medians on a noisy machine."""
+    return statistics.median(a / b for a, b in zip(num.wall, den.wall))
+
+
+def wait_for_idle(max_seconds: float, log: Callable[[str], None] = print) -> None:
+    """Waits up to `max_seconds` for the 1-minute load average to drop below half the CPUs + 0.2."""
+    if max_seconds <= 0 or not hasattr(os, "getloadavg"):
+        return
+    limit = (os.cpu_count() or 1) / 2 + 0.2
+    start = time.time()
+    while os.getloadavg()[0] > limit and time.time() - start < max_seconds:
+        time.sleep(5)
+    log(f"  waited {time.time() - start:.0f} s for load < {limit:.1f} (now {os.getloadavg()[0]:.2f})")
+
+
+# -- output --------------------------------------------------------------------------------
+
+def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
+    header = ("measurement", "value", "target", "met?")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(4)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(row) for row in rows])
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
