@@ -184,13 +184,14 @@ _Y_KEYS = ("y", "y_test", "y_val", "y_train", "labels", "targets")
 
 def _read_npz(path: str, key: str | None, for_labels: bool):
     archive = np.load(path, allow_pickle=False)
-    keys = list(archive.files)
+    return _select(archive, list(archive.files), key, for_labels, path)
+
+
+def _select(container, keys: list[str], key: str | None, for_labels: bool, path: str):
+    """The wanted array of a multi-array file, and (for inputs) the labels stored beside it."""
     name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path)
-    labels = None
-    if not for_labels:
-        partner = _partner_label_key(name, keys)
-        labels = archive[partner] if partner else None
-    return archive[name], labels
+    partner = None if for_labels else _partner_label_key(name, keys)
+    return container[name], (container[partner] if partner else None)
 
 
 def _partner_label_key(name: str, keys: list[str]) -> str | None:
@@ -208,12 +209,7 @@ def _read_h5(path: str, key: str | None, for_labels: bool):
     handle.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
     if "model_config" in handle.attrs or "model_weights" in handle:
         raise DataError(f"{path} is a Keras model file, not data; pass the data with --data")
-    name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path)
-    labels = None
-    if not for_labels:
-        partner = _partner_label_key(name, keys)
-        labels = handle[partner] if partner else None
-    return handle[name], labels
+    return _select(handle, keys, key, for_labels, path)
 
 
 def _read_csv(path: str) -> np.ndarray:
