@@ -246,9 +246,8 @@ class Probe:
             x, y = self._split(batch)
             if self._step is None:
                 self._build(x, y)
-                self._reset()
-            elif samples == 0:
-                self._reset()
+            if samples == 0:
+                self._acc.reset()
             with hooked(self.site_map, self._recorder):
                 try:
                     if self.gradients:
@@ -309,7 +308,7 @@ class Probe:
 
     def _discover_layout(self, x) -> list[tuple[int, int, int]]:
         """Runs one sample eagerly with hooks: builds the model, checks the input, finds shapes."""
-        one = tf_nest_slice(x, 1)
+        one = _first_samples(x, 1)
         try:
             # Unhooked first: building an unbuilt (subclassed) model traces `call` symbolically,
             # and those symbolic outputs must not be counted as calls.
@@ -332,9 +331,6 @@ class Probe:
             positions = int(np.prod([d for i, d in enumerate(shape) if i not in (0, axis)], dtype=np.int64))
             layout.append((len(outputs), positions, units))
         return layout
-
-    def _reset(self) -> None:
-        self._acc.reset()
 
     # -- the traced steps -----------------------------------------------------------------
 
@@ -461,8 +457,6 @@ def _sum_batch(x, dtype):
 class _Accumulators:
     """Per-site accumulator variables, updated inside the traced step."""
 
-    _SUM_KEYS = ("fires", "sample_fires", "sum_abs")
-
     def __init__(self, sites: list[Site], layout, gradients: bool):
         import tensorflow as tf
 
@@ -501,17 +495,21 @@ class _Accumulators:
             self._loss.assign(0.0)
 
     def add_site(self, index: int, stats: dict) -> None:
+        import tensorflow as tf
+
         entry = self._vars[index]
         for name, value in stats.items():
             if name == "max":
-                entry[name].assign(_maximum(entry[name], value))
+                entry[name].assign(tf.maximum(entry[name], value))
             else:
                 entry[name].assign_add(value)
 
     def add_weight_grads(self, grads) -> None:
+        import tensorflow as tf
+
         flat = [var for group in self._weights for var in group]
         for var, grad in zip(flat, grads):
-            var.assign_add(_dense(grad))
+            var.assign_add(tf.convert_to_tensor(grad))  # IndexedSlices (embeddings) → dense
 
     def add_loss(self, total) -> None:
         import tensorflow as tf
@@ -527,18 +525,6 @@ class _Accumulators:
         if self._loss is not None:
             values["loss"] = self._loss.numpy()
         return values
-
-
-def _maximum(a, b):
-    import tensorflow as tf
-
-    return tf.maximum(a, b)
-
-
-def _dense(grad):
-    import tensorflow as tf
-
-    return tf.convert_to_tensor(grad)
 
 
 # -- losses --------------------------------------------------------------------------------
@@ -686,7 +672,7 @@ def _batch_size(x) -> int:
     return int(tf.nest.flatten(x)[0].shape[0])
 
 
-def tf_nest_slice(x, n: int):
+def _first_samples(x, n: int):
     """The first `n` samples of an input structure."""
     import tensorflow as tf
 

@@ -116,10 +116,7 @@ def activation_name(fn) -> str | None:
     """Returns the serialised name of an activation function, or None."""
     if fn is None:
         return None
-    name = getattr(fn, "__name__", None)
-    if name is None and hasattr(fn, "func"):  # functools.partial
-        return None
-    return name
+    return getattr(fn, "__name__", None)  # a functools.partial (changed defaults) has none
 
 
 def find_sites(model) -> SiteMap:

@@ -130,6 +130,18 @@ def measure_child(mode: str, n: int, batch_size: int) -> dict:
     raise RuntimeError(f"memory child {mode} n={n} failed (exit {proc.returncode}):\n{tail}")
 
 
+def _revision() -> str:
+    """The repository's commit, with '+dirty' when deadrelu/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=C.REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "deadrelu"], cwd=C.REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+
+
 def _load() -> str:
     try:
         return ", ".join(f"{v:.2f}" for v in os.getloadavg()) + f" (1/5/15 min, {os.cpu_count()} CPUs)"
@@ -171,7 +183,8 @@ def main(argv=None) -> int:
     import deadrelu
 
     tf.get_logger().setLevel("ERROR")  # TF's Python-side warnings too (e.g. retracing notices)
-    print(f"\ntensorflow {tf.__version__}, keras {keras.__version__}, deadrelu {deadrelu.__version__}")
+    print(f"\ntensorflow {tf.__version__}, keras {keras.__version__}, deadrelu {deadrelu.__version__} "
+          f"(engine at {_revision()})")
     model = C.mnist_cnn()
     x, y, source = C.load_inputs(n)
     print(f"data: {source}; x {x.shape} float32 (x/255), y one-hot {y.shape}")
@@ -224,7 +237,7 @@ def main(argv=None) -> int:
 
     rows = [
         (f"`model.predict`, {n} samples, batch {batch} (median of {repeats})", f"{t['predict'].median:.2f} s", "—", "—"),
-        (f"`deadrelu.scan`, same data", f"{t['scan'].median:.2f} s", "—", "—"),
+        ("`deadrelu.scan`, same data", f"{t['scan'].median:.2f} s", "—", "—"),
         ("scan / predict (paired median)", f"{scan_ratio:.2f}×", f"≤ {SCAN_VS_PREDICT}×", C.verdict(scan_ratio <= SCAN_VS_PREDICT)),
         ("naive sub-model `predict` + numpy stats", f"{t['naive'].median:.2f} s "
          f"({naive_ratio:.2f}× predict)", "—", "—"),
@@ -242,7 +255,7 @@ def main(argv=None) -> int:
         ]
     rows += [
         ("`scan(gradients=True)`", f"{t['scan_grad'].median:.2f} s", "—", "—"),
-        (f"one pass of `train_on_batch` (Adam)", f"{t['train_on_batch'].median:.2f} s", "—", "—"),
+        ("one pass of `train_on_batch` (Adam)", f"{t['train_on_batch'].median:.2f} s", "—", "—"),
         ("scan(gradients) / train_on_batch (paired median)", f"{grad_ratio:.2f}×", f"≤ {GRAD_VS_TRAIN}×",
          C.verdict(grad_ratio <= GRAD_VS_TRAIN)),
     ]
