@@ -200,3 +200,11 @@ def test_python_m_scan_sample_is_quiet_unless_verbose():
     assert verbose.returncode == 0
     assert any(word in verbose.stderr for word in noise)  # proves the quiet run did hide something
     assert sha256(model) == before
+
+
+def test_outputs_get_ordinary_permissions(model_file, data_file, tmp_path, capfd):
+    report_path = tmp_path / "scan.json"
+    assert run(["scan", model_file, "--data", data_file, "--json", report_path, "--quiet"], capfd)[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert report_path.stat().st_mode & 0o777 == 0o666 & ~umask
