@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 2,000 samples, 1 repeat, RSS at 1k vs 5k")
     p.add_argument("--rss-samples", default=None,
                    help="two sample counts for the RSS-growth check (default 5000,50000; --quick 1000,5000)")
+    p.add_argument("--rss-runs", type=int, default=None,
+                   help="fresh children per memory measurement, median reported (default 3; --quick 1)")
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                    help="before timing, wait up to this long for the machine's load to drop (default 0)")
     p.add_argument("--no-memory", action="store_true", help="skip the child-process memory measurements")
@@ -62,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.samples = args.samples or (2000 if args.quick else 10000)
     args.repeats = args.repeats or (1 if args.quick else 5)
+    args.rss_runs = args.rss_runs or (1 if args.quick else 3)
     sizes = args.rss_samples or ("1000,5000" if args.quick else "5000,50000")
     args.rss_sizes = [int(v) for v in sizes.split(",")]
     if len(args.rss_sizes) != 2:
@@ -168,13 +171,18 @@ def main(argv=None) -> int:
     if not args.no_memory:
         print("\n## Peak RSS growth (fresh child process each; measured after model build, warm-up and "
               "data creation, so the data array itself does not count)")
+        print(f"  ({args.rss_runs} child run(s) each, median shown: the allocator sometimes keeps one extra "
+              "block of tens of MB at a random batch, whatever the data size)")
         jobs = [("scan", args.rss_sizes[0]), ("scan", args.rss_sizes[1]), ("scan", n), ("naive", n)]
         for mode, count in dict.fromkeys(jobs):
-            r = measure_child(mode, count, batch)
+            runs = [measure_child(mode, count, batch) for _ in range(args.rss_runs if mode == "scan" else 1)]
+            r = dict(sorted(runs, key=lambda run: run["growth_mb"])[len(runs) // 2])
             memory[(mode, count)] = r
+            growths = ", ".join(f"{run['growth_mb']:.1f}" for run in runs)
+            each = f" (runs: {growths})" if len(runs) > 1 else ""
             print(f"  {mode:5s} n={count:>6}: peak RSS {r['peak_before_mb']:7.1f} → {r['peak_after_mb']:7.1f} MB, "
-                  f"growth {r['growth_mb']:7.1f} MB (data array {r['data_mb']:.0f} MB, not counted; "
-                  f"{r['seconds']:.2f} s; peak mark reset: {'yes' if r['peak_reset'] else 'no'})")
+                  f"growth {r['growth_mb']:6.1f} MB{each}; data array {r['data_mb']:.0f} MB not counted; "
+                  f"{r['seconds']:.2f} s; peak mark reset: {'yes' if r['peak_reset'] else 'no'}")
 
     import keras
     import numpy as np
