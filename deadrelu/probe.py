@@ -402,11 +402,13 @@ def _site_batch_stats(site: Site, output, grad=None) -> dict:
         if grad is not None:
             grad = tf.transpose(grad, perm)
     units = a.shape[-1]
-    flat = tf.reshape(a, [tf.shape(a)[0], -1, units])  # [batch, positions, units]
+    # Keep the position count static when it is known: the max-pool below needs it.
+    positions = a.shape[1:-1].num_elements() if rank > 2 else 1
+    flat = tf.reshape(a, [-1, positions if positions is not None else tf.reduce_prod(tf.shape(a)[1:-1]), units])
     # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds): "fires" is sign(a) and
     # |a| is a. Sums over positions are batched `ones @ x` products and maxima a global max-pool:
     # both run on oneDNN's fast kernels, where plain reductions over the middle axis take several
-    # times as long. Per-batch counts stay far below 2**24, so float32 counts are exact.
+    # times as long. Per-sample counts (≤ positions) are exact in float32.
     per_sample_fires = _sum_positions(tf.sign(flat))  # [batch, units]
     stats = {
         "fires": _sum_batch(per_sample_fires, tf.int64),
@@ -449,9 +451,10 @@ def _max_positions(x):
 
 
 def _sum_batch(x, dtype):
+    """[batch, units] → [units]; widened before summing, so counts stay exact past 2**24."""
     import tensorflow as tf
 
-    return tf.cast(tf.reduce_sum(x, axis=0), dtype)
+    return tf.reduce_sum(tf.cast(x, dtype), axis=0)
 
 
 class _Accumulators:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Benchmark of `deadrelu.scan` on DESIGN.md's reference MNIST CNN (a script, not a pytest test).
 
 In one run, on the same model and the same data, it measures:
@@ -13,12 +12,18 @@ In one run, on the same model and the same data, it measures:
      `train_on_batch` (Adam, same loss) over the same batches — target ≤ 1.3 ×.
 
 Every contender is warmed up once, untimed (tracing/compilation not counted), then all are
-timed `--repeats` times interleaved, rotating the order; medians are reported (the machine is
-noisy), with process CPU time beside wall time. Prints a markdown table at the end.
+timed `--repeats` times interleaved: the two members of each compared pair run back to back
+(alternating which goes first) and the pairs rotate. The machine is noisy, so the verdicts use
+the paired median — the median over rounds of the ratio measured within one round, when both
+saw the same load; the ratio of medians, of best times and of CPU times are printed beside it.
+Memory children are started before this process imports TensorFlow (a child can inherit its
+parent's peak RSS in `ru_maxrss`) and reset the kernel's peak mark (/proc/self/clear_refs)
+after warm-up. Prints a markdown table at the end.
 
 Usage (from the repository root):
     python tests/bench/bench_scan.py                 # full run: 10,000 samples, 5 repeats
     python tests/bench/bench_scan.py --quick         # smoke run: 2,000 samples, 1 repeat
+    python tests/bench/bench_scan.py --wait-idle 600 # on a shared machine: wait for a quiet moment
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 SCAN_VS_PREDICT = 1.25
 GRAD_VS_TRAIN = 1.3
@@ -125,7 +130,7 @@ def run_child(args) -> None:
 def measure_child(mode: str, n: int, batch_size: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--n", str(n),
            "--batch-size", str(batch_size)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
@@ -247,8 +252,8 @@ def main(argv=None) -> int:
         (f"`model.predict`, {n} samples, batch {batch} (median of {repeats})", f"{t['predict'].median:.2f} s", "—", "—"),
         ("`deadrelu.scan`, same data", f"{t['scan'].median:.2f} s", "—", "—"),
         ("scan / predict (paired median)", f"{scan_ratio:.2f}×", f"≤ {SCAN_VS_PREDICT}×", C.verdict(scan_ratio <= SCAN_VS_PREDICT)),
-        ("naive sub-model `predict` + numpy stats", f"{t['naive'].median:.2f} s "
-         f"({naive_ratio:.2f}× predict)", "—", "—"),
+        ("naive sub-model `predict` + numpy stats",
+         f"{t['naive'].median:.2f} s ({naive_ratio:.2f}× predict)", "—", "—"),
     ]
     if memory:
         small, large = (memory[("scan", k)] for k in args.rss_sizes)
@@ -258,7 +263,7 @@ def main(argv=None) -> int:
             (f"peak RSS growth, naive, {n} samples", f"{naive_n['growth_mb']:.0f} MB", "—", "—"),
             (f"peak RSS growth, scan, {n} samples", f"{scan_n['growth_mb']:.0f} MB", "—", "—"),
             (f"peak RSS growth, scan, {args.rss_sizes[0]} → {args.rss_sizes[1]} samples",
-             f"{small['growth_mb']:.0f} → {large['growth_mb']:.0f} MB (+{growth:.0f} MB)",
+             f"{small['growth_mb']:.0f} → {large['growth_mb']:.0f} MB ({growth:+.0f} MB)",
              f"≤ +{RSS_GROWTH_MB:.0f} MB", C.verdict(growth <= RSS_GROWTH_MB)),
         ]
     rows += [
