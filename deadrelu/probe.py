@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import weakref
 from typing import Callable, Iterable
 
 import numpy as np
@@ -214,17 +215,25 @@ class Probe:
     """
 
     def __init__(self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None):
-        self.model = model
+        self._model = lambda: model
         self.site_map = site_map if site_map is not None else find_sites(model)
         self.gradients = gradients
         self._loss = loss
         self._loss_fn = None
         self._recorder = _Recorder()
         self._step = None
-        self._spec = None
+        self._spec = None  # (x, y) specs the step was traced for
         self._acc = None
         self._layout = None  # per site: (calls, positions, units)
         self._weight_groups = None
+
+    @property
+    def model(self):
+        """The probed `keras.Model`."""
+        model = self._model()
+        if model is None:
+            raise ReferenceError("the model of this probe no longer exists")
+        return model
 
     # -- public ---------------------------------------------------------------------------
 
@@ -244,9 +253,11 @@ class Probe:
         samples = 0
         for batch in batches:
             x, y = self._split(batch)
-            if self._step is None:
-                self._build(x, y)
             if samples == 0:
+                spec = _structure_spec(x, y)
+                if spec != self._spec:  # first run, or data of another shape or dtype: (re)trace
+                    self._build(x, y)
+                    self._spec = spec
                 self._acc.reset()
             with hooked(self.site_map, self._recorder):
                 try:
@@ -299,9 +310,8 @@ class Probe:
             self._weight_groups = _weight_groups(self.model)
             self._acc.add_weight_accumulators(self._weight_groups)
 
-        x_spec = tf.nest.map_structure(_batch_spec, x)
+        x_spec, y_spec = _structure_spec(x, y)
         if self.gradients:
-            y_spec = _batch_spec(np.asarray(y))
             self._step = tf.function(self._gradient_step, input_signature=[x_spec, y_spec])
         else:
             self._step = tf.function(self._forward_step, input_signature=[x_spec])
@@ -386,6 +396,42 @@ class Probe:
                 for group, grads in zip(self._weight_groups, values["weights"])
             ]
         return result
+
+
+# Probes already traced, per live model: scanning the same model again (a notebook loop, a sweep
+# over data sets) reuses the traced step instead of paying for a new trace. Keys are weak, and a
+# cached probe holds its model weakly, so the cache never keeps a model alive.
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def probe_for(model, *, gradients: bool = False, loss=None) -> Probe:
+    """Returns a `Probe` of `model`, reusing the one traced by an earlier call when possible.
+
+    A cached probe is reused while the model's sites, the loss and the data's specs stay the same
+    (a different input shape or dtype retraces it on its next run).
+
+    Args:
+        model: A `keras.Model`.
+        gradients: Whether the probe measures gradients.
+        loss: Loss for gradients; None uses the model's compiled loss.
+
+    Returns:
+        A `Probe` whose statistics are reset on every `run`.
+    """
+    site_map = find_sites(model)
+    # The compiled loss is looked up when the probe is built, so a recompiled model needs a new one.
+    loss_key = loss if isinstance(loss, str) else id(loss if loss is not None else getattr(model, "loss", None))
+    probes = _PROBES.setdefault(model, {})
+    probe = probes.get((gradients, loss_key))
+    if probe is None or not _same_sites(probe.site_map, site_map):
+        probe = Probe(model, site_map, gradients=gradients, loss=loss)
+        probe._model = weakref.ref(model)
+        probes[(gradients, loss_key)] = probe
+    return probe
+
+
+def _same_sites(a: SiteMap, b: SiteMap) -> bool:
+    return a.sites == b.sites and all(x.layer is y.layer for x, y in zip(a.sites, b.sites))
 
 
 # -- per-batch reductions (traced) -----------------------------------------------------------
@@ -660,6 +706,13 @@ def _weight_groups(model) -> list[_WeightGroup]:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+def _structure_spec(x, y) -> tuple:
+    """Input and label specs with a free batch dimension (what a traced step is specialised to)."""
+    import tensorflow as tf
+
+    return tf.nest.map_structure(_batch_spec, x), None if y is None else _batch_spec(np.asarray(y))
+
 
 def _batch_spec(array):
     import tensorflow as tf

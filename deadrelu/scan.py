@@ -43,7 +43,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
         >>> print(report.summary)
     """
     from deadrelu.data import load_data
-    from deadrelu.probe import Probe
+    from deadrelu.probe import probe_for
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -58,7 +58,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
         raise UsageError("--gradients needs labels: pass --labels y.npy (or a data file with a 'y' array)")
     if on_start is not None:
         on_start(probe_data.samples)
-    probe = Probe(model, gradients=gradients, loss=loss)
+    probe = probe_for(model, gradients=gradients, loss=loss)
     result = probe.run(probe_data.batches(batch_size, labels=gradients), on_batch=on_batch)
 
     notes = list(probe_data.notes)

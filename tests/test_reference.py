@@ -227,6 +227,73 @@ def test_unbuilt_sequential_without_input():
     assert_site_matches(report.sites[0], reference_stats(to_numpy(d1(x))))
 
 
+# -- repeated scans of one model reuse the traced probe -----------------------------------------------
+
+def _fully_convolutional(seed=9):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, None, 2))
+    c1 = L.Conv2D(3, 2, activation="relu", name="c1")
+    model = keras.Model(inp, L.GlobalAveragePooling2D()(c1(inp)))
+    plant_bias(c1, {0: -1e3})
+    return model, c1
+
+
+def test_repeated_scans_reuse_the_trace_and_start_from_zero():
+    from deadrelu.probe import probe_for
+
+    model, c1 = _fully_convolutional()
+    x = random_x((6, 6, 2), 30, 1, scale=2.0)
+    first = deadrelu.scan(model, x, batch_size=8)
+    step = probe_for(model)._step
+    second = deadrelu.scan(model, x[:11], batch_size=8)  # other data: nothing carried over
+    assert probe_for(model)._step is step and step.experimental_get_tracing_count() == 1
+    assert_site_matches(first.sites[0], reference_stats(to_numpy(c1(x))))
+    assert_site_matches(second.sites[0], reference_stats(to_numpy(c1(x[:11]))))
+
+    plant_bias(c1, {1: -1e3})  # new weights are read by the same trace
+    third = deadrelu.scan(model, x, batch_size=8)
+    assert third.sites[0].dead == [0, 1] and step.experimental_get_tracing_count() == 1
+
+
+def test_repeated_scan_with_other_input_shape_or_dtype_retraces():
+    model, c1 = _fully_convolutional()
+    for shape, dtype in [((6, 6, 2), "float32"), ((9, 5, 2), "float32"), ((9, 5, 2), "float64")]:
+        x = random_x(shape, 13, 2, scale=2.0).astype(dtype)
+        report = deadrelu.scan(model, x, batch_size=5)
+        ref = reference_stats(to_numpy(c1(x.astype("float32"))))
+        assert report.sites[0].positions == ref.positions
+        assert_site_matches(report.sites[0], ref)
+
+
+def test_probe_cache_does_not_keep_models_alive():
+    import gc
+    import weakref
+
+    from deadrelu import probe
+
+    model, _ = _fully_convolutional()
+    deadrelu.scan(model, random_x((4, 4, 2), 5, 3), gradients=False)
+    alive = weakref.ref(model)
+    assert model in probe._PROBES
+    del model
+    gc.collect()
+    assert alive() is None
+
+
+def test_recompiled_loss_gets_a_new_gradient_probe():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((3,)), L.Dense(4, activation="relu"), L.Dense(2)])
+    x, y = random_x((3,), 20, 4), np.arange(20) % 2
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logits = deadrelu.scan(model, x, labels=y, gradients=True).loss
+    model.compile(loss="sparse_categorical_crossentropy")  # now the outputs are taken as probabilities
+    as_probs = deadrelu.scan(model, x, labels=y, gradients=True).loss
+    out = model(x, training=False)
+    expected = [keras.losses.sparse_categorical_crossentropy(y, out, from_logits=f) for f in (True, False)]
+    assert logits == pytest.approx(float(np.mean(to_numpy(expected[0]))), rel=RTOL)
+    assert as_probs == pytest.approx(float(np.mean(to_numpy(expected[1]))), rel=RTOL)
+
+
 # -- verdicts: dead, saturated, dying, first match wins, flag threshold ----------------------------
 
 def _identity_model(act, units=6):
