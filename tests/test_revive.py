@@ -293,6 +293,56 @@ def test_sites_option_and_unknown_site():
         revive_in_place(model, report, sites=["nope"])
 
 
+# Every weighted layer kind, as the revived layer (its units re-initialised) and as the layer after
+# it (its rows for the dead units cut). Channel layouts differ per kind: a depthwise unit is
+# (input channel, multiplier), a separable unit's incoming weights are its pointwise column and a
+# transposed conv keeps its output channels on the kernel's second-to-last axis.
+KINDS = {
+    "Conv1D": (lambda name, act=None: L.Conv1D(4, 3, activation=act, name=name), (9, 3)),
+    "Conv3D": (lambda name, act=None: L.Conv3D(4, 2, activation=act, name=name), (4, 4, 3, 2)),
+    "Conv2DTranspose": (lambda name, act=None: L.Conv2DTranspose(4, 3, strides=2, activation=act, name=name),
+                        (5, 5, 3)),
+    "DepthwiseConv2D": (lambda name, act=None: L.DepthwiseConv2D(3, depth_multiplier=2, activation=act, name=name),
+                        (7, 7, 3)),
+    "SeparableConv2D": (lambda name, act=None: L.SeparableConv2D(4, 3, activation=act, name=name), (7, 7, 3)),
+    "Conv2D-channels_first": (lambda name, act=None: L.Conv2D(4, 3, activation=act, name=name,
+                                                              data_format="channels_first"), (3, 7, 9)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_weighted_kind_revives_and_is_cut_downstream(kind):
+    keras.utils.set_random_seed(20)
+    factory, shape = KINDS[kind]
+    inputs = keras.Input(shape)
+    h = factory("first", "relu")(inputs)
+    h = factory("second", "relu")(h)
+    h = L.Flatten()(h)
+    model = keras.Model(inputs, L.Dense(2, name="out")(h))
+    plant(model, "first", [1, 2])
+    plant(model, "second", [0])
+    x = np.random.default_rng(20).uniform(0, 1, (32,) + shape).astype(np.float32)
+    check(model, x, planted={"first": [1, 2], "second": [0]})
+
+
+@pytest.mark.parametrize("kind", ["Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D"])
+def test_every_weighted_kind_through_batchnorm_and_relu_layer(kind):
+    keras.utils.set_random_seed(21)
+    factory, shape = KINDS[kind]
+    inputs = keras.Input(shape)
+    h = factory("producer")(inputs)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.ReLU(name="relu")(h)
+    h = L.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, L.Dense(2, name="out")(h))
+    channels = model.get_layer("bn").gamma.shape[0]
+    model.get_layer("bn").set_weights([np.full(channels, 1.5, np.float32), np.zeros(channels, np.float32),
+                                       np.full(channels, 0.1, np.float32), np.full(channels, 2.0, np.float32)])
+    plant(model, "bn", [1, 3], value=-50.0, weight=1)  # beta
+    x = np.random.default_rng(21).uniform(0, 1, (32,) + shape).astype(np.float32)
+    check(model, x, planted={"relu": [1, 3]})
+
+
 # -- command line ---------------------------------------------------------------------------
 
 def test_cli_revives_dying_mlp(tmp_path, capfd):
