@@ -93,3 +93,49 @@ def test_compile_like_restores_a_serialised_loss_from_a_legacy_file(tmp_path):
     x = np.zeros((4, 6), np.float32)
     y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
     assert np.isfinite(target.evaluate(x, y, verbose=0, return_dict=True)["loss"])
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_effect(tmp_path, capfd):
+    import json
+    from pathlib import Path
+
+    import keras
+    import matplotlib.image
+
+    from deadrelu.cli import main
+
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    out, summary, curves = tmp_path / "patched.keras", tmp_path / "patch.json", tmp_path / "curves.png"
+    argv = ["patch", samples / "dying_mlp.keras", "--to", "leaky", "-o", out, "--retrain",
+            "--data", samples / "probe.npz", "--samples", "400", "--validation-split", "0.25", "--epochs", "2",
+            "--baseline", "--curves", curves, "--json", summary]
+    code = main([str(a) for a in argv])
+    stdout, stderr = capfd.readouterr()
+    assert code == 0, stderr
+    assert stdout.index("rewritten to LeakyReLU") < stdout.index("retrained 2 epochs")
+    retrained = json.loads(summary.read_text())["retrain"]
+    assert [v["name"] for v in retrained["variants"]] == ["as is (baseline)", "patched (leaky)"]
+    assert all(len(v["history"]["loss"]) == 2 for v in retrained["variants"])
+    # OUT holds the retrained model: evaluating it on the held-out quarter gives the "after" numbers.
+    data = np.load(samples / "probe.npz")
+    x_val, y_val = data["x"][300:400], data["y"][300:400]
+    model = keras.models.load_model(out)
+    after = retrained["variants"][1]["after"]
+    assert model.evaluate(x_val, y_val, verbose=0, return_dict=True)["loss"] == pytest.approx(after["loss"], rel=1e-4)
+    picture = matplotlib.image.imread(curves)
+    assert picture.shape[0] > 200 and picture.shape[1] > 300 and picture[..., :3].std() > 0.05
+
+
+def test_cli_retrain_without_validation_is_one_line_exit_2(tmp_path, capfd):
+    from pathlib import Path
+
+    from deadrelu.cli import main
+
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    code = main(["revive", str(samples / "dying_mlp.keras"), "--data", str(samples / "probe.npz"),
+                 "-o", str(tmp_path / "r.keras"), "--retrain"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--validation-split" in err
+    assert not (tmp_path / "r.keras").exists()

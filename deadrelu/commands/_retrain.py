@@ -28,7 +28,7 @@ def add_retrain_flags(parser) -> None:
 
 
 def retrain_from_args(args, output, source, variants: dict):
-    """Retrains `variants` (label → model) as the flags say; prints the comparison; returns it.
+    """Retrains `variants` (label → model) as the flags say and returns the comparison.
 
     Args:
         args: Parsed flags of a command that called `add_retrain_flags`.
@@ -41,7 +41,6 @@ def retrain_from_args(args, output, source, variants: dict):
     """
     from deadrelu.data import load_data
     from deadrelu.errors import UsageError
-    from deadrelu.render import comparison_table
     from deadrelu.retrain import plot_curves, retrain
     from deadrelu.revive import copy_model
 
@@ -68,11 +67,18 @@ def retrain_from_args(args, output, source, variants: dict):
                              validation_data=validation, validation_split=args.validation_split,
                              seed=args.train_seed, loss=args.loss, optimizer=args.optimizer,
                              learning_rate=args.lr, on_epoch=lambda name, epoch, logs: on_batch(1))
-    output.out.print(comparison_table(comparison))
     if args.curves:
         plot_curves(comparison, args.curves)
-        output.note(f"wrote training curves {args.curves}", style="dim")
     return comparison
+
+
+def show_comparison(comparison, args, output) -> None:
+    """Prints what retraining measured (after the command's own table: cause before effect)."""
+    from deadrelu.render import comparison_table
+
+    output.out.print(comparison_table(comparison))
+    if args.curves:
+        output.note(f"wrote training curves {args.curves}", style="dim")
 
 
 def _materialize(data) -> tuple[np.ndarray, np.ndarray]:

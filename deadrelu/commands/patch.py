@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from deadrelu.cli import EXIT_OK, number
-from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args
+from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 40
 
@@ -58,6 +58,8 @@ def run(args, output) -> int:
                                                {f"patched ({args.to})": patched.result.model})
     save(patched, args, output)
     show(patched, args, output)
+    if patched.comparison is not None:
+        show_comparison(patched.comparison, args, output)
     return EXIT_OK
 
 

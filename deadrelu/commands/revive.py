@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from deadrelu.cli import EXIT_OK, positive_int
-from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args
+from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 50
 
@@ -76,6 +76,8 @@ def run(args, output) -> int:
         revived.retrain = retrain_from_args(args, output, revived.loaded.model, {"revived": revived.model})
     save(revived, args, output)
     show(revived, args, output)
+    if revived.retrain is not None:
+        show_comparison(revived.retrain, args, output)
     return EXIT_OK
 
 
