@@ -18,6 +18,9 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
          model_info: dict | None = None) -> Report:
     """Measures every ReLU site of a model on data and returns the verdicts.
 
+    Repeated calls on the same model object reuse its traced probe step (see
+    `deadrelu.probe.probe_for`); the model itself is never modified.
+
     Args:
         model: A `keras.Model`, or a path to a model file (loaded with `deadrelu.load_model`).
         data: Inputs: numpy array(s), `tf.data.Dataset`, `keras.utils.PyDataset` or a path (see
