@@ -16,15 +16,21 @@ from deadrelu.timeline import Check, make_check, plot_timeline
 
 _ACTIONS = (None, "warn", "stop", "revive")
 
+# Models with at most this many sites log every site's dead fraction from the first check on, so
+# `CSVLogger` (which fixes its columns at the first epoch) gets a column per site; larger models
+# log a site once it is flagged, to keep the logs readable.
+LOG_EVERY_SITE_UP_TO = 32
+
 
 class DeadReluMonitor(keras.callbacks.Callback):
     """Scans the model on probe data during training and acts when units die.
 
     Every `every` epochs (or every `every_steps` batches) the monitor measures the probe data in
     inference mode and writes into the epoch's `logs`:
-    `deadrelu/dead_fraction`, `deadrelu/dying_fraction` and, for each site that has been flagged,
-    `deadrelu/<path>/dead_fraction` — so `History`, `CSVLogger` and `TensorBoard` record them with no
-    extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
+    `deadrelu/dead_fraction`, `deadrelu/dying_fraction` and `deadrelu/<path>/dead_fraction` for
+    every site (for models with more than 32 sites: for each site from its first flag on, and
+    `CSVLogger` only keeps the columns of the first epoch) — so `History`, `CSVLogger` and
+    `TensorBoard` record them with no extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
     callbacks in order, and those read the logs when their turn comes.
 
     Args:
@@ -77,7 +83,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.last_report: Report | None = None
         self._probe = None
         self._probe_data = None
-        self._logged_sites: list[str] = []
+        self._logged_sites: list[str] = []  # sites with a per-site series in the logs
+        self._flagged: set[str] = set()      # sites flagged at any check so far (warned once)
         self._strikes = 0
         self._epoch = 0
         self.revivals = 0
@@ -125,8 +132,12 @@ class DeadReluMonitor(keras.callbacks.Callback):
                               settings={"batch_size": self.batch_size})
         previous = self.timeline[-1] if self.timeline else None
         check = make_check(report, previous, epoch=self._epoch, step=self._steps())
-        newly_flagged = [s.path for s in report.sites if s.flagged and s.path not in self._logged_sites]
-        self._logged_sites += newly_flagged
+        newly_flagged = [s.path for s in report.sites if s.flagged and s.path not in self._flagged]
+        self._flagged.update(newly_flagged)
+        if not self._logged_sites and len(report.sites) <= LOG_EVERY_SITE_UP_TO:
+            self._logged_sites = [s.path for s in report.sites]  # fixed columns from the first check
+        else:
+            self._logged_sites += [path for path in newly_flagged if path not in self._logged_sites]
         self.timeline.append(check)
         self.last_report = report
         if self.on_dead == "warn":

@@ -83,11 +83,17 @@ def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
     assert monitor.timeline[-1].dead == reference
     assert dead_fraction[-1] == pytest.approx(sum(map(len, reference.values())) / 24)
     assert set(KILLED) <= set(monitor.timeline[1].dead["hidden"])
-    assert "deadrelu/hidden/dead_fraction" in history.history  # flagged from epoch 1 on
+    # Every site has its own series from the first epoch on (a small model), flagged or not.
+    hidden = history.history["deadrelu/hidden/dead_fraction"]
+    assert hidden == pytest.approx([len(c.dead["hidden"]) / 16 for c in monitor.timeline])
+    assert hidden[0] < 0.1 <= hidden[1]  # healthy in epoch 0, flagged once units are killed
+    assert len(history.history["deadrelu/second/dead_fraction"]) == 3
 
-    # CSVLogger: the same numbers in the file.
+    # CSVLogger: the same numbers in the file, the per-site column included although "hidden" was
+    # healthy when CSVLogger fixed its columns.
     rows = list(csv.DictReader(open(csv_path)))
     assert [float(r["deadrelu/dead_fraction"]) for r in rows] == pytest.approx(dead_fraction)
+    assert [float(r["deadrelu/hidden/dead_fraction"]) for r in rows] == pytest.approx(hidden)
 
     # TensorBoard: read the event files back.
     scalars = {}
