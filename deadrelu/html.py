@@ -29,7 +29,8 @@ table { border-collapse: collapse; font-size: 12.5px; margin: .4em 0 1em; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f5f7; position: sticky; top: 0; } td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.flagged td { color: #c0392b; } tr.flagged td.path { font-weight: 600; }
-code, td.path { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; word-break: break-all; }
+code, td.path { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; overflow-wrap: anywhere; }
+td.path { min-width: 14ch; }
 figure { margin: .5em 0 1.5em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9em; }
 details summary { cursor: pointer; color: #2c3e50; }
@@ -40,6 +41,11 @@ details summary { cursor: pointer; color: #2c3e50; }
 def _e(value) -> str:
     """Escapes any value for HTML text or attributes."""
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def _path(path: str) -> str:
+    """A site path, escaped, free to break after each "/" of a nested path."""
+    return "/<wbr>".join(_e(part) for part in str(path).split("/"))
 
 
 def _percent(value: float) -> str:
@@ -113,7 +119,7 @@ def _summary_section(report: Report) -> str:
 
 def _site_row(index: int, site: SiteReport, gradients: bool) -> str:
     params = ", ".join(f"{k}={v}" for k, v in site.params.items())
-    cells = [(str(index), "n"), (_e(site.path), "path"), (_e(site.layer), ""), (_e(site.kind), ""),
+    cells = [(str(index), "n"), (_path(site.path), "path"), (_e(site.layer), ""), (_e(site.kind), ""),
              (_e(params), ""), (f"{site.units:,}", "n"), (f"{site.positions:,}", "n"), (f"{len(site.dead):,}", "n"),
              (f"{len(site.dying):,}", "n"), (f"{len(site.saturated):,}", "n"), (_percent(site.dead_fraction), "n")]
     if gradients:
@@ -231,7 +237,7 @@ def _diff_section(diff: "ReportDiff") -> str:
     for site in diff.sites:
         delta = site.dead_after - site.dead_before
         units = f"{site.units:,}" if site.comparable else f"{site.units_before:,} → {site.units:,}"
-        rows.append(_row([(_e(site.path), "path"), (units, "n"), (f"{site.dead_before:,}", "n"),
+        rows.append(_row([(_path(site.path), "path"), (units, "n"), (f"{site.dead_before:,}", "n"),
                           (f"{site.dead_after:,}", "n"), (f"{delta:+,}", "n"), (_indices_html(site.newly_dead), ""),
                           (_indices_html(site.revived), "")], "flagged" if site.newly_dead else ""))
     rows += [_row([(_e(p), "path"), ("", ""), ("", ""), ("", ""), ("", ""), ("only in the new report", ""), ("", "")])
