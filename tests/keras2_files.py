@@ -288,6 +288,29 @@ def write_lambda(folder: str) -> Written:
     return _finish(model, os.path.join(folder, "lambda.h5"), _inputs((3,)))
 
 
+def write_tf_ops(folder: str) -> Written:
+    """TensorFlow ops called on symbolic tensors, which tf.keras stores as TFOpLambda layers
+    (and indexing as SlicingOpLambda); `tf.nn.relu`/`relu6` are ReLU sites. Unit 0 of the first
+    `tf.nn.relu` is planted dead (bias -1e3)."""
+    import tensorflow as tf
+
+    tk = _tk()
+    L = tk.layers
+    inp = L.Input((6, 4), name="x")
+    a = L.Dense(8, name="a")(inp)
+    b = L.Dense(8, name="b")(inp)
+    h = tf.nn.relu(a + b)                  # __operators__.add with a tensor argument, then a site
+    h = tf.nn.relu6(h * 3.0)               # math.multiply by a constant, then a capped site
+    h = tf.concat([h, tf.nn.relu(b)], axis=-1)
+    h = tf.reduce_mean(h[:, 1:5], axis=1)  # indexing, then an op with keyword arguments
+    model = tk.Model(inp, L.Dense(3, name="head")(h), name="ops")
+    _randomize(model)
+    bias = model.get_layer("a").bias.numpy()
+    bias[0] = -1e3
+    model.get_layer("a").bias.assign(bias)
+    return _finish(model, os.path.join(folder, "tf_ops.h5"), _inputs((6, 4), n=16))
+
+
 def write_py36_lambda(folder: str) -> Written:
     """A Lambda whose code is Python 3.6 bytecode (`p / 255 - 0.5`), as Keras 2.2 files hold it."""
     tk = _tk()

@@ -97,6 +97,7 @@ weights_only = _written("write_weights_only")
 custom = _written("write_custom_layer")
 lambda_file = _written("write_lambda")
 py36_lambda = _written("write_py36_lambda")
+tf_ops = _written("write_tf_ops")
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +287,37 @@ def test_unreadable_lambda_bytecode_is_refused_clearly(lambda_file, tmp_path):
         f.attrs["model_config"] = json.dumps(config)
     message = error_of(str(broken), unsafe=True)
     assert "cannot run" in message and "Python" in message
+
+
+def test_tensorflow_op_layers_are_rebuilt_and_relu_ops_are_sites(tf_ops, tmp_path, capfd):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from models import assert_site_matches, outputs_of, reference_stats
+
+    loaded = load_checked(tf_ops.path)
+    assert_same(loaded, tf_ops)
+    assert any("as ReLU layers" in note for note in loaded.repairs)
+    report = deadrelu.scan(loaded.model, tf_ops.x, batch_size=5)
+    assert [(s.path, s.kind, s.params.get("max_value")) for s in report.sites] == [
+        ("tf.nn.relu", "relu_layer", None), ("tf.nn.relu6", "relu_layer", 6.0), ("tf.nn.relu_1", "relu_layer", None)]
+    layers = [loaded.model.get_layer(s.path) for s in report.sites]
+    for site, activations in zip(report.sites, outputs_of(loaded.model.inputs, [l.output for l in layers], tf_ops.x)):
+        assert_site_matches(site, reference_stats(activations, max_value=site.params.get("max_value")))
+    assert 0 in report.sites[0].dead
+
+    # The patched model saves and loads again (TFOpLambda is registered), with the same outputs at slope 0.
+    out = tmp_path / "patched.keras"
+    from deadrelu.cli import main
+
+    assert main(["patch", tf_ops.path, "--to", "leaky", "-o", str(out), "--quiet"]) == 0
+    assert "max |Δ| = 0" in capfd.readouterr().out
+    import keras
+
+    patched = keras.models.load_model(out)
+    slopes = [float(layer.negative_slope) for layer in patched.layers if isinstance(layer, (keras.layers.LeakyReLU,
+                                                                                          keras.layers.ReLU))]
+    assert slopes == pytest.approx([0.01] * 3)  # relu6 keeps its cap: ReLU(max_value=6, negative_slope=0.01)
+    np.testing.assert_allclose(outputs(patched, tf_ops.x), outputs(deadrelu.patch(loaded.model, "leaky"), tf_ops.x),
+                               atol=1e-6)
 
 
 def test_compile_failure_keeps_model_uncompiled(nested, tmp_path):

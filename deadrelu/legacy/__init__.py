@@ -3,9 +3,11 @@
 * `config_repairs`: rewrites a stored model config so that Keras 3 can rebuild it;
 * `h5_weights`: copies stored weights onto the rebuilt model, by layer name;
 * `lambda_bytecode`: rebuilds the Python functions of Lambda layers, from other Python versions;
+* `tf_ops`: rebuilds the TensorFlow ops tf.keras stored as `TFOpLambda` layers;
 * `training_config`: compiles the model from the training configuration stored with it.
 
-These modules import Keras, TensorFlow and h5py inside functions only: `import deadrelu` stays light.
+These modules import Keras, TensorFlow and h5py inside functions only (`tf_ops`, which defines a
+layer class, is itself imported only while loading): `import deadrelu` stays light.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ rewrites what Keras 3 refuses or reads differently:
 * `batch_input_shape` → `batch_shape` or an explicit InputLayer;
 * inert Keras 2 settings that Keras 3 layers no longer accept (`groups=1`, `implementation`, ...);
 * names containing '/', node indices of nested models, tensors among call arguments;
-* tf.keras module paths, ThresholdedReLU, and Python lambdas (only with `unsafe`).
+* tf.keras module paths, ThresholdedReLU, TensorFlow ops stored as `TFOpLambda` layers, and Python
+  lambdas (only with `unsafe`).
 
 Each repair returns a note such as "renamed {n} layer{s} containing '/'"; `ConfigRepair` counts the
 notes and `ConfigRepair.messages` fills in the counts. Layer classes that Keras cannot find and
@@ -51,8 +52,6 @@ _REMOVED_LAYERS = {
     "LocallyConnected2D": "was removed in Keras 3",
     "CuDNNLSTM": "was removed in Keras 3 (use LSTM)",
     "CuDNNGRU": "was removed in Keras 3 (use GRU)",
-    "TFOpLambda": "wraps a raw TensorFlow op (tf.keras), which Keras 3 cannot rebuild",
-    "SlicingOpLambda": "wraps a raw TensorFlow op (tf.keras), which Keras 3 cannot rebuild",
     "DenseFeatures": "was removed in Keras 3",
 }
 
@@ -84,6 +83,8 @@ class ConfigRepair:
         self.input_shape = input_shape
         self.original_names: dict[str, str] = {}
         self.functions: dict[str, Callable] = {}
+        self.classes: dict[str, type] = {}  # deadrelu's own layer classes the repaired config uses
+        self._tf_ops: set[str] = set()      # names of layers rebuilt from tf.keras TFOpLambda
         self._counts: collections.Counter = collections.Counter()
         self._new_names: dict[str, str] = {}
         self._all_names: set[str] = set()
@@ -92,12 +93,12 @@ class ConfigRepair:
     @property
     def changed(self) -> bool:
         """Whether Keras 3's own loader would need these repairs (not just ones it makes itself)."""
-        return bool(self.functions) or any(note not in _ROUTINE_REPAIRS for note in self._counts)
+        return bool(self.functions or self.classes) or any(note not in _ROUTINE_REPAIRS for note in self._counts)
 
     @property
     def custom_objects(self) -> dict:
         """The objects Keras needs to rebuild the repaired config: the user's and the lambdas'."""
-        return {**self.objects, **self.functions}
+        return {**self.objects, **self.functions, **self.classes}
 
     def run(self, config: dict) -> dict:
         """Returns a repaired deep copy of a whole model's config.
@@ -139,6 +140,9 @@ class ConfigRepair:
         self._note(_module_path(entry))
         self._note(_thresholded_relu(entry))
         name = entry.get("class_name")
+        if name in ("TFOpLambda", "SlicingOpLambda"):
+            self._note(self._tf_op(entry))
+            return False
         if name == "Sequential":
             return self._sequential(entry, top_level=top_level)
         if name in ("Functional", "Model") or _looks_functional(entry.get("config")):
@@ -188,6 +192,8 @@ class ConfigRepair:
                     shift_outputs.add(layer.get("name"))
         for layer in cfg.get("layers", []):
             nodes = self._refs(layer.get("inbound_nodes", []), shift_calls)
+            if layer.get("name") in self._tf_ops:
+                nodes = [_without_op_name(node) for node in nodes]
             layer["inbound_nodes"] = [self._tensor_kwargs(node) for node in nodes]
         for key in ("input_layers", "output_layers"):
             if key in cfg:
@@ -266,6 +272,17 @@ class ConfigRepair:
             cfg["output_shape"] = None  # Keras 3 infers the output shape by tracing the function
         return f"rebuilt {{n}} Lambda function{{s}} from {origin} stored in the file (--unsafe)"
 
+    def _tf_op(self, entry: dict) -> str:
+        """Rebuilds a tf.keras TensorFlow-op layer (see `deadrelu.legacy.tf_ops`)."""
+        from deadrelu.legacy import tf_ops
+
+        self._rename(entry["config"])
+        self._tf_ops.add(entry["config"].get("name"))
+        if tf_ops.rebuild_entry(entry):
+            return "rebuilt {n} tf.nn.relu/relu6 op layer{s} (tf.keras TFOpLambda) as ReLU layers"
+        self.classes["TFOpLambda"] = tf_ops.TFOpLambda
+        return "rebuilt {n} TensorFlow op layer{s} (tf.keras TFOpLambda) as deadrelu TFOpLambda layers"
+
     def _refs(self, data, shift: set):
         """Renames and re-indexes node references ([name, node, tensor(, kwargs)] or keras_history)."""
         if isinstance(data, list):
@@ -338,6 +355,21 @@ class ConfigRepair:
 
 # ----------------------------------------------------------------------------------------------
 # Repairs of one entry: each rewrites it in place and returns its note, or None when not needed
+
+
+def _without_op_name(node):
+    """A legacy node of a TensorFlow-op layer in the usual form (a list of references) and without
+    the op's `name` argument (a graph name, which Keras layers do not take).
+
+    tf.keras wrote the node of an op on one tensor as that tensor's reference alone:
+    `["dense", 0, 0, {"y": 2.0, "name": null}]`, not `[["dense", 0, 0, {...}]]`.
+    """
+    if not isinstance(node, list):
+        return node
+    if node and isinstance(node[0], str):
+        node = [node]
+    return [[*ref[:3], {k: v for k, v in ref[3].items() if k != "name"}]
+            if isinstance(ref, list) and len(ref) == 4 and isinstance(ref[3], dict) else ref for ref in node]
 
 
 def _module_path(entry: dict) -> str | None:
@@ -462,7 +494,7 @@ def _check_classes(config: dict, objects: dict, path: str) -> None:
             if registered and registered not in objects:
                 objects[registered] = objects[name]
             continue
-        if name in (*_MODEL_CLASSES, "ThresholdedReLU") or _importable_package(entry.get("module")):
+        if name in (*_MODEL_CLASSES, "ThresholdedReLU", "TFOpLambda", "SlicingOpLambda") or _importable_package(entry.get("module")):
             continue
         if _keras_layer_class(name) is not None and registered in (None, name):
             continue
