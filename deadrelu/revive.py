@@ -331,10 +331,12 @@ def _second_chance(model, targets: list["_Target"], data, batch_size: int, scan_
     the outgoing weights stay zero: the outputs keep.
     """
     from deadrelu.data import load_data
-    from deadrelu.probe import Probe
+    from deadrelu.probe import probe_for
 
     probe_data = load_data(data, model, samples=scan_options.get("samples"), rescale=scan_options.get("rescale"))
-    probe = Probe(model)  # traced once, run again after every change (it reads the variables)
+    # Traced once, run again after every change (it reads the variables); a later scan of the
+    # revived model reuses the same trace.
+    probe = probe_for(model)
 
     def dead_units() -> dict[str, set[int]]:
         stats = probe.run(probe_data.batches(batch_size))
