@@ -52,7 +52,7 @@ class ProbeData:
             return
         for start in range(0, self.samples, batch_size):
             stop = min(start + batch_size, self.samples)
-            x = _map(lambda a: self._transform(np.asarray(a[start:stop])), self.x)
+            x = self._transform(_map(lambda a: np.asarray(a[start:stop]), self.x))
             _check_finite(x, start // batch_size, start)
             if labels:
                 yield x, np.asarray(self.y[start:stop])
@@ -87,17 +87,18 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     if samples is not None and samples < 1:
         raise DataError(f"--samples must be at least 1 (got {samples})")
     input_shapes = _model_input_shapes(model)
+    input_names = _model_input_names(model)
     if data is None:
         return _synthetic(input_shapes, synthetic_samples if samples is None else samples)
 
     stream = _as_stream(data)
     if stream is not None:
         return ProbeData(x=None, source=type(data).__name__, stream=stream,
-                         _transform=_adapter(None, input_shapes, rescale, []))
+                         _transform=_adapter(None, input_shapes, input_names, rescale, []))
 
     source = data if isinstance(data, str) else "in-memory"
-    x, y_in_file = (_read_path(data, for_labels=False) if isinstance(data, (str, os.PathLike))
-                    else (data, None))
+    x, y_in_file = (_read_path(data, for_labels=False, input_names=input_names)
+                    if isinstance(data, (str, os.PathLike)) else (data, None))
     if isinstance(data, os.PathLike):
         source = os.fspath(data)
     y = labels
@@ -116,7 +117,7 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     if samples is not None:
         count = min(count, samples)
     notes: list[str] = []
-    transform = _adapter(x, input_shapes, rescale, notes)
+    transform = _adapter(x, input_shapes, input_names, rescale, notes)
     return ProbeData(x=x, y=y, samples=count, source=source, notes=notes, _transform=transform)
 
 
@@ -137,8 +138,12 @@ def _split_key(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def _read_path(path, *, for_labels: bool):
-    """Reads a data file. Returns (array-or-folder, labels found in the same file or None)."""
+def _read_path(path, *, for_labels: bool, input_names: list | None = None):
+    """Reads a data file. Returns (array-or-folder, labels found in the same file or None).
+
+    For a model with several inputs, an .npz or HDF5 file holding one array per input, named after
+    the inputs, gives a dict of them.
+    """
     path, key = _split_key(os.fspath(path))
     what = "labels" if for_labels else "data"
     if not os.path.exists(path):
@@ -152,9 +157,9 @@ def _read_path(path, *, for_labels: bool):
         if lower.endswith(".npy"):
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         if lower.endswith(".npz"):
-            return _read_npz(path, key, for_labels)
+            return _read_npz(path, key, for_labels, input_names)
         if lower.endswith((".h5", ".hdf5")):
-            return _read_h5(path, key, for_labels)
+            return _read_h5(path, key, for_labels, input_names)
         if lower.endswith(".csv"):
             return _read_csv(path), None
     except DataError:
@@ -182,13 +187,23 @@ _X_KEYS = ("x", "x_test", "x_val", "x_train", "images", "data", "inputs")
 _Y_KEYS = ("y", "y_test", "y_val", "y_train", "labels", "targets")
 
 
-def _read_npz(path: str, key: str | None, for_labels: bool):
+def _read_npz(path: str, key: str | None, for_labels: bool, input_names: list | None):
     archive = np.load(path, allow_pickle=False)
-    return _select(archive, list(archive.files), key, for_labels, path)
+    return _select(archive, list(archive.files), key, for_labels, path, input_names)
 
 
-def _select(container, keys: list[str], key: str | None, for_labels: bool, path: str):
+def _select(container, keys: list[str], key: str | None, for_labels: bool, path: str,
+            input_names: list | None = None):
     """The wanted array of a multi-array file, and (for inputs) the labels stored beside it."""
+    if not for_labels and key is None and input_names and len(input_names) > 1:
+        missing = [name for name in input_names if name not in keys]
+        if missing:
+            raise DataError(
+                f"the model has {len(input_names)} inputs ({', '.join(input_names)}) but {path} has no array "
+                f"named '{missing[0]}'; store one array per input under the input's name, e.g. "
+                f"np.savez('x.npz', {', '.join(f'{n}=...' for n in input_names)})")
+        partner = next((c for c in ("y", "labels") if c in keys), None)
+        return {name: container[name] for name in input_names}, (container[partner] if partner else None)
     name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path)
     partner = None if for_labels else _partner_label_key(name, keys)
     return container[name], (container[partner] if partner else None)
@@ -201,7 +216,7 @@ def _partner_label_key(name: str, keys: list[str]) -> str | None:
     return next((c for c in candidates if c in keys and c != name), None)
 
 
-def _read_h5(path: str, key: str | None, for_labels: bool):
+def _read_h5(path: str, key: str | None, for_labels: bool, input_names: list | None):
     import h5py
 
     handle = h5py.File(path, "r")  # kept open: datasets are read lazily, batch by batch
@@ -209,7 +224,7 @@ def _read_h5(path: str, key: str | None, for_labels: bool):
     handle.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
     if "model_config" in handle.attrs or "model_weights" in handle:
         raise DataError(f"{path} is a Keras model file, not data; pass the data with --data")
-    return _select(handle, keys, key, for_labels, path)
+    return _select(handle, keys, key, for_labels, path, input_names)
 
 
 def _read_csv(path: str) -> np.ndarray:
@@ -248,31 +263,19 @@ def _read_images(folder: str, input_shapes) -> np.ndarray:
 
 # -- adaptation ----------------------------------------------------------------------------
 
-def _adapter(x, input_shapes, rescale: float | None, notes: list[str]) -> Callable:
-    """Builds the per-batch transform that makes the data fit the model, and says what it does."""
-    expand = False
-    if x is not None and not isinstance(x, (list, tuple, dict)) and input_shapes and len(input_shapes) == 1:
-        want = input_shapes[0]
-        have = tuple(x.shape[1:])
-        if want is not None and not _shape_fits(have, want):
-            if _shape_fits(have + (1,), want):
-                expand = True
-                notes.append(f"data shape {have} → {have + (1,)}: added the trailing channel axis the model expects")
-            else:
-                raise DataError(f"data samples have shape {have} but the model takes {tuple(want)}; "
-                                "reshape the data to match the model input")
-    convert = x is not None and _dtype_of(x) is not None and not np.issubdtype(_dtype_of(x), np.floating)
-    if convert:
-        note = f"data is {_dtype_of(x)}; converted to float32"
-        if rescale is None and _dtype_of(x) == np.uint8:
-            note += " (pixels kept 0–255; pass --rescale 1/255 if the model was trained on [0, 1])"
-        notes.append(note)
+def _adapter(x, input_shapes, input_names, rescale: float | None, notes: list[str]) -> Callable:
+    """Builds the per-batch transform that makes the data fit the model, and says what it does.
+
+    Each input array is checked against its model input (by position, or by name in a dict): a
+    missing trailing channel axis is added, integers and float64 become float32, `rescale`
+    multiplies. With several inputs, the notes name the input.
+    """
+    plans = None if x is None else {key: _plan(array, shape, label, notes, hint=rescale is None)
+                                    for key, array, shape, label in _pair_inputs(x, input_shapes, input_names)}
     if rescale is not None:
         notes.append(f"inputs multiplied by {rescale:g}")
 
-    def transform(array):
-        if isinstance(array, (list, tuple, dict)):
-            return array
+    def adapt(array, expand: bool = False):
         array = np.asarray(array)
         if expand:
             array = array[..., None]
@@ -282,11 +285,70 @@ def _adapter(x, input_shapes, rescale: float | None, notes: list[str]) -> Callab
             array = array * np.float32(rescale)
         return array
 
+    def transform(batch):
+        if isinstance(batch, dict):
+            return {k: adapt(v, plans is not None and plans.get(k, False)) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return [adapt(v, plans is not None and plans.get(i, False)) for i, v in enumerate(batch)]
+        return adapt(batch, plans is not None and plans.get(0, False))
+
     return transform
+
+
+def _pair_inputs(x, input_shapes, input_names) -> list[tuple]:
+    """(key in x, array, model input shape or None, label for messages) for each input array."""
+    count = len(input_shapes) if input_shapes else None
+    if isinstance(x, dict):
+        if input_names and count and count > 1:
+            missing = [name for name in input_names if name not in x]
+            if missing:
+                raise DataError(f"no data for the model input '{missing[0]}'; give one array per input, "
+                                f"keyed by the input names ({', '.join(input_names)})")
+        names = input_names or []
+        return [(k, v, input_shapes[names.index(k)] if k in names and input_shapes else None, f"input '{k}': ")
+                for k, v in x.items()]
+    if isinstance(x, (list, tuple)):
+        if count and len(x) != count:
+            raise DataError(f"the data has {len(x)} arrays but the model has {count} input{'s' if count != 1 else ''}; "
+                            "give one array per model input")
+        return [(i, v, input_shapes[i] if input_shapes else None,
+                 f"input '{input_names[i]}': " if input_names and len(x) > 1 else "") for i, v in enumerate(x)]
+    if count and count > 1:
+        raise DataError(f"the model has {count} inputs ({', '.join(input_names or [])}) but the data is one array; "
+                        "pass one array per input (an .npz holding arrays named after the inputs)")
+    return [(0, x, input_shapes[0] if input_shapes else None, "")]
+
+
+def _plan(array, want, label: str, notes: list[str], *, hint: bool) -> bool:
+    """Checks one input array against its model input; returns whether to add a trailing axis.
+
+    `hint`: suggest --rescale for 8-bit pixels (when no rescale was asked for)."""
+    expand = False
+    have = tuple(array.shape[1:]) if hasattr(array, "shape") else None
+    if want is not None and have is not None and not _shape_fits(have, want):
+        if not _shape_fits(have + (1,), want):
+            raise DataError(f"{label}data samples have shape {have} but the model takes {tuple(want)}; "
+                            "reshape the data to match the model input")
+        expand = True
+        notes.append(f"{label}data shape {have} → {have + (1,)}: added the trailing channel axis the model expects")
+    dtype = _dtype_of(array)
+    if dtype is not None and not np.issubdtype(dtype, np.floating):
+        note = f"{label}data is {dtype}; converted to float32"
+        if hint and dtype == np.uint8:
+            note += " (pixels kept 0–255; pass --rescale 1/255 if the model was trained on [0, 1])"
+        notes.append(note)
+    return expand
 
 
 def _shape_fits(have: tuple, want: tuple) -> bool:
     return len(have) == len(want) and all(w is None or h == w for h, w in zip(have, want))
+
+
+def _model_input_names(model) -> list[str] | None:
+    try:
+        return [t.name for t in model.inputs]
+    except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
+        return None
 
 
 def _model_input_shapes(model) -> list | None:

@@ -117,6 +117,72 @@ def test_multi_input_dict():
     assert report.sites[0].fires.tolist() == (joint != 0).sum(0).tolist()
 
 
+def _two_input_model():
+    """A list-input model: an 4x4 single-channel image and 2 features."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    image = keras.Input((4, 4, 1), name="image")
+    extra = keras.Input((2,), name="extra")
+    flat = keras.layers.Flatten()(image)
+    out = keras.layers.Dense(6, activation="relu", name="joint")(keras.layers.Concatenate()([flat, extra]))
+    return keras.Model([image, extra], keras.layers.Dense(2, name="head")(out))
+
+
+def _joint_fires(model, image, extra):
+    kernel, bias = model.get_layer("joint").get_weights()
+    joint = np.maximum(np.concatenate([image.reshape(len(image), -1), extra], 1) @ kernel + bias, 0)
+    return (joint != 0).sum(0).tolist()
+
+
+def test_multi_input_files_by_input_name_with_per_input_adaptation(tmp_path, capfd):
+    """uint8 pixels without their channel axis and float64 features, in an .npz and an HDF5 file
+    holding one array per input name: each input adapted on its own, --rescale applied to both."""
+    import h5py
+
+    from deadrelu.cli import main
+
+    model = _two_input_model()
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (13, 4, 4), dtype=np.uint8)
+    extra = rng.normal(size=(13, 2))
+    expected = _joint_fires(model, image.astype(np.float32) / 255, (extra / 255).astype(np.float32))
+    report = deadrelu.scan(model, [image, extra], batch_size=4, rescale=1 / 255)
+    assert report.sites[0].fires.tolist() == expected
+    assert "input 'image': data shape (4, 4) → (4, 4, 1): added the trailing channel axis the model expects" \
+        in report.notes
+
+    np.savez(tmp_path / "two.npz", extra=extra, image=image, y=np.zeros(13))
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["image"], f["extra"] = image, extra
+    model.save(tmp_path / "two.keras")
+    for data in ("two.npz", "two.h5"):
+        code = main(["scan", str(tmp_path / "two.keras"), "--data", str(tmp_path / data), "--rescale", str(1 / 255),
+                     "--json", str(tmp_path / f"{data}.json"), "--quiet"])
+        assert code == 0, capfd.readouterr().err
+        saved = deadrelu.Report.from_json(str(tmp_path / f"{data}.json"))
+        assert saved.sites[0].fires.tolist() == expected
+
+
+def test_multi_input_data_errors_name_the_inputs(tmp_path, capfd):
+    from deadrelu.cli import main
+
+    model = _two_input_model()
+    model.save(tmp_path / "two.keras")
+    np.savez(tmp_path / "one.npz", x=np.zeros((3, 4, 4, 1)))
+    np.savez(tmp_path / "partial.npz", image=np.zeros((3, 4, 4, 1)))
+    for data, message in [("one.npz", "has no array named 'image'"), ("partial.npz", "has no array named 'extra'")]:
+        assert main(["scan", str(tmp_path / "two.keras"), "--data", str(tmp_path / data)]) == 2
+        err = capfd.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err and "np.savez('x.npz', image=..., extra=...)" in err
+    with pytest.raises(deadrelu.DataError, match="but the model has 2 inputs"):
+        deadrelu.scan(model, [np.zeros((3, 4, 4, 1))])
+    with pytest.raises(deadrelu.DataError, match="no data for the model input 'extra'"):
+        deadrelu.scan(model, {"image": np.zeros((3, 4, 4, 1))})
+    with pytest.raises(deadrelu.DataError, match="one array per input"):
+        deadrelu.scan(model, np.zeros((3, 4, 4, 1)))
+
+
 def test_h5_is_streamed_not_loaded(model, images, tmp_path):
     import h5py
 
