@@ -30,8 +30,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
     `deadrelu/dead_fraction`, `deadrelu/dying_fraction` and `deadrelu/<path>/dead_fraction` for
     every site (for models with more than 32 sites: for each site from its first flag on, and
     `CSVLogger` only keeps the columns of the first epoch) — so `History`, `CSVLogger` and
-    `TensorBoard` record them with no extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
-    callbacks in order, and those read the logs when their turn comes.
+    `TensorBoard` record them with no extra code. List the monitor before `TensorBoard`/`CSVLogger`
+    in `callbacks=[...]`: Keras runs callbacks in order, and those read the logs when their turn comes.
 
     Args:
         data: Probe inputs: anything `deadrelu.scan` accepts (array, path, `tf.data.Dataset`, ...).

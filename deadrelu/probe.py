@@ -208,14 +208,16 @@ class Probe:
         gradients: Also measure gradients; batches must then be `(x, y)` pairs.
         loss: With gradients: a Keras loss name, function or `keras.losses.Loss`; default the
             model's compiled loss.
+        weak: Hold the model by a weak reference only (for caches of probes).
 
     Example:
         >>> probe = Probe(model)
         >>> result = probe.run(batches)   # batches: iterable of numpy arrays
     """
 
-    def __init__(self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None):
-        self._model = lambda: model
+    def __init__(self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None,
+                 weak: bool = False):
+        self._model = weakref.ref(model) if weak else (lambda: model)
         self.site_map = site_map if site_map is not None else find_sites(model)
         self.gradients = gradients
         self._loss = loss
@@ -424,8 +426,7 @@ def probe_for(model, *, gradients: bool = False, loss=None) -> Probe:
     probes = _PROBES.setdefault(model, {})
     probe = probes.get((gradients, loss_key))
     if probe is None or not _same_sites(probe.site_map, site_map):
-        probe = Probe(model, site_map, gradients=gradients, loss=loss)
-        probe._model = weakref.ref(model)
+        probe = Probe(model, site_map, gradients=gradients, loss=loss, weak=True)
         probes[(gradients, loss_key)] = probe
     return probe
 
