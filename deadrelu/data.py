@@ -88,13 +88,14 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
         raise DataError(f"--samples must be at least 1 (got {samples})")
     input_shapes = _model_input_shapes(model)
     input_names = _model_input_names(model)
+    input_dtypes = _model_input_dtypes(model)
     if data is None:
         return _synthetic(input_shapes, synthetic_samples if samples is None else samples)
 
     stream = _as_stream(data)
     if stream is not None:
         return ProbeData(x=None, source=type(data).__name__, stream=stream,
-                         _transform=_adapter(None, input_shapes, input_names, rescale, []))
+                         _transform=_adapter(None, input_shapes, input_names, rescale, [], input_dtypes))
 
     source = data if isinstance(data, str) else "in-memory"
     x, y_in_file = (_read_path(data, for_labels=False, input_names=input_names)
@@ -117,7 +118,7 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     if samples is not None:
         count = min(count, samples)
     notes: list[str] = []
-    transform = _adapter(x, input_shapes, input_names, rescale, notes)
+    transform = _adapter(x, input_shapes, input_names, rescale, notes, input_dtypes)
     return ProbeData(x=x, y=y, samples=count, source=source, notes=notes, _transform=transform)
 
 
@@ -263,64 +264,88 @@ def _read_images(folder: str, input_shapes) -> np.ndarray:
 
 # -- adaptation ----------------------------------------------------------------------------
 
-def _adapter(x, input_shapes, input_names, rescale: float | None, notes: list[str]) -> Callable:
+def _adapter(x, input_shapes, input_names, rescale: float | None, notes: list[str], input_dtypes=None) -> Callable:
     """Builds the per-batch transform that makes the data fit the model, and says what it does.
 
     Each input array is checked against its model input (by position, or by name in a dict): a
-    missing trailing channel axis is added, integers and float64 become float32, `rescale`
-    multiplies. With several inputs, the notes name the input.
+    missing trailing channel axis is added; for inputs the model takes as floats, integers and
+    float64 become float32 and `rescale` multiplies (integer inputs such as token ids are left
+    alone). With several inputs, the notes name the input.
     """
-    plans = None if x is None else {key: _plan(array, shape, label, notes, hint=rescale is None)
-                                    for key, array, shape, label in _pair_inputs(x, input_shapes, input_names)}
+    # Without arrays to inspect (a stream), adapt every array alike: as floats unless the model
+    # takes integers (token ids).
+    default = _Plan(as_float=not input_dtypes or all("float" in dtype for dtype in input_dtypes))
+    plans = {} if x is None else {key: _plan(array, shape, dtype, label, notes, hint=rescale is None)
+                                  for key, array, shape, dtype, label
+                                  in _pair_inputs(x, input_shapes, input_names, input_dtypes)}
     if rescale is not None:
-        notes.append(f"inputs multiplied by {rescale:g}")
+        if any(plan.as_float for plan in (plans.values() if plans else [default])):
+            notes.append(f"inputs multiplied by {rescale:g}")
+        else:
+            notes.append("--rescale ignored: the model takes integer inputs")
 
-    def adapt(array, expand: bool = False):
+    def adapt(array, plan: _Plan):
         array = np.asarray(array)
-        if expand:
+        if plan.expand:
             array = array[..., None]
-        if not np.issubdtype(array.dtype, np.floating) or array.dtype == np.float64:
-            array = array.astype(np.float32)
-        if rescale is not None:
-            array = array * np.float32(rescale)
+        if plan.as_float:
+            if not np.issubdtype(array.dtype, np.floating) or array.dtype == np.float64:
+                array = array.astype(np.float32)
+            if rescale is not None:
+                array = array * np.float32(rescale)
         return array
 
     def transform(batch):
         if isinstance(batch, dict):
-            return {k: adapt(v, plans is not None and plans.get(k, False)) for k, v in batch.items()}
+            return {k: adapt(v, plans.get(k, default)) for k, v in batch.items()}
         if isinstance(batch, (list, tuple)):
-            return [adapt(v, plans is not None and plans.get(i, False)) for i, v in enumerate(batch)]
-        return adapt(batch, plans is not None and plans.get(0, False))
+            return [adapt(v, plans.get(i, default)) for i, v in enumerate(batch)]
+        return adapt(batch, plans.get(0, default))
 
     return transform
 
 
-def _pair_inputs(x, input_shapes, input_names) -> list[tuple]:
-    """(key in x, array, model input shape or None, label for messages) for each input array."""
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How one input array is adapted: add a trailing channel axis; treat it as float data."""
+
+    expand: bool = False
+    as_float: bool = True
+
+
+def _pair_inputs(x, input_shapes, input_names, input_dtypes) -> list[tuple]:
+    """(key in x, array, model input shape, model input dtype, label for messages) per input array;
+    shape and dtype are None where unknown."""
     count = len(input_shapes) if input_shapes else None
+
+    def model_input(index):
+        if index is None or not input_shapes:
+            return None, None
+        return input_shapes[index], (input_dtypes[index] if input_dtypes else None)
+
     if isinstance(x, dict):
-        if input_names and count and count > 1:
-            missing = [name for name in input_names if name not in x]
+        names = input_names or []
+        if names and count and count > 1:
+            missing = [name for name in names if name not in x]
             if missing:
                 raise DataError(f"no data for the model input '{missing[0]}'; give one array per input, "
-                                f"keyed by the input names ({', '.join(input_names)})")
-        names = input_names or []
-        return [(k, v, input_shapes[names.index(k)] if k in names and input_shapes else None, f"input '{k}': ")
+                                f"keyed by the input names ({', '.join(names)})")
+        return [(k, v, *model_input(names.index(k) if k in names else None), f"input '{k}': ")
                 for k, v in x.items()]
     if isinstance(x, (list, tuple)):
         if count and len(x) != count:
             raise DataError(f"the data has {len(x)} arrays but the model has {count} input{'s' if count != 1 else ''}; "
                             "give one array per model input")
-        return [(i, v, input_shapes[i] if input_shapes else None,
-                 f"input '{input_names[i]}': " if input_names and len(x) > 1 else "") for i, v in enumerate(x)]
+        return [(i, v, *model_input(i), f"input '{input_names[i]}': " if input_names and len(x) > 1 else "")
+                for i, v in enumerate(x)]
     if count and count > 1:
         raise DataError(f"the model has {count} inputs ({', '.join(input_names or [])}) but the data is one array; "
                         "pass one array per input (an .npz holding arrays named after the inputs)")
-    return [(0, x, input_shapes[0] if input_shapes else None, "")]
+    return [(0, x, *model_input(0), "")]
 
 
-def _plan(array, want, label: str, notes: list[str], *, hint: bool) -> bool:
-    """Checks one input array against its model input; returns whether to add a trailing axis.
+def _plan(array, want, want_dtype, label: str, notes: list[str], *, hint: bool) -> _Plan:
+    """Checks one input array against its model input and says how it will be adapted.
 
     `hint`: suggest --rescale for 8-bit pixels (when no rescale was asked for)."""
     expand = False
@@ -331,17 +356,25 @@ def _plan(array, want, label: str, notes: list[str], *, hint: bool) -> bool:
                             "reshape the data to match the model input")
         expand = True
         notes.append(f"{label}data shape {have} → {have + (1,)}: added the trailing channel axis the model expects")
+    as_float = want_dtype is None or "float" in str(want_dtype)
     dtype = _dtype_of(array)
-    if dtype is not None and not np.issubdtype(dtype, np.floating):
+    if as_float and dtype is not None and not np.issubdtype(dtype, np.floating):
         note = f"{label}data is {dtype}; converted to float32"
         if hint and dtype == np.uint8:
             note += " (pixels kept 0–255; pass --rescale 1/255 if the model was trained on [0, 1])"
         notes.append(note)
-    return expand
+    return _Plan(expand=expand, as_float=as_float)
 
 
 def _shape_fits(have: tuple, want: tuple) -> bool:
     return len(have) == len(want) and all(w is None or h == w for h, w in zip(have, want))
+
+
+def _model_input_dtypes(model) -> list[str] | None:
+    try:
+        return [str(t.dtype) for t in model.inputs]
+    except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
+        return None
 
 
 def _model_input_names(model) -> list[str] | None:

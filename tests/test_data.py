@@ -183,6 +183,24 @@ def test_multi_input_data_errors_name_the_inputs(tmp_path, capfd):
         deadrelu.scan(model, np.zeros((3, 4, 4, 1)))
 
 
+def test_integer_inputs_stay_integers(tmp_path):
+    """Token ids for an Embedding model are not turned into floats nor rescaled."""
+    import keras
+
+    keras.utils.set_random_seed(6)
+    tokens = keras.Input((5,), dtype="int32", name="tokens")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(6, activation="relu", name="dense")(h))
+    ids = np.random.default_rng(2).integers(0, 50, (17, 5))
+    data = load_data(ids, model, rescale=0.5)
+    batch = next(data.batches(8))
+    assert np.issubdtype(batch.dtype, np.integer) and np.array_equal(batch, ids[:8])
+    assert data.notes == ["--rescale ignored: the model takes integer inputs"]
+    report = deadrelu.scan(model, ids, batch_size=8, rescale=0.5)
+    expected = np.asarray(model(ids.astype(np.int32), training=False))
+    assert report.sites[0].fires.tolist() == (expected != 0).sum(0).tolist()
+
+
 def test_h5_is_streamed_not_loaded(model, images, tmp_path):
     import h5py
 
