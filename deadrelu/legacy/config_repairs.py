@@ -55,6 +55,9 @@ _REMOVED_LAYERS = {
     "DenseFeatures": "was removed in Keras 3",
 }
 
+# tf.keras layers holding a TensorFlow op, rebuilt by `deadrelu.legacy.tf_ops`.
+_TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+
 _INPUT_LAYER_SHAPE = "converted batch_input_shape to batch_shape in {n} InputLayer config{s}"
 # Repairs that Keras 3's legacy HDF5 loader also makes: alone, they do not require the repair path.
 _ROUTINE_REPAIRS = {_INPUT_LAYER_SHAPE}
@@ -140,7 +143,7 @@ class ConfigRepair:
         self._note(_module_path(entry))
         self._note(_thresholded_relu(entry))
         name = entry.get("class_name")
-        if name in ("TFOpLambda", "SlicingOpLambda"):
+        if name in _TF_OP_LAYERS and name not in self.objects:  # the user's own implementation wins
             self._note(self._tf_op(entry))
             return False
         if name == "Sequential":
@@ -494,7 +497,7 @@ def _check_classes(config: dict, objects: dict, path: str) -> None:
             if registered and registered not in objects:
                 objects[registered] = objects[name]
             continue
-        if name in (*_MODEL_CLASSES, "ThresholdedReLU", "TFOpLambda", "SlicingOpLambda") or _importable_package(entry.get("module")):
+        if name in (*_MODEL_CLASSES, "ThresholdedReLU", *_TF_OP_LAYERS) or _importable_package(entry.get("module")):
             continue
         if _keras_layer_class(name) is not None and registered in (None, name):
             continue
