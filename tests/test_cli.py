@@ -86,6 +86,27 @@ def test_table_and_markdown_outputs(model_file, data_file, capfd):
     assert "**flagged**" in out
 
 
+def test_next_step_hint_is_a_command_that_works(tmp_path, capfd):
+    """Flagged sites on real data: one line names the revive and patch commands, and they run."""
+    import re
+    import shlex
+
+    model = tmp_path / "dying.keras"
+    model.write_bytes((SAMPLES / "dying_mlp.keras").read_bytes())
+    data = str(SAMPLES / "probe.npz")
+    code, _, err = run(["scan", str(model), "--data", data], capfd)
+    hints = [line for line in err.splitlines() if line.startswith("deadrelu: next:")]
+    assert code == 0 and len(hints) == 1
+    commands = [shlex.split(cmd) for cmd in re.findall(r"`([^`]+)`", hints[0])]
+    assert [c[:2] for c in commands] == [["deadrelu", "revive"], ["deadrelu", "patch"]]
+    for command in commands:
+        assert run(command[1:] + ["-o", str(tmp_path / f"{command[1]}.keras"), "--quiet"], capfd)[0] == 0
+    # No hint for a healthy model, without real data, or in machine formats.
+    for argv in (["scan", str(SAMPLES / "healthy_cnn.keras"), "--data", data], ["scan", str(model)],
+                 ["scan", str(model), "--data", data, "--format", "markdown"]):
+        assert "next:" not in run(argv, capfd)[2]
+
+
 def test_fail_on_gate_exit_codes(model_file, data_file, capfd):
     assert run(["scan", model_file, "--data", data_file, "--fail-on", "0.01", "--quiet"], capfd)[0] == 1
     assert run(["scan", model_file, "--data", data_file, "--fail-on", "0.99", "--quiet"], capfd)[0] == 0

@@ -46,7 +46,24 @@ def run(args, output) -> int:
                       on_start=on_start, on_batch=on_batch, model_info=describe_loaded(loaded))
     for note in report.notes:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
-    return emit(report, args, output)
+    code = emit(report, args, output)
+    hint = next_step(report, args)
+    if hint and args.format == "table":
+        output.note(hint, style="dim")
+    return code
+
+
+def next_step(report, args) -> str | None:
+    """One line saying which command fixes what the scan found (only for flagged sites on real data)."""
+    import shlex
+
+    flagged = [s for s in report.sites if s.flagged]
+    if not flagged or report.data.get("synthetic") or not args.data:
+        return None
+    revive = ["deadrelu", "revive", args.model, "--data", args.data]
+    patch = ["deadrelu", "patch", args.model, "--to", "leaky"]
+    return (f"next: `{shlex.join(revive)}` re-initialises the {report.summary['dead']:,} dead units (ReDo); "
+            f"`{shlex.join(patch)}` rewrites the ReLUs so units cannot die again; add --retrain to compare")
 
 
 def emit(report, args, output) -> int:
