@@ -55,7 +55,7 @@ class ProbeData:
             x = self._transform(_map(lambda a: np.asarray(a[start:stop]), self.x))
             _check_finite(x, start // batch_size, start)
             if labels:
-                yield x, np.asarray(self.y[start:stop])
+                yield x, _map(lambda a: np.asarray(a[start:stop]), self.y)
             else:
                 yield x
 
@@ -89,6 +89,7 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     input_shapes = _model_input_shapes(model)
     input_names = _model_input_names(model)
     input_dtypes = _model_input_dtypes(model)
+    output_names = _model_output_names(model)
     if data is None:
         return _synthetic(input_shapes, synthetic_samples if samples is None else samples)
 
@@ -98,13 +99,13 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
                          _transform=_adapter(None, input_shapes, input_names, rescale, [], input_dtypes))
 
     source = data if isinstance(data, str) else "in-memory"
-    x, y_in_file = (_read_path(data, for_labels=False, input_names=input_names)
+    x, y_in_file = (_read_path(data, for_labels=False, input_names=input_names, output_names=output_names)
                     if isinstance(data, (str, os.PathLike)) else (data, None))
     if isinstance(data, os.PathLike):
         source = os.fspath(data)
     y = labels
     if isinstance(labels, (str, os.PathLike)):
-        y, _ = _read_path(labels, for_labels=True)
+        y, _ = _read_path(labels, for_labels=True, output_names=output_names)
     if y is None:
         y = y_in_file
     if isinstance(x, str):  # a folder of images, read at the model's size
@@ -113,8 +114,8 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     count = _count(x)
     if count == 0:
         raise DataError(f"the data in {source} holds no samples; pass a file with at least one sample")
-    if y is not None and len(y) < count:
-        raise DataError(f"there are {len(y)} labels for {count} samples; pass one label per sample")
+    if y is not None and _count(y) < count:
+        raise DataError(f"there are {_count(y)} labels for {count} samples; pass one label per sample")
     if samples is not None:
         count = min(count, samples)
     notes: list[str] = []
@@ -139,11 +140,11 @@ def _split_key(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def _read_path(path, *, for_labels: bool, input_names: list | None = None):
+def _read_path(path, *, for_labels: bool, input_names: list | None = None, output_names: list | None = None):
     """Reads a data file. Returns (array-or-folder, labels found in the same file or None).
 
-    For a model with several inputs, an .npz or HDF5 file holding one array per input, named after
-    the inputs, gives a dict of them.
+    For a model with several inputs (outputs), an .npz or HDF5 file holding one array per input
+    (output), named after it, gives a dict of them.
     """
     path, key = _split_key(os.fspath(path))
     what = "labels" if for_labels else "data"
@@ -158,9 +159,9 @@ def _read_path(path, *, for_labels: bool, input_names: list | None = None):
         if lower.endswith(".npy"):
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         if lower.endswith(".npz"):
-            return _read_npz(path, key, for_labels, input_names)
+            return _read_npz(path, key, for_labels, input_names, output_names)
         if lower.endswith((".h5", ".hdf5")):
-            return _read_h5(path, key, for_labels, input_names)
+            return _read_h5(path, key, for_labels, input_names, output_names)
         if lower.endswith(".csv"):
             return _read_csv(path), None
     except DataError:
@@ -188,14 +189,21 @@ _X_KEYS = ("x", "x_test", "x_val", "x_train", "images", "data", "inputs")
 _Y_KEYS = ("y", "y_test", "y_val", "y_train", "labels", "targets")
 
 
-def _read_npz(path: str, key: str | None, for_labels: bool, input_names: list | None):
+def _read_npz(path: str, key: str | None, for_labels: bool, input_names, output_names):
     archive = np.load(path, allow_pickle=False)
-    return _select(archive, list(archive.files), key, for_labels, path, input_names)
+    return _select(archive, list(archive.files), key, for_labels, path, input_names, output_names)
 
 
 def _select(container, keys: list[str], key: str | None, for_labels: bool, path: str,
-            input_names: list | None = None):
-    """The wanted array of a multi-array file, and (for inputs) the labels stored beside it."""
+            input_names: list | None = None, output_names: list | None = None):
+    """The wanted array of a multi-array file, and (for inputs) the labels stored beside it.
+
+    Models with several inputs read one array per input name; with several outputs, labels are
+    one array per output name when the file holds them all."""
+    by_output = (output_names and len(output_names) > 1 and all(name in keys for name in output_names)
+                 and not (key and for_labels))
+    if for_labels and by_output:
+        return {name: container[name] for name in output_names}, None
     if not for_labels and key is None and input_names and len(input_names) > 1:
         missing = [name for name in input_names if name not in keys]
         if missing:
@@ -204,8 +212,11 @@ def _select(container, keys: list[str], key: str | None, for_labels: bool, path:
                 f"named '{missing[0]}'; store one array per input under the input's name, e.g. "
                 f"np.savez('x.npz', {', '.join(f'{n}=...' for n in input_names)})")
         partner = next((c for c in ("y", "labels") if c in keys), None)
-        return {name: container[name] for name in input_names}, (container[partner] if partner else None)
+        labels = {n: container[n] for n in output_names} if by_output else (container[partner] if partner else None)
+        return {name: container[name] for name in input_names}, labels
     name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path)
+    if by_output and not for_labels:
+        return container[name], {n: container[n] for n in output_names}
     partner = None if for_labels else _partner_label_key(name, keys)
     return container[name], (container[partner] if partner else None)
 
@@ -217,7 +228,7 @@ def _partner_label_key(name: str, keys: list[str]) -> str | None:
     return next((c for c in candidates if c in keys and c != name), None)
 
 
-def _read_h5(path: str, key: str | None, for_labels: bool, input_names: list | None):
+def _read_h5(path: str, key: str | None, for_labels: bool, input_names, output_names):
     import h5py
 
     handle = h5py.File(path, "r")  # kept open: datasets are read lazily, batch by batch
@@ -225,7 +236,7 @@ def _read_h5(path: str, key: str | None, for_labels: bool, input_names: list | N
     handle.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
     if "model_config" in handle.attrs or "model_weights" in handle:
         raise DataError(f"{path} is a Keras model file, not data; pass the data with --data")
-    return _select(handle, keys, key, for_labels, path, input_names)
+    return _select(handle, keys, key, for_labels, path, input_names, output_names)
 
 
 def _read_csv(path: str) -> np.ndarray:
@@ -375,6 +386,11 @@ def _model_input_dtypes(model) -> list[str] | None:
         return [str(t.dtype) for t in model.inputs]
     except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
         return None
+
+
+def _model_output_names(model) -> list[str] | None:
+    names = getattr(model, "output_names", None)
+    return list(names) if names else None
 
 
 def _model_input_names(model) -> list[str] | None:

@@ -264,7 +264,7 @@ class Probe:
             with hooked(self.site_map, self._recorder):
                 try:
                     if self.gradients:
-                        self._step(x, tf.convert_to_tensor(y))
+                        self._step(x, tf.nest.map_structure(tf.convert_to_tensor, y))
                     else:
                         self._step(x)
                 except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
@@ -583,30 +583,59 @@ def per_sample_loss(model, loss, y) -> Callable:
     """Returns `fn(y_true, y_pred) -> per-sample losses` (shape [batch]).
 
     ℓₙ is sample n's own loss as Keras computes it: the loss's values for that sample, averaged
-    over any remaining axes (time steps, pixels) as Keras's mean reduction would.
+    over any remaining axes (time steps, pixels) as Keras's mean reduction would. For a model with
+    several outputs it is the weighted sum over outputs, as `fit` minimises it: each output's loss
+    (a dict or list of losses, or one loss for all) times its compiled `loss_weights`.
 
     Args:
-        model: The model (its compiled loss is the default).
-        loss: None, a Keras loss name, a function, or a `keras.losses.Loss`.
-        y: A batch of labels, used to tell sparse from one-hot labels.
+        model: The model (its compiled loss and loss weights are the default).
+        loss: None, a Keras loss name, a function, or a `keras.losses.Loss` (for several outputs
+            also a list or dict of them).
+        y: A batch of labels (for several outputs a list in output order, or a dict by output
+            name), used to tell sparse from one-hot labels.
 
     Returns:
         A traceable function giving each sample's own loss.
     """
-    import keras
-    import tensorflow as tf
-
-    if loss is None:
+    names = list(getattr(model, "output_names", None) or [])
+    shapes = output_shapes(model)
+    compiled = loss is None
+    if compiled:
         loss = getattr(model, "loss", None)
+        if loss is None:
+            raise UsageError("the model has no stored loss; pass one with --loss NAME "
+                             "(e.g. --loss categorical_crossentropy)")
+    if len(shapes) <= 1:
         if isinstance(loss, (list, tuple)) and len(loss) == 1:
             loss = loss[0]
         if isinstance(loss, dict) and len(loss) == 1:
             loss = next(iter(loss.values()))
-        if loss is None:
-            raise UsageError("the model has no stored loss; pass one with --loss NAME "
-                             "(e.g. --loss categorical_crossentropy)")
+        return _output_loss(loss, np.asarray(y), shapes[0] if shapes else None)
+
+    losses = per_output(loss, names, "loss")
+    weights = per_output(_compiled_loss_weights(model) if compiled else None, names, "loss weight")
+    labels = _by_output(y, names)
+    if len(labels) != len(names):
+        raise UsageError(f"the model has {len(names)} outputs ({', '.join(names)}); pass one label array per "
+                         "output (a list, a dict by output name, or an .npz with arrays named after the outputs)")
+    terms = [(k, 1.0 if weights[k] is None else float(weights[k]), _output_loss(losses[k], np.asarray(labels[k]),
+                                                                                 shapes[k]))
+             for k in range(len(names)) if losses[k] is not None]
+
+    def per_sample(y_true, y_pred):
+        y_true, y_pred = _by_output(y_true, names), _by_output(y_pred, names)
+        return sum(weight * fn(y_true[k], y_pred[k]) for k, weight, fn in terms)
+
+    return per_sample
+
+
+def _output_loss(loss, y: np.ndarray, out_shape) -> Callable:
+    """The per-sample loss of one output."""
+    import keras
+    import tensorflow as tf
+
     if isinstance(loss, (list, tuple, dict)):
-        raise UsageError("gradients of multi-output models need one loss; pass --loss NAME")
+        raise UsageError("a list or dict of losses is for a model with several outputs; pass one loss (--loss NAME)")
     try:
         loss_obj = loss if isinstance(loss, keras.losses.Loss) else keras.losses.get(loss)
     except (ValueError, TypeError) as exc:
@@ -619,7 +648,7 @@ def per_sample_loss(model, loss, y) -> Callable:
         fn = loss_obj
         unreduced = lambda y_true, y_pred: fn(*_same_rank(y_true, y_pred))  # noqa: E731
         name = getattr(fn, "__name__", str(fn))
-    adapt_labels = _label_adapter(_snake(name), np.asarray(y), model)
+    adapt_labels = _label_adapter(_snake(name), y, out_shape)
 
     def per_sample(y_true, y_pred):
         values = unreduced(adapt_labels(y_true, y_pred), y_pred)
@@ -629,6 +658,61 @@ def per_sample_loss(model, loss, y) -> Callable:
         return values
 
     return per_sample
+
+
+def output_shapes(model) -> list[tuple]:
+    """The model's output shapes, in output order (empty when unknown).
+
+    Example:
+        >>> output_shapes(model)   # [(None, 10), (None, 1)]
+    """
+    import keras
+
+    try:
+        return [tuple(t.shape) for t in keras.tree.flatten(model.outputs)]
+    except Exception:  # noqa: BLE001 - a subclassed model never called symbolically
+        shape = getattr(model, "output_shape", None)
+        return [tuple(shape)] if isinstance(shape, tuple) else []
+
+
+def _compiled_loss_weights(model):
+    try:
+        return model.get_compile_config().get("loss_weights")
+    except Exception:  # noqa: BLE001 - not compiled, or compiled by an older Keras
+        return None
+
+
+def per_output(value, names: list[str], what: str) -> list:
+    """One entry per output from one value for all, a list in output order, or a dict by name.
+
+    Args:
+        value: A value for every output, a list in output order, or a dict by output name.
+        names: The model's output names.
+        what: What the values are, for error messages ("loss").
+
+    Returns:
+        A list with one entry per output (None for outputs a dict leaves out).
+    """
+    if isinstance(value, dict):
+        unknown = set(value) - set(names)
+        if unknown:
+            raise UsageError(f"the {what} names the output {sorted(unknown)[0]!r}, but the model's outputs are "
+                             f"{', '.join(names)}")
+        return [value.get(name) for name in names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise UsageError(f"{len(value)} {what}es for {len(names)} outputs; give one per output")
+        return list(value)
+    return [value] * len(names)
+
+
+def _by_output(structure, names: list[str]) -> list:
+    """Labels or predictions as a list in output order (from a list, or a dict by output name)."""
+    if isinstance(structure, dict):
+        return [structure.get(name) for name in names]
+    if isinstance(structure, (list, tuple)):
+        return list(structure)
+    return [structure]
 
 
 def _same_rank(y_true, y_pred):
@@ -650,7 +734,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-def _label_adapter(name: str, y: np.ndarray, model) -> Callable:
+def _label_adapter(name: str, y: np.ndarray, out_shape) -> Callable:
     """Converts labels between sparse and one-hot when their shape says the other kind.
 
     The loss itself is kept (with its `from_logits`, `axis`, label smoothing, ...); only the
@@ -658,8 +742,7 @@ def _label_adapter(name: str, y: np.ndarray, model) -> Callable:
     """
     import tensorflow as tf
 
-    out_shape = getattr(model, "output_shape", None)
-    classes = out_shape[-1] if isinstance(out_shape, tuple) and out_shape else None
+    classes = out_shape[-1] if out_shape else None
     sparse_labels = y.ndim == 1 or (y.ndim >= 2 and y.shape[-1] == 1 and classes not in (None, 1))
     if "sparse" not in name and "categorical_crossentropy" in name and sparse_labels and classes:
         return lambda y_true, y_pred: tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), classes,
@@ -712,7 +795,7 @@ def _structure_spec(x, y) -> tuple:
     """Input and label specs with a free batch dimension (what a traced step is specialised to)."""
     import tensorflow as tf
 
-    return tf.nest.map_structure(_batch_spec, x), None if y is None else _batch_spec(np.asarray(y))
+    return tf.nest.map_structure(_batch_spec, x), None if y is None else tf.nest.map_structure(_batch_spec, y)
 
 
 def _batch_spec(array):

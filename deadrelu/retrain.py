@@ -62,11 +62,30 @@ class Comparison:
             json.dump(self.to_dict(), f, indent=1)
 
 
-def match_labels(y: np.ndarray, model) -> np.ndarray:
-    """Turns integer labels into one-hot ones when the compiled loss is categorical crossentropy."""
-    loss = getattr(model, "loss", None)
+def match_labels(y, model):
+    """Turns integer labels into one-hot ones where the compiled loss is categorical crossentropy.
+
+    `y` is an array, or for a model with several outputs a list (output order) or dict (output
+    name) of arrays; each output is matched with its own loss.
+    """
+    from deadrelu.probe import output_shapes, per_output
+
+    shapes = output_shapes(model)
+    if not isinstance(y, (dict, list, tuple)):
+        loss = getattr(model, "loss", None)
+        if isinstance(loss, (dict, list, tuple)) and len(loss) == 1:
+            loss = next(iter(loss.values())) if isinstance(loss, dict) else loss[0]
+        return _match_one(y, loss, shapes[0] if shapes else None)
+    names = list(model.output_names)
+    losses = dict(zip(names, per_output(getattr(model, "loss", None), names, "loss")))
+    if isinstance(y, dict):
+        return {name: _match_one(value, losses.get(name), shapes[names.index(name)]) for name, value in y.items()}
+    return [_match_one(value, losses[name], shape) for value, name, shape in zip(y, names, shapes)]
+
+
+def _match_one(y, loss, out_shape) -> np.ndarray:
     name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    classes = model.output_shape[-1] if isinstance(getattr(model, "output_shape", None), tuple) else None
+    classes = out_shape[-1] if out_shape else None
     y = np.asarray(y)
     if "categorical" in str(name) and "sparse" not in str(name) and classes and classes > 1 \
             and (y.ndim == 1 or y.shape[-1] == 1) and np.issubdtype(y.dtype, np.integer):
@@ -158,7 +177,7 @@ def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, 
     from deadrelu.scan import scan
 
     x_train, y_train, x_val, y_val = _split(x, y, validation_data, validation_split)
-    probe = x_val[:probe_samples]
+    probe = _take(x_val, slice(None, probe_samples))
     results = []
     for name, model in variants.items():
         compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
@@ -179,8 +198,8 @@ def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, 
             dead_after=scan_after.summary["dead"], dying_after=scan_after.summary["dying"],
             before=before, after=after,
             history={k: [float(v) for v in values] for k, values in history.history.items()}))
-    settings = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_samples": len(x_train),
-                "validation_samples": len(x_val), "probe_samples": len(probe),
+    settings = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_samples": _count(x_train),
+                "validation_samples": _count(x_val), "probe_samples": _count(probe),
                 "validation": "given" if validation_data is not None else f"last {validation_split:g} of the data"}
     return Comparison(variants=results, settings=settings)
 
@@ -207,10 +226,26 @@ def _split(x, y, validation_data, validation_split):
         return x, y, x_val, y_val
     if not validation_split or not 0 < validation_split < 1:
         raise UsageError("retraining needs validation data: pass --validation-data val.npz or --validation-split 0.2")
-    cut = int(round(len(x) * (1 - validation_split)))
-    if cut < 1 or cut >= len(x):
+    cut = int(round(_count(x) * (1 - validation_split)))
+    if cut < 1 or cut >= _count(x):
         raise UsageError(f"--validation-split {validation_split:g} leaves no training or no validation samples")
-    return x[:cut], y[:cut], x[cut:], y[cut:]
+    head, tail = slice(None, cut), slice(cut, None)
+    return _take(x, head), _take(y, head), _take(x, tail), _take(y, tail)
+
+
+def _take(structure, index: slice):
+    """The same slice of every array of an array, list or dict (several inputs or outputs)."""
+    if isinstance(structure, dict):
+        return {k: v[index] for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return [v[index] for v in structure]
+    return structure[index]
+
+
+def _count(structure) -> int:
+    first = next(iter(structure.values())) if isinstance(structure, dict) else \
+        structure[0] if isinstance(structure, (list, tuple)) else structure
+    return len(first)
 
 
 def _evaluate(model, x, y, batch_size: int) -> dict[str, float]:

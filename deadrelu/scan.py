@@ -87,7 +87,12 @@ def describe_loaded(loaded) -> dict:
 
 
 def _loss_name(loss, model) -> str:
+    """The loss as the report names it; per output ("cls: mse, reg: mae") for several outputs."""
     loss = loss if loss is not None else getattr(model, "loss", None)
+    if isinstance(loss, dict):
+        return ", ".join(f"{name}: {_loss_name(value, model)}" for name, value in loss.items() if value is not None)
+    if isinstance(loss, (list, tuple)):
+        return ", ".join(_loss_name(value, model) for value in loss if value is not None)
     if isinstance(loss, str):
         return loss
     return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__

@@ -746,6 +746,65 @@ def test_gradients_of_a_nested_model_called_twice():
     assert s.grad_zero_rate[DEAD] == 1.0
 
 
+def _two_head_model():
+    """A shared ReLU trunk with a softmax head and a regression head (two outputs)."""
+    keras.utils.set_random_seed(41)
+    inp = keras.Input((5,), name="x")
+    trunk = L.Dense(7, activation="relu", name="trunk")
+    h = trunk(inp)
+    model = keras.Model(inp, [L.Dense(CLASSES, activation="softmax", name="cls")(h), L.Dense(2, name="reg")(h)])
+    plant_bias(trunk, {DEAD: -1e3})
+    rng = np.random.default_rng(41)
+    x = random_x((5,), 30, 41)
+    return model, x, rng.integers(0, CLASSES, 30), rng.normal(size=(30, 2)).astype(np.float32)
+
+
+def test_multi_output_gradients_are_the_weighted_sum_of_output_losses(tmp_path, capfd):
+    """ℓₙ = 1.0 · sparse CE(cls) + 0.3 · MSE(reg), as `fit` minimises it; checked against a tape."""
+    model, x, y_cls, y_reg = _two_head_model()
+    model.compile(loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+                  loss_weights={"cls": 1.0, "reg": 0.3})
+    trunk, cls, reg = (model.get_layer(n) for n in ("trunk", "cls", "reg"))
+    kernel, bias = trunk.get_weights()
+    z = tf.constant(x @ kernel + bias)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        a = tf.nn.relu(z)
+        per_sample = (keras.losses.sparse_categorical_crossentropy(y_cls, cls(a))
+                      + 0.3 * keras.losses.mean_squared_error(y_reg, reg(a)))
+        total = tf.reduce_sum(per_sample)
+    mean_abs, zero_rate = reference_grad_stats(to_numpy(tape.gradient(total, z)))
+
+    reports = [deadrelu.scan(model, x, labels=labels, gradients=True, batch_size=8)
+               for labels in ([y_cls, y_reg], {"reg": y_reg, "cls": y_cls})]
+    for report in reports:
+        site = report.sites[0]
+        close(site.grad_mean_abs, mean_abs, "grad_mean_abs")
+        close(site.grad_zero_rate, zero_rate, "grad_zero_rate")
+        assert DEAD in site.dead and site.grad_zero_rate[DEAD] == 1.0
+        assert report.loss == pytest.approx(float(np.mean(to_numpy(per_sample))), rel=RTOL)
+        assert report.settings["loss"] == "cls: sparse_categorical_crossentropy, reg: mse"
+    assert_reports_equal(reports[0], reports[1])
+
+    # From the command line: labels in an .npz with one array per output name.
+    from deadrelu.cli import main
+
+    model.save(tmp_path / "two_heads.keras")
+    np.savez(tmp_path / "data.npz", x=x, cls=y_cls, reg=y_reg)
+    assert main(["scan", str(tmp_path / "two_heads.keras"), "--data", str(tmp_path / "data.npz"), "--gradients",
+                 "--json", str(tmp_path / "scan.json"), "--quiet"]) == 0, capfd.readouterr().err
+    assert_reports_equal(deadrelu.Report.from_json(str(tmp_path / "scan.json")), reports[0])
+
+
+def test_multi_output_labels_must_cover_every_output():
+    model, x, y_cls, _ = _two_head_model()
+    model.compile(loss=["sparse_categorical_crossentropy", "mse"])
+    with pytest.raises(deadrelu.UsageError, match="2 outputs"):
+        deadrelu.scan(model, x, labels=[y_cls], gradients=True)
+    with pytest.raises(deadrelu.UsageError, match="names the output 'nope'"):
+        deadrelu.scan(model, x, labels=[y_cls, y_cls], gradients=True, loss={"nope": "mse"})
+
+
 def test_time_distributed_dense_time_steps_are_positions():
     keras.utils.set_random_seed(39)
     inp = keras.Input((7, 4))

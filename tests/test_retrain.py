@@ -139,3 +139,35 @@ def test_cli_retrain_without_validation_is_one_line_exit_2(tmp_path, capfd):
     err = capfd.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--validation-split" in err
     assert not (tmp_path / "r.keras").exists()
+
+
+def test_cli_retrain_of_a_two_output_model(tmp_path, capfd):
+    """Several outputs: labels by output name, each output's loss, OUT evaluated equals the "after"."""
+    import json
+
+    import keras
+
+    from deadrelu.cli import main
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6,), name="x")
+    h = keras.layers.Dense(12, activation="relu", name="h")(inp)
+    model = keras.Model(inp, [keras.layers.Dense(3, activation="softmax", name="cls")(h),
+                              keras.layers.Dense(1, name="reg")(h)])
+    model.compile(optimizer="adam", loss={"cls": "categorical_crossentropy", "reg": "mse"},
+                  loss_weights={"cls": 1.0, "reg": 0.5})
+    model.save(tmp_path / "two.keras")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    cls, reg = (x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int), x[:, 2:3] * 2.0
+    np.savez(tmp_path / "data.npz", x=x, cls=cls, reg=reg)  # integer classes for a categorical loss
+    out, summary = tmp_path / "patched.keras", tmp_path / "patch.json"
+    code = main(["patch", str(tmp_path / "two.keras"), "--to", "leaky", "-o", str(out), "--retrain",
+                 "--data", str(tmp_path / "data.npz"), "--validation-split", "0.25", "--epochs", "2",
+                 "--json", str(summary), "--quiet"])
+    assert code == 0, capfd.readouterr().err
+    after = json.loads(summary.read_text())["retrain"]["variants"][0]["after"]
+    retrained = keras.models.load_model(out)
+    evaluated = retrained.evaluate(x[90:], {"cls": np.eye(3)[cls[90:]], "reg": reg[90:]}, verbose=0,
+                                   return_dict=True)
+    assert evaluated["loss"] == pytest.approx(after["loss"], rel=1e-4)

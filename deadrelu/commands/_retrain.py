@@ -81,6 +81,10 @@ def show_comparison(comparison, args, output) -> None:
         output.note(f"wrote training curves {args.curves}", style="dim")
 
 
-def _materialize(data) -> tuple[np.ndarray, np.ndarray]:
+def _materialize(data) -> tuple:
+    """All batches joined: arrays, or lists/dicts of them for several inputs or outputs."""
+    import keras
+
     xs, ys = zip(*data.batches(4096, labels=True))
-    return np.concatenate(xs), np.concatenate(ys)
+    join = lambda parts: keras.tree.map_structure(lambda *arrays: np.concatenate(arrays), *parts)  # noqa: E731
+    return join(xs), join(ys)
