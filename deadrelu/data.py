@@ -52,10 +52,10 @@ class ProbeData:
             return
         for start in range(0, self.samples, batch_size):
             stop = min(start + batch_size, self.samples)
-            x = self._transform(_map(lambda a: np.asarray(a[start:stop]), self.x))
+            x = self._transform(map_arrays(lambda a: np.asarray(a[start:stop]), self.x))
             _check_finite(x, start // batch_size, start)
             if labels:
-                yield x, _map(lambda a: np.asarray(a[start:stop]), self.y)
+                yield x, map_arrays(lambda a: np.asarray(a[start:stop]), self.y)
             else:
                 yield x
 
@@ -111,11 +111,11 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     if isinstance(x, str):  # a folder of images, read at the model's size
         x = _read_images(x, input_shapes)
 
-    count = _count(x)
+    count = count_samples(x)
     if count == 0:
         raise DataError(f"the data in {source} holds no samples; pass a file with at least one sample")
-    if y is not None and _count(y) < count:
-        raise DataError(f"there are {_count(y)} labels for {count} samples; pass one label per sample")
+    if y is not None and count_samples(y) < count:
+        raise DataError(f"there are {count_samples(y)} labels for {count} samples; pass one label per sample")
     if samples is not None:
         count = min(count, samples)
     notes: list[str] = []
@@ -434,7 +434,8 @@ def _as_stream(data) -> Callable | None:
 
 # -- small helpers -------------------------------------------------------------------------
 
-def _map(fn, x):
+def map_arrays(fn, x):
+    """`fn` applied to an array, or to each array of a list or dict (several inputs or outputs)."""
     if isinstance(x, dict):
         return {k: fn(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -442,7 +443,8 @@ def _map(fn, x):
     return fn(x)
 
 
-def _count(x) -> int:
+def count_samples(x) -> int:
+    """Samples in an array, or in the first array of a list or dict."""
     if isinstance(x, dict):
         x = next(iter(x.values()))
     if isinstance(x, (list, tuple)):

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from deadrelu.data import count_samples, map_arrays
 from deadrelu.errors import UsageError
 
 
@@ -177,7 +178,7 @@ def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, 
     from deadrelu.scan import scan
 
     x_train, y_train, x_val, y_val = _split(x, y, validation_data, validation_split)
-    probe = _take(x_val, slice(None, probe_samples))
+    probe = map_arrays(lambda a: a[:probe_samples], x_val)
     results = []
     for name, model in variants.items():
         compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
@@ -198,8 +199,8 @@ def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, 
             dead_after=scan_after.summary["dead"], dying_after=scan_after.summary["dying"],
             before=before, after=after,
             history={k: [float(v) for v in values] for k, values in history.history.items()}))
-    settings = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_samples": _count(x_train),
-                "validation_samples": _count(x_val), "probe_samples": _count(probe),
+    settings = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_samples": count_samples(x_train),
+                "validation_samples": count_samples(x_val), "probe_samples": count_samples(probe),
                 "validation": "given" if validation_data is not None else f"last {validation_split:g} of the data"}
     return Comparison(variants=results, settings=settings)
 
@@ -226,26 +227,11 @@ def _split(x, y, validation_data, validation_split):
         return x, y, x_val, y_val
     if not validation_split or not 0 < validation_split < 1:
         raise UsageError("retraining needs validation data: pass --validation-data val.npz or --validation-split 0.2")
-    cut = int(round(_count(x) * (1 - validation_split)))
-    if cut < 1 or cut >= _count(x):
+    cut = int(round(count_samples(x) * (1 - validation_split)))
+    if cut < 1 or cut >= count_samples(x):
         raise UsageError(f"--validation-split {validation_split:g} leaves no training or no validation samples")
-    head, tail = slice(None, cut), slice(cut, None)
-    return _take(x, head), _take(y, head), _take(x, tail), _take(y, tail)
-
-
-def _take(structure, index: slice):
-    """The same slice of every array of an array, list or dict (several inputs or outputs)."""
-    if isinstance(structure, dict):
-        return {k: v[index] for k, v in structure.items()}
-    if isinstance(structure, (list, tuple)):
-        return [v[index] for v in structure]
-    return structure[index]
-
-
-def _count(structure) -> int:
-    first = next(iter(structure.values())) if isinstance(structure, dict) else \
-        structure[0] if isinstance(structure, (list, tuple)) else structure
-    return len(first)
+    head, tail = (lambda a: a[:cut]), (lambda a: a[cut:])
+    return map_arrays(head, x), map_arrays(head, y), map_arrays(tail, x), map_arrays(tail, y)
 
 
 def _evaluate(model, x, y, batch_size: int) -> dict[str, float]:
