@@ -585,7 +585,7 @@ def per_sample_loss(model, loss, y) -> Callable:
     ℓₙ is sample n's own loss as Keras computes it: the loss's values for that sample, averaged
     over any remaining axes (time steps, pixels) as Keras's mean reduction would. For a model with
     several outputs it is the weighted sum over outputs, as `fit` minimises it: each output's loss
-    (a dict or list of losses, or one loss for all) times its compiled `loss_weights`.
+    (a dict or list of losses, or one loss for all) times its compiled `loss_weights` (1 without).
 
     Args:
         model: The model (its compiled loss and loss weights are the default).
@@ -599,8 +599,7 @@ def per_sample_loss(model, loss, y) -> Callable:
     """
     names = list(getattr(model, "output_names", None) or [])
     shapes = output_shapes(model)
-    compiled = loss is None
-    if compiled:
+    if loss is None:
         loss = getattr(model, "loss", None)
         if loss is None:
             raise UsageError("the model has no stored loss; pass one with --loss NAME "
@@ -613,7 +612,7 @@ def per_sample_loss(model, loss, y) -> Callable:
         return _output_loss(loss, np.asarray(y), shapes[0] if shapes else None)
 
     losses = per_output(loss, names, "loss")
-    weights = per_output(_compiled_loss_weights(model) if compiled else None, names, "loss weight")
+    weights = per_output(_compiled_loss_weights(model), names, "loss weight")  # kept with --loss too
     labels = _by_output(y, names)
     if len(labels) != len(names):
         raise UsageError(f"the model has {len(names)} outputs ({', '.join(names)}); pass one label array per "
