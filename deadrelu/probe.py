@@ -186,6 +186,27 @@ def hooked(site_map: SiteMap, recorder: _Recorder):
                 object.__setattr__(layer, name, before)
 
 
+@contextlib.contextmanager
+def _own_traces_unreported():
+    """Keeps TensorFlow from calling probes "excessive retracing".
+
+    Every probe traces its step once, but TensorFlow counts traces per Python function, so a loop
+    scanning several models (one probe each) would read as retracing of one function.
+    """
+    import tensorflow as tf
+
+    def keep(record) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "Probe." in message)
+
+    logger = tf.get_logger()
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def _wrap(fn: Callable, site_index: int, recorder: _Recorder) -> Callable:
     def wrapped(*args, **kwargs):
         return recorder.record(site_index, fn(*args, **kwargs))
@@ -250,6 +271,14 @@ class Probe:
         Returns:
             A `ProbeResult`.
         """
+        with _own_traces_unreported():
+            samples = self._run(batches, on_batch)
+        if samples == 0:
+            raise DataError("the data holds no samples; pass a file or array with at least one sample")
+        return self._result(samples)
+
+    def _run(self, batches: Iterable, on_batch) -> int:
+        """One pass over `batches` (see `run`); returns the number of samples."""
         import tensorflow as tf
 
         samples = 0
@@ -274,9 +303,7 @@ class Probe:
             samples += n
             if on_batch is not None:
                 on_batch(n)
-        if samples == 0:
-            raise DataError("the data holds no samples; pass a file or array with at least one sample")
-        return self._result(samples)
+        return samples
 
     # -- building -------------------------------------------------------------------------
 

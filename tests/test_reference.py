@@ -280,6 +280,32 @@ def test_probe_cache_does_not_keep_models_alive():
     assert alive() is None
 
 
+def test_scanning_many_models_in_a_loop_is_not_reported_as_retracing():
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    collect = Collect()
+    logger = tf.get_logger()
+    logger.addHandler(collect)
+    try:
+        x = random_x((4,), 16, 0)
+        for seed in range(8):
+            keras.utils.set_random_seed(seed)
+            model = keras.Sequential([keras.Input((4,)), L.Dense(3, activation="relu"), L.Dense(1)])
+            deadrelu.scan(model, x, batch_size=16)  # one trace and one call per model
+    finally:
+        logger.removeHandler(collect)
+    assert not any("retracing" in message for message in collect.messages), collect.messages
+    assert not logger.filters  # the filter is gone after each run
+
+
 def test_recompiled_loss_gets_a_new_gradient_probe():
     keras.utils.set_random_seed(4)
     model = keras.Sequential([keras.Input((3,)), L.Dense(4, activation="relu"), L.Dense(2)])
