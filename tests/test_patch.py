@@ -539,10 +539,7 @@ def test_real_models(name, tmp_path):
     path = SHARED_MODELS / name
     if not path.exists():
         pytest.skip(f"{SHARED_MODELS} is absent (a user's clone has no ../shared)")
-    try:
-        model = deadrelu.load_model(str(path))
-    except deadrelu.ModelLoadError as exc:
-        pytest.skip(f"deadrelu.load_model cannot load {name} yet: {exc}")
+    model = deadrelu.load_model(str(path))
     low, high = REAL[name]
     x = np.random.default_rng(0).uniform(low, high, (4, *model.input_shape[1:])).astype("float32")
     for to in ("leaky", "prelu"):

@@ -343,6 +343,30 @@ def test_every_weighted_kind_through_batchnorm_and_relu_layer(kind):
     check(model, x, planted={"relu": [1, 3]})
 
 
+def test_keras_applications_mobilenetv2_patch_and_revive_are_exact():
+    """An architecture people fine-tune: ReLU(max_value=6) layers after BatchNorm, depthwise
+    convolutions and Add; every site rewritten exactly, every revivable dead unit revived exactly."""
+    from deadrelu.patch import patch_self_check
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=0.35, classes=5)
+    x = np.random.default_rng(0).uniform(0, 1, (16, 64, 64, 3)).astype(np.float32)
+    sites = deadrelu.find_sites(model).sites
+    assert len(sites) == 35 and all(s.kind == "relu_layer" and s.max_value == 6.0 for s in sites)
+    for to in ("leaky", "prelu"):
+        check = patch_self_check(model, x, to=to)
+        assert check.passed and check.max_abs_diff == 0.0, check.describe()
+    report = deadrelu.scan(model, x)
+    assert report.summary["dead"] > 0  # random weights on noise: some units never fire
+    revived, result = revive_with_result(model, x, seed=0)
+    assert output_difference(model, revived, [x])[0] <= ATOL
+    skipped_dead = sum(len(report.site(path).dead) for path in result.skipped)
+    assert result.units_revived + skipped_dead == report.summary["dead"]
+    after = deadrelu.scan(revived, x)
+    for path, units in result.revived.items():
+        assert not set(after.site(path).dead) & set(units), path
+
+
 # -- command line ---------------------------------------------------------------------------
 
 def test_cli_revives_dying_mlp(tmp_path, capfd):
