@@ -32,7 +32,12 @@ reason recorded.
 
 Sites that are standalone `Activation('relu')` / `ReLU` layers are revived through the layer
 that feeds them: `Dense/Conv → ReLU` or `Dense/Conv → BatchNormalization → ReLU`, when the
-producing layer has a linear activation and nothing else reads its output. The producer's
+producing layer has a linear activation and nothing else reads its output. When a
+BatchNormalization read by nothing else feeds the ReLU but no such Dense/Conv feeds it (`Add → BN →
+ReLU` in pre-activation ResNets, `Concatenate → BN → ReLU` in DenseNets), the unit's own
+parameters are its BatchNormalization channel: `gamma` is set as below, `beta` to the ReLU's
+threshold, and the moving statistics are kept — they still describe the channel's input — so the
+unit fires where its input is above its mean (or, with `gamma` negated, below it). The producer's
 units are re-initialised, and for BatchNormalization the channel is reset to a fresh,
 live-looking state: `gamma` = mean |gamma| of the live channels, `beta` = 0 (the ReLU's
 threshold for a thresholded ReLU), `moving_mean` = 0, `moving_variance` = mean moving variance
@@ -346,6 +351,15 @@ def _second_chance(model, targets: list["_Target"], data, batch_size: int, scan_
     dead = dead_units()
     for target in sorted(targets, key=lambda t: t.site.index):
         path = target.site.path
+        if target.producer is None:  # BatchNormalization only: fire on the other side of the mean
+            todo = sorted(dead[path] & {int(u) for u in target.units})
+            if todo and target.batchnorm.scale:
+                gamma = np.array(target.batchnorm.gamma.numpy())
+                gamma[todo] = -gamma[todo]
+                target.batchnorm.gamma.assign(gamma)
+                tries.update({(path, u): 1 for u in todo})
+                dead = dead_units()
+            continue
         kind = _weighted_kind(target.producer)
         kernel, _ = _kernel_of(kind, target.producer)
         while True:
@@ -372,7 +386,7 @@ def _second_chance(model, targets: list["_Target"], data, batch_size: int, scan_
                                 "or every draw pointed away from the data)")
     if tries:
         result.notes.append(f"{len(tries)} revived units did not fire on the data at first; their new incoming "
-                            "weights were negated or drawn again")
+                            "weights (or BatchNormalization scale) were negated or drawn again")
 
 
 def _units_text(units: list[int], shown: int = 8) -> str:
@@ -468,7 +482,7 @@ class _Target:
     site: object
     units: np.ndarray
     live: np.ndarray
-    producer: object = None   # the layer whose incoming weights are re-initialised
+    producer: object = None   # the layer whose incoming weights are re-initialised (None: BN only)
     batchnorm: object = None  # the BatchNormalization between producer and ReLU, if any
     bias_value: float = 0.0   # the new bias (the ReLU's threshold, so it fires for w·x > 0)
     norm: float | None = None  # mean norm of the live units' incoming weights
@@ -620,8 +634,25 @@ class _Graph:
             if self.only_consumer(batchnorm) is not calls[0] or len(self.nodes_of[id(batchnorm.layer)]) != 1:
                 return f"BatchNormalization '{batchnorm.layer.name}' feeding it is also used elsewhere"
             feeder = self.producer.get(batchnorm.inputs[0])
-            if feeder is None:
-                return "fed by a BatchNormalization of a model input: no incoming weights"
+        if site.kind == KIND_RELU_LAYER:
+            target.bias_value = float(site.threshold or 0.0)
+        reason = self._weighted_producer(target, feeder, batchnorm, calls[0])
+        if reason is None or batchnorm is None:
+            return reason
+        # No Dense/Conv of its own (Add → BN → ReLU in ResNet v2, Concatenate → BN → ReLU in
+        # DenseNet): the unit's own parameters are its BatchNormalization channel.
+        rank = len(self.shapes[batchnorm.outputs[0]])
+        if _bn_axis(batchnorm.layer, rank) != (rank - 1 if site.channel_axis == -1 else site.channel_axis - 1):
+            return f"BatchNormalization '{batchnorm.layer.name}' normalises another axis than the units' axis"
+        if not (batchnorm.layer.scale or batchnorm.layer.center):
+            return f"{reason}; BatchNormalization '{batchnorm.layer.name}' has no gamma or beta to reset"
+        target.producer, target.batchnorm = None, batchnorm.layer
+        return None
+
+    def _weighted_producer(self, target: _Target, feeder, batchnorm, relu_call) -> str | None:
+        """Dense/Conv → [BatchNormalization →] ReLU: sets the target's producer, or says why not."""
+        if feeder is None:
+            return "fed by a model input (through BatchNormalization or not): no incoming weights"
         producer = feeder.layer
         kind = _weighted_kind(producer)
         if kind is None:
@@ -630,7 +661,7 @@ class _Graph:
         if not _is_linear(producer):
             return (f"fed by {type(producer).__name__} '{producer.name}', which applies its own activation "
                     f"({producer.activation.__name__}) before this ReLU")
-        expected = batchnorm if batchnorm is not None else calls[0]
+        expected = batchnorm if batchnorm is not None else relu_call
         if self.only_consumer(feeder) is not expected or len(self.nodes_of[id(producer)]) != 1:
             return f"the output of '{producer.name}' is also used elsewhere, so its units cannot be changed"
         if batchnorm is not None and _bn_axis(batchnorm.layer, len(self.shapes[batchnorm.outputs[0]])) != \
@@ -638,8 +669,6 @@ class _Graph:
             return f"BatchNormalization '{batchnorm.layer.name}' normalises another axis than the units' axis"
         target.producer = producer
         target.batchnorm = batchnorm.layer if batchnorm is not None else None
-        if site.kind == KIND_RELU_LAYER:
-            target.bias_value = float(site.threshold or 0.0)
         return None
 
 
@@ -701,7 +730,7 @@ class _Propagation:
             self.sources.setdefault(id(target.site.layer), []).append(slot)
         self.revived_out: dict[int, np.ndarray] = {}
         for target in targets:
-            key = id(target.producer)
+            key = id(target.producer if target.producer is not None else target.batchnorm)
             self.revived_out[key] = np.union1d(self.revived_out.get(key, np.zeros(0, np.int64)), target.units)
         self.blocks: dict = {}
         self._block_live: dict[int, np.ndarray] = {}
@@ -945,6 +974,9 @@ def _kernel_of(kind: str, layer):
 def _reinitialize(target: _Target, seed: int, scale: str, edits: _Edits, notes: list[str]) -> None:
     """New incoming weights for the target's units; their bias; their BatchNormalization channel."""
     layer = target.producer
+    if layer is None:  # only a BatchNormalization channel: its input statistics still hold
+        _reset_batchnorm(target.batchnorm, target.units, target.live, target.bias_value, edits, keep_statistics=True)
+        return
     kind = _weighted_kind(layer)
     kernel, _ = _kernel_of(kind, layer)
     value, mask = edits.get(kernel)
@@ -1003,8 +1035,13 @@ def _draw(initializer, shape: tuple, seed: int, dtype) -> np.ndarray | None:
     return draw
 
 
-def _reset_batchnorm(layer, units: np.ndarray, live: np.ndarray, beta_value: float, edits: _Edits) -> None:
-    """Gives the revived channels a fresh state in which they can fire (see the module docstring)."""
+def _reset_batchnorm(layer, units: np.ndarray, live: np.ndarray, beta_value: float, edits: _Edits, *,
+                     keep_statistics: bool = False) -> None:
+    """Gives the revived channels a fresh state in which they can fire (see the module docstring).
+
+    `keep_statistics`: the channel's input was not re-drawn, so its moving mean and variance still
+    describe it; the unit then fires where its input is above its mean.
+    """
     if layer.scale:
         gamma, mask = edits.get(layer.gamma)
         gamma[units] = float(np.mean(np.abs(gamma[live]))) if live.size else 1.0
@@ -1013,6 +1050,8 @@ def _reset_batchnorm(layer, units: np.ndarray, live: np.ndarray, beta_value: flo
         beta, mask = edits.get(layer.beta)
         beta[units] = beta_value
         mask[units] = True
+    if keep_statistics:
+        return
     mean, mask = edits.get(layer.moving_mean)
     mean[units] = 0.0
     mask[units] = True
@@ -1024,6 +1063,9 @@ def _reset_batchnorm(layer, units: np.ndarray, live: np.ndarray, beta_value: flo
 def _block(layer, rows: np.ndarray, revived_out: np.ndarray | None, edits: _Edits) -> None:
     """Cuts the given input rows/channels off from the layer's output units (but its revived ones)."""
     if type(layer).__name__ == "BatchNormalization":
+        if revived_out is not None:  # a revived channel of its own may listen to another revived unit
+            rows = rows.copy()
+            rows[revived_out] = False
         _block_batchnorm(layer, rows, edits)
         return
     kind = _weighted_kind(layer)

@@ -163,6 +163,45 @@ def test_conv_batchnorm_relu_gap_dense(images):
     assert result.reinitialized["conv/kernel"][..., [2, 5]].all()
 
 
+@pytest.mark.parametrize("merge", ["add", "concatenate"])
+def test_batchnorm_relu_after_add_or_concatenate_revives_through_the_batchnorm(merge, images):
+    """Pre-activation ResNet (Add → BN → ReLU) and DenseNet (Concatenate → BN → ReLU): no Dense/Conv
+    feeds the ReLU, so the dead units' BatchNormalization channels are reset; statistics kept."""
+    keras.utils.set_random_seed(13)
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = L.Conv2D(4, 3, padding="same", name="b")(inputs)
+    h = L.Add(name="merge")([a, b]) if merge == "add" else L.Concatenate(name="merge")([a, b])
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.ReLU(name="relu")(h)
+    h = L.Conv2D(3, 1, name="after")(h)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(h)))
+    channels = model.get_layer("bn").gamma.shape[0]
+    stats = model.get_layer("bn").get_weights()[2:]
+    model.get_layer("bn").set_weights([np.full(channels, 1.5, np.float32), np.zeros(channels, np.float32), *stats])
+    plant(model, "bn", [1, 3], value=-50.0, weight=1)  # beta
+    revived, result, before, after = check(model, images, planted={"relu": [1, 3]})
+    assert np.allclose(after["bn/gamma"][[1, 3]], 1.5) and np.all(after["bn/beta"][[1, 3]] == 0)
+    for statistic in ("bn/moving_mean", "bn/moving_variance"):  # the input's statistics still hold
+        assert np.array_equal(after[statistic], before[statistic])
+    assert not any(key.startswith(("a/", "b/")) for key in result.reinitialized)
+    assert result.reinitialized["after/kernel"][..., [1, 3], :].all()  # cut downstream
+
+
+def test_batchnorm_only_unit_whose_input_never_exceeds_its_mean_gets_gamma_negated(images):
+    keras.utils.set_random_seed(14)
+    inputs = keras.Input((8, 8, 3))
+    h = L.Add(name="merge")([L.Conv2D(4, 3, name="a")(inputs), L.Conv2D(4, 3, name="b")(inputs)])
+    h = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(h))
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(h)))
+    mean = np.zeros(4, np.float32)
+    mean[2] = 1e3  # the channel's input is always far below this "mean"
+    model.get_layer("bn").set_weights([np.ones(4, np.float32), np.zeros(4, np.float32), mean,
+                                       np.ones(4, np.float32)])
+    _, result, _, after = check(model, images, planted={"relu": [2]})
+    assert after["bn/gamma"][2] < 0 and any("negated" in note for note in result.notes)
+
+
 def test_dense_then_batchnorm_cuts_through_gamma():
     """A site followed by BatchNormalization: gamma → 0, beta → the channel's old constant."""
     keras.utils.set_random_seed(5)
