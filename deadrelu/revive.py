@@ -657,7 +657,7 @@ class _Graph:
         kind = _weighted_kind(producer)
         if kind is None:
             return (f"fed by {type(producer).__name__} '{producer.name}', which has no per-unit incoming "
-                    "weights (revive supports Dense/Conv → [BatchNormalization →] ReLU)")
+                    "weights (revive needs a Dense/Conv or a BatchNormalization of the ReLU's own before it)")
         if not _is_linear(producer):
             return (f"fed by {type(producer).__name__} '{producer.name}', which applies its own activation "
                     f"({producer.activation.__name__}) before this ReLU")
