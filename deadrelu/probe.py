@@ -727,7 +727,7 @@ def per_output(value, names: list[str], what: str) -> list:
         return [value.get(name) for name in names]
     if isinstance(value, (list, tuple)):
         if len(value) != len(names):
-            raise UsageError(f"{len(value)} {what}es for {len(names)} outputs; give one per output")
+            raise UsageError(f"a {what} list of {len(value)} entries for {len(names)} outputs; give one per output")
         return list(value)
     return [value] * len(names)
 
