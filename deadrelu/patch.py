@@ -413,7 +413,8 @@ class _Rewriter:
                  shared_axes: str | None):
         self.model = model
         self.to, self.alpha, self.alpha_init, self.shared_axes = to, alpha, alpha_init, shared_axes
-        self.sites = {id(site.layer): site for site in selected}
+        selected = list(selected)
+        self.sites = {id(site.layer): site for site in selected if site.recurrent is None}
         self.memo: dict[int, object] = {}      # id(old layer) → new layer (keeps sharing intact)
         self.post: dict[int, list] = {}        # id(new layer) → activation layers applied after it
         self.pairs: list[tuple[object, object]] = []  # (old, new) layers whose weights carry over
@@ -421,6 +422,11 @@ class _Rewriter:
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []
         self.taken = set(_all_names(model))
+        for site in selected:
+            if site.recurrent is not None:
+                self.skipped[site.path] = (
+                    "a SimpleRNN's activation runs inside the recurrence, where no layer can follow it; "
+                    "rebuild it with activation=keras.layers.LeakyReLU(negative_slope=0.01) by hand")
 
     def run(self):
         new = self._clone(self.model)

@@ -177,6 +177,9 @@ def hooked(site_map: SiteMap, recorder: _Recorder):
             layer, name = site.hook
             saved.append((layer, name, layer.__dict__.get(name, _MISSING)))
             object.__setattr__(layer, name, _wrap(getattr(layer, name), site.index, recorder))
+            if site.recurrent is not None:  # each time step's activation in the step's own graph
+                saved.append((site.recurrent, "unroll", site.recurrent.__dict__.get("unroll", _MISSING)))
+                object.__setattr__(site.recurrent, "unroll", True)
         yield
     finally:
         for layer, name, before in reversed(saved):

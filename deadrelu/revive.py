@@ -617,6 +617,9 @@ class _Graph:
         if not calls:
             return ("not part of a functional graph deadrelu can follow (inside a subclassed model?); "
                     "its dead units are left as they are")
+        if site.recurrent is not None:
+            return ("a recurrent unit (SimpleRNN): its step reads its own last output, which ReDo's "
+                    "re-initialisation does not cover")
         if site.kind == KIND_FUSED:
             if _weighted_kind(layer) is None:
                 return f"re-initialising units of a {type(layer).__name__} is not supported"

@@ -21,6 +21,8 @@ _OTHER_ACTIVATIONS = {
 }
 # Layer classes whose `activation` runs inside a loop or that we cannot observe per call.
 _RECURRENT_MARKERS = ("RNN", "LSTM", "GRU", "Cell", "Bidirectional")
+# A SimpleRNN is measured by unrolling it while the probe runs: one copy of the step per time step.
+MAX_UNROLLED_STEPS = 256
 
 KIND_FUSED = "fused"
 KIND_ACTIVATION = "activation"
@@ -44,6 +46,8 @@ class Site:
         hook: The object whose attribute the probe wraps to observe the site's output, and the
             attribute's name: `(layer, "activation")`, `(layer, "call")`, or for a layer inside
             `TimeDistributed` the wrapper's `call`, so time steps count as positions.
+        recurrent: For a `SimpleRNN` site, the layer itself: the probe unrolls it while it runs,
+            so the cell's activation is observed once per time step (each step a call); else None.
     """
 
     path: str
@@ -55,6 +59,7 @@ class Site:
     channel_axis: int
     index: int
     hook: tuple = dataclasses.field(compare=False, repr=False, default=())
+    recurrent: object = dataclasses.field(compare=False, repr=False, default=None)
 
     @property
     def layer_class(self) -> str:
@@ -151,6 +156,8 @@ def find_sites(model) -> SiteMap:
         seen.add(id(layer))
         path = unique(f"{prefix}{layer.name}")
         _classify(layer, path, previous, sites, others, wrapper)
+        if sites and sites[-1].recurrent is layer:
+            return  # its cell is the site's own step, not another place
         children = _children(layer)
         if children:
             # Nested models and container layers prefix their children's paths.
@@ -216,14 +223,32 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
         return
     is_activation_layer = isinstance(layer, keras.layers.Activation)
     if name in _SITE_ACTIVATIONS:
+        if isinstance(layer, keras.layers.SimpleRNN) and wrapper is None:
+            steps = _time_steps(layer)
+            if steps is not None and steps <= MAX_UNROLLED_STEPS:
+                sites.append(Site(path, layer, KIND_FUSED, name, _SITE_ACTIVATIONS[name], 0.0, -1, index,
+                                  (layer.cell, "activation"), recurrent=layer))
+                return
+            others.append(OtherActivation(path, cls, name, f"recurrent activation over {steps or 'a variable number of'} "
+                                          f"time steps: measured for up to {MAX_UNROLLED_STEPS} fixed steps only"))
+            return
         if any(marker in cls for marker in _RECURRENT_MARKERS):
-            others.append(OtherActivation(path, cls, name, "recurrent activation: runs inside a loop, not measured"))
+            others.append(OtherActivation(path, cls, name, "recurrent activation: runs inside a loop, not measured "
+                                          "(SimpleRNN is measured; LSTM and GRU apply it twice or mix it per step)"))
             return
         kind = KIND_ACTIVATION if is_activation_layer else KIND_FUSED
         axis = _inherited_channel_axis(layer, previous) if is_activation_layer else _own_channel_axis(layer)
         sites.append(Site(path, layer, kind, name, _SITE_ACTIVATIONS[name], 0.0, axis, index, hook("activation")))
     elif name != "linear":
         others.append(OtherActivation(path, cls, name, "cannot die (not a zero-slope ReLU)"))
+
+
+def _time_steps(layer) -> int | None:
+    """The fixed number of time steps a recurrent layer runs over, or None."""
+    try:
+        return layer.input.shape[1]
+    except Exception:  # noqa: BLE001 - never called symbolically (subclassed models)
+        return None
 
 
 def _own_channel_axis(layer) -> int:

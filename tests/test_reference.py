@@ -9,6 +9,7 @@ the site. No expected number comes from the engine itself.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -829,6 +830,63 @@ def test_multi_output_labels_must_cover_every_output():
         deadrelu.scan(model, x, labels=[y_cls], gradients=True)
     with pytest.raises(deadrelu.UsageError, match="names the output 'nope'"):
         deadrelu.scan(model, x, labels=[y_cls, y_cls], gradients=True, loss={"nope": "mse"})
+
+
+def _simple_rnn_reference(x, kernel, recurrent, bias, *, cap=None, backwards=False):
+    """The activation of every time step of a SimpleRNN, by a plain loop: a list of [N, units]."""
+    h = np.zeros((len(x), kernel.shape[1]), np.float32)
+    steps = []
+    for t in (range(x.shape[1] - 1, -1, -1) if backwards else range(x.shape[1])):
+        h = np.maximum(x[:, t] @ kernel + h @ recurrent + bias, 0)
+        if cap is not None:
+            h = np.minimum(h, cap)
+        steps.append(h)
+    return steps
+
+
+@pytest.mark.parametrize("variant", ["last", "sequences", "relu6", "backwards"])
+def test_simple_rnn_every_time_step_is_a_call(variant):
+    """SimpleRNN(relu): the probe unrolls it, so each time step's activation counts (N × T)."""
+    keras.utils.set_random_seed(17)
+    act = "relu6" if variant == "relu6" else "relu"
+    rnn = L.SimpleRNN(5, activation=act, return_sequences=variant == "sequences",
+                      go_backwards=variant == "backwards", name="rnn")
+    inp = keras.Input((6, 3))
+    h = rnn(inp)
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(h) if variant == "sequences" else h))
+    kernel, recurrent, bias = rnn.get_weights()
+    bias[DEAD] = -1e3
+    rnn.set_weights([kernel, recurrent * 0.5, bias + 0.5])
+    x = random_x((6, 3), N, 17, scale=3.0)
+    steps = _simple_rnn_reference(x, kernel, recurrent * 0.5, bias + 0.5, cap=6.0 if act == "relu6" else None,
+                                  backwards=variant == "backwards")
+    before = json.dumps(model.get_config(), sort_keys=True, default=str)
+    report = deadrelu.scan(model, x, batch_size=BATCH)
+    site = report.sites[0]
+    assert (site.path, site.kind, site.calls) == ("rnn", "fused", 6)
+    assert_site_matches(site, reference_stats(steps, max_value=6.0 if act == "relu6" else None))
+    assert DEAD in site.dead
+    assert rnn.unroll is False and json.dumps(model.get_config(), sort_keys=True, default=str) == before
+
+
+def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave_it():
+    from deadrelu.patch import patch_model
+    from deadrelu.revive import revive_in_place
+
+    variable = keras.Model(inp := keras.Input((None, 3)), L.SimpleRNN(4, activation="relu", name="rnn")(inp))
+    site_map = deadrelu.find_sites(variable)
+    assert not site_map.sites and "variable number of time steps" in site_map.others[0].reason
+
+    keras.utils.set_random_seed(18)
+    model = keras.Model(inp := keras.Input((5, 3)), L.Dense(2)(L.SimpleRNN(4, activation="relu", name="rnn")(inp)))
+    kernel, recurrent, bias = model.get_layer("rnn").get_weights()
+    bias[0] = -1e3
+    model.get_layer("rnn").set_weights([kernel, recurrent, bias])
+    x = random_x((5, 3), 12, 18)
+    result = patch_model(model, "leaky")
+    assert not result.rewrites and "inside the recurrence" in result.skipped["rnn"]
+    report = deadrelu.scan(model, x)
+    assert "recurrent unit" in revive_in_place(model, report).skipped["rnn"]
 
 
 def test_time_distributed_dense_time_steps_are_positions():
