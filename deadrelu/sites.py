@@ -245,8 +245,10 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
 
 def _time_steps(layer) -> int | None:
     """The fixed number of time steps a recurrent layer runs over, or None."""
+    import keras
+
     try:
-        return layer.input.shape[1]
+        return keras.tree.flatten(layer.input)[0].shape[1]  # the input, without a mask beside it
     except Exception:  # noqa: BLE001 - never called symbolically (subclassed models)
         return None
 

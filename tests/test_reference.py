@@ -869,6 +869,26 @@ def test_simple_rnn_every_time_step_is_a_call(variant):
     assert rnn.unroll is False and json.dumps(model.get_config(), sort_keys=True, default=str) == before
 
 
+def test_simple_rnn_behind_a_mask_counts_every_step():
+    """Masked steps still run the cell's activation (Keras selects the outputs afterwards)."""
+    keras.utils.set_random_seed(19)
+    rnn = L.SimpleRNN(4, activation="relu", name="rnn")
+    model = keras.Model(inp := keras.Input((6, 3)), L.Dense(2)(rnn(L.Masking(0.0)(inp))))
+    x = random_x((6, 3), 10, 19, scale=2.0)
+    x[:, 4:] = 0.0  # the last two steps are masked
+    kernel, recurrent, bias = rnn.get_weights()
+    site = deadrelu.scan(model, x, batch_size=4).sites[0]
+    assert site.calls == 6
+    assert_site_matches(site, reference_stats(_simple_rnn_reference(x, kernel, recurrent, bias)[:4] +
+                                              _masked_steps(x, kernel, recurrent, bias)))
+
+
+def _masked_steps(x, kernel, recurrent, bias):
+    """Steps 5 and 6 behind the mask: the cell runs on zeros from the last unmasked state."""
+    h = _simple_rnn_reference(x[:, :4], kernel, recurrent, bias)[-1]
+    return [np.maximum(x[:, t] @ kernel + h @ recurrent + bias, 0) for t in (4, 5)]
+
+
 def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave_it():
     from deadrelu.patch import patch_model
     from deadrelu.revive import revive_in_place
