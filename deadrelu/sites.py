@@ -156,8 +156,8 @@ def find_sites(model) -> SiteMap:
         seen.add(id(layer))
         path = unique(f"{prefix}{layer.name}")
         _classify(layer, path, previous, sites, others, wrapper)
-        if sites and sites[-1].recurrent is layer:
-            return  # its cell is the site's own step, not another place
+        if getattr(layer, "cell", None) is not None:
+            return  # a recurrent layer: its cell's activation is the layer's own, said once above
         children = _children(layer)
         if children:
             # Nested models and container layers prefix their children's paths.
@@ -229,8 +229,10 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
                 sites.append(Site(path, layer, KIND_FUSED, name, _SITE_ACTIVATIONS[name], 0.0, -1, index,
                                   (layer.cell, "activation"), recurrent=layer))
                 return
-            others.append(OtherActivation(path, cls, name, f"recurrent activation over {steps or 'a variable number of'} "
-                                          f"time steps: measured for up to {MAX_UNROLLED_STEPS} fixed steps only"))
+            reason = (f"recurrent activation over {steps} time steps: measured for up to {MAX_UNROLLED_STEPS} only"
+                      if steps is not None else "recurrent activation over a number of time steps that is not fixed "
+                      "or not known here (e.g. inside Bidirectional): not measured")
+            others.append(OtherActivation(path, cls, name, reason))
             return
         if any(marker in cls for marker in _RECURRENT_MARKERS):
             others.append(OtherActivation(path, cls, name, "recurrent activation: runs inside a loop, not measured "
