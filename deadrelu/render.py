@@ -100,6 +100,8 @@ def _kind_label(site: SiteReport) -> str:
         extras.append(f"max {site.params['max_value']:g}")
     if site.params.get("threshold"):
         extras.append(f"thr {site.params['threshold']:g}")
+    if site.params.get("time_steps"):
+        extras.append(f"{site.params['time_steps']} steps")
     kind = {"fused": "fused", "activation": "Activation", "relu_layer": "layer"}.get(site.kind, site.kind)
     return f"{kind}:{label}" + (f" ({', '.join(extras)})" if extras else "")
 

@@ -79,6 +79,8 @@ class Site:
             params["threshold"] = self.threshold
         if self.channel_axis != -1:
             params["channel_axis"] = self.channel_axis
+        if self.recurrent is not None:
+            params["time_steps"] = _time_steps(self.recurrent)  # each step is one call of the site
         return params
 
 

@@ -863,7 +863,7 @@ def test_simple_rnn_every_time_step_is_a_call(variant):
     before = json.dumps(model.get_config(), sort_keys=True, default=str)
     report = deadrelu.scan(model, x, batch_size=BATCH)
     site = report.sites[0]
-    assert (site.path, site.kind, site.calls) == ("rnn", "fused", 6)
+    assert (site.path, site.kind, site.calls, site.params["time_steps"]) == ("rnn", "fused", 6, 6)
     assert_site_matches(site, reference_stats(steps, max_value=6.0 if act == "relu6" else None))
     assert DEAD in site.dead
     assert rnn.unroll is False and json.dumps(model.get_config(), sort_keys=True, default=str) == before
