@@ -86,20 +86,18 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     """
     if samples is not None and samples < 1:
         raise DataError(f"--samples must be at least 1 (got {samples})")
-    input_shapes = _model_input_shapes(model)
-    input_names = _model_input_names(model)
-    input_dtypes = _model_input_dtypes(model)
+    inputs = _Inputs.of(model)
     output_names = _model_output_names(model)
     if data is None:
-        return _synthetic(input_shapes, synthetic_samples if samples is None else samples)
+        return _synthetic(inputs.shapes, synthetic_samples if samples is None else samples)
 
     stream = _as_stream(data)
     if stream is not None:
         return ProbeData(x=None, source=type(data).__name__, stream=stream,
-                         _transform=_adapter(None, input_shapes, input_names, rescale, [], input_dtypes))
+                         _transform=_adapter(None, inputs, rescale, []))
 
     source = data if isinstance(data, str) else "in-memory"
-    x, y_in_file = (_read_path(data, for_labels=False, input_names=input_names, output_names=output_names)
+    x, y_in_file = (_read_path(data, for_labels=False, input_names=inputs.names, output_names=output_names)
                     if isinstance(data, (str, os.PathLike)) else (data, None))
     if isinstance(data, os.PathLike):
         source = os.fspath(data)
@@ -109,7 +107,7 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     if y is None:
         y = y_in_file
     if isinstance(x, str):  # a folder of images, read at the model's size
-        x = _read_images(x, input_shapes)
+        x = _read_images(x, inputs.shapes)
 
     count = count_samples(x)
     if count == 0:
@@ -119,7 +117,7 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     if samples is not None:
         count = min(count, samples)
     notes: list[str] = []
-    transform = _adapter(x, input_shapes, input_names, rescale, notes, input_dtypes)
+    transform = _adapter(x, inputs, rescale, notes)
     return ProbeData(x=x, y=y, samples=count, source=source, notes=notes, _transform=transform)
 
 
@@ -275,7 +273,7 @@ def _read_images(folder: str, input_shapes) -> np.ndarray:
 
 # -- adaptation ----------------------------------------------------------------------------
 
-def _adapter(x, input_shapes, input_names, rescale: float | None, notes: list[str], input_dtypes=None) -> Callable:
+def _adapter(x, inputs: _Inputs, rescale: float | None, notes: list[str]) -> Callable:
     """Builds the per-batch transform that makes the data fit the model, and says what it does.
 
     Each input array is checked against its model input (by position, or by name in a dict): a
@@ -285,10 +283,10 @@ def _adapter(x, input_shapes, input_names, rescale: float | None, notes: list[st
     """
     # Without arrays to inspect (a stream), adapt every array alike: as floats unless the model
     # takes integers (token ids).
-    default = _Plan(as_float=not input_dtypes or all("float" in dtype for dtype in input_dtypes))
+    default = _Plan(as_float=not inputs.dtypes or all("float" in dtype for dtype in inputs.dtypes))
     plans = {} if x is None else {key: _plan(array, shape, dtype, label, notes, hint=rescale is None)
                                   for key, array, shape, dtype, label
-                                  in _pair_inputs(x, input_shapes, input_names, input_dtypes)}
+                                  in _pair_inputs(x, inputs)}
     if rescale is not None:
         if any(plan.as_float for plan in (plans.values() if plans else [default])):
             notes.append(f"inputs multiplied by {rescale:g}")
@@ -324,15 +322,16 @@ class _Plan:
     as_float: bool = True
 
 
-def _pair_inputs(x, input_shapes, input_names, input_dtypes) -> list[tuple]:
+def _pair_inputs(x, inputs: _Inputs) -> list[tuple]:
     """(key in x, array, model input shape, model input dtype, label for messages) per input array;
     shape and dtype are None where unknown."""
-    count = len(input_shapes) if input_shapes else None
+    count = len(inputs.shapes) if inputs.shapes else None
+    input_names = inputs.names
 
     def model_input(index):
-        if index is None or not input_shapes:
+        if index is None or not inputs.shapes:
             return None, None
-        return input_shapes[index], (input_dtypes[index] if input_dtypes else None)
+        return inputs.shapes[index], inputs.dtypes[index]
 
     if isinstance(x, dict):
         names = input_names or []
@@ -381,30 +380,27 @@ def _shape_fits(have: tuple, want: tuple) -> bool:
     return len(have) == len(want) and all(w is None or h == w for h, w in zip(have, want))
 
 
-def _model_input_dtypes(model) -> list[str] | None:
-    try:
-        return [str(t.dtype) for t in model.inputs]
-    except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
-        return None
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What the data is adapted to: the model's input shapes (without the batch axis), names and
+    dtypes, in input order (None each for a subclassed model, which has no symbolic inputs)."""
+
+    shapes: list | None = None
+    names: list | None = None
+    dtypes: list | None = None
+
+    @classmethod
+    def of(cls, model) -> "_Inputs":
+        try:
+            inputs = list(model.inputs)
+        except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
+            return cls()
+        return cls([tuple(t.shape[1:]) for t in inputs], [t.name for t in inputs], [str(t.dtype) for t in inputs])
 
 
 def _model_output_names(model) -> list[str] | None:
     names = getattr(model, "output_names", None)
     return list(names) if names else None
-
-
-def _model_input_names(model) -> list[str] | None:
-    try:
-        return [t.name for t in model.inputs]
-    except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
-        return None
-
-
-def _model_input_shapes(model) -> list | None:
-    try:
-        return [tuple(t.shape[1:]) for t in model.inputs]
-    except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
-        return None
 
 
 def _synthetic(input_shapes, count: int) -> ProbeData:

@@ -635,11 +635,7 @@ def per_sample_loss(model, loss, y) -> Callable:
             raise UsageError("the model has no stored loss; pass one with --loss NAME "
                              "(e.g. --loss categorical_crossentropy)")
     if len(shapes) <= 1:
-        if isinstance(loss, (list, tuple)) and len(loss) == 1:
-            loss = loss[0]
-        if isinstance(loss, dict) and len(loss) == 1:
-            loss = next(iter(loss.values()))
-        return _output_loss(loss, np.asarray(y), shapes[0] if shapes else None)
+        return _output_loss(single_loss(loss), np.asarray(y), shapes[0] if shapes else None)
 
     losses = per_output(loss, names, "loss")
     weights = per_output(_compiled_loss_weights(model), names, "loss weight")  # kept with --loss too
@@ -687,6 +683,15 @@ def _output_loss(loss, y: np.ndarray, out_shape) -> Callable:
         return values
 
     return per_sample
+
+
+def single_loss(loss):
+    """The loss of a one-output model compiled with a list or dict of one loss; else `loss` itself."""
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        return loss[0]
+    if isinstance(loss, dict) and len(loss) == 1:
+        return next(iter(loss.values()))
+    return loss
 
 
 def output_shapes(model) -> list[tuple]:

@@ -69,14 +69,11 @@ def match_labels(y, model):
     `y` is an array, or for a model with several outputs a list (output order) or dict (output
     name) of arrays; each output is matched with its own loss.
     """
-    from deadrelu.probe import output_shapes, per_output
+    from deadrelu.probe import output_shapes, per_output, single_loss
 
     shapes = output_shapes(model)
     if not isinstance(y, (dict, list, tuple)):
-        loss = getattr(model, "loss", None)
-        if isinstance(loss, (dict, list, tuple)) and len(loss) == 1:
-            loss = next(iter(loss.values())) if isinstance(loss, dict) else loss[0]
-        return _match_one(y, loss, shapes[0] if shapes else None)
+        return _match_one(y, single_loss(getattr(model, "loss", None)), shapes[0] if shapes else None)
     names = list(model.output_names)
     losses = dict(zip(names, per_output(getattr(model, "loss", None), names, "loss")))
     if isinstance(y, dict):
