@@ -11,14 +11,14 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from deadrelu._version import __version__
 
 from deadrelu.errors import DataError, DeadReluError, ModelLoadError, UnsupportedModelError, UsageError
 from deadrelu.loading import load_model
-from deadrelu.patch import PatchResult, SelfCheckError, patch, patch_model, patch_self_check
+from deadrelu.patcher import PatchResult, SelfCheckError, patch, patch_model, patch_self_check
 from deadrelu.report import Report, SiteReport, Thresholds
-from deadrelu.revive import ReviveResult, revive, revive_in_place, revive_with_result
-from deadrelu.scan import scan
+from deadrelu.reviver import ReviveResult, revive, revive_in_place, revive_with_result
+from deadrelu.scanner import scan
 from deadrelu.sites import Site, find_sites
 
 

@@ -158,7 +158,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         return check
 
     def _revive(self, report: Report) -> None:
-        from deadrelu.revive import revive_in_place
+        from deadrelu.reviver import revive_in_place
 
         result = revive_in_place(self.model, report, seed=self.seed, data=self.data, batch_size=self.batch_size,
                                  scan_options={"samples": self.samples})

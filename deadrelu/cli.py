@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
     import pkgutil
 
-    from deadrelu import __version__, commands
+    from deadrelu import commands
+    from deadrelu._version import __version__
 
     parser = Parser(prog="deadrelu", description="Find, measure and fix dead ReLU units in Keras models.")
     parser.add_argument("--version", action="version", version=f"deadrelu {__version__}")

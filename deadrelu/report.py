@@ -259,6 +259,6 @@ def _indices(mask: np.ndarray) -> list[int]:
 
 
 def _version() -> str:
-    from deadrelu import __version__
+    from deadrelu._version import __version__
 
     return __version__

@@ -172,7 +172,7 @@ def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, 
     """
     import keras
 
-    from deadrelu.scan import scan
+    from deadrelu.scanner import scan
 
     x_train, y_train, x_val, y_val = _split(x, y, validation_data, validation_split)
     probe = map_arrays(lambda a: a[:probe_samples], x_val)

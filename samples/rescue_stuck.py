@@ -32,7 +32,7 @@ def main() -> None:
 
     import deadrelu
     from deadrelu.retrain import retrain
-    from deadrelu.revive import copy_model
+    from deadrelu.reviver import copy_model
 
     with np.load(args.mnist) as f:
         x_train = (f["x_train"][:args.train_samples].astype(np.float32) / 255)[..., None]

@@ -18,7 +18,7 @@ import pytest
 import deadrelu
 from deadrelu.cli import main
 from deadrelu.errors import UnsupportedModelError, UsageError
-from deadrelu.patch import SelfCheck, patch, patch_model, patch_self_check
+from deadrelu.patcher import SelfCheck, patch, patch_model, patch_self_check
 from deadrelu.saving import save_model
 
 L = keras.layers
@@ -515,7 +515,7 @@ def test_cli_refusals(tmp_path, capfd):
 def test_cli_self_check_failure_is_internal(tmp_path, capfd, monkeypatch):
     import importlib
 
-    patch_module = importlib.import_module("deadrelu.patch")  # the module, not deadrelu.patch()
+    patch_module = importlib.import_module("deadrelu.patcher")  # the module, not deadrelu.patch()
 
     monkeypatch.setattr(patch_module, "patch_self_check",
                         lambda *a, **k: SelfCheck(max_abs_diff=0.5, samples=8, synthetic=True))

@@ -890,8 +890,8 @@ def _masked_steps(x, kernel, recurrent, bias):
 
 
 def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave_it():
-    from deadrelu.patch import patch_model
-    from deadrelu.revive import revive_in_place
+    from deadrelu.patcher import patch_model
+    from deadrelu.reviver import revive_in_place
 
     variable = keras.Model(inp := keras.Input((None, 3)), L.SimpleRNN(4, activation="relu", name="rnn")(inp))
     site_map = deadrelu.find_sites(variable)

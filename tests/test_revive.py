@@ -17,7 +17,7 @@ import pytest
 
 import deadrelu
 from deadrelu.cli import main
-from deadrelu.revive import ReviveResult, output_difference, revive, revive_in_place, revive_with_result
+from deadrelu.reviver import ReviveResult, output_difference, revive, revive_in_place, revive_with_result
 
 L = keras.layers
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,7 +385,7 @@ def test_every_weighted_kind_through_batchnorm_and_relu_layer(kind):
 def test_keras_applications_mobilenetv2_patch_and_revive_are_exact():
     """An architecture people fine-tune: ReLU(max_value=6) layers after BatchNorm, depthwise
     convolutions and Add; every site rewritten exactly, every revivable dead unit revived exactly."""
-    from deadrelu.patch import patch_self_check
+    from deadrelu.patcher import patch_self_check
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=0.35, classes=5)

@@ -42,7 +42,7 @@ def retrain_from_args(args, output, source, variants: dict):
     from deadrelu.data import load_data
     from deadrelu.errors import UsageError
     from deadrelu.retrain import plot_curves, retrain
-    from deadrelu.revive import copy_model
+    from deadrelu.reviver import copy_model
 
     if args.data is None:
         raise UsageError("--retrain needs training data: pass --data train.npz (with 'y', or --labels y.npy)")

@@ -89,7 +89,7 @@ def make_patch(args, output, out_path: str = "") -> PatchRun:
         SelfCheckError: The slope-0 patch does not reproduce the original outputs (exit 3).
     """
     from deadrelu.cli import load_from_args
-    from deadrelu.patch import SelfCheckError, patch_model, patch_self_check
+    from deadrelu.patcher import SelfCheckError, patch_model, patch_self_check
     from deadrelu.report import Report
 
     loaded = load_from_args(args)
@@ -102,7 +102,7 @@ def make_patch(args, output, out_path: str = "") -> PatchRun:
         if sha and sha != loaded.sha256:
             output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
     elif args.only != "all":
-        from deadrelu.scan import describe_loaded, scan
+        from deadrelu.scanner import describe_loaded, scan
 
         with output.progress("scanning") as (on_start, on_batch):
             report = scan(loaded.model, args.data, batch_size=args.batch_size, samples=args.samples,
@@ -144,7 +144,7 @@ def save(patched: PatchRun, args, output) -> None:
 
 def summary_dict(patched: PatchRun) -> dict:
     """The --json summary: input, output, settings, every rewrite and the self-check."""
-    from deadrelu import __version__
+    from deadrelu._version import __version__
 
     loaded = patched.loaded
     return {

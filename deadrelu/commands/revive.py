@@ -100,8 +100,8 @@ def make_revival(args, output, out_path: str = "") -> ReviveRun:
     """Loads MODEL, scans it (or reads --report), and revives a copy of it."""
     from deadrelu.cli import load_from_args
     from deadrelu.report import Report
-    from deadrelu.revive import copy_model, revive_in_place
-    from deadrelu.scan import describe_loaded, scan
+    from deadrelu.reviver import copy_model, revive_in_place
+    from deadrelu.scanner import describe_loaded, scan
 
     loaded = load_from_args(args)
     for repair in loaded.repairs:
@@ -135,7 +135,7 @@ def check_outputs(revived: ReviveRun, args) -> None:
         revived.notes.append("no --data: the outputs were not compared")
         return
     from deadrelu.data import load_data
-    from deadrelu.revive import output_difference
+    from deadrelu.reviver import output_difference
 
     samples = min(filter(None, (args.samples, args.check_samples)), default=None)
     data = load_data(args.data, revived.loaded.model, samples=samples, rescale=args.rescale)
@@ -150,7 +150,7 @@ def rescan(revived: ReviveRun, args, output) -> None:
     """Scans the revived model on the same data: the revived units should fire now."""
     if not args.data:
         return
-    from deadrelu.scan import scan
+    from deadrelu.scanner import scan
 
     with output.progress("rescanning") as (on_start, on_batch):
         revived.after = scan(revived.model, args.data, batch_size=args.batch_size, samples=args.samples,
@@ -175,7 +175,7 @@ def save(revived: ReviveRun, args, output) -> None:
 
 def summary_dict(revived: ReviveRun) -> dict:
     """The --json summary: input, output, per-site revival, the output check, dead before/after."""
-    from deadrelu import __version__
+    from deadrelu._version import __version__
 
     loaded = revived.loaded
     after = {s.path: s for s in revived.after.sites} if revived.after is not None else {}

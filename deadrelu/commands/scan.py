@@ -31,7 +31,7 @@ def register(subparsers, parents):
 
 def run(args, output) -> int:
     from deadrelu.files import check_output_path
-    from deadrelu.scan import describe_loaded, scan
+    from deadrelu.scanner import describe_loaded, scan
 
     for path in (args.json, args.plot):
         if path:

@@ -174,7 +174,7 @@ def revive_with_result(model, report_or_data, *, seed: int | None = None, scale:
     if isinstance(report_or_data, Report):
         report = report_or_data
     else:
-        from deadrelu.scan import scan
+        from deadrelu.scanner import scan
 
         data = report_or_data
         report = scan(model, data, batch_size=batch_size, **scan_options)
