@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 
+from deadrelu._keras_compat import optimizer_tracked_variables
 from deadrelu.report import Report, Thresholds, build_report
 from deadrelu.timeline import Check, make_check, plot_timeline
 
@@ -201,13 +202,13 @@ def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: di
         How many slot entries were reset.
     """
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    tracked = getattr(optimizer, "_trainable_variables", None)
+    tracked = optimizer_tracked_variables(optimizer)
     if not tracked or not masks:
         return 0
     index = {id(v): i for i, v in enumerate(tracked)}  # by identity: paths can repeat
     # Slots are lists aligned with the trainable variables (Adam: _momentums, _velocities, ...).
     slot_lists = [value for name, value in vars(optimizer).items()
-                  if name != "_trainable_variables" and isinstance(value, list) and len(value) == len(tracked)
+                  if value is not tracked and isinstance(value, list) and len(value) == len(tracked)
                   and all(hasattr(slot, "assign") for slot in value)]
     reset = 0
     for key, mask in masks.items():

@@ -34,6 +34,10 @@ import dataclasses
 import math
 import re
 import warnings
+
+from deadrelu._keras_compat import (
+    child_layers, declared_dtype, first_call_output_shape, is_functional, keras_history, sequential_layers,
+)
 from typing import Iterable
 
 from deadrelu.errors import UnsupportedModelError, UsageError
@@ -370,10 +374,7 @@ def _check_model(model) -> None:
 
 
 def _rebuildable(model) -> bool:
-    import keras
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, (keras.Sequential, Functional))
+    return is_functional(model)
 
 
 def _subclassed_message(model) -> str:
@@ -486,10 +487,10 @@ class _Rewriter:
             new = self._clone(layer)
             new_layers.append(new)
             new_layers.extend(self.post.get(id(new), ()))
-        first = model._layers[0] if model._layers else None
+        first = next(iter(sequential_layers(model)), None)
         if isinstance(first, keras.layers.InputLayer):
-            dtype = getattr(first, "_dtype", None) or first.dtype  # the input's own dtype, not the policy's
-            new_layers.insert(0, keras.Input(batch_shape=first.batch_shape, dtype=dtype, name=first.name))
+            new_layers.insert(0, keras.Input(batch_shape=first.batch_shape, dtype=declared_dtype(first),
+                                             name=first.name))
         new = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
         if model.compiled:
             try:
@@ -616,23 +617,23 @@ def _all_names(model) -> Iterable[str]:
             continue
         seen.add(id(layer))
         yield layer.name
-        stack.extend(getattr(layer, "_layers", None) or [])
-        stack.extend(layer._flatten_layers(include_self=False, recursive=False))
+        stack.extend(sequential_layers(layer))
+        stack.extend(child_layers(layer))
 
 
 def _input_name(tensor) -> str | None:
-    history = getattr(tensor, "_keras_history", None)
+    history = keras_history(tensor)
     return getattr(history.operation, "name", None) if history is not None else None
 
 
 def _contains(container, layer) -> bool:
-    return any(child is layer for child in container._flatten_layers(include_self=False, recursive=True))
+    return any(child is layer for child in child_layers(container, recursive=True))
 
 
 def _output_shape(layer) -> tuple:
     """Shape (batch axis included) of the layer's output in the original graph."""
     try:
-        return tuple(layer._inbound_nodes[0].outputs[0].shape)
+        return first_call_output_shape(layer)
     except (AttributeError, IndexError):
         pass
     try:

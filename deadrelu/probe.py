@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from deadrelu._keras_compat import inputs_structure
 from deadrelu.errors import DataError, UsageError
 from deadrelu.sites import Site, SiteMap, find_sites
 
@@ -322,7 +323,7 @@ class Probe:
     def _structured(self, x):
         """Wraps a single array in a list when the model was built with a one-element input list
         (Keras 2 functional files), as Keras would otherwise warn on every call."""
-        struct = getattr(self.model, "_inputs_struct", None)
+        struct = inputs_structure(self.model)
         if isinstance(struct, list) and len(struct) == 1 and not isinstance(x, (list, tuple, dict)):
             return [x]
         return x

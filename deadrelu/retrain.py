@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from deadrelu._keras_compat import child_layers
 from deadrelu.data import count_samples, map_arrays
 from deadrelu.errors import UsageError
 
@@ -212,7 +213,7 @@ def reseed_layers(model, seed: int) -> None:
     import keras
 
     generators = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in child_layers(model, recursive=True):
         generators += [value for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)]
     for i, generator in enumerate(generators):
         generator.state.assign(np.array([seed + i, 0], dtype=generator.state.dtype))

@@ -67,6 +67,7 @@ from typing import Iterable
 
 import numpy as np
 
+from deadrelu._keras_compat import functional_graph, nodes_by_depth
 from deadrelu.errors import UnsupportedModelError, UsageError
 from deadrelu.sites import KIND_FUSED, KIND_RELU_LAYER
 
@@ -582,8 +583,9 @@ class _Graph:
         return k
 
     def _inline(self, function, scope: int) -> None:
-        for depth in sorted(function._nodes_by_depth, reverse=True):
-            for node in function._nodes_by_depth[depth]:
+        by_depth = nodes_by_depth(function)
+        for depth in sorted(by_depth, reverse=True):
+            for node in by_depth[depth]:
                 op = node.operation
                 if op is None or node.is_input:
                     continue
@@ -683,13 +685,7 @@ def _is_model(op) -> bool:
 
 def _function_of(model):
     """The Functional graph of a Functional or Sequential model, or None (subclassed)."""
-    import keras
-
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
-        return model
-    return None
+    return functional_graph(model)
 
 
 def _bn_axis(layer, rank: int) -> int:

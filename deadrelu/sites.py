@@ -9,7 +9,10 @@ activations* so `inspect` can show them, and never measured.
 from __future__ import annotations
 
 import dataclasses
+
 from typing import Iterator
+
+from deadrelu._keras_compat import child_layers, first_call_inputs
 
 # Activation names (as Keras serialises them) that are sites, and their cap.
 _SITE_ACTIVATIONS = {"relu": None, "relu6": 6.0}
@@ -189,11 +192,7 @@ def _children(layer) -> list:
             return [child for child in layer.layers if not isinstance(child, keras.layers.InputLayer)]
         except Exception:  # noqa: BLE001 - some subclassed models raise before build
             pass
-    inner = getattr(layer, "_flatten_layers", None)
-    if inner is None:
-        return []
-    return [child for child in inner(include_self=False, recursive=False)
-            if not isinstance(child, keras.layers.InputLayer)]
+    return [child for child in child_layers(layer) if not isinstance(child, keras.layers.InputLayer)]
 
 
 def _classify(layer, path: str, previous, sites: list, others: list, wrapper=None) -> None:
@@ -289,6 +288,6 @@ def _inherited_channel_axis(layer, previous) -> int:
 def _inbound_layers(layer) -> list:
     """The layers whose outputs feed `layer` in a functional graph (empty elsewhere)."""
     try:
-        return [t._keras_history.operation for t in layer._inbound_nodes[0].input_tensors]
+        return first_call_inputs(layer)
     except Exception:  # noqa: BLE001 - not a functional graph
         return []

@@ -1,0 +1,90 @@
+"""Every private Keras internal deadrelu relies on, in one place.
+
+Keras 3 has no public API for a layer's call graph (which tensors fed which call), for the
+layers a container tracks, or for an optimizer's slot layout. deadrelu needs all three, so it
+reads Keras's private attributes — here and nowhere else, so that a Keras upgrade that renames
+one touches this file only. Each function says which attribute it reads.
+
+Importing this module is cheap: Keras is imported only inside the functions that need a class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def child_layers(layer: Any, *, recursive: bool = False) -> list:
+    """The layers `layer` tracks (not itself), in tracking order (`_flatten_layers`).
+
+    Returns an empty list for objects that track no layers.
+    """
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    return list(flatten(include_self=False, recursive=recursive))
+
+
+def sequential_layers(model: Any) -> list:
+    """A Sequential's layers including its `InputLayer` when it has one (`_layers`)."""
+    return list(getattr(model, "_layers", None) or [])
+
+
+def declared_dtype(layer: Any):
+    """The dtype an `InputLayer` was declared with, not the dtype policy's (`_dtype`)."""
+    return getattr(layer, "_dtype", None) or layer.dtype
+
+
+def keras_history(tensor: Any):
+    """The `(operation, node_index, tensor_index)` record of a symbolic tensor, or None."""
+    return getattr(tensor, "_keras_history", None)
+
+
+def call_nodes(layer: Any) -> list:
+    """The nodes that record each call of `layer` in a functional graph (`_inbound_nodes`)."""
+    return list(getattr(layer, "_inbound_nodes", None) or [])
+
+
+def first_call_inputs(layer: Any) -> list:
+    """The layers whose outputs fed the first call of `layer`; empty when it was never called."""
+    nodes = call_nodes(layer)
+    if not nodes:
+        return []
+    return [keras_history(t).operation for t in nodes[0].input_tensors if keras_history(t) is not None]
+
+
+def first_call_output_shape(layer: Any) -> tuple:
+    """The static shape of the first output of the first call of `layer`."""
+    return tuple(call_nodes(layer)[0].outputs[0].shape)
+
+
+def nodes_by_depth(function: Any) -> dict:
+    """A Functional's nodes grouped by depth, outputs at depth 0 (`_nodes_by_depth`)."""
+    return function._nodes_by_depth
+
+
+def functional_graph(model: Any):
+    """The Functional behind `model` (itself, or a built Sequential's `_functional`), or None."""
+    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
+        return model
+    inner = getattr(model, "_functional", None)
+    if inner is not None and hasattr(inner, "_nodes_by_depth"):
+        return inner
+    return None
+
+
+def is_functional(model: Any) -> bool:
+    """True for a Functional model (Sequential included, subclassed models excluded)."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, (keras.Sequential, Functional))
+
+
+def inputs_structure(model: Any):
+    """The nested structure (dict, list, single) a Functional was built with (`_inputs_struct`)."""
+    return getattr(model, "_inputs_struct", None)
+
+
+def optimizer_tracked_variables(optimizer: Any) -> list | None:
+    """The model variables an optimizer's slot lists are aligned with (`_trainable_variables`)."""
+    return getattr(optimizer, "_trainable_variables", None)
