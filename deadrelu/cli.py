@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Sequence
 
-EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+from deadrelu.commands._common import EXIT_INPUT, EXIT_INTERNAL, parent_parsers
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,64 +24,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D401 - argparse API
         sys.stderr.write(f"deadrelu: error: {message}; see '{self.prog} --help'\n")
         raise SystemExit(EXIT_INPUT)
-
-
-def fraction(text: str) -> float:
-    value = number(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
-    return value
-
-
-def number(text: str) -> float:
-    """A float, also written as a ratio such as 1/255."""
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.5 or 1/255, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
-    return value
-
-
-def shape(text: str) -> tuple:
-    try:
-        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shape such as 28,28,1, got {text!r}") from None
-
-
-def parent_parsers() -> dict[str, argparse.ArgumentParser]:
-    """Flag groups shared by several commands: "common", "model" and "data"."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", action="store_true", help="no progress bar and no notes")
-    common.add_argument("--verbose", action="store_true", help="let TensorFlow's own log lines through")
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-
-    model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("model", metavar="MODEL", help="a .keras or .h5 file, or a SavedModel directory")
-    model.add_argument("--custom-objects", metavar="FILE.py", help="a Python file defining the model's custom classes")
-    model.add_argument("--architecture", metavar="MODEL.json", help="a Keras JSON config, for a weights-only .h5")
-    model.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs Python code from the file)")
-    model.add_argument("--input-shape", type=shape, metavar="H,W,C", help="input shape, when the file lacks one")
-
-    data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data", metavar="PATH", help=".npy, .npz[:key], .h5[:dataset], .csv or a folder of images")
-    data.add_argument("--labels", metavar="PATH", help="labels (same formats); default the data file's 'y'")
-    data.add_argument("--samples", type=positive_int, metavar="N", help="use the first N samples")
-    data.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="samples per step (default 256)")
-    data.add_argument("--rescale", type=number, metavar="F", help="multiply inputs by F, e.g. 1/255")
-    return {"common": common, "model": model, "data": data}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,30 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
     import pkgutil
 
-    from deadrelu import commands
+    import deadrelu.commands
     from deadrelu._version import __version__
 
     parser = Parser(prog="deadrelu", description="Find, measure and fix dead ReLU units in Keras models.")
     parser.add_argument("--version", action="version", version=f"deadrelu {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     modules = [importlib.import_module(f"deadrelu.commands.{info.name}")
-               for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+               for info in pkgutil.iter_modules(deadrelu.commands.__path__) if not info.name.startswith("_")]
     parents = parent_parsers()
     for module in sorted(modules, key=lambda m: m.ORDER):
         module.register(subparsers, parents).set_defaults(handler=module.run)
     return parser
-
-
-def add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
-    """--json, --plot, --format, --sort, --top: how a report is shown and saved."""
-    if json_flag:
-        parser.add_argument("--json", metavar="PATH", help="write the JSON report here")
-    parser.add_argument("--plot", metavar="PATH", help="save the overview figure (PNG)")
-    parser.add_argument("--format", choices=("table", "json", "markdown"), default="table",
-                        help="what to print (default: table)")
-    parser.add_argument("--sort", choices=("model", "dead"), default="model",
-                        help="row order: model order or worst first")
-    parser.add_argument("--top", type=positive_int, metavar="N", help="show at most N rows")
 
 
 # -- the console ----------------------------------------------------------------------------
@@ -192,17 +122,6 @@ class Output:
                       console=self.err, transient=True) as bar:
             task = bar.add_task(description, total=None)
             yield (lambda total: bar.update(task, total=total)), (lambda n: bar.advance(task, n))
-
-
-# -- commands -------------------------------------------------------------------------------
-
-def load_from_args(args):
-    """Loads the MODEL of a command with its loading flags; returns a `LoadedModel`."""
-    from deadrelu.loading import load
-
-    options = {"custom_objects": args.custom_objects, "architecture": args.architecture,
-               "unsafe": args.unsafe or None, "input_shape": args.input_shape}
-    return load(args.model, **{k: v for k, v in options.items() if v is not None})
 
 
 # -- entry point ----------------------------------------------------------------------------

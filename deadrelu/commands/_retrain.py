@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deadrelu.cli import fraction, number, positive_int
+from deadrelu.commands._common import fraction, number, positive_int
 
 
 def add_retrain_flags(parser) -> None:

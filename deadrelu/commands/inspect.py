@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deadrelu.cli import EXIT_OK, load_from_args
+from deadrelu.commands._common import EXIT_OK, load_from_args
 
 ORDER = 20
 

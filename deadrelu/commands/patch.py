@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from deadrelu.cli import EXIT_OK, number
+from deadrelu.commands._common import EXIT_OK, load_from_args, number
 from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 40
@@ -88,7 +88,6 @@ def make_patch(args, output, out_path: str = "") -> PatchRun:
     Raises:
         SelfCheckError: The slope-0 patch does not reproduce the original outputs (exit 3).
     """
-    from deadrelu.cli import load_from_args
     from deadrelu.patcher import SelfCheckError, patch_model, patch_self_check
     from deadrelu.report import Report
 

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import os
-
-from deadrelu.cli import EXIT_OK, add_output_flags
+from deadrelu.commands._common import EXIT_OK, add_output_flags, add_plot_dir_flag, emit
 
 ORDER = 30
-
-
-def plot_dir(text: str) -> str:
-    """argparse type of `--plot-dir`: a folder, or a new one whose parent exists (checked before any work)."""
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
-    parent = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"the parent folder {parent} does not exist; create it first")
-    return text
-
-
-def add_plot_dir_flag(parser: argparse.ArgumentParser) -> None:
-    """Adds `--plot-dir DIR` (shared with `deadrelu scan`)."""
-    parser.add_argument("--plot-dir", type=plot_dir, metavar="DIR",
-                        help="also write every figure into DIR: overview, unit map, rate histogram, one per site")
 
 
 def register(subparsers, parents):
@@ -52,8 +33,6 @@ def run(args, output) -> int:
     report = Report.from_json(args.report)
     if args.compare:
         return _compare(report, Report.from_json(args.compare), args, output)
-    from deadrelu.commands.scan import emit
-
     code = emit(report, args, output)
     if args.html:
         _write_html(report, args, output)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from deadrelu.cli import EXIT_OK, positive_int
+from deadrelu.commands._common import EXIT_OK, load_from_args, positive_int
 from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 50
@@ -98,7 +98,6 @@ def resolve_output(args) -> str:
 
 def make_revival(args, output, out_path: str = "") -> ReviveRun:
     """Loads MODEL, scans it (or reads --report), and revives a copy of it."""
-    from deadrelu.cli import load_from_args
     from deadrelu.report import Report
     from deadrelu.reviver import copy_model, revive_in_place
     from deadrelu.scanner import describe_loaded, scan

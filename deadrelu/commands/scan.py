@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from deadrelu.cli import EXIT_GATE, EXIT_OK, add_output_flags, fraction, load_from_args
+from deadrelu.commands._common import add_output_flags, add_plot_dir_flag, emit, fraction, load_from_args
 
 ORDER = 10
 
@@ -17,8 +15,6 @@ def register(subparsers, parents):
     parser.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
     parser.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
     add_output_flags(parser)
-    from deadrelu.commands.report import add_plot_dir_flag
-
     add_plot_dir_flag(parser)
     parser.add_argument("--fail-on", type=fraction, metavar="FRACTION",
                         help="exit 1 when the model's dead fraction exceeds FRACTION (a CI gate)")
@@ -64,42 +60,3 @@ def next_step(report, args) -> str | None:
     patch = ["deadrelu", "patch", args.model, "--to", "leaky"]
     return (f"next: `{shlex.join(revive)}` re-initialises the {report.summary['dead']:,} dead units (ReDo); "
             f"`{shlex.join(patch)}` rewrites the ReLUs so units cannot die again; add --retrain to compare")
-
-
-def emit(report, args, output) -> int:
-    """Prints a report in the chosen format, writes the requested files, applies --fail-on."""
-    if getattr(args, "json", None):
-        report.to_json(args.json)
-    if args.plot:
-        from deadrelu.plots import plot_overview
-
-        plot_overview(report, args.plot)
-    if getattr(args, "plot_dir", None):
-        from deadrelu.plots import plot_site_dir
-
-        output.note(f"wrote {len(plot_site_dir(report, args.plot_dir))} figures into {args.plot_dir}", style="dim")
-    if args.format == "json":
-        import json
-
-        sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
-    elif args.format == "markdown":
-        from deadrelu.render import markdown_table
-
-        sys.stdout.write(markdown_table(report))
-    else:
-        from deadrelu.render import layer_gradient_table, site_table, summary_text
-
-        if report.sites:
-            output.out.print(site_table(report, sort=args.sort, limit=args.top))
-        gradient_table = layer_gradient_table(report)
-        if gradient_table is not None:
-            output.out.print(gradient_table)
-        output.out.print(summary_text(report))
-    for path, what in ((getattr(args, "json", None), "report"), (args.plot, "figure")):
-        if path:
-            output.note(f"wrote {what} {path}", style="dim")
-    fail_on = getattr(args, "fail_on", None)
-    if fail_on is not None and report.dead_fraction > fail_on:
-        output.note(f"dead fraction {report.dead_fraction:.1%} exceeds --fail-on {fail_on:.1%}", style="bold red")
-        return EXIT_GATE
-    return EXIT_OK

@@ -1,0 +1,99 @@
+"""House rules of the package: no import cycles between deadrelu's modules."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import deadrelu
+
+PACKAGE = Path(deadrelu.__file__).resolve().parent
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted name → file, for every module of the package (a package is its `__init__.py`)."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = ("deadrelu", *path.relative_to(PACKAGE).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the deadrelu modules it imports, at module level or inside functions.
+
+    `import a.b.c` and `from a.b import c` point at the deepest module named. Importing a
+    submodule also runs its packages' `__init__.py`; that implicit edge is left out, or every
+    module would be in a cycle with the package that re-exports it.
+    """
+    modules = _modules()
+
+    def deepest(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(deepest(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                targets.update(deepest(f"{base}.{alias.name}") for alias in node.names)
+        graph[name] = {target for target in targets if target and target != name}
+    # `cli.build_parser` imports every command by name (importlib), which the AST does not show.
+    graph["deadrelu.cli"] |= {name for name in modules if re.fullmatch(r"deadrelu\.commands\.[^_.]\w*", name)}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as a path `[a, b, ..., a]`, or None."""
+    state = {}  # module → "open" while on the DFS path, "done" once explored
+
+    def visit(node, path):
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return [*path[path.index(target):], target]
+            if target not in state:
+                cycle = visit(target, [*path, target])
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start, [start])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_graph_sees_function_level_and_relative_imports():
+    graph = import_graph()
+    assert "deadrelu.errors" in graph["deadrelu.files"]  # module level
+    assert "deadrelu.loading" in graph["deadrelu.scanner"]  # inside a function
+    assert {"deadrelu.commands", "deadrelu.commands.scan"} <= graph["deadrelu.cli"]  # importlib
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_siblings_import_submodules_not_the_package():
+    """`from deadrelu import X` inside the package runs `deadrelu/__init__.py`, which imports the caller."""
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "deadrelu" and not node.level:
+                assert False, f"{name}: `from deadrelu import ...` ({path.name}:{node.lineno}); import the submodule"
