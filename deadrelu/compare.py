@@ -7,7 +7,6 @@ units by index within a site, so a site whose unit count changed is listed but n
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from deadrelu.report import Report
 
@@ -111,10 +110,9 @@ class ReportDiff:
 
     def to_json(self, path: str) -> None:
         """Writes the diff as JSON (atomically)."""
-        from deadrelu.files import atomic_output
+        from deadrelu.files import write_json
 
-        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+        write_json(path, self.to_dict())
 
 
 def compare_reports(new: Report, old: Report) -> ReportDiff:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from typing import Iterator
@@ -34,8 +36,8 @@ def atomic_output(path: str, *, suffix: str | None = None) -> Iterator[str]:
     left as it was.
 
     Example:
-        >>> with atomic_output("report.json") as tmp:
-        ...     write_json(tmp)
+        >>> with atomic_output("model.keras") as tmp:
+        ...     model.save(tmp)
     """
     path = check_output_path(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -52,3 +54,24 @@ def atomic_output(path: str, *, suffix: str | None = None) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path, obj) -> None:
+    """Writes `obj` as JSON to `path`, atomically (see `atomic_output`).
+
+    NaN and infinities (a diverged loss, say) are written as `null`: the file stays valid JSON,
+    which has no NaN, for every reader.
+    """
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_finite(obj), f, indent=1, allow_nan=False)
+
+
+def _finite(obj):
+    """`obj` with every non-finite float replaced by None (dicts, lists and tuples walked)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj

@@ -174,10 +174,9 @@ class Report:
 
     def to_json(self, path: str) -> None:
         """Writes the report as JSON (atomically: a temporary file renamed into place)."""
-        from deadrelu.files import atomic_output
+        from deadrelu.files import write_json
 
-        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1, allow_nan=False)
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> "Report":

@@ -56,12 +56,9 @@ class Comparison:
                 "variants": [v.to_dict() for v in self.variants]}
 
     def to_json(self, path: str) -> None:
-        import json
+        from deadrelu.files import write_json
 
-        from deadrelu.files import atomic_output
-
-        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        write_json(path, self.to_dict())
 
 
 def match_labels(y, model):

@@ -1,10 +1,13 @@
-"""House rules of the package: no import cycles between deadrelu's modules."""
+"""House rules of the package: no import cycles; one atomic JSON writer."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
+
+import pytest
 
 import deadrelu
 
@@ -97,3 +100,30 @@ def test_siblings_import_submodules_not_the_package():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module == "deadrelu" and not node.level:
                 assert False, f"{name}: `from deadrelu import ...` ({path.name}:{node.lineno}); import the submodule"
+
+
+def test_retrain_summary_with_nan_losses_is_valid_json(tmp_path):
+    from deadrelu.retrain import Comparison, VariantResult
+
+    diverged = VariantResult(name="patched", units=8, dead_before=2, dying_before=0, dead_after=1, dying_after=0,
+                             before={"loss": 0.7}, after={"loss": float("nan")},
+                             history={"loss": [0.7, float("inf"), float("nan")]})
+    Comparison(variants=[diverged], settings={"epochs": 2, "learning_rate": float("-inf")}).to_json(tmp_path / "c.json")
+    text = (tmp_path / "c.json").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert data["variants"][0]["after"] == {"loss": None}
+    assert data["variants"][0]["history"]["loss"] == [0.7, None, None]
+    assert data["settings"] == {"epochs": 2, "learning_rate": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temporary file left
+
+
+def test_write_json_leaves_the_target_alone_on_failure(tmp_path):
+    from deadrelu.files import write_json
+
+    target = tmp_path / "r.json"
+    target.write_text("old", encoding="utf-8")
+    with pytest.raises(TypeError):
+        write_json(target, {"ok": 1, "bad": object()})
+    assert target.read_text(encoding="utf-8") == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

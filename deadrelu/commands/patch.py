@@ -132,13 +132,9 @@ def save(patched: PatchRun, args, output) -> None:
     save_model(patched.result.model, patched.output, force=args.force, notes=notes)
     patched.result.notes.extend(notes)
     if args.json:
-        import json
+        from deadrelu.files import write_json
 
-        from deadrelu.files import atomic_output
-
-        summary = summary_dict(patched)
-        with atomic_output(args.json) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+        write_json(args.json, summary_dict(patched))
 
 
 def summary_dict(patched: PatchRun) -> dict:

@@ -164,12 +164,9 @@ def save(revived: ReviveRun, args, output) -> None:
     save_model(revived.model, revived.output, force=args.force, notes=notes)
     revived.notes.extend(notes)
     if args.json:
-        import json
+        from deadrelu.files import write_json
 
-        from deadrelu.files import atomic_output
-
-        with atomic_output(args.json) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary_dict(revived), f, indent=1)
+        write_json(args.json, summary_dict(revived))
 
 
 def summary_dict(revived: ReviveRun) -> dict:
