@@ -19,12 +19,18 @@ class ModelLoadError(DeadReluError):
     """The model file cannot be found, read or rebuilt."""
 
 
-class DataError(DeadReluError):
-    """The data cannot be read or does not fit the model."""
+class DataError(DeadReluError, ValueError):
+    """The data cannot be read or does not fit the model.
+
+    Also a `ValueError`, as Keras raises for data that does not fit a model.
+    """
 
 
-class UsageError(DeadReluError):
-    """A flag or argument is wrong or missing."""
+class UsageError(DeadReluError, ValueError):
+    """An argument (or its command-line flag) is wrong or missing.
+
+    Also a `ValueError`, as Keras raises for a wrong argument value.
+    """
 
 
 class UnsupportedModelError(DeadReluError):

@@ -127,3 +127,19 @@ def test_write_json_leaves_the_target_alone_on_failure(tmp_path):
         write_json(target, {"ok": 1, "bad": object()})
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_usage_and_data_errors_are_value_errors():
+    """As Keras raises `ValueError` for wrong arguments and data, `except ValueError` catches ours."""
+    assert issubclass(deadrelu.UsageError, ValueError) and issubclass(deadrelu.DataError, ValueError)
+    assert issubclass(deadrelu.UsageError, deadrelu.DeadReluError)
+    with pytest.raises(ValueError, match="at least 1"):
+        deadrelu.scan(_tiny_model(), None, samples=0)  # a DataError
+    with pytest.raises(ValueError, match="at least 1"):
+        deadrelu.scan(_tiny_model(), None, batch_size=0)  # a UsageError
+
+
+def _tiny_model():
+    import keras
+
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="relu")])
