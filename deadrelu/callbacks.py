@@ -6,14 +6,18 @@ check, and reused for every later one: a check costs one inference pass over the
 
 from __future__ import annotations
 
+import numbers
+import os
 import sys
+import warnings
+from typing import Any
 
 import keras
 import numpy as np
 
 from deadrelu._keras_compat import optimizer_tracked_variables
 from deadrelu.report import Report, Thresholds, build_report
-from deadrelu.timeline import Check, make_check, plot_timeline
+from deadrelu.timeline import Check, make_check
 
 _ACTIONS = (None, "warn", "stop", "revive")
 
@@ -26,52 +30,77 @@ LOG_EVERY_SITE_UP_TO = 32
 class DeadReluMonitor(keras.callbacks.Callback):
     """Scans the model on probe data during training and acts when units die.
 
-    Every `every` epochs (or every `every_steps` batches) the monitor measures the probe data in
-    inference mode and writes into the epoch's `logs`:
-    `deadrelu/dead_fraction`, `deadrelu/dying_fraction` and `deadrelu/<path>/dead_fraction` for
-    every site (for models with more than 32 sites: for each site from its first flag on, and
-    `CSVLogger` only keeps the columns of the first epoch) — so `History`, `CSVLogger` and
-    `TensorBoard` record them with no extra code. List the monitor before `TensorBoard`/`CSVLogger`
-    in `callbacks=[...]`: Keras runs callbacks in order, and those read the logs when their turn comes.
+    At the end of every epoch (or every `check_freq` batches) the monitor measures the probe data
+    in inference mode and writes into the epoch's `logs`: `deadrelu/dead_fraction`,
+    `deadrelu/dying_fraction` and `deadrelu/<path>/dead_fraction` for every site (for models with
+    more than 32 sites: for each site from its first flag on, and `CSVLogger` only keeps the
+    columns of the first epoch) — so `History`, `CSVLogger` and `TensorBoard` record them with no
+    extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
+    callbacks in order, and those read the logs when their turn comes.
+
+    One monitor can serve several `fit` calls: everything it records about a fit (timeline,
+    warnings already given, patience, revivals) starts afresh at each `on_train_begin`.
 
     Args:
-        data: Probe inputs: anything `deadrelu.scan` accepts (array, path, `tf.data.Dataset`, ...).
-            A few hundred to a few thousand samples are plenty.
-        every: Check every this many epochs.
-        every_steps: Check every this many training batches instead (epoch logs then carry the
-            latest check).
-        batch_size: Probe batch size.
-        samples: Use only the first `samples` probe samples.
-        on_dead: None, "warn" (one line per newly flagged site), "stop" (end training, like
-            `EarlyStopping`) or "revive" (re-initialise the dead units in place — ReDo — and reset
-            the optimizer's moment slots for the re-initialised entries).
-        max_dead_fraction: "stop" and "revive" act when the model's dead fraction exceeds this
-            for more than `patience` consecutive checks.
-        patience: Checks over the limit to tolerate before acting.
-        dying_threshold: Active rate under which a live unit is dying.
-        flag_threshold: Dead share from which a site is flagged.
-        seed: Seed for the re-initialisation of revived units.
-        verbose: Print the monitor's one-line messages.
+        data: Probe inputs: anything `deadrelu.scan` accepts (array, path, `tf.data.Dataset`,
+            ...). A few hundred to a few thousand samples are plenty.
+        check_freq: `"epoch"` or integer. With `"epoch"`, the monitor checks at the end of each
+            epoch. With an integer, it checks at the end of every this many training batches
+            (counted from the start of each `fit`; epoch logs then carry the latest check).
+            Checking by batches makes Keras call a batch hook, which turns off its asynchronous
+            dispatch for the whole fit. Defaults to `"epoch"`.
+        batch_size: Probe batch size. Defaults to `256`.
+        samples: Use only the first `samples` probe samples; `None` uses them all. Defaults to
+            `None`.
+        on_dead: What to do when units die: `None` (only record), `"warn"` (one line per newly
+            flagged site), `"stop"` (end training, like `EarlyStopping`) or `"revive"`
+            (re-initialise the dead units in place — ReDo — and reset the optimizer's moment
+            slots for the re-initialised entries). Defaults to `"warn"`.
+        max_dead_fraction: `"stop"` and `"revive"` act when the model's dead fraction exceeds
+            this for more than `patience` consecutive checks. Defaults to `0.10`.
+        patience: Checks over `max_dead_fraction` to tolerate before acting. Defaults to `0`.
+        dying_threshold: Active rate under which a live unit is dying. Defaults to `0.01`.
+        flag_threshold: Dead share from which a site is flagged. Defaults to `0.10`.
+        seed: Seed for the re-initialisation of revived units; `None` draws a fresh one.
+            Defaults to `None`.
+        verbose: Verbosity mode, 0 or 1. Mode 0 is silent, mode 1 prints one line per event
+            (a site flagged, training stopped, units revived). `True`/`False` mean 1/0.
+            Defaults to `1`.
+        every: Deprecated: use `check_freq`. `every=1` is `check_freq="epoch"`; a larger value
+            still checks every this many epochs in this release.
+        every_steps: Deprecated: use `check_freq=every_steps`.
+
+    Attributes:
+        timeline: The checks of the current (or last) `fit`, in order: one `Check` per scan,
+            with its epoch, step, dead units per site, what changed since the previous check
+            and the action taken. Emptied when a new `fit` begins.
+        last_report: The `Report` of the latest check, or `None` before the first one.
+        revivals: How many times the monitor revived units during the current (or last) `fit`.
 
     Example:
-        >>> monitor = deadrelu.DeadReluMonitor(x_val[:1000], on_dead="revive")
-        >>> model.fit(x, y, epochs=10, callbacks=[monitor])
-        >>> monitor.timeline[-1].dead_fraction
-        >>> monitor.plot("dead_units.png")
+
+    ```python
+    monitor = deadrelu.DeadReluMonitor(x_val[:1000], on_dead="revive")
+    model.fit(x, y, epochs=10, callbacks=[monitor])
+    monitor.timeline[-1].dead_fraction   # the model's dead share at the last check
+    monitor.plot("dead_units.png")
+
+    # Check every 100 batches instead of every epoch:
+    monitor = deadrelu.DeadReluMonitor(x_val[:1000], check_freq=100)
+    ```
     """
 
-    def __init__(self, data, *, every: int = 1, every_steps: int | None = None, batch_size: int = 256,
+    def __init__(self, data: Any, *, check_freq: str | int = "epoch", batch_size: int = 256,
                  samples: int | None = None, on_dead: str | None = "warn", max_dead_fraction: float = 0.10,
                  patience: int = 0, dying_threshold: float = 0.01, flag_threshold: float = 0.10,
-                 seed: int | None = None, verbose: bool = True):
+                 seed: int | None = None, verbose: int | bool = 1, every: int | None = None,
+                 every_steps: int | None = None) -> None:
         super().__init__()
         if on_dead not in _ACTIONS:
             raise ValueError(f"on_dead must be one of {_ACTIONS}, got {on_dead!r}")
-        if every < 1 or (every_steps is not None and every_steps < 1):
-            raise ValueError("every and every_steps must be at least 1")
+        check_freq, self._epoch_interval = _resolve_frequency(check_freq, every, every_steps)
         self.data = data
-        self.every = every
-        self.every_steps = every_steps
+        self.check_freq = check_freq
         self.batch_size = batch_size
         self.samples = samples
         self.on_dead = on_dead
@@ -79,45 +108,71 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.patience = patience
         self.thresholds = Thresholds(dying=dying_threshold, flag=flag_threshold)
         self.seed = seed
-        self.verbose = verbose
-        self.timeline: list[Check] = []
-        self.last_report: Report | None = None
-        self._probe = None
+        self.verbose = _verbosity(verbose)
+        self._probe = None  # kept across fits of the same model: traced once
         self._probe_data = None
-        self._logged_sites: list[str] = []  # sites with a per-site series in the logs
-        self._flagged: set[str] = set()      # sites flagged at any check so far (warned once)
-        self._strikes = 0
-        self._epoch = 0
-        self.revivals = 0
-        if every_steps is not None:
+        self._reset()
+
+    @property
+    def check_freq(self) -> str | int:
+        """`"epoch"` or a number of batches: when the monitor checks (see the class docstring)."""
+        return self._check_freq
+
+    @check_freq.setter
+    def check_freq(self, value: str | int) -> None:
+        self._check_freq = _validate_check_freq(value)
+        if self._check_freq == "epoch":
+            self.__dict__.pop("on_train_batch_end", None)
+        else:
             # Defined only when needed: Keras gives up asynchronous dispatch for the whole fit
             # when any callback overrides a batch hook.
-            self.on_train_batch_end = self._check_every_steps
+            self.on_train_batch_end = self._check_on_batch
+
+    def _reset(self) -> None:
+        """Forgets everything recorded about a fit (called at each `on_train_begin`)."""
+        self.timeline: list[Check] = []
+        self.last_report: Report | None = None
+        self.revivals = 0
+        self._logged_sites: list[str] = []  # sites with a per-site series in the logs
+        self._flagged: set[str] = set()      # sites flagged at any check of this fit (warned once)
+        self._strikes = 0                    # consecutive checks over max_dead_fraction
+        self._epoch = 0
+        self._batches_since_check = 0
+        self._last_batch: int | None = None
 
     # -- Keras hooks ----------------------------------------------------------------------
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         from deadrelu.data import load_data
         from deadrelu.probe import Probe
 
+        self._reset()
         self._probe_data = load_data(self.data, self.model, samples=self.samples)
         if self._probe is None or self._probe.model is not self.model:
             self._probe = Probe(self.model)
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
 
-    def _check_every_steps(self, batch, logs=None):
-        if self._steps() % self.every_steps == 0:
+    def _check_on_batch(self, batch: int, logs: dict | None = None) -> None:
+        # `batch` restarts at 0 each epoch and, with `steps_per_execution`, advances by more than
+        # one between calls: count the batches it stands for.
+        if self._last_batch is None or batch <= self._last_batch:
+            self._batches_since_check += batch + 1
+        else:
+            self._batches_since_check += batch - self._last_batch
+        self._last_batch = batch
+        if self._batches_since_check >= self._check_freq:
+            self._batches_since_check = 0
             self.check()
 
     def _steps(self) -> int:
-        """Training steps taken so far (the optimizer counts them)."""
+        """Training steps taken so far (the optimizer counts them, across fits)."""
         iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
         return int(iterations.numpy()) if iterations is not None else 0
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self.every_steps is None and (epoch + 1) % self.every == 0:
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._check_freq == "epoch" and (epoch + 1) % self._epoch_interval == 0:
             self.check()
         if logs is not None and self.timeline:
             logs.update(self._log_values(self.timeline[-1]))
@@ -125,7 +180,14 @@ class DeadReluMonitor(keras.callbacks.Callback):
     # -- the check ------------------------------------------------------------------------
 
     def check(self) -> Check:
-        """Scans the probe data now, records a `Check`, and acts on it. Returns the check."""
+        """Scans the probe data now, records a `Check` in `timeline`, and acts on it.
+
+        Called by the Keras hooks at the frequency `check_freq` sets; call it yourself (after
+        `on_train_begin`) for a check at another moment.
+
+        Returns:
+            The new `Check`.
+        """
         result = self._probe.run(self._probe_data.batches(self.batch_size))
         report = build_report(result, thresholds=self.thresholds,
                               model={"path": None, "name": self.model.name, "sha256": None, "format": "in-memory"},
@@ -182,9 +244,65 @@ class DeadReluMonitor(keras.callbacks.Callback):
 
     # -- outputs --------------------------------------------------------------------------
 
-    def plot(self, path: str) -> None:
-        """Saves a figure of each site's dead share over training."""
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """Saves a figure of each site's dead share over the checks of the last `fit`.
+
+        Args:
+            path: Where to write the figure; the format follows the extension (PNG by default).
+        """
+        from deadrelu.plots.curves import plot_timeline  # matplotlib only when a figure is asked for
+
         plot_timeline(self.timeline, path, title=f"{self.model.name}: dead units during training")
+
+
+def _validate_check_freq(value: Any) -> str | int:
+    if isinstance(value, str) and value == "epoch":
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise ValueError(f'check_freq must be "epoch" or a positive int (a number of batches), got {value!r}; pass '
+                     'check_freq="epoch" to check at the end of each epoch, or e.g. check_freq=100 to check '
+                     'every 100 training batches')
+
+
+def _verbosity(value: Any) -> int:
+    if isinstance(value, numbers.Integral) and value >= 0:  # bools too: True is 1, False is 0
+        return int(value)
+    raise ValueError(f"verbose must be an int, 0 (silent) or 1 (one line per event), got {value!r}")
+
+
+def _resolve_frequency(check_freq: Any, every: Any, every_steps: Any) -> tuple[Any, int]:
+    """Folds the deprecated `every`/`every_steps` into `check_freq`.
+
+    Returns:
+        `check_freq` (validated later, by the property) and the epoch interval: 1, or the
+        deprecated `every` when it is larger.
+    """
+    if every is not None and every_steps is not None:
+        raise ValueError(f"every={every!r} and every_steps={every_steps!r} conflict: both are deprecated, and "
+                         f"every_steps used to override every silently; pass check_freq alone "
+                         f'(check_freq="epoch" or check_freq=<number of batches>)')
+    if every_steps is not None:
+        if check_freq != "epoch" and check_freq != every_steps:
+            raise ValueError(f"check_freq={check_freq!r} and every_steps={every_steps!r} conflict; every_steps "
+                             f"is deprecated: pass check_freq alone")
+        warnings.warn(f"DeadReluMonitor(every_steps=...) is deprecated and will be removed in the next release; "
+                      f"use check_freq={every_steps!r}", DeprecationWarning, stacklevel=3)
+        return every_steps, 1
+    if every is not None:
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+            raise ValueError(f"every must be a positive number of epochs, got {every!r}; every is deprecated: "
+                             f'pass check_freq="epoch" instead')
+        if check_freq != "epoch":
+            raise ValueError(f"check_freq={check_freq!r} and every={every!r} conflict (every counts epochs, "
+                             f"check_freq batches); every is deprecated: pass check_freq alone")
+        replacement = ('use check_freq="epoch" (the default)' if every == 1 else
+                       f'use check_freq="epoch" (every epoch) or check_freq=<number of batches>; checking every '
+                       f"{every} epochs works in this release only")
+        warnings.warn(f"DeadReluMonitor(every=...) is deprecated and will be removed in the next release; "
+                      f"{replacement}", DeprecationWarning, stacklevel=3)
+        return check_freq, int(every)
+    return check_freq, 1
 
 
 def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: dict[str, object]) -> int:

@@ -19,10 +19,22 @@ DEAD, SATURATED, DYING, HEALTHY = "dead", "saturated", "dying", "healthy"
 class Thresholds:
     """Where the verdicts are drawn (recorded in the report's settings).
 
-    Attributes:
-        dying: A unit firing on fewer than this share of (sample, position) pairs is dying.
-        flag: A site whose dead share is at least this is flagged.
-        saturated: A capped unit at its cap on at least this share of pairs is saturated.
+    A unit that never fires on the data is dead whatever the thresholds; they place the other
+    verdicts.
+
+    Args:
+        dying: A live unit firing on fewer than this share of (sample, position) pairs is dying.
+            Defaults to `0.01`.
+        flag: A site whose dead share is at least this is flagged. Defaults to `0.10`.
+        saturated: A capped unit (ReLU6, `max_value`) at its cap on at least this share of pairs
+            is saturated. Defaults to `0.99`.
+
+    Example:
+
+    ```python
+    report = deadrelu.scan(model, x, flag_threshold=0.25)   # scan builds its Thresholds
+    Thresholds(dying=0.05)                                  # dying below 5%, other defaults
+    ```
     """
 
     dying: float = 0.01
@@ -34,11 +46,45 @@ _UNIT_ARRAYS = ("active_rate", "sample_active_rate", "mean_abs", "dormancy", "ma
 _OPTIONAL_ARRAYS = ("saturated_rate", "grad_mean_abs", "grad_zero_rate")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class SiteReport:
-    """Verdicts and per-unit statistics of one site.
+    """Verdicts and per-unit statistics of one site (a place where a ReLU-family activation runs).
 
-    Per-unit arrays have one entry per unit; optional ones are None when not measured.
+    Built by the scan (`site_report`) or read back with `from_dict`; not usually made by hand.
+    Unit indices count along the site's channel axis. Per-unit arrays have one entry per unit.
+
+    Attributes:
+        path: The site's path: names of the nested models holding the layer, then the layer's
+            name, joined by "/".
+        layer: The class name of the layer holding the activation (e.g. "Dense").
+        kind: How the activation is applied: "fused" (a layer's `activation=`), "activation" (an
+            `Activation` layer) or "relu_layer" (a `ReLU` layer).
+        params: The activation's parameters (e.g. `max_value`, `negative_slope`, `time_steps`).
+        units: Number of units.
+        positions: Non-batch, non-channel positions per call (1 for Dense).
+        calls: How many times the site runs per forward pass (2 for a sub-model used twice; 0 when
+            the pass never reached it).
+        dead: Indices of the units that never fired on the data.
+        dying: Indices of the live units firing on fewer than `Thresholds.dying` of the pairs.
+        saturated: Indices of the capped units at their cap on at least `Thresholds.saturated`.
+        flagged: Whether the site's dead share reaches `Thresholds.flag`.
+        fires: Per unit, how many (sample, position) pairs it fired on (a non-zero output).
+        active_rate: Per unit, the share of (sample, position) pairs it fired on.
+        sample_active_rate: Per unit, the share of samples in which it fired at least once.
+        mean_abs: Per unit, the mean absolute output.
+        dormancy: Per unit, the mean absolute output relative to the site's average unit (ReDo's
+            score).
+        max_output: Per unit, the largest output seen.
+        saturated_rate: Per unit, the share of pairs at the cap; `None` for uncapped
+            activations. Defaults to `None`.
+        grad_mean_abs: Per unit, the mean absolute loss gradient with respect to its output;
+            `None` unless the scan measured gradients. Defaults to `None`.
+        grad_zero_rate: Per unit, the share of pairs with a zero gradient; `None` unless the scan
+            measured gradients. Defaults to `None`.
+        reached: Whether the forward pass ran the site at all (an unused branch is not dead).
+            Defaults to `True`.
+
+    `repr(site)` is one line, e.g. `<SiteReport hidden_1 (Dense, fused): 48/64 units dead (75.0%), flagged>`.
     """
 
     path: str
@@ -65,20 +111,35 @@ class SiteReport:
 
     @property
     def dead_fraction(self) -> float:
+        """Dead units / units (0.0 for a site without units)."""
         return len(self.dead) / self.units if self.units else 0.0
 
     @property
     def healthy(self) -> int:
+        """Units neither dead, dying nor saturated."""
         return self.units - len(self.dead) - len(self.dying) - len(self.saturated)
 
+    def __repr__(self) -> str:
+        state = ", flagged" if self.flagged else ("" if self.reached else ", not reached")
+        return (f"<SiteReport {_clip(self.path)} ({self.layer}, {self.kind}): {len(self.dead):,}/{self.units:,} "
+                f"units dead ({self.dead_fraction:.1%}){state}>")
+
     def status(self, unit: int) -> str:
-        """The verdict of one unit: dead, saturated, dying or healthy."""
+        """The verdict of one unit.
+
+        Args:
+            unit: The unit's index.
+
+        Returns:
+            "dead", "saturated", "dying" or "healthy".
+        """
         for name, members in ((DEAD, self.dead), (SATURATED, self.saturated), (DYING, self.dying)):
             if unit in members:
                 return name
         return HEALTHY
 
     def to_dict(self) -> dict:
+        """The site as the JSON report stores it (arrays as lists)."""
         out = {
             "path": self.path, "layer": self.layer, "kind": self.kind, "params": self.params,
             "units": self.units, "positions": self.positions, "calls": self.calls,
@@ -93,7 +154,8 @@ class SiteReport:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SiteReport":
+    def from_dict(cls, d: dict) -> SiteReport:
+        """The inverse of `to_dict`."""
         arrays = {name: (np.asarray(d[name], dtype=np.float64) if d.get(name) is not None else None)
                   for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS}
         return cls(path=d["path"], layer=d["layer"], kind=d["kind"], params=d.get("params", {}),
@@ -103,14 +165,39 @@ class SiteReport:
                    fires=np.asarray(d.get("fires", []), dtype=np.int64), **arrays)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Report:
     """The result of a scan: what was measured, on what, and the verdicts.
 
+    Returned by `deadrelu.scan`, or read back with `Report.from_json`. The fields are those of the
+    JSON report (DESIGN.md); `summary` and `dead_fraction` are computed from `sites`.
+
+    Attributes:
+        model: Provenance of the model: `path`, `name`, `sha256`, `format` (and `repairs` when
+            loading had to adapt it).
+        data: Provenance of the data: `source`, `samples` (and `synthetic` when generated).
+        settings: Scan settings: batch size and the thresholds, among others.
+        sites: One `SiteReport` per ReLU-family site, in model order.
+        others: Activations seen that are not ReLU-family (listed, not measured). Defaults to
+            `[]`.
+        layer_gradients: Per weighted layer, gradient and weight norms; `None` unless the scan
+            measured gradients. Defaults to `None`.
+        notes: One-line remarks kept with the report (adaptations, warnings). Defaults to `[]`.
+        tool: Name and version of the tool that wrote the report. Defaults to deadrelu and its
+            installed version.
+        loss: The mean loss on the data; `None` unless measured. Defaults to `None`.
+
+    `repr(report)` is one line, e.g.
+    `<Report dying_mlp: 104/192 units dead (54.2%) in 3 sites, 1,000 samples>`.
+
     Example:
-        >>> report = deadrelu.scan(model, x)
-        >>> report.summary["dead_fraction"]
-        >>> report.to_json("scan.json")
+
+    ```python
+    report = deadrelu.scan(model, x)
+    report.summary["dead_fraction"]
+    report.site("hidden_1").dead      # dead unit indices of one site
+    report.to_json("scan.json")
+    ```
     """
 
     model: dict
@@ -123,8 +210,19 @@ class Report:
     tool: dict = dataclasses.field(default_factory=lambda: {"name": "deadrelu", "version": _version()})
     loss: float | None = None
 
+    def __repr__(self) -> str:
+        summary = self.summary
+        name = self.model.get("name") or self.model.get("path") or "model"
+        sites = summary["sites"]
+        samples = self.data.get("samples")
+        tail = f", {samples:,} samples" if isinstance(samples, int) else ""
+        return (f"<Report {_clip(str(name))}: {summary['dead']:,}/{summary['units']:,} units dead "
+                f"({summary['dead_fraction']:.1%}) in {sites} site{'' if sites == 1 else 's'}{tail}>")
+
     @property
     def summary(self) -> dict:
+        """Counts over the sites: sites, units, dead, dying, saturated, healthy, dead_fraction,
+        flagged_sites, unreached_sites (units of unreached sites are left out)."""
         units = sum(s.units for s in self.sites if s.reached)
         dead = sum(len(s.dead) for s in self.sites)
         return {
@@ -141,20 +239,33 @@ class Report:
 
     @property
     def dead_fraction(self) -> float:
+        """Dead units / units of the reached sites."""
         return self.summary["dead_fraction"]
 
     @property
     def has_gradients(self) -> bool:
+        """Whether the scan measured gradients."""
         return any(s.grad_mean_abs is not None for s in self.sites) or bool(self.layer_gradients)
 
     def site(self, path: str) -> SiteReport:
-        """The site with this path."""
+        """The site with this path.
+
+        Args:
+            path: A site path, as in `report.sites[i].path`.
+
+        Returns:
+            Its `SiteReport`.
+
+        Raises:
+            KeyError: No site has this path (the message lists the paths).
+        """
         for site in self.sites:
             if site.path == path:
                 return site
         raise KeyError(f"no site {path!r}; sites are {[s.path for s in self.sites]}")
 
     def to_dict(self) -> dict:
+        """The report as the JSON document of DESIGN.md (schema `deadrelu/report@1`)."""
         out = {
             "schema": SCHEMA,
             "tool": self.tool,
@@ -179,7 +290,12 @@ class Report:
         write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Report":
+    def from_dict(cls, d: dict) -> Report:
+        """The inverse of `to_dict`.
+
+        Raises:
+            DataError: `d` is not a deadrelu report (another schema).
+        """
         if d.get("schema") != SCHEMA:
             raise DataError(f"not a deadrelu report (schema {d.get('schema')!r}, expected {SCHEMA!r})")
         return cls(model=d["model"], data=d["data"], settings=d["settings"],
@@ -188,15 +304,26 @@ class Report:
                    notes=d.get("notes", []), tool=d.get("tool", {}), loss=d.get("loss"))
 
     @classmethod
-    def from_json(cls, path: str) -> "Report":
-        """Reads a report written by `to_json` (or `deadrelu scan --json`)."""
+    def from_json(cls, path: str) -> Report:
+        """Reads a report written by `to_json` (or `deadrelu scan --json`).
+
+        Args:
+            path: The JSON file.
+
+        Returns:
+            The `Report`.
+
+        Raises:
+            DataError: The file is missing or is not a JSON report.
+        """
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
         except FileNotFoundError as exc:
             raise DataError(f"report file not found: {path}; check the path") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not a JSON report ({exc}); pass a file written by 'deadrelu scan --json'") from exc
+            raise DataError(f"{path} is not a JSON report ({exc}); "
+                            "pass a file written by 'deadrelu scan --json'") from exc
         return cls.from_dict(d)
 
 
@@ -231,7 +358,15 @@ def build_report(result, *, thresholds: Thresholds, model: dict, data: dict, set
 
 
 def site_report(stats, thresholds: Thresholds) -> SiteReport:
-    """Verdicts for one site's `SiteStatistics`: first match wins — dead, saturated, dying."""
+    """Verdicts for one site's `SiteStatistics`: first match wins — dead, saturated, dying.
+
+    Args:
+        stats: The probe's `SiteStatistics` of the site.
+        thresholds: Where the verdicts are drawn.
+
+    Returns:
+        A `SiteReport`.
+    """
     active = stats.active_rate
     # A site the forward pass never ran (an unused branch) was not measured: it is not dead.
     reached = stats.calls > 0
@@ -251,6 +386,11 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
         saturated_rate=stats.saturated_rate, grad_mean_abs=stats.grad_mean_abs,
         grad_zero_rate=stats.grad_zero_rate, reached=reached,
     )
+
+
+def _clip(text: str, width: int = 80) -> str:
+    """`text`, or its end after "…" when longer than `width` (a path's end names the layer)."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 def _indices(mask: np.ndarray) -> list[int]:

@@ -7,13 +7,14 @@ import dataclasses
 import numpy as np
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Check:
-    """One scan during training.
+    """One scan during training: an entry of `DeadReluMonitor.timeline`.
 
     Attributes:
-        epoch: Epoch index (0-based) at which the check ran.
-        step: Global training step (batches seen so far).
+        epoch: Epoch index (0-based, as Keras counts them in the `fit`) at which the check ran.
+        step: Global training step: the optimizer's iteration count, which keeps counting across
+            `fit` calls.
         dead: Per site path, the dead unit indices.
         units: Per site path, the number of units.
         dead_fraction: Dead units / all units.
@@ -21,7 +22,10 @@ class Check:
         newly_dead: Per site path, units dead now but not at the previous check.
         revived: Per site path, units dead at the previous check but alive now.
         persistence: Share of the previous check's dead units still dead (None at the first check).
-        action: What the monitor did ("warn", "stop", "revive") or None.
+        action: What the monitor did after this check: "stop", "revive" or None. Defaults to
+            `None`.
+
+    `repr(check)` is one line, e.g. `<Check epoch 2, step 24: 25.0% dead, +6 dead, 0 revived>`.
     """
 
     epoch: int
@@ -35,7 +39,16 @@ class Check:
     persistence: float | None
     action: str | None = None
 
+    def __repr__(self) -> str:
+        changes = ""
+        if self.persistence is not None or self.newly_dead or self.revived:
+            changes = (f", +{sum(map(len, self.newly_dead.values())):,} dead, "
+                       f"{sum(map(len, self.revived.values())):,} revived")
+        action = f", action {self.action}" if self.action else ""
+        return f"<Check epoch {self.epoch}, step {self.step:,}: {self.dead_fraction:.1%} dead{changes}{action}>"
+
     def site_dead_fraction(self, path: str) -> float:
+        """Dead share of one site (0.0 for an unknown site)."""
         return len(self.dead.get(path, ())) / self.units[path] if self.units.get(path) else 0.0
 
     def to_dict(self) -> dict:

@@ -29,9 +29,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
+    from make_samples import build_mlp, make_bars
 
     import deadrelu
-    from make_samples import build_mlp, make_bars
 
     x_train, y_train = make_bars(6000, seed=1)
     x_val, y_val = make_bars(1000, seed=2)

@@ -1,9 +1,11 @@
 """DeadReluMonitor during a real `fit`: logs reach History, CSVLogger and TensorBoard; the timeline
-records deaths planted mid-training; stop ends training; the probe is traced once."""
+records deaths planted mid-training; stop ends training; the probe is traced once; one monitor serves
+several fits; its arguments are checked and the deprecated ones still work."""
 
 from __future__ import annotations
 
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -68,7 +70,7 @@ def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
     model = _model()
     killer, kill = _killer()
     kill.model = model
-    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=False)
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=0)
     logdir = tmp_path / "tb"
     csv_path = tmp_path / "log.csv"
     history = model.fit(x, y, epochs=3, batch_size=32, verbose=0,
@@ -91,7 +93,8 @@ def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
 
     # CSVLogger: the same numbers in the file, the per-site column included although "hidden" was
     # healthy when CSVLogger fixed its columns.
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [float(r["deadrelu/dead_fraction"]) for r in rows] == pytest.approx(dead_fraction)
     assert [float(r["deadrelu/hidden/dead_fraction"]) for r in rows] == pytest.approx(hidden)
 
@@ -115,7 +118,7 @@ def test_timeline_newly_dead_revived_and_persistence(xy):
     model = _model()
     killer, kill = _killer()
     kill.model = model
-    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=False)
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=0)
     model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[killer, monitor])
     first, second, third = monitor.timeline
     assert first.persistence is None and first.newly_dead == {}
@@ -145,19 +148,19 @@ def test_stop_ends_training_like_early_stopping(xy):
     model = _model()
     killer, kill = _killer()
     kill.model = model
-    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="stop", max_dead_fraction=0.2, patience=1, verbose=False)
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="stop", max_dead_fraction=0.2, patience=1, verbose=0)
     history = model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[killer, monitor])
     # Over the limit from epoch 1 (6+ of 24 units dead), tolerated once (patience 1), stopped after epoch 2.
     assert len(history.history["loss"]) == 3
     assert monitor.timeline[-1].action == "stop"
 
 
-def test_every_steps_and_plot(xy, tmp_path):
+def test_check_freq_batches_and_plot(xy, tmp_path):
     from PIL import Image
 
     x, y = xy
     model = _model()
-    monitor = deadrelu.DeadReluMonitor(x[:64], every_steps=4, on_dead=None, verbose=False)
+    monitor = deadrelu.DeadReluMonitor(x[:64], check_freq=4, on_dead=None, verbose=0)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
     assert [c.step for c in monitor.timeline] == [4, 8, 12, 16]
     monitor.plot(tmp_path / "timeline.png")
@@ -173,12 +176,12 @@ def test_revive_in_training_keeps_outputs_revives_units_and_resets_moments(xy):
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     killer, kill = _killer()
     kill.model = model
-    watcher = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=False)
+    watcher = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=0)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[killer, watcher])
     assert set(KILLED) <= set(watcher.timeline[-1].dead["hidden"])
 
     # Act now, as the monitor would at an epoch end: outputs unchanged at that moment.
-    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="revive", max_dead_fraction=0.05, seed=0, verbose=False)
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="revive", max_dead_fraction=0.05, seed=0, verbose=0)
     monitor.set_model(model)
     monitor.on_train_begin()
     before = model.predict(x, verbose=0)
@@ -192,3 +195,143 @@ def test_revive_in_training_keeps_outputs_revives_units_and_resets_moments(xy):
     # Adam's moments of the re-initialised kernel columns were reset.
     kernel_moments = momentum.numpy()
     assert np.all(kernel_moments[:, KILLED] == 0)
+
+
+def _flag_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("deadrelu:") and "flagged" in line]
+
+
+def test_one_monitor_serves_two_fits(xy, capsys):
+    x, y = xy
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=1)
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[killer, monitor])
+    assert [c.epoch for c in monitor.timeline] == [0, 1, 2]
+    assert sum("hidden flagged" in line for line in _flag_lines(capsys)) == 1
+
+    # The killed units stay dead: the second fit sees "hidden" flagged from its first check.
+    history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
+    assert [c.epoch for c in monitor.timeline] == [0, 1]
+    assert monitor.timeline[0].persistence is None and monitor.timeline[0].newly_dead == {}
+    assert history.history["deadrelu/dead_fraction"] == pytest.approx([c.dead_fraction for c in monitor.timeline])
+    assert monitor.last_report is not None and monitor.last_report.dead_fraction == monitor.timeline[-1].dead_fraction
+    lines = _flag_lines(capsys)
+    assert sum("hidden flagged" in line for line in lines) == 1  # warned again, once
+    assert lines[0].startswith("deadrelu: epoch 1: hidden flagged")
+    # The probe is per model, not per fit: still traced once.
+    assert monitor._probe._step.experimental_get_tracing_count() == 1
+
+
+def test_stop_and_patience_start_afresh_each_fit(xy):
+    x, y = xy
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="stop", max_dead_fraction=0.2, patience=1, verbose=0)
+    history = model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[killer, monitor])
+    assert len(history.history["loss"]) == 3 and monitor.timeline[-1].action == "stop"
+
+    # One epoch over the limit (tolerated: patience 1), then the fit ends on its own.
+    history = model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
+    assert len(history.history["loss"]) == 1 and monitor.timeline[-1].action is None
+
+    # A new fit counts patience from zero again (a carried-over strike would stop it after one epoch),
+    # and stop works again.
+    history = model.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[monitor])
+    assert len(history.history["loss"]) == 2
+    assert [c.action for c in monitor.timeline] == [None, "stop"]
+
+
+def test_check_freq_counts_batches_per_fit_and_with_steps_per_execution(xy):
+    import keras
+
+    x, y = xy  # 8 batches of 32 per epoch
+    model = _model()
+    monitor = deadrelu.DeadReluMonitor(x[:64], check_freq=3, on_dead=None, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
+    assert [c.step for c in monitor.timeline] == [3, 6]
+    # The count restarts with the fit (the 2 batches left over do not carry); `step` is the optimizer's.
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
+    assert [c.step for c in monitor.timeline] == [11, 14]
+
+    # With steps_per_execution=2 Keras calls the batch hook every other batch: the batches still count.
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
+                  steps_per_execution=2)
+    monitor = deadrelu.DeadReluMonitor(x[:64], check_freq=4, on_dead=None, verbose=0)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
+    assert [c.step for c in monitor.timeline] == [4, 8, 12, 16]
+
+
+def test_batch_hook_only_when_checking_by_batches(xy):
+    import keras
+
+    x, _ = xy
+    default = keras.callbacks.Callback.on_train_batch_end
+    by_epoch = deadrelu.DeadReluMonitor(x[:64])
+    assert by_epoch.check_freq == "epoch" and by_epoch.on_train_batch_end.__func__ is default
+    by_batches = deadrelu.DeadReluMonitor(x[:64], check_freq=10)
+    assert by_batches.on_train_batch_end.__func__ is not default
+    by_batches.check_freq = "epoch"  # the hook follows the attribute
+    assert by_batches.on_train_batch_end.__func__ is default
+
+
+@pytest.mark.parametrize("value", [0, -3, "batch", "epochs", True, 2.5, None])
+def test_check_freq_is_validated(xy, value):
+    with pytest.raises(ValueError, match=r'check_freq must be "epoch" or a positive int.*check_freq="epoch"'):
+        deadrelu.DeadReluMonitor(xy[0][:64], check_freq=value)
+
+
+def test_verbose_is_an_int_and_accepts_bools(xy):
+    x, _ = xy
+    assert [deadrelu.DeadReluMonitor(x, verbose=v).verbose for v in (True, False, 1, 0)] == [1, 0, 1, 0]
+    assert deadrelu.DeadReluMonitor(x).verbose == 1
+    with pytest.raises(ValueError, match="verbose must be"):
+        deadrelu.DeadReluMonitor(x, verbose="loud")
+
+
+def test_deprecated_every_and_every_steps_still_work_and_warn(xy):
+    x, y = xy
+    with pytest.warns(DeprecationWarning, match=r"every_steps=\.\.\.\) is deprecated.*use check_freq=4"):
+        monitor = deadrelu.DeadReluMonitor(x[:64], every_steps=4, on_dead=None, verbose=0)
+    assert monitor.check_freq == 4
+    _model().fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
+    assert [c.step for c in monitor.timeline] == [4, 8]
+
+    with pytest.warns(DeprecationWarning, match=r'every=\.\.\.\) is deprecated.*use check_freq="epoch"'):
+        monitor = deadrelu.DeadReluMonitor(x[:64], every=2, on_dead=None, verbose=0)
+    assert monitor.check_freq == "epoch"
+    _model().fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[monitor])
+    assert [c.epoch for c in monitor.timeline] == [1, 3]
+
+    with pytest.warns(DeprecationWarning, match=r'use check_freq="epoch" \(the default\)'):
+        assert deadrelu.DeadReluMonitor(x[:64], every=1).check_freq == "epoch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new keyword alone: no warning
+        deadrelu.DeadReluMonitor(x[:64], check_freq=4)
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    ({"every": 1, "every_steps": 4}, "every=1 and every_steps=4"),
+    ({"check_freq": 8, "every_steps": 4}, "check_freq=8 and every_steps=4"),
+    ({"check_freq": 8, "every": 2}, "check_freq=8 and every=2"),
+])
+def test_conflicting_frequencies_raise(xy, kwargs, names):
+    with pytest.raises(ValueError, match=names):
+        deadrelu.DeadReluMonitor(xy[0][:64], **kwargs)
+
+
+def test_check_repr_is_one_short_line(xy):
+    x, y = xy
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=0)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[killer, monitor])
+    first, second = map(repr, monitor.timeline)
+    assert first.startswith("<Check epoch 0, step 8: ") and "revived" not in first
+    newly = sum(map(len, monitor.timeline[1].newly_dead.values()))
+    assert second.startswith("<Check epoch 1, step 16: ") and f"+{newly} dead" in second
+    assert all(len(text) < 200 and "\n" not in text for text in (first, second))
