@@ -3,15 +3,14 @@
 How it works: for the duration of each step call, every site's nonlinearity is wrapped (the
 layer's `activation` attribute, or the `call` of a `ReLU` layer) so that its output is handed to a
 recorder. The step is one `tf.function`: it runs the model in inference mode, reduces every site
-output to per-unit sums and maxima, and adds them to accumulator variables. Nothing of size
-samples × units is ever kept, so memory is O(units). The wrappers are removed after every call —
-the traced graph keeps the recording, the user's model object is left exactly as it was.
+output to per-unit sums and maxima, and adds them to accumulator variables (both in
+`deadrelu.reductions`). Nothing of size samples × units is ever kept, so memory is O(units). The
+wrappers are removed after every call — the traced graph keeps the recording, the user's model
+object is left exactly as it was.
 
-With `gradients=True` the same step also takes the per-sample loss (sum reduction, so numbers do
-not depend on the batch size) and measures ∂ℓₙ/∂z at every site and the weight gradient of every
-layer.
-
-All accumulators are plain sums and maxima, so a distributed run can reduce them across replicas.
+With `gradients=True` the same step also takes the per-sample loss (`deadrelu.losses`; sum
+reduction, so numbers do not depend on the batch size) and measures ∂ℓₙ/∂z at every site and the
+weight gradient of every layer.
 """
 
 from __future__ import annotations
@@ -25,7 +24,9 @@ import numpy as np
 
 from deadrelu._keras_compat import inputs_structure
 from deadrelu.errors import DataError, UsageError
-from deadrelu.sites import Site, SiteMap, find_sites
+from deadrelu.losses import per_sample_loss
+from deadrelu.reductions import Accumulators, site_batch_stats
+from deadrelu.sites import Site, SiteMap, children, find_sites
 
 
 @dataclasses.dataclass
@@ -169,8 +170,9 @@ def hooked(site_map: SiteMap, recorder: _Recorder):
     """Wraps every site's nonlinearity so its output reaches `recorder`; always restores.
 
     Fused and `Activation` sites get their `activation` attribute wrapped, `ReLU` layers (and
-    `TimeDistributed` wrappers) their `call` — see `Site.hook`. Attributes are set on the instance with `object.__setattr__` (bypassing Keras's
-    attribute tracking) and put back exactly as they were, even when the step raises.
+    `TimeDistributed` wrappers) their `call` — see `Site.hook`. Attributes are set on the instance
+    with `object.__setattr__` (bypassing Keras's attribute tracking) and put back exactly as they
+    were, even when the step raises.
     """
     saved = []
     try:
@@ -337,7 +339,7 @@ class Probe:
         import tensorflow as tf
 
         self._layout = self._discover_layout(x)
-        self._acc = _Accumulators(self.site_map.sites, self._layout, self.gradients)
+        self._acc = Accumulators(self.site_map.sites, self._layout, self.gradients)
         if self.gradients:
             self._loss_fn = per_sample_loss(self.model, self._loss, y)
             self._weight_groups = _weight_groups(self.model)
@@ -381,7 +383,7 @@ class Probe:
         with self._recorder.recording() as records:
             self.model(x, training=False)
         for site_index, output in records:
-            self._acc.add_site(site_index, _site_batch_stats(self.site_map.sites[site_index], output))
+            self._acc.add_site(site_index, site_batch_stats(self.site_map.sites[site_index], output))
         return 0
 
     def _gradient_step(self, x, y):
@@ -398,7 +400,7 @@ class Probe:
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         for (site_index, output), grad in zip(records, grads[:len(outputs)]):
             site = self.site_map.sites[site_index]
-            self._acc.add_site(site_index, _site_batch_stats(site, output, grad))
+            self._acc.add_site(site_index, site_batch_stats(site, output, grad))
         self._acc.add_weight_grads(grads[len(outputs):])
         self._acc.add_loss(total)
         return 0
@@ -466,331 +468,12 @@ def _same_sites(a: SiteMap, b: SiteMap) -> bool:
     return a.sites == b.sites and all(x.layer is y.layer for x, y in zip(a.sites, b.sites))
 
 
-# -- per-batch reductions (traced) -----------------------------------------------------------
-
-def _site_batch_stats(site: Site, output, grad=None) -> dict:
-    """Reduces one site output (and its gradient) to per-unit sums over batch and positions."""
-    import tensorflow as tf
-
-    a = tf.cast(output, tf.float32)
-    rank = a.shape.rank
-    if site.channel_axis != -1 and rank > 2:
-        perm = [0] + [i for i in range(1, rank) if i != site.channel_axis % rank] + [site.channel_axis % rank]
-        a = tf.transpose(a, perm)
-        if grad is not None:
-            grad = tf.transpose(grad, perm)
-    units = a.shape[-1]
-    # Keep the position count static when it is known: the max-pool below needs it.
-    positions = a.shape[1:-1].num_elements() if rank > 2 else 1
-    flat = tf.reshape(a, [-1, positions if positions is not None else tf.reduce_prod(tf.shape(a)[1:-1]), units])
-    # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds): "fires" is sign(a) and
-    # |a| is a. Sums over positions are batched `ones @ x` products and maxima a global max-pool:
-    # both run on oneDNN's fast kernels, where plain reductions over the middle axis take several
-    # times as long. Per-sample counts (≤ positions) are exact in float32.
-    per_sample_fires = _sum_positions(tf.sign(flat))  # [batch, units]
-    stats = {
-        "fires": _sum_batch(per_sample_fires, tf.int64),
-        "sample_fires": _sum_batch(tf.sign(per_sample_fires), tf.int64),
-        "sum_abs": _sum_batch(_sum_positions(flat), tf.float64),
-        "max": tf.reduce_max(_max_positions(flat), axis=0),
-    }
-    at_cap = None
-    if site.capped:
-        at_cap = tf.cast(tf.greater_equal(flat, site.max_value), tf.float32)
-        stats["saturated"] = _sum_batch(_sum_positions(at_cap), tf.int64)
-    if grad is not None:
-        # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
-        g = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
-        passes = tf.sign(flat) if at_cap is None else tf.sign(flat) * (1.0 - at_cap)
-        g = tf.abs(g * passes)
-        nonzero = _sum_batch(_sum_positions(tf.sign(g)), tf.int64)
-        stats["grad_abs"] = _sum_batch(_sum_positions(g), tf.float64)
-        stats["grad_zero"] = tf.cast(tf.shape(flat)[0] * tf.shape(flat)[1], tf.int64) - nonzero
-    return stats
-
-
-def _sum_positions(x):
-    """[batch, positions, units] → [batch, units], as one batched matrix product."""
-    import tensorflow as tf
-
-    ones = tf.ones([tf.shape(x)[0], 1, tf.shape(x)[1]], x.dtype)
-    return tf.matmul(ones, x)[:, 0, :]
-
-
-def _max_positions(x):
-    """[batch, positions, units] → [batch, units] maxima, as a global max-pool when the size is known."""
-    import tensorflow as tf
-
-    positions = x.shape[1]
-    if positions is None:
-        return tf.reduce_max(x, axis=1)
-    pooled = tf.nn.max_pool2d(x[:, :, None, :], ksize=(positions, 1), strides=(positions, 1), padding="VALID")
-    return pooled[:, 0, 0, :]
-
-
-def _sum_batch(x, dtype):
-    """[batch, units] → [units]; widened before summing, so counts stay exact past 2**24."""
-    import tensorflow as tf
-
-    return tf.reduce_sum(tf.cast(x, dtype), axis=0)
-
-
-class _Accumulators:
-    """Per-site accumulator variables, updated inside the traced step."""
-
-    def __init__(self, sites: list[Site], layout, gradients: bool):
-        import tensorflow as tf
-
-        self._vars: list[dict] = []
-        for site, (_, _, units) in zip(sites, layout):
-            entry = {
-                "fires": tf.Variable(tf.zeros([units], tf.int64), trainable=False),
-                "sample_fires": tf.Variable(tf.zeros([units], tf.int64), trainable=False),
-                "sum_abs": tf.Variable(tf.zeros([units], tf.float64), trainable=False),
-                "max": tf.Variable(tf.zeros([units], tf.float32), trainable=False),
-            }
-            if site.capped:
-                entry["saturated"] = tf.Variable(tf.zeros([units], tf.int64), trainable=False)
-            if gradients:
-                entry["grad_abs"] = tf.Variable(tf.zeros([units], tf.float64), trainable=False)
-                entry["grad_zero"] = tf.Variable(tf.zeros([units], tf.int64), trainable=False)
-            self._vars.append(entry)
-        self._weights: list[list] = []
-        self._loss = tf.Variable(0.0, dtype=tf.float64, trainable=False) if gradients else None
-
-    def add_weight_accumulators(self, groups) -> None:
-        import tensorflow as tf
-
-        self._weights = [[tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in group.variables]
-                         for group in groups]
-
-    def reset(self) -> None:
-        for entry in self._vars:
-            for name, var in entry.items():
-                # ReLU outputs are ≥ 0 for threshold ≥ 0; -inf start keeps negative thresholds right.
-                var.assign(np.full(var.shape, -np.inf, np.float32) if name == "max" else np.zeros(var.shape, var.dtype.as_numpy_dtype))
-        for group in self._weights:
-            for var in group:
-                var.assign(np.zeros(var.shape, np.float32))
-        if self._loss is not None:
-            self._loss.assign(0.0)
-
-    def add_site(self, index: int, stats: dict) -> None:
-        import tensorflow as tf
-
-        entry = self._vars[index]
-        for name, value in stats.items():
-            if name == "max":
-                entry[name].assign(tf.maximum(entry[name], value))
-            else:
-                entry[name].assign_add(value)
-
-    def add_weight_grads(self, grads) -> None:
-        import tensorflow as tf
-
-        flat = [var for group in self._weights for var in group]
-        for var, grad in zip(flat, grads):
-            var.assign_add(tf.convert_to_tensor(grad))  # IndexedSlices (embeddings) → dense
-
-    def add_loss(self, total) -> None:
-        import tensorflow as tf
-
-        self._loss.assign_add(tf.cast(total, tf.float64))
-
-    def read(self) -> dict:
-        sites = [{name: var.numpy() for name, var in entry.items()} for entry in self._vars]
-        for entry in sites:
-            entry["max"] = np.where(np.isneginf(entry["max"]), 0.0, entry["max"]).astype(np.float32)
-        values = {"sites": sites,
-                  "weights": [[var.numpy().astype(np.float64) for var in group] for group in self._weights]}
-        if self._loss is not None:
-            values["loss"] = self._loss.numpy()
-        return values
-
-
-# -- losses --------------------------------------------------------------------------------
-
-def per_sample_loss(model, loss, y) -> Callable:
-    """Returns `fn(y_true, y_pred) -> per-sample losses` (shape [batch]).
-
-    ℓₙ is sample n's own loss as Keras computes it: the loss's values for that sample, averaged
-    over any remaining axes (time steps, pixels) as Keras's mean reduction would. For a model with
-    several outputs it is the weighted sum over outputs, as `fit` minimises it: each output's loss
-    (a dict or list of losses, or one loss for all) times its compiled `loss_weights` (1 without).
-
-    Args:
-        model: The model (its compiled loss and loss weights are the default).
-        loss: None, a Keras loss name, a function, or a `keras.losses.Loss` (for several outputs
-            also a list or dict of them).
-        y: A batch of labels (for several outputs a list in output order, or a dict by output
-            name), used to tell sparse from one-hot labels.
-
-    Returns:
-        A traceable function giving each sample's own loss.
-    """
-    names = list(getattr(model, "output_names", None) or [])
-    shapes = output_shapes(model)
-    if loss is None:
-        loss = getattr(model, "loss", None)
-        if loss is None:
-            raise UsageError("the model has no stored loss; pass one with --loss NAME "
-                             "(e.g. --loss categorical_crossentropy)")
-    if len(shapes) <= 1:
-        return _output_loss(single_loss(loss), np.asarray(y), shapes[0] if shapes else None)
-
-    losses = per_output(loss, names, "loss")
-    weights = per_output(_compiled_loss_weights(model), names, "loss weight")  # kept with --loss too
-    labels = _by_output(y, names)
-    if len(labels) != len(names):
-        raise UsageError(f"the model has {len(names)} outputs ({', '.join(names)}); pass one label array per "
-                         "output (a list, a dict by output name, or an .npz with arrays named after the outputs)")
-    terms = [(k, 1.0 if weights[k] is None else float(weights[k]), _output_loss(losses[k], np.asarray(labels[k]),
-                                                                                 shapes[k]))
-             for k in range(len(names)) if losses[k] is not None]
-
-    def per_sample(y_true, y_pred):
-        y_true, y_pred = _by_output(y_true, names), _by_output(y_pred, names)
-        return sum(weight * fn(y_true[k], y_pred[k]) for k, weight, fn in terms)
-
-    return per_sample
-
-
-def _output_loss(loss, y: np.ndarray, out_shape) -> Callable:
-    """The per-sample loss of one output."""
-    import keras
-    import tensorflow as tf
-
-    if isinstance(loss, (list, tuple, dict)):
-        raise UsageError("a list or dict of losses is for a model with several outputs; pass one loss (--loss NAME)")
-    try:
-        loss_obj = loss if isinstance(loss, keras.losses.Loss) else keras.losses.get(loss)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"unknown loss {loss!r}; pass a Keras loss name such as "
-                         "categorical_crossentropy or mse with --loss") from exc
-    if isinstance(loss_obj, keras.losses.Loss):
-        unreduced = loss_obj.call  # Loss objects match label ranks themselves
-        name = f"{loss_obj.name} {type(loss_obj).__name__} {getattr(getattr(loss_obj, 'fn', None), '__name__', '')}"
-    else:
-        fn = loss_obj
-        unreduced = lambda y_true, y_pred: fn(*_same_rank(y_true, y_pred))  # noqa: E731
-        name = getattr(fn, "__name__", str(fn))
-    adapt_labels = _label_adapter(_snake(name), y, out_shape)
-
-    def per_sample(y_true, y_pred):
-        values = unreduced(adapt_labels(y_true, y_pred), y_pred)
-        rank = values.shape.rank or 0
-        if rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, rank)))
-        return values
-
-    return per_sample
-
-
-def single_loss(loss):
-    """The loss of a one-output model compiled with a list or dict of one loss; else `loss` itself."""
-    if isinstance(loss, (list, tuple)) and len(loss) == 1:
-        return loss[0]
-    if isinstance(loss, dict) and len(loss) == 1:
-        return next(iter(loss.values()))
-    return loss
-
-
-def output_shapes(model) -> list[tuple]:
-    """The model's output shapes, in output order (empty when unknown).
-
-    Example:
-        >>> output_shapes(model)   # [(None, 10), (None, 1)]
-    """
-    import keras
-
-    try:
-        return [tuple(t.shape) for t in keras.tree.flatten(model.outputs)]
-    except Exception:  # noqa: BLE001 - a subclassed model never called symbolically
-        shape = getattr(model, "output_shape", None)
-        return [tuple(shape)] if isinstance(shape, tuple) else []
-
-
-def _compiled_loss_weights(model):
-    try:
-        return model.get_compile_config().get("loss_weights")
-    except Exception:  # noqa: BLE001 - not compiled, or compiled by an older Keras
-        return None
-
-
-def per_output(value, names: list[str], what: str) -> list:
-    """One entry per output from one value for all, a list in output order, or a dict by name.
-
-    Args:
-        value: A value for every output, a list in output order, or a dict by output name.
-        names: The model's output names.
-        what: What the values are, for error messages ("loss").
-
-    Returns:
-        A list with one entry per output (None for outputs a dict leaves out).
-    """
-    if isinstance(value, dict):
-        unknown = set(value) - set(names)
-        if unknown:
-            raise UsageError(f"the {what} names the output {sorted(unknown)[0]!r}, but the model's outputs are "
-                             f"{', '.join(names)}")
-        return [value.get(name) for name in names]
-    if isinstance(value, (list, tuple)):
-        if len(value) != len(names):
-            raise UsageError(f"a {what} list of {len(value)} entries for {len(names)} outputs; give one per output")
-        return list(value)
-    return [value] * len(names)
-
-
-def _by_output(structure, names: list[str]) -> list:
-    """Labels or predictions as a list in output order (from a list, or a dict by output name)."""
-    if isinstance(structure, dict):
-        return [structure.get(name) for name in names]
-    if isinstance(structure, (list, tuple)):
-        return list(structure)
-    return [structure]
-
-
-def _same_rank(y_true, y_pred):
-    """Labels of shape (N,) for an (N, 1) output get their last axis, as `fit` would do."""
-    import tensorflow as tf
-
-    true_rank, pred_rank = y_true.shape.rank, y_pred.shape.rank
-    if true_rank == pred_rank - 1 and y_pred.shape[-1] == 1:
-        y_true = tf.expand_dims(y_true, -1)
-    elif true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
-        y_true = tf.squeeze(y_true, -1)
-    return y_true, y_pred
-
-
-def _snake(name: str) -> str:
-    """'SparseCategoricalCrossentropy' → 'sparse_categorical_crossentropy' (names already snake stay)."""
-    import re
-
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-
-
-def _label_adapter(name: str, y: np.ndarray, out_shape) -> Callable:
-    """Converts labels between sparse and one-hot when their shape says the other kind.
-
-    The loss itself is kept (with its `from_logits`, `axis`, label smoothing, ...); only the
-    labels change form.
-    """
-    import tensorflow as tf
-
-    classes = out_shape[-1] if out_shape else None
-    sparse_labels = y.ndim == 1 or (y.ndim >= 2 and y.shape[-1] == 1 and classes not in (None, 1))
-    if "sparse" not in name and "categorical_crossentropy" in name and sparse_labels and classes:
-        return lambda y_true, y_pred: tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), classes,
-                                                 dtype=y_pred.dtype)
-    if "sparse_categorical" in name and not sparse_labels and classes and y.shape[-1] == classes:
-        return lambda y_true, y_pred: tf.argmax(y_true, axis=-1)
-    return lambda y_true, y_pred: y_true
-
-
 # -- weights -------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class _WeightGroup:
+    """One layer's own trainable weights (a container's exclude its sublayers'), measured as one `LayerGradient`."""
+
     path: str
     layer_class: str
     variables: list
@@ -798,8 +481,6 @@ class _WeightGroup:
 
 def _weight_groups(model) -> list[_WeightGroup]:
     """Leaf layers with trainable weights, in model order, with their paths."""
-    from deadrelu.sites import _children
-
     groups: list[_WeightGroup] = []
     seen: set[int] = set()
 
@@ -808,18 +489,18 @@ def _weight_groups(model) -> list[_WeightGroup]:
             return
         seen.add(id(layer))
         path = f"{prefix}{layer.name}"
-        children = _children(layer)
-        if children:
-            for child in children:
+        sublayers = children(layer)
+        if sublayers:
+            for child in sublayers:
                 visit(child, f"{path}/")
             own = [v for v in layer.trainable_weights
-                   if not any(v is w for child in children for w in child.trainable_weights)]
+                   if not any(v is w for child in sublayers for w in child.trainable_weights)]
         else:
             own = list(layer.trainable_weights)
         if own:
             groups.append(_WeightGroup(path, type(layer).__name__, own))
 
-    for layer in _children(model):
+    for layer in children(model):
         visit(layer, "")
     return groups
 

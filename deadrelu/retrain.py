@@ -15,6 +15,7 @@ import numpy as np
 from deadrelu._keras_compat import child_layers
 from deadrelu.data import count_samples, map_arrays
 from deadrelu.errors import UsageError
+from deadrelu.losses import compile_config, match_labels
 
 
 @dataclasses.dataclass
@@ -61,34 +62,6 @@ class Comparison:
         write_json(path, self.to_dict())
 
 
-def match_labels(y, model):
-    """Turns integer labels into one-hot ones where the compiled loss is categorical crossentropy.
-
-    `y` is an array, or for a model with several outputs a list (output order) or dict (output
-    name) of arrays; each output is matched with its own loss.
-    """
-    from deadrelu.probe import output_shapes, per_output, single_loss
-
-    shapes = output_shapes(model)
-    if not isinstance(y, (dict, list, tuple)):
-        return _match_one(y, single_loss(getattr(model, "loss", None)), shapes[0] if shapes else None)
-    names = list(model.output_names)
-    losses = dict(zip(names, per_output(getattr(model, "loss", None), names, "loss")))
-    if isinstance(y, dict):
-        return {name: _match_one(value, losses.get(name), shapes[names.index(name)]) for name, value in y.items()}
-    return [_match_one(value, losses[name], shape) for value, name, shape in zip(y, names, shapes)]
-
-
-def _match_one(y, loss, out_shape) -> np.ndarray:
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    classes = out_shape[-1] if out_shape else None
-    y = np.asarray(y)
-    if "categorical" in str(name) and "sparse" not in str(name) and classes and classes > 1 \
-            and (y.ndim == 1 or y.shape[-1] == 1) and np.issubdtype(y.dtype, np.integer):
-        return np.eye(classes, dtype=np.float32)[y.reshape(-1)]
-    return y
-
-
 def compile_like(model, source, *, loss=None, optimizer: str | None = None, learning_rate: float | None = None) -> None:
     """Compiles `model` as `source` was compiled, with fresh optimizer state.
 
@@ -104,9 +77,10 @@ def compile_like(model, source, *, loss=None, optimizer: str | None = None, lear
     """
     import keras
 
-    config = _compile_config(source)
+    config = compile_config(source)
     if loss is None and not config.get("loss"):
-        raise UsageError("the model file stores no loss; pass one with --loss NAME (e.g. --loss categorical_crossentropy)")
+        raise UsageError("the model file stores no loss; pass one with --loss NAME "
+                         "(e.g. --loss categorical_crossentropy)")
     if optimizer is not None:
         opt = keras.optimizers.get(optimizer)
     elif config.get("optimizer") is not None:
@@ -130,16 +104,6 @@ def _deserialize(value):
     if isinstance(value, dict):
         return {k: _deserialize(v) for k, v in value.items()}
     return value
-
-
-def _compile_config(model) -> dict:
-    try:
-        config = model.get_compile_config() or {}
-    except Exception:  # noqa: BLE001 - models compiled with objects that cannot be serialised
-        config = {}
-    if not config and getattr(model, "loss", None) is not None:
-        config = {"loss": model.loss, "optimizer": None, "metrics": None}
-    return config
 
 
 def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, validation_data=None,

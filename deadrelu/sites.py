@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from typing import Iterator
+from typing import Any, Iterator
 
 from deadrelu._keras_compat import child_layers, first_call_inputs
 
@@ -163,17 +163,17 @@ def find_sites(model) -> SiteMap:
         _classify(layer, path, previous, sites, others, wrapper)
         if getattr(layer, "cell", None) is not None:
             return  # a recurrent layer: its cell's activation is the layer's own, said once above
-        children = _children(layer)
-        if children:
+        sublayers = children(layer)
+        if sublayers:
             # Nested models and container layers prefix their children's paths.
             inner_wrapper = layer if _is_time_distributed(layer) else None
             prev = None
-            for child in children:
+            for child in sublayers:
                 visit(child, f"{path}/", prev, inner_wrapper)
                 prev = child
 
     previous = None
-    for layer in _children(model):
+    for layer in children(model):
         visit(layer, "", previous)
         previous = layer
     return SiteMap(sites=sites, others=others)
@@ -183,8 +183,16 @@ def _is_time_distributed(layer) -> bool:
     return type(layer).__name__ == "TimeDistributed"
 
 
-def _children(layer) -> list:
-    """Direct sublayers in model order (functional order for Functional/Sequential)."""
+def children(layer: Any) -> list:
+    """The direct sublayers of a model or layer, in model order, without `InputLayer`s.
+
+    Args:
+        layer: A `keras.Model` (its `layers`, in functional order for Functional and Sequential)
+            or a container layer (the layers it tracks).
+
+    Returns:
+        The sublayers; empty for a leaf layer.
+    """
     import keras
 
     if isinstance(layer, keras.Model) and hasattr(layer, "layers"):
