@@ -27,6 +27,36 @@ def check_output_path(path: str, *, force: bool = True) -> str:
     return path
 
 
+def check_output_folder(folder: str, *, create: bool = False) -> str:
+    """Checks that `folder` is, or can become, a folder to write files into; returns it as a string.
+
+    The check of `--plot-dir`: run once when the flag is parsed (before any work, creating
+    nothing) and again with `create=True` just before the figures are written.
+
+    Args:
+        folder: The folder: an existing one, or a new one whose parent folder exists.
+        create: Also create the folder when it does not exist yet.
+
+    Returns:
+        `folder` as a string.
+
+    Raises:
+        UsageError: Something other than a folder (a file, a broken link) has that name, or the
+            parent folder does not exist.
+    """
+    folder = os.fspath(folder)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{folder} exists and is not a folder; give a folder (an existing one, or a new one "
+                         "to create)")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot create the folder {folder}: its parent folder {parent} does not exist; "
+                         "create it or choose another path")
+    if create:
+        os.makedirs(folder, exist_ok=True)
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, *, suffix: str | None = None) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it onto `path` when the block succeeds.

@@ -196,37 +196,3 @@ def _split(x, y, validation_data, validation_split):
 def _evaluate(model, x, y, batch_size: int) -> dict[str, float]:
     values = model.evaluate(x, y, batch_size=max(batch_size, 256), verbose=0, return_dict=True)
     return {k: float(v) for k, v in values.items()}
-
-
-def plot_curves(comparison: Comparison, path: str) -> None:
-    """Saves training curves: validation loss (and the first metric) per epoch, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from deadrelu.files import atomic_output
-
-    keys = ["val_loss"]
-    first = comparison.variants[0].history if comparison.variants else {}
-    keys += [k for k in first if k.startswith("val_") and k != "val_loss"][:1]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for variant in comparison.variants:
-            values = variant.history.get(key, [])
-            start = variant.before.get(key[4:] if key != "val_loss" else "loss")
-            xs = np.arange(0, len(values) + 1)
-            ax.plot(xs, [start] + values, marker="o", lw=1.6, label=variant.name)
-        ax.set_xlabel("epoch (0: before retraining)")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        lows = [min(v.history.get(key, [np.inf])) for v in comparison.variants]
-        highs = [max([v.before.get("loss", 0.0)] + v.history.get(key, [])) for v in comparison.variants]
-        if key == "val_loss" and min(lows) > 0 and max(highs) / min(lows) > 50:
-            ax.set_yscale("log")  # a patched model can start orders of magnitude off
-        ax.set_title(key.replace("val_", "validation "), fontsize=10, loc="left")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)

@@ -1,10 +1,11 @@
-"""A timeline of scans during training: which units are dead at each check, and what changed."""
+"""A timeline of scans during training: which units are dead at each check, and what changed.
+
+The figure of a timeline is drawn by `deadrelu.plots.plot_timeline`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
 
 
 @dataclasses.dataclass(repr=False)
@@ -75,51 +76,3 @@ def make_check(report, previous: Check | None, *, epoch: int, step: int) -> Chec
     return Check(epoch=epoch, step=step, dead=dead, units=units, dead_fraction=summary["dead_fraction"],
                  dying_fraction=summary["dying"] / summary["units"] if summary["units"] else 0.0,
                  newly_dead=newly_dead, revived=revived, persistence=persistence)
-
-
-def plot_timeline(checks: list[Check], path: str, *, title: str = "dead units during training") -> None:
-    """Saves a figure of each site's dead share over training (and the model's, in black).
-
-    Args:
-        checks: The monitor's checks, in order.
-        path: Where to write the PNG (atomically).
-        title: Figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from deadrelu.files import atomic_output
-    from deadrelu.render import shorten
-
-    fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    if checks:
-        x = [c.epoch + 1 for c in checks]
-        paths = list(checks[-1].units)
-        cmap = plt.get_cmap("tab20")
-        for i, site_path in enumerate(paths):
-            shares = [c.site_dead_fraction(site_path) for c in checks]
-            ax.plot(x, shares, marker=".", lw=1.2, color=cmap(i % 20),
-                    label=shorten(site_path, 30) if len(paths) <= 20 else None)
-        ax.plot(x, [c.dead_fraction for c in checks], color="black", lw=2.4, label="whole model")
-        for c in checks:
-            if c.action == "revive":
-                ax.axvline(c.epoch + 1, color="#27ae60", ls=":", lw=1)
-            elif c.action == "stop":
-                ax.axvline(c.epoch + 1, color="#c0392b", ls="--", lw=1)
-        if any(c.action == "revive" for c in checks):
-            ax.plot([], [], color="#27ae60", ls=":", lw=1, label="revived (ReDo)")
-        if any(c.action == "stop" for c in checks):
-            ax.plot([], [], color="#c0392b", ls="--", lw=1, label="stopped")
-        ax.set_xticks(np.unique(x))
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("share of units dead")
-    ax.set_title(title, fontsize=10, loc="left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -51,13 +50,18 @@ def shape(text: str) -> tuple:
 
 
 def plot_dir(text: str) -> str:
-    """argparse type of `--plot-dir`: a folder, or a new one whose parent exists (checked before any work)."""
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
-    parent = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"the parent folder {parent} does not exist; create it first")
-    return text
+    """argparse type of `--plot-dir`: a folder, or a new one whose parent exists (checked before any work).
+
+    The check is `deadrelu.files.check_output_folder`; the folder is created only when the figures
+    are written (`deadrelu.plots.plot_site_dir`), so a failed run leaves no empty folder behind.
+    """
+    from deadrelu.errors import UsageError
+    from deadrelu.files import check_output_folder
+
+    try:
+        return check_output_folder(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # -- flag groups ----------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def retrain_from_args(args, output, source, variants: dict):
     """
     from deadrelu.data import load_data
     from deadrelu.errors import UsageError
-    from deadrelu.retrain import plot_curves, retrain
+    from deadrelu.plots import plot_curves
+    from deadrelu.retrain import retrain
     from deadrelu.reviver import copy_model
 
     if args.data is None:
