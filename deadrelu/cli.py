@@ -5,13 +5,19 @@ commands, after TensorFlow's own log noise has been routed away from the user's 
 
 Exit codes: 0 done; 1 done but `--fail-on` exceeded; 2 bad input (one line, no traceback);
 3 internal error.
+
+The library's messages name its Python keywords (`batch_size`); `flag_names` shows them as the
+command's flags (--batch-size).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import os
+import re
+import shlex
 import sys
 from typing import Sequence
 
@@ -45,8 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
                for info in pkgutil.iter_modules(deadrelu.commands.__path__) if not info.name.startswith("_")]
     parents = parent_parsers()
     for module in sorted(modules, key=lambda m: m.ORDER):
-        module.register(subparsers, parents).set_defaults(handler=module.run)
+        command = module.register(subparsers, parents)
+        command.set_defaults(handler=module.run, command_parser=command)
     return parser
+
+
+# A keyword in backticks, as library messages name them: `samples`, `labels=`, `force=True`, `labels="y.npy"`.
+_KEYWORD = re.compile(r"`([A-Za-z_]\w*)(?:=([^`]*))?`")
+
+
+def flag_names(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """Shows the Python keywords a library message names as the flags of the command that ran.
+
+    A keyword in backticks that is the `dest` of one of `parser`'s options becomes that option's
+    long flag, with its value if one is given: `batch_size` → --batch-size, `force=True` → --force,
+    `labels="y.npy"` → --labels y.npy. Any other backticked text stays as it is.
+
+    Example:
+        >>> flag_names("`samples` must be at least 1 (got 0)", scan_parser)
+        '--samples must be at least 1 (got 0)'
+    """
+    if parser is None:
+        return message
+    # argparse has no public list of a parser's options; `_actions` includes the parents' ones.
+    options = {action.dest: action for action in parser._actions if action.option_strings}
+
+    def to_flag(match: re.Match) -> str:
+        action = options.get(match[1])
+        if action is None:
+            return match[0]
+        flag, value = max(action.option_strings, key=len), match[2]
+        if not value or (action.nargs == 0 and value == "True"):
+            return flag
+        with contextlib.suppress(ValueError, SyntaxError):
+            literal = ast.literal_eval(value)
+            if isinstance(literal, str):
+                value = shlex.quote(literal)  # labels="y.npy" → --labels y.npy
+        return f"{flag} {value}"
+
+    return _KEYWORD.sub(to_flag, message)
 
 
 # -- the console ----------------------------------------------------------------------------
@@ -105,10 +148,12 @@ class Output:
         self.out = Console(highlight=False, width=width)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.quiet = getattr(args, "quiet", False)
+        self.parser = getattr(args, "command_parser", None)
 
     def note(self, message: str, style: str = "yellow") -> None:
         if not self.quiet:
-            self.err.print(f"deadrelu: {message}", style=style, markup=False, highlight=False)
+            self.err.print(f"deadrelu: {flag_names(message, self.parser)}", style=style, markup=False,
+                           highlight=False)
 
     @contextlib.contextmanager
     def progress(self, description: str):
@@ -149,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 import traceback
 
                 traceback.print_exc()
-            sys.stderr.write(f"deadrelu: error: {exc}\n")
+            sys.stderr.write(f"deadrelu: error: {flag_names(str(exc), args.command_parser)}\n")
             return EXIT_INPUT
         except KeyboardInterrupt:
             sys.stderr.write("deadrelu: interrupted\n")

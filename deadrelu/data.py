@@ -85,7 +85,7 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
         >>> probe_data = load_data("x.npz:x_test", model, samples=1000)
     """
     if samples is not None and samples < 1:
-        raise DataError(f"--samples must be at least 1 (got {samples})")
+        raise DataError(f"`samples` must be at least 1 (got {samples})")
     inputs = _Inputs.of(model)
     output_names = _model_output_names(model)
     if data is None:
@@ -150,7 +150,7 @@ def _read_path(path, *, for_labels: bool, input_names: list | None = None, outpu
         raise DataError(f"{what} file not found: {path}; check the path")
     if os.path.isdir(path):
         if for_labels:
-            raise DataError(f"labels must be a file, not a folder: {path}")
+            raise DataError(f"`labels` must be a file, not a folder: {path}")
         return path, None
     lower = path.lower()
     try:
@@ -233,7 +233,7 @@ def _read_h5(path: str, key: str | None, for_labels: bool, input_names, output_n
     keys: list[str] = []
     handle.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
     if "model_config" in handle.attrs or "model_weights" in handle:
-        raise DataError(f"{path} is a Keras model file, not data; pass the data with --data")
+        raise DataError(f"{path} is a Keras model file, not data; pass the data with `data=`")
     return _select(handle, keys, key, for_labels, path, input_names, output_names)
 
 
@@ -291,7 +291,7 @@ def _adapter(x, inputs: _Inputs, rescale: float | None, notes: list[str]) -> Cal
         if any(plan.as_float for plan in (plans.values() if plans else [default])):
             notes.append(f"inputs multiplied by {rescale:g}")
         else:
-            notes.append("--rescale ignored: the model takes integer inputs")
+            notes.append("`rescale` ignored: the model takes integer inputs")
 
     def adapt(array, plan: _Plan):
         array = np.asarray(array)
@@ -357,7 +357,7 @@ def _pair_inputs(x, inputs: _Inputs) -> list[tuple]:
 def _plan(array, want, want_dtype, label: str, notes: list[str], *, hint: bool) -> _Plan:
     """Checks one input array against its model input and says how it will be adapted.
 
-    `hint`: suggest --rescale for 8-bit pixels (when no rescale was asked for)."""
+    `hint`: suggest `rescale` for 8-bit pixels (when no rescale was asked for)."""
     expand = False
     have = tuple(array.shape[1:]) if hasattr(array, "shape") else None
     if want is not None and have is not None and not _shape_fits(have, want):
@@ -371,7 +371,7 @@ def _plan(array, want, want_dtype, label: str, notes: list[str], *, hint: bool) 
     if as_float and dtype is not None and not np.issubdtype(dtype, np.floating):
         note = f"{label}data is {dtype}; converted to float32"
         if hint and dtype == np.uint8:
-            note += " (pixels kept 0–255; pass --rescale 1/255 if the model was trained on [0, 1])"
+            note += " (pixels kept 0–255; pass `rescale=1/255` if the model was trained on [0, 1])"
         notes.append(note)
     return _Plan(expand=expand, as_float=as_float)
 
@@ -405,7 +405,7 @@ def _model_output_names(model) -> list[str] | None:
 
 def _synthetic(input_shapes, count: int) -> ProbeData:
     if not input_shapes or any(d is None for shape in input_shapes for d in shape):
-        raise DataError("no --data given and the model's input shape is not fully known; pass real data with --data")
+        raise DataError("no `data` given and the model's input shape is not fully known; pass real data with `data=`")
     rng = np.random.default_rng(0)
     arrays = [rng.uniform(0.0, 1.0, size=(count,) + tuple(shape)).astype(np.float32) for shape in input_shapes]
     x = arrays[0] if len(arrays) == 1 else arrays

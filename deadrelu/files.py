@@ -23,7 +23,7 @@ def check_output_path(path: str, *, force: bool = True) -> str:
     if not os.path.isdir(folder):
         raise UsageError(f"output folder does not exist: {folder}; create it or choose another path")
     if not force and os.path.exists(path):
-        raise UsageError(f"{path} exists; choose another output path or pass --force to overwrite it")
+        raise UsageError(f"{path} exists; choose another output path or pass `force=True` to overwrite it")
     return path
 
 

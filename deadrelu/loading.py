@@ -84,14 +84,14 @@ def load(
     Args:
         path: A `.keras` zip, an HDF5 file (whatever its extension) or a SavedModel directory.
         custom_objects: A dict of custom classes and functions, or the path of a `.py` file that
-            defines them (the CLI's `--custom-objects module.py`).
+            defines them (the CLI's --custom-objects module.py).
         architecture: Path of a Keras JSON model config (`model.to_json()`), used to rebuild the model
-            when `path` is an HDF5 file holding weights only (`--architecture`).
+            when `path` is an HDF5 file holding weights only (the CLI's --architecture).
         unsafe: Run Python code stored in the file (Lambda layers); only for files you trust
-            (`--unsafe`).
+            (the CLI's --unsafe).
         compile: Compile the model from the training configuration stored in the file, when possible.
         input_shape: Input shape without the batch axis (a tuple, or a string such as "28,28,1"),
-            for Sequential models saved without one (`--input-shape`).
+            for Sequential models saved without one (the CLI's --input-shape).
 
     Returns:
         A `LoadedModel`.
@@ -109,8 +109,8 @@ def load(
     )
     if architecture is not None and fmt != "h5":
         raise ModelLoadError(
-            f"--architecture only applies to an HDF5 weights file, but {path} is a "
-            f"{'SavedModel' if fmt == 'savedmodel' else '.keras archive'}; drop --architecture"
+            f"`architecture` only applies to an HDF5 weights file, but {path} is a "
+            f"{'SavedModel' if fmt == 'savedmodel' else '.keras archive'}; drop `architecture`"
         )
     if fmt == "savedmodel":
         model, training = _load_savedmodel(ctx)
@@ -201,7 +201,7 @@ def _describe_non_model(head: bytes) -> str:
     if head.lstrip()[:1] in (b"{", b'"'):
         return (
             "is a JSON file, not a model; if it is a model architecture, pass the weights file as "
-            "the model and this file with --architecture"
+            "the model and this file with `architecture=`"
         )
     return (
         "is neither a Keras .keras archive nor an HDF5 .h5 file; pass a model saved with "
@@ -225,12 +225,12 @@ def _parse_input_shape(value) -> tuple | None:
             value = [None if p.lower() == "none" else int(p) for p in parts]
         except ValueError:
             raise ModelLoadError(
-                f"--input-shape must be integers separated by commas, such as 28,28,1; got {value!r}"
+                f"`input_shape` must be integers separated by commas, such as 28,28,1; got {value!r}"
             ) from None
     shape = tuple(value)
     if not shape or not all(d is None or (isinstance(d, int) and d > 0) for d in shape):
         raise ModelLoadError(
-            f"--input-shape must be positive integers without the batch axis, such as 28,28,1; "
+            f"`input_shape` must be positive integers without the batch axis, such as 28,28,1; "
             f"got {value!r}"
         )
     return shape
@@ -245,7 +245,7 @@ def _custom_objects(spec) -> dict:
     if isinstance(spec, (str, os.PathLike)):
         return _objects_from_file(os.fspath(spec))
     raise ModelLoadError(
-        f"custom_objects must be a dict or the path of a .py file, not {type(spec).__name__}"
+        f"`custom_objects` must be a dict or the path of a .py file, not {type(spec).__name__}"
     )
 
 
@@ -253,13 +253,13 @@ def _objects_from_file(path: str) -> dict:
     """Imports a .py file by path and returns the classes and functions it defines or imports."""
     if not os.path.isfile(path):
         raise ModelLoadError(
-            f"--custom-objects file not found: {path}; pass the .py file that defines the custom layers"
+            f"`custom_objects` file not found: {path}; pass the .py file that defines the custom layers"
         )
     stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
     name = f"deadrelu_custom_{stem}_{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ModelLoadError(f"--custom-objects {path} is not a Python file; pass a .py file")
+        raise ModelLoadError(f"`custom_objects={path!r}` is not a Python file; pass a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     # The file may import its neighbours (a package of layers), as it would when run from its folder.
@@ -270,7 +270,7 @@ def _objects_from_file(path: str) -> dict:
     except Exception as exc:
         del sys.modules[name]
         raise ModelLoadError(
-            f"cannot import --custom-objects {path}: {type(exc).__name__}: {first_line(exc)}; "
+            f"cannot import `custom_objects={path!r}`: {type(exc).__name__}: {first_line(exc)}; "
             "fix the file so that `python` can import it"
         ) from exc
     finally:
@@ -281,7 +281,7 @@ def _objects_from_file(path: str) -> dict:
         if not key.startswith("_") and isinstance(value, (type, types.FunctionType))
     }
     if not objects:
-        raise ModelLoadError(f"--custom-objects {path} defines no classes or functions")
+        raise ModelLoadError(f"`custom_objects={path!r}` defines no classes or functions")
     return objects
 
 
@@ -316,9 +316,9 @@ def _decode_json(text: str, where: str) -> dict:
 
 
 def _read_architecture(path: str) -> dict:
-    """Reads the `--architecture` JSON file."""
+    """Reads the `architecture` JSON file."""
     if not os.path.isfile(path):
-        raise ModelLoadError(f"--architecture file not found: {path}; pass the model's JSON file")
+        raise ModelLoadError(f"`architecture` file not found: {path}; pass the model's JSON file")
     with open(path, encoding="utf-8") as f:
         return _decode_json(f.read(), path)
 
@@ -394,7 +394,7 @@ def _load_hdf5(ctx: _Context, architecture: str | None):
 
 
 def _hdf5_config(f, ctx: _Context, architecture: str | None) -> dict:
-    """The model config to rebuild: the `--architecture` JSON, or the file's `model_config`."""
+    """The model config to rebuild: the `architecture` JSON, or the file's `model_config`."""
     if architecture is not None:
         ctx.repairs.append(f"model rebuilt from the architecture in {os.path.basename(architecture)}")
         return _read_architecture(architecture)
@@ -402,7 +402,7 @@ def _hdf5_config(f, ctx: _Context, architecture: str | None) -> dict:
     if stored is None:
         raise ModelLoadError(
             f"{ctx.path} holds only weights, no model architecture; pass the architecture as a Keras "
-            "JSON file with --architecture model.json to rebuild the model and load these weights"
+            "JSON file with `architecture=\"model.json\"` to rebuild the model and load these weights"
         )
     return _decode_json(stored, ctx.path)
 
@@ -536,7 +536,7 @@ def _try_plain_keras(ctx: _Context):
 
 
 def _keras_load_model(path: str, objects: dict | None, ctx: _Context):
-    """`keras.models.load_model` without compiling, running stored code only with `--unsafe`."""
+    """`keras.models.load_model` without compiling, running stored code only with `unsafe`."""
     import keras
 
     return keras.models.load_model(path, custom_objects=objects, compile=False, safe_mode=not ctx.unsafe)
@@ -556,7 +556,7 @@ def _build(config: dict, objects: dict, ctx: _Context):
     if not getattr(model, "built", True):
         raise ModelLoadError(
             f"{ctx.path} holds a model that was saved without an input shape; pass one with "
-            "--input-shape, e.g. --input-shape 28,28,1 (without the batch axis)"
+            "`input_shape`, e.g. `input_shape=\"28,28,1\"` (without the batch axis)"
         )
     return model
 
@@ -594,12 +594,12 @@ def _explain(exc: BaseException, ctx: _Context) -> ModelLoadError:
     if missing:
         return ModelLoadError(
             f"{ctx.path} uses '{missing.group(1)}', which is not part of Keras; pass the Python file "
-            "that defines it with --custom-objects module.py"
+            "that defines it with `custom_objects=\"module.py\"`"
         )
     if "lambda" in text.lower() and "safe_mode" in text:
         return ModelLoadError(
             f"{ctx.path} holds Python code (a lambda) that deadrelu does not run by default; "
-            "if you trust the file, pass --unsafe"
+            "if you trust the file, pass `unsafe=True`"
         )
     innermost = text.split("Exception encountered:")[-1].strip() or type(exc).__name__
     return ModelLoadError(f"Keras 3 cannot rebuild the model in {ctx.path}: {first_line(innermost)}")

@@ -323,7 +323,7 @@ class Report:
             raise DataError(f"report file not found: {path}; check the path") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path} is not a JSON report ({exc}); "
-                            "pass a file written by 'deadrelu scan --json'") from exc
+                            "pass a file written by `Report.to_json` ('deadrelu scan --json')") from exc
         return cls.from_dict(d)
 
 

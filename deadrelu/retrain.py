@@ -79,8 +79,8 @@ def compile_like(model, source, *, loss=None, optimizer: str | None = None, lear
 
     config = compile_config(source)
     if loss is None and not config.get("loss"):
-        raise UsageError("the model file stores no loss; pass one with --loss NAME "
-                         "(e.g. --loss categorical_crossentropy)")
+        raise UsageError("the model file stores no loss; pass one with `loss=` "
+                         "(e.g. `loss=\"categorical_crossentropy\"`)")
     if optimizer is not None:
         opt = keras.optimizers.get(optimizer)
     elif config.get("optimizer") is not None:
@@ -185,10 +185,10 @@ def _split(x, y, validation_data, validation_split):
         x_val, y_val = validation_data
         return x, y, x_val, y_val
     if not validation_split or not 0 < validation_split < 1:
-        raise UsageError("retraining needs validation data: pass --validation-data val.npz or --validation-split 0.2")
+        raise UsageError("retraining needs validation data: pass `validation_data=` or `validation_split=0.2`")
     cut = int(round(count_samples(x) * (1 - validation_split)))
     if cut < 1 or cut >= count_samples(x):
-        raise UsageError(f"--validation-split {validation_split:g} leaves no training or no validation samples")
+        raise UsageError(f"`validation_split={validation_split:g}` leaves no training or no validation samples")
     head, tail = (lambda a: a[:cut]), (lambda a: a[cut:])
     return map_arrays(head, x), map_arrays(head, y), map_arrays(tail, x), map_arrays(tail, y)
 

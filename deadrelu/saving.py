@@ -20,7 +20,7 @@ def model_output_path(model_path: str, output: str | None, suffix: str, *, force
 
     Args:
         model_path: The input model (never overwritten).
-        output: The user's -o OUT, or None for `<stem>_<suffix>.keras` beside the input.
+        output: Where to write (the CLI's -o OUT), or None for `<stem>_<suffix>.keras` beside the input.
         suffix: What the transformation is called ("prelu", "revived", ...).
         force: Whether an existing OUT may be overwritten.
 
@@ -36,12 +36,13 @@ def model_output_path(model_path: str, output: str | None, suffix: str, *, force
         stem = os.path.splitext(os.path.basename(os.path.normpath(model_path)))[0]
         out = os.path.join(os.path.dirname(os.path.normpath(model_path)), f"{stem}_{suffix}.keras")
     if not out.endswith(MODEL_EXTENSIONS):
-        raise UsageError(f"-o {out}: the output name must end in .keras or .h5")
+        raise UsageError(f"`output={out!r}`: the output name must end in .keras or .h5")
     same = os.path.abspath(out) == os.path.abspath(model_path)
     if not same and os.path.exists(model_path) and os.path.exists(out):
         same = os.path.samefile(model_path, out)  # a link, or another spelling of the same file
     if same:
-        raise UsageError(f"-o {out} is the input model; deadrelu never overwrites its input, choose another path")
+        raise UsageError(f"`output={out!r}` is the input model; deadrelu never overwrites its input, "
+                         "choose another path")
     check_output_path(out, force=force)
     return out
 

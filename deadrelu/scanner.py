@@ -49,7 +49,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     from deadrelu.probe import probe_for
 
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+        raise UsageError(f"`batch_size` must be at least 1 (got {batch_size})")
     if isinstance(model, (str, os.PathLike)):
         from deadrelu.loading import load
 
@@ -58,7 +58,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
         model_info = model_info or describe_loaded(loaded)
     probe_data = load_data(data, model, labels=labels, samples=samples, rescale=rescale)
     if gradients and not probe_data.has_labels and probe_data.stream is None:
-        raise UsageError("--gradients needs labels: pass --labels y.npy (or a data file with a 'y' array)")
+        raise UsageError("`gradients=True` needs labels: pass `labels=\"y.npy\"` (or a data file with a 'y' array)")
     if on_start is not None:
         on_start(probe_data.samples)
     probe = probe_for(model, gradients=gradients, loss=loss)
@@ -66,7 +66,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
 
     notes = list(probe_data.notes)
     if probe_data.synthetic:
-        notes.append("no data given: measured on synthetic inputs; pass real data (--data) for a real verdict")
+        notes.append("no data given: measured on synthetic inputs; pass real data (`data=`) for a real verdict")
     settings = {"batch_size": batch_size, "gradients": gradients, "samples_limit": samples, "rescale": rescale,
                 "inference_mode": True}
     if gradients:

@@ -195,7 +195,7 @@ def test_integer_inputs_stay_integers(tmp_path):
     data = load_data(ids, model, rescale=0.5)
     batch = next(data.batches(8))
     assert np.issubdtype(batch.dtype, np.integer) and np.array_equal(batch, ids[:8])
-    assert data.notes == ["--rescale ignored: the model takes integer inputs"]
+    assert data.notes == ["`rescale` ignored: the model takes integer inputs"]
     report = deadrelu.scan(model, ids, batch_size=8, rescale=0.5)
     expected = np.asarray(model(ids.astype(np.int32), training=False))
     assert report.sites[0].fires.tolist() == (expected != 0).sum(0).tolist()

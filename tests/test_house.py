@@ -143,3 +143,48 @@ def _tiny_model():
     import keras
 
     return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="relu")])
+
+
+# -- library messages name keywords, the command line names flags ----------------------------
+
+def test_library_errors_name_the_keyword():
+    with pytest.raises(deadrelu.DataError, match="^`samples` must be at least 1"):
+        deadrelu.scan(_tiny_model(), None, samples=0)
+    with pytest.raises(deadrelu.UsageError, match="^`batch_size` must be at least 1"):
+        deadrelu.scan(_tiny_model(), None, batch_size=0)
+
+
+@pytest.mark.parametrize("flag, keyword", [("--samples", "samples"), ("--batch-size", "batch_size")])
+def test_the_same_errors_from_the_command_line_name_the_flag(flag, keyword, tmp_path, monkeypatch, capfd):
+    from deadrelu.cli import main
+    from deadrelu.commands import _common
+
+    path = tmp_path / "tiny.keras"
+    _tiny_model().save(path)
+    monkeypatch.setattr(_common, "positive_int", int)  # let 0 past argparse, to the library's own check
+    assert main(["scan", str(path), flag, "0"]) == 2
+    err = capfd.readouterr().err
+    assert f"deadrelu: error: {flag} must be at least 1 (got 0)" in err and f"`{keyword}`" not in err
+
+
+def _command(*argv):
+    from deadrelu.cli import build_parser
+
+    return build_parser().parse_args(argv).command_parser
+
+
+def test_flag_names_maps_the_keywords_of_the_command_that_ran():
+    from deadrelu.cli import flag_names
+
+    patch = _command("patch", "m.keras", "--to", "leaky")
+    assert flag_names("pass `force=True` to overwrite it", patch) == "pass --force to overwrite it"
+    assert flag_names("`output='my m.pb'`: no", patch) == "--output 'my m.pb': no"  # -o/--output: the long one
+    assert flag_names("pass `labels=\"y.npy\"` or `labels=`", patch) == "pass --labels y.npy or --labels"
+    assert flag_names("pass `rescale=1/255`", patch) == "pass --rescale 1/255"
+    assert flag_names("`custom_objects` file not found", patch) == "--custom-objects file not found"
+    assert flag_names("`prelu_shared_axes='channel'`", patch) == "--prelu-shared-axes channel"
+    # Not an option of the command that ran, or not a keyword: left as it is.
+    report = _command("report", "r.json")
+    assert flag_names("`samples` must be at least 1; `deadrelu scan --json`", report) == \
+        "`samples` must be at least 1; `deadrelu scan --json`"
+    assert flag_names("`batch_size` must be at least 1", None) == "`batch_size` must be at least 1"

@@ -152,10 +152,10 @@ def test_sequential_without_input_layer_takes_first_layer_shape(seq_no_input):
 
 def test_sequential_without_any_shape_needs_input_shape(seq_no_shape):
     message = error_of(seq_no_shape.path)
-    assert "--input-shape" in message and "without an input shape" in message
+    assert "`input_shape" in message and "without an input shape" in message
     loaded = load_checked(seq_no_shape.path, input_shape="3")
     assert_same(loaded, seq_no_shape)
-    assert any("from the --input-shape option" in r for r in loaded.repairs)
+    assert any("from `input_shape`" in r for r in loaded.repairs)
 
 
 def test_hdf5_file_named_keras(hdf5_named_keras):
@@ -208,7 +208,7 @@ def test_layer_zoo_keeps_every_weight(name, zoo):
 def test_weights_only_h5_needs_architecture(weights_only):
     written, architecture = weights_only
     message = error_of(written.path)
-    assert "only weights" in message and "--architecture" in message
+    assert "only weights" in message and "`architecture" in message
     loaded = load_checked(written.path, architecture=architecture)
     assert_same(loaded, written)
 
@@ -240,7 +240,7 @@ def test_keras3_weights_file_with_architecture(tmp_path):
 def test_custom_layer_from_python_file(custom):
     written, module = custom
     message = error_of(written.path)
-    assert "'ScaleShift'" in message and "--custom-objects" in message
+    assert "'ScaleShift'" in message and "`custom_objects" in message
     loaded = load_checked(written.path, custom_objects=module)
     assert_same(loaded, written)
     assert type(loaded.model.layers[-1]).__name__ == "ScaleShift"
@@ -264,13 +264,13 @@ def test_custom_objects_written_for_tf_keras_are_explained(custom, tmp_path):
 
 def test_lambda_needs_unsafe(lambda_file):
     message = error_of(lambda_file.path)
-    assert "Lambda" in message and "--unsafe" in message
+    assert "Lambda" in message and "`unsafe" in message
     loaded = load_checked(lambda_file.path, unsafe=True)
     assert_same(loaded, lambda_file)
 
 
 def test_python36_lambda_bytecode_runs_with_unsafe(py36_lambda):
-    assert "--unsafe" in error_of(py36_lambda.path)
+    assert "`unsafe" in error_of(py36_lambda.path)
     loaded = load_checked(py36_lambda.path, unsafe=True)
     assert_same(loaded, py36_lambda)
     assert any("Python 3.6-3.7 bytecode" in r for r in loaded.repairs)
@@ -365,7 +365,7 @@ def test_keras3_archive_loads_plainly(keras3_files):
 
 def test_keras3_archive_with_lambda_needs_unsafe(keras3_files):
     path, x, expected = keras3_files["lambda"]
-    assert "--unsafe" in error_of(path)
+    assert "`unsafe" in error_of(path)
     loaded = load_checked(path, unsafe=True)
     np.testing.assert_allclose(outputs(loaded.model, x), expected, atol=1e-6)
 
@@ -394,7 +394,7 @@ def test_empty_file(tmp_path):
 def test_json_passed_as_model_points_to_architecture(tmp_path):
     path = tmp_path / "model.json"
     path.write_text('{"class_name": "Sequential", "config": {}}')
-    assert "--architecture" in error_of(str(path))
+    assert "`architecture" in error_of(str(path))
 
 
 def test_directory_that_is_not_a_savedmodel(tmp_path):
@@ -410,9 +410,9 @@ def test_zip_that_is_not_a_keras_archive(tmp_path):
 
 
 def test_bad_options(nested, tmp_path):
-    assert "--custom-objects" in error_of(nested.path, custom_objects=str(tmp_path / "missing.py"))
-    assert "--input-shape" in error_of(nested.path, input_shape="28,x")
-    assert "--architecture" in error_of(nested.path, architecture=str(tmp_path / "missing.json"))
+    assert "`custom_objects" in error_of(nested.path, custom_objects=str(tmp_path / "missing.py"))
+    assert "`input_shape" in error_of(nested.path, input_shape="28,x")
+    assert "`architecture" in error_of(nested.path, architecture=str(tmp_path / "missing.json"))
 
 
 def test_load_model_returns_the_keras_model(hdf5_named_keras):
@@ -521,9 +521,9 @@ def test_real_weights_only_file_needs_architecture_and_unsafe():
     if not MODELS.is_dir():
         pytest.skip(f"{MODELS} is absent")
     weights = str(MODELS / "dl_trafficsign_buggy.h5")
-    assert "--architecture" in error_of(weights)
+    assert "`architecture" in error_of(weights)
     message = error_of(weights, architecture=str(MODELS / "dl_trafficsign_buggy.model.json"))
-    assert "--unsafe" in message and "lambda_1" in message
+    assert "`unsafe" in message and "lambda_1" in message
 
 
 @pytest.mark.parametrize("name", TF_KERAS_READABLE)

@@ -389,7 +389,7 @@ def test_save_load_round_trip(tmp_path, graph, nested, kind_models, which, ext):
 def test_save_model_refuses(tmp_path, graph):
     existing = tmp_path / "m.keras"
     existing.write_bytes(b"keep me")
-    with pytest.raises(UsageError, match="--force"):
+    with pytest.raises(UsageError, match="`force=True`"):
         save_model(graph, existing)
     assert existing.read_bytes() == b"keep me"
     with pytest.raises(UsageError, match=r"\.keras or \.h5"):

@@ -62,7 +62,7 @@ def test_compile_like_needs_a_loss_when_the_file_has_none():
     import keras
 
     bare = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    with pytest.raises(UsageError, match="--loss"):
+    with pytest.raises(UsageError, match="`loss="):
         compile_like(_copy(bare), bare)
     target = _copy(bare)
     compile_like(target, bare, loss="mse", optimizer="sgd", learning_rate=0.5)

@@ -71,7 +71,7 @@ class ConfigRepair:
         objects: The user's custom objects. Classes a Keras 3 file registers under another name
             ("package>Name") are added to this dict.
         unsafe: Whether Python code stored in Lambda layers may be rebuilt and run.
-        input_shape: Input shape without the batch axis (`--input-shape`), for a Sequential model
+        input_shape: Input shape without the batch axis (`input_shape` of `load`), for a Sequential model
             saved without one; or None.
 
     Attributes:
@@ -124,7 +124,7 @@ class ConfigRepair:
             shown = ", ".join(f"'{n}'" for n in self._lambdas[:3])
             raise ModelLoadError(
                 f"{self.path} has {len(self._lambdas)} Lambda layer(s) ({shown}) holding Python "
-                "code, which deadrelu does not run by default; if you trust the file, pass --unsafe "
+                "code, which deadrelu does not run by default; if you trust the file, pass `unsafe=True` "
                 "to run the code stored in it"
             )
         return config
@@ -234,12 +234,12 @@ class ConfigRepair:
         if shape is None and cfg.get("build_input_shape"):
             shape, source = cfg["build_input_shape"], "its build_input_shape"
         if shape is None and top_level and self.input_shape is not None:
-            shape, source = (None, *self.input_shape), "the --input-shape option"
+            shape, source = (None, *self.input_shape), "`input_shape`"
         if shape is None:
             if top_level:
                 raise ModelLoadError(
                     f"{self.path} holds a Sequential model saved without an input shape; pass one "
-                    "with --input-shape, e.g. --input-shape 28,28,1 (without the batch axis)"
+                    "with `input_shape`, e.g. `input_shape=\"28,28,1\"` (without the batch axis)"
                 )
             return None  # a nested Sequential is built when the outer model calls it
         name = self._unique(f"{first.get('name', 'input')}_input")
@@ -273,7 +273,7 @@ class ConfigRepair:
         entry.update(module="keras.layers", registered_name=None)
         if lambda_bytecode.lambda_code(cfg.get("output_shape")) is not None:
             cfg["output_shape"] = None  # Keras 3 infers the output shape by tracing the function
-        return f"rebuilt {{n}} Lambda function{{s}} from {origin} stored in the file (--unsafe)"
+        return f"rebuilt {{n}} Lambda function{{s}} from {origin} stored in the file (`unsafe=True`)"
 
     def _tf_op(self, entry: dict) -> str:
         """Rebuilds a tf.keras TensorFlow-op layer (see `deadrelu.legacy.tf_ops`)."""
@@ -490,7 +490,7 @@ def _check_classes(config: dict, objects: dict, path: str) -> None:
         if name in objects:
             if _is_keras2_class(objects[name]):
                 raise ModelLoadError(
-                    f"the --custom-objects class {name} is written for tf.keras (Keras 2), but "
+                    f"the `custom_objects` class {name} is written for tf.keras (Keras 2), but "
                     "deadrelu rebuilds models with Keras 3; make it subclass keras.layers.Layer "
                     "(import keras) instead of tf.keras.layers.Layer"
                 )
@@ -506,11 +506,11 @@ def _check_classes(config: dict, objects: dict, path: str) -> None:
         if name in _REMOVED_LAYERS:
             raise ModelLoadError(
                 f"{path} uses the layer {name}, which {_REMOVED_LAYERS[name]}; "
-                f"pass an implementation of {name} with --custom-objects module.py"
+                f"pass an implementation of {name} with `custom_objects=\"module.py\"`"
             )
         raise ModelLoadError(
             f"{path} uses the custom layer class '{name}', which Keras cannot find; pass "
-            "the Python file that defines it with --custom-objects module.py"
+            "the Python file that defines it with `custom_objects=\"module.py\"`"
         )
 
 

@@ -22,7 +22,7 @@ from deadrelu.legacy import first_line
 
 # Where archive-style files keep a model's layers: tf.keras 2.13–2.15, then tf_keras and Keras 3.
 _LAYER_CONTAINERS = ("_layer_checkpoint_dependencies", "layers")
-_CHECK_ARCHITECTURE = "the architecture does not match the weights file (check --architecture)"
+_CHECK_ARCHITECTURE = "the architecture does not match the weights file (check `architecture`)"
 _CHECK_CONFIG = "the weights do not match the model's config"
 
 
