@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deadrelu.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
+from paths import ROOT, SAMPLES
 
 
 def sha256(path) -> str:
@@ -54,16 +51,10 @@ def data_file(tmp_path_factory):
     return path
 
 
-def run(argv, capfd):
-    code = main([str(a) for a in argv])
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def test_scan_writes_json_equal_to_printed_json_and_finds_planted_units(model_file, data_file, tmp_path, capfd):
+def test_scan_writes_json_equal_to_printed_json_and_finds_planted_units(model_file, data_file, tmp_path, run_cli):
     report_path = tmp_path / "scan.json"
-    code, out, err = run(["scan", model_file, "--data", data_file, "--json", report_path, "--format", "json",
-                          "--batch-size", "7", "--quiet"], capfd)
+    code, out, err = run_cli(["scan", model_file, "--data", data_file, "--json", report_path, "--format", "json",
+                              "--batch-size", "7", "--quiet"])
     assert code == 0, err
     printed = json.loads(out)
     written = json.loads(report_path.read_text())
@@ -75,18 +66,18 @@ def test_scan_writes_json_equal_to_printed_json_and_finds_planted_units(model_fi
     assert written["data"]["samples"] == 50
 
 
-def test_table_and_markdown_outputs(model_file, data_file, capfd):
-    code, out, _ = run(["scan", model_file, "--data", data_file, "--quiet"], capfd)
+def test_table_and_markdown_outputs(model_file, data_file, run_cli):
+    code, out, _ = run_cli(["scan", model_file, "--data", data_file, "--quiet"])
     assert code == 0
     assert "conv" in out and "flagged" in out and "units dead" in out
-    code, out, _ = run(["scan", model_file, "--data", data_file, "--format", "markdown", "--quiet"], capfd)
+    code, out, _ = run_cli(["scan", model_file, "--data", data_file, "--format", "markdown", "--quiet"])
     assert code == 0
     table_rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(table_rows) == 1 + 2  # header + two sites
     assert "**flagged**" in out
 
 
-def test_next_step_hint_is_a_command_that_works(tmp_path, capfd):
+def test_next_step_hint_is_a_command_that_works(tmp_path, run_cli):
     """Flagged sites on real data: one line names the revive and patch commands, and they run."""
     import re
     import shlex
@@ -94,57 +85,57 @@ def test_next_step_hint_is_a_command_that_works(tmp_path, capfd):
     model = tmp_path / "dying.keras"
     model.write_bytes((SAMPLES / "dying_mlp.keras").read_bytes())
     data = str(SAMPLES / "probe.npz")
-    code, _, err = run(["scan", str(model), "--data", data], capfd)
+    code, _, err = run_cli(["scan", str(model), "--data", data])
     hints = [line for line in err.splitlines() if line.startswith("deadrelu: next:")]
     assert code == 0 and len(hints) == 1
     commands = [shlex.split(cmd) for cmd in re.findall(r"`([^`]+)`", hints[0])]
     assert [c[:2] for c in commands] == [["deadrelu", "revive"], ["deadrelu", "patch"]]
     for command in commands:
-        assert run(command[1:] + ["-o", str(tmp_path / f"{command[1]}.keras"), "--quiet"], capfd)[0] == 0
+        assert run_cli(command[1:] + ["-o", str(tmp_path / f"{command[1]}.keras"), "--quiet"])[0] == 0
     # No hint for a healthy model, without real data, or in machine formats.
     for argv in (["scan", str(SAMPLES / "healthy_cnn.keras"), "--data", data], ["scan", str(model)],
                  ["scan", str(model), "--data", data, "--format", "markdown"]):
-        assert "next:" not in run(argv, capfd)[2]
+        assert "next:" not in run_cli(argv)[2]
 
 
-def test_fail_on_gate_exit_codes(model_file, data_file, capfd):
-    assert run(["scan", model_file, "--data", data_file, "--fail-on", "0.01", "--quiet"], capfd)[0] == 1
-    assert run(["scan", model_file, "--data", data_file, "--fail-on", "0.99", "--quiet"], capfd)[0] == 0
+def test_fail_on_gate_exit_codes(model_file, data_file, run_cli):
+    assert run_cli(["scan", model_file, "--data", data_file, "--fail-on", "0.01", "--quiet"])[0] == 1
+    assert run_cli(["scan", model_file, "--data", data_file, "--fail-on", "0.99", "--quiet"])[0] == 0
 
 
-def test_plot_is_a_real_png(model_file, data_file, tmp_path, capfd):
+def test_plot_is_a_real_png(model_file, data_file, tmp_path, run_cli):
     from PIL import Image
 
     png = tmp_path / "overview.png"
-    assert run(["scan", model_file, "--data", data_file, "--plot", png, "--quiet"], capfd)[0] == 0
+    assert run_cli(["scan", model_file, "--data", data_file, "--plot", png, "--quiet"])[0] == 0
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 200
         assert len(set(image.convert("RGB").getdata())) > 10  # not a blank canvas
 
 
-def test_report_command_renders_saved_report(model_file, data_file, tmp_path, capfd):
+def test_report_command_renders_saved_report(model_file, data_file, tmp_path, run_cli):
     report_path = tmp_path / "scan.json"
-    run(["scan", model_file, "--data", data_file, "--json", report_path, "--quiet"], capfd)
-    code, out, _ = run(["report", report_path, "--format", "markdown"], capfd)
+    run_cli(["scan", model_file, "--data", data_file, "--json", report_path, "--quiet"])
+    code, out, _ = run_cli(["report", report_path, "--format", "markdown"])
     assert code == 0 and "`conv`" in out
 
 
-def test_inspect_lists_sites_and_others(model_file, capfd):
-    code, out, _ = run(["inspect", model_file], capfd)
+def test_inspect_lists_sites_and_others(model_file, run_cli):
+    code, out, _ = run_cli(["inspect", model_file])
     assert code == 0
     assert "conv" in out and "dense" in out and "softmax" in out and "2 ReLU sites" in out
 
 
-def test_without_data_warns_synthetic(model_file, capfd):
-    code, out, err = run(["scan", model_file, "--samples", "16"], capfd)
+def test_without_data_warns_synthetic(model_file, run_cli):
+    code, out, err = run_cli(["scan", model_file, "--samples", "16"])
     assert code == 0
     assert "synthetic" in err.lower() and "SYNTHETIC" in out
 
 
-def test_adapts_trailing_channel_and_uint8(model_file, tmp_path, capfd):
+def test_adapts_trailing_channel_and_uint8(model_file, tmp_path, run_cli):
     path = tmp_path / "mnist_like.npy"
     np.save(path, np.random.default_rng(1).integers(0, 255, (20, 8, 8), dtype=np.uint8))
-    code, _, err = run(["scan", model_file, "--data", path, "--rescale", "1/255"], capfd)
+    code, _, err = run_cli(["scan", model_file, "--data", path, "--rescale", "1/255"])
     assert code == 0, err
     assert "trailing channel axis" in err and "uint8" in err
 
@@ -167,7 +158,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, model_file, data_file, tmp_path, capfd):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, model_file, data_file, tmp_path, run_cli):
     (tmp_path / "text.keras").write_text("hello")
     np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8, 1), np.float32))
     nan = np.random.default_rng(2).uniform(size=(30, 8, 8, 1)).astype(np.float32)
@@ -178,7 +169,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, model_file, data_
     argv = [a.format(tmp=tmp_path, model=model_file, data=data_file) for a in argv]
     before = sorted(p.name for p in tmp_path.iterdir())
     model_hash = sha256(model_file)
-    code, _, err = run(argv, capfd)
+    code, _, err = run_cli(argv)
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line.startswith("deadrelu: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -189,8 +180,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, model_file, data_
         assert "sample 17" in lines[0]
 
 
-def test_debug_shows_traceback(tmp_path, capfd):
-    code, _, err = run(["scan", tmp_path / "missing.keras", "--debug"], capfd)
+def test_debug_shows_traceback(tmp_path, run_cli):
+    code, _, err = run_cli(["scan", tmp_path / "missing.keras", "--debug"])
     assert code == 2 and "Traceback" in err
 
 
@@ -223,9 +214,9 @@ def test_python_m_scan_sample_is_quiet_unless_verbose():
     assert sha256(model) == before
 
 
-def test_outputs_get_ordinary_permissions(model_file, data_file, tmp_path, capfd):
+def test_outputs_get_ordinary_permissions(model_file, data_file, tmp_path, run_cli):
     report_path = tmp_path / "scan.json"
-    assert run(["scan", model_file, "--data", data_file, "--json", report_path, "--quiet"], capfd)[0] == 0
+    assert run_cli(["scan", model_file, "--data", data_file, "--json", report_path, "--quiet"])[0] == 0
     umask = os.umask(0)
     os.umask(umask)
     assert report_path.stat().st_mode & 0o777 == 0o666 & ~umask

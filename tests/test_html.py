@@ -102,6 +102,7 @@ def test_cli_report_html(tmp_path, capfd):
     assert all(site.path in page.text for site in report.sites)
 
 
+@pytest.mark.slow
 def test_cli_report_compare_with_html(tmp_path, capfd):
     new, old, planted = planted_pair()
     new.to_json(str(tmp_path / "new.json"))

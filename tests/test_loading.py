@@ -23,8 +23,8 @@ import pytest
 import deadrelu
 from deadrelu import loading
 from deadrelu.errors import ModelLoadError
+from paths import SHARED
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODELS = SHARED / "models"
 MNIST = SHARED / "data" / "mnist.npz"
 
@@ -290,7 +290,6 @@ def test_unreadable_lambda_bytecode_is_refused_clearly(lambda_file, tmp_path):
 
 
 def test_tensorflow_op_layers_are_rebuilt_and_relu_ops_are_sites(tf_ops, tmp_path, capfd):
-    sys.path.insert(0, os.path.dirname(__file__))
     from models import assert_site_matches, outputs_of, reference_stats
 
     loaded = load_checked(tf_ops.path)
@@ -470,10 +469,9 @@ def _manifest_sha256() -> dict:
 
 
 @pytest.fixture(scope="module")
-def real():
-    """Loads each real model once: name -> (LoadedModel, inputs)."""
-    if not MODELS.is_dir():
-        pytest.skip(f"{MODELS} is absent (the real-model sweep only runs beside the shared folder)")
+def real(shared):
+    """Loads each real model once: name -> (LoadedModel, inputs); skipped without ../shared/models."""
+    shared("models")
     mnist = np.load(MNIST)["x_test"][:8] / 255.0 if MNIST.exists() else None
     cache = {}
 
@@ -505,9 +503,9 @@ def _real_inputs(shape, kind, n, mnist) -> np.ndarray:
 def test_real_model_loads_and_runs(name, real):
     loaded, x = real(name)
     manifest = _manifest_sha256()
-    if name in manifest:  # loading never writes the user's files
-        assert loaded.sha256 == manifest[name]
-        assert loading.file_sha256(str(MODELS / name)) == manifest[name]
+    assert name in manifest, f"{name} is not listed in {MODELS / 'MANIFEST.md'}"
+    assert loaded.sha256 == manifest[name]  # loading never writes the user's files
+    assert loading.file_sha256(str(MODELS / name)) == manifest[name]
     architecture = REAL.get(name, (None, None, {}))[2].get("architecture")
     if architecture:
         assert loading.file_sha256(architecture) == manifest[Path(architecture).name]
@@ -517,10 +515,8 @@ def test_real_model_loads_and_runs(name, real):
     assert y.shape[0] == len(x) and np.isfinite(y).all()
 
 
-def test_real_weights_only_file_needs_architecture_and_unsafe():
-    if not MODELS.is_dir():
-        pytest.skip(f"{MODELS} is absent")
-    weights = str(MODELS / "dl_trafficsign_buggy.h5")
+def test_real_weights_only_file_needs_architecture_and_unsafe(shared):
+    weights = str(shared("models", "dl_trafficsign_buggy.h5"))
     assert "`architecture" in error_of(weights)
     message = error_of(weights, architecture=str(MODELS / "dl_trafficsign_buggy.model.json"))
     assert "`unsafe" in message and "lambda_1" in message
@@ -536,14 +532,36 @@ def test_real_h5_matches_tf_keras(name, real, tmp_path):
     np.testing.assert_allclose(outputs(loaded.model, x[:2]), reference(x[:2], training=False).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", _real_files())
+# file -> (ReLU sites, their units, site kind), counted from each architecture (MANIFEST.md:
+# 34 Dense + Activation('relu') pairs, MobileNetV2's 35 ReLU(max_value=6), ...).
+REAL_SITES = {
+    "at_dyingrelu_mlp34.h5": (34, 4352, "activation"),
+    "dd_mnist_al22_trained_stuck.h5": (16, 1234, "fused"),
+    "dl_trafficsign_buggy.h5": (6, 371, "fused"),
+    "eriks_supervised_clf_tfkeras213.keras": (2, 384, "fused"),
+    "koustav_ae_hdf5_misnamed.keras": (3, 160, "fused"),
+    "lucie_ae_nested_k35.keras": (6, 112, "fused"),
+    "ml3arn_mnist_ae_nested.h5": (7, 3264, "fused"),
+    "moonflower_mnist_cnn_k311.h5": (2, 96, "fused"),
+    "moonflower_mnist_cnn_k311.keras": (2, 96, "fused"),
+    "st_mobilenetv2_035_128_flowers.h5": (35, 6496, "relu_layer"),
+    "st_yamnet256_esc10.h5": (11, 1472, "relu_layer"),
+    "tiny_ic_resnet8.h5": (7, 240, "activation"),
+}
+SLOW_REAL = {"st_mobilenetv2_035_128_flowers.h5"}  # ~15 s to scan on 2 cores
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_REAL else n for n in _real_files()]
+)
 def test_real_model_scan_finds_relu_sites(name, real):
+    """Every ReLU of each real model is a site, every site is reached, and the verdicts match the counts."""
+    assert name in REAL_SITES, f"{name}: a new real model; add its sites, units and kind to REAL_SITES"
     loaded, x = real(name)
     report = deadrelu.scan(loaded.model, x, batch_size=len(x))
-    if _has_relu(loaded.model):
-        assert len(report.sites) > 0
-        assert report.summary
-
-
-def _has_relu(model) -> bool:
-    return "relu" in json.dumps(model.get_config(), default=str).lower()
+    sites, units, kind = REAL_SITES[name]
+    assert len(report.sites) == sites and {s.kind for s in report.sites} == {kind}
+    assert report.summary["units"] == units and report.summary["unreached_sites"] == 0
+    assert report.data["samples"] == len(x)
+    for site in report.sites:  # dead = never fired on these inputs, and nothing else
+        assert site.dead == np.flatnonzero(site.fires == 0).tolist(), site.path

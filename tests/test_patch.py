@@ -16,15 +16,12 @@ import numpy as np
 import pytest
 
 import deadrelu
-from deadrelu.cli import main
 from deadrelu.errors import UnsupportedModelError, UsageError
 from deadrelu.patcher import SelfCheck, patch, patch_model, patch_self_check
 from deadrelu.saving import save_model
+from paths import SAMPLES
 
 L = keras.layers
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
-SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 ATOL = 1e-5
 
 
@@ -79,12 +76,6 @@ def numpy_site(z, *, alpha, cap=None, threshold=0.0):
 
 def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def run_cli(argv, capfd):
-    code = main([str(a) for a in argv])
-    out, err = capfd.readouterr()
-    return code, out, err
 
 
 # -- models: one per site kind, tiny --------------------------------------------------------
@@ -441,10 +432,10 @@ def test_report_of_another_model(planted, graph):
 
 # -- the command line -------------------------------------------------------------------------
 
-def test_cli_dying_mlp_prelu(tmp_path, capfd):
+def test_cli_dying_mlp_prelu(tmp_path, run_cli):
     out, summary = tmp_path / "fixed.keras", tmp_path / "patch.json"
     code, stdout, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "prelu", "--data",
-                                 SAMPLES / "probe.npz", "--only", "dead", "-o", out, "--json", summary], capfd)
+                                 SAMPLES / "probe.npz", "--only", "dead", "-o", out, "--json", summary])
     assert code == 0, err
     assert "hidden_1" in stdout and "PReLU" in stdout
     assert "self-check: slope-0 patch reproduces the original outputs (max |Δ| = " in stdout
@@ -458,11 +449,11 @@ def test_cli_dying_mlp_prelu(tmp_path, capfd):
     assert all(r["dead"] > 0 for r in data["rewrites"])
 
 
-def test_cli_healthy_cnn_h5_leaky(tmp_path, capfd):
+def test_cli_healthy_cnn_h5_leaky(tmp_path, run_cli):
     src = tmp_path / "healthy_cnn.h5"
     src.write_bytes((SAMPLES / "healthy_cnn.h5").read_bytes())
     code, stdout, err = run_cli(["patch", src, "--to", "leaky", "--alpha", "0.1", "--data",
-                                 SAMPLES / "probe.npz", "--samples", "100"], capfd)
+                                 SAMPLES / "probe.npz", "--samples", "100"])
     assert code == 0, err
     out = tmp_path / "healthy_cnn_leaky.keras"  # the default OUT, beside the input
     assert out.exists() and "on 100 samples" in stdout and "conv_1_leaky" in stdout
@@ -472,20 +463,20 @@ def test_cli_healthy_cnn_h5_leaky(tmp_path, capfd):
     np.testing.assert_allclose(outputs(keras.models.load_model(out), x)[0], outputs(expected, x)[0], atol=1e-6)
     # .h5 output, --layers
     out_h5 = tmp_path / "fixed.h5"
-    code, stdout, err = run_cli(["patch", src, "--to", "prelu", "--layers", "^conv", "-o", out_h5], capfd)
+    code, stdout, err = run_cli(["patch", src, "--to", "prelu", "--layers", "^conv", "-o", out_h5])
     assert code == 0, err
     assert "synthetic samples" in stdout and "kept as they were: 1 site (dense_1)" in stdout
     assert [s.path for s in deadrelu.find_sites(keras.models.load_model(out_h5))] == ["dense_1"]
 
 
-def test_cli_report_file(tmp_path, capfd):
+def test_cli_report_file(tmp_path, run_cli):
     scan_json = tmp_path / "scan.json"
     code, _, err = run_cli(["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz",
-                            "--json", scan_json], capfd)
+                            "--json", scan_json])
     assert code == 0, err
     out = tmp_path / "flagged.keras"
     code, stdout, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "--only", "flagged",
-                                 "--report", scan_json, "-o", out], capfd)
+                                 "--report", scan_json, "-o", out])
     assert code == 0, err
     report = deadrelu.Report.from_json(str(scan_json))
     flagged = [s.path for s in report.sites if s.flagged]
@@ -493,26 +484,26 @@ def test_cli_report_file(tmp_path, capfd):
     assert len(deadrelu.find_sites(keras.models.load_model(out))) == len(report.sites) - len(flagged)
 
 
-def test_cli_refusals(tmp_path, capfd):
+def test_cli_refusals(tmp_path, run_cli):
     model = SAMPLES / "dying_mlp.keras"
     existing = tmp_path / "out.keras"
     existing.write_bytes(b"precious")
     before = sha256(existing)
-    code, _, err = run_cli(["patch", model, "--to", "leaky", "-o", existing], capfd)
+    code, _, err = run_cli(["patch", model, "--to", "leaky", "-o", existing])
     assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1
     assert sha256(existing) == before
-    code, _, err = run_cli(["patch", model, "--to", "leaky", "-o", model], capfd)
+    code, _, err = run_cli(["patch", model, "--to", "leaky", "-o", model])
     assert code == 2 and "input" in err
-    code, _, err = run_cli(["patch", model, "--to", "leaky", "--only", "dead", "-o", tmp_path / "x.keras"], capfd)
+    code, _, err = run_cli(["patch", model, "--to", "leaky", "--only", "dead", "-o", tmp_path / "x.keras"])
     assert code == 2 and "--data" in err and "--report" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli(["patch", model, "--to", "prelu", "--alpha", "0.1", "-o", tmp_path / "x.keras"], capfd)
+    code, _, err = run_cli(["patch", model, "--to", "prelu", "--alpha", "0.1", "-o", tmp_path / "x.keras"])
     assert code == 2 and "--alpha-init" in err
-    code, _, err = run_cli(["patch", model, "--to", "leaky", "-o", existing, "--force"], capfd)
+    code, _, err = run_cli(["patch", model, "--to", "leaky", "-o", existing, "--force"])
     assert code == 0 and sha256(existing) != before
     keras.models.load_model(existing)
 
 
-def test_cli_self_check_failure_is_internal(tmp_path, capfd, monkeypatch):
+def test_cli_self_check_failure_is_internal(tmp_path, run_cli, monkeypatch):
     import importlib
 
     patch_module = importlib.import_module("deadrelu.patcher")  # the module, not deadrelu.patch()
@@ -520,7 +511,7 @@ def test_cli_self_check_failure_is_internal(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(patch_module, "patch_self_check",
                         lambda *a, **k: SelfCheck(max_abs_diff=0.5, samples=8, synthetic=True))
     out = tmp_path / "never.keras"
-    code, _, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out], capfd)
+    code, _, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out])
     assert code == 3 and "does NOT reproduce" in err
     assert not out.exists()
 
@@ -535,10 +526,8 @@ REAL = {
 
 
 @pytest.mark.parametrize("name", list(REAL))
-def test_real_models(name, tmp_path):
-    path = SHARED_MODELS / name
-    if not path.exists():
-        pytest.skip(f"{SHARED_MODELS} is absent (a user's clone has no ../shared)")
+def test_real_models(name, tmp_path, shared):
+    path = shared("models", name)
     model = deadrelu.load_model(str(path))
     low, high = REAL[name]
     x = np.random.default_rng(0).uniform(low, high, (4, *model.input_shape[1:])).astype("float32")

@@ -9,19 +9,15 @@ import copy
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from deadrelu import plots
-from deadrelu.cli import main
 from deadrelu.compare import compare_reports, compress_indices
 from deadrelu.report import Report, SiteReport
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
+from paths import SAMPLES
 
 
 # -- synthetic reports ----------------------------------------------------------------------
@@ -233,18 +229,12 @@ def test_diff_figure_shows_dead_and_revived(tmp_path):
 
 # -- command line ---------------------------------------------------------------------------
 
-def run(argv, capfd):
-    code = main([str(a) for a in argv])
-    out, err = capfd.readouterr()
-    return code, out, err
-
-
-def test_report_compare_cli_prints_table_and_writes_diff_and_figure(tmp_path, capfd):
+def test_report_compare_cli_prints_table_and_writes_diff_and_figure(tmp_path, run_cli):
     new, old, planted = planted_pair()
     new.to_json(str(tmp_path / "new.json"))
     old.to_json(str(tmp_path / "old.json"))
-    code, out, err = run(["report", tmp_path / "new.json", "--compare", tmp_path / "old.json", "--json",
-                          tmp_path / "diff.json", "--plot", tmp_path / "diff.png"], capfd)
+    code, out, err = run_cli(["report", tmp_path / "new.json", "--compare", tmp_path / "old.json", "--json",
+                              tmp_path / "diff.json", "--plot", tmp_path / "diff.png"])
     assert code == 0, err
     assert "newly dead" in out and "only in the new report" in out
     written = json.loads((tmp_path / "diff.json").read_text())
@@ -254,24 +244,25 @@ def test_report_compare_cli_prints_table_and_writes_diff_and_figure(tmp_path, ca
     assert_picture(tmp_path / "diff.png", red=True)
 
 
-def test_report_compare_missing_file_is_one_line_exit_2(tmp_path, capfd):
+def test_report_compare_missing_file_is_one_line_exit_2(tmp_path, run_cli):
     make_report(2).to_json(str(tmp_path / "new.json"))
-    code, out, err = run(["report", tmp_path / "new.json", "--compare", tmp_path / "missing.json"], capfd)
+    code, out, err = run_cli(["report", tmp_path / "new.json", "--compare", tmp_path / "missing.json"])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deadrelu: error:") and "missing.json" in lines[0]
 
 
-def test_report_plot_dir_bad_parent_is_exit_2(tmp_path, capfd):
+def test_report_plot_dir_bad_parent_is_exit_2(tmp_path, run_cli):
     make_report(2).to_json(str(tmp_path / "new.json"))
-    code, _, err = run(["report", tmp_path / "new.json", "--plot-dir", tmp_path / "no" / "such" / "dir"], capfd)
+    code, _, err = run_cli(["report", tmp_path / "new.json", "--plot-dir", tmp_path / "no" / "such" / "dir"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--plot-dir" in err
 
 
-def test_scan_plot_dir_end_to_end(tmp_path, capfd):
+@pytest.mark.slow
+def test_scan_plot_dir_end_to_end(tmp_path, run_cli):
     folder = tmp_path / "figures"
-    code, out, err = run(["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "--samples", "200",
-                          "--plot-dir", folder, "--json", tmp_path / "scan.json", "--quiet"], capfd)
+    code, out, err = run_cli(["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "--samples", "200",
+                              "--plot-dir", folder, "--json", tmp_path / "scan.json", "--quiet"])
     assert code == 0, err
     report = Report.from_json(str(tmp_path / "scan.json"))
     expected = {"overview.png", "unit_map.png", "active_rates.png"} | {

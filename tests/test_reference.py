@@ -10,8 +10,6 @@ the site. No expected number comes from the engine itself.
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import keras
 import numpy as np
@@ -19,9 +17,7 @@ import pytest
 import tensorflow as tf
 
 import deadrelu
-
-sys.path.insert(0, os.path.dirname(__file__))
-from models import (  # noqa: E402
+from models import (
     RTOL, ATOL, L, assert_reports_equal, assert_site_matches, close, leaves, linear_clone, one_hot,
     outputs_of, plant_bias, randomize_batchnorm, random_x, reference_grad_stats, reference_stats, to_numpy,
 )

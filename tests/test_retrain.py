@@ -8,6 +8,7 @@ import pytest
 import deadrelu
 from deadrelu.errors import UsageError
 from deadrelu.retrain import compile_like, retrain
+from paths import SAMPLES
 
 
 def _model(seed=0):
@@ -36,6 +37,7 @@ def xy():
     return x, (x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 1).astype(int)
 
 
+@pytest.mark.slow
 def test_identical_variants_train_identically_and_scans_match(xy, tmp_path):
     x, y = xy
     source = _model()
@@ -97,19 +99,18 @@ def test_compile_like_restores_a_serialised_loss_from_a_legacy_file(tmp_path):
 
 # -- command line -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_effect(tmp_path, capfd):
     import json
-    from pathlib import Path
 
     import keras
     import matplotlib.image
 
     from deadrelu.cli import main
 
-    samples = Path(__file__).resolve().parents[1] / "samples"
     out, summary, curves = tmp_path / "patched.keras", tmp_path / "patch.json", tmp_path / "curves.png"
-    argv = ["patch", samples / "dying_mlp.keras", "--to", "leaky", "-o", out, "--retrain",
-            "--data", samples / "probe.npz", "--samples", "400", "--validation-split", "0.25", "--epochs", "2",
+    argv = ["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out, "--retrain",
+            "--data", SAMPLES / "probe.npz", "--samples", "400", "--validation-split", "0.25", "--epochs", "2",
             "--baseline", "--curves", curves, "--json", summary]
     code = main([str(a) for a in argv])
     stdout, stderr = capfd.readouterr()
@@ -119,7 +120,7 @@ def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_ef
     assert [v["name"] for v in retrained["variants"]] == ["as is (baseline)", "patched (leaky)"]
     assert all(len(v["history"]["loss"]) == 2 for v in retrained["variants"])
     # OUT holds the retrained model: evaluating it on the held-out quarter gives the "after" numbers.
-    data = np.load(samples / "probe.npz")
+    data = np.load(SAMPLES / "probe.npz")
     x_val, y_val = data["x"][300:400], data["y"][300:400]
     model = keras.models.load_model(out)
     after = retrained["variants"][1]["after"]
@@ -129,12 +130,9 @@ def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_ef
 
 
 def test_cli_retrain_without_validation_is_one_line_exit_2(tmp_path, capfd):
-    from pathlib import Path
-
     from deadrelu.cli import main
 
-    samples = Path(__file__).resolve().parents[1] / "samples"
-    code = main(["revive", str(samples / "dying_mlp.keras"), "--data", str(samples / "probe.npz"),
+    code = main(["revive", str(SAMPLES / "dying_mlp.keras"), "--data", str(SAMPLES / "probe.npz"),
                  "-o", str(tmp_path / "r.keras"), "--retrain"])
     err = capfd.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--validation-split" in err

@@ -3,18 +3,13 @@ scan leaves the user's model exactly as it was, even when it fails midway."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import deadrelu
-
-sys.path.insert(0, os.path.dirname(__file__))
-from models import L, all_layers, assert_reports_equal, random_x, reference_stats, to_numpy  # noqa: E402
+from models import L, all_layers, assert_reports_equal, random_x, reference_stats, to_numpy
 
 
 # -- classification --------------------------------------------------------------------------------
