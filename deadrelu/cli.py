@@ -4,7 +4,9 @@ Start-up stays light: argparse and the standard library only. TensorFlow is impo
 commands, after TensorFlow's own log noise has been routed away from the user's terminal.
 
 Exit codes: 0 done; 1 done but `--fail-on` exceeded; 2 bad input (one line, no traceback);
-3 internal error.
+3 internal error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Every path is checked before
+any work (`check_paths`): no output may be an input, and SIGTERM unwinds like Ctrl-C, so no
+temporary file is left.
 
 The library's messages name its Python keywords (`batch_size`); `flag_names` shows them as the
 command's flags (--batch-size).
@@ -18,10 +20,19 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import sys
-from typing import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
-from deadrelu.commands._common import EXIT_INPUT, EXIT_INTERNAL, parent_parsers
+from deadrelu.commands._common import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    check_paths,
+    parent_parsers,
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in sorted(modules, key=lambda m: m.ORDER):
         command = module.register(subparsers, parents)
         command.set_defaults(handler=module.run, command_parser=command)
+    parser.set_defaults(commands=tuple(subparsers.choices))
     return parser
 
 
@@ -171,6 +183,28 @@ class Output:
 
 # -- entry point ----------------------------------------------------------------------------
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the command unwinds as on Ctrl-C, removing its temporary files."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turns SIGTERM into `Terminated` while the block runs (main thread only); a second SIGTERM kills at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
     parser = build_parser()
@@ -179,15 +213,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a one-line usage error
         return int(exc.code or 0)
     if args.command is None:
-        parser.print_help()
+        sys.stderr.write(f"deadrelu: error: give a command ({', '.join(args.commands)}); see 'deadrelu --help'\n")
         return EXIT_INPUT
+    with sigterm_unwinds():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Checks every path, then runs the command; errors become one line and an exit code."""
     from deadrelu.errors import DeadReluError
 
     with quiet_native_stderr(not args.verbose):
-        if not args.verbose:
-            _silence_python_logs()
-        output = Output(args)
         try:
+            check_paths(args)  # before any work: nothing is loaded, nothing written
+            if not args.verbose:
+                _silence_python_logs()
+            output = Output(args)
             return args.handler(args, output)
         except DeadReluError as exc:
             if args.debug:
@@ -196,9 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exc()
             sys.stderr.write(f"deadrelu: error: {flag_names(str(exc), args.command_parser)}\n")
             return EXIT_INPUT
-        except KeyboardInterrupt:
-            sys.stderr.write("deadrelu: interrupted\n")
-            return 130
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Terminated):
+                sys.stderr.write("deadrelu: terminated; no partial output was left\n")
+                return EXIT_TERMINATED
+            sys.stderr.write("deadrelu: interrupted; no partial output was left\n")
+            return EXIT_INTERRUPTED
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if args.debug:
                 import traceback

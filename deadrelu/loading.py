@@ -29,9 +29,11 @@ import sys
 import tempfile
 import types
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 
 from deadrelu.errors import ModelLoadError
+from deadrelu.files import file_kind
 from deadrelu.legacy import config_repairs, first_line, h5_weights, training_config
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -169,6 +171,9 @@ def _detect_format(path: str) -> str:
     """Returns "keras", "h5" or "savedmodel" from the file's content, or raises ModelLoadError."""
     if not os.path.exists(path):
         raise ModelLoadError(f"model file not found: {path}; check the path")
+    kind = file_kind(path)
+    if kind is not None:  # opening a FIFO would wait for a writer forever
+        raise ModelLoadError(f"{path} is {kind}, not a model file; pass a model saved with model.save()")
     if os.path.isdir(path):
         if os.path.exists(_saved_model_pb(path)):
             return "savedmodel"
@@ -251,6 +256,8 @@ def _custom_objects(spec) -> dict:
 
 def _objects_from_file(path: str) -> dict:
     """Imports a .py file by path and returns the classes and functions it defines or imports."""
+    if file_kind(path) is not None:
+        raise ModelLoadError(f"`custom_objects={path!r}` is {file_kind(path)}, not a file; pass a .py file")
     if not os.path.isfile(path):
         raise ModelLoadError(
             f"`custom_objects` file not found: {path}; pass the .py file that defines the custom layers"
@@ -317,6 +324,8 @@ def _decode_json(text: str, where: str) -> dict:
 
 def _read_architecture(path: str) -> dict:
     """Reads the `architecture` JSON file."""
+    if file_kind(path) is not None:
+        raise ModelLoadError(f"`architecture={path!r}` is {file_kind(path)}, not a file; pass the model's JSON file")
     if not os.path.isfile(path):
         raise ModelLoadError(f"`architecture` file not found: {path}; pass the model's JSON file")
     with open(path, encoding="utf-8") as f:
@@ -399,12 +408,35 @@ def _hdf5_config(f, ctx: _Context, architecture: str | None) -> dict:
         ctx.repairs.append(f"model rebuilt from the architecture in {os.path.basename(architecture)}")
         return _read_architecture(architecture)
     stored = h5_weights.attr_text(f, "model_config")
+    if stored is None and not _holds_weights(f):
+        arrays = _dataset_names(f)
+        example = f"`data=\"{ctx.path}:{arrays[0]}\"`" if arrays else "`data`"
+        raise ModelLoadError(
+            f"{ctx.path} holds arrays ({', '.join(arrays[:5]) or 'none'}{', ...' if len(arrays) > 5 else ''}), "
+            f"not a Keras model; to read them as the inputs pass the file as {example}, and give a model "
+            "saved with model.save() as the model"
+        )
     if stored is None:
         raise ModelLoadError(
             f"{ctx.path} holds only weights, no model architecture; pass the architecture as a Keras "
             "JSON file with `architecture=\"model.json\"` to rebuild the model and load these weights"
         )
     return _decode_json(stored, ctx.path)
+
+
+def _holds_weights(f) -> bool:
+    """Whether an HDF5 file without a model config looks like Keras weights (else it holds data)."""
+    # Keras 2 (save_weights, or a model's weights group), Keras 3 (.weights.h5: layers/, vars/).
+    return "layer_names" in f.attrs or any(name in f for name in ("model_weights", "layers", "vars"))
+
+
+def _dataset_names(f) -> list[str]:
+    """The paths of the datasets in an HDF5 file, in the file's order."""
+    import h5py
+
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,6 +454,17 @@ def _load_zip(ctx: _Context):
     except zipfile.BadZipFile as exc:
         raise ModelLoadError(f"{ctx.path} is a damaged zip archive ({exc}); save the model again") from exc
     with archive:
+        # Every entry is read once and its CRC checked: a damaged weights entry could otherwise
+        # load as wrong weights, or fail deep inside Keras.
+        try:
+            damaged = archive.testzip()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            damaged = f"? ({exc})"
+        if damaged is not None:
+            raise ModelLoadError(
+                f"{ctx.path} is a damaged zip archive (entry {damaged} fails its CRC check); the file was "
+                "corrupted on disk or in transfer: save or download the model again"
+            )
         names = set(archive.namelist())
         if "config.json" not in names:
             raise ModelLoadError(
@@ -601,5 +644,18 @@ def _explain(exc: BaseException, ctx: _Context) -> ModelLoadError:
             f"{ctx.path} holds Python code (a lambda) that deadrelu does not run by default; "
             "if you trust the file, pass `unsafe=True`"
         )
+    # Keras 3 reports weights that do not fit the configuration as "A total of N objects could not
+    # be loaded. Example error message for object <Dense name=d, ...>:" and the cause below it.
+    mismatch = re.search(r"could not be loaded\. Example error message for object <(\w+) name=([^,>]+)[^>]*>:\s*(.+?)"
+                         r"(?:\s*Target variable:|\n\s*\n|$)", text, re.S)
+    if mismatch:
+        cause = " ".join(mismatch[3].split()).rstrip(".")
+        return ModelLoadError(
+            f"the weights in {ctx.path} do not fit the model its configuration describes (layer "
+            f"'{mismatch[2]}', {mismatch[1]}): {first_line(cause)}; the configuration and the weights "
+            "come from different models: save the model again with model.save()"
+        )
     innermost = text.split("Exception encountered:")[-1].strip() or type(exc).__name__
-    return ModelLoadError(f"Keras 3 cannot rebuild the model in {ctx.path}: {first_line(innermost)}")
+    lines = [line.strip() for line in innermost.splitlines() if line.strip()]
+    head = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else innermost  # the cause follows
+    return ModelLoadError(f"Keras 3 cannot rebuild the model in {ctx.path}: {first_line(head)}")

@@ -8,7 +8,7 @@ import os
 import warnings
 
 from deadrelu.errors import UsageError
-from deadrelu.files import atomic_output, check_output_path
+from deadrelu.files import atomic_output, check_output_path, same_file
 
 # Keras chooses the format from the extension (case-sensitively).
 MODEL_EXTENSIONS = (".keras", ".h5", ".hdf5")
@@ -30,21 +30,21 @@ def model_output_path(model_path: str, output: str | None, suffix: str, *, force
     Raises:
         UsageError: OUT has no model extension, is the input itself, or exists without `force`.
     """
-    if output:
-        out = os.fspath(output)
-    else:
-        stem = os.path.splitext(os.path.basename(os.path.normpath(model_path)))[0]
-        out = os.path.join(os.path.dirname(os.path.normpath(model_path)), f"{stem}_{suffix}.keras")
+    out = os.fspath(output) if output else default_output_path(model_path, suffix)
     if not out.endswith(MODEL_EXTENSIONS):
         raise UsageError(f"`output={out!r}`: the output name must end in .keras or .h5")
-    same = os.path.abspath(out) == os.path.abspath(model_path)
-    if not same and os.path.exists(model_path) and os.path.exists(out):
-        same = os.path.samefile(model_path, out)  # a link, or another spelling of the same file
-    if same:
+    if same_file(out, model_path):  # a link, or another spelling of the same file
         raise UsageError(f"`output={out!r}` is the input model; deadrelu never overwrites its input, "
                          "choose another path")
     check_output_path(out, force=force)
     return out
+
+
+def default_output_path(model_path: str, suffix: str) -> str:
+    """`<stem>_<suffix>.keras` beside the input model: where a transformed model goes by default."""
+    model_path = os.path.normpath(os.fspath(model_path))
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    return os.path.join(os.path.dirname(model_path), f"{stem}_{suffix}.keras")
 
 
 def save_model(model, path, *, force: bool = False, verify: bool = True, notes: list[str] | None = None) -> str:
@@ -68,7 +68,8 @@ def save_model(model, path, *, force: bool = False, verify: bool = True, notes: 
 
     Raises:
         UsageError: The extension is not one Keras can save to, the folder does not exist, or
-            `path` exists and `force` is False.
+            `path` exists and `force` is False (decided again, atomically, when the file is moved
+            into place: a concurrent run that wrote `path` first is never replaced).
 
     Example:
         >>> save_model(patched, "model_prelu.keras")
@@ -79,9 +80,8 @@ def save_model(model, path, *, force: bool = False, verify: bool = True, notes: 
     if not path.endswith(MODEL_EXTENSIONS):
         raise UsageError(f"cannot save a model as {path!r}: the name must end in .keras or .h5 "
                          "(Keras chooses the format from it)")
-    check_output_path(path, force=force)
     h5 = path.endswith(_H5_EXTENSIONS)
-    with atomic_output(path) as tmp, _quiet_keras():
+    with atomic_output(path, force=force) as tmp, _quiet_keras():
         model.save(tmp)
         if verify:
             try:

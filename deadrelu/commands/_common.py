@@ -1,4 +1,5 @@
-"""What the commands share: exit codes, argument types, flag groups, loading and showing a report.
+"""What the commands share: exit codes, argument types, flag groups, the check of every path,
+loading and showing a report.
 
 `deadrelu.cli` assembles the parser from these; commands import them from here, never from
 `deadrelu.cli` (which imports the commands). Standard library only at import time.
@@ -7,9 +8,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import re
 import sys
+from collections.abc import Callable
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+# Ended by Ctrl-C (SIGINT) or by SIGTERM: 128 + the signal's number, as shells report it.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -49,19 +56,146 @@ def shape(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected a shape such as 28,28,1, got {text!r}") from None
 
 
-def plot_dir(text: str) -> str:
-    """argparse type of `--plot-dir`: a folder, or a new one whose parent exists (checked before any work).
+# -- paths: what a command reads and what it writes ------------------------------------------
 
-    The check is `deadrelu.files.check_output_folder`; the folder is created only when the figures
-    are written (`deadrelu.plots.plot_site_dir`), so a failed run leaves no empty folder behind.
+@dataclasses.dataclass(frozen=True)
+class PathArg:
+    """The argparse `type` of every flag that names a file or folder: says what it is to the command.
+
+    `check_paths` finds the path flags of the command that ran by this type and checks them all
+    together before the command does any work; tests/test_safety.py fails on a flag that takes
+    free text without being declared here or listed there as no path.
+
+    Attributes:
+        output: Whether the command writes the path (else it reads it).
+        kind: "file"; "model" (an input file or SavedModel folder; the output OUT, which replaces
+            an existing file only with --force); "data" (an input `x.npz:key`, `f.h5:group/ds` or
+            folder of images); "folder" (an output folder of figures).
+        default: For an output: args → the path written when the flag is not given.
+    """
+
+    output: bool
+    kind: str = "file"
+    default: Callable[[argparse.Namespace], str] | None = None
+
+    def __call__(self, text: str) -> str:
+        return text
+
+
+INPUT_FILE = PathArg(output=False)
+INPUT_MODEL = PathArg(output=False, kind="model")
+INPUT_DATA = PathArg(output=False, kind="data")
+OUTPUT_FILE = PathArg(output=True)
+OUTPUT_FOLDER = PathArg(output=True, kind="folder")
+
+
+def output_model(suffix: Callable[[argparse.Namespace], str]) -> PathArg:
+    """The type of `-o/--output`: a model file, by default `<model>_<suffix(args)>.keras` beside MODEL."""
+
+    def default(args: argparse.Namespace) -> str:
+        from deadrelu.saving import default_output_path
+
+        return default_output_path(args.model, suffix(args))
+
+    return PathArg(output=True, kind="model", default=default)
+
+
+# The names of the figures --plot-dir writes (`deadrelu.plots.plot_site_dir`, `site_file_name`).
+PLOT_DIR_FIGURES = re.compile(r"(overview|unit_map|active_rates)\.png|site-\d{3,}-[A-Za-z0-9._-]*\.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Path:
+    """One path of a command line: the flag that gave it, as given, and the file it names."""
+
+    flag: str       # --json, or the name of a positional (model)
+    given: str      # as the user wrote it
+    target: str     # the file or folder (a data spec's file)
+    arg: PathArg
+
+    def __str__(self) -> str:
+        return f"{self.flag} {self.given}"
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The one check of every path of the command that ran, before it does any work.
+
+    Fills in the default of an output that was not given (OUT), then refuses, each with a
+    `UsageError` that names the flags:
+
+    * an output that is an input — the same file once symbolic links and relative spellings are
+      resolved, or a hard link to it — or lies inside an input folder (a SavedModel, a folder of
+      images), or, for a folder of figures, a figure name that would replace an input. --force
+      never lets an output replace an input;
+    * two outputs that are the same file;
+    * an input that is a FIFO, a socket or a device (reading it could block forever);
+    * an output that is a folder or a special file, in a folder that does not exist or takes no
+      new files, or that exists (OUT without --force) — see `deadrelu.files.check_output_path`.
     """
     from deadrelu.errors import UsageError
-    from deadrelu.files import check_output_folder
+    from deadrelu.files import check_output_folder, check_output_path, data_file, file_kind
 
-    try:
-        return check_output_folder(text)
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    inputs, outputs = [], []
+    # argparse has no public list of a parser's options; `_actions` includes the parents' ones.
+    for action in args.command_parser._actions:
+        arg = action.type
+        if not isinstance(arg, PathArg):
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None and arg.default is not None:
+            value = arg.default(args)
+            setattr(args, action.dest, value)
+        flag = max(action.option_strings, key=len) if action.option_strings else action.dest
+        for given in value if isinstance(value, list) else [value]:
+            if given is not None:
+                path = _Path(flag, given, data_file(given) if arg.kind == "data" else given, arg)
+                (outputs if arg.output else inputs).append(path)
+    for path in inputs:
+        kind = file_kind(path.target)
+        if kind is not None:
+            raise UsageError(f"{path} is {kind}, not a file; deadrelu reads files and folders only (it could "
+                             "wait forever on a pipe): save the content to a file and pass that")
+    for index, out in enumerate(outputs):
+        for path in inputs:
+            _refuse_overlap(out, path, to_input=True)
+        for other in outputs[:index]:
+            _refuse_overlap(out, other, to_input=False)
+    for out in outputs:
+        try:
+            if out.arg.kind == "folder":
+                check_output_folder(out.given)
+            else:
+                check_output_path(out.given, force=out.arg.kind != "model" or bool(getattr(args, "force", False)))
+        except UsageError as error:
+            raise UsageError(f"{out.flag}: {error}") from None
+
+
+def _refuse_overlap(out: _Path, other: _Path, *, to_input: bool) -> None:
+    """Raises UsageError when writing `out` would replace, or write into, `other`."""
+    from deadrelu.errors import UsageError
+    from deadrelu.files import is_inside, same_file
+
+    if to_input:
+        fix = "deadrelu never writes over its inputs, not even with --force: choose another path"
+        if same_file(out.target, other.target):
+            raise UsageError(f"{out} is the input {other}; {fix}")
+        if os.path.isdir(other.target) and is_inside(out.target, other.target):
+            raise UsageError(f"{out} is inside the input folder {other}; {fix}")
+    elif same_file(out.target, other.target):
+        raise UsageError(f"{other.flag} and {out.flag} are the same file ({out.given}); give each output its own path")
+    for folder, file in ((out, other), (other, out)):
+        if folder.arg.kind == "folder" and folder.arg.output and _figure_name_in(file.target, folder.target):
+            what = "the input" if to_input else "the output"
+            raise UsageError(f"{folder} would overwrite {what} {file} with a figure of the same name; "
+                             "choose another folder")
+
+
+def _figure_name_in(path: str, folder: str) -> bool:
+    """Whether --plot-dir `folder` would write a figure at `path` (as given, or where its links lead)."""
+    folder = os.path.realpath(folder)
+    spellings = {os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path)),
+                 os.path.realpath(path)}
+    return any(os.path.dirname(p) == folder and PLOT_DIR_FIGURES.fullmatch(os.path.basename(p)) for p in spellings)
 
 
 # -- flag groups ----------------------------------------------------------------------------
@@ -74,15 +208,20 @@ def parent_parsers() -> dict[str, argparse.ArgumentParser]:
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("model", metavar="MODEL", help="a .keras or .h5 file, or a SavedModel directory")
-    model.add_argument("--custom-objects", metavar="FILE.py", help="a Python file defining the model's custom classes")
-    model.add_argument("--architecture", metavar="MODEL.json", help="a Keras JSON config, for a weights-only .h5")
+    model.add_argument("model", type=INPUT_MODEL, metavar="MODEL",
+                       help="a .keras or .h5 file, or a SavedModel directory")
+    model.add_argument("--custom-objects", type=INPUT_FILE, metavar="FILE.py",
+                       help="a Python file defining the model's custom classes")
+    model.add_argument("--architecture", type=INPUT_FILE, metavar="MODEL.json",
+                       help="a Keras JSON config, for a weights-only .h5")
     model.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs Python code from the file)")
     model.add_argument("--input-shape", type=shape, metavar="H,W,C", help="input shape, when the file lacks one")
 
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data", metavar="PATH", help=".npy, .npz[:key], .h5[:dataset], .csv or a folder of images")
-    data.add_argument("--labels", metavar="PATH", help="labels (same formats); default the data file's 'y'")
+    data.add_argument("--data", type=INPUT_DATA, metavar="PATH",
+                      help=".npy, .npz[:key], .h5[:dataset], .csv or a folder of images")
+    data.add_argument("--labels", type=INPUT_DATA, metavar="PATH",
+                      help="labels (same formats); default the data file's 'y'")
     data.add_argument("--samples", type=positive_int, metavar="N", help="use the first N samples")
     data.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                       help="samples per step (default 256)")
@@ -93,8 +232,8 @@ def parent_parsers() -> dict[str, argparse.ArgumentParser]:
 def add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     """--json, --plot, --format, --sort, --top: how a report is shown and saved."""
     if json_flag:
-        parser.add_argument("--json", metavar="PATH", help="write the JSON report here")
-    parser.add_argument("--plot", metavar="PATH", help="save the overview figure (PNG)")
+        parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH", help="write the JSON report here")
+    parser.add_argument("--plot", type=OUTPUT_FILE, metavar="PATH", help="save the overview figure (PNG)")
     parser.add_argument("--format", choices=("table", "json", "markdown"), default="table",
                         help="what to print (default: table)")
     parser.add_argument("--sort", choices=("model", "dead"), default="model",
@@ -104,7 +243,7 @@ def add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True)
 
 def add_plot_dir_flag(parser: argparse.ArgumentParser) -> None:
     """Adds `--plot-dir DIR` (`scan` and `report`)."""
-    parser.add_argument("--plot-dir", type=plot_dir, metavar="DIR",
+    parser.add_argument("--plot-dir", type=OUTPUT_FOLDER, metavar="DIR",
                         help="also write every figure into DIR: overview, unit map, rate histogram, one per site")
 
 

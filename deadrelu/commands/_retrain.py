@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deadrelu.commands._common import fraction, number, positive_int
+from deadrelu.commands._common import INPUT_DATA, OUTPUT_FILE, fraction, number, positive_int
 
 
 def add_retrain_flags(parser) -> None:
@@ -15,8 +15,9 @@ def add_retrain_flags(parser) -> None:
     group.add_argument("--epochs", type=positive_int, default=2, metavar="N", help="epochs (default 2)")
     group.add_argument("--fit-batch-size", type=positive_int, default=32, metavar="N",
                        help="training batch size (default 32)")
-    group.add_argument("--validation-data", metavar="PATH", help="validation inputs (and 'y' labels)")
-    group.add_argument("--validation-labels", metavar="PATH", help="validation labels, if not in the file")
+    group.add_argument("--validation-data", type=INPUT_DATA, metavar="PATH", help="validation inputs (and 'y' labels)")
+    group.add_argument("--validation-labels", type=INPUT_DATA, metavar="PATH",
+                       help="validation labels, if not in the file")
     group.add_argument("--validation-split", type=fraction, metavar="F",
                        help="hold out the last F of --data for validation")
     group.add_argument("--loss", metavar="NAME", help="loss, when the file stores none (or to override it)")
@@ -24,7 +25,7 @@ def add_retrain_flags(parser) -> None:
     group.add_argument("--lr", type=number, metavar="F", help="learning rate (default: the file's)")
     group.add_argument("--baseline", action="store_true", help="also retrain an unchanged copy, for a fair comparison")
     group.add_argument("--train-seed", type=int, default=0, metavar="N", help="seed of the training runs (default 0)")
-    group.add_argument("--curves", metavar="PATH", help="save the training curves (PNG)")
+    group.add_argument("--curves", type=OUTPUT_FILE, metavar="PATH", help="save the training curves (PNG)")
 
 
 def retrain_from_args(args, output, source, variants: dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from deadrelu.commands._common import EXIT_OK, load_from_args, number
+from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, load_from_args, number, output_model
 from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 40
@@ -18,7 +18,7 @@ def register(subparsers, parents):
                     "the output loads with plain keras.models.load_model. A self-check verifies that the same "
                     "patch with slope 0 reproduces the original outputs (on --data, or synthetic inputs).")
     parser.add_argument("--to", required=True, choices=("leaky", "prelu"), help="the new activation")
-    parser.add_argument("-o", "--output", metavar="OUT",
+    parser.add_argument("-o", "--output", type=output_model(lambda args: args.to), metavar="OUT",
                         help="where to write (.keras, or .h5); default <model>_<to>.keras beside MODEL")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.add_argument("--alpha", type=number, metavar="A",
@@ -30,9 +30,11 @@ def register(subparsers, parents):
     parser.add_argument("--only", choices=("all", "dead", "flagged"), default="all",
                         help="rewrite every site (default), or only sites with dead units / flagged sites "
                              "(needs --data or --report)")
-    parser.add_argument("--report", metavar="SCAN.json", help="a report of this model from 'deadrelu scan --json'")
+    parser.add_argument("--report", type=INPUT_FILE, metavar="SCAN.json",
+                        help="a report of this model from 'deadrelu scan --json'")
     parser.add_argument("--layers", metavar="REGEX", help="only sites whose path matches REGEX (re.search)")
-    parser.add_argument("--json", metavar="PATH", help="write a JSON summary of the patch (and retraining) here")
+    parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH",
+                        help="write a JSON summary of the patch (and retraining) here")
     add_retrain_flags(parser)
     return parser
 
@@ -66,7 +68,6 @@ def run(args, output) -> int:
 def resolve_output(args) -> str:
     """Checks the flags that need no model, and returns OUT: fails fast, before TensorFlow loads."""
     from deadrelu.errors import UsageError
-    from deadrelu.files import check_output_path
     from deadrelu.saving import model_output_path
 
     if args.only != "all" and not (args.data or args.report):
@@ -76,10 +77,7 @@ def resolve_output(args) -> str:
         raise UsageError("--alpha is the LeakyReLU slope; with --to prelu use --alpha-init")
     if args.alpha_init is not None and args.to != "prelu":
         raise UsageError("--alpha-init is the initial PReLU slope; with --to leaky use --alpha")
-    out = model_output_path(args.model, args.output, args.to, force=args.force)
-    if args.json:
-        check_output_path(args.json)
-    return out
+    return model_output_path(args.model, args.output, args.to, force=args.force)
 
 
 def make_patch(args, output, out_path: str = "") -> PatchRun:

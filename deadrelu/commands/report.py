@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deadrelu.commands._common import EXIT_OK, add_output_flags, add_plot_dir_flag, emit
+from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, add_output_flags, add_plot_dir_flag, emit
 
 ORDER = 30
 
@@ -12,11 +12,12 @@ def register(subparsers, parents):
         "report", parents=[parents["common"]], help="render a saved JSON report again, or compare two",
         description="Render a saved JSON report again (table, figures, a self-contained HTML page), or compare "
                     "it with an earlier one (--compare) to see which units died and which revived.")
-    parser.add_argument("report", metavar="REPORT.json", help="a report written by 'deadrelu scan --json'")
-    parser.add_argument("--compare", metavar="OLD.json",
+    parser.add_argument("report", type=INPUT_FILE, metavar="REPORT.json",
+                        help="a report written by 'deadrelu scan --json'")
+    parser.add_argument("--compare", type=INPUT_FILE, metavar="OLD.json",
                         help="an earlier report (e.g. an earlier checkpoint): show newly dead and revived units")
-    parser.add_argument("--html", metavar="PATH", help="write one self-contained HTML report here")
-    parser.add_argument("--json", metavar="PATH",
+    parser.add_argument("--html", type=OUTPUT_FILE, metavar="PATH", help="write one self-contained HTML report here")
+    parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH",
                         help="with --compare: write the diff as JSON; otherwise write the report again")
     add_output_flags(parser, json_flag=False)
     add_plot_dir_flag(parser)
@@ -24,12 +25,8 @@ def register(subparsers, parents):
 
 
 def run(args, output) -> int:
-    from deadrelu.files import check_output_path
     from deadrelu.report import Report
 
-    for path in (args.json, args.plot, args.html):
-        if path:
-            check_output_path(path)
     report = Report.from_json(args.report)
     if args.compare:
         return _compare(report, Report.from_json(args.compare), args, output)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from deadrelu.commands._common import EXIT_OK, load_from_args, positive_int
+from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, load_from_args, output_model, positive_int
 from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 50
@@ -20,18 +20,18 @@ def register(subparsers, parents):
         description="Re-initialise the dead ReLU units of MODEL (ReDo, Sokar et al. 2023): fresh incoming weights "
                     "from each layer's own initializer, zero outgoing weights, so the outputs stay the same while "
                     "the units fire again. Checks the outputs on --data, rescans, and writes OUT.")
-    parser.add_argument("-o", "--output", metavar="OUT",
+    parser.add_argument("-o", "--output", type=output_model(lambda args: "revived"), metavar="OUT",
                         help="where to write (.keras, or .h5); default <model>_revived.keras beside MODEL")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of the new weights (default: random)")
     parser.add_argument("--scale", choices=("initializer", "live"), default="initializer",
                         help="new weights as the layer's initializer draws them (default, as in ReDo), or "
                              "rescaled to the norm of the layer's live units")
-    parser.add_argument("--report", metavar="SCAN.json",
+    parser.add_argument("--report", type=INPUT_FILE, metavar="SCAN.json",
                         help="take the dead units from this report ('deadrelu scan --json') instead of scanning")
     parser.add_argument("--site", action="append", dest="sites", metavar="PATH",
                         help="only revive this site (repeat for several)")
-    parser.add_argument("--json", metavar="PATH", help="write a JSON summary of the revival here")
+    parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH", help="write a JSON summary of the revival here")
     parser.add_argument("--check-samples", type=positive_int, default=None, metavar="N",
                         help="compare outputs on the first N samples only (default: all of --data)")
     add_retrain_flags(parser)
@@ -84,16 +84,12 @@ def run(args, output) -> int:
 def resolve_output(args) -> str:
     """Checks the flags that need no model and returns OUT: fails fast, before TensorFlow loads."""
     from deadrelu.errors import UsageError
-    from deadrelu.files import check_output_path
     from deadrelu.saving import model_output_path
 
     if not (args.data or args.report):
         raise UsageError("revive needs the data the units are dead on: pass --data x.npz "
                          "(or --report scan.json from 'deadrelu scan --json')")
-    out = model_output_path(args.model, args.output, "revived", force=args.force)
-    if args.json:
-        check_output_path(args.json)
-    return out
+    return model_output_path(args.model, args.output, "revived", force=args.force)
 
 
 def make_revival(args, output, out_path: str = "") -> ReviveRun:

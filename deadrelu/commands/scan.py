@@ -26,12 +26,8 @@ def register(subparsers, parents):
 
 
 def run(args, output) -> int:
-    from deadrelu.files import check_output_path
     from deadrelu.scanner import describe_loaded, scan
 
-    for path in (args.json, args.plot):
-        if path:
-            check_output_path(path)
     loaded = load_from_args(args)
     for repair in loaded.repairs:
         output.note(f"repaired while loading: {repair}", style="dim")
