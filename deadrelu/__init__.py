@@ -12,15 +12,13 @@ Example:
 from __future__ import annotations
 
 from deadrelu._version import __version__
-
 from deadrelu.errors import DataError, DeadReluError, ModelLoadError, UnsupportedModelError, UsageError
 from deadrelu.loading import load_model
 from deadrelu.patcher import PatchResult, SelfCheckError, patch, patch_model, patch_self_check
 from deadrelu.report import Report, SiteReport, Thresholds
-from deadrelu.reviver import ReviveResult, revive, revive_in_place, revive_with_result
+from deadrelu.reviver import ReviveResult, revive, revive_in_place, revive_model, revive_with_result
 from deadrelu.scanner import scan
 from deadrelu.sites import Site, find_sites
-
 
 
 def __getattr__(name: str):
@@ -34,7 +32,28 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DeadReluMonitor", "DataError", "PatchResult", "SelfCheckError", "patch", "patch_model", "patch_self_check",
-    "ReviveResult", "revive", "revive_in_place", "revive_with_result", "DeadReluError", "ModelLoadError", "Report", "Site", "SiteReport", "Thresholds",
-    "UnsupportedModelError", "UsageError", "__version__", "find_sites", "load_model", "scan",
+    "DataError",
+    "DeadReluError",
+    "DeadReluMonitor",
+    "ModelLoadError",
+    "PatchResult",
+    "Report",
+    "ReviveResult",
+    "SelfCheckError",
+    "Site",
+    "SiteReport",
+    "Thresholds",
+    "UnsupportedModelError",
+    "UsageError",
+    "__version__",
+    "find_sites",
+    "load_model",
+    "patch",
+    "patch_model",
+    "patch_self_check",
+    "revive",
+    "revive_in_place",
+    "revive_model",
+    "revive_with_result",
+    "scan",
 ]

@@ -430,6 +430,44 @@ def test_report_of_another_model(planted, graph):
         patch(graph, "leaky", only="dead", report=report)
 
 
+def numpy_planted(model, x, *, leaky: set[str], alpha: float) -> np.ndarray:
+    """The planted MLP in numpy: ReLU at every hidden layer, LeakyReLU(alpha) at the `leaky` ones."""
+    a = x.astype(np.float64)
+    for layer in model.layers:
+        kernel, bias = layer.get_weights()
+        z = a @ kernel + bias
+        a = z if layer.name == "out" else np.where(z > 0, z, alpha * z if layer.name in leaky else 0.0)
+    return a
+
+
+def test_patch_model_result_carries_the_check_and_selects_by_sites(planted):
+    model, x, report = planted
+    result = patch_model(model, "leaky", alpha=0.1, sites=["few_dead", "alive"], data=x)
+    assert [r.path for r in result.rewrites] == ["few_dead", "alive"]
+    assert result.kept == ["half_dead"] and result.skipped == {}
+    assert [s.path for s in deadrelu.find_sites(result.model)] == ["half_dead"]
+    # The model: the leaky slope where selected, nothing else (the dead unit's -1e3 now leaks through).
+    expected = numpy_planted(model, x, leaky={"few_dead", "alive"}, alpha=0.1)
+    np.testing.assert_allclose(outputs(result.model, x)[0], expected, rtol=1e-5, atol=1e-3)
+    assert max_diff(result.model, model, x) > 1.0
+    # The check: the slope-0 patch of the same selection, on the data given.
+    check = result.check
+    assert isinstance(check, SelfCheck) and check.passed and not check.synthetic and check.samples == len(x)
+    assert float(check) <= ATOL
+    assert float(check) == float(patch_self_check(model, x, to="leaky", sites=["few_dead", "alive"]))
+    assert result.to_dict()["check"]["passed"] is True
+    assert patch_model(model, "leaky").check is None and "check" not in patch_model(model, "leaky").to_dict()
+    # `sites` and `only` combine; `patch` is the same selection, returned as a bare model.
+    both = patch_model(model, "prelu", sites=["few_dead", "alive"], only="dead", report=report)
+    assert [r.path for r in both.rewrites] == ["few_dead"] and both.kept == ["half_dead", "alive"]
+    plain = patch(model, "leaky", alpha=0.1, sites=["few_dead", "alive"])
+    assert max_diff(plain, result.model, x) == 0.0
+    with pytest.raises(UsageError, match="no site 'nope' in the model"):
+        patch_model(model, "leaky", sites=["nope"])
+    with pytest.raises(UsageError, match="no site 'nope' in the report"):
+        patch_model(model, "leaky", sites=["nope"], only="dead", report=report)
+
+
 # -- the command line -------------------------------------------------------------------------
 
 def test_cli_dying_mlp_prelu(tmp_path, run_cli):

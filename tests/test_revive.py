@@ -16,7 +16,8 @@ import pytest
 
 import deadrelu
 from deadrelu.cli import main
-from deadrelu.reviver import ReviveResult, output_difference, revive, revive_in_place, revive_with_result
+from deadrelu.model_utils import output_difference
+from deadrelu.reviver import ReviveResult, revive, revive_in_place, revive_with_result
 from paths import SAMPLES
 
 L = keras.layers
@@ -327,6 +328,85 @@ def test_sites_option_and_unknown_site():
     assert result.revived == {"h2": [1]}
     with pytest.raises(deadrelu.UsageError, match="no site 'nope'"):
         revive_in_place(model, report, sites=["nope"])
+
+
+# -- revive_model: the twin of patch_model --------------------------------------------------------
+
+def two_sites():
+    """h1: 3 of 6 units dead (flagged); h2: 1 of 32 dead (dead, under the 10 % flag threshold)."""
+    keras.utils.set_random_seed(12)
+    model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu", name="h1"),
+                              L.Dense(32, activation="relu", name="h2"), L.Dense(2, name="out")])
+    for name in ("h1", "h2"):  # non-negative inputs and kernels: every unmarked unit fires
+        kernel, bias = model.get_layer(name).get_weights()
+        model.get_layer(name).set_weights([np.abs(kernel), bias])
+    plant(model, "h1", [0, 2, 4])
+    plant(model, "h2", [7])
+    x = np.random.default_rng(12).uniform(0, 1, (40, 5)).astype(np.float32)
+    return model, x
+
+
+def test_revive_model_result_carries_the_model_the_changes_and_the_check():
+    model, x = two_sites()
+    before = snapshot(model)
+    result = deadrelu.revive_model(model, x, seed=0)
+    assert isinstance(result, ReviveResult) and isinstance(result.model, keras.Model) and result.model is not model
+    assert result.revived == {"h1": [0, 2, 4], "h2": [7]} and result.skipped == {}
+    assert all(np.array_equal(before[v.path], v.numpy()) for v in model.weights)  # the input is left as it was
+    # The check compares the outputs before and after on the data: the same number output_difference finds.
+    assert result.check.samples == len(x)
+    assert float(result.check) == output_difference(model, result.model, [x])[0] <= ATOL
+    assert result.to_dict()["check"]["samples"] == len(x)
+    after = deadrelu.scan(result.model, x)
+    assert after.site("h1").dead == [] and after.site("h2").dead == []
+    # `revive` is the same revival, returned as a bare model; `revive_with_result` its older pair form.
+    plain = revive(model, x, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain.get_weights(), result.model.get_weights()))
+    older, older_result = revive_with_result(model, x, seed=0)
+    assert older is older_result.model and older_result.revived == result.revived and older_result.check is None
+    # From a report there is no data to compare on.
+    from_report = deadrelu.revive_model(model, deadrelu.scan(model, x), seed=0)
+    assert from_report.check is None and from_report.revived == result.revived
+
+
+def test_revive_model_skipped_site_reports_its_reason_and_the_outputs_keep():
+    keras.utils.set_random_seed(13)
+    model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu", name="h"),
+                              L.Dense(4, activation="relu", name="at_output")])
+    plant(model, "h", [])  # every unit of h fires
+    plant(model, "at_output", [1])
+    x = np.random.default_rng(13).uniform(0, 1, (24, 5)).astype(np.float32)
+    result = deadrelu.revive_model(model, x, seed=0)
+    assert result.revived == {} and list(result.skipped) == ["at_output"]
+    assert "model output" in result.skipped["at_output"]
+    assert result.check.max_abs_diff == 0.0 and result.check.samples == 24
+
+
+def test_revive_model_selects_sites_as_patch_model_does():
+    from deadrelu.patcher import select_sites
+
+    model, x = two_sites()
+    report = deadrelu.scan(model, x)
+    assert [s.path for s in report.sites if s.dead] == ["h1", "h2"]
+    assert [s.path for s in report.sites if s.flagged] == ["h1"]
+    assert deadrelu.revive_model(model, report, seed=0, only="flagged").revived == {"h1": [0, 2, 4]}
+    assert deadrelu.revive_model(model, report, seed=0, only="dead").revived == {"h1": [0, 2, 4], "h2": [7]}
+    only_h2 = deadrelu.revive_model(model, x, seed=0, sites=["h2"])
+    assert only_h2.revived == {"h2": [7]} and float(only_h2.check) <= ATOL
+    after = deadrelu.scan(only_h2.model, x)
+    assert after.site("h1").dead == [0, 2, 4] and after.site("h2").dead == []
+    # One selection for both: the same sites are chosen for patch.
+    selected, kept, _ = select_sites(deadrelu.find_sites(model), sites=["h2"], only="dead", report=report)
+    assert [s.path for s in selected] == ["h2"] and kept == ["h1"]
+    assert [r.path for r in deadrelu.patch_model(model, sites=["h2"], only="dead", report=report).rewrites] == ["h2"]
+    revived = revive(model, report, seed=0, only="flagged")
+    assert isinstance(revived, keras.Model) and deadrelu.scan(revived, x).site("h2").dead == [7]
+    nothing = deadrelu.revive_model(model, report, sites=["h2"], only="flagged")
+    assert nothing.revived == {} and "no site is flagged in the report: nothing to revive" in nothing.notes
+    with pytest.raises(deadrelu.UsageError, match="no site 'nope' in the report"):
+        deadrelu.revive_model(model, report, sites=["nope"])
+    with pytest.raises(deadrelu.UsageError, match="only must be"):
+        deadrelu.revive_model(model, report, only="some")
 
 
 # Every weighted layer kind, as the revived layer (its units re-initialised) and as the layer after

@@ -42,9 +42,9 @@ def retrain_from_args(args, output, source, variants: dict):
     """
     from deadrelu.data import load_data
     from deadrelu.errors import UsageError
+    from deadrelu.model_utils import copy_model
     from deadrelu.plots import plot_curves
     from deadrelu.retrain import retrain
-    from deadrelu.reviver import copy_model
 
     if args.data is None:
         raise UsageError("--retrain needs training data: pass --data train.npz (with 'y', or --labels y.npy)")

@@ -94,8 +94,9 @@ def resolve_output(args) -> str:
 
 def make_revival(args, output, out_path: str = "") -> ReviveRun:
     """Loads MODEL, scans it (or reads --report), and revives a copy of it."""
+    from deadrelu.model_utils import copy_model
     from deadrelu.report import Report
-    from deadrelu.reviver import copy_model, revive_in_place
+    from deadrelu.reviver import revive_in_place
     from deadrelu.scanner import describe_loaded, scan
 
     loaded = load_from_args(args)
@@ -130,7 +131,7 @@ def check_outputs(revived: ReviveRun, args) -> None:
         revived.notes.append("no --data: the outputs were not compared")
         return
     from deadrelu.data import load_data
-    from deadrelu.reviver import output_difference
+    from deadrelu.model_utils import output_difference
 
     samples = min(filter(None, (args.samples, args.check_samples)), default=None)
     data = load_data(args.data, revived.loaded.model, samples=samples, rescale=args.rescale)

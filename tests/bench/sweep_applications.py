@@ -59,8 +59,9 @@ def sweep(name: str, repeats: int) -> dict:
     import numpy as np
 
     import deadrelu
+    from deadrelu.model_utils import output_difference
     from deadrelu.patcher import patch_model
-    from deadrelu.reviver import output_difference, revive_with_result
+    from deadrelu.reviver import revive_with_result
 
     model = build(name)
     x = np.random.default_rng(0).uniform(0, 1, (64, *model.input_shape[1:])).astype("float32")

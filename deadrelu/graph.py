@@ -1,0 +1,739 @@
+"""A model as one flat graph of layer calls, and the walk that follows units through it.
+
+Editing the weights of a unit (one output channel of a layer) raises two questions:
+
+1. *Which layer owns it?* Its incoming weights are a kernel column of the layer that computes it:
+   the site's own Dense/Conv for a fused `activation='relu'`, the Dense/Conv (and
+   BatchNormalization) feeding a standalone `ReLU` layer. `LayerGraph.find_owner` answers this.
+2. *Which layers read it, through which entries of their weights?* `Propagation` answers this.
+
+`LayerGraph` flattens a Functional or Sequential model into `FlatNode`s, one per call of a leaf
+layer, in the order Keras runs them: nested models are inlined (their inner inputs aliased to the
+tensors that feed them), and a shared layer appears once per call.
+
+`Propagation` walks that graph forward once. Each `UnitTarget` is a *slot*; each tensor carries a
+`Flow`: per slot, the entries the slot's units can reach (the slot's *footprint*), and the entries
+that may be non-zero on the data at all (`live`: everything except units known to be zero, and
+what only they feed). Layer by layer:
+
+- layers that move, copy or pool entries (Flatten, Reshape, Permute, pooling, padding, cropping,
+  upsampling, Concatenate, ...) are run on 0/1 indicators: each is monotone with f(0) = 0, so an
+  output entry is reached exactly where it reads a reached input entry;
+- inference-time identities (Dropout & co.) and elementwise activations with f(0) = 0 pass the
+  flow on unchanged;
+- merges (Add, Subtract, Average, Maximum, Minimum) take the union of their inputs;
+- layers with per-channel weights (Dense, Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose,
+  BatchNormalization) *read* the footprint and stop it: the walk records a `Read` — per slot, the
+  rows (Dense) or input channels of the kernel that see it — and their outputs start clean;
+- any other layer (Lambda, Softmax, LayerNormalization, custom layers) mixes entries in ways the
+  walk cannot follow, and a footprint may reach a model output: both are recorded as `Escape`s.
+
+The walk decides nothing. Whether a read can be cut off (revive zeroes those kernel entries) or
+removed (prune drops them), and whether an escape is fatal, is up to the caller.
+
+Example:
+    >>> graph = LayerGraph.build(model)
+    >>> target = UnitTarget(site=site, units=np.array([3, 7]), live=live_units)
+    >>> graph.find_owner(target)  # None: target.producer now names the owning layer
+    >>> walk = Propagation(graph, [target]).run()
+    >>> for consumer in walk.consumers().values():
+    ...     print(consumer.layer.name, np.flatnonzero(consumer.rows[0]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from deadrelu._keras_compat import functional_graph, nodes_by_depth
+from deadrelu.sites import KIND_FUSED, KIND_RELU_LAYER
+
+# Layer classes the walk follows (matched by class name, so subclasses of other classes stay out).
+MERGES = frozenset({"Add", "Subtract", "Average", "Maximum", "Minimum"})
+STRUCTURAL = frozenset(
+    {
+        "Flatten",
+        "Reshape",
+        "Permute",
+        "RepeatVector",
+        "Concatenate",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
+    }
+)
+# Identities at inference time.
+IDENTITIES = frozenset(
+    {
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "Identity",
+    }
+)
+_ACTIVATION_LAYERS = {"Activation", "ReLU", "LeakyReLU", "PReLU", "ELU"}
+# Elementwise activations that map 0 to 0 (checked numerically as well) and never mix units.
+_ELEMENTWISE = {
+    "relu",
+    "relu6",
+    "elu",
+    "selu",
+    "gelu",
+    "silu",
+    "swish",
+    "tanh",
+    "leaky_relu",
+    "linear",
+    "mish",
+    "softsign",
+    "hard_silu",
+    "hard_swish",
+    "celu",
+    "hard_tanh",
+}
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+
+def weighted_kind(layer) -> str | None:
+    """How a layer's output units own their incoming weights.
+
+    Args:
+        layer: A Keras layer.
+
+    Returns:
+        "dense", "conv", "transpose" (Conv*Transpose), "depthwise" or "separable"; None for a
+        layer without a per-unit kernel (grouped transposed convolutions included).
+    """
+    import keras
+
+    L = keras.layers
+    if isinstance(layer, L.Dense):
+        return "dense"
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        return "separable"
+    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        return "depthwise"
+    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+        return "transpose" if getattr(layer, "groups", 1) in (1, None) else None
+    if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
+        return "conv"
+    return None
+
+
+def is_batchnorm(layer) -> bool:
+    """True for a `BatchNormalization` layer (by class name, as the walk matches layers)."""
+    return type(layer).__name__ == "BatchNormalization"
+
+
+def is_linear(layer) -> bool:
+    """True when the layer applies no activation of its own."""
+    fn = getattr(layer, "activation", None)
+    return fn is None or getattr(fn, "__name__", None) == "linear"
+
+
+def channels_first(layer) -> bool:
+    """True for a convolution or pooling layer with `data_format="channels_first"`."""
+    return getattr(layer, "data_format", None) == "channels_first"
+
+
+def batchnorm_axis(layer, rank: int) -> int:
+    """BatchNormalization's channel axis among the non-batch axes of a `rank`-dimensional input.
+
+    Args:
+        layer: A `BatchNormalization` layer.
+        rank: Number of non-batch axes of its input.
+
+    Returns:
+        The axis, counted without the batch axis (-1 when the layer normalises several axes).
+    """
+    axis = layer.axis
+    if isinstance(axis, (list, tuple)):
+        axis = axis[0] if len(axis) == 1 else None
+    if axis is None:
+        return -1
+    return (axis % (rank + 1)) - 1
+
+
+def input_channel_axis(layer, rank: int) -> int:
+    """The axis of a weighted layer's input whose entries own separate rows or channels of its weights.
+
+    Args:
+        layer: A layer with per-channel weights (`weighted_kind` is not None, or BatchNormalization).
+        rank: Number of non-batch axes of its input.
+
+    Returns:
+        The axis, counted without the batch axis: the feature axis of a Dense (so a Dense on a
+        vector reads each entry with its own kernel row), the channel axis of the others.
+    """
+    if is_batchnorm(layer):
+        return batchnorm_axis(layer, rank)
+    if weighted_kind(layer) == "dense":
+        return rank - 1
+    return 0 if channels_first(layer) else rank - 1
+
+
+def _is_model(op) -> bool:
+    import keras
+
+    return isinstance(op, keras.Model)
+
+
+def _function_of(model):
+    """The Functional graph of a Functional or Sequential model, or None (subclassed)."""
+    return functional_graph(model)
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class UnitTarget:
+    """Units of one site to be edited, and the layers that own them.
+
+    Attributes:
+        site: The `deadrelu.sites.Site` the units belong to.
+        units: Indices of the units, along the site's channel axis.
+        live: Indices of the site's other units (left as they are).
+        producer: The layer whose kernel columns are the units' incoming weights (a Dense/Conv), or
+            None when the units are only a BatchNormalization's channels. Set by
+            `LayerGraph.find_owner`.
+        batchnorm: The BatchNormalization between `producer` and the ReLU, if any. Set by
+            `LayerGraph.find_owner`.
+        threshold: The threshold of the site's `ReLU` layer (0 for other sites): the bias at which a
+            unit fires wherever its weighted input is positive. Set by `LayerGraph.find_owner`.
+        norm: Scratch for edits that scale new weights: the mean norm of the live units' incoming
+            weights (see `deadrelu.edits.reinitialize`).
+    """
+
+    site: object
+    units: np.ndarray
+    live: np.ndarray
+    producer: object = None
+    batchnorm: object = None
+    threshold: float = 0.0
+    norm: float | None = None
+
+
+# -- the graph ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FlatNode:
+    """One call of one leaf layer.
+
+    Attributes:
+        layer: The layer called.
+        node: Keras's node for the call (its `input_tensors` and `arguments` replay the call).
+        inputs: Keys (`LayerGraph.key`) of the tensors the call reads.
+        outputs: Keys of the tensors it returns.
+    """
+
+    layer: object
+    node: object
+    inputs: list[tuple]
+    outputs: list[tuple]
+
+
+class LayerGraph:
+    """A model's functional graph, nested Functional/Sequential models inlined, in call order.
+
+    Built from Keras 3's node API: each Functional keeps its nodes by depth (the order
+    `Functional.call` runs them in), each node its `operation`, `input_tensors`, `outputs` and
+    `arguments`. A nested model's inner input tensors are aliased to the outer tensors that feed
+    it, and its outer outputs to its inner outputs, so the walk sees one flat graph of leaf layers.
+    Tensors are named by keys `(scope, id(tensor))`; the scope tells apart the calls of a nested
+    model used twice.
+
+    Attributes:
+        nodes: Every `FlatNode`, in call order (a node comes after the nodes it reads from).
+        shapes: Per tensor key, its shape without the batch axis.
+        inputs: Keys of the model's inputs.
+        outputs: Keys of the model's outputs.
+        producer: Per tensor key, the node returning it (model inputs have none).
+        consumers: Per tensor key, the nodes reading it.
+        nodes_of: Per `id(layer)`, the nodes calling that layer.
+        problem: Why the graph cannot be walked (no functional graph, unknown input sizes), or None.
+    """
+
+    def __init__(self):
+        self.nodes: list[FlatNode] = []
+        self.alias: dict[tuple, tuple] = {}
+        self.shapes: dict[tuple, tuple] = {}
+        self.inputs: list[tuple] = []
+        self.outputs: list[tuple] = []
+        self.producer: dict[tuple, FlatNode] = {}
+        self.consumers: dict[tuple, list[FlatNode]] = {}
+        self.nodes_of: dict[int, list[FlatNode]] = {}
+        self.problem: str | None = None
+        self._scopes = 0
+
+    @classmethod
+    def build(cls, model) -> LayerGraph:
+        """Flattens a model's graph.
+
+        Args:
+            model: A Functional or Sequential `keras.Model` (nested models allowed).
+
+        Returns:
+            The `LayerGraph`; for a model without a functional graph (subclassed, or a Sequential
+            never built) or with unknown input sizes, `problem` says why and `nodes` may be empty.
+        """
+        graph = cls()
+        function = _function_of(model)
+        if function is None:
+            graph.problem = (
+                "the model has no functional graph to follow (a subclassed model, or a Sequential "
+                "never built); rebuild it as a Functional or Sequential model with an Input"
+            )
+            return graph
+        graph.inputs = [graph.key(t, 0) for t in function.inputs]
+        for t in function.inputs:
+            graph.shapes[graph.key(t, 0)] = tuple(t.shape[1:])
+        graph._inline(function, 0)
+        graph.outputs = [graph.key(t, 0) for t in function.outputs]
+        for node in graph.nodes:
+            for key in node.inputs:
+                graph.consumers.setdefault(key, []).append(node)
+            for key in node.outputs:
+                graph.producer[key] = node
+            graph.nodes_of.setdefault(id(node.layer), []).append(node)
+        unknown = [graph.shapes[k] for k in graph.inputs if any(d is None for d in graph.shapes[k])]
+        if unknown:
+            graph.problem = (
+                f"the model input has unknown dimensions {unknown[0]}; revive needs fixed "
+                "input sizes: rebuild the model with a fixed input shape"
+            )
+        return graph
+
+    def key(self, tensor, scope: int) -> tuple:
+        """A tensor's canonical key.
+
+        Args:
+            tensor: A symbolic Keras tensor.
+            scope: 0 for the outer model; each inlined call of a nested model has its own.
+
+        Returns:
+            The key under which the flat graph knows the tensor (aliases resolved).
+        """
+        k = (scope, id(tensor))
+        while k in self.alias:
+            k = self.alias[k]
+        return k
+
+    def _inline(self, function, scope: int) -> None:
+        by_depth = nodes_by_depth(function)
+        for depth in sorted(by_depth, reverse=True):
+            for node in by_depth[depth]:
+                op = node.operation
+                if op is None or node.is_input:
+                    continue
+                inner = _function_of(op) if _is_model(op) else None
+                if inner is not None:
+                    self._scopes += 1
+                    inner_scope = self._scopes
+                    for inner_in, outer_in in zip(inner.inputs, node.input_tensors):
+                        self.alias[(inner_scope, id(inner_in))] = self.key(outer_in, scope)
+                    self._inline(inner, inner_scope)
+                    for outer_out, inner_out in zip(node.outputs, inner.outputs):
+                        self.alias[(scope, id(outer_out))] = self.key(inner_out, inner_scope)
+                    continue
+                outputs = [self.key(t, scope) for t in node.outputs]
+                for key, t in zip(outputs, node.outputs):
+                    self.shapes[key] = tuple(t.shape[1:])
+                self.nodes.append(FlatNode(op, node, [self.key(t, scope) for t in node.input_tensors], outputs))
+
+    def only_consumer(self, node: FlatNode) -> FlatNode | None:
+        """The single node reading `node`'s single output.
+
+        Args:
+            node: A node of this graph.
+
+        Returns:
+            That node, or None when `node` has several outputs, feeds a model output, or is read
+            by no node or by several.
+        """
+        if len(node.outputs) != 1 or node.outputs[0] in self.outputs:
+            return None
+        readers = self.consumers.get(node.outputs[0], [])
+        return readers[0] if len(readers) == 1 else None
+
+    def find_owner(self, target: UnitTarget) -> str | None:
+        """Finds the layers owning the target's units and records them on the target.
+
+        A fused site's units are owned by the site's layer. A standalone ReLU's units are owned
+        by the linear Dense/Conv feeding it (through a BatchNormalization, if any), when nothing
+        else reads that layer's output; failing that, by the BatchNormalization feeding it alone
+        (`Add → BN → ReLU` in pre-activation ResNets, `Concatenate → BN → ReLU` in DenseNets).
+
+        Args:
+            target: The units; `producer`, `batchnorm` and `threshold` are set on it.
+
+        Returns:
+            None when an owner was found, else why the units have none that can be edited.
+        """
+        site = target.site
+        layer = site.layer
+        calls = self.nodes_of.get(id(layer), [])
+        if not calls:
+            return (
+                "not part of a functional graph deadrelu can follow (inside a subclassed model?); "
+                "its dead units are left as they are"
+            )
+        if site.recurrent is not None:
+            return (
+                "a recurrent unit (SimpleRNN): its step reads its own last output, which ReDo's "
+                "re-initialisation does not cover"
+            )
+        if site.kind == KIND_FUSED:
+            if weighted_kind(layer) is None:
+                return f"re-initialising units of a {type(layer).__name__} is not supported"
+            target.producer = layer
+            return None
+        # A standalone ReLU: its units are made by the Dense/Conv (and BatchNormalization) feeding it.
+        if len(calls) != 1 or len(calls[0].inputs) != 1:
+            return "the ReLU layer is called more than once; its units have no single producing layer"
+        feeder = self.producer.get(calls[0].inputs[0])
+        if feeder is None:
+            return "fed directly by a model input: its units have no incoming weights"
+        batchnorm = None
+        if is_batchnorm(feeder.layer):
+            batchnorm = feeder
+            if self.only_consumer(batchnorm) is not calls[0] or len(self.nodes_of[id(batchnorm.layer)]) != 1:
+                return f"BatchNormalization '{batchnorm.layer.name}' feeding it is also used elsewhere"
+            feeder = self.producer.get(batchnorm.inputs[0])
+        if site.kind == KIND_RELU_LAYER:
+            target.threshold = float(site.threshold or 0.0)
+        reason = self._weighted_producer(target, feeder, batchnorm, calls[0])
+        if reason is None or batchnorm is None:
+            return reason
+        # No Dense/Conv of its own: the unit's own parameters are its BatchNormalization channel.
+        rank = len(self.shapes[batchnorm.outputs[0]])
+        if batchnorm_axis(batchnorm.layer, rank) != (rank - 1 if site.channel_axis == -1 else site.channel_axis - 1):
+            return f"BatchNormalization '{batchnorm.layer.name}' normalises another axis than the units' axis"
+        if not (batchnorm.layer.scale or batchnorm.layer.center):
+            return f"{reason}; BatchNormalization '{batchnorm.layer.name}' has no gamma or beta to reset"
+        target.producer, target.batchnorm = None, batchnorm.layer
+        return None
+
+    def _weighted_producer(self, target: UnitTarget, feeder, batchnorm, relu_call) -> str | None:
+        """Dense/Conv → [BatchNormalization →] ReLU: sets the target's producer, or says why not."""
+        if feeder is None:
+            return "fed by a model input (through BatchNormalization or not): no incoming weights"
+        producer = feeder.layer
+        if weighted_kind(producer) is None:
+            return (
+                f"fed by {type(producer).__name__} '{producer.name}', which has no per-unit incoming "
+                "weights (revive needs a Dense/Conv or a BatchNormalization of the ReLU's own before it)"
+            )
+        if not is_linear(producer):
+            return (
+                f"fed by {type(producer).__name__} '{producer.name}', which applies its own activation "
+                f"({producer.activation.__name__}) before this ReLU"
+            )
+        expected = batchnorm if batchnorm is not None else relu_call
+        if self.only_consumer(feeder) is not expected or len(self.nodes_of[id(producer)]) != 1:
+            return f"the output of '{producer.name}' is also used elsewhere, so its units cannot be changed"
+        if batchnorm is not None and batchnorm_axis(batchnorm.layer, len(self.shapes[batchnorm.outputs[0]])) != (
+            0 if channels_first(producer) else len(self.shapes[batchnorm.outputs[0]]) - 1
+        ):
+            return f"BatchNormalization '{batchnorm.layer.name}' normalises another axis than the units' axis"
+        target.producer = producer
+        target.batchnorm = batchnorm.layer if batchnorm is not None else None
+        return None
+
+
+# -- the walk ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Flow:
+    """What the walk knows about one tensor (shapes without the batch axis).
+
+    Attributes:
+        footprint: Per slot, the entries the slot's units can reach (only slots that reach some).
+        live: The entries that may be non-zero on the data.
+    """
+
+    footprint: dict[int, np.ndarray]
+    live: np.ndarray
+
+
+@dataclasses.dataclass
+class Read:
+    """One call of a layer with per-channel weights, on a tensor some footprint may reach.
+
+    Attributes:
+        step: The call's position in `LayerGraph.nodes`.
+        node: The call.
+        axis: The input axis (without the batch axis) whose entries own separate weights
+            (`input_channel_axis`).
+        per_position: True when each weight along `axis` is shared by several input entries
+            (a convolution's channel, BatchNormalization on images); False for a Dense on a vector.
+        live: Over `axis`: the input rows/channels that may be non-zero on the data.
+        rows: Per slot, over `axis`: the input rows/channels its footprint reaches (only slots
+            reaching some).
+    """
+
+    step: int
+    node: FlatNode
+    axis: int
+    per_position: bool
+    live: np.ndarray
+    rows: dict[int, np.ndarray]
+
+    @property
+    def layer(self):
+        return self.node.layer
+
+
+@dataclasses.dataclass
+class Escape:
+    """A footprint the walk cannot follow further.
+
+    Attributes:
+        step: Position of the call in `LayerGraph.nodes` (`len(nodes)` for a model output).
+        slot: The slot whose footprint escapes.
+        node: The call of a layer that mixes entries without per-channel weights (Lambda, Softmax,
+            custom layers, ...), or None when the footprint reaches a model output.
+    """
+
+    step: int
+    slot: int
+    node: FlatNode | None
+
+
+@dataclasses.dataclass
+class Consumer:
+    """A layer with per-channel weights that some footprint reaches, over all its calls.
+
+    Attributes:
+        layer: The layer.
+        rows: Per slot, the input rows/channels its footprint reaches in any call.
+        live: The input rows/channels that may be non-zero on the data in any call.
+        per_position: True when some call shares each weight across several input entries.
+    """
+
+    layer: object
+    rows: dict[int, np.ndarray]
+    live: np.ndarray
+    per_position: bool
+
+
+class Propagation:
+    """One forward walk of the targets' footprints (see the module docstring).
+
+    Args:
+        graph: The model's `LayerGraph`.
+        targets: The units to follow; target `i` is slot `i`. A footprint starts at the output
+            of the target's site layer.
+        zero_units: Per `id(site layer)`, `(site, units)` known to be zero on the data (dead
+            units, targeted or not): they are not live. Defaults to the targets' own units.
+
+    Attributes:
+        reads: Every call of a layer with per-channel weights, in walk order.
+        escapes: Every place a footprint could not be followed, in walk order (model outputs last).
+
+    Example:
+        >>> walk = Propagation(graph, targets).run()
+        >>> [escape.slot for escape in walk.escapes]
+    """
+
+    def __init__(
+        self,
+        graph: LayerGraph,
+        targets: Sequence[UnitTarget],
+        zero_units: Mapping[int, tuple[object, np.ndarray]] | None = None,
+    ):
+        self.graph = graph
+        self.targets = list(targets)
+        if zero_units is None:
+            zero_units = {id(t.site.layer): (t.site, np.asarray(t.units)) for t in self.targets}
+        self.zero_units = zero_units
+        self.sources: dict[int, list[int]] = {}
+        for slot, target in enumerate(self.targets):
+            self.sources.setdefault(id(target.site.layer), []).append(slot)
+        self.reads: list[Read] = []
+        self.escapes: list[Escape] = []
+
+    def run(self) -> Propagation:
+        """Walks the graph once.
+
+        Returns:
+            This object, with `reads` and `escapes` filled in.
+        """
+        graph = self.graph
+        flows: dict[tuple, Flow] = {k: Flow({}, np.ones(graph.shapes[k], bool)) for k in graph.inputs}
+        remaining = {k: len(v) for k, v in graph.consumers.items()}
+        for step, node in enumerate(graph.nodes):
+            inputs = [flows[k] for k in node.inputs]
+            outputs = self._step(step, node, inputs)
+            for key, flow in zip(node.outputs, outputs):
+                flows[key] = flow
+            for key in node.inputs:  # free what no later node reads
+                remaining[key] -= 1
+                if remaining[key] == 0 and key not in graph.outputs:
+                    flows.pop(key, None)
+        for key in graph.outputs:
+            for slot, mask in flows[key].footprint.items():
+                if mask.any():
+                    self.escapes.append(Escape(len(graph.nodes), slot, None))
+        return self
+
+    def consumers(self) -> dict[int, Consumer]:
+        """The reads gathered per layer: which consumers read each slot, and through which rows.
+
+        Returns:
+            Per `id(layer)`, a `Consumer`, for every layer some footprint reaches, in the order
+            the footprints first reach them. `live` and `per_position` cover every call of the
+            layer, including calls no footprint reaches.
+        """
+        live: dict[int, np.ndarray] = {}
+        per_position: dict[int, bool] = {}
+        found: dict[int, Consumer] = {}
+        for read in self.reads:
+            key = id(read.layer)
+            live[key] = live.get(key, np.zeros_like(read.live)) | read.live
+            per_position[key] = per_position.get(key, False) or read.per_position
+            if read.rows:
+                consumer = found.setdefault(key, Consumer(read.layer, {}, read.live, False))
+                for slot, rows in read.rows.items():
+                    consumer.rows[slot] = consumer.rows.get(slot, np.zeros_like(rows)) | rows
+        for key, consumer in found.items():
+            consumer.live, consumer.per_position = live[key], per_position[key]
+        return found
+
+    def _step(self, step: int, node: FlatNode, inputs: list[Flow]) -> list[Flow]:
+        layer = node.layer
+        shapes = [self.graph.shapes[k] for k in node.outputs]
+        cls = type(layer).__name__
+        if weighted_kind(layer) is not None or is_batchnorm(layer):
+            outputs = self._read(step, node, inputs, shapes)
+        elif _is_elementwise(layer, inputs, shapes):
+            outputs = [Flow(dict(inputs[0].footprint), inputs[0].live.copy())]
+        elif cls in MERGES:
+            outputs = [_merge(inputs, shapes[0])]
+        elif cls in STRUCTURAL:
+            outputs = [_structural(node, inputs, shapes[0])]
+        else:
+            for flow in inputs:
+                for slot, mask in flow.footprint.items():
+                    if mask.any():
+                        self.escapes.append(Escape(step, slot, node))
+            outputs = [Flow({}, np.ones(shape, bool)) for shape in shapes]
+        # A site's output: its zero units are not live, its targeted units start a footprint.
+        zero = self.zero_units.get(id(layer))
+        if zero is not None and len(outputs) == 1:
+            site, units = zero
+            flow = outputs[0]
+            axis = _site_axis(site, flow.live.ndim)
+            _set_channels(flow.live, axis, units, False)
+            for slot in self.sources.get(id(layer), []):
+                mask = np.zeros(flow.live.shape, bool)
+                _set_channels(mask, axis, self.targets[slot].units, True)
+                flow.footprint[slot] = flow.footprint[slot] | mask if slot in flow.footprint else mask
+        return outputs
+
+    def _read(self, step: int, node: FlatNode, inputs: list[Flow], shapes) -> list[Flow]:
+        """A layer with per-channel weights: records which of its input rows/channels each slot reaches."""
+        flow = inputs[0]
+        rank = flow.live.ndim
+        axis = input_channel_axis(node.layer, rank)
+        others = tuple(i for i in range(rank) if i != axis)
+        live = flow.live.any(axis=others) if others else flow.live
+        rows = {}
+        for slot, mask in flow.footprint.items():
+            reached = mask.any(axis=others) if others else mask
+            if reached.any():
+                rows[slot] = reached
+        self.reads.append(Read(step, node, axis, bool(others), live, rows))
+        return [Flow({}, np.ones(shape, bool)) for shape in shapes]
+
+
+def _is_elementwise(layer, inputs: list[Flow], shapes) -> bool:
+    """An inference-time identity, or an elementwise activation with f(0) = 0."""
+    cls = type(layer).__name__
+    if len(inputs) != 1 or len(shapes) != 1 or inputs[0].live.shape != shapes[0]:
+        return False
+    if cls in IDENTITIES:
+        return True
+    if cls not in _ACTIVATION_LAYERS:
+        return False
+    if cls == "Activation" and getattr(layer.activation, "__name__", None) not in _ELEMENTWISE:
+        return False
+    zeros = np.zeros((1,) + shapes[0], np.float32)
+    try:
+        return bool(np.all(np.asarray(layer(zeros, training=False)) == 0))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _merge(inputs: list[Flow], shape) -> Flow:
+    """Add & co.: an entry may be non-zero / may be reached where any input's may."""
+    live = np.zeros(shape, bool)
+    footprint: dict[int, np.ndarray] = {}
+    for flow in inputs:
+        live |= np.broadcast_to(flow.live, shape)
+        for slot, mask in flow.footprint.items():
+            footprint[slot] = footprint.get(slot, np.zeros(shape, bool)) | np.broadcast_to(mask, shape)
+    return Flow(footprint, live)
+
+
+def _structural(node: FlatNode, inputs: list[Flow], shape) -> Flow:
+    """Moves, copies and pools entries: runs the layer itself on 0/1 indicators.
+
+    Each of these layers is monotone and maps 0 to 0, so an output entry is positive exactly
+    where some input entry it reads is 1.
+    """
+    slots = sorted({slot for flow in inputs for slot in flow.footprint})
+    live = _call_indicator(node, [flow.live[None] for flow in inputs])[0]
+    footprint = {}
+    if slots:
+        stacked = [np.stack([flow.footprint.get(s, np.zeros(flow.live.shape, bool)) for s in slots]) for flow in inputs]
+        out = _call_indicator(node, stacked)
+        footprint = {slot: out[i] for i, slot in enumerate(slots) if out[i].any()}
+    return Flow(footprint, live)
+
+
+def _call_indicator(node: FlatNode, arrays: list[np.ndarray]) -> np.ndarray:
+    """Replays the node's call (same arguments) on 0/1 arrays; True where the output is positive."""
+    values = {id(t): a.astype(np.float32) for t, a in zip(node.node.input_tensors, arrays)}
+    args, kwargs = node.node.arguments.fill_in(values)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("training", "mask")}
+    return np.asarray(node.layer(*args, **kwargs, training=False)) > 0
+
+
+def _site_axis(site, rank: int) -> int:
+    return 0 if site.channel_axis == 1 and rank > 1 else rank - 1
+
+
+def _set_channels(array: np.ndarray, axis: int, units: np.ndarray, value: bool) -> None:
+    index = [slice(None)] * array.ndim
+    index[axis] = units
+    array[tuple(index)] = value

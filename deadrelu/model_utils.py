@@ -1,0 +1,191 @@
+"""Whole-model helpers shared by the commands that change a model: copying it, comparing outputs.
+
+`revive` and `patch` both promise a model that computes what the original computed (exactly,
+or up to the slope they add); `compare_outputs` is how either promise is checked, and
+`copy_model` gives `revive` and the retraining comparisons a model of their own to change.
+
+Importing this module is cheap: Keras is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from deadrelu.errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    import keras
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """An independent copy of a model with the same weights (and compile settings).
+
+    Tries `keras.models.clone_model` + `set_weights`; falls back to a round trip through a
+    temporary `.keras` file (nested models, layers clone_model cannot rebuild). A compiled model's
+    copy is compiled the same way, with a fresh optimizer.
+
+    Args:
+        model: A `keras.Model`.
+
+    Returns:
+        The copy, sharing no variable with `model`.
+
+    Raises:
+        UnsupportedModelError: The model can be neither cloned nor saved (e.g. a subclassed
+            model without `get_config`).
+
+    Example:
+        >>> baseline = copy_model(model)
+    """
+    import keras
+
+    copy = None
+    try:
+        try:  # recursive: nested models are rebuilt under their own names (unique variable paths)
+            copy = keras.models.clone_model(model, recursive=True)
+        except TypeError:
+            copy = keras.models.clone_model(model)
+        weights = model.get_weights()
+        if [w.shape for w in copy.get_weights()] != [w.shape for w in weights]:
+            raise ValueError("the clone's weights differ in layout")
+        copy.set_weights(weights)
+    except Exception:  # noqa: BLE001 - any failure: try the file round trip
+        copy = _copy_through_file(model)
+    if getattr(model, "compiled", False):
+        # A fresh optimizer of the same kind: old moments do not fit the new weights. The compile
+        # settings are a convenience, not needed to revive: any failure leaves the copy uncompiled.
+        with contextlib.suppress(Exception):
+            copy.compile_from_config(model.get_compile_config())
+    return copy
+
+
+def _copy_through_file(model):
+    import os
+    import tempfile
+
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="deadrelu-") as folder:
+        path = os.path.join(folder, "copy.keras")
+        try:
+            model.save(path)
+            # The file was written a moment ago from the user's own in-memory model, so loading
+            # any Python code in it runs nothing the model did not already contain.
+            return keras.models.load_model(path, compile=False, safe_mode=False)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"cannot copy the model to revive it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "call deadrelu.revive_in_place(model, report) to change the model itself instead"
+            ) from exc
+
+
+@dataclasses.dataclass
+class OutputComparison:
+    """How far apart two models' outputs are on the same inputs (inference mode).
+
+    Attributes:
+        max_abs_diff: Largest |a − b| over every output value compared (see `compare_outputs`
+            for how NaN counts).
+        samples: Samples compared.
+        scale: Largest finite |a| of the first model's outputs, to judge the difference against.
+    """
+
+    max_abs_diff: float
+    samples: int
+    scale: float = 0.0
+
+    def __float__(self) -> float:
+        return float(self.max_abs_diff)
+
+    def describe(self) -> str:
+        """One line, e.g. "outputs max |Δ| = 3.1e-07 on 500 samples"."""
+        return f"outputs max |Δ| = {self.max_abs_diff:.2g} on {self.samples} samples"
+
+    def to_dict(self) -> dict:
+        return {
+            "max_abs_diff": self.max_abs_diff if math.isfinite(self.max_abs_diff) else None,
+            "samples": self.samples,
+            "scale": self.scale,
+        }
+
+
+def compare_outputs(
+    model_a: keras.Model,
+    model_b: keras.Model,
+    batches: Iterable[Any],
+    *,
+    samples: int | None = None,
+    strict_nan: bool = False,
+) -> OutputComparison:
+    """Runs two models on the same batches and measures how far apart their outputs are.
+
+    Args:
+        model_a: A `keras.Model` (the reference: `scale` is measured on its outputs).
+        model_b: A `keras.Model` with the same inputs and outputs.
+        batches: Iterable of input batches (anything the models accept).
+        samples: Compare at most this many samples; a batch that goes past it is cut (streams
+            may yield more than asked). Defaults to None (every batch).
+        strict_nan: How NaN differences count. False: entries whose difference is NaN are
+            ignored. True: any NaN difference makes `max_abs_diff` NaN, except where both outputs
+            are NaN, which counts as equal. Defaults to False.
+
+    Returns:
+        An `OutputComparison`.
+
+    Example:
+        >>> comparison = compare_outputs(model, revived, [x_test[:500]])
+        >>> float(comparison)
+    """
+    import keras
+
+    worst, scale, seen = 0.0, 0.0, 0
+    for x in batches:
+        if samples is not None and seen >= samples:
+            break
+        outputs_a = _flat_numpy(model_a(x, training=False))
+        outputs_b = _flat_numpy(model_b(x, training=False))
+        for a, b in zip(outputs_a, outputs_b):
+            if samples is not None and seen + len(a) > samples:
+                a, b = a[: samples - seen], b[: samples - seen]
+            diff = np.abs(a - b)
+            if strict_nan:
+                largest = float(np.max(np.where(np.isnan(a) & np.isnan(b), 0.0, diff), initial=0.0))
+                worst = math.nan if math.isnan(largest) or math.isnan(worst) else max(worst, largest)
+            else:
+                worst = max(worst, float(np.nanmax(diff)) if diff.size else 0.0)
+            scale = max(scale, float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0)))
+        seen += int(keras.tree.flatten(x)[0].shape[0])
+    return OutputComparison(max_abs_diff=worst, samples=seen if samples is None else min(seen, samples), scale=scale)
+
+
+def output_difference(model_a: keras.Model, model_b: keras.Model, batches: Iterable[Any]) -> tuple[float, int]:
+    """The largest |Δ| between two models' outputs over batches of inputs (inference mode).
+
+    The tuple form of `compare_outputs` with its defaults (NaN differences ignored).
+
+    Args:
+        model_a: A `keras.Model`.
+        model_b: A `keras.Model` with the same inputs and outputs.
+        batches: Iterable of input batches.
+
+    Returns:
+        `(max_abs_difference, samples)`.
+
+    Example:
+        >>> diff, n = output_difference(model, revived, [x_test[:500]])
+    """
+    comparison = compare_outputs(model_a, model_b, batches)
+    return comparison.max_abs_diff, comparison.samples
+
+
+def _flat_numpy(outputs) -> list[np.ndarray]:
+    """A model's outputs as a flat list of float64 numpy arrays."""
+    import keras
+
+    return [np.asarray(keras.ops.convert_to_numpy(o)).astype(np.float64) for o in keras.tree.flatten(outputs)]
