@@ -1,9 +1,10 @@
-"""Every private Keras internal deadrelu relies on, in one place.
+"""Every private Keras (and TensorFlow) internal deadrelu relies on, in one place.
 
 Keras 3 has no public API for a layer's call graph (which tensors fed which call), for the
-layers a container tracks, or for an optimizer's slot layout. deadrelu needs all three, so it
-reads Keras's private attributes — here and nowhere else, so that a Keras upgrade that renames
-one touches this file only. Each function says which attribute it reads.
+layers a container tracks, for the functions its ReLUs end in, or for an optimizer's slot layout.
+deadrelu needs them, so it reads Keras's private attributes — here and nowhere else, so that a
+Keras upgrade that renames one touches this file only. Each function says which attribute it
+reads. TensorFlow's op callbacks (a private TensorFlow module) are reached from here too.
 
 Importing this module is cheap: Keras is imported only inside the functions that need a class.
 """
@@ -88,3 +89,35 @@ def inputs_structure(model: Any):
 def optimizer_tracked_variables(optimizer: Any) -> list | None:
     """The model variables an optimizer's slot lists are aligned with (`_trainable_variables`)."""
     return getattr(optimizer, "_trainable_variables", None)
+
+
+def relu_functions() -> list[tuple[Any, str]]:
+    """Where the ReLU-family functions of Keras live, as `(owner, attribute)` pairs to wrap.
+
+    Every Keras spelling ends in one of them, looked up at call time (so wrapping them catches
+    `keras.ops.relu` even when a user imported it by name before the wrap):
+
+    - `keras.src.backend.nn.relu` / `relu6`: the active backend's functions, called by
+      `keras.ops.relu`, `keras.ops.relu6`, `keras.ops.nn.*` and `keras.activations.relu6`;
+    - `keras.src.activations.activations.ReLU.static_call`: what `keras.activations.relu` runs
+      (its `threshold` and `max_value` variants do not call the backend's `relu` at all).
+    """
+    from keras.src import backend
+    from keras.src.activations import activations
+
+    return [(backend.nn, "relu"), (backend.nn, "relu6"), (activations.ReLU, "static_call")]
+
+
+def add_tf_op_callback(callback) -> None:
+    """Registers a TensorFlow op-creation callback (thread-local; `op_callbacks`, TensorFlow's own
+    private module, as used by `tf.debugging.enable_check_numerics`)."""
+    from tensorflow.python.framework import op_callbacks
+
+    op_callbacks.add_op_callback(callback)
+
+
+def remove_tf_op_callback(callback) -> None:
+    """Removes a callback registered with `add_tf_op_callback`."""
+    from tensorflow.python.framework import op_callbacks
+
+    op_callbacks.remove_op_callback(callback)

@@ -192,7 +192,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         report = build_report(result, thresholds=self.thresholds,
                               model={"path": None, "name": self.model.name, "sha256": None, "format": "in-memory"},
                               data={"source": self._probe_data.source, "samples": result.samples},
-                              settings={"batch_size": self.batch_size})
+                              settings={"batch_size": self.batch_size}, notes=result.notes)
         previous = self.timeline[-1] if self.timeline else None
         check = make_check(report, previous, epoch=self._epoch, step=self._steps())
         newly_flagged = [s.path for s in report.sites if s.flagged and s.path not in self._flagged]

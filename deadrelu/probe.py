@@ -1,12 +1,19 @@
 """Sites + batches → per-unit statistics: the one engine shared by scan, retrain and the callback.
 
-How it works: for the duration of each step call, every site's nonlinearity is wrapped (the
-layer's `activation` attribute, or the `call` of a `ReLU` layer) so that its output is handed to a
-recorder. The step is one `tf.function`: it runs the model in inference mode, reduces every site
-output to per-unit sums and maxima, and adds them to accumulator variables (both in
-`deadrelu.reductions`). Nothing of size samples × units is ever kept, so memory is O(units). The
-wrappers are removed after every call — the traced graph keeps the recording, the user's model
-object is left exactly as it was.
+How it works: for the duration of each step call, every layer-level site's nonlinearity is
+wrapped (the layer's `activation` attribute, or the `call` of a `ReLU` layer) so that its output is
+handed to a recorder; while the model runs, ReLUs applied as function calls are intercepted too
+(`deadrelu.op_sites`) and become op-level sites. The step is one `tf.function`: it runs the model
+in inference mode, reduces every site output to per-unit sums and maxima, and adds them to
+accumulator variables (both in `deadrelu.reductions`). Nothing of size samples × units is ever
+kept, so memory is O(units). The wrappers are removed after every call — the traced graph keeps
+the recording, the user's model object is left exactly as it was.
+
+Op-level sites are found by the first, eager pass on one sample (which also learns every site's
+shape) and measured by the trace, so the complete list of sites is known after the first trace
+(`Probe.found`; `find_all_sites` traces without measuring). A ReLU that runs but cannot be
+measured (inside a loop or a conditional, or on a tensor that does not depend on the input) is
+listed with the reason and said in one note.
 
 With `gradients=True` the same step also takes the per-sample loss (`deadrelu.losses`; sum
 reduction, so numbers do not depend on the batch size) and measures ∂ℓₙ/∂z at every site and the
@@ -18,15 +25,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import weakref
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from deadrelu._keras_compat import inputs_structure
+from deadrelu._keras_compat import child_layers, inputs_structure
 from deadrelu.errors import DataError, UsageError
 from deadrelu.losses import per_sample_loss
+from deadrelu.op_sites import Application, intercept_relus, op_site_path
 from deadrelu.reductions import Accumulators, site_batch_stats
-from deadrelu.sites import Site, SiteMap, children, find_sites
+from deadrelu.sites import UNKNOWN_REASON, OtherActivation, Site, SiteMap, children, find_sites
 
 
 @dataclasses.dataclass
@@ -125,11 +133,12 @@ class ProbeResult:
     """Everything one pass of the probe measured.
 
     Attributes:
-        sites: Statistics per site, in model order.
+        sites: Statistics per site, in model order (op-level sites after the layer-level ones).
         samples: Samples streamed through the model.
         others: Activations that are not sites (listed, not measured).
         layer_gradients: Per layer with trainable weights (with gradients only).
         mean_loss: Mean per-sample loss (with gradients only).
+        notes: One-line remarks, e.g. ReLUs that ran but no site covers.
     """
 
     sites: list[SiteStatistics]
@@ -137,6 +146,7 @@ class ProbeResult:
     others: list
     layer_gradients: list[LayerGradient] | None = None
     mean_loss: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 class _Recorder:
@@ -145,6 +155,10 @@ class _Recorder:
     def __init__(self):
         self.records: list[tuple[int, object]] | None = None
         self.tape = None
+        self.quiet = 0  # > 0 while a layer-level site's own activation runs: its ReLU is no op-level site
+
+    def is_quiet(self) -> bool:
+        return self.quiet > 0
 
     def record(self, site_index: int, output):
         if self.records is not None:
@@ -177,6 +191,8 @@ def hooked(site_map: SiteMap, recorder: _Recorder):
     saved = []
     try:
         for site in site_map.sites:
+            if not site.hook:
+                continue  # an op-level site: intercepted while the model runs, nothing to wrap
             layer, name = site.hook
             saved.append((layer, name, layer.__dict__.get(name, _MISSING)))
             object.__setattr__(layer, name, _wrap(getattr(layer, name), site.index, recorder))
@@ -215,7 +231,12 @@ def _own_traces_unreported():
 
 def _wrap(fn: Callable, site_index: int, recorder: _Recorder) -> Callable:
     def wrapped(*args, **kwargs):
-        return recorder.record(site_index, fn(*args, **kwargs))
+        recorder.quiet += 1
+        try:
+            output = fn(*args, **kwargs)
+        finally:
+            recorder.quiet -= 1
+        return recorder.record(site_index, output)
 
     wrapped.__name__ = getattr(fn, "__name__", "wrapped")
     wrapped.__deadrelu_wrapped__ = fn
@@ -231,7 +252,8 @@ class Probe:
 
     Args:
         model: A `keras.Model`.
-        site_map: The sites to measure (default: `find_sites(model)`).
+        site_map: The layer-level sites to measure (default: `find_sites(model)`); op-level sites
+            are found by the first pass and measured too (`found` lists them all).
         gradients: Also measure gradients; batches must then be `(x, y)` pairs.
         loss: With gradients: a Keras loss name, function or `keras.losses.Loss`; default the
             model's compiled loss.
@@ -255,6 +277,13 @@ class Probe:
         self._acc = None
         self._layout = None  # per site: (calls, positions, units)
         self._weight_groups = None
+        self._sites: list[Site] = list(self.site_map.sites)  # layer-level, then op-level once found
+        self._op_keys: dict[tuple[int, int], int] = {}  # (id(layer), index in its call) → site index
+        self._traced_calls: dict[int, int] = {}  # op-level site index → calls seen by the trace
+        self._unmeasured: dict[int, str | None] = {}  # op-level site index → why it is not measured (None:
+        # another site of the same layer says why already)
+        self._strays: dict[str, OtherActivation] = {}  # ReLUs the trace ran that the eager pass did not
+        self._found: SiteMap | None = None
 
     @property
     def model(self):
@@ -263,6 +292,34 @@ class Probe:
         if model is None:
             raise ReferenceError("the model of this probe no longer exists")
         return model
+
+    @property
+    def found(self) -> SiteMap | None:
+        """Every site measured — layer-level, then op-level — with the activations listed but not
+        measured and notes on ReLUs no site covers; None before the step is first traced."""
+        if self._found is None and self._step is not None and self._traced():
+            self._found = self._complete_map()
+        return self._found
+
+    def trace(self, x) -> SiteMap:
+        """Builds and traces the step for inputs like `x` without measuring anything.
+
+        Args:
+            x: A batch of inputs (one sample is enough).
+
+        Returns:
+            `found`: every site, op-level ones included.
+        """
+        if self.gradients:
+            raise UsageError("`trace` is for probes without gradients")
+        x = self._structured(x)
+        spec = _structure_spec(x, None)
+        if spec != self._spec:
+            self._build(x, None)
+            self._spec = spec
+        with hooked(self.site_map, self._recorder), _own_traces_unreported():
+            self._step.get_concrete_function()
+        return self.found
 
     # -- public ---------------------------------------------------------------------------
 
@@ -339,7 +396,8 @@ class Probe:
         import tensorflow as tf
 
         self._layout = self._discover_layout(x)
-        self._acc = Accumulators(self.site_map.sites, self._layout, self.gradients)
+        self._traced_calls, self._unmeasured, self._strays, self._found = {}, {}, {}, None
+        self._acc = Accumulators(self._sites, self._layout, self.gradients)
         if self.gradients:
             self._loss_fn = per_sample_loss(self.model, self._loss, y)
             self._weight_groups = _weight_groups(self.model)
@@ -352,45 +410,128 @@ class Probe:
             self._step = tf.function(self._forward_step, input_signature=[x_spec])
 
     def _discover_layout(self, x) -> list[tuple[int, int, int]]:
-        """Runs one sample eagerly with hooks: builds the model, checks the input, finds shapes."""
+        """Runs one sample eagerly with hooks: builds the model, checks the input, finds the
+        op-level sites and every site's shape."""
         one = _first_samples(x, 1)
+        layer_level = list(self.site_map.sites)
+        op_sites: list[Site] = []
+        self._op_keys = {}
+        taken = {site.path for site in layer_level} | set(self.site_map.layer_paths.values())
+
+        def discovered(application: Application, output):
+            key = (id(application.layer), application.index)
+            index = self._op_keys.get(key)
+            if index is None:
+                index = self._op_keys[key] = len(layer_level) + len(op_sites)
+                op_sites.append(_op_site(application, index, self.site_map, taken))
+            return self._recorder.record(index, output)
+
         try:
             # Unhooked first: building an unbuilt (subclassed) model traces `call` symbolically,
             # and those symbolic outputs must not be counted as calls.
             self.model(one, training=False)
-            with hooked(self.site_map, self._recorder), self._recorder.recording() as records:
+            with hooked(self.site_map, self._recorder), self._recorder.recording() as records, \
+                    self._intercepting(discovered):
                 self.model(one, training=False)
-        except Exception as exc:  # noqa: BLE001 - a shape/dtype mismatch is the user's data
+        except Exception as exc:
             raise DataError(f"the model cannot run on this data ({_first_line(exc)}); "
                             f"check the data's shape against the model input {_input_shape(self.model)}") from exc
+        self._sites = layer_level + op_sites
         layout = []
-        for site in self.site_map.sites:
+        for site in self._sites:
             outputs = [out for index, out in records if index == site.index]
             if not outputs:
                 # A site the forward pass never reaches (e.g. an unused branch).
                 layout.append((0, 1, _units_from_layer(site)))
                 continue
             shape = tuple(outputs[0].shape)
+            if site.op_level:
+                layout.append((len(outputs),) + _op_layout(shape, site.channel_axis))
+                continue
             axis = site.channel_axis % len(shape)
             units = int(shape[axis])
             positions = int(np.prod([d for i, d in enumerate(shape) if i not in (0, axis)], dtype=np.int64))
             layout.append((len(outputs), positions, units))
         return layout
 
+    def _intercepting(self, on_apply):
+        """Op-level interception for one forward pass (see `deadrelu.op_sites.intercept_relus`)."""
+        known = self.site_map.layer_paths
+        layers = {id(layer): layer for layer in [self.model] + child_layers(self.model, recursive=True)
+                  if id(layer) in known}
+        return intercept_relus(on_apply, layers.values(), quiet_layers=self.site_map.quiet_layers,
+                               quiet=self._recorder.is_quiet)
+
+    def _traced_op(self, outer_graph):
+        """While the step is traced: records each op-level site's output, or says why it cannot."""
+
+        def traced(application: Application, output):
+            index = self._op_keys.get((id(application.layer), application.index))
+            if index is None:
+                # Ran when traced but not in the eager pass (code that branches on the mode).
+                site = _op_site(application, -1, self.site_map, set())
+                self._strays.setdefault(site.path, OtherActivation(
+                    site.path, site.layer_class, site.activation, "ran only in graph mode: not measured"))
+                return output
+            reason = _unmeasurable(output, outer_graph)
+            if reason is not None:
+                self._unmeasured[index] = reason
+                return output
+            self._traced_calls[index] = self._traced_calls.get(index, 0) + 1
+            return self._recorder.record(index, output)
+
+        return traced
+
+    def _traced(self) -> bool:
+        """Whether the step has been traced (its Python body ran)."""
+        return self._step is not None and bool(self._step.experimental_get_tracing_count())
+
+    def _complete_map(self) -> SiteMap:
+        """The layer-level map with the op-level sites the trace measured, and what it could not."""
+        site_map = self.site_map
+        for site in self._sites:
+            if site.op_level and site.index not in self._unmeasured and not self._traced_calls.get(site.index):
+                # Ran in the eager pass only: a loop run eagerly applies its ReLU once per iteration,
+                # the trace once, inside the loop (said once already); else code that branches on the mode.
+                inside = any(other.layer is site.layer for other in self._sites if self._unmeasured.get(other.index))
+                self._unmeasured[site.index] = None if inside else "ran in the eager pass only, not when traced"
+        measured = [site for site in self._sites if site.index not in self._unmeasured]
+        unmeasured = [OtherActivation(site.path, site.layer_class, site.activation, self._unmeasured[site.index])
+                      for site in self._sites if self._unmeasured.get(site.index)] + list(self._strays.values())
+        # An unknown activation whose ReLUs are now measured is no longer "not measured".
+        applied_by = {site_map.layer_paths.get(id(site.layer)) for site in measured if site.op_level}
+        others = [other for other in site_map.others
+                  if not (other.reason == UNKNOWN_REASON and other.path in applied_by)] + unmeasured
+        notes = list(site_map.notes)
+        if unmeasured:
+            listed = "; ".join(f"{o.path} ({o.layer_class}): {o.reason}" for o in unmeasured[:3])
+            more = f"; and {len(unmeasured) - 3} more" if len(unmeasured) > 3 else ""
+            notes.append(f"{len(unmeasured)} ReLU{'s' if len(unmeasured) > 1 else ''} ran that no site covers: "
+                         f"{listed}{more}")
+        return SiteMap(sites=measured, others=others, layer_paths=site_map.layer_paths,
+                       quiet_layers=site_map.quiet_layers, notes=notes)
+
     # -- the traced steps -----------------------------------------------------------------
 
     def _forward_step(self, x):
-        with self._recorder.recording() as records:
+        with self._recorder.recording() as records, self._intercepting(self._traced_op(_default_graph())):
             self.model(x, training=False)
         for site_index, output in records:
-            self._acc.add_site(site_index, site_batch_stats(self.site_map.sites[site_index], output))
+            self._acc.add_site(site_index, self._site_stats(site_index, output))
         return 0
+
+    def _site_stats(self, site_index: int, output, grad=None) -> dict:
+        site = self._sites[site_index]
+        if not site.op_level:
+            return site_batch_stats(site, output, grad)
+        _, positions, units = self._layout[site_index]  # ReLUs on reshaped tensors: per sample, as found
+        return site_batch_stats(site, output, grad, positions=positions, units=units)
 
     def _gradient_step(self, x, y):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            with self._recorder.recording(tape) as records:
+            with self._recorder.recording(tape) as records, self._intercepting(self._traced_op(_default_graph())):
                 y_pred = self.model(x, training=False)
             per_sample = self._loss_fn(y, y_pred)
             total = tf.reduce_sum(per_sample)
@@ -399,8 +540,7 @@ class Probe:
         grads = tape.gradient(total, outputs + variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         for (site_index, output), grad in zip(records, grads[:len(outputs)]):
-            site = self.site_map.sites[site_index]
-            self._acc.add_site(site_index, site_batch_stats(site, output, grad))
+            self._acc.add_site(site_index, self._site_stats(site_index, output, grad))
         self._acc.add_weight_grads(grads[len(outputs):])
         self._acc.add_loss(total)
         return 0
@@ -409,15 +549,20 @@ class Probe:
 
     def _result(self, samples: int) -> ProbeResult:
         values = self._acc.read()
+        found = self.found
         stats = []
-        for site, (calls, positions, units), sums in zip(self.site_map.sites, self._layout, values["sites"]):
+        for site, (calls, positions, _), sums in zip(self._sites, self._layout, values["sites"]):
+            if site.index in self._unmeasured:
+                continue
+            if site.op_level:
+                calls = self._traced_calls.get(site.index, 0)
             stats.append(SiteStatistics(
                 site=site, calls=calls, positions=positions, samples=samples * calls,
                 fires=sums["fires"], sample_fires=sums["sample_fires"], sum_abs=sums["sum_abs"],
                 max_output=sums["max"], saturated=sums.get("saturated"),
                 grad_abs_sum=sums.get("grad_abs"), grad_zero=sums.get("grad_zero"),
             ))
-        result = ProbeResult(sites=stats, samples=samples, others=self.site_map.others)
+        result = ProbeResult(sites=stats, samples=samples, others=found.others, notes=list(found.notes))
         if self.gradients:
             result.mean_loss = float(values["loss"]) / samples
             result.layer_gradients = [
@@ -503,6 +648,81 @@ def _weight_groups(model) -> list[_WeightGroup]:
     for layer in children(model):
         visit(layer, "")
     return groups
+
+
+# -- op-level sites -----------------------------------------------------------------------
+
+def _op_site(application: Application, index: int, site_map: SiteMap, taken: set[str]) -> Site:
+    """The op-level site of an application: named after its layer's path and its place in the call."""
+    layer = application.layer
+    base = op_site_path(site_map.layer_paths[id(layer)], application.index)
+    path, k = base, 2
+    while path in taken:  # a layer path that already ends in ":relu_<k>" (never in practice)
+        path, k = f"{base}#{k}", k + 1
+    taken.add(path)
+    relu = application.relu
+    axis = 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+    if id(layer) == _top_model_id(site_map):
+        # A ReLU of the model's own `call`: a cached probe holds its sites, and must not keep the
+        # model alive (the proxy still answers `__class__` and `isinstance` as the model).
+        layer = weakref.proxy(layer)
+    return Site(path, layer, relu.kind, relu.activation, relu.max_value, relu.threshold, axis, index,
+                call_index=application.index)
+
+
+def _top_model_id(site_map: SiteMap) -> int | None:
+    return next(reversed(site_map.layer_paths), None)  # find_sites adds the model last
+
+
+def _op_layout(shape: tuple, channel_axis: int) -> tuple[int, int]:
+    """(positions, units) of an op-level site from its output for one sample.
+
+    The output need not have the batch first: a layer may fold time steps into the batch (as
+    `TimeDistributed` does) before its ReLU. Whatever one sample produces, beyond its units, counts
+    as that sample's positions; the step reshapes each batch's output to [samples, positions, units].
+    """
+    size = int(np.prod(shape, dtype=np.int64))
+    units = int(shape[channel_axis]) if len(shape) >= 2 else 1
+    return max(size // max(units, 1), 1), units
+
+
+def _unmeasurable(output, outer_graph) -> str | None:
+    """Why the traced step cannot measure an op-level site's output, or None when it can."""
+    if getattr(output, "graph", outer_graph) is not outer_graph:
+        return "inside a loop or a conditional (while_loop, cond, scan): not measured"
+    shape = getattr(output, "shape", None)
+    if shape is not None and shape.rank is not None and shape.is_fully_defined():
+        return "applied to a tensor that does not depend on the input (e.g. weights): no unit output"
+    return None
+
+
+def _default_graph():
+    import tensorflow as tf
+
+    return tf.compat.v1.get_default_graph()
+
+
+def find_all_sites(model, data=None) -> SiteMap:
+    """Every site of a model, op-level ones included, without measuring anything.
+
+    Runs one sample (of `data`, or a synthetic one) through the model and traces the probe's step,
+    as a scan's first batch does.
+
+    Args:
+        model: A `keras.Model`.
+        data: Inputs the model accepts (anything `deadrelu.scan` takes); None makes one synthetic sample.
+
+    Returns:
+        The complete `SiteMap` (`Probe.found`).
+
+    Raises:
+        DataError: The model does not run on the sample.
+    """
+    from deadrelu.data import load_data
+
+    probe_data = load_data(data, model, samples=1, synthetic_samples=1)
+    probe = Probe(model)
+    return probe.trace(next(iter(probe_data.batches(1))))
 
 
 # -- helpers -------------------------------------------------------------------------------

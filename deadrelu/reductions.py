@@ -20,13 +20,18 @@ import numpy as np
 from deadrelu.sites import Site
 
 
-def site_batch_stats(site: Site, output: Any, grad: Any = None) -> dict:
+def site_batch_stats(site: Site, output: Any, grad: Any = None, *, positions: int | None = None,
+                     units: int | None = None) -> dict:
     """Reduces one site output (and its gradient) to per-unit sums over batch and positions.
 
     Args:
         site: The site the output belongs to (its channel axis and cap).
         output: The site's output for one batch, [batch, ..., units] (units on `site.channel_axis`).
         grad: ∂(summed loss)/∂output, same shape, or None without gradients.
+        positions, units: Given together for op-level sites: the output holds, per sample,
+            `positions` × `units` values (units last once the channel axis is moved there), but
+            not necessarily with the batch first (time steps folded into the batch); it is
+            reshaped to [samples, positions, units]. By default the batch is the first axis.
 
     Returns:
         Tensors of shape [units], keyed as the site accumulators of `Accumulators` ("saturated"
@@ -41,9 +46,10 @@ def site_batch_stats(site: Site, output: Any, grad: Any = None) -> dict:
         a = tf.transpose(a, perm)
         if grad is not None:
             grad = tf.transpose(grad, perm)
-    units = a.shape[-1]
-    # Keep the position count static when it is known: the max-pool below needs it.
-    positions = a.shape[1:-1].num_elements() if rank > 2 else 1
+    if units is None:
+        units = a.shape[-1]
+        # Keep the position count static when it is known: the max-pool below needs it.
+        positions = a.shape[1:-1].num_elements() if rank > 2 else 1
     flat = tf.reshape(a, [-1, positions if positions is not None else tf.reduce_prod(tf.shape(a)[1:-1]), units])
     # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds): "fires" is sign(a) and
     # |a| is a. Sums over positions are batched `ones @ x` products and maxima a global max-pool:

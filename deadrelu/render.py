@@ -94,6 +94,8 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None)
 
 
 def _kind_label(site: SiteReport) -> str:
+    if site.kind.startswith("op:"):
+        return site.kind  # "op:relu", "op:relu6", "op:relu(threshold=0.5)": parameters included
     label = site.params.get("activation", "relu") if site.kind != "relu_layer" else "ReLU"
     extras = []
     if "max_value" in site.params:
@@ -156,9 +158,9 @@ def inspect_table(site_map, repairs: list[str] | None = None) -> Table:
     table = Table(title="ReLU sites", title_justify="left", header_style="bold")
     for name in ("#", "path", "layer", "kind", "params", "counted"):
         table.add_column(name)
-    for site in site_map.sites:
+    for number, site in enumerate(site_map.sites):
         params = ", ".join(f"{k}={v}" for k, v in site.params.items())
-        table.add_row(str(site.index), site.path, site.layer_class, site.kind, params, Text("yes", style="green"))
+        table.add_row(str(number), site.path, site.layer_class, site.kind, params, Text("yes", style="green"))
     for other in site_map.others:
         table.add_row("–", other.path, other.layer_class, "other", f"activation={other.activation}",
                       Text(f"no: {other.reason}", style="dim"))

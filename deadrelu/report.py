@@ -55,10 +55,13 @@ class SiteReport:
 
     Attributes:
         path: The site's path: names of the nested models holding the layer, then the layer's
-            name, joined by "/".
-        layer: The class name of the layer holding the activation (e.g. "Dense").
+            name, joined by "/"; for an op-level site, followed by ":relu_<k>" (the k-th ReLU
+            that layer's `call` applies, from 0; the model's own name for its own `call`).
+        layer: The class name of the layer holding the activation (e.g. "Dense"; for an
+            op-level site, of the innermost layer whose `call` applied it).
         kind: How the activation is applied: "fused" (a layer's `activation=`), "activation" (an
-            `Activation` layer) or "relu_layer" (a `ReLU` layer).
+            `Activation` layer), "relu_layer" (a `ReLU` layer), or for a ReLU applied as a
+            function call "op:relu", "op:relu6" or "op:relu(threshold=…, max_value=…)".
         params: The activation's parameters (e.g. `max_value`, `negative_slope`, `time_steps`).
         units: Number of units.
         positions: Non-batch, non-channel positions per call (1 for Dense).
@@ -177,7 +180,8 @@ class Report:
             loading had to adapt it).
         data: Provenance of the data: `source`, `samples` (and `synthetic` when generated).
         settings: Scan settings: batch size and the thresholds, among others.
-        sites: One `SiteReport` per ReLU-family site, in model order.
+        sites: One `SiteReport` per ReLU-family site, in model order; op-level sites (ReLUs applied
+            as function calls) follow the layer-level ones, in the order they first ran.
         others: Activations seen that are not ReLU-family (listed, not measured). Defaults to
             `[]`.
         layer_gradients: Per weighted layer, gradient and weight norms; `None` unless the scan

@@ -64,7 +64,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     probe = probe_for(model, gradients=gradients, loss=loss)
     result = probe.run(probe_data.batches(batch_size, labels=gradients), on_batch=on_batch)
 
-    notes = list(probe_data.notes)
+    notes = list(probe_data.notes) + list(result.notes)
     if probe_data.synthetic:
         notes.append("no data given: measured on synthetic inputs; pass real data (`data=`) for a real verdict")
     settings = {"batch_size": batch_size, "gradients": gradients, "samples_limit": samples, "rescale": rescale,

@@ -1,27 +1,29 @@
 """Model → sites: every place where a ReLU-family nonlinearity that can die is applied.
 
 A *site* (DESIGN.md) is a fused `activation='relu'|'relu6'`, an `Activation('relu'|'relu6')`
-layer, or a `ReLU` layer with `negative_slope == 0`. Nonlinearities that keep a gradient for
-negative inputs (LeakyReLU, PReLU, ELU, GELU, ...) cannot die: they are listed as *other
-activations* so `inspect` can show them, and never measured.
+layer, or a `ReLU` layer with `negative_slope == 0`: a *layer-level* site, found here by walking
+the model. A ReLU applied as a function call inside a layer's or a model's `call`
+(`keras.ops.relu(x)`, `tf.nn.relu`, a custom activation function, a `Lambda`) is an *op-level*
+site (`kind` "op:..."): it is found while the model runs (`deadrelu.op_sites`, used by the probe),
+so `find_sites` lists layer-level sites only and records what the probe needs to name op-level
+ones (every layer's path).
+
+Nonlinearities that keep a gradient for negative inputs (LeakyReLU, PReLU, ELU, GELU, ...) cannot
+die: they are listed as *other activations* so `inspect` can show them, and never measured. A
+callable activation that is none of the known ones is listed as an unknown activation (not
+measured) until a scan finds the ReLUs it applies.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from deadrelu._keras_compat import child_layers, first_call_inputs
 
 # Activation names (as Keras serialises them) that are sites, and their cap.
 _SITE_ACTIVATIONS = {"relu": None, "relu6": 6.0}
-# Activations that cannot die; listed by `inspect` only.
-_OTHER_ACTIVATIONS = {
-    "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish", "softplus", "celu", "glu",
-    "sigmoid", "tanh", "hard_sigmoid", "hard_silu", "hard_swish", "softmax", "log_softmax",
-    "softsign", "exponential", "relu_family",
-}
 # Layer classes whose `activation` runs inside a loop or that we cannot observe per call.
 _RECURRENT_MARKERS = ("RNN", "LSTM", "GRU", "Cell", "Bidirectional")
 # A SimpleRNN is measured by unrolling it while the probe runs: one copy of the step per time step.
@@ -30,6 +32,9 @@ MAX_UNROLLED_STEPS = 256
 KIND_FUSED = "fused"
 KIND_ACTIVATION = "activation"
 KIND_RELU_LAYER = "relu_layer"
+KIND_OP_PREFIX = "op:"  # op-level sites: "op:relu", "op:relu6", "op:relu(threshold=0.5)", ...
+
+UNKNOWN_REASON = "unknown activation (not measured)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +43,11 @@ class Site:
 
     Attributes:
         path: Names of the nested models holding the layer, then the layer's name, joined by "/".
-        layer: The Keras layer object that applies the nonlinearity.
-        kind: "fused" (a layer's `activation`), "activation" (`Activation` layer) or
-            "relu_layer" (`ReLU` layer).
+        layer: The Keras layer object that applies the nonlinearity (for an op-level site, the
+            innermost layer or model whose `call` applied it).
+        kind: "fused" (a layer's `activation`), "activation" (`Activation` layer),
+            "relu_layer" (`ReLU` layer), or for an op-level site "op:relu", "op:relu6" or
+            "op:relu(threshold=..., max_value=...)".
         activation: "relu" or "relu6" (for `ReLU` layers: "relu").
         max_value: The cap, or None when the site is not capped.
         threshold: Values at or below it are zeroed (0 for a plain ReLU).
@@ -51,6 +58,8 @@ class Site:
             `TimeDistributed` the wrapper's `call`, so time steps count as positions.
         recurrent: For a `SimpleRNN` site, the layer itself: the probe unrolls it while it runs,
             so the cell's activation is observed once per time step (each step a call); else None.
+        call_index: For an op-level site, its position among the ReLUs applied during one call of
+            `layer` (the `k` of the path `<layer path>:relu_<k>`); None for layer-level sites.
     """
 
     path: str
@@ -63,10 +72,16 @@ class Site:
     index: int
     hook: tuple = dataclasses.field(compare=False, repr=False, default=())
     recurrent: object = dataclasses.field(compare=False, repr=False, default=None)
+    call_index: int | None = None
 
     @property
     def layer_class(self) -> str:
-        return type(self.layer).__name__
+        return self.layer.__class__.__name__  # through a weak proxy too (see `deadrelu.probe._op_site`)
+
+    @property
+    def op_level(self) -> bool:
+        """Whether the site is a ReLU applied as a function call (found while the model runs)."""
+        return self.kind.startswith(KIND_OP_PREFIX)
 
     @property
     def capped(self) -> bool:
@@ -102,12 +117,22 @@ class SiteMap:
     """All sites of a model, plus the activations that are not sites.
 
     Attributes:
-        sites: The sites in model order.
+        sites: The sites in model order; after a probe's first trace (`Probe.found`), followed by
+            the op-level sites in the order they first ran.
         others: Nonlinearities that are listed but never counted as dead.
+        layer_paths: The path of every layer the model holds, and of the model itself (its own
+            name), by `id`: what an op-level site can be attributed to.
+        quiet_layers: `id`s of layers whose own ReLU ops are already accounted for (activation
+            layers that keep a gradient, recurrent layers listed as not measured): ReLUs they apply
+            are not op-level sites.
+        notes: One-line remarks on what runs but is not measured (filled by the probe).
     """
 
     sites: list[Site]
     others: list[OtherActivation]
+    layer_paths: dict[int, str] = dataclasses.field(default_factory=dict, repr=False)
+    quiet_layers: set[int] = dataclasses.field(default_factory=set, repr=False)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sites)
@@ -136,7 +161,9 @@ def find_sites(model) -> SiteMap:
         model: A built or unbuilt `keras.Model` (Sequential, Functional or subclassed).
 
     Returns:
-        A `SiteMap` with sites in model order. A layer used several times is one site.
+        A `SiteMap` with the layer-level sites in model order. A layer used several times is one
+        site. Op-level sites (ReLUs applied as function calls) are found by a scan's first pass
+        (`deadrelu.probe.find_all_sites` finds them without data).
 
     Example:
         >>> for site in deadrelu.find_sites(model):
@@ -146,6 +173,8 @@ def find_sites(model) -> SiteMap:
     others: list[OtherActivation] = []
     seen: set[int] = set()
     paths: set[str] = set()
+    layer_paths: dict[int, str] = {}
+    quiet: set[int] = set()
 
     def unique(path: str) -> str:
         # Subclassed models may hold two layers with the same name; a path must name one site.
@@ -160,7 +189,8 @@ def find_sites(model) -> SiteMap:
             return
         seen.add(id(layer))
         path = unique(f"{prefix}{layer.name}")
-        _classify(layer, path, previous, sites, others, wrapper)
+        layer_paths[id(layer)] = path
+        _classify(layer, path, previous, sites, others, wrapper, quiet)
         if getattr(layer, "cell", None) is not None:
             return  # a recurrent layer: its cell's activation is the layer's own, said once above
         sublayers = children(layer)
@@ -176,7 +206,10 @@ def find_sites(model) -> SiteMap:
     for layer in children(model):
         visit(layer, "", previous)
         previous = layer
-    return SiteMap(sites=sites, others=others)
+    # ReLUs applied by the model's own `call` are named after the model (after its layers, so a
+    # layer of the same name keeps its path).
+    layer_paths[id(model)] = unique(model.name)
+    return SiteMap(sites=sites, others=others, layer_paths=layer_paths, quiet_layers=quiet)
 
 
 def _is_time_distributed(layer) -> bool:
@@ -203,9 +236,10 @@ def children(layer: Any) -> list:
     return [child for child in child_layers(layer) if not isinstance(child, keras.layers.InputLayer)]
 
 
-def _classify(layer, path: str, previous, sites: list, others: list, wrapper=None) -> None:
+def _classify(layer, path: str, previous, sites: list, others: list, wrapper=None, quiet: set | None = None) -> None:
     import keras
 
+    quiet = set() if quiet is None else quiet
     cls = type(layer).__name__
     index = len(sites)
 
@@ -218,6 +252,7 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
         slope = float(layer.negative_slope or 0.0)
         if slope != 0.0:
             others.append(OtherActivation(path, cls, "relu", f"negative_slope={slope:g} keeps a gradient"))
+            quiet.add(id(layer))
             return
         max_value = None if layer.max_value is None else float(layer.max_value)
         sites.append(Site(path, layer, KIND_RELU_LAYER, "relu", max_value, float(layer.threshold or 0.0),
@@ -225,10 +260,15 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
         return
     if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax)):
         others.append(OtherActivation(path, cls, cls.lower(), "keeps a gradient for negative inputs"))
+        quiet.add(id(layer))  # PReLU applies `activations.relu` inside: not a site of its own
         return
     fn = getattr(layer, "activation", None)
-    name = activation_name(fn) if callable(fn) else None
-    if name is None:
+    if not callable(fn) or isinstance(fn, keras.layers.Layer):
+        return  # no activation, or a layer used as one (a child of this layer, classified itself)
+    name = activation_name(fn)
+    if name not in _SITE_ACTIVATIONS and not _is_keras_activation(fn, name):
+        # A lambda, a partial, a user's function: what it applies is found while the model runs.
+        others.append(OtherActivation(path, cls, name or type(fn).__name__, UNKNOWN_REASON))
         return
     is_activation_layer = isinstance(layer, keras.layers.Activation)
     if name in _SITE_ACTIVATIONS:
@@ -242,16 +282,30 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
                       if steps is not None else "recurrent activation over a number of time steps that is not fixed "
                       "or not known here (e.g. inside Bidirectional): not measured")
             others.append(OtherActivation(path, cls, name, reason))
+            quiet.add(id(layer))
             return
         if any(marker in cls for marker in _RECURRENT_MARKERS):
             others.append(OtherActivation(path, cls, name, "recurrent activation: runs inside a loop, not measured "
                                           "(SimpleRNN is measured; LSTM and GRU apply it twice or mix it per step)"))
+            quiet.add(id(layer))
             return
         kind = KIND_ACTIVATION if is_activation_layer else KIND_FUSED
         axis = _inherited_channel_axis(layer, previous) if is_activation_layer else _own_channel_axis(layer)
         sites.append(Site(path, layer, kind, name, _SITE_ACTIVATIONS[name], 0.0, axis, index, hook("activation")))
     elif name != "linear":
         others.append(OtherActivation(path, cls, name, "cannot die (not a zero-slope ReLU)"))
+
+
+def _is_keras_activation(fn, name: str | None) -> bool:
+    """Whether `fn` is one of Keras's own activation functions (so its name says what it does)."""
+    import keras
+
+    if name is None:
+        return False
+    try:
+        return keras.activations.get(name) is fn
+    except (ValueError, TypeError):
+        return False
 
 
 def _time_steps(layer) -> int | None:
