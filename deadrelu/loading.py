@@ -408,13 +408,12 @@ def _hdf5_config(f, ctx: _Context, architecture: str | None) -> dict:
         ctx.repairs.append(f"model rebuilt from the architecture in {os.path.basename(architecture)}")
         return _read_architecture(architecture)
     stored = h5_weights.attr_text(f, "model_config")
-    if stored is None and not _holds_weights(f):
-        arrays = _dataset_names(f)
-        example = f"`data=\"{ctx.path}:{arrays[0]}\"`" if arrays else "`data`"
+    arrays = _dataset_names(f) if stored is None and not _holds_weights(f) else []
+    if arrays:
+        listed = ", ".join(arrays[:5]) + (", ..." if len(arrays) > 5 else "")
         raise ModelLoadError(
-            f"{ctx.path} holds arrays ({', '.join(arrays[:5]) or 'none'}{', ...' if len(arrays) > 5 else ''}), "
-            f"not a Keras model; to read them as the inputs pass the file as {example}, and give a model "
-            "saved with model.save() as the model"
+            f"{ctx.path} holds arrays ({listed}), not a Keras model; to read them as the inputs pass the file "
+            f"as `data=\"{ctx.path}:{arrays[0]}\"`, and give a model saved with model.save() as the model"
         )
     if stored is None:
         raise ModelLoadError(

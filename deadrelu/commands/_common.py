@@ -142,12 +142,12 @@ def check_paths(args: argparse.Namespace) -> None:
         if not isinstance(arg, PathArg):
             continue
         value = getattr(args, action.dest, None)
-        if value is None and arg.default is not None:
+        if not value and arg.default is not None:  # not given, or given as ""
             value = arg.default(args)
             setattr(args, action.dest, value)
         flag = max(action.option_strings, key=len) if action.option_strings else action.dest
         for given in value if isinstance(value, list) else [value]:
-            if given is not None:
+            if given:
                 path = _Path(flag, given, data_file(given) if arg.kind == "data" else given, arg)
                 (outputs if arg.output else inputs).append(path)
     for path in inputs:
