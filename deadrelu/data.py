@@ -1,20 +1,35 @@
-"""Sources → batches: arrays, files, datasets and folders of images, adapted to the model input.
+"""Sources → batches: arrays, files, datasets, generators and folders of images, adapted to the model input.
 
 Everything here streams: a `.npy` is memory-mapped and an HDF5 dataset is read slice by slice,
 so probing 50,000 samples holds one batch in memory, not the whole file.
+
+Every problem with the data is a `DataError` whose message says what to change. It is raised
+before the model runs wherever the data can be inspected up front (arrays and files: their type,
+shape and sample count; a `tf.data.Dataset`: its element spec and cardinality), and otherwise at
+the first batch that shows it (a generator's strings, a NaN in batch 7).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import itertools
 import os
-from typing import Callable, Iterator
+import re
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from deadrelu.errors import DataError
+from deadrelu import validation
+from deadrelu.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+ACCEPTED = ("a numpy array, a list or dict of arrays, a tf.data.Dataset, a keras.utils.PyDataset, a generator, "
+            "or a path (.npy, .npz, .h5, .csv, a folder of images)")
 
 
 @dataclasses.dataclass
@@ -25,11 +40,13 @@ class ProbeData:
         x: An indexable array, or a list/dict of them for multi-input models; or None when
             `stream` is set.
         y: Labels (indexable), or None.
-        samples: Number of samples (None for a stream of unknown length).
+        samples: Number of samples; for a stream, at most this many (None: unknown, read to its end).
         source: Where the data came from, for the report.
-        notes: One-line descriptions of the adaptations applied (said to the user).
+        notes: One-line descriptions of the adaptations applied (said to the user). Reading a
+            stream or the first batch may add some.
         synthetic: True when the inputs are random stand-ins for real data.
-        stream: For `tf.data.Dataset` / `PyDataset`: a factory of batch iterators.
+        stream: For a `tf.data.Dataset`, `PyDataset` or generator: a factory of `(x, y)` batch
+            iterators, given the batch size (used only to batch a stream of single samples).
     """
 
     x: object
@@ -38,26 +55,55 @@ class ProbeData:
     source: str = "in-memory"
     notes: list[str] = dataclasses.field(default_factory=list)
     synthetic: bool = False
-    stream: Callable[[], Iterator] | None = None
-    _transform: Callable = dataclasses.field(default=lambda a: a, repr=False)
+    stream: Callable[[int], Iterator[tuple]] | None = None
+    _transform: Callable | None = dataclasses.field(default=None, repr=False)
+    _inputs: Any = dataclasses.field(default=None, repr=False)
+    _rescale: float | None = dataclasses.field(default=None, repr=False)
 
     def batches(self, batch_size: int, *, labels: bool = False) -> Iterator:
-        """Yields batches (`x`, or `(x, y)` with `labels=True`) as float arrays, checked for NaN/inf."""
-        if self.stream is not None:
-            for index, item in enumerate(self.stream()):
-                x, y = item if isinstance(item, tuple) else (item, None)
-                x = self._transform(_to_numpy(x))
-                _check_finite(x, index)
-                yield (x, _to_numpy(y)) if labels else x
-            return
-        for start in range(0, self.samples, batch_size):
-            stop = min(start + batch_size, self.samples)
-            x = self._transform(map_arrays(lambda a: np.asarray(a[start:stop]), self.x))
-            _check_finite(x, start // batch_size, start)
+        """Yields batches (`x`, or `(x, y)` with `labels=True`) as float arrays, checked for NaN/inf.
+
+        A stream yields its own batches, cut at `samples`; arrays are sliced `batch_size` at a time.
+        """
+        batch_size = validation.positive_int(batch_size, "batch_size")
+        pairs = self.stream(batch_size) if self.stream is not None else self._slices(batch_size)
+        seen = 0
+        for index, (x, y) in enumerate(pairs):
+            if self.stream is not None:
+                _check_kind(x, "data")
+            if self._transform is None:  # a stream is adapted like an array, from its first batch
+                self._transform = _adapter(x, self._inputs or _Inputs(), self._rescale, self.notes)
+            x = self._transform(x)
+            _check_finite(x, "data", seen)
+            if index == 0:
+                self._check_scale(x)
             if labels:
-                yield x, map_arrays(lambda a: np.asarray(a[start:stop]), self.y)
-            else:
-                yield x
+                if y is None:
+                    raise UsageError("`gradients=True` needs labels: the dataset or generator must yield "
+                                     "(inputs, labels) pairs")
+                _check_kind(y, "labels")
+                _check_finite(y, "labels", seen)
+            seen += count_samples(x)
+            yield (x, y) if labels else x
+
+    def _slices(self, batch_size: int) -> Iterator[tuple]:
+        for start in range(0, self.samples, batch_size):
+            rows = slice(start, min(start + batch_size, self.samples))
+            x = map_arrays(lambda a, rows=rows: np.asarray(a[rows]), self.x)
+            yield x, None if self.y is None else map_arrays(lambda a, rows=rows: np.asarray(a[rows]), self.y)
+
+    def _check_scale(self, x) -> None:
+        """Warns when `rescale` shrinks inputs that already lie in [-1, 1] (checked on the first batch)."""
+        if self._rescale is None or self._rescale >= 1 or not getattr(self._transform, "rescales", False):
+            return
+        floats = [np.asarray(a) for a in _leaves(x) if np.issubdtype(np.asarray(a).dtype, np.floating)]
+        if not floats:
+            return
+        largest = max(float(np.max(np.abs(a), initial=0.0)) for a in floats)
+        note = (f"max input after rescale is {largest:.2g}: the data may already be scaled; "
+                "drop `rescale` if it lies in [0, 1] already")
+        if largest <= self._rescale * (1 + 1e-6) and note not in self.notes:
+            self.notes.append(note)
 
     @property
     def has_labels(self) -> bool:
@@ -65,60 +111,202 @@ class ProbeData:
 
 
 def load_data(data, model, *, labels=None, samples: int | None = None, rescale: float | None = None,
-              synthetic_samples: int = 256) -> ProbeData:
+              skip_bad_images: bool = False, synthetic_samples: int = 256) -> ProbeData:
     """Resolves any supported data source into `ProbeData` adapted to `model`.
 
     Args:
-        data: numpy array; list/dict of arrays; `tf.data.Dataset`; `keras.utils.PyDataset`; a path
-            (.npy, .npz[:key], .h5/.hdf5[:dataset], a folder of images, .csv); or None for
-            synthetic inputs of the model's input shape.
+        data: numpy array; list/dict of arrays; `tf.data.Dataset`; `keras.utils.PyDataset`; a
+            generator or other iterator of batches; a path (.npy, .npz[:key], .h5/.hdf5[:dataset],
+            a folder of images, .csv); or None for synthetic inputs of the model's input shape.
+            Datasets, PyDatasets and generators yield inputs or `(inputs, labels)` batches; a
+            `tf.data.Dataset` (or a generator) of single samples is batched here.
         model: The model the data is for (its input shape and dtype drive the adaptation).
         labels: Labels as an array or a path (same formats); default the data file's `y` entry.
-        samples: Use only the first `samples` samples.
+            Streams carry their own labels.
+        samples: Use only the first `samples` samples (required for an infinite dataset).
         rescale: Multiply inputs by this factor (e.g. 1/255) after converting to float.
+        skip_bad_images: Skip the images of a folder that cannot be read (say how many) instead
+            of refusing the folder.
         synthetic_samples: How many random samples to make when `data` is None.
 
     Returns:
         A `ProbeData`.
 
+    Raises:
+        DataError: The data cannot be read, is not numbers, or does not fit the model.
+        UsageError: An argument is out of range.
+
     Example:
         >>> probe_data = load_data("x.npz:x_test", model, samples=1000)
     """
-    if samples is not None and samples < 1:
-        raise DataError(f"`samples` must be at least 1 (got {samples})")
+    samples = validation.positive_int(samples, "samples", optional=True)
+    rescale = validation.positive_number(rescale, "rescale", optional=True, example="1/255")
+    skip_bad_images = validation.boolean(skip_bad_images, "skip_bad_images")
     inputs = _Inputs.of(model)
     output_names = _model_output_names(model)
     if data is None:
         return _synthetic(inputs.shapes, synthetic_samples if samples is None else samples)
 
-    stream = _as_stream(data)
+    notes: list[str] = []
+    stream = _as_stream(data, inputs, samples, notes)
     if stream is not None:
-        return ProbeData(x=None, source=type(data).__name__, stream=stream,
-                         _transform=_adapter(None, inputs, rescale, []))
+        if labels is not None:
+            raise DataError(f"a {_kind_name(data)} brings its own labels: yield (inputs, labels) pairs from it "
+                            "instead of passing `labels`")
+        return ProbeData(x=None, samples=samples, source=_kind_name(data), notes=notes, stream=stream,
+                         _inputs=inputs, _rescale=rescale)
 
-    source = data if isinstance(data, str) else "in-memory"
-    x, y_in_file = (_read_path(data, for_labels=False, input_names=inputs.names, output_names=output_names)
-                    if isinstance(data, (str, os.PathLike)) else (data, None))
-    if isinstance(data, os.PathLike):
-        source = os.fspath(data)
+    is_path = isinstance(data, (str, os.PathLike))
+    source = os.fspath(data) if is_path else "in-memory"
+    if is_path:
+        x, y_in_file = _read_path(data, for_labels=False, input_names=inputs.names, output_names=output_names,
+                                  notes=notes)
+    else:
+        x, y_in_file = _as_arrays(data, len(inputs.shapes or []), "data"), None
     y = labels
     if isinstance(labels, (str, os.PathLike)):
-        y, _ = _read_path(labels, for_labels=True, output_names=output_names)
+        y, _ = _read_path(labels, for_labels=True, output_names=output_names, notes=notes)
+    elif labels is not None:
+        y = _as_arrays(labels, len(output_names or []), "labels")
     if y is None:
         y = y_in_file
-    if isinstance(x, str):  # a folder of images, read at the model's size
-        x = _read_images(x, inputs.shapes)
+    folder = isinstance(x, str)
+    if folder:  # a folder of images, read at the model's size
+        x = _read_images(x, inputs.shapes, skip_bad=skip_bad_images, limit=samples, notes=notes)
 
-    count = count_samples(x)
+    what = f"the data in {source}" if is_path else "the data"
+    count = _count(x, what)
     if count == 0:
-        raise DataError(f"the data in {source} holds no samples; pass a file with at least one sample")
-    if y is not None and count_samples(y) < count:
-        raise DataError(f"there are {count_samples(y)} labels for {count} samples; pass one label per sample")
+        raise DataError(f"{what} holds no samples (its first axis is empty); pass at least one sample")
+    _check_kind(x, "data")
     if samples is not None:
         count = min(count, samples)
-    notes: list[str] = []
+    if y is not None:
+        label_count = _count(y, "the labels")
+        # Every sample needs its label; more labels than samples mean the two do not belong together,
+        # unless the samples were cut (a folder of images read up to `samples`).
+        if label_count < count or (label_count != _count(x, what) and not (folder and samples)):
+            raise DataError(f"there are {label_count:,} labels for {_count(x, what):,} samples; pass one label per "
+                            "sample")
     transform = _adapter(x, inputs, rescale, notes)
-    return ProbeData(x=x, y=y, samples=count, source=source, notes=notes, _transform=transform)
+    return ProbeData(x=x, y=y, samples=count, source=source, notes=notes, _transform=transform, _inputs=inputs,
+                     _rescale=rescale)
+
+
+# -- in-memory data ------------------------------------------------------------------------
+
+def _as_arrays(value, count: int, what: str):
+    """In-memory data as arrays: tensors → numpy, lists of numbers → one array; lists and dicts of
+    arrays (one per model input or output) stay structures. `count`: the model's inputs (outputs)."""
+    if isinstance(value, dict):
+        return {key: _as_array(item, f"{what} '{key}'") for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and (count > 1 or (value and all(_is_array(item) for item in value))):
+        return [_as_array(item, what) for item in value]
+    return _as_array(value, what)
+
+
+def _is_array(value) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _as_array(value, what: str):
+    if isinstance(value, np.ndarray) or type(value).__module__.startswith("h5py"):
+        return value  # memory maps and HDF5 datasets stay lazy
+    if hasattr(value, "numpy") and callable(value.numpy):  # TensorFlow / PyTorch tensors
+        value = value.numpy()
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"the {what} cannot be made into one array ({_first_sentence(exc)}); rows must all have "
+                        "the same length: pad them first (e.g. keras.utils.pad_sequences)") from None
+    if array.dtype == object and array.ndim == 0:
+        raise DataError(f"the {what} {_verb(what, 'is')} a {type(value).__name__}; pass {ACCEPTED}")
+    return array
+
+
+def _count(x, what: str) -> int:
+    """Samples in the data: the length of the first axis of each array, which must agree."""
+    counts = []
+    for key, array in _named_leaves(x):
+        shape = getattr(array, "shape", None)
+        if shape is None:
+            raise DataError(f"{what} {_verb(what, 'is')} a {type(array).__name__}; pass {ACCEPTED}")
+        if len(shape) == 0:
+            raise DataError(f"{what}{key} {_verb(what, 'is')} a single value (a 0-d array), not samples; pass an "
+                            "array whose first axis runs over the samples")
+        counts.append(int(shape[0]))
+    if len(set(counts)) > 1:
+        raise DataError(f"the arrays of {what} hold different numbers of samples ({', '.join(map(str, counts))}); "
+                        "pass the same samples for every input")
+    return counts[0] if counts else 0
+
+
+_KINDS = {"U": "text", "S": "text", "O": "Python objects", "c": "complex numbers", "M": "dates", "m": "time spans",
+          "V": "records of a structured array"}
+
+
+def _check_kind(x, what: str) -> None:
+    """Refuses arrays that are not real numbers: text, objects, complex numbers, dates, records."""
+    for key, array in _named_leaves(x):
+        dtype = getattr(array, "dtype", None)
+        if dtype is None:
+            continue
+        dtype = np.dtype(dtype) if not hasattr(dtype, "as_numpy_dtype") else np.dtype(dtype.as_numpy_dtype)
+        kind = _KINDS.get(dtype.kind)
+        if kind is None:
+            continue
+        label = f"the {what}{key}"
+        if dtype.kind in "US" and what == "labels":
+            fix = "encode them as class ids, e.g. `classes, y = np.unique(y, return_inverse=True)`"
+        elif dtype.kind in "USO":
+            fix = ("convert it to numbers first (an array of numbers of dtype object: `x.astype('float32')`; "
+                   "ragged rows: pad them to one length)" if dtype.kind == "O" else
+                   "convert it to numbers first (e.g. encode categories as integers)")
+        elif dtype.kind == "c":
+            fix = ("deadrelu does not drop the imaginary part silently: pass real numbers, e.g. np.abs(x) or "
+                   "np.stack([x.real, x.imag], axis=-1)")
+        elif dtype.kind == "V":
+            fix = "pass one plain numeric array, e.g. np.stack([x[name] for name in x.dtype.names], axis=-1)"
+        else:
+            fix = "convert them to numbers first (e.g. x.astype('int64'))"
+        raise DataError(f"{label} {_verb(label, 'holds')} {kind} (dtype {dtype}), not real numbers; {fix}")
+
+
+def _check_finite(x, what: str, first_sample: int) -> None:
+    """Refuses NaN and inf, naming the first sample that holds one (`first_sample`: the batch's first)."""
+    for key, array in _named_leaves(x):
+        array = np.asarray(array)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            rows = np.isfinite(array).reshape(len(array), -1).all(axis=1) if array.ndim else np.array([False])
+            bad = first_sample + int(np.argmax(~rows))
+            extra = "" if what == "labels" else " (values beyond the float32 range become inf too)"
+            raise DataError(f"the {what}{key} {_verb(what, 'holds')} NaN or inf values, first at sample {bad}; clean "
+                            f"or impute them first{extra}")
+
+
+def _verb(subject: str, verb: str) -> str:
+    """'holds' → 'hold' (and 'is' → 'are') when the subject is the labels."""
+    if not subject.removeprefix("the ").startswith("labels"):
+        return verb
+    return "are" if verb == "is" else verb.removesuffix("s")
+
+
+def _named_leaves(x) -> list[tuple[str, Any]]:
+    """(" 'name'" or "", array) per array of a structure, for messages."""
+    if isinstance(x, dict):
+        return [(f" '{key}'", value) for key, value in x.items()]
+    if isinstance(x, (list, tuple)):
+        return [(f" [{i}]" if len(x) > 1 else "", value) for i, value in enumerate(x)]
+    return [("", x)]
+
+
+def _leaves(x) -> list:
+    return [value for _, value in _named_leaves(x)]
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0].rstrip(".")[:200]
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -138,12 +326,14 @@ def _split_key(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def _read_path(path, *, for_labels: bool, input_names: list | None = None, output_names: list | None = None):
+def _read_path(path, *, for_labels: bool, input_names: list | None = None, output_names: list | None = None,
+               notes: list[str] | None = None):
     """Reads a data file. Returns (array-or-folder, labels found in the same file or None).
 
     For a model with several inputs (outputs), an .npz or HDF5 file holding one array per input
     (output), named after it, gives a dict of them.
     """
+    notes = [] if notes is None else notes
     path, key = _split_key(os.fspath(path))
     what = "labels" if for_labels else "data"
     if not os.path.exists(path):
@@ -152,25 +342,53 @@ def _read_path(path, *, for_labels: bool, input_names: list | None = None, outpu
         if for_labels:
             raise DataError(f"`labels` must be a file, not a folder: {path}")
         return path, None
+    if not os.path.isfile(path):
+        raise DataError(f"{what} {path} is not a regular file (a FIFO, socket or device); pass a data file")
     lower = path.lower()
+    if lower.endswith((".npy", ".npz", ".h5", ".hdf5", ".csv")) and os.path.getsize(path) == 0:
+        raise DataError(f"{what} file {path} is empty (0 bytes); write the data again")
     try:
         if lower.endswith(".npy"):
-            return np.load(path, mmap_mode="r", allow_pickle=False), None
+            return _read_npy(path), None
         if lower.endswith(".npz"):
-            return _read_npz(path, key, for_labels, input_names, output_names)
+            return _read_npz(path, key, for_labels, input_names, output_names, notes)
         if lower.endswith((".h5", ".hdf5")):
-            return _read_h5(path, key, for_labels, input_names, output_names)
+            return _read_h5(path, key, for_labels, input_names, output_names, notes)
         if lower.endswith(".csv"):
             return _read_csv(path), None
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - unreadable file
-        raise DataError(f"cannot read {what} file {path}: {exc}") from exc
+    except Exception as exc:
+        raise DataError(f"cannot read {what} file {path} ({_first_sentence(exc)}); check that it is a complete "
+                        f"{os.path.splitext(path)[1]} file") from exc
     raise DataError(f"unsupported {what} format: {path}; use .npy, .npz[:key], .h5[:dataset], .csv "
                     "or a folder of images")
 
 
-def _pick(keys: list[str], key: str | None, preferred: tuple[str, ...], path: str) -> str:
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npy(path: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise DataError(f"{path} is not a valid .npy file (it lacks the .npy header); save arrays with np.save")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "object" in str(exc).lower() or "pickle" in str(exc).lower():
+            raise DataError(_objects_message(path)) from None
+        if "mmap length" in str(exc):
+            raise DataError(f"{path} is truncated: it holds less data than its header says; save it again") from None
+        raise
+
+
+def _objects_message(path: str) -> str:
+    return (f"{path} holds Python objects (dtype object), which deadrelu does not load (loading them would run "
+            "pickle); save an array of numbers (ragged rows: pad them to one length first)")
+
+
+def _pick(keys: list[str], key: str | None, preferred: tuple[str, ...], path: str, notes: list[str],
+          what: str) -> str:
     if key is not None:
         if key not in keys:
             raise DataError(f"no array named '{key}' in {path}; it holds {', '.join(keys) or 'nothing'}")
@@ -180,24 +398,55 @@ def _pick(keys: list[str], key: str | None, preferred: tuple[str, ...], path: st
             return name
     if not keys:
         raise DataError(f"{path} holds no arrays")
-    return keys[0]
+    if len(keys) == 1:
+        notes.append(f"{what}: used '{keys[0]}', the only array in {path}")
+        return keys[0]
+    raise DataError(f"{path} holds {len(keys)} arrays ({', '.join(keys)}) and none is named '{preferred[0]}'; "
+                    f"name the one to use after a colon, e.g. {path}:{keys[0]}")
 
 
 _X_KEYS = ("x", "x_test", "x_val", "x_train", "images", "data", "inputs")
 _Y_KEYS = ("y", "y_test", "y_val", "y_train", "labels", "targets")
 
 
-def _read_npz(path: str, key: str | None, for_labels: bool, input_names, output_names):
+def _read_npz(path: str, key: str | None, for_labels: bool, input_names, output_names, notes):
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a valid .npz archive (an .npz is a zip of .npy files, as np.savez writes "
+                        "it); check the file, or save the arrays again")
     archive = np.load(path, allow_pickle=False)
-    return _select(archive, list(archive.files), key, for_labels, path, input_names, output_names)
+    return _select(_NpzMembers(archive, path), list(archive.files), key, for_labels, path, input_names,
+                   output_names, notes)
+
+
+class _NpzMembers:
+    """An .npz archive whose members, read on access, fail with a `DataError` that says why."""
+
+    def __init__(self, archive, path: str):
+        self.archive, self.path = archive, path
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        import zipfile
+
+        try:
+            return self.archive[name]
+        except ValueError as exc:
+            if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+                raise DataError(_objects_message(f"{self.path}:{name}")) from None
+            raise DataError(f"cannot read '{name}' in {self.path} ({_first_sentence(exc)}); save it again") from None
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise DataError(f"{self.path} is damaged ({_first_sentence(exc)} in '{name}'); save the arrays "
+                            "again") from None
 
 
 def _select(container, keys: list[str], key: str | None, for_labels: bool, path: str,
-            input_names: list | None = None, output_names: list | None = None):
+            input_names: list | None = None, output_names: list | None = None, notes: list[str] | None = None):
     """The wanted array of a multi-array file, and (for inputs) the labels stored beside it.
 
     Models with several inputs read one array per input name; with several outputs, labels are
     one array per output name when the file holds them all."""
+    notes = [] if notes is None else notes
     by_output = (output_names and len(output_names) > 1 and all(name in keys for name in output_names)
                  and not (key and for_labels))
     if for_labels and by_output:
@@ -212,7 +461,7 @@ def _select(container, keys: list[str], key: str | None, for_labels: bool, path:
         partner = next((c for c in ("y", "labels") if c in keys), None)
         labels = {n: container[n] for n in output_names} if by_output else (container[partner] if partner else None)
         return {name: container[name] for name in input_names}, labels
-    name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path)
+    name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path, notes, "labels" if for_labels else "data")
     if by_output and not for_labels:
         return container[name], {n: container[n] for n in output_names}
     partner = None if for_labels else _partner_label_key(name, keys)
@@ -226,30 +475,61 @@ def _partner_label_key(name: str, keys: list[str]) -> str | None:
     return next((c for c in candidates if c in keys and c != name), None)
 
 
-def _read_h5(path: str, key: str | None, for_labels: bool, input_names, output_names):
+def _read_h5(path: str, key: str | None, for_labels: bool, input_names, output_names, notes):
     import h5py
 
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path} is not an HDF5 file (it lacks the HDF5 signature); check the file")
     handle = h5py.File(path, "r")  # kept open: datasets are read lazily, batch by batch
     keys: list[str] = []
     handle.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
     if "model_config" in handle.attrs or "model_weights" in handle:
         raise DataError(f"{path} is a Keras model file, not data; pass the data with `data=`")
-    return _select(handle, keys, key, for_labels, path, input_names, output_names)
+    if key is not None and key not in keys and isinstance(handle.get(key.strip("/")), h5py.Group):
+        inside = [k for k in keys if k.startswith(key.strip("/") + "/")]
+        raise DataError(f"'{key}' in {path} is a group, not a dataset; name a dataset inside it, e.g. "
+                        f"{path}:{inside[0] if inside else key + '/NAME'}")
+    return _select(handle, keys, key.strip("/") if key else key, for_labels, path, input_names, output_names, notes)
 
 
 def _read_csv(path: str) -> np.ndarray:
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+            f.read()  # the whole file must be text
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a text .csv file (it is not UTF-8); pass a .csv of numbers") from None
     try:
         [float(v) for v in first.strip().split(",")]
         skip = 0
     except ValueError:
         skip = 1  # a header line
-    array = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns about an empty file; the check below says it
+            array = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"{path}: {_csv_problem(str(exc), skip)}; a .csv must hold numbers only, the same "
+                        "number on every row, with at most one header line") from None
+    if array.shape[0] == 0:
+        raise DataError(f"{path} holds no rows of numbers; pass a .csv with at least one row")
     return array
 
 
-def _read_images(folder: str, input_shapes) -> np.ndarray:
+def _csv_problem(message: str, skip: int) -> str:
+    """numpy's loadtxt message with the line numbered as in the file."""
+    match = re.search(r"could not convert string '(.*)' to \w+ at row (\d+), column (\d+)", message)
+    if match:
+        cell = match[1] or "an empty cell"
+        return f"line {int(match[2]) + 1 + skip}, column {match[3]} is {cell!r} rather than a number" \
+            if match[1] else f"line {int(match[2]) + 1 + skip}, column {match[3]} is empty"
+    match = re.search(r"number of columns changed from (\d+) to (\d+) at row (\d+)", message)
+    if match:
+        return f"line {int(match[3]) + skip} has {match[2]} cells where the lines before have {match[1]}"
+    return _first_sentence(ValueError(message))
+
+
+def _read_images(folder: str, input_shapes, *, skip_bad: bool, limit: int | None, notes: list[str]) -> np.ndarray:
     from PIL import Image
 
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
@@ -257,17 +537,36 @@ def _read_images(folder: str, input_shapes) -> np.ndarray:
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
     shape = input_shapes[0] if input_shapes and len(input_shapes) == 1 else None
-    if shape is None or len(shape) != 3 or shape[0] is None or shape[1] is None:
-        raise DataError(f"a folder of images needs a model with an image input (height, width, channels); "
-                        f"this model takes {shape}")
+    if shape is None or len(shape) != 3:
+        raise DataError(f"a folder of images needs a model with one image input (height, width, channels); "
+                        f"this model takes {shape if shape is not None else input_shapes}; pass an array instead")
     height, width, channels = shape
+    if height is None or width is None:
+        raise DataError(f"the model takes images of any size {tuple(shape)}, so deadrelu cannot choose one; "
+                        "resize the images yourself and pass them as an array")
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels, "RGB")
-    images = []
+    images, bad = [], []
     for file in files:
-        with Image.open(file) as image:
-            image = image.convert(mode).resize((width, height))
-            array = np.asarray(image, dtype=np.uint8)
+        if limit is not None and len(images) >= limit:
+            break
+        try:
+            with Image.open(file) as image:
+                image = image.convert(mode).resize((width, height))
+                array = np.asarray(image, dtype=np.uint8)
+        except Exception as exc:  # noqa: BLE001 - any unreadable image: damaged, empty, not an image
+            if not skip_bad:
+                reason = "an empty file" if os.path.getsize(file) == 0 else _first_sentence(exc)
+                raise DataError(f"cannot read the image {file} ({reason}); remove or replace it, or pass "
+                                "`skip_bad_images=True` to skip unreadable images") from None
+            bad.append(file)
+            continue
         images.append(array.reshape(height, width, -1))
+    if bad:
+        notes.append(f"skipped {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} in {folder} "
+                     f"(first: {os.path.relpath(bad[0], folder)})")
+    if not images:
+        raise DataError(f"none of the {len(bad)} images in folder {folder} can be read (first: {bad[0]}); "
+                        "check the files")
     return np.stack(images)
 
 
@@ -287,11 +586,10 @@ def _adapter(x, inputs: _Inputs, rescale: float | None, notes: list[str]) -> Cal
     plans = {} if x is None else {key: _plan(array, shape, dtype, label, notes, hint=rescale is None)
                                   for key, array, shape, dtype, label
                                   in _pair_inputs(x, inputs)}
+    rescales = rescale is not None and any(plan.as_float for plan in (plans.values() if plans else [default]))
     if rescale is not None:
-        if any(plan.as_float for plan in (plans.values() if plans else [default])):
-            notes.append(f"inputs multiplied by {rescale:g}")
-        else:
-            notes.append("`rescale` ignored: the model takes integer inputs")
+        notes.append(f"inputs multiplied by {rescale:g}" if rescales else
+                     "`rescale` ignored: the model takes integer inputs")
 
     def adapt(array, plan: _Plan):
         array = np.asarray(array)
@@ -311,6 +609,7 @@ def _adapter(x, inputs: _Inputs, rescale: float | None, notes: list[str]) -> Cal
             return [adapt(v, plans.get(i, default)) for i, v in enumerate(batch)]
         return adapt(batch, plans.get(0, default))
 
+    transform.rescales = rescales
     return transform
 
 
@@ -335,6 +634,10 @@ def _pair_inputs(x, inputs: _Inputs) -> list[tuple]:
 
     if isinstance(x, dict):
         names = input_names or []
+        unknown = [key for key in x if key not in names]
+        if names and unknown:
+            raise DataError(f"the data names the input '{unknown[0]}', but the model's inputs are "
+                            f"{', '.join(repr(n) for n in names)}; key the arrays by input name")
         if names and count and count > 1:
             missing = [name for name in names if name not in x]
             if missing:
@@ -361,6 +664,10 @@ def _plan(array, want, want_dtype, label: str, notes: list[str], *, hint: bool) 
     expand = False
     have = tuple(array.shape[1:]) if hasattr(array, "shape") else None
     if want is not None and have is not None and not _shape_fits(have, want):
+        if have == ():
+            target = ", ".join("N" if w is None else str(w) for w in want)
+            raise DataError(f"{label}data is one-dimensional ({array.shape[0]} values) but the model takes samples "
+                            f"of shape {tuple(want)}; pass an array of shape (samples, {target})")
         if not _shape_fits(have + (1,), want):
             raise DataError(f"{label}data samples have shape {have} but the model takes {tuple(want)}; "
                             "reshape the data to match the model input")
@@ -390,7 +697,7 @@ class _Inputs:
     dtypes: list | None = None
 
     @classmethod
-    def of(cls, model) -> "_Inputs":
+    def of(cls, model) -> _Inputs:
         try:
             inputs = list(model.inputs)
         except Exception:  # noqa: BLE001 - subclassed models have no symbolic inputs
@@ -412,20 +719,224 @@ def _synthetic(input_shapes, count: int) -> ProbeData:
     return ProbeData(x=x, samples=count, source=f"synthetic uniform [0, 1), {count} samples", synthetic=True)
 
 
-# -- streams -------------------------------------------------------------------------------
 
-def _as_stream(data) -> Callable | None:
-    """A batch-iterator factory for `tf.data.Dataset` and `keras.utils.PyDataset`, else None."""
-    module = type(data).__module__
-    if "tensorflow" in module and hasattr(data, "as_numpy_iterator"):
-        return data.as_numpy_iterator
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and hasattr(data, "on_epoch_end") \
-            and not isinstance(data, np.ndarray):
-        def iterate():
-            for index in range(len(data)):
-                yield data[index]
-        return iterate
-    return None
+
+# -- streams -------------------------------------------------------------------------------
+#
+# A stream is read batch by batch and cut at `samples`: the last batch is shortened so exactly
+# `samples` samples are scanned. A stream that never ends needs `samples`: an infinite
+# `tf.data.Dataset` (`.repeat()`) or a `PyDataset` whose `num_batches` is None is refused up
+# front without it. A generator's length is unknown: without `samples` it is read to its end.
+# Elements without a batch axis (`Dataset.from_tensor_slices(x)` without `.batch`) are batched
+# here, `batch_size` at a time, and a note says so: Keras would refuse them, but what they mean
+# is never in doubt — friendlier than asking for `.batch(N)`.
+
+# Generators can be read once: the batches already read are kept per generator (weakly), so a
+# second pass over the same generator (revive's check, the monitor's next check) replays them.
+_READ_ONCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _kind_name(data) -> str:
+    if _is_tf_dataset(data):
+        return "tf.data.Dataset"
+    if _is_py_dataset(data):
+        return "PyDataset"
+    return "generator" if isinstance(data, collections.abc.Generator) else type(data).__name__
+
+
+def _is_tf_dataset(data) -> bool:
+    return "tensorflow" in type(data).__module__ and hasattr(data, "element_spec") and hasattr(data, "cardinality")
+
+
+def _is_py_dataset(data) -> bool:
+    return (hasattr(data, "__getitem__") and hasattr(data, "on_epoch_end") and not isinstance(data, np.ndarray)
+            and (hasattr(data, "__len__") or hasattr(data, "num_batches")))
+
+
+def _as_stream(data, inputs: _Inputs, samples: int | None, notes: list[str]) -> Callable | None:
+    """A factory `batch_size → iterator of (x, y) batches` for datasets and generators, else None."""
+    if _is_tf_dataset(data):
+        return _dataset_stream(data, inputs, samples, notes)
+    if _is_py_dataset(data):
+        try:
+            batches = data.num_batches
+        except NotImplementedError:
+            raise DataError("the PyDataset defines neither `__len__` nor `num_batches`; define one of them") from None
+        if batches is None and samples is None:
+            raise DataError("the PyDataset is infinite (`num_batches` is None); pass `samples` to scan that many "
+                            "samples of it")
+        indices = range(batches) if batches is not None else itertools.count()
+        return _elements_stream(lambda: (data[i] for i in indices), inputs, samples, notes, "PyDataset")
+    if isinstance(data, collections.abc.Iterator):
+        return _elements_stream(_replay(data), inputs, samples, notes, _kind_name(data))
+    if isinstance(data, (str, os.PathLike, np.ndarray, list, tuple, dict)) or _is_array(data) \
+            or isinstance(data, (int, float, complex, np.generic)):
+        return None
+    if isinstance(data, collections.abc.Iterable) or hasattr(data, "__array__"):
+        return None  # e.g. a pandas DataFrame: read as an array
+    raise DataError(f"deadrelu cannot read data of type {type(data).__name__}; pass {ACCEPTED}")
+
+
+def _dataset_stream(dataset, inputs: _Inputs, samples: int | None, notes: list[str]) -> Callable:
+    import tensorflow as tf
+
+    cardinality = int(dataset.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY and samples is None:
+        raise DataError("the dataset is infinite (it repeats); pass `samples` to scan that many samples of it, "
+                        "or drop its .repeat()")
+    spec = dataset.element_spec
+    x_spec = _split_element(spec)[0]
+    for key, leaf in _named_leaves(x_spec) if not isinstance(x_spec, tf.TypeSpec) else [("", x_spec)]:
+        if not isinstance(leaf, tf.TensorSpec):
+            raise DataError(f"the dataset yields {type(leaf).__name__.replace('Spec', '')}s{key}, which deadrelu "
+                            "does not read; yield dense tensors (e.g. dataset.padded_batch(N) or .to_tensor())")
+        _check_kind(np.empty(0, dtype=leaf.dtype.as_numpy_dtype) if leaf.dtype != tf.string
+                    else np.empty(0, dtype=str), "data" + key)
+    first = _first_leaf(x_spec, inputs)
+    unbatched = first is not None and _is_unbatched(tuple(first[0].shape), first[1], first_known=True)
+    if unbatched:
+        notes.append("the dataset yields single samples (no batch axis); deadrelu batches them, `batch_size` "
+                     "at a time")
+
+    def batches(batch_size: int) -> Iterator[tuple]:
+        batched = dataset.batch(batch_size) if unbatched else dataset
+        return _limit((_split_element(element) for element in batched.as_numpy_iterator()), samples)
+
+    return batches
+
+
+def _elements_stream(elements: Callable[[], Iterator], inputs: _Inputs, samples: int | None, notes: list[str],
+                     kind: str) -> Callable:
+    """Batches from a PyDataset or generator: numpy `(x, y)` pairs; single samples are stacked into batches."""
+
+    def batches(batch_size: int) -> Iterator[tuple]:
+        pairs = ((_numpy(x), _numpy(y)) for x, y in map(_split_element, elements()))
+        first = next(pairs, None)
+        if first is None:
+            return iter(())
+        pairs = itertools.chain([first], pairs)
+        leaf = _first_leaf(first[0], inputs)
+        if leaf is not None and _is_unbatched(tuple(np.shape(leaf[0])), leaf[1], first_known=False):
+            note = f"the {kind} yields single samples (no batch axis); deadrelu batches them, `batch_size` at a time"
+            if note not in notes:
+                notes.append(note)
+            pairs = _stacked(pairs, batch_size)
+        return _limit(pairs, samples)
+
+    return batches
+
+
+def _replay(iterator: Iterator) -> Callable[[], Iterator]:
+    """Elements of a read-once iterator: those read before (by any pass), then the rest."""
+    try:
+        record = _READ_ONCE.setdefault(iterator, [])
+    except TypeError:  # not weakly referenceable (e.g. a list iterator): replayed within this ProbeData only
+        record = []
+
+    def elements() -> Iterator:
+        yield from list(record)
+        for element in iterator:
+            record.append(element)
+            yield element
+
+    return elements
+
+
+def _limit(pairs: Iterator[tuple], samples: int | None) -> Iterator[tuple]:
+    """Stops after `samples` samples, cutting the last batch."""
+    seen = 0
+    for x, y in pairs:
+        if samples is not None:
+            n = count_samples(x)
+            if seen + n > samples:
+                head = slice(0, samples - seen)
+                x = map_arrays(lambda a, head=head: a[head], x)
+                y = None if y is None else map_arrays(lambda a, head=head: a[head], y)
+            seen += min(n, samples - seen)
+        yield x, y
+        if samples is not None and seen >= samples:
+            return
+
+
+def _stacked(pairs: Iterator[tuple], batch_size: int) -> Iterator[tuple]:
+    """Single `(x, y)` samples → batches of `batch_size`."""
+    while True:
+        group = list(itertools.islice(pairs, batch_size))
+        if not group:
+            return
+        xs, ys = zip(*group)
+        yield _stack(list(xs)), None if ys[0] is None else _stack(list(ys))
+
+
+def _stack(items: list):
+    if isinstance(items[0], dict):
+        return {key: _stack([item[key] for item in items]) for key in items[0]}
+    if isinstance(items[0], (list, tuple)):
+        return [_stack([item[i] for item in items]) for i in range(len(items[0]))]
+    try:
+        return np.stack([np.asarray(item) for item in items])
+    except ValueError as exc:
+        raise DataError(f"the samples the data yields differ in shape ({_first_sentence(exc)}); yield samples of "
+                        "one shape, or batches") from None
+
+
+def _split_element(element) -> tuple:
+    """Keras's convention: a tuple is (x,), (x, y) or (x, y, sample_weight); anything else is x."""
+    if isinstance(element, tuple) and 1 <= len(element) <= 3:
+        return element[0], element[1] if len(element) > 1 else None
+    return element, None
+
+
+def _numpy(value):
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {key: _numpy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and value and _is_array(value[0]):
+        return [_numpy(item) for item in value]
+    if hasattr(value, "numpy") and callable(value.numpy):
+        return value.numpy()
+    return _as_array(value, "data")
+
+
+def _first_leaf(x, inputs: _Inputs):
+    """(first array or spec of `x`, the model input shape it is for), or None when unknown."""
+    if not inputs.shapes:
+        return None
+    if isinstance(x, dict):
+        names = inputs.names or []
+        key = next((name for name in names if name in x), None)
+        return (x[key], inputs.shapes[names.index(key)]) if key is not None else None
+    if isinstance(x, (list, tuple)):
+        return (x[0], inputs.shapes[0]) if x else None
+    return x, inputs.shapes[0]
+
+
+def _is_unbatched(shape: tuple, want: tuple, *, first_known: bool) -> bool:
+    """Whether an element of `shape` is one sample of the model input `want` rather than a batch.
+
+    An element one axis longer than `want` is a batch; one of `want`'s own shape is a sample — or
+    a batch missing the trailing channel axis when `want` ends in 1 (or None), which is read as a
+    batch, as Keras would, unless the first axis is fixed in a dataset's spec (`.batch` leaves it
+    None) and `first_known` says that counts as a sample.
+    """
+    want = tuple(want)
+    if len(shape) == len(want) + 1:
+        return False
+    channel_less = want and want[-1] in (None, 1)
+    if len(shape) == len(want):
+        fits = _compatible(shape, want)
+        as_batch = channel_less and _compatible(shape[1:] + (1,), want)
+        if fits and as_batch:
+            return first_known and shape[0] is not None
+        return fits
+    if len(shape) == len(want) - 1:
+        return bool(channel_less) and _compatible(shape + (1,), want)
+    return False
+
+
+def _compatible(have: tuple, want: tuple) -> bool:
+    return len(have) == len(want) and all(h is None or w is None or h == w for h, w in zip(have, want))
 
 
 # -- small helpers -------------------------------------------------------------------------
@@ -451,20 +962,5 @@ def count_samples(x) -> int:
 
 
 def _dtype_of(x):
-    return getattr(x, "dtype", None)
-
-
-def _to_numpy(value):
-    if value is None:
-        return None
-    if hasattr(value, "numpy"):
-        return value.numpy()
-    return value
-
-
-def _check_finite(x, batch_index: int, first_sample: int | None = None) -> None:
-    for array in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else [x]):
-        if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all():
-            bad = int(np.argmax(~np.isfinite(array).reshape(len(array), -1).all(axis=1)))
-            where = f"sample {first_sample + bad}" if first_sample is not None else f"batch {batch_index}"
-            raise DataError(f"the data holds NaN or inf values (first at {where}); clean or impute them first")
+    dtype = getattr(x, "dtype", None)
+    return np.dtype(dtype.as_numpy_dtype) if hasattr(dtype, "as_numpy_dtype") else dtype

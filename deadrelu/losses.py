@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deadrelu.errors import UsageError
+from deadrelu.errors import DataError, UsageError
 
 
 def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
@@ -49,6 +49,7 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
             raise UsageError("the model has no stored loss; pass one with --loss NAME "
                              "(e.g. --loss categorical_crossentropy)")
     if len(shapes) <= 1:
+        _check_label_width(np.asarray(y), shapes[0] if shapes else None, None)
         return _output_loss(single_loss(loss), np.asarray(y), shapes[0] if shapes else None)
 
     losses = per_output(loss, names, "loss")
@@ -58,6 +59,9 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
     if len(labels) != len(names):
         raise UsageError(f"the model has {len(names)} outputs ({', '.join(names)}); pass one label array per "
                          "output (a list, a dict by output name, or an .npz with arrays named after the outputs)")
+    for k, name in enumerate(names):
+        if losses[k] is not None:
+            _check_label_width(np.asarray(labels[k]), shapes[k], name)
     terms = [(k, 1.0 if weights[k] is None else float(weights[k]), _output_loss(losses[k], np.asarray(labels[k]),
                                                                                  shapes[k]))
              for k in range(len(names)) if losses[k] is not None]
@@ -67,6 +71,16 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
         return sum(weight * fn(y_true[k], y_pred[k]) for k, weight, fn in terms)
 
     return per_sample
+
+
+def _check_label_width(y: np.ndarray, out_shape: tuple | None, name: str | None) -> None:
+    """Labels of the output's rank must be as wide as the output (or 1 wide: class ids)."""
+    width = out_shape[-1] if out_shape else None
+    if width is None or y.ndim < 2 or y.ndim != len(out_shape) or y.shape[-1] in (1, width):
+        return
+    labels, output = (f"the labels of output '{name}'", "that output") if name else ("the labels", "the model's output")
+    raise DataError(f"{labels} have {y.shape[-1]} columns but {output} has {width} units; one-hot labels need one "
+                    "column per output unit")
 
 
 def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:

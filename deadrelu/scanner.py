@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from deadrelu import validation
 from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
 
@@ -12,7 +13,7 @@ DEFAULT_BATCH_SIZE = 256
 
 
 def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE, gradients: bool = False,
-         loss=None, samples: int | None = None, rescale: float | None = None,
+         loss=None, samples: int | None = None, rescale: float | None = None, skip_bad_images: bool = False,
          dying_threshold: float = 0.01, flag_threshold: float = 0.10, saturated_threshold: float = 0.99,
          on_batch: Callable[[int], None] | None = None, on_start: Callable[[int | None], None] | None = None,
          model_info: dict | None = None) -> Report:
@@ -23,14 +24,19 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
 
     Args:
         model: A `keras.Model`, or a path to a model file (loaded with `deadrelu.load_model`).
-        data: Inputs: numpy array(s), `tf.data.Dataset`, `keras.utils.PyDataset` or a path (see
-            `deadrelu.data.load_data`). None uses synthetic inputs, which cannot give a real verdict.
-        labels: Labels (array or path), needed with `gradients=True` unless the data file has `y`.
+        data: Inputs: numpy array(s), `tf.data.Dataset`, `keras.utils.PyDataset`, a generator or a
+            path (see `deadrelu.data.load_data`). None uses synthetic inputs, which cannot give a
+            real verdict.
+        labels: Labels (array or path), needed with `gradients=True` unless the data file has `y`
+            (a dataset or generator yields `(inputs, labels)` pairs instead).
         batch_size: Samples per step; results do not depend on it.
         gradients: Also measure ∂ℓₙ/∂z per unit and the weight gradient per layer.
         loss: Loss for gradients (Keras name, function or `Loss`); default the model's compiled loss.
-        samples: Use only the first `samples` samples.
+        samples: Use only the first `samples` samples; a stream stops there (an infinite dataset
+            needs it).
         rescale: Multiply inputs by this factor after converting them to float.
+        skip_bad_images: For a folder of images: skip unreadable images (counted in a note)
+            instead of refusing the folder.
         dying_threshold: Active rate under which a live unit is dying.
         flag_threshold: Dead share at which a site is flagged.
         saturated_threshold: Share of outputs at the cap from which a capped unit is saturated.
@@ -41,6 +47,11 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     Returns:
         A `Report`.
 
+    Raises:
+        UsageError: An argument is out of range (named as the keyword: `samples`), or
+            `gradients=True` has no labels.
+        DataError: The data cannot be read, is not numbers, or does not fit the model.
+
     Example:
         >>> report = deadrelu.scan(model, x_test, batch_size=500)
         >>> print(report.summary)
@@ -48,15 +59,22 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     from deadrelu.data import load_data
     from deadrelu.probe import probe_for
 
-    if batch_size < 1:
-        raise UsageError(f"`batch_size` must be at least 1 (got {batch_size})")
+    batch_size = validation.positive_int(batch_size, "batch_size")
+    samples = validation.positive_int(samples, "samples", optional=True)
+    rescale = validation.positive_number(rescale, "rescale", optional=True, example="1/255")
+    gradients = validation.boolean(gradients, "gradients")
+    thresholds = Thresholds(dying=validation.fraction(dying_threshold, "dying_threshold"),
+                            flag=validation.fraction(flag_threshold, "flag_threshold"),
+                            saturated=validation.fraction(saturated_threshold, "saturated_threshold"))
     if isinstance(model, (str, os.PathLike)):
         from deadrelu.loading import load
 
         loaded = load(os.fspath(model))
         model = loaded.model
         model_info = model_info or describe_loaded(loaded)
-    probe_data = load_data(data, model, labels=labels, samples=samples, rescale=rescale)
+    validation.model(model)
+    probe_data = load_data(data, model, labels=labels, samples=samples, rescale=rescale,
+                           skip_bad_images=skip_bad_images)
     if gradients and not probe_data.has_labels and probe_data.stream is None:
         raise UsageError("`gradients=True` needs labels: pass `labels=\"y.npy\"` (or a data file with a 'y' array)")
     if on_start is not None:
@@ -74,7 +92,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     data_info = {"source": probe_data.source, "samples": result.samples, "synthetic": probe_data.synthetic}
     return build_report(
         result,
-        thresholds=Thresholds(dying=dying_threshold, flag=flag_threshold, saturated=saturated_threshold),
+        thresholds=thresholds,
         model=model_info or {"path": None, "name": model.name, "sha256": None, "format": "in-memory"},
         data=data_info, settings=settings, notes=notes,
     )

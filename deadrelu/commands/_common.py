@@ -39,6 +39,14 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number such as 0.5 or 1/255, got {text!r}") from None
 
 
+def positive_number(text: str) -> float:
+    """A finite number above 0 (`--rescale`), the rule of `deadrelu.validation.positive_number`."""
+    value = number(text)
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0 such as 1/255, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -225,7 +233,7 @@ def parent_parsers() -> dict[str, argparse.ArgumentParser]:
     data.add_argument("--samples", type=positive_int, metavar="N", help="use the first N samples")
     data.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                       help="samples per step (default 256)")
-    data.add_argument("--rescale", type=number, metavar="F", help="multiply inputs by F, e.g. 1/255")
+    data.add_argument("--rescale", type=positive_number, metavar="F", help="multiply inputs by F, e.g. 1/255")
     return {"common": common, "model": model, "data": data}
 
 

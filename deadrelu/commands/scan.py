@@ -14,6 +14,8 @@ def register(subparsers, parents):
         description="Measure every ReLU unit of MODEL on data and report dead, dying and saturated units.")
     parser.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
     parser.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="with a folder of images: skip unreadable images (counted in a note) instead of refusing")
     add_output_flags(parser)
     add_plot_dir_flag(parser)
     parser.add_argument("--fail-on", type=fraction, metavar="FRACTION",
@@ -33,7 +35,7 @@ def run(args, output) -> int:
         output.note(f"repaired while loading: {repair}", style="dim")
     with output.progress("scanning") as (on_start, on_batch):
         report = scan(loaded.model, args.data, args.labels, batch_size=args.batch_size, gradients=args.gradients,
-                      loss=args.loss, samples=args.samples, rescale=args.rescale,
+                      loss=args.loss, samples=args.samples, rescale=args.rescale, skip_bad_images=args.skip_bad_images,
                       dying_threshold=args.dying_threshold, flag_threshold=args.flag_threshold,
                       on_start=on_start, on_batch=on_batch, model_info=describe_loaded(loaded))
     for note in report.notes:
