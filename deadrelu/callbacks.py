@@ -15,7 +15,9 @@ from typing import Any
 import keras
 import numpy as np
 
+import deadrelu.validation as validation
 from deadrelu._keras_compat import optimizer_tracked_variables
+from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
 from deadrelu.timeline import Check, make_check
 
@@ -96,18 +98,18 @@ class DeadReluMonitor(keras.callbacks.Callback):
                  seed: int | None = None, verbose: int | bool = 1, every: int | None = None,
                  every_steps: int | None = None) -> None:
         super().__init__()
-        if on_dead not in _ACTIONS:
-            raise ValueError(f"on_dead must be one of {_ACTIONS}, got {on_dead!r}")
+        on_dead = validation.one_of(on_dead, "on_dead", _ACTIONS)
         check_freq, self._epoch_interval = _resolve_frequency(check_freq, every, every_steps)
         self.data = data
         self.check_freq = check_freq
-        self.batch_size = batch_size
-        self.samples = samples
+        self.batch_size = validation.positive_int(batch_size, "batch_size")
+        self.samples = validation.positive_int(samples, "samples", optional=True)
         self.on_dead = on_dead
-        self.max_dead_fraction = max_dead_fraction
-        self.patience = patience
-        self.thresholds = Thresholds(dying=dying_threshold, flag=flag_threshold)
-        self.seed = seed
+        self.max_dead_fraction = validation.fraction(max_dead_fraction, "max_dead_fraction")
+        self.patience = validation.non_negative_int(patience, "patience")
+        self.thresholds = Thresholds(dying=validation.fraction(dying_threshold, "dying_threshold"),
+                                     flag=validation.fraction(flag_threshold, "flag_threshold"))
+        self.seed = validation.seed(seed)
         self.verbose = _verbosity(verbose)
         self._probe = None  # kept across fits of the same model: traced once
         self._probe_data = None
@@ -260,15 +262,15 @@ def _validate_check_freq(value: Any) -> str | int:
         return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
         return int(value)
-    raise ValueError(f'check_freq must be "epoch" or a positive int (a number of batches), got {value!r}; pass '
-                     'check_freq="epoch" to check at the end of each epoch, or e.g. check_freq=100 to check '
+    raise UsageError(f'`check_freq` must be "epoch" or a positive int (a number of batches), got {value!r}; pass '
+                     '`check_freq="epoch"` to check at the end of each epoch, or e.g. `check_freq=100` to check '
                      'every 100 training batches')
 
 
 def _verbosity(value: Any) -> int:
     if isinstance(value, numbers.Integral) and value >= 0:  # bools too: True is 1, False is 0
         return int(value)
-    raise ValueError(f"verbose must be an int, 0 (silent) or 1 (one line per event), got {value!r}")
+    raise UsageError(f"`verbose` must be an int, 0 (silent) or 1 (one line per event), got {value!r}")
 
 
 def _resolve_frequency(check_freq: Any, every: Any, every_steps: Any) -> tuple[Any, int]:
@@ -279,23 +281,23 @@ def _resolve_frequency(check_freq: Any, every: Any, every_steps: Any) -> tuple[A
         deprecated `every` when it is larger.
     """
     if every is not None and every_steps is not None:
-        raise ValueError(f"every={every!r} and every_steps={every_steps!r} conflict: both are deprecated, and "
-                         f"every_steps used to override every silently; pass check_freq alone "
-                         f'(check_freq="epoch" or check_freq=<number of batches>)')
+        raise UsageError(f"`every={every!r}` and `every_steps={every_steps!r}` conflict: both are deprecated, and "
+                         f"`every_steps` used to override `every` silently; pass `check_freq` alone "
+                         f'(`check_freq="epoch"` or `check_freq=<number of batches>`)')
     if every_steps is not None:
         if check_freq != "epoch" and check_freq != every_steps:
-            raise ValueError(f"check_freq={check_freq!r} and every_steps={every_steps!r} conflict; every_steps "
-                             f"is deprecated: pass check_freq alone")
+            raise UsageError(f"`check_freq={check_freq!r}` and `every_steps={every_steps!r}` conflict; `every_steps` "
+                             f"is deprecated: pass `check_freq` alone")
         warnings.warn(f"DeadReluMonitor(every_steps=...) is deprecated and will be removed in the next release; "
                       f"use check_freq={every_steps!r}", DeprecationWarning, stacklevel=3)
         return every_steps, 1
     if every is not None:
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise ValueError(f"every must be a positive number of epochs, got {every!r}; every is deprecated: "
-                             f'pass check_freq="epoch" instead')
+            raise UsageError(f"`every` must be a positive number of epochs, got {every!r}; `every` is deprecated: "
+                             f'pass `check_freq="epoch"` instead')
         if check_freq != "epoch":
-            raise ValueError(f"check_freq={check_freq!r} and every={every!r} conflict (every counts epochs, "
-                             f"check_freq batches); every is deprecated: pass check_freq alone")
+            raise UsageError(f"`check_freq={check_freq!r}` and `every={every!r}` conflict (`every` counts epochs, "
+                             f"`check_freq` batches); `every` is deprecated: pass `check_freq` alone")
         replacement = ('use check_freq="epoch" (the default)' if every == 1 else
                        f'use check_freq="epoch" (every epoch) or check_freq=<number of batches>; checking every '
                        f"{every} epochs works in this release only")

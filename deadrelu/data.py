@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from deadrelu import validation
+import deadrelu.validation as validation
 from deadrelu.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -597,7 +597,8 @@ def _adapter(x, inputs: _Inputs, rescale: float | None, notes: list[str]) -> Cal
             array = array[..., None]
         if plan.as_float:
             if not np.issubdtype(array.dtype, np.floating) or array.dtype == np.float64:
-                array = array.astype(np.float32)
+                with np.errstate(over="ignore"):  # values beyond float32 become inf, which is refused next
+                    array = array.astype(np.float32)
             if rescale is not None:
                 array = array * np.float32(rescale)
         return array
@@ -749,8 +750,9 @@ def _is_tf_dataset(data) -> bool:
 
 
 def _is_py_dataset(data) -> bool:
-    return (hasattr(data, "__getitem__") and hasattr(data, "on_epoch_end") and not isinstance(data, np.ndarray)
-            and (hasattr(data, "__len__") or hasattr(data, "num_batches")))
+    kind = type(data)  # not the instance: a PyDataset's `num_batches` may raise when read
+    return (hasattr(kind, "__getitem__") and hasattr(kind, "on_epoch_end") and not isinstance(data, np.ndarray)
+            and (hasattr(kind, "__len__") or hasattr(kind, "num_batches")))
 
 
 def _as_stream(data, inputs: _Inputs, samples: int | None, notes: list[str]) -> Callable | None:
@@ -794,11 +796,10 @@ def _dataset_stream(dataset, inputs: _Inputs, samples: int | None, notes: list[s
                     else np.empty(0, dtype=str), "data" + key)
     first = _first_leaf(x_spec, inputs)
     unbatched = first is not None and _is_unbatched(tuple(first[0].shape), first[1], first_known=True)
-    if unbatched:
-        notes.append("the dataset yields single samples (no batch axis); deadrelu batches them, `batch_size` "
-                     "at a time")
 
     def batches(batch_size: int) -> Iterator[tuple]:
+        if unbatched:
+            _note_batching(notes, "dataset", batch_size)
         batched = dataset.batch(batch_size) if unbatched else dataset
         return _limit((_split_element(element) for element in batched.as_numpy_iterator()), samples)
 
@@ -817,13 +818,17 @@ def _elements_stream(elements: Callable[[], Iterator], inputs: _Inputs, samples:
         pairs = itertools.chain([first], pairs)
         leaf = _first_leaf(first[0], inputs)
         if leaf is not None and _is_unbatched(tuple(np.shape(leaf[0])), leaf[1], first_known=False):
-            note = f"the {kind} yields single samples (no batch axis); deadrelu batches them, `batch_size` at a time"
-            if note not in notes:
-                notes.append(note)
+            _note_batching(notes, kind, batch_size)
             pairs = _stacked(pairs, batch_size)
         return _limit(pairs, samples)
 
     return batches
+
+
+def _note_batching(notes: list[str], kind: str, batch_size: int) -> None:
+    note = f"the {kind} yields single samples (no batch axis); deadrelu batched them, {batch_size} at a time"
+    if note not in notes:
+        notes.append(note)
 
 
 def _replay(iterator: Iterator) -> Callable[[], Iterator]:

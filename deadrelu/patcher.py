@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import deadrelu.validation as validation
 from deadrelu.errors import UnsupportedModelError, UsageError
 from deadrelu.rewriter import LEAKY, PRELU, Rewriter, rebuildable, subclassed_message
 from deadrelu.sites import Site, SiteMap, find_sites
@@ -284,6 +285,7 @@ def patch_model(
     to, alpha, alpha_init, prelu_shared_axes, only = _check_options(
         to, alpha, alpha_init, prelu_shared_axes, only, report
     )
+    batch_size = validation.positive_int(batch_size, "batch_size")
     _check_model(model)
     site_map = find_sites(model)
     selected, kept, notes = select_sites(site_map, sites=sites, only=only, report=report, layers=layers)
@@ -374,6 +376,10 @@ def patch_self_check(
     from deadrelu.data import load_data
     from deadrelu.model_utils import compare_outputs
 
+    batch_size = validation.positive_int(batch_size, "batch_size")
+    samples = validation.positive_int(samples, "samples", optional=True)
+    synthetic_samples = validation.positive_int(synthetic_samples, "synthetic_samples")
+    tolerance = validation.finite_number(tolerance, "tolerance", minimum=0.0, example="1e-5")
     options = {k: v for k, v in options.items() if k not in ("alpha", "alpha_init")}
     zero = patch(model, to, alpha=0.0, alpha_init=0.0, **options)
     if data is None:
@@ -434,17 +440,19 @@ def select_sites(
             pattern = re.compile(layers)
         except re.error as exc:
             raise UsageError(
-                f"--layers {layers!r} is not a regular expression ({exc}); pass e.g. 'conv' or '^encoder/'"
+                f"`layers` {layers!r} is not a regular expression ({exc}); pass e.g. 'conv' or '^encoder/'"
             ) from None
         matched = [site for site in every if pattern.search(site.path)]
         if every and not matched:
             raise UsageError(
-                f"--layers {layers!r} matches no site; the sites are: "
+                f"`layers` {layers!r} matches no site; the sites are: "
                 + ", ".join(site.path for site in every[:20])
                 + (" ..." if len(every) > 20 else "")
             )
     else:
         matched = every
+    if isinstance(sites, str):
+        sites = [sites]  # one site path
     if sites is not None:
         wanted = set(sites)
         known = [s.path for s in (report.sites if report is not None else every)]
@@ -456,7 +464,7 @@ def select_sites(
     only = only or "all"
     if only != "all":
         if report is None:
-            raise UsageError(f"only={only!r} decides from a scan: pass report= (a deadrelu.Report of this model)")
+            raise UsageError(f"`only={only!r}` decides from a scan: pass `report` (a deadrelu.Report of this model)")
         if only == "dead":
             chosen = [site for site in matched if _report_site(report, site.path).dead]
         else:
@@ -479,30 +487,20 @@ def check_only(only: str | None, report: Report | None) -> str:
     Raises:
         UsageError: `only` is another value, or "dead"/"flagged" without a report.
     """
-    only = "all" if only is None else str(only).lower()
-    if only not in ONLY_CHOICES:
-        raise UsageError(f"only must be 'all', 'dead' or 'flagged' (got {only!r})")
+    only = validation.one_of("all" if only is None else only.lower() if isinstance(only, str) else only, "only",
+                             ONLY_CHOICES)
     if only != "all" and report is None:
-        raise UsageError(f"only={only!r} decides from a scan: pass report= (a deadrelu.Report of this model)")
+        raise UsageError(f"`only={only!r}` decides from a scan: pass `report` (a deadrelu.Report of this model)")
     return only
 
 
 def _check_options(to, alpha, alpha_init, shared_axes, only, report):
-    to = str(to).lower()
-    if to not in TARGETS:
-        raise UsageError(f"cannot patch to {to!r}; choose 'leaky' or 'prelu'")
-    try:
-        alpha, alpha_init = float(alpha), float(alpha_init)
-    except (TypeError, ValueError):
-        raise UsageError(f"alpha and alpha_init must be numbers (got {alpha!r}, {alpha_init!r})") from None
-    if not math.isfinite(alpha) or alpha < 0:
-        raise UsageError(f"the leaky slope alpha must be a number ≥ 0 (got {alpha}); 0.01 is the usual choice")
-    if not math.isfinite(alpha_init):
-        raise UsageError(f"alpha_init must be a finite number (got {alpha_init}); 0.25 is the usual choice")
-    if isinstance(shared_axes, str) and shared_axes.lower() == "none":
-        shared_axes = None
-    if shared_axes not in SHARED_AXES_CHOICES:
-        raise UsageError(f"prelu_shared_axes must be 'channel' or None (got {shared_axes!r})")
+    to = validation.one_of(to.lower() if isinstance(to, str) else to, "to", TARGETS)
+    alpha = validation.finite_number(alpha, "alpha", minimum=0.0, example="0.01")
+    alpha_init = validation.finite_number(alpha_init, "alpha_init", example="0.25")
+    if isinstance(shared_axes, str):
+        shared_axes = None if shared_axes.lower() == "none" else shared_axes.lower()
+    shared_axes = validation.one_of(shared_axes, "prelu_shared_axes", SHARED_AXES_CHOICES)
     return to, alpha, alpha_init, shared_axes, check_only(only, report)
 
 

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import deadrelu.validation as validation
 from deadrelu.edits import Edits, cut_inputs, draw_columns, kernel_of, reinitialize, unit_index
 from deadrelu.errors import UsageError
 from deadrelu.graph import LayerGraph, Propagation, UnitTarget, is_batchnorm, weighted_kind
@@ -329,10 +330,13 @@ def revive_in_place(
         >>> result = revive_in_place(model, report, seed=0)
         >>> result.revived
     """
+    from deadrelu.report import Report
     from deadrelu.sites import find_sites
 
-    if scale not in SCALES:
-        raise UsageError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    seed, scale, batch_size = _check_options(seed, scale, batch_size)
+    if not isinstance(report, Report):
+        raise UsageError(f"`report` must be a deadrelu.Report (from deadrelu.scan), got {type(report).__name__}; "
+                         "to revive from data, call revive_model(model, data)")
     only = check_only(only, report)
     site_map = find_sites(model)
     selected, _, notes = select_sites(site_map, sites=sites, only=only, report=report, action="revive")
@@ -398,6 +402,7 @@ def _revive_copy(
     """Scans `model` when given data, revives a copy, and (`check`) compares the outputs on the data."""
     from deadrelu.report import Report
 
+    seed, scale, batch_size = _check_options(seed, scale, batch_size)
     data = None
     if isinstance(report_or_data, Report):
         report = report_or_data
@@ -425,6 +430,12 @@ def _revive_copy(
         probe_data = load_data(data, model, samples=samples, rescale=scan_options.get("rescale"))
         result.check = compare_outputs(model, copy, probe_data.batches(batch_size), samples=samples)
     return result
+
+
+def _check_options(seed, scale, batch_size) -> tuple:
+    """The options every revive function shares, checked as the command line checks its flags."""
+    return (validation.seed(seed), validation.one_of(scale, "scale", SCALES),
+            validation.positive_int(batch_size, "batch_size"))
 
 
 # -- the plan ----------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
-from deadrelu import validation
+import deadrelu.validation as validation
 from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
 

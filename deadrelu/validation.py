@@ -95,8 +95,11 @@ def model(value: Any, name: str = "model") -> Any:
 def _int(value: Any, name: str, *, minimum: int, optional: bool, what: str = "") -> int | None:
     if value is None and optional:
         return None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum:
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if whole and value >= minimum:
         return int(value)
+    if whole and not what:
+        raise UsageError(f"`{name}` must be at least {minimum} (got {value})")
     what = what or f"a whole number of at least {minimum}"
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         what += ", not a bool"

@@ -280,7 +280,7 @@ def test_batch_hook_only_when_checking_by_batches(xy):
 
 @pytest.mark.parametrize("value", [0, -3, "batch", "epochs", True, 2.5, None])
 def test_check_freq_is_validated(xy, value):
-    with pytest.raises(ValueError, match=r'check_freq must be "epoch" or a positive int.*check_freq="epoch"'):
+    with pytest.raises(deadrelu.UsageError, match=r'`check_freq` must be "epoch" or a positive int.*`check_freq="epoch"`'):
         deadrelu.DeadReluMonitor(xy[0][:64], check_freq=value)
 
 
@@ -288,7 +288,7 @@ def test_verbose_is_an_int_and_accepts_bools(xy):
     x, _ = xy
     assert [deadrelu.DeadReluMonitor(x, verbose=v).verbose for v in (True, False, 1, 0)] == [1, 0, 1, 0]
     assert deadrelu.DeadReluMonitor(x).verbose == 1
-    with pytest.raises(ValueError, match="verbose must be"):
+    with pytest.raises(deadrelu.UsageError, match="`verbose` must be"):
         deadrelu.DeadReluMonitor(x, verbose="loud")
 
 
@@ -314,9 +314,9 @@ def test_deprecated_every_and_every_steps_still_work_and_warn(xy):
 
 
 @pytest.mark.parametrize("kwargs, names", [
-    ({"every": 1, "every_steps": 4}, "every=1 and every_steps=4"),
-    ({"check_freq": 8, "every_steps": 4}, "check_freq=8 and every_steps=4"),
-    ({"check_freq": 8, "every": 2}, "check_freq=8 and every=2"),
+    ({"every": 1, "every_steps": 4}, "`every=1` and `every_steps=4`"),
+    ({"check_freq": 8, "every_steps": 4}, "`check_freq=8` and `every_steps=4`"),
+    ({"check_freq": 8, "every": 2}, "`check_freq=8` and `every=2`"),
 ])
 def test_conflicting_frequencies_raise(xy, kwargs, names):
     with pytest.raises(ValueError, match=names):

@@ -148,7 +148,7 @@ def _tiny_model():
 # -- library messages name keywords, the command line names flags ----------------------------
 
 def test_library_errors_name_the_keyword():
-    with pytest.raises(deadrelu.DataError, match="^`samples` must be at least 1"):
+    with pytest.raises(deadrelu.UsageError, match="^`samples` must be at least 1"):
         deadrelu.scan(_tiny_model(), None, samples=0)
     with pytest.raises(deadrelu.UsageError, match="^`batch_size` must be at least 1"):
         deadrelu.scan(_tiny_model(), None, batch_size=0)

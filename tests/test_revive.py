@@ -405,7 +405,7 @@ def test_revive_model_selects_sites_as_patch_model_does():
     assert nothing.revived == {} and "no site is flagged in the report: nothing to revive" in nothing.notes
     with pytest.raises(deadrelu.UsageError, match="no site 'nope' in the report"):
         deadrelu.revive_model(model, report, sites=["nope"])
-    with pytest.raises(deadrelu.UsageError, match="only must be"):
+    with pytest.raises(deadrelu.UsageError, match="`only` must be one of"):
         deadrelu.revive_model(model, report, only="some")
 
 
