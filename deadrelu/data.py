@@ -59,6 +59,8 @@ class ProbeData:
     _transform: Callable | None = dataclasses.field(default=None, repr=False)
     _inputs: Any = dataclasses.field(default=None, repr=False)
     _rescale: float | None = dataclasses.field(default=None, repr=False)
+    # Why the labels found beside the data (a file's `y`) cannot be used; raised only when they are.
+    _label_problem: str | None = dataclasses.field(default=None, repr=False)
 
     def batches(self, batch_size: int, *, labels: bool = False) -> Iterator:
         """Yields batches (`x`, or `(x, y)` with `labels=True`) as float arrays, checked for NaN/inf.
@@ -66,6 +68,8 @@ class ProbeData:
         A stream yields its own batches, cut at `samples`; arrays are sliced `batch_size` at a time.
         """
         batch_size = validation.positive_int(batch_size, "batch_size")
+        if labels and self._label_problem:
+            raise DataError(self._label_problem)
         pairs = self.stream(batch_size) if self.stream is not None else self._slices(batch_size)
         seen = 0
         for index, (x, y) in enumerate(pairs):
@@ -107,7 +111,7 @@ class ProbeData:
 
     @property
     def has_labels(self) -> bool:
-        return self.y is not None
+        return self.y is not None or self._label_problem is not None
 
 
 def load_data(data, model, *, labels=None, samples: int | None = None, rescale: float | None = None,
@@ -168,8 +172,11 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
         y, _ = _read_path(labels, for_labels=True, output_names=output_names, notes=notes)
     elif labels is not None:
         y = _as_arrays(labels, len(output_names or []), "labels")
+    label_problem = None
     if y is None:
         y = y_in_file
+        if isinstance(y, _Unreadable):
+            y, label_problem = None, y.message
     folder = isinstance(x, str)
     if folder:  # a folder of images, read at the model's size
         x = _read_images(x, inputs.shapes, skip_bad=skip_bad_images, limit=samples, notes=notes)
@@ -186,11 +193,14 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
         # Every sample needs its label; more labels than samples mean the two do not belong together,
         # unless the samples were cut (a folder of images read up to `samples`).
         if label_count < count or (label_count != _count(x, what) and not (folder and samples)):
-            raise DataError(f"there are {label_count:,} labels for {_count(x, what):,} samples; pass one label per "
-                            "sample")
+            label_problem = (f"there are {label_count:,} labels for {_count(x, what):,} samples; pass one label per "
+                             "sample")
+            if labels is not None:  # asked for: wrong now; found beside the data: wrong once used
+                raise DataError(label_problem)
+            y = None
     transform = _adapter(x, inputs, rescale, notes)
     return ProbeData(x=x, y=y, samples=count, source=source, notes=notes, _transform=transform, _inputs=inputs,
-                     _rescale=rescale)
+                     _rescale=rescale, _label_problem=label_problem)
 
 
 # -- in-memory data ------------------------------------------------------------------------
@@ -345,6 +355,8 @@ def _read_path(path, *, for_labels: bool, input_names: list | None = None, outpu
     if not os.path.isfile(path):
         raise DataError(f"{what} {path} is not a regular file (a FIFO, socket or device); pass a data file")
     lower = path.lower()
+    if key is not None and lower.endswith((".npy", ".csv")):
+        raise DataError(f"{path} holds one array, so it takes no ':{key}'; pass {path} alone")
     if lower.endswith((".npy", ".npz", ".h5", ".hdf5", ".csv")) and os.path.getsize(path) == 0:
         raise DataError(f"{what} file {path} is empty (0 bytes); write the data again")
     try:
@@ -459,13 +471,29 @@ def _select(container, keys: list[str], key: str | None, for_labels: bool, path:
                 f"named '{missing[0]}'; store one array per input under the input's name, e.g. "
                 f"np.savez('x.npz', {', '.join(f'{n}=...' for n in input_names)})")
         partner = next((c for c in ("y", "labels") if c in keys), None)
-        labels = {n: container[n] for n in output_names} if by_output else (container[partner] if partner else None)
+        labels = ({n: container[n] for n in output_names} if by_output else
+                  _beside(container, partner) if partner else None)
         return {name: container[name] for name in input_names}, labels
     name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path, notes, "labels" if for_labels else "data")
     if by_output and not for_labels:
         return container[name], {n: container[n] for n in output_names}
     partner = None if for_labels else _partner_label_key(name, keys)
-    return container[name], (container[partner] if partner else None)
+    return container[name], (_beside(container, partner) if partner else None)
+
+
+@dataclasses.dataclass
+class _Unreadable:
+    """Labels stored beside the data that cannot be read: why, said only if they are used."""
+
+    message: str
+
+
+def _beside(container, name: str):
+    """The labels array `name` found beside the data, or `_Unreadable` when it cannot be read."""
+    try:
+        return container[name]
+    except DataError as error:
+        return _Unreadable(str(error))
 
 
 def _partner_label_key(name: str, keys: list[str]) -> str | None:
@@ -494,7 +522,7 @@ def _read_h5(path: str, key: str | None, for_labels: bool, input_names, output_n
 
 def _read_csv(path: str) -> np.ndarray:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the header
             first = f.readline()
             f.read()  # the whole file must be text
     except UnicodeDecodeError:
@@ -507,10 +535,10 @@ def _read_csv(path: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy warns about an empty file; the check below says it
-            array = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)
+            array = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2, encoding="utf-8-sig")
     except ValueError as exc:
-        raise DataError(f"{path}: {_csv_problem(str(exc), skip)}; a .csv must hold numbers only, the same "
-                        "number on every row, with at most one header line") from None
+        raise DataError(f"{path}: {_csv_problem(str(exc), skip)}; a .csv must hold numbers only, separated by "
+                        "commas, as many on every row, with at most one header line") from None
     if array.shape[0] == 0:
         raise DataError(f"{path} holds no rows of numbers; pass a .csv with at least one row")
     return array

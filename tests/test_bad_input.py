@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -171,6 +172,7 @@ BAD_FILES = {
     "npy random bytes": ("mlp", _bytes("x.npy", os.urandom(300)), r"not a valid \.npy file"),
     "npy zero bytes": ("mlp", _bytes("x.npy", b""), r"is empty \(0 bytes\)"),
     "npy FIFO": ("mlp", _fifo, r"not a regular file|FIFO"),
+    "npy with a key": ("mlp", lambda tmp: f"{_npy(X)(tmp)}:x", r"holds one array, so it takes no ':x'"),
     # .npz
     "npz random bytes": ("mlp", _bytes("x.npz", os.urandom(300)), r"not a valid \.npz archive"),
     "npz damaged": ("mlp", _damaged_npz, r"is damaged \(Bad CRC-32"),
@@ -192,6 +194,7 @@ BAD_FILES = {
     "csv ragged": ("mlp", _csv("1,2,3,4\n5,6,7\n"), r"line 2 has 3 cells where the lines before have 4"),
     "csv header only": ("mlp", _csv("a,b,c,d\n"), r"holds no rows of numbers"),
     "csv not UTF-8": ("mlp", _bytes("x.csv", b"\xff\xfe\x00\x01garbage\n"), r"not a text \.csv file"),
+    "csv with semicolons": ("mlp", _csv("1;2;3;4\n5;6;7;8\n"), r"'5;6;7;8' rather than a number.*separated by commas"),
     "csv wrong width": ("mlp", _csv("1,2,3\n4,5,6\n"), r"shape \(3,\) but the model takes \(4,\)"),
     # images
     "image broken": ("cnn", _images(None, b"not an image"), r"cannot read the image .*1\.jpg"),
@@ -207,6 +210,8 @@ BAD_FILES = {
                    r"the labels hold NaN or inf values, first at sample 4"),
     "labels complex": ("mlp", _with_labels(Y + 0j), r"the labels hold complex numbers"),
     "labels fewer": ("mlp", _with_labels(Y[:5]), r"there are 5 labels for 20 samples"),
+    "labels of objects": ("mlp", _with_labels(np.array([[1], [1, 2]] * 10, dtype=object)),
+                          r"d\.npz:y holds Python objects"),
     "labels more": ("mlp", _with_labels(np.eye(3)[np.arange(25) % 3], labels_file=True),
                     r"there are 25 labels for 20 samples"),
     "labels 0-d": ("mlp", _with_labels(np.array(1.0), labels_file=True), r"the labels are a single value"),
@@ -242,7 +247,7 @@ def test_bad_data_file_is_exit_2_with_one_line(case, models, tmp_path, run_cli):
     model_key, data, extra, pattern = _build(case, tmp_path)
     code, _, err = run_cli(["scan", models[model_key][1], "--data", data, "--quiet", *extra])
     assert code == 2, err
-    assert __import__("re").search(pattern, _one_error_line(err)), err
+    assert re.search(pattern, _one_error_line(err)), err
 
 
 @pytest.mark.parametrize("case", [name for name in BAD_FILES if name != "npy FIFO"])
@@ -253,6 +258,33 @@ def test_bad_data_file_is_a_data_error(case, models, tmp_path):
         options["labels"] = extra[extra.index("--labels") + 1]
     with pytest.raises(DataError, match=pattern):
         deadrelu.scan(models[model_key][0], os.fspath(data) if not isinstance(data, str) else data, **options)
+
+
+@pytest.mark.parametrize("command", [["revive", "-o", "{out}"], ["patch", "--to", "leaky", "-o", "{out}"]])
+@pytest.mark.parametrize("case", ["npy of text", "npz several arrays, no x", "image broken", "npz random bytes"])
+def test_revive_and_patch_refuse_bad_data_alike(command, case, models, tmp_path, run_cli):
+    model_key, data, _, pattern = _build(case, tmp_path)
+    out = tmp_path / "out.keras"
+    argv = [command[0], models[model_key][1], "--data", data, *[a.format(out=out) for a in command[1:]], "--quiet"]
+    code, _, err = run_cli(argv)
+    assert code == 2 and re.search(pattern, _one_error_line(err)), err
+    assert not out.exists()
+
+
+def test_labels_beside_the_data_matter_only_when_used(models, tmp_path):
+    np.savez(tmp_path / "fewer.npz", x=X, y=Y[:19])
+    np.savez(tmp_path / "objects.npz", x=X, y=np.array([[1], [1, 2]] * 10, dtype=object))
+    for name, pattern in (("fewer", "there are 19 labels for 20 samples"), ("objects", "holds Python objects")):
+        path = str(tmp_path / f"{name}.npz")
+        assert deadrelu.scan(models["mlp"][0], path).data["samples"] == 20  # no gradients: the labels are not read
+        with pytest.raises(DataError, match=pattern):
+            deadrelu.scan(models["mlp"][0], path, gradients=True)
+
+
+def test_a_csv_with_a_byte_order_mark_keeps_its_first_row(models, tmp_path):
+    (tmp_path / "x.csv").write_bytes(b"\xef\xbb\xbf" + "\n".join(",".join(map(str, row)) for row in X).encode())
+    report = deadrelu.scan(models["mlp"][0], str(tmp_path / "x.csv"))
+    assert report.data["samples"] == 20 and _fires(report) == _fires(deadrelu.scan(models["mlp"][0], X))
 
 
 def test_pickled_is_never_said_of_random_bytes(models, tmp_path, run_cli):
