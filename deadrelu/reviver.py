@@ -427,7 +427,8 @@ def _revive_copy(
         from deadrelu.data import load_data
 
         samples = scan_options.get("samples")
-        probe_data = load_data(data, model, samples=samples, rescale=scan_options.get("rescale"))
+        probe_data = load_data(data, model, samples=samples, rescale=scan_options.get("rescale"),
+                               skip_bad_images=scan_options.get("skip_bad_images", False))
         result.check = compare_outputs(model, copy, probe_data.batches(batch_size), samples=samples)
     return result
 
@@ -596,7 +597,8 @@ def _second_chance(
     from deadrelu.data import load_data
     from deadrelu.probe import probe_for
 
-    probe_data = load_data(data, model, samples=scan_options.get("samples"), rescale=scan_options.get("rescale"))
+    probe_data = load_data(data, model, samples=scan_options.get("samples"), rescale=scan_options.get("rescale"),
+                           skip_bad_images=scan_options.get("skip_bad_images", False))
     # Traced once, run again after every change (it reads the variables); a later scan of the
     # revived model reuses the same trace.
     probe = probe_for(model)
