@@ -247,7 +247,7 @@ def _count(x, what: str) -> int:
         counts.append(int(shape[0]))
     if len(set(counts)) > 1:
         raise DataError(f"the arrays of {what} hold different numbers of samples ({', '.join(map(str, counts))}); "
-                        "pass the same samples for every input")
+                        f"pass the same samples for every {'output' if 'labels' in what else 'input'}")
     return counts[0] if counts else 0
 
 

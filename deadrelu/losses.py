@@ -55,12 +55,18 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
     losses = per_output(loss, names, "loss")
     # The compiled loss weights apply to a --loss given on the command line too.
     weights = per_output(compile_config(model).get("loss_weights"), names, "loss weight")
+    if isinstance(y, dict) and set(y) - set(names):
+        raise DataError(f"the labels name the output {sorted(set(y) - set(names))[0]!r}, but the model's outputs are "
+                        f"{', '.join(names)}; key the labels by output name")
     labels = _by_output(y, names)
     if len(labels) != len(names):
         raise UsageError(f"the model has {len(names)} outputs ({', '.join(names)}); pass one label array per "
                          "output (a list, a dict by output name, or an .npz with arrays named after the outputs)")
     for k, name in enumerate(names):
         if losses[k] is not None:
+            if labels[k] is None:
+                raise DataError(f"no labels for the output {name!r}, which has a loss; give one label array per "
+                                "output")
             _check_label_width(np.asarray(labels[k]), shapes[k], name)
     terms = [(k, 1.0 if weights[k] is None else float(weights[k]), _output_loss(losses[k], np.asarray(labels[k]),
                                                                                  shapes[k]))

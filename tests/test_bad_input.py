@@ -406,6 +406,29 @@ def test_bad_data_in_memory_is_a_data_error(case, models):
         deadrelu.scan(models["mlp"][0], data, **options)
 
 
+@pytest.fixture(scope="module")
+def two_outputs():
+    import keras
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(3, name="cls")(hidden), keras.layers.Dense(1, name="reg")(hidden)])
+    model.compile(loss={"cls": "mse", "reg": "mse"})
+    return model
+
+
+@pytest.mark.parametrize("labels, pattern", [
+    ({"cls": Y, "bad": X[:, :1]}, r"the labels name the output 'bad', but the model's outputs are cls, reg"),
+    ({"cls": Y}, r"no labels for the output 'reg'"),
+    ({"cls": np.eye(5)[np.arange(20) % 5], "reg": X[:, :1]}, r"labels of output 'cls' have 5 columns but that output"),
+    ({"cls": Y, "reg": np.array(["a"] * 20)}, r"the labels 'reg' hold text"),
+    ({"cls": Y[:10], "reg": X[:, :1]}, r"different numbers of samples \(10, 20\); .* every output"),
+])
+def test_labels_of_several_outputs(labels, pattern, two_outputs):
+    with pytest.raises(DataError, match=pattern):
+        deadrelu.scan(two_outputs, X, labels=labels, gradients=True)
+
+
 GOOD_OBJECTS = {
     "list of lists of numbers": lambda: X.tolist(),
     "tf.Tensor": _tf(lambda tf: tf.constant(X)),
