@@ -121,3 +121,24 @@ def remove_tf_op_callback(callback) -> None:
     from tensorflow.python.framework import op_callbacks
 
     op_callbacks.remove_op_callback(callback)
+
+
+def fit_callbacks(callback: Any, *, depth: int = 8) -> list:
+    """The callbacks of the `fit` whose hook is running `callback` now, or `[]` when none is found.
+
+    Keras gives a callback no reference to the others. Its `CallbackList` calls each hook in a
+    loop over `self.callbacks`, so the caller frame whose `self` holds `callback` in its
+    `callbacks` list is that list (up to `depth` frames up). Call it from a hook such as
+    `on_train_begin`.
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            break
+        callbacks = getattr(frame.f_locals.get("self"), "callbacks", None)
+        if isinstance(callbacks, list) and any(c is callback for c in callbacks):
+            return list(callbacks)
+        frame = frame.f_back
+    return []

@@ -16,10 +16,11 @@ import keras
 import numpy as np
 
 import deadrelu.validation as validation
-from deadrelu._keras_compat import optimizer_tracked_variables
+from deadrelu._keras_compat import fit_callbacks, optimizer_tracked_variables
 from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
-from deadrelu.timeline import Check, make_check
+from deadrelu.tensorboard import SummaryWriter, require_tensorboard
+from deadrelu.timeline import Check, Timeline, make_check
 
 _ACTIONS = (None, "warn", "stop", "revive")
 
@@ -39,6 +40,12 @@ class DeadReluMonitor(keras.callbacks.Callback):
     columns of the first epoch) — so `History`, `CSVLogger` and `TensorBoard` record them with no
     extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
     callbacks in order, and those read the logs when their turn comes.
+
+    With a `keras.callbacks.TensorBoard` in the same `callbacks` list (in any order), or with
+    `tensorboard="logs"`, the monitor also writes at each check, into the run `<logdir>/deadrelu`:
+    the dead and dying fractions (model and per site), a histogram of each site's unit active
+    rates (`deadrelu/<path>/active_rate`) and the unit map image (`deadrelu/unit_map`) — whatever
+    the order of the callbacks (see `deadrelu.tensorboard`).
 
     One monitor can serve several `fit` calls: everything it records about a fit (timeline,
     warnings already given, patience, revivals) starts afresh at each `on_train_begin`.
@@ -68,6 +75,12 @@ class DeadReluMonitor(keras.callbacks.Callback):
         verbose: Verbosity mode, 0 or 1. Mode 0 is silent, mode 1 prints one line per event
             (a site flagged, training stopped, units revived). `True`/`False` mean 1/0.
             Defaults to `1`.
+        tensorboard: Where to write TensorBoard summaries: a log folder (as given to
+            `keras.callbacks.TensorBoard`; they go into its `deadrelu` run), `None` for the log
+            folder of a `keras.callbacks.TensorBoard` in the fit's callbacks (none without one),
+            or `False` for none. Steps are epochs with `check_freq="epoch"`, training steps
+            otherwise. Needs the `tensorboard` package (`pip install 'deadrelu[tensorboard]'`).
+            Defaults to `None`.
         every: Deprecated: use `check_freq`. `every=1` is `check_freq="epoch"`; a larger value
             still checks every this many epochs in this release.
         every_steps: Deprecated: use `check_freq=every_steps`.
@@ -95,7 +108,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def __init__(self, data: Any, *, check_freq: str | int = "epoch", batch_size: int = 256,
                  samples: int | None = None, on_dead: str | None = "warn", max_dead_fraction: float = 0.10,
                  patience: int = 0, dying_threshold: float = 0.01, flag_threshold: float = 0.10,
-                 seed: int | None = None, verbose: int | bool = 1, every: int | None = None,
+                 seed: int | None = None, verbose: int | bool = 1,
+                 tensorboard: str | os.PathLike[str] | bool | None = None, every: int | None = None,
                  every_steps: int | None = None) -> None:
         super().__init__()
         on_dead = validation.one_of(on_dead, "on_dead", _ACTIONS)
@@ -111,8 +125,10 @@ class DeadReluMonitor(keras.callbacks.Callback):
                                      flag=validation.fraction(flag_threshold, "flag_threshold"))
         self.seed = validation.seed(seed)
         self.verbose = _verbosity(verbose)
+        self.tensorboard = _tensorboard_option(tensorboard)
         self._probe = None  # kept across fits of the same model: traced once
         self._probe_data = None
+        self._summaries: SummaryWriter | None = None  # open during a fit with a TensorBoard log folder
         self._reset()
 
     @property
@@ -132,7 +148,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
 
     def _reset(self) -> None:
         """Forgets everything recorded about a fit (called at each `on_train_begin`)."""
-        self.timeline: list[Check] = []
+        self.timeline = Timeline()
         self.last_report: Report | None = None
         self.revivals = 0
         self._logged_sites: list[str] = []  # sites with a per-site series in the logs
@@ -152,6 +168,24 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self._probe_data = load_data(self.data, self.model, samples=self.samples)
         if self._probe is None or self._probe.model is not self.model:
             self._probe = Probe(self.model)
+        self._open_summaries()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._summaries is not None:
+            self._summaries.close()
+            self._summaries = None
+
+    def _open_summaries(self) -> None:
+        """Opens the TensorBoard writer: `tensorboard`'s folder, or a TensorBoard callback's."""
+        if self._summaries is not None:
+            self._summaries.close()
+            self._summaries = None
+        logdir = self.tensorboard
+        if logdir is None:  # the log folder of a TensorBoard callback of this fit, in any order
+            logdir = next((c.log_dir for c in fit_callbacks(self) if isinstance(c, keras.callbacks.TensorBoard)),
+                          None)
+        if logdir:
+            self._summaries = SummaryWriter(logdir)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
@@ -205,6 +239,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
             self._logged_sites += [path for path in newly_flagged if path not in self._logged_sites]
         self.timeline.append(check)
         self.last_report = report
+        if self._summaries is not None:
+            self._summaries.write(report, step=check.epoch if self._check_freq == "epoch" else check.step)
         if self.on_dead == "warn":
             for path in newly_flagged:
                 site = report.site(path)
@@ -265,6 +301,17 @@ def _validate_check_freq(value: Any) -> str | int:
     raise UsageError(f'`check_freq` must be "epoch" or a positive int (a number of batches), got {value!r}; pass '
                      '`check_freq="epoch"` to check at the end of each epoch, or e.g. `check_freq=100` to check '
                      'every 100 training batches')
+
+
+def _tensorboard_option(value: Any) -> str | bool | None:
+    """`tensorboard` checked: None (a TensorBoard callback's folder), False (none), or a folder."""
+    if value is None or value is False:
+        return value
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+        require_tensorboard("`tensorboard`")
+        return os.fspath(value)
+    raise UsageError(f"`tensorboard` must be a log folder (e.g. \"logs\"), None (the folder of a "
+                     f"keras.callbacks.TensorBoard in the callbacks) or False (no summaries), got {value!r}")
 
 
 def _verbosity(value: Any) -> int:

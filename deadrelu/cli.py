@@ -155,8 +155,11 @@ class Output:
     def __init__(self, args):
         from rich.console import Console
 
-        # In a pipe rich would fall back to 80 columns and fold the table; give it room instead.
-        width = None if sys.stdout.isatty() else 160
+        from deadrelu.progress import notebook_shell
+
+        # In a pipe (or a notebook's `!deadrelu`, an 80-column pseudo-terminal) rich would fold the
+        # table at 80 columns; give it room instead.
+        width = None if sys.stdout.isatty() and not notebook_shell() else 160
         self.out = Console(highlight=False, width=width)
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.quiet = getattr(args, "quiet", False)
@@ -168,17 +171,17 @@ class Output:
                            highlight=False)
 
     @contextlib.contextmanager
-    def progress(self, description: str):
-        """Yields `(on_start, on_batch)` callbacks; a progress bar only on a terminal."""
-        if self.quiet or not self.err.is_terminal:
-            yield (lambda total: None), (lambda n: None)
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def progress(self, description: str, unit: str = ""):
+        """Yields `(on_start, on_batch)` callbacks: a bar on a terminal, plain lines elsewhere.
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=self.err, transient=True) as bar:
-            task = bar.add_task(description, total=None)
-            yield (lambda total: bar.update(task, total=total)), (lambda n: bar.advance(task, n))
+        `deadrelu.progress.Progress` decides: a pipe, a file or a notebook's `!deadrelu` get a
+        line every 5 seconds and one at the end instead of escape codes; --quiet gets nothing.
+        """
+        from deadrelu.progress import Progress
+
+        with Progress(description, verbose=0 if self.quiet else 1, unit=unit, console=self.err, transient=True,
+                      interval=5.0, prefix="deadrelu: ") as bar:
+            yield bar.start, bar.advance
 
 
 # -- entry point ----------------------------------------------------------------------------

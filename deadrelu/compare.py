@@ -7,8 +7,10 @@ units by index within a site, so a site whose unit count changed is listed but n
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from deadrelu.report import Report
+if TYPE_CHECKING:  # pragma: no cover
+    from deadrelu.report import Report
 
 DIFF_SCHEMA = "deadrelu/diff@1"
 

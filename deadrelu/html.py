@@ -10,24 +10,26 @@ from __future__ import annotations
 import base64
 import html
 import os
-from typing import TYPE_CHECKING, Iterable
-
-from deadrelu.report import Report, SiteReport
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from deadrelu.compare import ReportDiff
+    from deadrelu.report import Report, SiteReport
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1d2329;
        margin: 0 auto; padding: 1.5em 2em 4em; max-width: 1500px; }
 h1 { font-size: 1.5em; margin: 0 0 .3em; } h2 { font-size: 1.2em; margin: 2em 0 .5em; border-bottom: 1px solid #ddd; }
 h3 { font-size: 1em; margin: 1.2em 0 .3em; }
-.summary { font-size: 1.1em; } .bad { color: #c0392b; font-weight: 600; } .warn { color: #b9770e; } .ok { color: #1e8449; }
+.summary { font-size: 1.1em; } .bad { color: #c0392b; font-weight: 600; }
+.warn { color: #b9770e; } .ok { color: #1e8449; }
 .counts span { display: inline-block; margin: 0 1.2em .4em 0; } .counts b { font-size: 1.25em; }
 .notes li { color: #7d5b00; }
 table { border-collapse: collapse; font-size: 12.5px; margin: .4em 0 1em; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f4f5f7; position: sticky; top: 0; } td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f4f5f7; position: sticky; top: 0; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.flagged td { color: #c0392b; } tr.flagged td.path { font-weight: 600; }
 code, td.path { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; overflow-wrap: anywhere; }
 td.path { min-width: 14ch; }
@@ -222,7 +224,7 @@ def _site_figures_section(report: Report, limit: int) -> str:
     return "\n".join(parts)
 
 
-def _diff_section(diff: "ReportDiff") -> str:
+def _diff_section(diff: ReportDiff) -> str:
     from deadrelu.compare import diff_summary
     from deadrelu.plots import diff_figure, figure_png
 
@@ -253,7 +255,7 @@ def _diff_section(diff: "ReportDiff") -> str:
 
 # -- the page -------------------------------------------------------------------------------
 
-def render_html(report: Report, *, diff: "ReportDiff | None" = None, site_figures: int = 40) -> str:
+def render_html(report: Report, *, diff: ReportDiff | None = None, site_figures: int = 40) -> str:
     """The whole report as one self-contained HTML page.
 
     Args:
@@ -280,7 +282,7 @@ def render_html(report: Report, *, diff: "ReportDiff | None" = None, site_figure
             + "\n".join(part for part in body if part) + "\n</body>\n</html>\n")
 
 
-def write_html(report: Report, path: str, *, diff: "ReportDiff | None" = None, site_figures: int = 40) -> None:
+def write_html(report: Report, path: str, *, diff: ReportDiff | None = None, site_figures: int = 40) -> None:
     """Writes `render_html(report, ...)` to `path`, atomically (UTF-8).
 
     Args:

@@ -87,7 +87,7 @@ class Rewrite:
     dead: int | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class PatchResult:
     """The patched model and what was done to it (`deadrelu.ReviveResult` is its twin for `revive_model`).
 
@@ -101,6 +101,9 @@ class PatchResult:
         notes: One-line remarks for the user.
         check: The self-check (`patch_self_check`) on the data given to `patch_model`, or None
             when no data was given.
+
+    `repr(result)` is one line; a notebook shows a table of the rewritten sites (`_repr_html_`),
+    and so does a rich console (`__rich__`).
     """
 
     model: keras.Model
@@ -111,6 +114,21 @@ class PatchResult:
     skipped: dict[str, str]
     notes: list[str] = dataclasses.field(default_factory=list)
     check: SelfCheck | None = None
+
+    def __repr__(self) -> str:
+        from deadrelu.display import patch_summary
+
+        return f"<PatchResult {patch_summary(self)[0]}>"
+
+    def _repr_html_(self) -> str:
+        from deadrelu.display import patch_html
+
+        return patch_html(self)
+
+    def __rich__(self):
+        from deadrelu.display import patch_renderable
+
+        return patch_renderable(self)
 
     def to_dict(self) -> dict:
         out = {

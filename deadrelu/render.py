@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 from rich.text import Text
 
-from deadrelu.report import Report, SiteReport
+if TYPE_CHECKING:  # pragma: no cover - annotations only: the report's display methods import this module
+    from deadrelu.report import Report, SiteReport
 
 
 def _percent(value: float) -> str:

@@ -192,7 +192,9 @@ class Report:
         loss: The mean loss on the data; `None` unless measured. Defaults to `None`.
 
     `repr(report)` is one line, e.g.
-    `<Report dying_mlp: 104/192 units dead (54.2%) in 3 sites, 1,000 samples>`.
+    `<Report dying_mlp: 104/192 units dead (54.2%) in 3 sites, 1,000 samples>`. A notebook shows
+    the summary line, the sites worst first (flagged ones in red) and the overview figure
+    (`_repr_html_`); a rich console (`rich.print(report)`) shows the table (`__rich__`).
 
     Example:
 
@@ -222,6 +224,16 @@ class Report:
         tail = f", {samples:,} samples" if isinstance(samples, int) else ""
         return (f"<Report {_clip(str(name))}: {summary['dead']:,}/{summary['units']:,} units dead "
                 f"({summary['dead_fraction']:.1%}) in {sites} site{'' if sites == 1 else 's'}{tail}>")
+
+    def _repr_html_(self) -> str:
+        from deadrelu.display import report_html
+
+        return report_html(self)
+
+    def __rich__(self):
+        from deadrelu.display import report_renderable
+
+        return report_renderable(self)
 
     @property
     def summary(self) -> dict:

@@ -90,7 +90,7 @@ SCALES = ("initializer", "live")
 # -- result ------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class ReviveResult:
     """The revived model and what was changed in it (`deadrelu.PatchResult` is its twin for `patch_model`).
 
@@ -108,6 +108,9 @@ class ReviveResult:
             `revive_in_place`.
         check: For `revive_model` given data: how far the revived model's outputs are from the
             original's on that data (`max_abs_diff`, `samples`); else None.
+
+    `repr(result)` is one line; a notebook shows a table of the revived units per site
+    (`_repr_html_`), and so does a rich console (`__rich__`).
     """
 
     revived: dict[str, list[int]] = dataclasses.field(default_factory=dict)
@@ -122,6 +125,21 @@ class ReviveResult:
     def units_revived(self) -> int:
         """How many units were revived in all."""
         return sum(len(units) for units in self.revived.values())
+
+    def __repr__(self) -> str:
+        from deadrelu.display import revive_summary
+
+        return f"<ReviveResult {revive_summary(self)[0]}>"
+
+    def _repr_html_(self) -> str:
+        from deadrelu.display import revive_html
+
+        return revive_html(self)
+
+    def __rich__(self):
+        from deadrelu.display import revive_renderable
+
+        return revive_renderable(self)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (masks are given as counts of modified entries)."""

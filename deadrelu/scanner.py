@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import deadrelu.validation as validation
 from deadrelu.errors import UsageError
+from deadrelu.progress import Progress, resolve_verbose
 from deadrelu.report import Report, Thresholds, build_report
 
 DEFAULT_BATCH_SIZE = 256
@@ -16,7 +17,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
          loss=None, samples: int | None = None, rescale: float | None = None, skip_bad_images: bool = False,
          dying_threshold: float = 0.01, flag_threshold: float = 0.10, saturated_threshold: float = 0.99,
          on_batch: Callable[[int], None] | None = None, on_start: Callable[[int | None], None] | None = None,
-         model_info: dict | None = None) -> Report:
+         model_info: dict | None = None, verbose: int | str = "auto") -> Report:
     """Measures every ReLU site of a model on data and returns the verdicts.
 
     Repeated calls on the same model object reuse its traced probe step (see
@@ -43,6 +44,10 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
         on_batch: Called with each batch's sample count (progress).
         on_start: Called once with the number of samples to come (None if unknown).
         model_info: Provenance to record instead of the in-memory description.
+        verbose: Progress, as in Keras: 0 silent, 1 a progress bar (a terminal's, or an HTML bar
+            in a notebook; plain lines every 10 s in a pipe), 2 one line per batch. "auto" is 1 in
+            a notebook or an interactive session and 0 elsewhere (scripts, tests, the command
+            line, which shows its own). Defaults to "auto".
 
     Returns:
         A `Report`.
@@ -66,6 +71,7 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     thresholds = Thresholds(dying=validation.fraction(dying_threshold, "dying_threshold"),
                             flag=validation.fraction(flag_threshold, "flag_threshold"),
                             saturated=validation.fraction(saturated_threshold, "saturated_threshold"))
+    verbose = resolve_verbose(verbose)
     if isinstance(model, (str, os.PathLike)):
         from deadrelu.loading import load
 
@@ -77,10 +83,18 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
                            skip_bad_images=skip_bad_images)
     if gradients and not probe_data.has_labels and probe_data.stream is None:
         raise UsageError("`gradients=True` needs labels: pass `labels=\"y.npy\"` (or a data file with a 'y' array)")
-    if on_start is not None:
-        on_start(probe_data.samples)
-    probe = probe_for(model, gradients=gradients, loss=loss)
-    result = probe.run(probe_data.batches(batch_size, labels=gradients), on_batch=on_batch)
+    with Progress("scanning", verbose=verbose, unit="samples") as progress:
+        progress.start(probe_data.samples)
+        if on_start is not None:
+            on_start(probe_data.samples)
+
+        def advance(count: int) -> None:
+            progress.advance(count)
+            if on_batch is not None:
+                on_batch(count)
+
+        probe = probe_for(model, gradients=gradients, loss=loss)
+        result = probe.run(probe_data.batches(batch_size, labels=gradients), on_batch=advance)
 
     notes = list(probe_data.notes) + list(result.notes)
     if probe_data.synthetic:

@@ -1,6 +1,7 @@
 """A timeline of scans during training: which units are dead at each check, and what changed.
 
-The figure of a timeline is drawn by `deadrelu.plots.plot_timeline`.
+The figure of a timeline is drawn by `deadrelu.plots.timeline_figure`; notebooks and rich consoles
+show it with `deadrelu.display`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,30 @@ class Check:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class Timeline(list):
+    """The checks of a `DeadReluMonitor`'s fit, in order: a list of `Check`.
+
+    `repr(timeline)` is one line, e.g. `<Timeline 3 checks (epochs 1–3): dead 4.2% → 25.0%, ...>`;
+    a notebook shows a table of the latest checks and the figure of each site's dead share
+    (`_repr_html_`), a rich console the table (`__rich__`). Everything else is a plain list's.
+    """
+
+    def __repr__(self) -> str:
+        from deadrelu.display import timeline_summary
+
+        return f"<Timeline {timeline_summary(self)}>"
+
+    def _repr_html_(self) -> str:
+        from deadrelu.display import timeline_html
+
+        return timeline_html(self)
+
+    def __rich__(self):
+        from deadrelu.display import timeline_renderable
+
+        return timeline_renderable(self)
 
 
 def make_check(report, previous: Check | None, *, epoch: int, step: int) -> Check:

@@ -28,7 +28,9 @@ def import_graph() -> dict[str, set[str]]:
 
     `import a.b.c` and `from a.b import c` point at the deepest module named. Importing a
     submodule also runs its packages' `__init__.py`; that implicit edge is left out, or every
-    module would be in a cycle with the package that re-exports it.
+    module would be in a cycle with the package that re-exports it. Imports under
+    `if TYPE_CHECKING:` never run (they name types for annotations) and are left out too: the
+    report's display methods use render and plots, which name `Report` in annotations only.
     """
     modules = _modules()
 
@@ -41,7 +43,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 targets.update(deepest(alias.name) for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -54,6 +56,18 @@ def import_graph() -> dict[str, set[str]]:
     # `cli.build_parser` imports every command by name (importlib), which the AST does not show.
     graph["deadrelu.cli"] |= {name for name in modules if re.fullmatch(r"deadrelu\.commands\.[^_.]\w*", name)}
     return graph
+
+
+def _runtime_nodes(tree: ast.AST):
+    """`ast.walk(tree)`, without the bodies of `if TYPE_CHECKING:` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -85,6 +99,7 @@ def test_the_graph_sees_function_level_and_relative_imports():
     assert "deadrelu.errors" in graph["deadrelu.files"]  # module level
     assert "deadrelu.loading" in graph["deadrelu.scanner"]  # inside a function
     assert {"deadrelu.commands", "deadrelu.commands.scan"} <= graph["deadrelu.cli"]  # importlib
+    assert "deadrelu.report" not in graph["deadrelu.patcher"]  # under `if TYPE_CHECKING:` only
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 

@@ -57,6 +57,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value}")
+    return value
+
+
 def shape(text: str) -> tuple:
     try:
         return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
@@ -78,7 +88,9 @@ class PathArg:
         output: Whether the command writes the path (else it reads it).
         kind: "file"; "model" (an input file or SavedModel folder; the output OUT, which replaces
             an existing file only with --force); "data" (an input `x.npz:key`, `f.h5:group/ds` or
-            folder of images); "folder" (an output folder of figures).
+            folder of images); "folder" (an output folder of figures); "logdir" (a TensorBoard log
+            folder: only new, uniquely named event files are added to it, so it may be shared
+            with other outputs).
         default: For an output: args → the path written when the flag is not given.
     """
 
@@ -95,6 +107,7 @@ INPUT_MODEL = PathArg(output=False, kind="model")
 INPUT_DATA = PathArg(output=False, kind="data")
 OUTPUT_FILE = PathArg(output=True)
 OUTPUT_FOLDER = PathArg(output=True, kind="folder")
+LOG_FOLDER = PathArg(output=True, kind="logdir")
 
 
 def output_model(suffix: Callable[[argparse.Namespace], str]) -> PathArg:
@@ -170,7 +183,7 @@ def check_paths(args: argparse.Namespace) -> None:
             _refuse_overlap(out, other, to_input=False)
     for out in outputs:
         try:
-            if out.arg.kind == "folder":
+            if out.arg.kind in ("folder", "logdir"):
                 check_output_folder(out.given)
             else:
                 check_output_path(out.given, force=out.arg.kind != "model" or bool(getattr(args, "force", False)))
@@ -189,7 +202,7 @@ def _refuse_overlap(out: _Path, other: _Path, *, to_input: bool) -> None:
             raise UsageError(f"{out} is the input {other}; {fix}")
         if os.path.isdir(other.target) and is_inside(out.target, other.target):
             raise UsageError(f"{out} is inside the input folder {other}; {fix}")
-    elif same_file(out.target, other.target):
+    elif same_file(out.target, other.target) and "logdir" not in (out.arg.kind, other.arg.kind):
         raise UsageError(f"{other.flag} and {out.flag} are the same file ({out.given}); give each output its own path")
     for folder, file in ((out, other), (other, out)):
         if folder.arg.kind == "folder" and folder.arg.output and _figure_name_in(file.target, folder.target):

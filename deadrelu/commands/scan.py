@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from deadrelu.commands._common import add_output_flags, add_plot_dir_flag, emit, fraction, load_from_args
+from deadrelu.commands._common import (
+    LOG_FOLDER,
+    add_output_flags,
+    add_plot_dir_flag,
+    emit,
+    fraction,
+    load_from_args,
+    non_negative_int,
+)
 
 ORDER = 10
 
@@ -24,23 +32,37 @@ def register(subparsers, parents):
                         help="active rate under which a unit is dying (default 0.01)")
     parser.add_argument("--flag-threshold", type=fraction, default=0.10, metavar="F",
                         help="dead share from which a site is flagged (default 0.10)")
+    parser.add_argument("--tensorboard", type=LOG_FOLDER, metavar="DIR",
+                        help="also write TensorBoard summaries (dead fractions, histograms, unit map) to DIR/deadrelu")
+    parser.add_argument("--tensorboard-step", type=non_negative_int, default=0, metavar="N",
+                        help="the step of those summaries (default 0), e.g. the checkpoint's epoch")
     return parser
 
 
 def run(args, output) -> int:
     from deadrelu.scanner import describe_loaded, scan
 
+    if args.tensorboard:
+        from deadrelu.tensorboard import require_tensorboard
+
+        require_tensorboard("--tensorboard")
     loaded = load_from_args(args)
     for repair in loaded.repairs:
         output.note(f"repaired while loading: {repair}", style="dim")
-    with output.progress("scanning") as (on_start, on_batch):
+    with output.progress("scanning", unit="samples") as (on_start, on_batch):
         report = scan(loaded.model, args.data, args.labels, batch_size=args.batch_size, gradients=args.gradients,
                       loss=args.loss, samples=args.samples, rescale=args.rescale, skip_bad_images=args.skip_bad_images,
                       dying_threshold=args.dying_threshold, flag_threshold=args.flag_threshold,
-                      on_start=on_start, on_batch=on_batch, model_info=describe_loaded(loaded))
+                      on_start=on_start, on_batch=on_batch, model_info=describe_loaded(loaded), verbose=0)
     for note in report.notes:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
     code = emit(report, args, output)
+    if args.tensorboard:
+        from deadrelu.tensorboard import SummaryWriter
+
+        with SummaryWriter(args.tensorboard) as writer:
+            writer.write(report, step=args.tensorboard_step)
+        output.note(f"wrote TensorBoard summaries into {writer.path} (step {args.tensorboard_step})", style="dim")
     hint = next_step(report, args)
     if hint and args.format == "table":
         output.note(hint, style="dim")

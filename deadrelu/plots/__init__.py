@@ -10,7 +10,7 @@ Modules:
     overview: `overview_figure`, `plot_overview`.
     units: `unit_map_figure`, `histogram_figure`, `site_figure`, `plot_site_dir`, `site_file_name`.
     diff: `diff_figure`, `plot_diff`.
-    curves: `plot_timeline` (the training monitor), `plot_curves` (retraining).
+    curves: `timeline_figure`, `plot_timeline` (the training monitor), `plot_curves` (retraining).
 
 Example:
     >>> from deadrelu.plots import plot_overview, plot_site_dir
@@ -31,7 +31,7 @@ from deadrelu.plots._layout import (
     row_layout,
     save_figure,
 )
-from deadrelu.plots.curves import plot_curves, plot_timeline
+from deadrelu.plots.curves import plot_curves, plot_timeline, timeline_figure
 from deadrelu.plots.diff import diff_figure, plot_diff
 from deadrelu.plots.overview import overview_figure, plot_overview
 from deadrelu.plots.units import histogram_figure, plot_site_dir, site_figure, site_file_name, unit_map_figure
@@ -39,5 +39,6 @@ from deadrelu.plots.units import histogram_figure, plot_site_dir, site_figure, s
 __all__ = [
     "COLORS", "DPI", "MAX_HEIGHT", "RATE_FLOOR", "STATUSES", "RowLayout", "diff_figure", "figure_png",
     "histogram_figure", "overview_figure", "plot_curves", "plot_diff", "plot_overview", "plot_site_dir",
-    "plot_timeline", "row_layout", "save_figure", "site_figure", "site_file_name", "unit_map_figure",
+    "plot_timeline", "row_layout", "save_figure", "site_figure", "site_file_name", "timeline_figure",
+    "unit_map_figure",
 ]

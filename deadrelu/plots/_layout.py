@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deadrelu.render import shorten
-from deadrelu.report import Report, SiteReport
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, Locator
+
+    from deadrelu.report import Report, SiteReport
 
 COLORS = {"dead": "#c0392b", "dying": "#e67e22", "saturated": "#8e44ad", "healthy": "#27ae60"}
 GREY, DARK = "#7f8c8d", "#2c3e50"

@@ -1,6 +1,6 @@
 """Training curves: the monitor's dead share per epoch and the retrained variants' validation curves.
 
-`plot_timeline` draws a `DeadReluMonitor` timeline, `plot_curves` a `deadrelu.retrain.Comparison`.
+`timeline_figure` and `plot_timeline` draw a `DeadReluMonitor` timeline, `plot_curves` a `deadrelu.retrain.Comparison`.
 Like every figure of the package these are plain `Figure` objects: no pyplot, so no backend is
 switched in the caller's session. The file format follows the path's extension (PNG by default).
 """
@@ -25,15 +25,22 @@ REVIVED, STOPPED = "#27ae60", "#c0392b"
 
 
 def plot_timeline(checks: list[Check], path: str, *, title: str = "dead units during training") -> None:
-    """Saves a figure of each site's dead share over training (and the model's, in black).
+    """Saves `timeline_figure(checks, title=title)` (atomically; the folder of `path` must exist)."""
+    _save(timeline_figure(checks, title=title), path)
+
+
+def timeline_figure(checks: list[Check], *, title: str = "dead units during training") -> Figure:
+    """Each site's dead share over training (and the model's, in black).
 
     Epochs where the monitor revived units get a green dotted line, the epoch where it stopped
     training a red dashed one. With more than 20 sites the sites are drawn but not named.
 
     Args:
         checks: The monitor's checks (`deadrelu.timeline.Check`), in order.
-        path: Where to write the figure (atomically; its folder must exist).
         title: Figure title.
+
+    Returns:
+        The figure.
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -66,7 +73,7 @@ def plot_timeline(checks: list[Check], path: str, *, title: str = "dead units du
     ax.set_title(title, fontsize=10, loc="left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def plot_curves(comparison: Comparison, path: str) -> None:

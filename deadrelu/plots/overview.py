@@ -24,11 +24,12 @@ from deadrelu.plots._layout import (
     save_figure,
 )
 from deadrelu.render import shorten
-from deadrelu.report import Report, SiteReport
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from deadrelu.report import Report, SiteReport
 
 
 def overview_figure(report: Report) -> Figure:

@@ -27,11 +27,12 @@ from deadrelu.plots._layout import (
 )
 from deadrelu.plots.overview import overview_figure
 from deadrelu.render import shorten
-from deadrelu.report import Report, SiteReport
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from deadrelu.report import Report, SiteReport
 
 
 # -- colour by active rate ------------------------------------------------------------------
