@@ -10,6 +10,7 @@ import gc
 import os
 import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,24 +26,90 @@ SEED = 0
 
 # -- model ---------------------------------------------------------------------------------
 
+
 def mnist_cnn(seed: int = SEED):
     """DESIGN.md's reference "MNIST CNN" with ReLU (untrained: weights from a fixed seed)."""
     import keras
 
     keras.utils.set_random_seed(seed)
     L = keras.layers
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        L.Conv2D(32, (3, 3), activation="relu"),
-        L.MaxPooling2D(2),
-        L.Dropout(0.25),
-        L.Conv2D(64, (3, 3), activation="relu"),
-        L.MaxPooling2D(2),
-        L.Dropout(0.25),
-        L.Flatten(),
-        L.Dense(256, activation="relu"),
-        L.Dense(10, activation="softmax"),
-    ], name="mnist_cnn")
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Conv2D(32, (3, 3), activation="relu"),
+            L.MaxPooling2D(2),
+            L.Dropout(0.25),
+            L.Conv2D(64, (3, 3), activation="relu"),
+            L.MaxPooling2D(2),
+            L.Dropout(0.25),
+            L.Flatten(),
+            L.Dense(256, activation="relu"),
+            L.Dense(10, activation="softmax"),
+        ],
+        name="mnist_cnn",
+    )
+
+
+def application(name: str, input_shape: tuple = (96, 96, 3), seed: int = SEED, **kwargs):
+    """A `keras.applications` network with Keras's random initialisation (`weights=None`: nothing is
+    downloaded), 10 classes, built from a fixed seed."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return getattr(keras.applications, name)(weights=None, input_shape=input_shape, classes=10, **kwargs)
+
+
+def uniform_images(n: int, shape: tuple, seed: int = SEED) -> np.ndarray:
+    """`n` float32 images of `shape`, uniform in [0, 1), filled in chunks (no float64 temporary)."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, *shape), np.float32)
+    for start in range(0, n, 256):
+        stop = min(start + 256, n)
+        x[start:stop] = rng.random((stop - start, *shape), dtype=np.float32)
+    return x
+
+
+def forward_loop(model, x: np.ndarray, batch_size: int) -> Callable[[], None]:
+    """The floor a scan is measured against: the model's own compiled forward pass over the batches.
+
+    `tf.function(lambda b: model(b, training=False))` called on `tf.constant(x[i:i+B])` for each
+    batch, outputs discarded — no data adapter, no callbacks, no output conversion.
+    """
+    import tensorflow as tf
+
+    forward = tf.function(lambda batch: model(batch, training=False))
+
+    def run() -> None:
+        for start in range(0, len(x), batch_size):
+            forward(tf.constant(x[start : start + batch_size]))
+
+    return run
+
+
+def train_step_loop(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> Callable[[], None]:
+    """The floor of a gradient scan: a compiled train step without optimizer over the batches.
+
+    One `tf.function`: forward in inference mode (as the scan runs it, so Dropout is off), the
+    summed categorical cross-entropy (one-hot `y`), and `GradientTape.gradient` with respect to
+    every trainable weight; the gradients are returned and discarded (no optimizer update, so the
+    weights do not move).
+    """
+    import keras
+    import tensorflow as tf
+
+    loss_fn = keras.losses.CategoricalCrossentropy(reduction="sum")
+
+    @tf.function
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            total = loss_fn(yb, model(xb, training=False))
+        return tape.gradient(total, model.trainable_variables)
+
+    def run() -> None:
+        for start in range(0, len(x), batch_size):
+            step(tf.constant(x[start : start + batch_size]), tf.constant(y[start : start + batch_size]))
+
+    return run
 
 
 def relu_outputs(model) -> list:
@@ -54,6 +121,7 @@ def relu_outputs(model) -> list:
 
 
 # -- data ----------------------------------------------------------------------------------
+
 
 def load_inputs(n: int, *, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, str]:
     """`n` MNIST images as float32 (n, 28, 28, 1) in [0, 1] with one-hot labels, or random data.
@@ -78,7 +146,7 @@ def load_inputs(n: int, *, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, st
                 take = min(len(xs), n - filled)
                 for start in range(0, take, 5000):
                     stop = min(start + 5000, take)
-                    x[filled + start:filled + stop, ..., 0] = xs[start:stop] / np.float32(255.0)
+                    x[filled + start : filled + stop, ..., 0] = xs[start:stop] / np.float32(255.0)
                 y[np.arange(filled, filled + take), ys[:take].astype(np.int64)] = 1.0
                 filled += take
                 if filled >= n:
@@ -97,6 +165,7 @@ def load_inputs(n: int, *, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, st
 
 
 # -- memory --------------------------------------------------------------------------------
+
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, MB (`ru_maxrss`, KB on Linux)."""
@@ -127,6 +196,7 @@ def reset_peak_rss() -> bool:
 
 # -- timing --------------------------------------------------------------------------------
 
+
 class Timing:
     """Wall and process-CPU times of one contender over repetitions."""
 
@@ -151,8 +221,12 @@ class Timing:
         return ", ".join(f"{t:.2f}" for t in self.wall)
 
 
-def time_interleaved(contenders: dict[str, Callable[[], object]], repeats: int,
-                     log: Callable[[str], None] = print, groups: list[list[str]] | None = None) -> dict[str, Timing]:
+def time_interleaved(
+    contenders: dict[str, Callable[[], object]],
+    repeats: int,
+    log: Callable[[str], None] = print,
+    groups: list[list[str]] | None = None,
+) -> dict[str, Timing]:
     """Warms every contender up once (untimed: tracing/compilation excluded), then times them
     `repeats` times, interleaved.
 
@@ -169,8 +243,7 @@ def time_interleaved(contenders: dict[str, Callable[[], object]], repeats: int,
     timings = {name: Timing(name) for name in names}
     for r in range(repeats):
         shift = r % len(groups)
-        order = [name for group in groups[shift:] + groups[:shift]
-                 for name in (group if r % 2 == 0 else group[::-1])]
+        order = [name for group in groups[shift:] + groups[:shift] for name in (group if r % 2 == 0 else group[::-1])]
         for name in order:
             gc.collect()
             c0, t0 = time.process_time(), time.perf_counter()
@@ -182,10 +255,47 @@ def time_interleaved(contenders: dict[str, Callable[[], object]], repeats: int,
     return timings
 
 
+def time_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Runs `cmd` to completion (output discarded) and returns its (wall, CPU) seconds, the CPU time
+    of the child and its own children (user + system). Raises when it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
 def paired_ratio(num: Timing, den: Timing) -> float:
     """Median over rounds of num/den measured in the same round (adjacent in time, so both saw
     about the same machine load) — steadier than a ratio of medians on a noisy machine."""
     return statistics.median(a / b for a, b in zip(num.wall, den.wall))
+
+
+def load_average() -> str:
+    """The machine's load averages, to be printed beside every timing."""
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg()) + f" (1/5/15 min, {os.cpu_count()} CPUs)"
+    except OSError:
+        return "unknown"
+
+
+def revision() -> str:
+    """The repository's commit, with '+dirty' when deadrelu/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "deadrelu"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
 
 
 def wait_for_idle(max_seconds: float, log: Callable[[str], None] = print) -> None:
@@ -201,12 +311,15 @@ def wait_for_idle(max_seconds: float, log: Callable[[str], None] = print) -> Non
 
 # -- output --------------------------------------------------------------------------------
 
+
 def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
     header = ("measurement", "value", "target", "met?")
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(4)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [line(row) for row in rows])
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(row) for row in rows])
 
 
 def verdict(ok: bool | None) -> str:

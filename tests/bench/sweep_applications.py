@@ -4,10 +4,12 @@ The architectures users fine-tune most — VGG, ResNet (v1, v2), MobileNetV2, De
 Xception, NASNet — built by `keras.applications` with `weights=None` (nothing is downloaded; the
 weights are Keras's random initialisation, seed 0) and small inputs. For each, in one run:
 
-* `deadrelu.scan` on 64 uniform random images: sites, units, dead units (of an untrained network on
-  noise: a test of the machinery, not a verdict on the architecture);
-* time of `model.predict` and `deadrelu.scan` on the same images, warm, paired medians of
-  `--repeats` interleaved rounds, and their ratio;
+* `deadrelu.scan` on `--images` uniform random images (default 256): sites, units, dead units (of
+  an untrained network on noise: a test of the machinery, not a verdict on the architecture);
+* time of the compiled forward loop (the floor: `tf.function(lambda b: model(b, training=False))`
+  per `tf.constant` batch), `model.predict` and `deadrelu.scan` on the same images, batch
+  `--batch-size` (default 32), warm, medians of `--repeats` interleaved rounds, and the paired
+  ratios scan / predict (target ≤ 1, from 256 images) and scan / forward;
 * `patch_model(..., "leaky", alpha=0)`: rewritten sites and the largest output difference, which must be 0;
 * `revive_with_result`: revived units, skipped sites, and the largest output difference on the scan data.
 
@@ -26,6 +28,10 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
 
 ARCHITECTURES = {
     # name: (constructor name in keras.applications, input shape, extra arguments)
@@ -54,7 +60,7 @@ def max_difference(a, b) -> float:
     return float(max(np.max(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64))) for p, q in zip(a, b)))
 
 
-def sweep(name: str, repeats: int) -> dict:
+def sweep(name: str, repeats: int, images: int, batch_size: int) -> dict:
     import keras
     import numpy as np
 
@@ -64,42 +70,57 @@ def sweep(name: str, repeats: int) -> dict:
     from deadrelu.reviver import revive_with_result
 
     model = build(name)
-    x = np.random.default_rng(0).uniform(0, 1, (64, *model.input_shape[1:])).astype("float32")
-    report = deadrelu.scan(model, x, batch_size=32)
-    model.predict(x, batch_size=32, verbose=0)  # warm-up (tracing not timed)
-    ratios, times = [], {"predict": [], "scan": []}
+    x = np.random.default_rng(0).uniform(0, 1, (images, *model.input_shape[1:])).astype("float32")
+    contenders = {
+        "forward": C.forward_loop(model, x, batch_size),
+        "predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
+        "scan": lambda: deadrelu.scan(model, x, batch_size=batch_size),
+    }
+    report = contenders["scan"]()
+    for which in ("forward", "predict"):  # warm-up (tracing not timed)
+        contenders[which]()
+    times = {which: [] for which in contenders}
     for round_ in range(repeats):
-        order = ("predict", "scan") if round_ % 2 == 0 else ("scan", "predict")
-        seconds = {}
+        order = list(contenders) if round_ % 2 == 0 else list(contenders)[::-1]
         for which in order:
             start = time.perf_counter()
-            if which == "predict":
-                model.predict(x, batch_size=32, verbose=0)
-            else:
-                deadrelu.scan(model, x, batch_size=32)
-            seconds[which] = time.perf_counter() - start
-            times[which].append(seconds[which])
-        ratios.append(seconds["scan"] / seconds["predict"])
+            contenders[which]()
+            times[which].append(time.perf_counter() - start)
 
     patched = patch_model(model, "leaky", alpha=0.0)
-    patch_diff = max_difference(keras.tree.flatten(patched.model(x[:16], training=False)),
-                                keras.tree.flatten(model(x[:16], training=False)))
+    patch_diff = max_difference(
+        keras.tree.flatten(patched.model(x[:16], training=False)), keras.tree.flatten(model(x[:16], training=False))
+    )
     revived, result = revive_with_result(model, x, seed=0)
     revive_diff, _ = output_difference(model, revived, [x])
     return {
-        "model": name, "params": model.count_params(), "sites": len(report.sites),
-        "units": report.summary["units"], "dead": report.summary["dead"],
-        "predict": statistics.median(times["predict"]), "scan": statistics.median(times["scan"]),
-        "ratio": statistics.median(ratios),
-        "rewrites": len(patched.rewrites), "patch_skipped": len(patched.skipped), "patch_diff": patch_diff,
-        "revived": result.units_revived, "revive_skipped": len(result.skipped), "revive_diff": revive_diff,
+        "model": name,
+        "params": model.count_params(),
+        "sites": len(report.sites),
+        "units": report.summary["units"],
+        "dead": report.summary["dead"],
+        "forward": statistics.median(times["forward"]),
+        "predict": statistics.median(times["predict"]),
+        "scan": statistics.median(times["scan"]),
+        "ratio": statistics.median(s / p for s, p in zip(times["scan"], times["predict"])),
+        "to_forward": statistics.median(s / f for s, f in zip(times["scan"], times["forward"])),
+        "rewrites": len(patched.rewrites),
+        "patch_skipped": len(patched.skipped),
+        "patch_diff": patch_diff,
+        "revived": result.units_revived,
+        "revive_skipped": len(result.skipped),
+        "revive_diff": revive_diff,
     }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"architectures (default: all of {', '.join(ARCHITECTURES)})")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"architectures (default: all of {', '.join(ARCHITECTURES)})"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per architecture (default 5)")
+    parser.add_argument("--images", type=int, default=256, help="random images per architecture (default 256)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size of every contender (default 32)")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in ARCHITECTURES]
     if unknown:
@@ -109,16 +130,27 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    print(f"# Keras Applications sweep (tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs; "
-          f"64 random images, batch 32, warm, median of {args.repeats})\n")
-    print("| model | params | sites | units | dead | predict s | scan s | scan / predict (paired) "
-          "| patch: sites, max abs diff at slope 0 | revive: units, skipped sites, max abs diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print(
+        f"# Keras Applications sweep (tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs; "
+        f"{args.images} random images, batch {args.batch_size}, warm, median of {args.repeats}; "
+        f"deadrelu at {C.revision()}; load {C.load_average()})\n"
+    )
+    print(
+        "| model | params | sites | units | dead | forward s | predict s | scan s | scan / predict (paired) "
+        "| scan / forward (paired) | patch: sites, max abs diff at slope 0 "
+        "| revive: units, skipped sites, max abs diff |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for name in args.names or list(ARCHITECTURES):
-        r = sweep(name, args.repeats)
-        print(f"| {r['model']} | {r['params']:,} | {r['sites']} | {r['units']:,} | {r['dead']:,} | {r['predict']:.2f} "
-              f"| {r['scan']:.2f} | {r['ratio']:.2f}× | {r['rewrites']} (skipped {r['patch_skipped']}), "
-              f"{r['patch_diff']:.0e} | {r['revived']:,}, {r['revive_skipped']}, {r['revive_diff']:.0e} |", flush=True)
+        r = sweep(name, args.repeats, args.images, args.batch_size)
+        print(
+            f"| {r['model']} | {r['params']:,} | {r['sites']} | {r['units']:,} | {r['dead']:,} | {r['forward']:.2f} "
+            f"| {r['predict']:.2f} | {r['scan']:.2f} | {r['ratio']:.2f}× | {r['to_forward']:.2f}× "
+            f"| {r['rewrites']} (skipped {r['patch_skipped']}), {r['patch_diff']:.0e} "
+            f"| {r['revived']:,}, {r['revive_skipped']}, {r['revive_diff']:.0e} |",
+            flush=True,
+        )
+    print(f"\nload average at the end: {C.load_average()}")
     return 0
 
 
