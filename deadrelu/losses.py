@@ -247,20 +247,31 @@ def match_labels(y: Any, model: Any) -> Any:
     """
     shapes = output_shapes(model)
     if not isinstance(y, (dict, list, tuple)):
-        return _match_one(y, single_loss(getattr(model, "loss", None)), shapes[0] if shapes else None)
+        return _match_one(y, single_loss(getattr(model, "loss", None)), shapes[0] if shapes else None, None)
     names = list(model.output_names)
     losses = dict(zip(names, per_output(getattr(model, "loss", None), names, "loss")))
     if isinstance(y, dict):
-        return {name: _match_one(value, losses.get(name), shapes[names.index(name)]) for name, value in y.items()}
-    return [_match_one(value, losses[name], shape) for value, name, shape in zip(y, names, shapes)]
+        return {name: _match_one(value, losses.get(name), shapes[names.index(name)], name) for name, value in y.items()}
+    return [_match_one(value, losses[name], shape, name) for value, name, shape in zip(y, names, shapes)]
 
 
-def _match_one(y: Any, loss: Any, out_shape: tuple | None) -> np.ndarray:
-    """One output's labels, one-hot when its loss is categorical and they are integer class ids."""
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
+def _match_one(y: Any, loss: Any, out_shape: tuple | None, output: str | None) -> np.ndarray:
+    """One output's labels, one-hot when its loss is categorical and they are integer class ids.
+
+    Raises:
+        DataError: One-hot labels of another width than the output, or class ids outside its units.
+    """
+    name = str(loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", ""))
     classes = out_shape[-1] if out_shape else None
     y = np.asarray(y)
-    if "categorical" in str(name) and "sparse" not in str(name) and classes and classes > 1 \
-            and (y.ndim == 1 or y.shape[-1] == 1) and np.issubdtype(y.dtype, np.integer):
-        return np.eye(classes, dtype=np.float32)[y.reshape(-1)]
+    _check_label_width(y, out_shape, output)
+    class_ids = (y.ndim == 1 or y.shape[-1] == 1) and np.issubdtype(y.dtype, np.integer)
+    if "categorical" in _snake(name) and classes and classes > 1 and class_ids and y.size:
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            where = f"the output '{output}'" if output else "the model's output"
+            raise DataError(f"the labels hold the class id {low if low < 0 else high}, but {where} has {classes} units "
+                            f"(class ids 0 to {classes - 1}); check the labels, or the model they are for")
+        if "sparse" not in _snake(name):
+            return np.eye(classes, dtype=np.float32)[y.reshape(-1)]
     return y

@@ -271,6 +271,21 @@ def test_revive_and_patch_refuse_bad_data_alike(command, case, models, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("model_key, data, labels, pattern", [
+    ("mlp", X, np.eye(5)[np.arange(20) % 5], r"the labels have 5 columns but the model's output has 3 units"),
+    ("mlp", X, np.arange(20) % 7, r"the labels hold the class id 6, but the model's output has 3 units"),
+    ("cnn", IMAGES[:20], np.arange(20) % 7 - 1, r"the labels hold the class id -1"),
+    ("mlp", X, np.array(["cat"] * 20), r"the labels hold text"),
+])
+def test_retrain_refuses_labels_that_do_not_fit(model_key, data, labels, pattern, models, tmp_path, run_cli):
+    np.savez(tmp_path / "d.npz", x=data, y=labels)
+    out = tmp_path / "out.keras"
+    code, _, err = run_cli(["patch", models[model_key][1], "--to", "leaky", "--data", tmp_path / "d.npz", "--retrain",
+                            "--epochs", "1", "--validation-split", "0.25", "-o", out, "--quiet"])
+    assert code == 2 and re.search(pattern, _one_error_line(err)), err
+    assert not out.exists()
+
+
 def test_labels_beside_the_data_matter_only_when_used(models, tmp_path):
     np.savez(tmp_path / "fewer.npz", x=X, y=Y[:19])
     np.savez(tmp_path / "objects.npz", x=X, y=np.array([[1], [1, 2]] * 10, dtype=object))
