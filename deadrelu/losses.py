@@ -46,8 +46,7 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
     if loss is None:
         loss = getattr(model, "loss", None)
         if loss is None:
-            raise UsageError("the model has no stored loss; pass one with --loss NAME "
-                             "(e.g. --loss categorical_crossentropy)")
+            raise UsageError("the model has no stored loss; pass one, e.g. `loss=\"categorical_crossentropy\"`")
     if len(shapes) <= 1:
         _check_label_width(np.asarray(y), shapes[0] if shapes else None, None)
         return _output_loss(single_loss(loss), np.asarray(y), shapes[0] if shapes else None)
@@ -95,12 +94,12 @@ def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:
     import tensorflow as tf
 
     if isinstance(loss, (list, tuple, dict)):
-        raise UsageError("a list or dict of losses is for a model with several outputs; pass one loss (--loss NAME)")
+        raise UsageError("a list or dict of losses is for a model with several outputs; pass one `loss`")
     try:
         loss_obj = loss if isinstance(loss, keras.losses.Loss) else keras.losses.get(loss)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"unknown loss {loss!r}; pass a Keras loss name such as "
-                         "categorical_crossentropy or mse with --loss") from exc
+                         "categorical_crossentropy or mse as `loss`") from exc
     if isinstance(loss_obj, keras.losses.Loss):
         unreduced = loss_obj.call  # Loss objects match label ranks themselves
         name = f"{loss_obj.name} {type(loss_obj).__name__} {getattr(getattr(loss_obj, 'fn', None), '__name__', '')}"

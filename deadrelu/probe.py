@@ -373,7 +373,7 @@ class Probe:
     def _split(self, batch):
         if self.gradients:
             if not (isinstance(batch, tuple) and len(batch) == 2):
-                raise UsageError("gradients need labels: pass labels (--labels y.npy) with the data")
+                raise UsageError("`gradients=True` needs labels: pass `labels` with the data")
             return self._structured(batch[0]), batch[1]
         if isinstance(batch, tuple) and len(batch) == 2 and not self._expects_two_inputs():
             return self._structured(batch[0]), None
