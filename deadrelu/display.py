@@ -1,6 +1,7 @@
 """Results in notebooks and rich consoles: what `_repr_html_` and `__rich__` show.
 
-Covers the scan `Report`, the `PatchResult`, the `ReviveResult` and the monitor's `Timeline`.
+Covers the scan `Report`, the `PatchResult`, the `ReviveResult`, the `PruneResult` and the
+monitor's `Timeline`.
 Each view is compact: a summary line, then a table of at most `MAX_ROWS` rows (for a report,
 the worst sites first, flagged ones in red), then notes; a report and a timeline also show their
 figure inline when matplotlib can draw it. `deadrelu report --html` writes the full page.
@@ -21,6 +22,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:  # pragma: no cover
     from deadrelu.patcher import PatchResult
+    from deadrelu.pruner import PruneResult
     from deadrelu.report import Report, SiteReport
     from deadrelu.reviver import ReviveResult
     from deadrelu.timeline import Check
@@ -234,6 +236,93 @@ def revive_renderable(result: ReviveResult, *, rows: int = MAX_ROWS) -> Group:
         table.caption = f"{len(revived) - rows:,} more sites (result.revived)"
     parts = [table] if revived else []
     return Group(*parts, *_rich_reasons("skipped", result.skipped), Text(text, style=color), *_rich_notes(result.notes))
+
+
+def prune_summary(result: PruneResult) -> tuple[str, str]:
+    """One line on what `prune` did, and its colour (red when the outputs moved past the tolerance)."""
+    name = getattr(result.model, "name", None) or "model"
+    sites = sum(1 for units in result.removed.values() if units)
+    before, after = result.params_before, result.params_after
+    share = f" (−{1 - after / before:.1%})" if before else ""
+    text = (
+        f"{name}: {result.units_removed:,} unit{_s(result.units_removed)} removed at {sites} site{_s(sites)}, "
+        f"params {before:,} → {after:,}{share}"
+    )
+    if result.skipped:
+        text += f", {len(result.skipped)} site{_s(len(result.skipped))} kept units"
+    if result.check is not None:
+        text += f"; {result.check.describe()}"
+    return text, RED if not result.passed else (ORANGE if result.skipped else GREEN)
+
+
+def _prune_rows(result: PruneResult) -> list[tuple[str, list[int], list[int]]]:
+    paths = list(dict.fromkeys([*result.removed, *result.kept]))
+    return [
+        (p, result.removed.get(p, []), result.kept.get(p, []))
+        for p in paths
+        if result.removed.get(p) or result.kept.get(p)
+    ]
+
+
+def _metric_rows(result: PruneResult) -> list[tuple[str, str]]:
+    before, after = result.metrics_before or {}, result.metrics_after or {}
+    return [(name, f"{before[name]:.4f} → {after[name]:.4f}") for name in before if name in after]
+
+
+def prune_html(result: PruneResult, *, rows: int = MAX_ROWS) -> str:
+    """The `PruneResult` as an HTML fragment: summary line, removed and kept units per site, metrics, notes."""
+    from deadrelu.compare import compress_indices
+
+    text, color = prune_summary(result)
+    parts = [_line(text, color)]
+    sites = _prune_rows(result)
+    body = [
+        _row(
+            [
+                (_path(path), False, _MONO),
+                (f"{len(removed):,}", True, ""),
+                (f"{len(kept):,}", True, ""),
+                (_e(compress_indices(removed)), False, _MONO),
+            ]
+        )
+        for path, removed, kept in sites[:rows]
+    ]
+    if body:
+        parts.append(_table([("site path", False), ("removed", True), ("kept", True), ("units removed", False)], body))
+    if len(sites) > rows:
+        parts.append(_muted(f"{len(sites) - rows:,} more sites (result.removed)"))
+    metrics = _metric_rows(result)
+    if metrics:
+        header = [(f"metric on {result.metrics_data or 'data'}", False), ("before → after", True)]
+        parts.append(_table(header, [_row([(_e(n), False, ""), (_e(v), True, "")]) for n, v in metrics]))
+    parts.append(_reasons("kept units at", result.skipped, rows))
+    parts.append(_notes(result.notes))
+    return _block(parts)
+
+
+def prune_renderable(result: PruneResult, *, rows: int = MAX_ROWS) -> Group:
+    """The `PruneResult` for a rich console."""
+    from deadrelu.compare import compress_indices
+
+    text, color = prune_summary(result)
+    table = _rich_table("pruned units", ["site path", "removed", "kept", "units removed"], right=(1, 2))
+    sites = _prune_rows(result)
+    for path, removed, kept in sites[:rows]:
+        table.add_row(path, f"{len(removed):,}", f"{len(kept):,}", compress_indices(removed))
+    if len(sites) > rows:
+        table.caption = f"{len(sites) - rows:,} more sites (result.removed)"
+    parts: list = [table] if sites else []
+    metrics = _metric_rows(result)
+    if metrics:
+        metric_table = _rich_table(
+            f"metrics on {result.metrics_data or 'data'}", ["metric", "before → after"], right=(1,)
+        )
+        for name, value in metrics:
+            metric_table.add_row(name, value)
+        parts.append(metric_table)
+    return Group(
+        *parts, *_rich_reasons("kept units at", result.skipped), Text(text, style=color), *_rich_notes(result.notes)
+    )
 
 
 # -- the monitor's timeline ----------------------------------------------------------------
