@@ -15,6 +15,7 @@ from deadrelu._version import __version__
 from deadrelu.errors import DataError, DeadReluError, ModelLoadError, UnsupportedModelError, UsageError
 from deadrelu.loading import load_model
 from deadrelu.patcher import PatchResult, SelfCheckError, patch, patch_model, patch_self_check
+from deadrelu.pruner import PruneCheckError, PruneResult, prune
 from deadrelu.report import Report, SiteReport, Thresholds
 from deadrelu.reviver import ReviveResult, revive, revive_in_place, revive_model, revive_with_result
 from deadrelu.scanner import scan
@@ -37,6 +38,8 @@ __all__ = [
     "DeadReluMonitor",
     "ModelLoadError",
     "PatchResult",
+    "PruneCheckError",
+    "PruneResult",
     "Report",
     "ReviveResult",
     "SelfCheckError",
@@ -51,6 +54,7 @@ __all__ = [
     "patch",
     "patch_model",
     "patch_self_check",
+    "prune",
     "revive",
     "revive_in_place",
     "revive_model",

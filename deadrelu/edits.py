@@ -18,6 +18,9 @@ The edits ReDo needs (`deadrelu.reviver`): `reinitialize` gives units fresh inco
 from the layer's own initializer, `reset_batchnorm` a fresh BatchNormalization channel, and
 `cut_inputs` zeroes the weights through which a layer reads some input rows or channels
 (BatchNormalization: holds the channel at the constant it output).
+
+The edit prune needs (`deadrelu.pruner`) changes shapes instead: `shrunk_weights` deletes input
+rows/channels and output units from a layer's weights, for a smaller twin of the layer.
 """
 
 from __future__ import annotations
@@ -311,3 +314,70 @@ def _hold_batchnorm(layer, rows: np.ndarray, edits: Edits) -> None:
         beta_mask[channels] = True
     gamma[channels] = 0.0
     gamma_mask[channels] = True
+
+
+def shrunk_weights(
+    layer, *, rows: np.ndarray | None = None, units: np.ndarray | None = None, bias: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """A layer's weights with some input rows/channels and output units deleted.
+
+    Args:
+        layer: A layer with per-channel weights (`weighted_kind`) or a BatchNormalization.
+        rows: Boolean, over the layer's input channel axis (`deadrelu.graph.input_channel_axis`):
+            the input rows/channels to delete. A DepthwiseConv* loses the output channels they
+            make as well; a BatchNormalization loses those channels. Defaults to None (none).
+        units: Boolean, over the layer's output units: the units to delete (a BatchNormalization:
+            its channels). Not for DepthwiseConv*, whose units follow their input channels.
+            Defaults to None (none).
+        bias: Added to the bias, over the output units before any is deleted; a layer without a
+            bias gets this one. Defaults to None (the bias as it is).
+
+    Returns:
+        Per attribute of the layer holding a variable ("kernel", "bias", "gamma", ...), its new
+        value. Variables not listed keep their value.
+
+    Example:
+        >>> new = shrunk_weights(dense, rows=dead_inputs, units=dead_units)
+        >>> smaller.kernel.assign(new["kernel"])
+    """
+    if is_batchnorm(layer):
+        size = int(layer.moving_mean.shape[0])
+        drop = _mask(rows, size) | _mask(units, size)
+        names = ("gamma", "beta", "moving_mean", "moving_variance")
+        return {name: _keep(getattr(layer, name), -1, drop) for name in names if getattr(layer, name, None) is not None}
+    kind = weighted_kind(layer)
+    out: dict[str, np.ndarray] = {}
+    if kind == "depthwise":
+        if units is not None and np.any(units):
+            raise ValueError(f"the units of DepthwiseConv '{layer.name}' follow its input channels: delete those")
+        channels = int(layer.kernel.shape[-2])
+        drop = _mask(rows, channels)
+        out["kernel"] = _keep(layer.kernel, -2, drop)
+        units = np.repeat(drop, layer.depth_multiplier)
+    elif kind == "separable":
+        channels = int(layer.depthwise_kernel.shape[-2])
+        drop = _mask(rows, channels)
+        out["depthwise_kernel"] = _keep(layer.depthwise_kernel, -2, drop)
+        pointwise = _keep(layer.pointwise_kernel, -2, np.repeat(drop, layer.depth_multiplier))
+        units = _mask(units, pointwise.shape[-1])
+        out["pointwise_kernel"] = np.compress(~units, pointwise, axis=-1)
+    else:
+        in_axis, out_axis = (-1, -2) if kind == "transpose" else (-2, -1)
+        kernel = _keep(layer.kernel, in_axis, _mask(rows, int(layer.kernel.shape[in_axis])))
+        units = _mask(units, kernel.shape[out_axis])
+        out["kernel"] = np.compress(~units, kernel, axis=out_axis)
+    current = getattr(layer, "bias", None)
+    if current is not None or bias is not None:
+        value = np.zeros(len(units), np.float32) if current is None else np.array(current.numpy())
+        if bias is not None:
+            value = (value.astype(np.float64) + bias).astype(value.dtype)
+        out["bias"] = value[~units]
+    return out
+
+
+def _mask(selected: np.ndarray | None, size: int) -> np.ndarray:
+    return np.zeros(size, bool) if selected is None else np.asarray(selected, bool)
+
+
+def _keep(variable, axis: int, drop: np.ndarray) -> np.ndarray:
+    return np.compress(~drop, np.array(variable.numpy()), axis=axis)

@@ -1,8 +1,9 @@
 """Whole-model helpers shared by the commands that change a model: copying it, comparing outputs.
 
-`revive` and `patch` both promise a model that computes what the original computed (exactly,
-or up to the slope they add); `compare_outputs` is how either promise is checked, and
+`revive`, `patch` and `prune` all promise a model that computes what the original computed
+(exactly, or up to the slope they add); `compare_outputs` is how each promise is checked, and
 `copy_model` gives `revive` and the retraining comparisons a model of their own to change.
+`compare_cost` measures what a smaller model saves: parameters, file size, `predict` time.
 
 Importing this module is cheap: Keras is imported inside the functions.
 """
@@ -107,6 +108,14 @@ class OutputComparison:
         """One line, e.g. "outputs max |Δ| = 3.1e-07 on 500 samples"."""
         return f"outputs max |Δ| = {self.max_abs_diff:.2g} on {self.samples} samples"
 
+    def limit(self, tolerance: float) -> float:
+        """The largest accepted difference: `tolerance`, scaled up by the output scale past 1."""
+        return tolerance * max(1.0, self.scale)
+
+    def within(self, tolerance: float) -> bool:
+        """Whether `max_abs_diff` is finite and at most `limit(tolerance)`."""
+        return math.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.limit(tolerance)
+
     def to_dict(self) -> dict:
         return {
             "max_abs_diff": self.max_abs_diff if math.isfinite(self.max_abs_diff) else None,
@@ -189,3 +198,127 @@ def _flat_numpy(outputs) -> list[np.ndarray]:
     import keras
 
     return [np.asarray(keras.ops.convert_to_numpy(o)).astype(np.float64) for o in keras.tree.flatten(outputs)]
+
+
+@dataclasses.dataclass
+class CostComparison:
+    """What two models cost side by side: parameters, file size, `predict` time.
+
+    Attributes:
+        params: Parameters of each model, `(a, b)`.
+        file_bytes: Size of each model saved in the same format without optimizer state, `(a, b)`,
+            or None (not measured).
+        predict_seconds: Per model, the `predict` time of each timed round, interleaved (the two
+            run back to back, their order alternating), warm-up excluded.
+        samples: Samples per `predict` call.
+    """
+
+    params: tuple[int, int]
+    file_bytes: tuple[int, int] | None
+    predict_seconds: tuple[list[float], list[float]]
+    samples: int
+
+    @property
+    def predict_median(self) -> tuple[float, float]:
+        """The median `predict` time of each model, seconds."""
+        import statistics
+
+        return statistics.median(self.predict_seconds[0]), statistics.median(self.predict_seconds[1])
+
+    @property
+    def predict_ratio(self) -> float:
+        """b's time over a's, the median over rounds of the ratio within one round (both ran under
+        the same machine load): steadier than a ratio of medians on a busy machine."""
+        import statistics
+
+        return statistics.median(b / a for a, b in zip(*self.predict_seconds) if a > 0)
+
+    def to_dict(self) -> dict:
+        return {
+            "params": list(self.params),
+            "file_bytes": list(self.file_bytes) if self.file_bytes is not None else None,
+            "predict_seconds_median": list(self.predict_median),
+            "predict_ratio": self.predict_ratio,
+            "predict_rounds": len(self.predict_seconds[0]),
+            "predict_samples": self.samples,
+        }
+
+
+def compare_cost(
+    model_a: keras.Model,
+    model_b: keras.Model,
+    x: Any,
+    *,
+    batch_size: int = 256,
+    rounds: int = 5,
+    file_suffix: str | None = ".keras",
+) -> CostComparison:
+    """Measures two models side by side: parameters, saved file size, `predict` time.
+
+    Each model is warmed up by one untimed `predict` (tracing excluded), then both are timed
+    `rounds` times, back to back, alternating which goes first.
+
+    Args:
+        model_a: A `keras.Model` (the reference, e.g. the original).
+        model_b: A `keras.Model` with the same inputs (e.g. its pruned twin).
+        x: Inputs for `predict` (arrays, or a list/dict of them).
+        batch_size: `predict`'s batch size. Defaults to `256`.
+        rounds: Timed rounds. Defaults to `5`.
+        file_suffix: Save both to temporary files of this format (".keras" or ".h5"), without
+            optimizer state (`saved_size`), and compare their sizes; None skips it. Defaults to
+            `".keras"`.
+
+    Returns:
+        A `CostComparison`.
+
+    Example:
+        >>> cost = compare_cost(model, pruned, x_test[:1000])
+        >>> cost.params, cost.predict_ratio
+    """
+    import gc
+    import time
+
+    import keras
+
+    models = (model_a, model_b)
+    sizes = None
+    if file_suffix is not None:
+        sizes = tuple(saved_size(m, file_suffix) for m in models)
+    for model in models:
+        model.predict(x, batch_size=batch_size, verbose=0)
+    seconds: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds):
+        for index in (0, 1) if r % 2 == 0 else (1, 0):
+            gc.collect()
+            start = time.perf_counter()
+            models[index].predict(x, batch_size=batch_size, verbose=0)
+            seconds[index].append(time.perf_counter() - start)
+    samples = int(keras.tree.flatten(x)[0].shape[0])
+    return CostComparison((model_a.count_params(), model_b.count_params()), sizes, seconds, samples)
+
+
+def saved_size(model: keras.Model, suffix: str = ".keras") -> int:
+    """Bytes of the model saved to a temporary file of this format (".keras" or ".h5").
+
+    The model is saved without optimizer state (a copy made from its config and weights), so
+    two models compare by what they compute with, not by what their optimizers hold.
+    """
+    import os
+    import tempfile
+    import warnings
+
+    with tempfile.TemporaryDirectory(prefix="deadrelu-") as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = os.path.join(folder, "model" + suffix)
+        _without_optimizer(model).save(path)
+        return os.path.getsize(path)
+
+
+def _without_optimizer(model):
+    """A copy of the model from its config and weights, not compiled (the model itself if that fails)."""
+    try:
+        copy = type(model).from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+        return copy
+    except Exception:  # noqa: BLE001 - custom models: measure them as they are
+        return model

@@ -1,10 +1,14 @@
-"""The model rebuild behind `deadrelu.patch`: the same layers and weights, selected ReLUs rewritten.
+"""Model rebuilds: the same graph made again from the layers' configs, some layers changed.
 
-`Rewriter` rebuilds a Sequential or Functional model layer by layer with Keras's own layers: each
-layer from its config, nested models by the same rules, shared layers once (so they stay shared).
-A selected site becomes the built-in activation layers that compute the same function with a
-negative slope (see `deadrelu.patcher` for the exact rewrite of caps and thresholds); every weight
-is then copied from the old layers to their new twins.
+`Rebuilder` rebuilds a Sequential or Functional model layer by layer with Keras's own layers: each
+layer from its config, nested models by the same rules, shared layers once (so they stay shared);
+then every weight is copied from the old layers to their new twins. Subclasses decide what a layer
+becomes, what follows it, the input shapes of nested models and the new weights:
+
+- `Rewriter` (behind `deadrelu.patch`): a selected site becomes the built-in activation layers that
+  compute the same function with a negative slope (see `deadrelu.patcher` for the exact rewrite of
+  caps and thresholds);
+- `deadrelu.pruner` makes layers with fewer units and copies the remaining weights.
 
 Importing this module is cheap: Keras is imported inside the functions.
 """
@@ -12,6 +16,8 @@ Importing this module is cheap: Keras is imported inside the functions.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+import numpy as np
 
 from deadrelu._keras_compat import (
     child_layers,
@@ -27,13 +33,182 @@ from deadrelu.sites import KIND_ACTIVATION, KIND_FUSED, Site
 LEAKY, PRELU = "leaky", "prelu"
 
 
-class Rewriter:
-    """Rebuilds a model layer by layer, rewriting the selected sites, then copies the weights.
+class Rebuilder:
+    """Rebuilds a model layer by layer from the layers' configs, then copies the weights.
 
     Functional models go through `keras.models.clone_model` with a `clone_function` (new layers
-    from each layer's config) and a `call_function` (the new activation layers after a fused
-    layer). `call_function` does not apply to Sequential models, so their layer list is rebuilt
-    here. Nested models are rebuilt by the same `clone_function`, so both kinds nest in any order.
+    from each layer's config) and a `call_function` (layers in `post` applied after a new layer).
+    `call_function` does not apply to Sequential models, so their layer list is rebuilt here.
+    Nested models are rebuilt by the same `clone_function`, so both kinds nest in any order.
+
+    Subclasses override `new_layer` (what a leaf layer becomes), `changes` (whether a subclassed
+    sub-model holds a layer that must change), `input_shape` (a nested model's input shapes) and
+    `new_values` (the new layer's weights).
+
+    Args:
+        model: A Sequential or Functional `keras.Model` (`rebuildable`).
+
+    Attributes:
+        memo: Per `id(old layer)`, its new twin (keeps sharing intact).
+        post: Per `id(new layer)`, layers applied after it, in order.
+        pairs: `(old, new)` layers whose weights carry over.
+        notes: One-line remarks for the user.
+
+    Example:
+        >>> new_model = Rebuilder(model).run()  # an exact copy, built from configs
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.memo: dict[int, object] = {}
+        self.post: dict[int, list] = {}
+        self.pairs: list[tuple[object, object]] = []
+        self.notes: list[str] = []
+
+    def run(self):
+        """Rebuilds the model and copies its weights.
+
+        Returns:
+            The new `keras.Model`.
+        """
+        new = self._clone(self.model)
+        self._copy_weights()
+        return new
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def new_layer(self, layer):
+        """The new twin of a leaf layer. Defaults to a copy from its config (`plain_clone`)."""
+        return self.plain_clone(layer)
+
+    def changes(self, model) -> bool:
+        """Whether a sub-model that cannot be rebuilt (subclassed) holds a layer that must change."""
+        return False
+
+    def unchanged_message(self, model) -> str:
+        """Why a subclassed sub-model holding a layer that must change stops the rebuild."""
+        return f"{model.name!r} (a sub-model) is a subclassed model: it cannot be rebuilt layer by layer"
+
+    def input_shape(self, tensor) -> tuple:
+        """The batch shape of a rebuilt model's input, given the old input tensor. Defaults to its shape."""
+        return tuple(tensor.shape)
+
+    def new_values(self, old, new) -> list[tuple[object, object, object]]:
+        """What each of the new layer's variables receives.
+
+        Returns:
+            `(old variable or None, new variable, value)` triples. Defaults to every old weight,
+            matched to the new one by name (by order where names repeat).
+        """
+        old_weights, new_weights = old.weights, new.weights
+        if len(old_weights) != len(new_weights):
+            raise RuntimeError(
+                f"layer {old.name!r} has {len(old_weights)} weights but its rebuilt copy {len(new_weights)}"
+            )
+        old_names = [w.name for w in old_weights]
+        if len(set(old_names)) == len(old_names) and sorted(old_names) == sorted(w.name for w in new_weights):
+            by_name = {w.name: w for w in new_weights}
+            targets = [by_name[name] for name in old_names]
+        else:  # names repeat inside the layer (wrappers): same class, same config, same order
+            targets = new_weights
+        return [(source, target, source.numpy()) for source, target in zip(old_weights, targets)]
+
+    # -- the rebuild -----------------------------------------------------------------------
+
+    # Called by clone_model for every layer (and by us for Sequential layers).
+    def _clone(self, layer):
+        import keras
+
+        key = id(layer)
+        if key in self.memo:
+            return self.memo[key]
+        if isinstance(layer, keras.Model):
+            if not rebuildable(layer):
+                if self.changes(layer):
+                    raise UnsupportedModelError(self.unchanged_message(layer))
+                new = self.plain_clone(layer)
+            elif isinstance(layer, keras.Sequential):
+                new = self._sequential(layer)
+            else:
+                new = self._functional(layer)
+        else:
+            new = self.new_layer(layer)
+        self.memo[key] = new
+        return new
+
+    def _call(self, layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        for extra in self.post.get(id(layer), ()):
+            outputs = extra(outputs)
+        return outputs
+
+    def _functional(self, model):
+        import keras
+
+        # Our own Input tensors: clone_model would name them after the tensors ("keras_tensor_3")
+        # instead of after the input layers.
+        inputs = keras.tree.map_structure(
+            lambda x: keras.Input(batch_shape=self.input_shape(x), dtype=x.dtype, name=_input_name(x)), model.input
+        )
+        new = keras.models.clone_model(
+            model, input_tensors=inputs, clone_function=self._clone, call_function=self._call
+        )
+        new.trainable = model.trainable
+        return new
+
+    def _sequential(self, model):
+        import keras
+
+        new_layers = []
+        for layer in model.layers:
+            new = self._clone(layer)
+            new_layers.append(new)
+            new_layers.extend(self.post.get(id(new), ()))
+        first = next(iter(sequential_layers(model)), None)
+        if isinstance(first, keras.layers.InputLayer):
+            shape = self.input_shape(first.output) if getattr(first, "output", None) is not None else first.batch_shape
+            new_layers.insert(0, keras.Input(batch_shape=shape, dtype=declared_dtype(first), name=first.name))
+        new = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
+        if model.compiled:
+            try:
+                new.compile_from_config(model.get_compile_config())
+            except Exception as exc:  # noqa: BLE001 - compiling is a courtesy, the weights are what matter
+                self.notes.append(
+                    f"could not carry over the compile settings of {model.name!r} ({exc}); "
+                    "compile the new model before training it"
+                )
+        return new
+
+    def plain_clone(self, layer, config: dict | None = None):
+        """A new layer of the same class from `config` (defaults to the layer's own), weights to carry over."""
+        try:
+            new = layer.__class__.from_config(layer.get_config() if config is None else config)
+        except Exception as exc:
+            raise UnsupportedModelError(
+                f"cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from its config ({exc}); "
+                "give it a get_config() that returns its constructor arguments"
+            ) from exc
+        self.pairs.append((layer, new))
+        return new
+
+    def _copy_weights(self) -> None:
+        """Gives every new layer its weights (`new_values`); every old weight must have been used."""
+        copied = set()
+        for old, new in self.pairs:
+            for source, target, value in self.new_values(old, new):
+                if tuple(np.shape(value)) != tuple(target.shape):
+                    where = source.path if source is not None else f"{new.name}/{target.name}"
+                    raise RuntimeError(f"weight {where} has shape {np.shape(value)} but its copy {target.shape}")
+                target.assign(value)
+                if source is not None:
+                    copied.add(id(source))
+        missing = [w.path for w in self.model.weights if id(w) not in copied]
+        if missing:
+            raise RuntimeError(f"{len(missing)} weights were not carried over, e.g. {missing[:3]}")
+
+
+class Rewriter(Rebuilder):
+    """Rebuilds a model with the selected sites rewritten to LeakyReLU or PReLU (`deadrelu.patch`).
 
     Args:
         model: A Sequential or Functional `keras.Model` (`rebuildable`).
@@ -57,16 +232,12 @@ class Rewriter:
     def __init__(
         self, model, selected: Iterable[Site], *, to: str, alpha: float, alpha_init: float, shared_axes: str | None
     ):
-        self.model = model
+        super().__init__(model)
         self.to, self.alpha, self.alpha_init, self.shared_axes = to, alpha, alpha_init, shared_axes
         selected = list(selected)
         self.sites = {id(site.layer): site for site in selected if site.recurrent is None}
-        self.memo: dict[int, object] = {}  # id(old layer) → new layer (keeps sharing intact)
-        self.post: dict[int, list] = {}  # id(new layer) → activation layers applied after it
-        self.pairs: list[tuple[object, object]] = []  # (old, new) layers whose weights carry over
         self.rewrites: dict[int, dict] = {}
         self.skipped: dict[str, str] = {}
-        self.notes: list[str] = []
         self.taken = set(_all_names(model))
         for site in selected:
             if site.recurrent is not None:
@@ -88,95 +259,22 @@ class Rewriter:
         self._copy_weights()
         return new
 
-    # Called by clone_model for every layer (and by us for Sequential layers).
-    def _clone(self, layer):
-        import keras
+    def new_layer(self, layer):
+        site = self.sites.get(id(layer))
+        return self.plain_clone(layer) if site is None else self._rewrite(layer, site)
 
-        key = id(layer)
-        if key in self.memo:
-            return self.memo[key]
-        if isinstance(layer, keras.Model):
-            if not rebuildable(layer):
-                if any(_contains(layer, site.layer) for site in self.sites.values()):
-                    raise UnsupportedModelError(
-                        subclassed_message(layer).replace(
-                            "is a subclassed model", "(a sub-model) is a subclassed model", 1
-                        )
-                    )
-                new = self._plain_clone(layer)
-            elif isinstance(layer, keras.Sequential):
-                new = self._sequential(layer)
-            else:
-                new = self._functional(layer)
-        elif key in self.sites:
-            new = self._rewrite(layer, self.sites[key])
-        else:
-            new = self._plain_clone(layer)
-        self.memo[key] = new
-        return new
+    def changes(self, model) -> bool:
+        return any(_contains(model, site.layer) for site in self.sites.values())
 
-    def _call(self, layer, *args, **kwargs):
-        outputs = layer(*args, **kwargs)
-        for extra in self.post.get(id(layer), ()):
-            outputs = extra(outputs)
-        return outputs
-
-    def _functional(self, model):
-        import keras
-
-        # Our own Input tensors: clone_model would name them after the tensors ("keras_tensor_3")
-        # instead of after the input layers.
-        inputs = keras.tree.map_structure(
-            lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=_input_name(x)), model.input
-        )
-        new = keras.models.clone_model(
-            model, input_tensors=inputs, clone_function=self._clone, call_function=self._call
-        )
-        new.trainable = model.trainable
-        return new
-
-    def _sequential(self, model):
-        import keras
-
-        new_layers = []
-        for layer in model.layers:
-            new = self._clone(layer)
-            new_layers.append(new)
-            new_layers.extend(self.post.get(id(new), ()))
-        first = next(iter(sequential_layers(model)), None)
-        if isinstance(first, keras.layers.InputLayer):
-            new_layers.insert(
-                0, keras.Input(batch_shape=first.batch_shape, dtype=declared_dtype(first), name=first.name)
-            )
-        new = keras.Sequential(new_layers, name=model.name, trainable=model.trainable)
-        if model.compiled:
-            try:
-                new.compile_from_config(model.get_compile_config())
-            except Exception as exc:  # noqa: BLE001 - compiling is a courtesy, the weights are what matter
-                self.notes.append(
-                    f"could not carry over the compile settings of {model.name!r} ({exc}); "
-                    "compile the patched model before training it"
-                )
-        return new
-
-    def _plain_clone(self, layer):
-        try:
-            new = layer.__class__.from_config(layer.get_config())
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"cannot rebuild layer {layer.name!r} ({type(layer).__name__}) from its config ({exc}); "
-                "give it a get_config() that returns its constructor arguments"
-            ) from exc
-        self.pairs.append((layer, new))
-        return new
+    def unchanged_message(self, model) -> str:
+        return subclassed_message(model).replace("is a subclassed model", "(a sub-model) is a subclassed model", 1)
 
     def _rewrite(self, layer, site: Site):
         """The new layer taking `layer`'s place; its trailing activation layers go to `self.post`."""
         if site.kind == KIND_FUSED:
             config = layer.get_config()
             config["activation"] = "linear"
-            new = layer.__class__.from_config(config)
-            self.pairs.append((layer, new))
+            new = self.plain_clone(layer, config)
             chain = self._chain(layer, site, keep_name=False)
             self.post[id(new)] = chain
             old = f"{site.layer_class}(activation={site.activation!r})"
@@ -259,30 +357,6 @@ class Rewriter:
             f"it sits inside {holder!r}, a layer that is not a Sequential or Functional model, "
             "so its activation cannot be followed by a new layer"
         )
-
-    def _copy_weights(self) -> None:
-        """Copies every weight from the old layers to their new twins, matched by variable name."""
-        copied = set()
-        for old, new in self.pairs:
-            old_weights, new_weights = old.weights, new.weights
-            if len(old_weights) != len(new_weights):
-                raise RuntimeError(
-                    f"layer {old.name!r} has {len(old_weights)} weights but its rebuilt copy {len(new_weights)}"
-                )
-            old_names = [w.name for w in old_weights]
-            if len(set(old_names)) == len(old_names) and sorted(old_names) == sorted(w.name for w in new_weights):
-                by_name = {w.name: w for w in new_weights}
-                targets = [by_name[name] for name in old_names]
-            else:  # names repeat inside the layer (wrappers): same class, same config, same order
-                targets = new_weights
-            for source, target in zip(old_weights, targets):
-                if tuple(source.shape) != tuple(target.shape):
-                    raise RuntimeError(f"weight {source.path} has shape {source.shape} but its copy {target.shape}")
-                target.assign(source.numpy())
-                copied.add(id(source))
-        missing = [w.path for w in self.model.weights if id(w) not in copied]
-        if missing:
-            raise RuntimeError(f"{len(missing)} weights were not carried over, e.g. {missing[:3]}")
 
 
 # -- helpers --------------------------------------------------------------------------------
