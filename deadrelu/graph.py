@@ -768,18 +768,18 @@ class Propagation:
         if zero is not None and len(outputs) == 1:
             site, units = zero
             flow = outputs[0]
-            axis = _site_axis(site, flow.live.ndim)
-            _set_channels(flow.live, axis, units, False)
+            axis = site_axis(site, flow.live.ndim)
+            set_channels(flow.live, axis, units, False)
             for slot in self.sources.get(id(layer), []):
                 target = self.targets[slot]
                 mask = np.zeros(flow.live.shape, bool)
-                _set_channels(mask, axis, target.units, True)
+                set_channels(mask, axis, target.units, True)
                 flow.footprint[slot] = flow.footprint[slot] | mask if slot in flow.footprint else mask
                 if self.carry:
                     if flow.values is None:
                         flow.values = np.zeros(flow.live.shape, np.float32)
                     constants = target.constants if target.constants is not None else np.zeros(len(target.units))
-                    _set_channels(flow.values, axis, target.units, np.asarray(constants, np.float32))
+                    set_channels(flow.values, axis, target.units, np.asarray(constants, np.float32))
         return outputs
 
     def _read(self, step: int, node: FlatNode, inputs: list[Flow], shapes) -> list[Flow]:
@@ -817,7 +817,7 @@ class Propagation:
         footprint = {}
         for slot, rows in read.rows.items():
             mask = np.zeros(shape, bool)
-            _set_channels(mask, out_axis, np.flatnonzero(np.repeat(rows, multiplier)), True)
+            set_channels(mask, out_axis, np.flatnonzero(np.repeat(rows, multiplier)), True)
             footprint[slot] = mask
         out = Flow(footprint, np.ones(shape, bool))
         if footprint:
@@ -861,7 +861,7 @@ class Propagation:
             for slot, mask in out.footprint.items():
                 reached = mask.any(axis=others) if others else mask
                 out.footprint[slot] = np.zeros(shape, bool)
-                _set_channels(out.footprint[slot], axis, np.flatnonzero(reached), True)
+                set_channels(out.footprint[slot], axis, np.flatnonzero(reached), True)
             out.live &= ~_union(out, shape)
         elif rectangle(_union(out, shape)) is None:
             self._escape(step, node, sorted(out.footprint), "shape")
@@ -990,11 +990,12 @@ def _call(node: FlatNode, arrays: list[np.ndarray]) -> np.ndarray:
     return np.asarray(outputs)
 
 
-def _site_axis(site, rank: int) -> int:
+def site_axis(site, rank: int) -> int:
+    """The axis of a site's output (without the batch axis) that indexes its units."""
     return 0 if site.channel_axis == 1 and rank > 1 else rank - 1
 
 
-def _set_channels(array: np.ndarray, axis: int, units: np.ndarray, value) -> None:
+def set_channels(array: np.ndarray, axis: int, units: np.ndarray, value) -> None:
     """Sets `array`'s entries at `units` along `axis` to `value` (a scalar, or one per unit)."""
     moved = np.moveaxis(array, axis, -1)  # a view: writes go to `array`
     moved[..., units] = value

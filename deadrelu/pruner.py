@@ -68,6 +68,8 @@ from deadrelu.graph import (
     grouped,
     is_batchnorm,
     rectangle,
+    set_channels,
+    site_axis,
     weighted_kind,
 )
 from deadrelu.model_utils import OutputComparison
@@ -146,7 +148,8 @@ class PruneResult:
         report: The scan the units were selected from.
         notes: One-line remarks for the user.
 
-    `repr(result)` is one line.
+    `repr(result)` is one line; a notebook shows a table of the pruned sites (`_repr_html_`), and so
+    does a rich console (`__rich__`).
     """
 
     model: keras.Model | None
@@ -178,11 +181,19 @@ class PruneResult:
         return self.check is None or self.check.within(self.tolerance)
 
     def __repr__(self) -> str:
-        check = "" if self.check is None else f", max |Δ| {self.check.max_abs_diff:.2g}"
-        return (
-            f"<PruneResult {self.units_removed} units removed at {sum(1 for u in self.removed.values() if u)} "
-            f"sites, params {self.params_before:,} → {self.params_after:,}{check}>"
-        )
+        from deadrelu.display import prune_summary
+
+        return f"<PruneResult {prune_summary(self)[0]}>"
+
+    def _repr_html_(self) -> str:
+        from deadrelu.display import prune_html
+
+        return prune_html(self)
+
+    def __rich__(self):
+        from deadrelu.display import prune_renderable
+
+        return prune_renderable(self)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (the model and the report left out)."""
@@ -228,6 +239,7 @@ def prune(
     validation_labels: str | os.PathLike | Any = None,
     loss: Any = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    skip_bad_images: bool = False,
     **scan_options,
 ) -> PruneResult:
     """Returns a smaller copy of `model` without its dead ReLU units, and the proof it computes the same.
@@ -263,6 +275,8 @@ def prune(
         loss: The loss for the metrics, when the model stores none. Defaults to None (the model's).
         tolerance: Largest accepted output difference on the data, scaled up by the largest
             |output| past 1. Defaults to `1e-5`.
+        skip_bad_images: For a folder of images: skip the images that cannot be read (counted in
+            a note) instead of refusing the folder. Defaults to False.
         **scan_options: More options for `deadrelu.scan` (`dying_threshold`, ...).
 
     Returns:
@@ -309,9 +323,19 @@ def prune(
         from deadrelu.scanner import scan
 
         data = report_or_data
-        report = scan(model, data, batch_size=batch_size, samples=samples, rescale=rescale, **scan_options)
+        report = scan(
+            model,
+            data,
+            batch_size=batch_size,
+            samples=samples,
+            rescale=rescale,
+            skip_bad_images=skip_bad_images,
+            **scan_options,
+        )
     only = check_only(only, report)
-    probe_data = load_data(data, model, labels=labels, samples=samples, rescale=rescale)
+    probe_data = load_data(
+        data, model, labels=labels, samples=samples, rescale=rescale, skip_bad_images=skip_bad_images
+    )
     if dormant is not None and not probe_data.has_labels:
         raise UsageError(
             "`dormant` removes units that still fire, which changes the outputs: pass `labels=` (or data with "
@@ -668,15 +692,13 @@ def _contribution(layer, values: np.ndarray) -> np.ndarray:
 
 def _removed_per_site(graph: LayerGraph, site_map, walk: Propagation) -> dict[str, list[int]]:
     """Per site, the channels of its output that the pruned model no longer has."""
-    from deadrelu.graph import _site_axis
-
     removed = {}
     for site in site_map.sites:
         for node in graph.nodes_of.get(id(site.layer), []):
             mask = walk.removed.get(node.outputs[0]) if len(node.outputs) == 1 else None
             if mask is None:
                 continue
-            axis = _site_axis(site, mask.ndim)
+            axis = site_axis(site, mask.ndim)
             others = tuple(i for i in range(mask.ndim) if i != axis)
             channels = mask.all(axis=others) if others else mask
             removed[site.path] = sorted(set(removed.get(site.path, [])) | {int(c) for c in np.flatnonzero(channels)})
@@ -760,7 +782,15 @@ class _Shrinker(Rebuilder):
             self.layers[id(read.layer)] = read.layer
         for key, delta in plan.biases.items():
             self.cuts[key].bias = delta
-        self.shapes = self._new_shapes()
+        removed = dict(plan.walk.removed)
+        for target in plan.targets:  # the owners' own outputs (before the ReLU) lose the units too
+            for owner in (target.producer, target.batchnorm):
+                for node in graph.nodes_of.get(id(owner), []) if owner is not None else []:
+                    key = node.outputs[0]
+                    mask = np.zeros(graph.shapes[key], bool)
+                    set_channels(mask, site_axis(target.site, mask.ndim), target.units, True)
+                    removed[key] = removed[key] | mask if key in removed else mask
+        self.shapes = self._new_shapes(removed)
         self.reshapes: dict[int, tuple] = {}
         for node in graph.nodes:
             if type(node.layer).__name__ == "Reshape" and node.outputs[0] in self.shapes:
@@ -771,9 +801,10 @@ class _Shrinker(Rebuilder):
             if len(shapes) == 1:
                 self.inputs[tensor_id] = shapes.pop()
 
-    def _new_shapes(self) -> dict[tuple, tuple]:
+    @staticmethod
+    def _new_shapes(removed: dict[tuple, np.ndarray]) -> dict[tuple, tuple]:
         shapes = {}
-        for key, mask in self.plan.walk.removed.items():
+        for key, mask in removed.items():
             found = rectangle(mask)
             if found is None:  # the walk refuses these; a failure here is a bug
                 raise RuntimeError(f"the entries removed from a tensor of shape {mask.shape} are not rectangular")

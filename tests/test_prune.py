@@ -316,6 +316,42 @@ def test_channels_first(flatten_format):
     assert np.array_equal(result.model.get_layer("out").kernel.numpy(), expected)
 
 
+def test_channel_preserving_reshape_gets_its_new_target_shape(images):
+    keras.utils.set_random_seed(21)
+    model = keras.Sequential(
+        [
+            keras.Input((9, 9, 3)),
+            L.Conv2D(6, 3, activation="relu", name="conv"),
+            L.Reshape((49, 6), name="reshape"),
+            L.Dense(2, name="per_position"),
+            L.Flatten(),
+            L.Dense(3, name="out"),
+        ]
+    )
+    plant(model, "conv", [0, 3])
+    result = check(model, images, removed={"conv": [0, 3]}, params=(3 * 3 * 3 * 4 + 4) + (4 * 2 + 2) + (98 * 3 + 3))
+    assert tuple(result.model.get_layer("reshape").target_shape) == (49, 4)
+    assert shapes(result.model, "per_position") == [(4, 2), (2,)]
+
+
+def test_reshape_that_scatters_the_units_keeps_them(vectors):
+    """Dense(12) → Reshape((3, 4)): unit 5 becomes entry (1, 1); no row or column goes whole."""
+    keras.utils.set_random_seed(22)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(12, activation="relu", name="h"),
+            L.Reshape((3, 4), name="reshape"),
+            L.Flatten(),
+            L.Dense(2, name="out"),
+        ]
+    )
+    plant(model, "h", [5])
+    result = prune(model, vectors)
+    assert result.model is None and result.kept == {"h": [5]}
+    assert "Reshape 'reshape'" in result.skipped["h"] and "rectangular" in result.skipped["h"]
+
+
 # -- merges, outputs, nothing to do ---------------------------------------------------------
 
 
@@ -495,6 +531,79 @@ def test_cli_nothing_dead_writes_nothing(run_cli, tmp_path, vectors):
     assert code == 1 and not out.exists()
 
 
+def test_cli_dead_units_that_cannot_go_exit_2(run_cli, tmp_path, vectors):
+    keras.utils.set_random_seed(23)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(4, activation="relu", name="out")])
+    plant(model, "out", [2])
+    model.get_layer("out").kernel.assign(np.abs(model.get_layer("out").kernel.numpy()))
+    path, data, out = tmp_path / "m.keras", tmp_path / "x.npy", tmp_path / "pruned.keras"
+    model.save(path)
+    np.save(data, vectors)
+    code, stdout, stderr = run_cli(["prune", path, "--data", data, "-o", out])
+    assert code == 2 and "none of the 1 selected units can be removed" in stderr and "model output" in stderr
+    assert "model output" in stdout and not out.exists()
+
+
 def test_cli_needs_data_or_report(run_cli, tmp_path):
     code, _, stderr = run_cli(["prune", SAMPLES / "dying_mlp.keras", "-o", tmp_path / "p.keras"])
     assert code == 2 and "--data" in stderr
+
+
+def test_cli_report_dormant_and_site(run_cli, tmp_path):
+    """--report takes the units from a scan and proves on the data file the report names; --dormant
+    reports the loss and metrics before and after; --site limits the sites."""
+    scan_json, out, summary = tmp_path / "scan.json", tmp_path / "pruned.h5", tmp_path / "prune.json"
+    code, _, stderr = run_cli(
+        ["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "--json", scan_json, "--quiet"]
+    )
+    assert code == 0, stderr
+    code, stdout, stderr = run_cli(
+        [
+            "prune",
+            SAMPLES / "dying_mlp.keras",
+            "--report",
+            scan_json,
+            "-o",
+            out,
+            "--site",
+            "hidden_[12]",
+            "--dormant",
+            "0.2",
+            "--no-timing",
+            "--json",
+            summary,
+            "--quiet",
+        ]
+    )
+    assert code == 0, stderr
+    assert "loss and metrics on the data" in stdout and "outputs changed" in stdout and out.exists()
+    data = json.loads(summary.read_text())
+    assert [site["path"] for site in data["sites"]] == ["hidden_1", "hidden_2"]
+    assert data["dormant"] == 0.2 and set(data["metrics_before"]) == set(data["metrics_after"]) == {"loss", "accuracy"}
+    assert all(len(site["removed"]) >= site["dead_before"] for site in data["sites"])
+    assert keras.models.load_model(out).count_params() == data["params_after"]
+
+
+@pytest.mark.slow
+def test_cli_retrain_compares_the_pruned_model(run_cli, tmp_path):
+    out = tmp_path / "pruned.keras"
+    code, stdout, stderr = run_cli(
+        [
+            "prune",
+            SAMPLES / "dying_mlp.keras",
+            "--data",
+            SAMPLES / "probe.npz",
+            "-o",
+            out,
+            "--no-timing",
+            "--retrain",
+            "--validation-split",
+            "0.3",
+            "--epochs",
+            "1",
+            "--baseline",
+            "--quiet",
+        ]
+    )
+    assert code == 0, stderr
+    assert "pruned" in stdout and "as is (baseline)" in stdout and out.exists()

@@ -118,12 +118,7 @@ def run(args, output) -> int:
     out_path = resolve_output(args)
     pruned = make_prune(args, output, out_path)
     if pruned.result.model is None:
-        show(pruned, args, output)
-        if args.json:
-            from deadrelu.files import write_json
-
-            write_json(args.json, summary_dict(pruned))
-        return EXIT_GATE if args.fail_if_nothing else EXIT_OK
+        return nothing_pruned(pruned, args, output)
     rescan(pruned, args, output)
     if not args.no_timing:
         measure(pruned, args, output)
@@ -199,6 +194,34 @@ def make_prune(args, output, out_path: str = "") -> PruneRun:
             **options,
         )
     return PruneRun(loaded=loaded, result=result, output=out_path, notes=list(result.notes))
+
+
+def nothing_pruned(pruned: PruneRun, args, output) -> int:
+    """No unit was removed: say why and write nothing (but the --json summary).
+
+    Returns:
+        0 when the selected sites have no dead (or dormant) units; 1 then with --fail-if-nothing.
+
+    Raises:
+        UnsupportedModelError: There are such units but none can be removed exactly (exit 2).
+    """
+    from deadrelu.errors import UnsupportedModelError
+
+    show(pruned, args, output)
+    result = pruned.result
+    if result.candidates:
+        units = sum(len(units) for units in result.candidates.values())
+        path = next(iter(result.skipped), None)
+        first = f" (e.g. {path}: {result.skipped[path]})" if path else ""
+        raise UnsupportedModelError(
+            f"nothing pruned: none of the {units:,} selected units can be removed exactly{first}; nothing was written"
+        )
+    if args.json:
+        from deadrelu.files import write_json
+
+        write_json(args.json, summary_dict(pruned))
+        output.note(f"wrote summary {args.json}", style="dim")
+    return EXIT_GATE if args.fail_if_nothing else EXIT_OK
 
 
 def rescan(pruned: PruneRun, args, output) -> None:
@@ -337,7 +360,6 @@ def show(pruned: PruneRun, args, output) -> None:
     for note in pruned.notes:
         output.note(note)
     if result.model is None:
-        output.out.print("no unit can be removed (see the reasons above): nothing written", markup=False)
         return
     _show_checks(result, output)
     before, now = result.params_before, result.params_after
