@@ -173,6 +173,18 @@ def test_patch_revive_and_timeline_views(report):
     assert repr(Timeline()) == "<Timeline no checks yet: the monitor checks during fit>"
 
 
+def test_prune_views(report):
+    from deadrelu.display import prune_html, prune_renderable, prune_summary
+    from deadrelu.pruner import prune
+
+    result = prune(deadrelu.load_model(MODEL), report)
+    text, _ = prune_summary(result)
+    assert text.startswith("dying_mlp: 104 units removed at 3 sites, params 25,418 → ")
+    html = prune_html(result)
+    assert html.count("<tr>") == 4 and "1–6, 9, 11–14" in html
+    assert "hidden_2" in _rich_text(prune_renderable(result))
+
+
 def test_progress_views_without_a_terminal(monkeypatch):
     from deadrelu.progress import Progress, notebook_shell, resolve_verbose
 
