@@ -1,10 +1,10 @@
 """Results in notebooks and rich consoles: what `_repr_html_` and `__rich__` show.
 
 Covers the scan `Report`, the `PatchResult`, the `ReviveResult`, the `PruneResult` and the
-monitor's `Timeline`.
-Each view is compact: a summary line, then a table of at most `MAX_ROWS` rows (for a report,
-the worst sites first, flagged ones in red), then notes; a report and a timeline also show their
-figure inline when matplotlib can draw it. `deadrelu report --html` writes the full page.
+monitor's `Timeline`. Each view is compact: a summary line, then a table of at most `MAX_ROWS`
+rows (for a report, the worst sites first, flagged ones in red), then notes; a report and a
+timeline also show their figure inline when matplotlib can draw it. `deadrelu report --html`
+writes the full page.
 
 The HTML is a fragment with inline styles and no script, so Jupyter, VS Code, Colab and static
 notebook viewers all show it the same way. Every text taken from a result is escaped.
