@@ -611,14 +611,12 @@ class Consumer:
         rows: Per slot, the input rows/channels its footprint reaches in any call.
         live: The input rows/channels that may be non-zero on the data in any call.
         per_position: True when some call shares each weight across several input entries.
-        carried: True when a carrying walk followed the footprint through the layer.
     """
 
     layer: object
     rows: dict[int, np.ndarray]
     live: np.ndarray
     per_position: bool
-    carried: bool = False
 
 
 class Propagation:
@@ -713,7 +711,6 @@ class Propagation:
             per_position[key] = per_position.get(key, False) or read.per_position
             if read.rows:
                 consumer = found.setdefault(key, Consumer(read.layer, {}, read.live, False))
-                consumer.carried = consumer.carried or read.carried
                 for slot, rows in read.rows.items():
                     consumer.rows[slot] = consumer.rows.get(slot, np.zeros_like(rows)) | rows
         for key, consumer in found.items():

@@ -361,7 +361,7 @@ def prune(
         raise PruneCheckError(
             f"the pruned model's outputs differ from the original's by max |Δ| = {check.max_abs_diff:.3g} on "
             f"{check.samples:,} samples (tolerance {check.limit(tolerance):.3g}): the units are not all dead on "
-            "this data; scan this data (or pass `dormant=` to accept a change)",
+            "this data; prune from a scan of this data (pass the data itself, not a report of other data)",
             result,
         )
     return result
@@ -550,7 +550,7 @@ def _plan(graph: LayerGraph, targets: list[UnitTarget], dead: dict, reasons: dic
         conflicts = _conflicts(graph, walk)
         biases: dict[int, np.ndarray] = {}
         if not conflicts:
-            biases, conflicts = _folds(graph, walk)
+            biases, conflicts = _folds(walk)
         if not conflicts:
             return _Plan(targets, walk, biases)
         kept = []
@@ -587,7 +587,7 @@ def _conflicts(graph: LayerGraph, walk: Propagation) -> dict[int, str]:
     for nodes in graph.nodes_of.values():
         if len(nodes) < 2:
             continue
-        patterns = [tuple(_pattern(walk, key) for key in node.inputs + node.outputs) for node in nodes]
+        patterns = [tuple(walk.removed.get(key) for key in node.inputs + node.outputs) for node in nodes]
         if all(_same(patterns[0], other) for other in patterns[1:]):
             continue
         layer = nodes[0].layer
@@ -600,10 +600,6 @@ def _conflicts(graph: LayerGraph, walk: Propagation) -> dict[int, str]:
                         "every call",
                     )
     return conflicts
-
-
-def _pattern(walk: Propagation, key: tuple) -> np.ndarray | None:
-    return walk.removed.get(key)
 
 
 def _same(a: tuple, b: tuple) -> bool:
@@ -638,7 +634,7 @@ def _escape_reason(escape: Escape) -> str:
     return f"they reach {name}, which mixes units in a way prune cannot follow"
 
 
-def _folds(graph: LayerGraph, walk: Propagation) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+def _folds(walk: Propagation) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """The constant each consumer gets from the removed entries, to add to its bias.
 
     A removed entry holding a non-zero constant (a BatchNormalization's output for a dead unit, a

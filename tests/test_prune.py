@@ -291,6 +291,45 @@ def test_depthwise_units_of_their_own_are_kept_with_the_reason(images):
     assert "follow its input channels" in result.skipped["dw"]
 
 
+def test_conv_transpose_as_consumer_and_producer(images):
+    keras.utils.set_random_seed(24)
+    model = keras.Sequential(
+        [
+            keras.Input((9, 9, 3)),
+            L.Conv2D(6, 3, activation="relu", name="conv"),
+            L.Conv2DTranspose(5, 3, strides=2, activation="relu", name="up"),
+            L.Conv2D(2, 1, name="out"),
+        ]
+    )
+    plant(model, "conv", [1, 3])
+    plant(model, "up", [4])
+    result = check(
+        model,
+        images,
+        removed={"conv": [1, 3], "up": [4]},
+        params=(3 * 3 * 3 * 4 + 4) + (3 * 3 * 4 * 4 + 4) + (4 * 2 + 2),
+    )
+    assert shapes(result.model, "up") == [(3, 3, 4, 4), (4,)]  # (…, out, in)
+
+
+def test_conv1d_pooling_global_pooling():
+    keras.utils.set_random_seed(25)
+    x = np.random.default_rng(25).normal(size=(16, 20, 4)).astype(np.float32)
+    model = keras.Sequential(
+        [
+            keras.Input((20, 4)),
+            L.Conv1D(6, 3, activation="relu", name="conv"),
+            L.MaxPooling1D(2),
+            L.ZeroPadding1D(1),
+            L.Conv1D(3, 3, name="c2"),
+            L.GlobalAveragePooling1D(),
+            L.Dense(2, name="out"),
+        ]
+    )
+    plant(model, "conv", [0, 5])
+    check(model, x, removed={"conv": [0, 5]}, params=(3 * 4 * 4 + 4) + (3 * 4 * 3 + 3) + (3 * 2 + 2))
+
+
 @pytest.mark.parametrize("flatten_format", ["channels_last", "channels_first"])
 def test_channels_first(flatten_format):
     """Channels-first convolutions run on this CPU; spatial sizes differ from the channel count on

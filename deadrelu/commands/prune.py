@@ -77,7 +77,7 @@ def register(subparsers, parents):
     parser.add_argument(
         "--fail-if-nothing",
         action="store_true",
-        help="exit 1 when nothing can be removed (default: say so, write nothing, exit 0)",
+        help="exit 1 when no unit is dead (default: say so, write nothing, exit 0)",
     )
     parser.add_argument(
         "--timing-rounds",

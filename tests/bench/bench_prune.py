@@ -23,6 +23,11 @@ Usage (from the repository root):
     python tests/bench/bench_prune.py                  # everything
     python tests/bench/bench_prune.py --quick          # fewer samples and rounds
     python tests/bench/bench_prune.py dying_mlp vgg16  # only these (names as printed)
+    python tests/bench/bench_prune.py --wait-idle 300  # on a shared machine: time at quiet moments
+
+Timing small models measures Keras's per-call `predict` overhead more than their arithmetic, and on
+a shared 2-core machine the ratio moves with the load (printed beside it): read it as "about the
+same" unless it is far from 1.
 """
 
 from __future__ import annotations
@@ -83,6 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("names", nargs="*", help="only these models (dying_mlp, a file name, vgg16, mobilenetv2)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved predict rounds (default 7; --quick 3)")
     p.add_argument("--quick", action="store_true", help="a quarter of the samples, 3 rounds")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each model's timing, wait up to this long for the machine's load to drop",
+    )
     args = p.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 7)
     return args
@@ -149,7 +161,7 @@ def short_reason(text: str) -> str:
     return text.split(";")[0][:110]
 
 
-def run_case(name: str, loader, rounds: int) -> dict:
+def run_case(name: str, loader, rounds: int, wait_idle: float = 0) -> dict:
     import deadrelu
     from deadrelu.model_utils import compare_cost
 
@@ -175,7 +187,7 @@ def run_case(name: str, loader, rounds: int) -> dict:
         result = error.result
         row["refused"] = str(error)
     except deadrelu.DeadReluError as error:
-        row["error"] = f"{type(error).__name__}: {error}"
+        row["error"] = f"{type(error).__name__}: {str(error).split(' (')[0]}"
         return row
     row.update(
         scan_seconds=scan_seconds,
@@ -189,6 +201,8 @@ def run_case(name: str, loader, rounds: int) -> dict:
         reasons=collections.Counter(short_reason(r) for r in result.skipped.values()),
     )
     if result.model is not None:
+        C.wait_for_idle(wait_idle, log=lambda line: None)
+        row["load"] = os.getloadavg()[0]
         cost = compare_cost(model, result.model, x, batch_size=64, rounds=rounds)
         row.update(file_bytes=cost.file_bytes, predict=cost.predict_median, ratio=cost.predict_ratio)
     return row
@@ -221,6 +235,7 @@ def markdown(rows: list[dict]) -> str:
             fa, fb = row["file_bytes"]
             size = f"{fa / 1024:,.0f} → {fb / 1024:,.0f} KB ({100 * (fb - fa) / fa:+.1f}%)"
             ratio = f"{row['ratio']:.2f}× ({1000 * row['predict'][0]:.0f} → {1000 * row['predict'][1]:.0f} ms)"
+            ratio += f", load {row['load']:.1f}"
         check = "–" if row["check"] is None else f"{row['check'].max_abs_diff:.2g} ({row['limit']:.2g})"
         if row.get("refused"):
             check += " **refused**"
@@ -244,7 +259,7 @@ def main(argv=None) -> int:
     rows = []
     for name, loader in cases(args):
         print(f"- {name} ...", flush=True)
-        row = run_case(name, loader, args.rounds)
+        row = run_case(name, loader, args.rounds, args.wait_idle)
         rows.append(row)
         if "params" in row:
             print(
