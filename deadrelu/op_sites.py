@@ -13,7 +13,10 @@ activation function is no layer that walking the model can find: it is found whi
 
 Each application is handed over with the innermost layer whose `call` applied it and its
 position among the ReLUs applied during that call of that layer, so a layer called twice applies
-the same sites twice. The stack of layer calls comes from wrapping each layer's `call` on the
+the same sites twice. When the pass is over, `Interception.applied` says how each one is applied
+(`HowApplied`): exactly as a layer's custom `activation` or a `Lambda`'s function (which `patch`
+can replace), or inside `call` code, fed by a sublayer whose units it keeps (which `revive` can
+re-initialise). The stack of layer calls comes from wrapping each layer's `call` on the
 instance for the pass: that sees `TimeDistributed`'s direct `layer.call(...)` per time step too,
 which Keras's name-scope stack (opened by `Layer.__call__` only) does not. Applications that belong
 to something already accounted for are skipped: the activation of a layer-level site (the caller
@@ -37,10 +40,6 @@ from deadrelu._keras_compat import add_tf_op_callback, relu_functions, remove_tf
 
 # TensorFlow op types that are ReLUs (their outputs are the site's outputs).
 _TF_RELU_OPS = {"Relu": "relu", "Relu6": "relu6"}
-
-# Which mechanisms run (the benchmark `tests/bench/bench_op_sites.py` switches them off to measure).
-INTERCEPT_KERAS = True
-TF_OP_CALLBACK = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +78,32 @@ class Application:
         index: Its position among the ReLUs applied during that call of `layer`, from 0.
         relu: What it computes.
         via: "keras" (a Keras function) or "tf" (a TensorFlow op created outside Keras).
+        input: The tensor it was applied to.
+        output: What it returned.
     """
 
     layer: Any
     index: int
     relu: ReluSpec
     via: str
+    input: Any = dataclasses.field(default=None, repr=False, compare=False)
+    output: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class HowApplied:
+    """Where in its layer an op-level ReLU runs: what `patch` and `revive` can act on.
+
+    Attributes:
+        applied_in: "activation" (the layer's `activation` attribute is exactly this ReLU: it
+            returns the ReLU of what it is given), "function" (the same for a `Lambda`'s
+            function), or "call" (somewhere in the layer's `call` code).
+        fed_by: A layer called by the same `call` whose output is the ReLU's input, when that
+            `call` returns the ReLU's output (`return relu(self.dense(x))`); else None.
+    """
+
+    applied_in: str = "call"
+    fed_by: Any = None
 
 
 def relu_spec(negative_slope: Any = 0.0, max_value: Any = None, threshold: Any = 0.0) -> ReluSpec | None:
@@ -104,38 +123,85 @@ def relu_spec(negative_slope: Any = 0.0, max_value: Any = None, threshold: Any =
     return ReluSpec("relu", cap, threshold)
 
 
-class _Interceptor:
-    """The state of one interception: the stack of layer calls, depth inside wrapped functions."""
+class _Frame:
+    """One running call of a layer: the ReLUs it applied, the outputs of the layers it called."""
+
+    __slots__ = ("applications", "called", "layer")
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.applications: list[Application] = []
+        self.called: list[tuple[Any, Any]] = []  # (layer, output) of each direct sublayer call
+
+
+class Interception:
+    """The state of one interception: the stack of layer calls, depth inside wrapped functions.
+
+    Attributes:
+        applied: Per `(id(layer), index)` of each application seen, how it is applied
+            (`HowApplied`), decided when its layer's call (or callable attribute) returns.
+        calls: Per `id(layer)`, how many times its `call` ran.
+    """
 
     def __init__(self, on_apply: Callable[[Application, Any], Any], quiet_layers: set[int], quiet: Callable[[], bool]):
         self.on_apply = on_apply
         self.quiet_layers = quiet_layers
         self.quiet = quiet
         self.depth = 0  # > 0 inside a wrapped Keras function: its own ops are not applications again
-        self.stack: list[list] = []  # one [layer, ReLUs applied so far] per layer call running
+        self.stack: list[_Frame] = []
+        self.applied: dict[tuple[int, int], HowApplied] = {}
+        self.calls: dict[int, int] = {}
 
-    def apply(self, relu: ReluSpec | None, output, via: str):
+    def apply(self, relu: ReluSpec | None, x, output, via: str):
         if relu is None or not self.stack or self.quiet():
             return output
-        if any(id(layer) in self.quiet_layers for layer, _ in self.stack):
+        if any(id(frame.layer) in self.quiet_layers for frame in self.stack):
             return output
         frame = self.stack[-1]
-        layer, index = frame
-        frame[1] = index + 1
-        return self.on_apply(Application(layer, index, relu, via), output)
+        application = Application(frame.layer, len(frame.applications), relu, via, x, output)
+        frame.applications.append(application)
+        return self.on_apply(application, output)
 
     # -- the wrappers ---------------------------------------------------------------------------
 
     def wrap_call(self, layer, original: Callable) -> Callable:
         @functools.wraps(original)
         def call(*args, **kwargs):
-            self.stack.append([layer, 0])
+            frame = _Frame(layer)
+            self.stack.append(frame)
             try:
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
             finally:
                 self.stack.pop()
+            self.calls[id(layer)] = self.calls.get(id(layer), 0) + 1
+            for application in frame.applications:
+                key = (id(layer), application.index)
+                if key not in self.applied:  # a callable attribute decided it already
+                    fed_by = None
+                    if application.output is result:
+                        fed_by = next((sub for sub, out in frame.called if out is application.input), None)
+                    self.applied[key] = HowApplied("call", fed_by)
+            if self.stack:
+                self.stack[-1].called.append((layer, result))
+            return result
 
         return call
+
+    def wrap_callable(self, layer, attribute: str, original: Callable) -> Callable:
+        """A layer's activation (or a Lambda's function): is it exactly one ReLU of its input?"""
+
+        @functools.wraps(original)
+        def wrapped(x, *args, **kwargs):
+            frame = self.stack[-1] if self.stack and self.stack[-1].layer is layer else None
+            before = len(frame.applications) if frame is not None else 0
+            result = original(x, *args, **kwargs)
+            if frame is not None:
+                new = frame.applications[before:]
+                if len(new) == 1 and new[0].input is x and new[0].output is result:
+                    self.applied.setdefault((id(layer), new[0].index), HowApplied(attribute))
+            return result
+
+        return wrapped
 
     def wrap_backend(self, original: Callable, activation: str) -> Callable:
         relu = ReluSpec(activation, 6.0 if activation == "relu6" else None)
@@ -148,7 +214,7 @@ class _Interceptor:
                 output = original(x, *args, **kwargs)
             finally:
                 self.depth -= 1
-            return self.apply(relu, output, "keras")
+            return self.apply(relu, x, output, "keras")
 
         return wrapped
 
@@ -161,14 +227,15 @@ class _Interceptor:
                 output = original(x, negative_slope, max_value, threshold)
             finally:
                 self.depth -= 1
-            return self.apply(relu_spec(negative_slope, max_value, threshold), output, "keras")
+            return self.apply(relu_spec(negative_slope, max_value, threshold), x, output, "keras")
 
         return static_call
 
     def on_tf_op(self, op_type, inputs, attrs, outputs, op_name=None, graph=None):
         activation = _TF_RELU_OPS.get(op_type)
         if activation is not None and not self.depth:
-            self.apply(ReluSpec(activation, 6.0 if activation == "relu6" else None), outputs[0], "tf")
+            relu = ReluSpec(activation, 6.0 if activation == "relu6" else None)
+            self.apply(relu, inputs[0] if inputs else None, outputs[0], "tf")
         return None  # the op's outputs are left as they are
 
 
@@ -180,9 +247,10 @@ def intercept_relus(
     on_apply: Callable[[Application, Any], Any],
     layers: Iterable,
     *,
+    callables: Iterable[tuple[Any, str]] = (),
     quiet_layers: set[int] = frozenset(),
     quiet: Callable[[], bool] = lambda: False,
-) -> Iterator[None]:
+) -> Iterator[Interception]:
     """Hands every ReLU applied as a function call to `on_apply` while the block runs.
 
     Args:
@@ -191,41 +259,49 @@ def intercept_relus(
         layers: The layers an application may be attributed to: the model and every layer it holds.
             An application is attributed to the innermost of them whose `call` is running;
             applications outside all of them are ignored.
+        callables: `(layer, attribute)` pairs of callable attributes (a custom `activation`, a
+            `Lambda`'s `function`) to check for being exactly one ReLU (`HowApplied`).
         quiet_layers: `id`s of layers inside which applications are ignored.
         quiet: Returns True while applications are to be ignored (a layer-level site's own
             activation is running).
+
+    Yields:
+        The `Interception`, whose `applied` says how each application is applied once the block
+        has run.
     """
     import keras
 
-    state = _Interceptor(on_apply, set(quiet_layers), quiet)
-    saved_functions, saved_calls = [], []
+    state = Interception(on_apply, set(quiet_layers), quiet)
+    saved_functions, saved_attributes = [], []
     callback_added = False
     try:
         for layer in layers:
-            saved_calls.append((layer, layer.__dict__.get("call", _MISSING)))
+            saved_attributes.append((layer, "call", layer.__dict__.get("call", _MISSING)))
             object.__setattr__(layer, "call", state.wrap_call(layer, layer.call))
-        if INTERCEPT_KERAS:
-            for owner, name in relu_functions():
-                before = owner.__dict__[name]
-                saved_functions.append((owner, name, before))
-                if isinstance(before, staticmethod):
-                    setattr(owner, name, staticmethod(state.wrap_static_call(before.__func__)))
-                else:
-                    setattr(owner, name, state.wrap_backend(before, name))
-        if TF_OP_CALLBACK and keras.backend.backend() == "tensorflow":
+        for layer, attribute in callables:
+            saved_attributes.append((layer, attribute, layer.__dict__.get(attribute, _MISSING)))
+            object.__setattr__(layer, attribute, state.wrap_callable(layer, attribute, getattr(layer, attribute)))
+        for owner, name in relu_functions():
+            before = owner.__dict__[name]
+            saved_functions.append((owner, name, before))
+            if isinstance(before, staticmethod):
+                setattr(owner, name, staticmethod(state.wrap_static_call(before.__func__)))
+            else:
+                setattr(owner, name, state.wrap_backend(before, name))
+        if keras.backend.backend() == "tensorflow":
             add_tf_op_callback(state.on_tf_op)
             callback_added = True
-        yield
+        yield state
     finally:
         if callback_added:
             remove_tf_op_callback(state.on_tf_op)
         for owner, name, before in reversed(saved_functions):
             setattr(owner, name, before)
-        for layer, before in reversed(saved_calls):
+        for layer, attribute, before in reversed(saved_attributes):
             if before is _MISSING:
-                layer.__dict__.pop("call", None)
+                layer.__dict__.pop(attribute, None)
             else:
-                object.__setattr__(layer, "call", before)
+                object.__setattr__(layer, attribute, before)
 
 
 def op_site_path(layer_path: str, index: int) -> str:

@@ -11,6 +11,11 @@ How each site kind (DESIGN.md) is rewritten:
   alphas are shared like the layer's kernel.
 * **activation** / **relu_layer** (`Activation('relu')`, `ReLU(...)`): replaced by the new
   activation layer, which keeps the old name.
+* **op-level** (`op:...`, a ReLU applied as a function call): only where that is exact — a custom
+  `activation` that is exactly one ReLU is rewritten as a fused one, an `Activation` or `Lambda`
+  layer whose function is exactly one ReLU as an `Activation('relu')` layer; a ReLU inside `call`
+  code is left, with the reason (`deadrelu.op_fixes`). When no selected site can be rewritten, the
+  result says "nothing patched" (`PatchResult.changed` is False) and the command line writes nothing.
 
 Caps (`relu6`, `max_value`) and thresholds are kept, exactly, with built-in layers:
 
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import deadrelu.validation as validation
 from deadrelu.errors import UnsupportedModelError, UsageError
+from deadrelu.op_fixes import old_text, patch_twin, with_op_sites
 from deadrelu.rewriter import LEAKY, PRELU, Rewriter, rebuildable, subclassed_message
 from deadrelu.sites import Site, SiteMap, find_sites
 
@@ -68,7 +74,7 @@ class Rewrite:
 
     Attributes:
         path: The site's path.
-        kind: "fused", "activation" or "relu_layer".
+        kind: "fused", "activation" or "relu_layer", or an op-level kind ("op:relu", ...).
         layer: Class name of the site's layer.
         old: The original nonlinearity, e.g. "Dense(activation='relu')".
         new: What replaces it, e.g. "Dense(activation='linear') → PReLU(alpha_init=0.25, per channel)".
@@ -129,6 +135,11 @@ class PatchResult:
         from deadrelu.display import patch_renderable
 
         return patch_renderable(self)
+
+    @property
+    def changed(self) -> bool:
+        """Whether any site was rewritten (else `model` is an unchanged copy: "nothing patched")."""
+        return bool(self.rewrites)
 
     def to_dict(self) -> dict:
         out = {
@@ -305,22 +316,38 @@ def patch_model(
     )
     batch_size = validation.positive_int(batch_size, "batch_size")
     _check_model(model)
-    site_map = find_sites(model)
+    site_map, found_notes = with_op_sites(model, find_sites(model), data)
     selected, kept, notes = select_sites(site_map, sites=sites, only=only, report=report, layers=layers)
-    rewriter = Rewriter(model, selected, to=to, alpha=alpha, alpha_init=alpha_init, shared_axes=prelu_shared_axes)
+    notes = found_notes + notes
+    # Op-level sites are rewritten only where a layer-level twin is exact (`deadrelu.op_fixes`).
+    rewritable, op_skipped, op_sites = [], {}, {}
+    for site in selected:
+        if site.op_level:
+            twin, reason = patch_twin(site)
+            if twin is None:
+                op_skipped[site.path] = reason
+                continue
+            op_sites[site.path], site = site, twin
+        rewritable.append(site)
+    rewriter = Rewriter(model, rewritable, to=to, alpha=alpha, alpha_init=alpha_init, shared_axes=prelu_shared_axes)
     patched = rewriter.run()
     rewrites = []
-    for site in selected:
+    for site in rewritable:
         if site.path in rewriter.skipped:
             continue
         rewrite = Rewrite(**rewriter.rewrites[id(site.layer)])
+        if site.path in op_sites:
+            rewrite.kind, rewrite.old = op_sites[site.path].kind, old_text(op_sites[site.path])
         if report is not None:
             site_report = _report_site(report, site.path)
             rewrite.units, rewrite.dead = site_report.units, len(site_report.dead)
         rewrites.append(rewrite)
+    skipped = {**op_skipped, **rewriter.skipped}
     if not selected:
-        notes.append("no site selected: the patched model is an unchanged copy")
-    for path, reason in rewriter.skipped.items():
+        notes.append("nothing patched: no site selected (the result is an unchanged copy)")
+    elif not rewrites:
+        notes.append("nothing patched: no selected site can be rewritten (the result is an unchanged copy)")
+    for path, reason in skipped.items():
         notes.append(f"left {path} as it was: {reason}")
     notes.extend(rewriter.notes)
     settings = {"to": to, "only": only, "layers": layers}
@@ -347,7 +374,7 @@ def patch_model(
         settings=settings,
         rewrites=rewrites,
         kept=kept,
-        skipped=dict(rewriter.skipped),
+        skipped=skipped,
         notes=notes,
         check=check,
     )

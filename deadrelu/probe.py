@@ -431,12 +431,12 @@ class Probe:
             # and those symbolic outputs must not be counted as calls.
             self.model(one, training=False)
             with hooked(self.site_map, self._recorder), self._recorder.recording() as records, \
-                    self._intercepting(discovered):
+                    self._intercepting(discovered) as interception:
                 self.model(one, training=False)
-        except Exception as exc:
+        except Exception as exc:  # a shape/dtype mismatch is the user's data
             raise DataError(f"the model cannot run on this data ({_first_line(exc)}); "
                             f"check the data's shape against the model input {_input_shape(self.model)}") from exc
-        self._sites = layer_level + op_sites
+        self._sites = layer_level + [_how_applied(site, interception, self.site_map) for site in op_sites]
         layout = []
         for site in self._sites:
             outputs = [out for index, out in records if index == site.index]
@@ -459,7 +459,8 @@ class Probe:
         known = self.site_map.layer_paths
         layers = {id(layer): layer for layer in [self.model] + child_layers(self.model, recursive=True)
                   if id(layer) in known}
-        return intercept_relus(on_apply, layers.values(), quiet_layers=self.site_map.quiet_layers,
+        callables = [(layers[key], attribute) for key, attribute in self.site_map.callables.items() if key in layers]
+        return intercept_relus(on_apply, layers.values(), callables=callables, quiet_layers=self.site_map.quiet_layers,
                                quiet=self._recorder.is_quiet)
 
     def _traced_op(self, outer_graph):
@@ -668,6 +669,20 @@ def _op_site(application: Application, index: int, site_map: SiteMap, taken: set
         layer = weakref.proxy(layer)
     return Site(path, layer, relu.kind, relu.activation, relu.max_value, relu.threshold, axis, index,
                 call_index=application.index)
+
+
+def _how_applied(site: Site, interception, site_map: SiteMap) -> Site:
+    """The op-level site with what the eager pass learnt of how its layer applies it."""
+    how = interception.applied.get((id(site.layer), site.call_index))
+    if how is None:
+        return dataclasses.replace(site, applied_in="call")
+    fed_by = how.fed_by
+    calls = interception.calls
+    if fed_by is not None and (id(fed_by) not in site_map.layer_paths
+                               or calls.get(id(fed_by)) != calls.get(id(site.layer))):
+        fed_by = None  # not a layer of the model, or called elsewhere too: its units are not the site's alone
+    return dataclasses.replace(site, applied_in=how.applied_in, fed_by=fed_by,
+                               fed_by_path=site_map.layer_paths[id(fed_by)] if fed_by is not None else None)
 
 
 def _top_model_id(site_map: SiteMap) -> int | None:

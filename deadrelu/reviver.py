@@ -76,7 +76,9 @@ from deadrelu.edits import Edits, cut_inputs, draw_columns, kernel_of, reinitial
 from deadrelu.errors import UsageError
 from deadrelu.graph import LayerGraph, Propagation, UnitTarget, is_batchnorm, weighted_kind
 from deadrelu.model_utils import OutputComparison, compare_outputs, copy_model
+from deadrelu.op_fixes import revive_twin, with_op_sites
 from deadrelu.patcher import check_only, select_sites
+from deadrelu.sites import KIND_OP_PREFIX
 
 if TYPE_CHECKING:
     import keras
@@ -356,11 +358,13 @@ def revive_in_place(
         raise UsageError(f"`report` must be a deadrelu.Report (from deadrelu.scan), got {type(report).__name__}; "
                          "to revive from data, call revive_model(model, data)")
     only = check_only(only, report)
-    site_map = find_sites(model)
+    site_map, found_notes = find_sites(model), []
+    if any(entry.kind.startswith(KIND_OP_PREFIX) and entry.dead for entry in report.sites):
+        site_map, found_notes = with_op_sites(model, site_map, data)
     selected, _, notes = select_sites(site_map, sites=sites, only=only, report=report, action="revive")
     wanted = {site.path for site in selected}
     by_path = {site.path: site for site in site_map.sites}
-    result = ReviveResult(notes=notes, model=model)
+    result = ReviveResult(notes=found_notes + notes, model=model)
     graph = LayerGraph.build(model)
 
     # Units known to be zero on the data: every dead unit the report names, targeted or not.
@@ -373,12 +377,22 @@ def revive_in_place(
         if site is None:
             result.skipped[entry.path] = "not found in this model (is the report from another model?)"
             continue
+        producer = None
+        if site.op_level:  # only where its units' weights are known (`deadrelu.op_fixes`)
+            twin, producer, reason = revive_twin(site)
+            if twin is None:
+                if entry.path in wanted:
+                    result.skipped[entry.path] = reason
+                continue
+            site = twin
         units = np.asarray(sorted(entry.dead), dtype=np.int64)
         zero_units[id(site.layer)] = (site, units)
         if entry.path not in wanted:
             continue
         target = UnitTarget(site=site, units=units, live=np.setdiff1d(np.arange(entry.units), units))
-        reason = graph.find_owner(target)
+        reason = graph.find_owner(target) if producer is None else _fed_owner(graph, target, producer)
+        if not reason and site.op_level:
+            target.threshold = float(site.threshold or 0.0)
         if reason:
             result.skipped[entry.path] = reason
         else:
@@ -576,6 +590,17 @@ def _batchnorm_cannot_block(layer, rows: np.ndarray) -> str | None:
             f"its revived units feed BatchNormalization '{layer.name}', which has no offset (beta) to "
             "hold the channel's old constant value"
         )
+    return None
+
+
+def _fed_owner(graph: LayerGraph, target: UnitTarget, producer) -> str | None:
+    """An op-level site whose layer returns `relu(producer(x))`: its units are the producer's."""
+    if not graph.nodes_of.get(id(target.site.layer)):
+        return (
+            "not part of a functional graph deadrelu can follow (inside a subclassed model or a wrapper?); "
+            "its dead units are left as they are"
+        )
+    target.producer = producer
     return None
 
 

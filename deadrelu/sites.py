@@ -60,6 +60,11 @@ class Site:
             so the cell's activation is observed once per time step (each step a call); else None.
         call_index: For an op-level site, its position among the ReLUs applied during one call of
             `layer` (the `k` of the path `<layer path>:relu_<k>`); None for layer-level sites.
+        applied_in: For an op-level site: "activation" (the layer's custom `activation` is exactly
+            this ReLU), "function" (a `Lambda`'s function is) or "call" (inside `call` code).
+        fed_by: For an op-level site applied in `call` code that returns its output: the sublayer
+            whose output it takes (`return relu(self.dense(x))`), else None.
+        fed_by_path: The path of `fed_by`.
     """
 
     path: str
@@ -73,6 +78,9 @@ class Site:
     hook: tuple = dataclasses.field(compare=False, repr=False, default=())
     recurrent: object = dataclasses.field(compare=False, repr=False, default=None)
     call_index: int | None = None
+    applied_in: str | None = None
+    fed_by: object = dataclasses.field(compare=False, repr=False, default=None)
+    fed_by_path: str | None = None
 
     @property
     def layer_class(self) -> str:
@@ -99,6 +107,10 @@ class Site:
             params["channel_axis"] = self.channel_axis
         if self.recurrent is not None:
             params["time_steps"] = _time_steps(self.recurrent)  # each step is one call of the site
+        if self.applied_in is not None:
+            params["applied_in"] = self.applied_in
+        if self.fed_by_path is not None:
+            params["fed_by"] = self.fed_by_path
         return params
 
 
@@ -125,6 +137,10 @@ class SiteMap:
         quiet_layers: `id`s of layers whose own ReLU ops are already accounted for (activation
             layers that keep a gradient, recurrent layers listed as not measured): ReLUs they apply
             are not op-level sites.
+        callables: Callable attributes that may apply a ReLU, by layer `id`: "activation" for an
+            activation deadrelu does not know, "function" for a `Lambda`.
+        custom_code: Whether the model runs code of its own (a layer or model class not from
+            Keras, a `Lambda`, a custom activation): the only places op-level sites can be.
         notes: One-line remarks on what runs but is not measured (filled by the probe).
     """
 
@@ -132,6 +148,8 @@ class SiteMap:
     others: list[OtherActivation]
     layer_paths: dict[int, str] = dataclasses.field(default_factory=dict, repr=False)
     quiet_layers: set[int] = dataclasses.field(default_factory=set, repr=False)
+    callables: dict[int, str] = dataclasses.field(default_factory=dict, repr=False)
+    custom_code: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
@@ -174,7 +192,9 @@ def find_sites(model) -> SiteMap:
     seen: set[int] = set()
     paths: set[str] = set()
     layer_paths: dict[int, str] = {}
+    visited: list = []
     quiet: set[int] = set()
+    callables: dict[int, str] = {}
 
     def unique(path: str) -> str:
         # Subclassed models may hold two layers with the same name; a path must name one site.
@@ -190,7 +210,8 @@ def find_sites(model) -> SiteMap:
         seen.add(id(layer))
         path = unique(f"{prefix}{layer.name}")
         layer_paths[id(layer)] = path
-        _classify(layer, path, previous, sites, others, wrapper, quiet)
+        visited.append(layer)
+        _classify(layer, path, previous, sites, others, wrapper, quiet, callables)
         if getattr(layer, "cell", None) is not None:
             return  # a recurrent layer: its cell's activation is the layer's own, said once above
         sublayers = children(layer)
@@ -209,7 +230,9 @@ def find_sites(model) -> SiteMap:
     # ReLUs applied by the model's own `call` are named after the model (after its layers, so a
     # layer of the same name keeps its path).
     layer_paths[id(model)] = unique(model.name)
-    return SiteMap(sites=sites, others=others, layer_paths=layer_paths, quiet_layers=quiet)
+    custom = bool(callables) or any(not type(layer).__module__.startswith("keras.") for layer in [model, *visited])
+    return SiteMap(sites=sites, others=others, layer_paths=layer_paths, quiet_layers=quiet, callables=callables,
+                   custom_code=custom)
 
 
 def _is_time_distributed(layer) -> bool:
@@ -236,10 +259,14 @@ def children(layer: Any) -> list:
     return [child for child in child_layers(layer) if not isinstance(child, keras.layers.InputLayer)]
 
 
-def _classify(layer, path: str, previous, sites: list, others: list, wrapper=None, quiet: set | None = None) -> None:
+def _classify(layer, path: str, previous, sites: list, others: list, wrapper=None, quiet: set | None = None,
+              callables: dict | None = None) -> None:
     import keras
 
     quiet = set() if quiet is None else quiet
+    callables = {} if callables is None else callables
+    if isinstance(layer, keras.layers.Lambda):
+        callables[id(layer)] = "function"  # may apply a ReLU: found, and checked, while the model runs
     cls = type(layer).__name__
     index = len(sites)
 
@@ -269,6 +296,7 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
     if name not in _SITE_ACTIVATIONS and not _is_keras_activation(fn, name):
         # A lambda, a partial, a user's function: what it applies is found while the model runs.
         others.append(OtherActivation(path, cls, name or type(fn).__name__, UNKNOWN_REASON))
+        callables[id(layer)] = "activation"
         return
     is_activation_layer = isinstance(layer, keras.layers.Activation)
     if name in _SITE_ACTIVATIONS:

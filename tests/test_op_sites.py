@@ -85,6 +85,7 @@ class Gated(L.Layer):
         return {**super().get_config(), "units": self.units, "spelling": self.spelling, "conv": self.conv}
 
 
+@keras.saving.register_keras_serializable("deadrelu_tests")
 class TwoRelus(L.Layer):
     """A custom layer applying two ReLUs in one call: `relu(a(x)) * 1 + relu6(b(x))`."""
 
@@ -95,6 +96,9 @@ class TwoRelus(L.Layer):
 
     def call(self, x):
         return ops.relu(self.a(x)) + ops.relu6(self.b(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.a.units}
 
 
 class TfNet(keras.Model):
@@ -419,9 +423,16 @@ def test_threshold_params_and_op_site_paths_are_stable():
         == [s.path for s in fresh.sites]
         == ["two:relu_0", "two:relu_1"]
     )
-    assert first.site("two:relu_1").params == {"activation": "relu6", "max_value": 6.0}
-    threshold = deadrelu.scan(_threshold().model, _threshold().x).site("block_2:relu_0")
-    assert threshold.params == {"activation": "relu", "threshold": 0.5}
+    assert first.site("two:relu_1").params == {"activation": "relu6", "max_value": 6.0, "applied_in": "call"}
+    case = _threshold()
+    threshold = deadrelu.scan(case.model, case.x).site("block_2:relu_0")
+    gate = case.model.get_layer("block_2").gate.name
+    assert threshold.params == {
+        "activation": "relu",
+        "threshold": 0.5,
+        "applied_in": "call",
+        "fed_by": f"block_2/{gate}",
+    }
 
 
 # -- no double counting, no change for layer-only models ------------------------------------------
@@ -546,3 +557,101 @@ def test_json_report_compare_monitor_and_inspect(tmp_path):
     )
     assert main(["report", str(tmp_path / "a.json"), "--compare", str(tmp_path / "b.json"), "--quiet"]) in (0, 1)
     assert main(["inspect", str(path)]) == 0
+
+
+# -- patch and revive: fixes where they can be done, reasons where they cannot --------------------
+
+REWRITABLE = ["activation=lambda", "activation=named-function", "Lambda-unsafe"]
+REVIVABLE = REWRITABLE + [
+    "custom-layer-ops.relu",
+    "custom-layer-tf.nn.relu",
+    "activations.relu-threshold",
+    "custom-layer-used-twice",
+    "nested-model",
+    "custom-conv-layer",
+]
+LEFT = {  # case: (patch reason, revive reason), each a phrase of the reason given
+    "custom-layer-ops.relu": ("inside Gated.call", None),
+    "two-relus-in-one-call": ("inside TwoRelus.call", "cannot tell which weights"),
+    "time-distributed-custom-layer": ("inside Gated.call", "not part of a functional graph"),
+}
+
+
+@pytest.mark.parametrize("name", REWRITABLE)
+def test_patch_rewrites_an_exact_relu_callable(name, tmp_path):
+    case = CASES[name](tmp_path)
+    [path] = case.dead
+    result = deadrelu.patch_model(case.model, "prelu", data=case.x)
+    assert result.changed and result.skipped == {}
+    [rewrite] = result.rewrites
+    assert rewrite.path == path and rewrite.kind == "op:relu" and rewrite.old.endswith(": op:relu")
+    assert result.check.passed and result.check.max_abs_diff == 0.0  # alpha 0 is the original function
+    patched = deadrelu.scan(result.model, case.x)
+    assert not [s for s in patched.sites if s.kind.startswith("op:")]  # the ReLU became a PReLU layer
+    assert any(isinstance(layer, L.PReLU) for layer in result.model.layers)
+
+
+@pytest.mark.parametrize("name", REVIVABLE)
+def test_revive_reinitialises_op_level_dead_units_outputs_unchanged(name, tmp_path):
+    from deadrelu.reviver import revive_in_place
+
+    case = CASES[name](tmp_path)
+    before = to_numpy(case.model(case.x, training=False))
+    report = deadrelu.scan(case.model, case.x, batch_size=BATCH)
+    result = revive_in_place(case.model, report, seed=0, data=case.x)  # in place: lambdas do not copy
+    assert result.revived == case.dead and result.skipped == {}
+    np.testing.assert_allclose(to_numpy(case.model(case.x, training=False)), before, rtol=0, atol=1e-6)
+    after = deadrelu.scan(case.model, case.x, batch_size=BATCH)
+    assert all(after.site(path).dead == [] for path in case.dead)
+
+
+@pytest.mark.parametrize("name", list(LEFT))
+def test_sites_patch_and_revive_cannot_change_are_left_with_the_reason(name, tmp_path):
+    case = CASES[name](tmp_path)
+    patch_reason, revive_reason = LEFT[name]
+    result = deadrelu.patch_model(case.model, "leaky")
+    assert not result.changed and set(result.skipped) == set(case.dead)
+    assert all(patch_reason in reason for reason in result.skipped.values())
+    assert "nothing patched: no selected site can be rewritten (the result is an unchanged copy)" in result.notes
+    if revive_reason is not None:
+        revived = deadrelu.revive_model(case.model, case.x, seed=0)
+        assert revived.revived == {} and set(revived.skipped) == set(case.dead)
+        assert all(revive_reason in reason for reason in revived.skipped.values())
+
+
+def test_cli_writes_nothing_when_nothing_changed_and_hints_only_what_can_act(tmp_path, capfd):
+    from deadrelu.cli import main
+
+    def run(argv):
+        code = main([str(a) for a in argv])
+        return code, capfd.readouterr()
+
+    data = tmp_path / "x.npz"
+    custom = _custom_layer()  # revive can act (Dense inside the layer), patch cannot
+    np.savez(data, x=custom.x)
+    custom.model.save(tmp_path / "custom.keras")
+    code, (_, err) = run(["scan", tmp_path / "custom.keras", "--data", data])
+    [hint] = [line for line in err.splitlines() if line.startswith("deadrelu: next:")]
+    assert code == 0 and "deadrelu revive" in hint and "deadrelu patch" not in hint
+    code, (_, err) = run(["patch", tmp_path / "custom.keras", "--to", "leaky", "-o", tmp_path / "p.keras", "--quiet"])
+    assert code == 2 and "nothing patched: the selected site cannot be rewritten" in err
+    assert "inside Gated.call" in err and not (tmp_path / "p.keras").exists()
+    code, (out, _) = run(["revive", tmp_path / "custom.keras", "--data", data, "-o", tmp_path / "r.keras", "--quiet"])
+    assert code == 0 and (tmp_path / "r.keras").exists() and "3 revived" in out
+
+    two = _two_in_one_call()  # neither can act
+    two.model.save(tmp_path / "two.keras")
+    np.savez(data, x=two.x)
+    code, (_, err) = run(["scan", tmp_path / "two.keras", "--data", data])
+    [hint] = [line for line in err.splitlines() if line.startswith("deadrelu: next:")]
+    assert "revive and patch cannot change the flagged sites (two:relu_0, two:relu_1)" in hint and "`" not in hint
+    code, (_, err) = run(["revive", tmp_path / "two.keras", "--data", data, "-o", tmp_path / "r2.keras", "--quiet"])
+    assert code == 2 and "nothing revived: none of the 2 dead units can be re-initialised" in err
+    assert not (tmp_path / "r2.keras").exists()
+
+    healthy = keras.Sequential([keras.Input((5,)), L.Dense(4, activation="relu"), L.Dense(2)])
+    healthy.layers[0].bias.assign(np.full(4, 100.0, np.float32))  # every unit fires: nothing to revive
+    healthy.save(tmp_path / "healthy.keras")
+    code, (out, _) = run(["revive", tmp_path / "healthy.keras", "--data", data, "-o", tmp_path / "r3.keras"])
+    assert code == 0 and "nothing revived: no dead units; nothing was written" in out
+    assert not (tmp_path / "r3.keras").exists()

@@ -54,6 +54,8 @@ class PatchRun:
 def run(args, output) -> int:
     out_path = resolve_output(args)
     patched = make_patch(args, output, out_path)
+    if not patched.result.changed:
+        return nothing_patched(patched, output)
     if args.retrain:
         # The patched model is trained in place, so OUT holds the retrained model.
         patched.comparison = retrain_from_args(args, output, patched.loaded.model,
@@ -113,6 +115,8 @@ def make_patch(args, output, out_path: str = "") -> PatchRun:
     if args.alpha_init is not None:
         slopes["alpha_init"] = args.alpha_init
     result = patch_model(loaded.model, args.to, **slopes, **options)
+    if not result.changed:
+        return PatchRun(loaded=loaded, result=result, check=None, report=report, output=out_path)
     check = patch_self_check(loaded.model, args.data, to=args.to, batch_size=args.batch_size,
                              samples=args.samples or 1024, synthetic_samples=args.samples or 256,
                              rescale=args.rescale, **options)
@@ -120,6 +124,31 @@ def make_patch(args, output, out_path: str = "") -> PatchRun:
         raise SelfCheckError(f"{check.describe()}, above the tolerance {check.tolerance:g}; "
                              "the patch would change the model, so nothing was written")
     return PatchRun(loaded=loaded, result=result, check=check, report=report, output=out_path)
+
+
+def nothing_patched(patched: PatchRun, output) -> int:
+    """No site was rewritten: say why and write nothing.
+
+    Returns:
+        0 when no site was selected (nothing to do).
+
+    Raises:
+        UnsupportedModelError: Sites were selected but none can be rewritten (exit 2).
+    """
+    from deadrelu.errors import UnsupportedModelError
+
+    result = patched.result
+    for note in result.notes:
+        if not note.startswith("nothing patched"):
+            output.note(note)
+    if result.skipped:
+        count = len(result.skipped)
+        path, reason = next(iter(result.skipped.items()))
+        which = f"none of the {count} selected sites can" if count > 1 else "the selected site cannot"
+        first = f"{'e.g. ' if count > 1 else ''}{path} is {reason.removeprefix('it sits ')}"
+        raise UnsupportedModelError(f"nothing patched: {which} be rewritten ({first}); nothing was written")
+    output.out.print("nothing patched: no site selected; nothing was written", markup=False)
+    return EXIT_OK
 
 
 def save(patched: PatchRun, args, output) -> None:

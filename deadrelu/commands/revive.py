@@ -69,6 +69,8 @@ class ReviveRun:
 def run(args, output) -> int:
     out_path = resolve_output(args)
     revived = make_revival(args, output, out_path)
+    if not revived.result.units_revived:
+        return nothing_revived(revived, args, output)
     check_outputs(revived, args)
     rescan(revived, args, output)
     if args.retrain:
@@ -153,6 +155,30 @@ def rescan(revived: ReviveRun, args, output) -> None:
                              rescale=args.rescale, on_start=on_start, on_batch=on_batch)
 
 
+def nothing_revived(revived: ReviveRun, args, output) -> int:
+    """No unit was re-initialised: say why and write nothing.
+
+    Returns:
+        0 when the selected sites have no dead units (nothing to do).
+
+    Raises:
+        UnsupportedModelError: There are dead units but none can be re-initialised (exit 2).
+    """
+    from deadrelu.errors import UnsupportedModelError
+
+    show(revived, args, output, wrote=False)
+    selected = [s for s in revived.before.sites if s.dead and (not args.sites or s.path in args.sites)]
+    if selected:
+        dead = sum(len(s.dead) for s in selected)
+        path = next(s.path for s in selected if s.path in revived.result.skipped) if revived.result.skipped else None
+        first = f" (e.g. {path}: {revived.result.skipped[path]})" if path else ""
+        raise UnsupportedModelError(f"nothing revived: none of the {dead:,} dead units can be re-initialised{first}; "
+                                    "nothing was written")
+    which = "the selected sites have no dead units" if args.sites else "no dead units"
+    output.out.print(f"nothing revived: {which}; nothing was written", markup=False)
+    return EXIT_OK
+
+
 def save(revived: ReviveRun, args, output) -> None:
     """Writes OUT (atomically) and the --json summary."""
     from deadrelu.saving import save_model
@@ -197,7 +223,7 @@ def summary_dict(revived: ReviveRun) -> dict:
     }
 
 
-def show(revived: ReviveRun, args, output) -> None:
+def show(revived: ReviveRun, args, output, *, wrote: bool = True) -> None:
     """The per-site table, the output check, dead before → after, and where the files went."""
     from rich.table import Table
     from rich.text import Text
@@ -229,7 +255,7 @@ def show(revived: ReviveRun, args, output) -> None:
             cells.append(Text(reason, style="yellow"))
             table.add_row(*cells)
         output.out.print(table)
-    else:
+    elif wrote:
         output.out.print("no dead units: nothing to revive", markup=False)
     for note in revived.notes:
         output.note(note)
@@ -242,6 +268,8 @@ def show(revived: ReviveRun, args, output) -> None:
         s = revived.after.summary
         line += f" → {s['dead']:,} ({100 * s['dead_fraction']:.1f}%)"
     output.out.print(f"{line}; {result.units_revived:,} revived", markup=False)
+    if not wrote:
+        return
     output.out.print(f"wrote {revived.output}", markup=False)
     if args.json:
         output.note(f"wrote summary {args.json}", style="dim")

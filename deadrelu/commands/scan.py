@@ -63,20 +63,41 @@ def run(args, output) -> int:
         with SummaryWriter(args.tensorboard) as writer:
             writer.write(report, step=args.tensorboard_step)
         output.note(f"wrote TensorBoard summaries into {writer.path} (step {args.tensorboard_step})", style="dim")
-    hint = next_step(report, args)
+    hint = next_step(report, args, loaded.model)
     if hint and args.format == "table":
         output.note(hint, style="dim")
     return code
 
 
-def next_step(report, args) -> str | None:
-    """One line saying which command fixes what the scan found (only for flagged sites on real data)."""
+def next_step(report, args, model=None) -> str | None:
+    """One line saying which command fixes what the scan found (only for flagged sites on real data).
+
+    It names only the commands that can act on the flagged sites (`deadrelu.op_fixes.actions`):
+    none for a subclassed model or ReLUs inside layer code, `revive` alone where `patch` cannot
+    rewrite, and says so when neither can.
+    """
     import shlex
+
+    from deadrelu.op_fixes import actions
+    from deadrelu.rewriter import rebuildable
 
     flagged = [s for s in report.sites if s.flagged]
     if not flagged or report.data.get("synthetic") or not args.data:
         return None
-    revive = ["deadrelu", "revive", args.model, "--data", args.data]
-    patch = ["deadrelu", "patch", args.model, "--to", "leaky"]
-    return (f"next: `{shlex.join(revive)}` re-initialises the {report.summary['dead']:,} dead units (ReDo); "
-            f"`{shlex.join(patch)}` rewrites the ReLUs so units cannot die again; add --retrain to compare")
+    can = {s.path: actions(s, model is None or rebuildable(model)) for s in report.sites}
+    revivable = sum(len(s.dead) for s in report.sites if "revive" in can[s.path])
+    parts = []
+    if any("revive" in can[s.path] for s in flagged):
+        revive = ["deadrelu", "revive", args.model, "--data", args.data]
+        dead = report.summary["dead"]
+        which = f"{dead:,}" if revivable == dead else f"{revivable:,} of the {dead:,}"
+        parts.append(f"`{shlex.join(revive)}` re-initialises the {which} dead units (ReDo)")
+    if any("patch" in can[s.path] for s in flagged):
+        patch = ["deadrelu", "patch", args.model, "--to", "leaky"]
+        parts.append(f"`{shlex.join(patch)}` rewrites the ReLUs so units cannot die again")
+    if not parts:
+        where = ", ".join(s.path for s in flagged[:3]) + (", ..." if len(flagged) > 3 else "")
+        return (f"next: revive and patch cannot change the flagged sites ({where}): they are ReLUs in code "
+                "deadrelu cannot edit (a subclassed model's or a layer's call); apply a LeakyReLU there "
+                "(keras.ops.leaky_relu) and retrain")
+    return "next: " + "; ".join(parts) + "; add --retrain to compare"
