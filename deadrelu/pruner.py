@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deadrelu import validation
+import deadrelu.validation as validation
 from deadrelu.errors import DeadReluError, UnsupportedModelError, UsageError
 from deadrelu.graph import (
     Escape,

@@ -92,6 +92,7 @@ COMMANDS = {
     "report": (("--json", "--plot", "--html"), ("report input", "compare")),
     "patch": (("-o", "-o --force", "--json", "--curves"), MODEL_INPUTS + RETRAIN_INPUTS),
     "revive": (("-o", "-o --force", "--json", "--curves"), MODEL_INPUTS + RETRAIN_INPUTS),
+    "prune": (("-o", "-o --force", "--json", "--curves"), MODEL_INPUTS + RETRAIN_INPUTS),
 }
 SPELLINGS = ("same path", "./ path", "symlink", "hard link")
 
@@ -102,7 +103,8 @@ def _argv(command: str, kind: str, folder: Path) -> list:
     if command == "report":
         return ["report", *give] if kind == "report input" else ["report", folder / "scan.json", *give]
     model = [] if kind in ("model", "savedmodel") else [folder / "m.keras"]
-    extra = {"patch": ["--to", "leaky"], "revive": ["--data", folder / "val.npz"] if "--data" not in give else []}
+    data = ["--data", folder / "val.npz"] if "--data" not in give else []
+    extra = {"patch": ["--to", "leaky"], "revive": data, "prune": data}
     return [command, *model, *give, *extra.get(command, [])]
 
 
