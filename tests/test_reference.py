@@ -337,7 +337,9 @@ def _verdict_data(n=200):
     x[7, 1] = 0.5                                                # 1: fires once in 200 → dying
     x[:, 2] = 10.0                                               # 2: always ≥ 6 → saturated (capped)
     x[:, 3] = 10.0
-    x[:2, 3] = 1.0                                               # 3: 198/200 = 0.99 at the cap → saturated
+    x[0, 3] = 1.0
+    x[1, 3] = -1.0                                               # 3: 198/200 = 0.99 at the cap → saturated,
+    #                                                              and fires on 199/200 (< 1: a dying candidate)
     x[:, 4] = 10.0
     x[:3, 4] = 1.0                                               # 4: 197/200 at the cap → not saturated
     x[::2, 5] = -1.0                                             # 5: fires on half → healthy
@@ -347,9 +349,9 @@ def _verdict_data(n=200):
 @pytest.mark.parametrize("act, dying, dead, sat, dying_units", [
     ("relu", 0.01, [0], [], [1]),
     ("relu6", 0.01, [0], [2, 3], [1]),
-    # A dying threshold above every rate: all live units are dying — except the saturated ones,
-    # because saturated is checked first.
-    ("relu6", 1.01, [0], [2, 3], [1, 4, 5]),
+    # At the highest dying threshold (1.0) every unit that misses a sample is dying — unit 3 too,
+    # but it is saturated, and saturated is checked first. Unit 4 fires on every sample.
+    ("relu6", 1.0, [0], [2, 3], [1, 5]),
     ("relu", 0.005, [0], [], []),  # 1/200 is not < 0.005
 ])
 def test_verdicts_first_match_wins(act, dying, dead, sat, dying_units):
