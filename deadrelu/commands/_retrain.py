@@ -3,8 +3,6 @@ copy) under the same budget, and print what helped."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from deadrelu.commands._common import INPUT_DATA, OUTPUT_FILE, fraction, number, positive_int
 
 
@@ -86,6 +84,7 @@ def show_comparison(comparison, args, output) -> None:
 def _materialize(data) -> tuple:
     """All batches joined: arrays, or lists/dicts of them for several inputs or outputs."""
     import keras
+    import numpy as np
 
     xs, ys = zip(*data.batches(4096, labels=True))
     join = lambda parts: keras.tree.map_structure(lambda *arrays: np.concatenate(arrays), *parts)  # noqa: E731
