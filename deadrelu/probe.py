@@ -267,7 +267,10 @@ class Probe:
     def __init__(self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None,
                  weak: bool = False):
         self._model = weakref.ref(model) if weak else (lambda: model)
-        self.site_map = site_map if site_map is not None else find_sites(model)
+        site_map = site_map if site_map is not None else find_sites(model)
+        if any(site.op_level for site in site_map.sites):  # a complete map: its op-level sites are found again
+            site_map = dataclasses.replace(site_map, sites=[site for site in site_map.sites if not site.op_level])
+        self.site_map = site_map
         self.gradients = gradients
         self._loss = loss
         self._loss_fn = None
@@ -509,8 +512,7 @@ class Probe:
             more = f"; and {len(unmeasured) - 3} more" if len(unmeasured) > 3 else ""
             notes.append(f"{len(unmeasured)} ReLU{'s' if len(unmeasured) > 1 else ''} ran that no site covers: "
                          f"{listed}{more}")
-        return SiteMap(sites=measured, others=others, layer_paths=site_map.layer_paths,
-                       quiet_layers=site_map.quiet_layers, notes=notes)
+        return dataclasses.replace(site_map, sites=measured, others=others, notes=notes)
 
     # -- the traced steps -----------------------------------------------------------------
 

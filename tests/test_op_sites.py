@@ -53,6 +53,12 @@ RELUS: dict[str, Callable] = {
     "activations.relu6": keras.activations.relu6,
     "tf.nn.relu6": tf.nn.relu6,
 }
+try:  # tf.keras 2's backend function, where installed: it reaches TensorFlow's Relu op directly
+    import tf_keras
+
+    RELUS["tf_keras.backend.relu"] = tf_keras.backend.relu
+except ImportError:
+    pass
 CAPS = {"max_value": 2.0, "ops.relu6": 6.0, "activations.relu6": 6.0, "tf.nn.relu6": 6.0}
 KINDS = {
     "threshold": "op:relu(threshold=0.5)",
@@ -347,6 +353,11 @@ CASES = {
     "custom-layer-ops.nn.relu": lambda tmp: _custom_layer("ops.nn.relu"),
     "custom-layer-activations.relu": lambda tmp: _custom_layer("activations.relu"),
     "custom-layer-tf.nn.relu": lambda tmp: _custom_layer("tf.nn.relu"),
+    **(
+        {"custom-layer-tf_keras.backend.relu": lambda tmp: _custom_layer("tf_keras.backend.relu")}
+        if "tf_keras.backend.relu" in RELUS
+        else {}
+    ),
     "subclassed-model-tf.nn.relu": lambda tmp: _subclassed(),
     "activations.relu-threshold": lambda tmp: _threshold(),
     "activations.relu-max_value": lambda tmp: _custom_layer("max_value"),
@@ -533,7 +544,7 @@ def test_relus_no_site_covers_are_said_in_one_line():
 # -- everything that reads a report treats them as sites -------------------------------------------
 
 
-def test_json_report_compare_monitor_and_inspect(tmp_path):
+def test_json_report_compare_plots_html_monitor_and_inspect(tmp_path, capfd):
     from deadrelu.cli import main
 
     case = _custom_layer()
@@ -551,12 +562,28 @@ def test_json_report_compare_monitor_and_inspect(tmp_path):
     case.model.fit(case.x, y, epochs=1, verbose=0, callbacks=[monitor])
     assert [s.path for s in monitor.last_report.sites] == ["block_2:relu_0"]
 
-    np.savez(tmp_path / "x.npz", x=case.x)
-    assert (
-        main(["scan", str(path), "--data", str(tmp_path / "x.npz"), "--json", str(tmp_path / "b.json"), "--quiet"]) == 0
-    )
-    assert main(["report", str(tmp_path / "a.json"), "--compare", str(tmp_path / "b.json"), "--quiet"]) in (0, 1)
+    np.savez(tmp_path / "x.npz", x=case.x, y=y)
+    scan = [
+        "scan",
+        path,
+        "--data",
+        tmp_path / "x.npz",
+        "--json",
+        tmp_path / "b.json",
+        "--gradients",
+        "--quiet",
+        "--loss",
+        "categorical_crossentropy",
+    ]
+    assert main([str(a) for a in scan]) == 0
+    assert deadrelu.Report.from_json(tmp_path / "b.json").site("block_2:relu_0").grad_mean_abs is not None
+    report = ["report", tmp_path / "b.json", "--compare", tmp_path / "a.json", "--html", tmp_path / "r.html"]
+    assert main([str(a) for a in report + ["--plot", tmp_path / "r.png", "--quiet"]]) == 0
+    assert "block_2:relu_0" in (tmp_path / "r.html").read_text() and (tmp_path / "r.png").stat().st_size > 0
+    capfd.readouterr()
     assert main(["inspect", str(path)]) == 0
+    out = capfd.readouterr().out
+    assert "block_2:relu_0" in out and "1 ReLU sites (1 applied as function calls" in out
 
 
 # -- patch and revive: fixes where they can be done, reasons where they cannot --------------------
