@@ -407,10 +407,12 @@ class Probe:
             self._acc.add_weight_accumulators(self._weight_groups)
 
         x_spec, y_spec = _structure_spec(x, y)
+        # No AutoGraph: the step has no data-dependent Python control flow, and Keras's own train and
+        # predict steps are not converted either (converting ours took most of a one-off scan's trace).
         if self.gradients:
-            self._step = tf.function(self._gradient_step, input_signature=[x_spec, y_spec])
+            self._step = tf.function(self._gradient_step, input_signature=[x_spec, y_spec], autograph=False)
         else:
-            self._step = tf.function(self._forward_step, input_signature=[x_spec])
+            self._step = tf.function(self._forward_step, input_signature=[x_spec], autograph=False)
 
     def _discover_layout(self, x) -> list[tuple[int, int, int]]:
         """Runs one sample eagerly with hooks: builds the model, checks the input, finds the
@@ -517,10 +519,9 @@ class Probe:
     # -- the traced steps -----------------------------------------------------------------
 
     def _forward_step(self, x):
-        with self._recorder.recording() as records, self._intercepting(self._traced_op(_default_graph())):
+        with self._recorder.recording() as records, self._intercepting(self._traced_op(_graph_of(x))):
             self.model(x, training=False)
-        for site_index, output in records:
-            self._acc.add_site(site_index, self._site_stats(site_index, output))
+        self._acc.add_sites([(site_index, self._site_stats(site_index, output)) for site_index, output in records])
         return 0
 
     def _site_stats(self, site_index: int, output, grad=None) -> dict:
@@ -534,7 +535,7 @@ class Probe:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            with self._recorder.recording(tape) as records, self._intercepting(self._traced_op(_default_graph())):
+            with self._recorder.recording(tape) as records, self._intercepting(self._traced_op(_graph_of(x))):
                 y_pred = self.model(x, training=False)
             per_sample = self._loss_fn(y, y_pred)
             total = tf.reduce_sum(per_sample)
@@ -542,8 +543,8 @@ class Probe:
         outputs = [output for _, output in records]
         grads = tape.gradient(total, outputs + variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        for (site_index, output), grad in zip(records, grads[:len(outputs)]):
-            self._acc.add_site(site_index, self._site_stats(site_index, output, grad))
+        self._acc.add_sites([(site_index, self._site_stats(site_index, output, grad))
+                             for (site_index, output), grad in zip(records, grads[:len(outputs)])])
         self._acc.add_weight_grads(grads[len(outputs):])
         self._acc.add_loss(total)
         return 0
@@ -713,10 +714,11 @@ def _unmeasurable(output, outer_graph) -> str | None:
     return None
 
 
-def _default_graph():
+def _graph_of(x):
+    """The graph being traced: that of the step's (symbolic) inputs."""
     import tensorflow as tf
 
-    return tf.compat.v1.get_default_graph()
+    return tf.nest.flatten(x)[0].graph
 
 
 def find_all_sites(model, data=None) -> SiteMap:

@@ -52,10 +52,9 @@ def site_batch_stats(site: Site, output: Any, grad: Any = None, *, positions: in
         positions = a.shape[1:-1].num_elements() if rank > 2 else 1
     flat = tf.reshape(a, [-1, positions if positions is not None else tf.reduce_prod(tf.shape(a)[1:-1]), units])
     # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds): "fires" is sign(a) and
-    # |a| is a. Sums over positions are batched `ones @ x` products and maxima a global max-pool:
-    # both run on oneDNN's fast kernels, where plain reductions over the middle axis take several
-    # times as long. Per-sample counts (≤ positions) are exact in float32.
-    per_sample_fires = _sum_positions(tf.sign(flat))  # [batch, units]
+    # |a| is a. Per-sample counts (≤ positions) are exact in float32.
+    fires = tf.sign(flat)
+    per_sample_fires = _sum_positions(fires)  # [batch, units]
     stats = {
         "fires": _sum_batch(per_sample_fires, tf.int64),
         "sample_fires": _sum_batch(tf.sign(per_sample_fires), tf.int64),
@@ -69,7 +68,7 @@ def site_batch_stats(site: Site, output: Any, grad: Any = None, *, positions: in
     if grad is not None:
         # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
         g = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
-        passes = tf.sign(flat) if at_cap is None else tf.sign(flat) * (1.0 - at_cap)
+        passes = fires if at_cap is None else fires * (1.0 - at_cap)
         g = tf.abs(g * passes)
         nonzero = _sum_batch(_sum_positions(tf.sign(g)), tf.int64)
         stats["grad_abs"] = _sum_batch(_sum_positions(g), tf.float64)
@@ -77,10 +76,21 @@ def site_batch_stats(site: Site, output: Any, grad: Any = None, *, positions: in
     return stats
 
 
+# Up to this many positions per sample, plain reductions over the middle axis are as fast as the
+# batched product and the max-pool below (which win by several times on large feature maps).
+_FEW_POSITIONS = 16
+
+
 def _sum_positions(x):
-    """[batch, positions, units] → [batch, units], as one batched matrix product."""
+    """[batch, positions, units] → [batch, units], as one batched matrix product (on oneDNN's fast
+    kernels) unless the positions are few."""
     import tensorflow as tf
 
+    positions = x.shape[1]
+    if positions == 1:  # Dense sites: nothing to reduce
+        return x[:, 0, :]
+    if positions is not None and positions <= _FEW_POSITIONS:
+        return tf.reduce_sum(x, axis=1)
     ones = tf.ones([tf.shape(x)[0], 1, tf.shape(x)[1]], x.dtype)
     return tf.matmul(ones, x)[:, 0, :]
 
@@ -90,7 +100,9 @@ def _max_positions(x):
     import tensorflow as tf
 
     positions = x.shape[1]
-    if positions is None:
+    if positions == 1:
+        return x[:, 0, :]
+    if positions is None or positions <= _FEW_POSITIONS:
         return tf.reduce_max(x, axis=1)
     pooled = tf.nn.max_pool2d(x[:, :, None, :], ksize=(positions, 1), strides=(positions, 1), padding="VALID")
     return pooled[:, 0, 0, :]
@@ -103,16 +115,30 @@ def _sum_batch(x, dtype):
     return tf.reduce_sum(tf.cast(x, dtype), axis=0)
 
 
+# Per statistic: the dtype of its total and the value a site without output this batch adds.
+_TOTALS = {
+    "fires": ("int64", 0),
+    "sample_fires": ("int64", 0),
+    "sum_abs": ("float64", 0.0),
+    "max": ("float32", -np.inf),  # combined by maximum; -inf keeps negative thresholds right
+    "saturated": ("int64", 0),
+    "grad_abs": ("float64", 0.0),
+    "grad_zero": ("int64", 0),
+}
+
+
 class Accumulators:
     """The probe's running totals, as variables updated inside the traced step.
 
-    Per site, one variable of shape [units] per statistic; per unit it holds:
+    One variable per statistic holds every site's units back to back (site `i` owns the slice
+    `offsets[i]:offsets[i + 1]`), so a step updates each statistic with one op whatever the number
+    of sites, and a reset or a read is a handful of calls. Per unit the statistics are:
 
         fires: (sample, position) pairs with a non-zero output (int64).
         sample_fires: Samples in which the unit fired at least once (int64).
         sum_abs: Sum of |output| (float64).
         max: The largest output (float32; -inf until reached, read as 0).
-        saturated: Pairs at the cap (int64; capped sites such as relu6 only).
+        saturated: Pairs at the cap (int64; capped sites such as relu6 only, their units alone).
         grad_abs: Sum of |∂ℓₙ/∂z| (float64; with gradients only).
         grad_zero: Pairs whose ∂ℓₙ/∂z is exactly zero (int64; with gradients only).
 
@@ -128,20 +154,15 @@ class Accumulators:
     def __init__(self, sites: list[Site], layout: list[tuple[int, int, int]], gradients: bool):
         import tensorflow as tf
 
-        self._vars: list[dict] = []
-        for site, (_, _, units) in zip(sites, layout):
-            entry = {
-                "fires": tf.Variable(tf.zeros([units], tf.int64), trainable=False),
-                "sample_fires": tf.Variable(tf.zeros([units], tf.int64), trainable=False),
-                "sum_abs": tf.Variable(tf.zeros([units], tf.float64), trainable=False),
-                "max": tf.Variable(tf.zeros([units], tf.float32), trainable=False),
-            }
-            if site.capped:
-                entry["saturated"] = tf.Variable(tf.zeros([units], tf.int64), trainable=False)
-            if gradients:
-                entry["grad_abs"] = tf.Variable(tf.zeros([units], tf.float64), trainable=False)
-                entry["grad_zero"] = tf.Variable(tf.zeros([units], tf.int64), trainable=False)
-            self._vars.append(entry)
+        self._units = [units for _, _, units in layout]
+        self._capped = [site.capped for site in sites]
+        names = ["fires", "sample_fires", "sum_abs", "max"] + (["grad_abs", "grad_zero"] if gradients else [])
+        if any(self._capped):
+            names.append("saturated")
+        self._totals = {}
+        for name in names:
+            size = sum(u for u, capped in zip(self._units, self._capped) if capped or name != "saturated")
+            self._totals[name] = tf.Variable(tf.zeros([size], _TOTALS[name][0]), trainable=False)
         self._weights: list[list] = []
         self._loss = tf.Variable(0.0, dtype=tf.float64, trainable=False) if gradients else None
 
@@ -154,27 +175,45 @@ class Accumulators:
 
     def reset(self) -> None:
         """Zeroes every total (maxima start at -inf) before a new pass over the data."""
-        for entry in self._vars:
-            for name, var in entry.items():
-                # ReLU outputs are ≥ 0 for threshold ≥ 0; -inf start keeps negative thresholds right.
-                var.assign(np.full(var.shape, -np.inf, np.float32) if name == "max"
-                           else np.zeros(var.shape, var.dtype.as_numpy_dtype))
+        for name, var in self._totals.items():
+            var.assign(np.full(var.shape, _TOTALS[name][1], var.dtype.as_numpy_dtype))
         for group in self._weights:
             for var in group:
                 var.assign(np.zeros(var.shape, np.float32))
         if self._loss is not None:
             self._loss.assign(0.0)
 
-    def add_site(self, index: int, stats: dict) -> None:
-        """Adds one batch's `site_batch_stats` of site `index` (maxima are combined by maximum)."""
+    def add_sites(self, records: list[tuple[int, dict]]) -> None:
+        """Adds one batch's `site_batch_stats`, one `(site index, stats)` per recorded output.
+
+        A site recorded several times in one batch (a layer called twice) adds up its records
+        (maxima by maximum); a site not recorded adds nothing.
+        """
         import tensorflow as tf
 
-        entry = self._vars[index]
-        for name, value in stats.items():
+        by_site: dict[int, list[dict]] = {}
+        for index, stats in records:
+            by_site.setdefault(index, []).append(stats)
+        for name, var in self._totals.items():
+            dtype, neutral = _TOTALS[name]
+            parts = []
+            for index, units in enumerate(self._units):
+                if name == "saturated" and not self._capped[index]:
+                    continue
+                values = [stats[name] for stats in by_site.get(index, [])]
+                if not values:
+                    parts.append(tf.fill([units], tf.constant(neutral, dtype)))
+                elif len(values) == 1:
+                    parts.append(values[0])
+                else:
+                    parts.append(tf.reduce_max(tf.stack(values), 0) if name == "max" else tf.add_n(values))
+            if not parts:
+                continue  # no sites (or no capped ones)
+            total = tf.concat(parts, 0) if len(parts) > 1 else parts[0]
             if name == "max":
-                entry[name].assign(tf.maximum(entry[name], value))
+                var.assign(tf.maximum(var, total))
             else:
-                entry[name].assign_add(value)
+                var.assign_add(total)
 
     def add_weight_grads(self, grads: list) -> None:
         """Adds one batch's weight gradients, in the order of the groups' variables."""
@@ -197,9 +236,14 @@ class Accumulators:
             `{"sites": [per site {key: array}], "weights": [per group [float64 array per variable]]}`,
             plus `"loss"` (the summed loss) with gradients. A maximum never updated reads 0.
         """
-        sites = [{name: var.numpy() for name, var in entry.items()} for entry in self._vars]
-        for entry in sites:
-            entry["max"] = np.where(np.isneginf(entry["max"]), 0.0, entry["max"]).astype(np.float32)
+        totals = {name: var.numpy() for name, var in self._totals.items()}
+        totals["max"] = np.where(np.isneginf(totals["max"]), 0.0, totals["max"]).astype(np.float32)
+        sites = [{} for _ in self._units]
+        for name, values in totals.items():
+            owners = [i for i in range(len(self._units)) if name != "saturated" or self._capped[i]]
+            bounds = np.cumsum([self._units[i] for i in owners])[:-1]
+            for index, part in zip(owners, np.split(values, bounds)):
+                sites[index][name] = part
         values = {"sites": sites,
                   "weights": [[var.numpy().astype(np.float64) for var in group] for group in self._weights]}
         if self._loss is not None:
