@@ -26,6 +26,22 @@ def add_retrain_flags(parser) -> None:
     group.add_argument("--curves", type=OUTPUT_FILE, metavar="PATH", help="save the training curves (PNG)")
 
 
+def check_retrain_flags(args) -> None:
+    """Refuses `--retrain` without training or validation data before any work is done.
+
+    Raises:
+        UsageError: `--data` or the validation data is missing.
+    """
+    from deadrelu.errors import UsageError
+
+    if not args.retrain:
+        return
+    if args.data is None:
+        raise UsageError("--retrain needs training data: pass --data train.npz (with 'y', or --labels y.npy)")
+    if not args.validation_data and args.validation_split is None:
+        raise UsageError("--retrain needs validation data: pass --validation-data val.npz or --validation-split 0.2")
+
+
 def retrain_from_args(args, output, source, variants: dict):
     """Retrains `variants` (label → model) as the flags say and returns the comparison.
 
@@ -44,8 +60,7 @@ def retrain_from_args(args, output, source, variants: dict):
     from deadrelu.plots import plot_curves
     from deadrelu.retrain import retrain
 
-    if args.data is None:
-        raise UsageError("--retrain needs training data: pass --data train.npz (with 'y', or --labels y.npy)")
+    check_retrain_flags(args)
     train = load_data(args.data, source, labels=args.labels, samples=args.samples, rescale=args.rescale)
     if not train.has_labels:
         raise UsageError("--retrain needs labels: pass --labels y.npy (or a data file with a 'y' array)")
@@ -56,8 +71,6 @@ def retrain_from_args(args, output, source, variants: dict):
         if not held_out.has_labels:
             raise UsageError("--validation-data needs labels: a file with a 'y' array, or --validation-labels")
         validation = _materialize(held_out)
-    elif args.validation_split is None:
-        raise UsageError("--retrain needs validation data: pass --validation-data val.npz or --validation-split 0.2")
     if args.baseline:
         variants = {"as is (baseline)": copy_model(source), **variants}
     total = args.epochs * len(variants)

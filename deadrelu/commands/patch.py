@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, load_from_args, number, output_model
-from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
+from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 40
 
@@ -52,6 +52,7 @@ class PatchRun:
 
 
 def run(args, output) -> int:
+    check_retrain_flags(args)
     out_path = resolve_output(args)
     patched = make_patch(args, output, out_path)
     if not patched.result.changed:

@@ -15,7 +15,7 @@ from deadrelu.commands._common import (
     output_model,
     positive_int,
 )
-from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
+from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 55
 
@@ -115,6 +115,7 @@ class PruneRun:
 
 
 def run(args, output) -> int:
+    check_retrain_flags(args)
     out_path = resolve_output(args)
     pruned = make_prune(args, output, out_path)
     if pruned.result.model is None:

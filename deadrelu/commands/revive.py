@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, load_from_args, output_model, positive_int
-from deadrelu.commands._retrain import add_retrain_flags, retrain_from_args, show_comparison
+from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 50
 
@@ -67,6 +67,7 @@ class ReviveRun:
 
 
 def run(args, output) -> int:
+    check_retrain_flags(args)
     out_path = resolve_output(args)
     revived = make_revival(args, output, out_path)
     if not revived.result.units_revived:
