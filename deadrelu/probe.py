@@ -432,9 +432,10 @@ class Probe:
             return self._recorder.record(index, output)
 
         try:
-            # Unhooked first: building an unbuilt (subclassed) model traces `call` symbolically,
+            # Unhooked first if the model is not built yet: building it traces `call` symbolically,
             # and those symbolic outputs must not be counted as calls.
-            self.model(one, training=False)
+            if not getattr(self.model, "built", False):
+                self.model(one, training=False)
             with hooked(self.site_map, self._recorder), self._recorder.recording() as records, \
                     self._intercepting(discovered) as interception:
                 self.model(one, training=False)
