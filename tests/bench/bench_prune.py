@@ -201,6 +201,10 @@ def run_case(name: str, loader, rounds: int, wait_idle: float = 0) -> dict:
         reasons=collections.Counter(short_reason(r) for r in result.skipped.values()),
     )
     if result.model is not None:
+        # The rescan: the pruned sites keep no dead unit but those kept there with a reason.
+        after = deadrelu.scan(result.model, x, batch_size=64)
+        row["dead_left"] = sum(len(after.site(path).dead) for path in result.removed)
+        row["kept_at_pruned"] = sum(len(result.kept.get(path, [])) for path in result.removed)
         C.wait_for_idle(wait_idle, log=lambda line: None)
         row["load"] = os.getloadavg()[0]
         cost = compare_cost(model, result.model, x, batch_size=64, rounds=rounds)
@@ -217,6 +221,7 @@ def markdown(rows: list[dict]) -> str:
         "params before → after",
         ".keras size before → after",
         "max \\|Δ\\| (limit)",
+        "dead left at pruned sites (kept there)",
         "predict pruned / original",
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -239,9 +244,10 @@ def markdown(rows: list[dict]) -> str:
         check = "–" if row["check"] is None else f"{row['check'].max_abs_diff:.2g} ({row['limit']:.2g})"
         if row.get("refused"):
             check += " **refused**"
+        left = f"{row['dead_left']} ({row['kept_at_pruned']})" if "dead_left" in row else "–"
         lines.append(
             f"| {row['name']} | {row['data']} | {row['dead']:,} / {row['units']:,} | {row['removed']:,} "
-            f"| {params} | {size} | {check} | {ratio} |"
+            f"| {params} | {size} | {check} | {left} | {ratio} |"
         )
     return "\n".join(lines)
 
