@@ -394,13 +394,12 @@ def _show_checks(result, output) -> None:
     check = result.check
     exact = result.dormant is None
     if check is not None:
-        verdict = "outputs unchanged" if exact else "outputs changed"
-        style = "green" if exact else "yellow"
+        verdict = "outputs unchanged" if exact else "outputs changed (--dormant replaces units by their mean)"
+        limit = f"tolerance {check.limit(result.tolerance):.3g}" if exact else "not enforced with --dormant"
         output.out.print(
             Text(
-                f"{verdict}: max |Δ| = {check.max_abs_diff:.3g} on {check.samples:,} samples "
-                f"(tolerance {check.limit(result.tolerance):.3g})",
-                style=style,
+                f"{verdict}: max |Δ| = {check.max_abs_diff:.3g} on {check.samples:,} samples ({limit})",
+                style="green" if exact else "yellow",
             )
         )
     held_out = result.validation_check
