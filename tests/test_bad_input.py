@@ -665,3 +665,20 @@ def test_the_command_line_names_the_flag(argv, flag, models, tmp_path, run_cli):
     line = _one_error_line(err)
     assert code == 2 and flag in line and "`" not in line.split("error: ", 1)[1].split(";")[0], line
     assert not (tmp_path / "out.keras").exists() and isinstance(dead, keras.Model)
+
+
+@pytest.mark.parametrize("command", ["patch", "revive", "prune"])
+def test_skip_bad_images_is_a_data_flag_of_every_command(models, tmp_path, run_cli, command):
+    """`--skip-bad-images` reaches the scan of every command that reads data (one shared data flag)."""
+    folder = _images(None, b"junk", None, b"")(tmp_path)
+    extra = {"patch": ["--to", "leaky", "--only", "dead"], "revive": [], "prune": []}[command]
+    argv = [command, models["cnn"][1], "--data", folder, *extra, "-o", tmp_path / "out.keras"]
+    assert "pass --skip-bad-images" in _one_error_line(run_cli(argv)[2])
+    code, _, err = run_cli([*argv, "--skip-bad-images"])
+    assert "skipped 2 unreadable images" in err and "Traceback" not in err, err
+    assert code in (0, 2)  # 2 only when the model has nothing the command can change
+
+
+def test_revive_seed_is_checked_before_any_work(run_cli, tmp_path):
+    code, _, err = run_cli(["revive", tmp_path / "missing.keras", "--data", tmp_path / "x.npy", "--seed", "-1"])
+    assert code == 2 and "--seed" in err and "at least 0" in err

@@ -21,6 +21,7 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 # -- argument types -------------------------------------------------------------------------
 
+
 def fraction(text: str) -> float:
     value = number(text)
     if not 0.0 <= value <= 1.0:
@@ -48,22 +49,22 @@ def positive_number(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
-    return value
+    """A whole number ≥ 1 (`--samples`, `--batch-size`, `--epochs`)."""
+    return _whole_number(text, minimum=1)
 
 
 def non_negative_int(text: str) -> int:
+    """A whole number ≥ 0 (`--seed`)."""
+    return _whole_number(text, minimum=0)
+
+
+def _whole_number(text: str, *, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {value}")
     return value
 
 
@@ -75,6 +76,7 @@ def shape(text: str) -> tuple:
 
 
 # -- paths: what a command reads and what it writes ------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class PathArg:
@@ -129,9 +131,9 @@ PLOT_DIR_FIGURES = re.compile(r"(overview|unit_map|active_rates)\.png|site-\d{3,
 class _Path:
     """One path of a command line: the flag that gave it, as given, and the file it names."""
 
-    flag: str       # --json, or the name of a positional (model)
-    given: str      # as the user wrote it
-    target: str     # the file or folder (a data spec's file)
+    flag: str  # --json, or the name of a positional (model)
+    given: str  # as the user wrote it
+    target: str  # the file or folder (a data spec's file)
     arg: PathArg
 
     def __str__(self) -> str:
@@ -174,8 +176,10 @@ def check_paths(args: argparse.Namespace) -> None:
     for path in inputs:
         kind = file_kind(path.target)
         if kind is not None:
-            raise UsageError(f"{path} is {kind}, not a file; deadrelu reads files and folders only (it could "
-                             "wait forever on a pipe): save the content to a file and pass that")
+            raise UsageError(
+                f"{path} is {kind}, not a file; deadrelu reads files and folders only (it could "
+                "wait forever on a pipe): save the content to a file and pass that"
+            )
     for index, out in enumerate(outputs):
         for path in inputs:
             _refuse_overlap(out, path, to_input=True)
@@ -207,19 +211,23 @@ def _refuse_overlap(out: _Path, other: _Path, *, to_input: bool) -> None:
     for folder, file in ((out, other), (other, out)):
         if folder.arg.kind == "folder" and folder.arg.output and _figure_name_in(file.target, folder.target):
             what = "the input" if to_input else "the output"
-            raise UsageError(f"{folder} would overwrite {what} {file} with a figure of the same name; "
-                             "choose another folder")
+            raise UsageError(
+                f"{folder} would overwrite {what} {file} with a figure of the same name; choose another folder"
+            )
 
 
 def _figure_name_in(path: str, folder: str) -> bool:
     """Whether --plot-dir `folder` would write a figure at `path` (as given, or where its links lead)."""
     folder = os.path.realpath(folder)
-    spellings = {os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path)),
-                 os.path.realpath(path)}
+    spellings = {
+        os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path)),
+        os.path.realpath(path),
+    }
     return any(os.path.dirname(p) == folder and PLOT_DIR_FIGURES.fullmatch(os.path.basename(p)) for p in spellings)
 
 
 # -- flag groups ----------------------------------------------------------------------------
+
 
 def parent_parsers() -> dict[str, argparse.ArgumentParser]:
     """Flag groups shared by several commands: "common", "model" and "data"."""
@@ -229,25 +237,41 @@ def parent_parsers() -> dict[str, argparse.ArgumentParser]:
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("model", type=INPUT_MODEL, metavar="MODEL",
-                       help="a .keras or .h5 file, or a SavedModel directory")
-    model.add_argument("--custom-objects", type=INPUT_FILE, metavar="FILE.py",
-                       help="a Python file defining the model's custom classes")
-    model.add_argument("--architecture", type=INPUT_FILE, metavar="MODEL.json",
-                       help="a Keras JSON config, for a weights-only .h5")
+    model.add_argument(
+        "model", type=INPUT_MODEL, metavar="MODEL", help="a .keras or .h5 file, or a SavedModel directory"
+    )
+    model.add_argument(
+        "--custom-objects", type=INPUT_FILE, metavar="FILE.py", help="a Python file defining the model's custom classes"
+    )
+    model.add_argument(
+        "--architecture", type=INPUT_FILE, metavar="MODEL.json", help="a Keras JSON config, for a weights-only .h5"
+    )
     model.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs Python code from the file)")
     model.add_argument("--input-shape", type=shape, metavar="H,W,C", help="input shape, when the file lacks one")
 
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data", type=INPUT_DATA, metavar="PATH",
-                      help=".npy, .npz[:key], .h5[:dataset], .csv or a folder of images")
-    data.add_argument("--labels", type=INPUT_DATA, metavar="PATH",
-                      help="labels (same formats); default the data file's 'y'")
+    data.add_argument(
+        "--data", type=INPUT_DATA, metavar="PATH", help=".npy, .npz[:key], .h5[:dataset], .csv or a folder of images"
+    )
+    data.add_argument(
+        "--labels", type=INPUT_DATA, metavar="PATH", help="labels (same formats); default the data file's 'y'"
+    )
     data.add_argument("--samples", type=positive_int, metavar="N", help="use the first N samples")
-    data.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
-                      help="samples per step (default 256)")
+    data.add_argument(
+        "--batch-size", type=positive_int, default=256, metavar="N", help="samples per step (default 256)"
+    )
     data.add_argument("--rescale", type=positive_number, metavar="F", help="multiply inputs by F, e.g. 1/255")
+    data.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="with a folder of images: skip unreadable images (counted in a note) instead of refusing",
+    )
     return {"common": common, "model": model, "data": data}
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    """The "data" flags as keyword arguments of `deadrelu.scan` / `deadrelu.data.load_data`."""
+    return {"samples": args.samples, "rescale": args.rescale, "skip_bad_images": args.skip_bad_images}
 
 
 def add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
@@ -255,27 +279,38 @@ def add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True)
     if json_flag:
         parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH", help="write the JSON report here")
     parser.add_argument("--plot", type=OUTPUT_FILE, metavar="PATH", help="save the overview figure (PNG)")
-    parser.add_argument("--format", choices=("table", "json", "markdown"), default="table",
-                        help="what to print (default: table)")
-    parser.add_argument("--sort", choices=("model", "dead"), default="model",
-                        help="row order: model order or worst first")
+    parser.add_argument(
+        "--format", choices=("table", "json", "markdown"), default="table", help="what to print (default: table)"
+    )
+    parser.add_argument(
+        "--sort", choices=("model", "dead"), default="model", help="row order: model order or worst first"
+    )
     parser.add_argument("--top", type=positive_int, metavar="N", help="show at most N rows")
 
 
 def add_plot_dir_flag(parser: argparse.ArgumentParser) -> None:
     """Adds `--plot-dir DIR` (`scan` and `report`)."""
-    parser.add_argument("--plot-dir", type=OUTPUT_FOLDER, metavar="DIR",
-                        help="also write every figure into DIR: overview, unit map, rate histogram, one per site")
+    parser.add_argument(
+        "--plot-dir",
+        type=OUTPUT_FOLDER,
+        metavar="DIR",
+        help="also write every figure into DIR: overview, unit map, rate histogram, one per site",
+    )
 
 
 # -- running --------------------------------------------------------------------------------
+
 
 def load_from_args(args):
     """Loads the MODEL of a command with its loading flags; returns a `LoadedModel`."""
     from deadrelu.loading import load
 
-    options = {"custom_objects": args.custom_objects, "architecture": args.architecture,
-               "unsafe": args.unsafe or None, "input_shape": args.input_shape}
+    options = {
+        "custom_objects": args.custom_objects,
+        "architecture": args.architecture,
+        "unsafe": args.unsafe or None,
+        "input_shape": args.input_shape,
+    }
     return load(args.model, **{k: v for k, v in options.items() if v is not None})
 
 

@@ -3,7 +3,7 @@ copy) under the same budget, and print what helped."""
 
 from __future__ import annotations
 
-from deadrelu.commands._common import INPUT_DATA, OUTPUT_FILE, fraction, number, positive_int
+from deadrelu.commands._common import INPUT_DATA, OUTPUT_FILE, data_options, fraction, number, positive_int
 
 
 def add_retrain_flags(parser) -> None:
@@ -11,13 +11,16 @@ def add_retrain_flags(parser) -> None:
     group = parser.add_argument_group("retraining (with --retrain)")
     group.add_argument("--retrain", action="store_true", help="fit the new model on --data/--labels and compare")
     group.add_argument("--epochs", type=positive_int, default=2, metavar="N", help="epochs (default 2)")
-    group.add_argument("--fit-batch-size", type=positive_int, default=32, metavar="N",
-                       help="training batch size (default 32)")
+    group.add_argument(
+        "--fit-batch-size", type=positive_int, default=32, metavar="N", help="training batch size (default 32)"
+    )
     group.add_argument("--validation-data", type=INPUT_DATA, metavar="PATH", help="validation inputs (and 'y' labels)")
-    group.add_argument("--validation-labels", type=INPUT_DATA, metavar="PATH",
-                       help="validation labels, if not in the file")
-    group.add_argument("--validation-split", type=fraction, metavar="F",
-                       help="hold out the last F of --data for validation")
+    group.add_argument(
+        "--validation-labels", type=INPUT_DATA, metavar="PATH", help="validation labels, if not in the file"
+    )
+    group.add_argument(
+        "--validation-split", type=fraction, metavar="F", help="hold out the last F of --data for validation"
+    )
     group.add_argument("--loss", metavar="NAME", help="loss, when the file stores none (or to override it)")
     group.add_argument("--optimizer", metavar="NAME", help="optimizer class, e.g. adam (default: the file's)")
     group.add_argument("--lr", type=number, metavar="F", help="learning rate (default: the file's)")
@@ -61,13 +64,15 @@ def retrain_from_args(args, output, source, variants: dict):
     from deadrelu.retrain import retrain
 
     check_retrain_flags(args)
-    train = load_data(args.data, source, labels=args.labels, samples=args.samples, rescale=args.rescale)
+    train = load_data(args.data, source, labels=args.labels, **data_options(args))
     if not train.has_labels:
         raise UsageError("--retrain needs labels: pass --labels y.npy (or a data file with a 'y' array)")
     x, y = _materialize(train)
     validation = None
     if args.validation_data:
-        held_out = load_data(args.validation_data, source, labels=args.validation_labels, rescale=args.rescale)
+        held_out = load_data(
+            args.validation_data, source, labels=args.validation_labels, **{**data_options(args), "samples": None}
+        )
         if not held_out.has_labels:
             raise UsageError("--validation-data needs labels: a file with a 'y' array, or --validation-labels")
         validation = _materialize(held_out)
@@ -76,10 +81,21 @@ def retrain_from_args(args, output, source, variants: dict):
     total = args.epochs * len(variants)
     with output.progress("retraining") as (on_start, on_batch):
         on_start(total)
-        comparison = retrain(variants, source, x, y, epochs=args.epochs, batch_size=args.fit_batch_size,
-                             validation_data=validation, validation_split=args.validation_split,
-                             seed=args.train_seed, loss=args.loss, optimizer=args.optimizer,
-                             learning_rate=args.lr, on_epoch=lambda name, epoch, logs: on_batch(1))
+        comparison = retrain(
+            variants,
+            source,
+            x,
+            y,
+            epochs=args.epochs,
+            batch_size=args.fit_batch_size,
+            validation_data=validation,
+            validation_split=args.validation_split,
+            seed=args.train_seed,
+            loss=args.loss,
+            optimizer=args.optimizer,
+            learning_rate=args.lr,
+            on_epoch=lambda name, epoch, logs: on_batch(1),
+        )
     if args.curves:
         plot_curves(comparison, args.curves)
     return comparison

@@ -13,8 +13,9 @@ ORDER = 20
 
 
 def register(subparsers, parents):
-    return subparsers.add_parser("inspect", parents=[parents["model"], parents["common"]],
-                                 help="list the ReLU sites, without data")
+    return subparsers.add_parser(
+        "inspect", parents=[parents["model"], parents["common"]], help="list the ReLU sites, without data"
+    )
 
 
 def run(args, output) -> int:
@@ -29,6 +30,8 @@ def run(args, output) -> int:
         output.note(note)
     ops = sum(site.op_level for site in site_map.sites)
     found = f" ({ops} applied as function calls, found on one synthetic sample)" if ops else ""
-    output.out.print(f"{loaded.model.name}: {len(site_map.sites)} ReLU sites{found}, {len(site_map.others)} other "
-                     f"activations (format {loaded.format})")
+    output.out.print(
+        f"{loaded.model.name}: {len(site_map.sites)} ReLU sites{found}, {len(site_map.others)} other "
+        f"activations (format {loaded.format})"
+    )
     return EXIT_OK

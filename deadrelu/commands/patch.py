@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, load_from_args, number, output_model
+from deadrelu.commands._common import (
+    EXIT_OK,
+    INPUT_FILE,
+    OUTPUT_FILE,
+    data_options,
+    load_from_args,
+    number,
+    output_model,
+)
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 40
@@ -12,29 +20,47 @@ ORDER = 40
 
 def register(subparsers, parents):
     parser = subparsers.add_parser(
-        "patch", parents=[parents["model"], parents["data"], parents["common"]],
+        "patch",
+        parents=[parents["model"], parents["data"], parents["common"]],
         help="rewrite ReLUs to LeakyReLU or PReLU, keeping the weights",
         description="Rewrite the ReLU sites of MODEL to LeakyReLU or PReLU. Every trained weight is kept, and "
-                    "the output loads with plain keras.models.load_model. A self-check verifies that the same "
-                    "patch with slope 0 reproduces the original outputs (on --data, or synthetic inputs).")
+        "the output loads with plain keras.models.load_model. A self-check verifies that the same "
+        "patch with slope 0 reproduces the original outputs (on --data, or synthetic inputs).",
+    )
     parser.add_argument("--to", required=True, choices=("leaky", "prelu"), help="the new activation")
-    parser.add_argument("-o", "--output", type=output_model(lambda args: args.to), metavar="OUT",
-                        help="where to write (.keras, or .h5); default <model>_<to>.keras beside MODEL")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=output_model(lambda args: args.to),
+        metavar="OUT",
+        help="where to write (.keras, or .h5); default <model>_<to>.keras beside MODEL",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    parser.add_argument("--alpha", type=number, metavar="A",
-                        help="LeakyReLU negative slope (default 0.01, Maas et al. 2013)")
-    parser.add_argument("--alpha-init", type=number, metavar="A",
-                        help="initial PReLU slope (default 0.25, He et al. 2015)")
-    parser.add_argument("--prelu-shared-axes", choices=("channel", "none"), default="channel",
-                        help="one PReLU alpha per channel (default) or per element (none)")
-    parser.add_argument("--only", choices=("all", "dead", "flagged"), default="all",
-                        help="rewrite every site (default), or only sites with dead units / flagged sites "
-                             "(needs --data or --report)")
-    parser.add_argument("--report", type=INPUT_FILE, metavar="SCAN.json",
-                        help="a report of this model from 'deadrelu scan --json'")
+    parser.add_argument(
+        "--alpha", type=number, metavar="A", help="LeakyReLU negative slope (default 0.01, Maas et al. 2013)"
+    )
+    parser.add_argument(
+        "--alpha-init", type=number, metavar="A", help="initial PReLU slope (default 0.25, He et al. 2015)"
+    )
+    parser.add_argument(
+        "--prelu-shared-axes",
+        choices=("channel", "none"),
+        default="channel",
+        help="one PReLU alpha per channel (default) or per element (none)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("all", "dead", "flagged"),
+        default="all",
+        help="rewrite every site (default), or only sites with dead units / flagged sites (needs --data or --report)",
+    )
+    parser.add_argument(
+        "--report", type=INPUT_FILE, metavar="SCAN.json", help="a report of this model from 'deadrelu scan --json'"
+    )
     parser.add_argument("--layers", metavar="REGEX", help="only sites whose path matches REGEX (re.search)")
-    parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH",
-                        help="write a JSON summary of the patch (and retraining) here")
+    parser.add_argument(
+        "--json", type=OUTPUT_FILE, metavar="PATH", help="write a JSON summary of the patch (and retraining) here"
+    )
     add_retrain_flags(parser)
     return parser
 
@@ -43,10 +69,10 @@ def register(subparsers, parents):
 class PatchRun:
     """What `make_patch` produced: the input, the patched model, and the evidence."""
 
-    loaded: object          # deadrelu.loading.LoadedModel
-    result: object          # deadrelu.patch.PatchResult
-    check: object           # deadrelu.patch.SelfCheck
-    report: object = None   # deadrelu.Report used for --only, if any
+    loaded: object  # deadrelu.loading.LoadedModel
+    result: object  # deadrelu.patch.PatchResult
+    check: object  # deadrelu.patch.SelfCheck
+    report: object = None  # deadrelu.Report used for --only, if any
     output: str = ""
     comparison: object = None  # deadrelu.retrain.Comparison with --retrain
 
@@ -59,8 +85,9 @@ def run(args, output) -> int:
         return nothing_patched(patched, output)
     if args.retrain:
         # The patched model is trained in place, so OUT holds the retrained model.
-        patched.comparison = retrain_from_args(args, output, patched.loaded.model,
-                                               {f"patched ({args.to})": patched.result.model})
+        patched.comparison = retrain_from_args(
+            args, output, patched.loaded.model, {f"patched ({args.to})": patched.result.model}
+        )
     save(patched, args, output)
     show(patched, args, output)
     if patched.comparison is not None:
@@ -74,8 +101,10 @@ def resolve_output(args) -> str:
     from deadrelu.saving import model_output_path
 
     if args.only != "all" and not (args.data or args.report):
-        raise UsageError(f"--only {args.only} decides from a scan: pass --data x.npz (scanned first) "
-                         "or --report scan.json (from 'deadrelu scan --json')")
+        raise UsageError(
+            f"--only {args.only} decides from a scan: pass --data x.npz (scanned first) "
+            "or --report scan.json (from 'deadrelu scan --json')"
+        )
     if args.alpha is not None and args.to != "leaky":
         raise UsageError("--alpha is the LeakyReLU slope; with --to prelu use --alpha-init")
     if args.alpha_init is not None and args.to != "prelu":
@@ -105,25 +134,44 @@ def make_patch(args, output, out_path: str = "") -> PatchRun:
         from deadrelu.scanner import describe_loaded, scan
 
         with output.progress("scanning") as (on_start, on_batch):
-            report = scan(loaded.model, args.data, batch_size=args.batch_size, samples=args.samples,
-                          rescale=args.rescale, on_start=on_start, on_batch=on_batch,
-                          model_info=describe_loaded(loaded))
+            report = scan(
+                loaded.model,
+                args.data,
+                batch_size=args.batch_size,
+                **data_options(args),
+                on_start=on_start,
+                on_batch=on_batch,
+                model_info=describe_loaded(loaded),
+            )
         for note in report.notes:
             output.note(note)
-    options = {"prelu_shared_axes": None if args.prelu_shared_axes == "none" else "channel",
-               "only": args.only, "report": report, "layers": args.layers}
+    options = {
+        "prelu_shared_axes": None if args.prelu_shared_axes == "none" else "channel",
+        "only": args.only,
+        "report": report,
+        "layers": args.layers,
+    }
     slopes = {"alpha": args.alpha} if args.alpha is not None else {}
     if args.alpha_init is not None:
         slopes["alpha_init"] = args.alpha_init
     result = patch_model(loaded.model, args.to, **slopes, **options)
     if not result.changed:
         return PatchRun(loaded=loaded, result=result, check=None, report=report, output=out_path)
-    check = patch_self_check(loaded.model, args.data, to=args.to, batch_size=args.batch_size,
-                             samples=args.samples or 1024, synthetic_samples=args.samples or 256,
-                             rescale=args.rescale, **options)
+    check = patch_self_check(
+        loaded.model,
+        args.data,
+        to=args.to,
+        batch_size=args.batch_size,
+        samples=args.samples or 1024,
+        synthetic_samples=args.samples or 256,
+        rescale=args.rescale,
+        **options,
+    )
     if not check.passed:
-        raise SelfCheckError(f"{check.describe()}, above the tolerance {check.tolerance:g}; "
-                             "the patch would change the model, so nothing was written")
+        raise SelfCheckError(
+            f"{check.describe()}, above the tolerance {check.tolerance:g}; "
+            "the patch would change the model, so nothing was written"
+        )
     return PatchRun(loaded=loaded, result=result, check=check, report=report, output=out_path)
 
 
@@ -189,8 +237,10 @@ def show(patched: PatchRun, args, output) -> None:
     result = patched.result
     if result.rewrites:
         with_report = any(r.dead is not None for r in result.rewrites)
-        table = Table(title=f"{len(result.rewrites)} site{'s' if len(result.rewrites) != 1 else ''} "
-                            f"rewritten to {'LeakyReLU' if result.to == 'leaky' else 'PReLU'}")
+        table = Table(
+            title=f"{len(result.rewrites)} site{'s' if len(result.rewrites) != 1 else ''} "
+            f"rewritten to {'LeakyReLU' if result.to == 'leaky' else 'PReLU'}"
+        )
         table.add_column("site")
         table.add_column("kind")
         if with_report:
@@ -205,8 +255,9 @@ def show(patched: PatchRun, args, output) -> None:
         output.out.print(table)
     if result.kept:
         shown = ", ".join(result.kept[:8]) + (", ..." if len(result.kept) > 8 else "")
-        output.out.print(f"kept as they were: {len(result.kept)} site{'s' if len(result.kept) != 1 else ''} ({shown})",
-                         markup=False)
+        output.out.print(
+            f"kept as they were: {len(result.kept)} site{'s' if len(result.kept) != 1 else ''} ({shown})", markup=False
+        )
     for note in result.notes:
         output.note(note)
     output.out.print(patched.check.describe(), markup=False)

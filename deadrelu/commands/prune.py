@@ -10,6 +10,7 @@ from deadrelu.commands._common import (
     EXIT_OK,
     INPUT_FILE,
     OUTPUT_FILE,
+    data_options,
     load_from_args,
     number,
     output_model,
@@ -161,7 +162,7 @@ def make_prune(args, output, out_path: str = "") -> PruneRun:
     loaded = load_from_args(args)
     for repair in loaded.repairs:
         output.note(f"repaired while loading: {repair}", style="dim")
-    options = {"batch_size": args.batch_size, "samples": args.samples, "rescale": args.rescale}
+    options = {"batch_size": args.batch_size, **data_options(args)}
     if args.report:
         report = Report.from_json(args.report)
         sha = (report.model or {}).get("sha256")
@@ -235,8 +236,7 @@ def rescan(pruned: PruneRun, args, output) -> None:
             pruned.result.model,
             data,
             batch_size=args.batch_size,
-            samples=args.samples,
-            rescale=args.rescale,
+            **data_options(args),
             on_start=on_start,
             on_batch=on_batch,
         )
@@ -250,7 +250,7 @@ def measure(pruned: PruneRun, args, output) -> None:
     model = pruned.loaded.model
     data = args.data or (pruned.result.report.data or {}).get("source")
     samples = min(filter(None, (args.samples, TIMING_SAMPLES)))
-    x = next(iter(load_data(data, model, samples=samples, rescale=args.rescale).batches(samples)))
+    x = next(iter(load_data(data, model, **{**data_options(args), "samples": samples}).batches(samples)))
     suffix = os.path.splitext(pruned.output)[1] or ".keras"
     with output.progress("timing predict"):
         pruned.cost = compare_cost(

@@ -9,16 +9,28 @@ ORDER = 30
 
 def register(subparsers, parents):
     parser = subparsers.add_parser(
-        "report", parents=[parents["common"]], help="render a saved JSON report again, or compare two",
+        "report",
+        parents=[parents["common"]],
+        help="render a saved JSON report again, or compare two",
         description="Render a saved JSON report again (table, figures, a self-contained HTML page), or compare "
-                    "it with an earlier one (--compare) to see which units died and which revived.")
-    parser.add_argument("report", type=INPUT_FILE, metavar="REPORT.json",
-                        help="a report written by 'deadrelu scan --json'")
-    parser.add_argument("--compare", type=INPUT_FILE, metavar="OLD.json",
-                        help="an earlier report (e.g. an earlier checkpoint): show newly dead and revived units")
+        "it with an earlier one (--compare) to see which units died and which revived.",
+    )
+    parser.add_argument(
+        "report", type=INPUT_FILE, metavar="REPORT.json", help="a report written by 'deadrelu scan --json'"
+    )
+    parser.add_argument(
+        "--compare",
+        type=INPUT_FILE,
+        metavar="OLD.json",
+        help="an earlier report (e.g. an earlier checkpoint): show newly dead and revived units",
+    )
     parser.add_argument("--html", type=OUTPUT_FILE, metavar="PATH", help="write one self-contained HTML report here")
-    parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH",
-                        help="with --compare: write the diff as JSON; otherwise write the report again")
+    parser.add_argument(
+        "--json",
+        type=OUTPUT_FILE,
+        metavar="PATH",
+        help="with --compare: write the diff as JSON; otherwise write the report again",
+    )
     add_output_flags(parser, json_flag=False)
     add_plot_dir_flag(parser)
     return parser
@@ -58,8 +70,9 @@ def _compare(report, old, args, output) -> int:
         sys.stdout.write(diff_markdown(diff))
     else:
         output.out.print(diff_table(diff, limit=args.top))
-        output.out.print(diff_summary(diff), style="bold red" if diff.summary["newly_dead"] else None,
-                         markup=False, highlight=False)
+        output.out.print(
+            diff_summary(diff), style="bold red" if diff.summary["newly_dead"] else None, markup=False, highlight=False
+        )
     for note in diff.notes:
         output.note(note)
     if args.html:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, load_from_args, output_model, positive_int
+from deadrelu.commands._common import (
+    EXIT_OK,
+    INPUT_FILE,
+    OUTPUT_FILE,
+    data_options,
+    load_from_args,
+    non_negative_int,
+    output_model,
+    positive_int,
+)
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
 ORDER = 50
@@ -15,25 +24,46 @@ TOLERANCE = 1e-4
 
 def register(subparsers, parents):
     parser = subparsers.add_parser(
-        "revive", parents=[parents["model"], parents["data"], parents["common"]],
+        "revive",
+        parents=[parents["model"], parents["data"], parents["common"]],
         help="re-initialise dead units (ReDo), outputs unchanged",
         description="Re-initialise the dead ReLU units of MODEL (ReDo, Sokar et al. 2023): fresh incoming weights "
-                    "from each layer's own initializer, zero outgoing weights, so the outputs stay the same while "
-                    "the units fire again. Checks the outputs on --data, rescans, and writes OUT.")
-    parser.add_argument("-o", "--output", type=output_model(lambda args: "revived"), metavar="OUT",
-                        help="where to write (.keras, or .h5); default <model>_revived.keras beside MODEL")
+        "from each layer's own initializer, zero outgoing weights, so the outputs stay the same while "
+        "the units fire again. Checks the outputs on --data, rescans, and writes OUT.",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=output_model(lambda args: "revived"),
+        metavar="OUT",
+        help="where to write (.keras, or .h5); default <model>_revived.keras beside MODEL",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    parser.add_argument("--seed", type=int, metavar="N", help="seed of the new weights (default: random)")
-    parser.add_argument("--scale", choices=("initializer", "live"), default="initializer",
-                        help="new weights as the layer's initializer draws them (default, as in ReDo), or "
-                             "rescaled to the norm of the layer's live units")
-    parser.add_argument("--report", type=INPUT_FILE, metavar="SCAN.json",
-                        help="take the dead units from this report ('deadrelu scan --json') instead of scanning")
-    parser.add_argument("--site", action="append", dest="sites", metavar="PATH",
-                        help="only revive this site (repeat for several)")
+    parser.add_argument("--seed", type=non_negative_int, metavar="N", help="seed of the new weights (default: random)")
+    parser.add_argument(
+        "--scale",
+        choices=("initializer", "live"),
+        default="initializer",
+        help="new weights as the layer's initializer draws them (default, as in ReDo), or "
+        "rescaled to the norm of the layer's live units",
+    )
+    parser.add_argument(
+        "--report",
+        type=INPUT_FILE,
+        metavar="SCAN.json",
+        help="take the dead units from this report ('deadrelu scan --json') instead of scanning",
+    )
+    parser.add_argument(
+        "--site", action="append", dest="sites", metavar="PATH", help="only revive this site (repeat for several)"
+    )
     parser.add_argument("--json", type=OUTPUT_FILE, metavar="PATH", help="write a JSON summary of the revival here")
-    parser.add_argument("--check-samples", type=positive_int, default=None, metavar="N",
-                        help="compare outputs on the first N samples only (default: all of --data)")
+    parser.add_argument(
+        "--check-samples",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="compare outputs on the first N samples only (default: all of --data)",
+    )
     add_retrain_flags(parser)
     return parser
 
@@ -90,8 +120,10 @@ def resolve_output(args) -> str:
     from deadrelu.saving import model_output_path
 
     if not (args.data or args.report):
-        raise UsageError("revive needs the data the units are dead on: pass --data x.npz "
-                         "(or --report scan.json from 'deadrelu scan --json')")
+        raise UsageError(
+            "revive needs the data the units are dead on: pass --data x.npz "
+            "(or --report scan.json from 'deadrelu scan --json')"
+        )
     return model_output_path(args.model, args.output, "revived", force=args.force)
 
 
@@ -112,20 +144,33 @@ def make_revival(args, output, out_path: str = "") -> ReviveRun:
             output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
     else:
         with output.progress("scanning") as (on_start, on_batch):
-            report = scan(loaded.model, args.data, batch_size=args.batch_size, samples=args.samples,
-                          rescale=args.rescale, on_start=on_start, on_batch=on_batch,
-                          model_info=describe_loaded(loaded))
+            report = scan(
+                loaded.model,
+                args.data,
+                batch_size=args.batch_size,
+                **data_options(args),
+                on_start=on_start,
+                on_batch=on_batch,
+                model_info=describe_loaded(loaded),
+            )
         for note in report.notes:
             output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
     with output.progress("reviving"):
         model = copy_model(loaded.model)
         # With data, revived units that still do not fire on it get a second draw.
-        result = revive_in_place(model, report, seed=args.seed, scale=args.scale, sites=args.sites,
-                                 data=args.data or None,
-                                 batch_size=args.batch_size,
-                                 scan_options={"samples": args.samples, "rescale": args.rescale})
-    return ReviveRun(loaded=loaded, model=model, result=result, before=report, output=out_path,
-                     notes=list(result.notes))
+        result = revive_in_place(
+            model,
+            report,
+            seed=args.seed,
+            scale=args.scale,
+            sites=args.sites,
+            data=args.data or None,
+            batch_size=args.batch_size,
+            scan_options={"samples": args.samples, "rescale": args.rescale},
+        )
+    return ReviveRun(
+        loaded=loaded, model=model, result=result, before=report, output=out_path, notes=list(result.notes)
+    )
 
 
 def check_outputs(revived: ReviveRun, args) -> None:
@@ -137,12 +182,15 @@ def check_outputs(revived: ReviveRun, args) -> None:
     from deadrelu.model_utils import output_difference
 
     samples = min(filter(None, (args.samples, args.check_samples)), default=None)
-    data = load_data(args.data, revived.loaded.model, samples=samples, rescale=args.rescale)
-    revived.max_diff, revived.samples = output_difference(revived.loaded.model, revived.model,
-                                                          data.batches(args.batch_size))
+    data = load_data(args.data, revived.loaded.model, **{**data_options(args), "samples": samples})
+    revived.max_diff, revived.samples = output_difference(
+        revived.loaded.model, revived.model, data.batches(args.batch_size)
+    )
     if revived.max_diff > TOLERANCE:  # a bug, not the user's fault: exit 3 and write nothing
-        raise RuntimeError(f"the revival changed the outputs (max |Δ| = {revived.max_diff:.3g} on "
-                           f"{revived.samples} samples, tolerance {TOLERANCE:g}); nothing was written")
+        raise RuntimeError(
+            f"the revival changed the outputs (max |Δ| = {revived.max_diff:.3g} on "
+            f"{revived.samples} samples, tolerance {TOLERANCE:g}); nothing was written"
+        )
 
 
 def rescan(revived: ReviveRun, args, output) -> None:
@@ -152,8 +200,14 @@ def rescan(revived: ReviveRun, args, output) -> None:
     from deadrelu.scanner import scan
 
     with output.progress("rescanning") as (on_start, on_batch):
-        revived.after = scan(revived.model, args.data, batch_size=args.batch_size, samples=args.samples,
-                             rescale=args.rescale, on_start=on_start, on_batch=on_batch)
+        revived.after = scan(
+            revived.model,
+            args.data,
+            batch_size=args.batch_size,
+            **data_options(args),
+            on_start=on_start,
+            on_batch=on_batch,
+        )
 
 
 def nothing_revived(revived: ReviveRun, args, output) -> int:
@@ -173,8 +227,9 @@ def nothing_revived(revived: ReviveRun, args, output) -> int:
         dead = sum(len(s.dead) for s in selected)
         path = next(s.path for s in selected if s.path in revived.result.skipped) if revived.result.skipped else None
         first = f" (e.g. {path}: {revived.result.skipped[path]})" if path else ""
-        raise UnsupportedModelError(f"nothing revived: none of the {dead:,} dead units can be re-initialised{first}; "
-                                    "nothing was written")
+        raise UnsupportedModelError(
+            f"nothing revived: none of the {dead:,} dead units can be re-initialised{first}; nothing was written"
+        )
     which = "the selected sites have no dead units" if args.sites else "no dead units"
     output.out.print(f"nothing revived: {which}; nothing was written", markup=False)
     return EXIT_OK
@@ -201,9 +256,13 @@ def summary_dict(revived: ReviveRun) -> dict:
     after = {s.path: s for s in revived.after.sites} if revived.after is not None else {}
     sites = []
     for site in revived.before.sites:
-        entry = {"path": site.path, "units": site.units, "dead_before": len(site.dead),
-                 "revived": revived.result.revived.get(site.path, []),
-                 "skipped": revived.result.skipped.get(site.path)}
+        entry = {
+            "path": site.path,
+            "units": site.units,
+            "dead_before": len(site.dead),
+            "revived": revived.result.revived.get(site.path, []),
+            "skipped": revived.result.skipped.get(site.path),
+        }
         if site.path in after:
             entry["dead_after"] = len(after[site.path].dead)
         sites.append(entry)
@@ -245,8 +304,12 @@ def show(revived: ReviveRun, args, output, *, wrote: bool = True) -> None:
         table.add_column("skipped: reason", overflow="fold")
         for site in rows:
             count = len(result.revived.get(site.path, []))
-            cells = [Text(shorten(site.path)), f"{site.units:,}", Text(f"{len(site.dead):,}", style="red"),
-                     Text(f"{count:,}", style="green" if count else "dim")]
+            cells = [
+                Text(shorten(site.path)),
+                f"{site.units:,}",
+                Text(f"{len(site.dead):,}", style="red"),
+                Text(f"{count:,}", style="green" if count else "dim"),
+            ]
             if after:
                 dead = len(after[site.path].dead) if site.path in after else None
                 cells.append(Text("–" if dead is None else f"{dead:,}", style="yellow" if dead else "green"))
@@ -261,8 +324,9 @@ def show(revived: ReviveRun, args, output, *, wrote: bool = True) -> None:
     for note in revived.notes:
         output.note(note)
     if revived.max_diff is not None:
-        output.out.print(Text(f"outputs unchanged: max |Δ| = {revived.max_diff:.3g} on {revived.samples:,} samples",
-                              style="green"))
+        output.out.print(
+            Text(f"outputs unchanged: max |Δ| = {revived.max_diff:.3g} on {revived.samples:,} samples", style="green")
+        )
     before = revived.before.summary
     line = f"dead units: {before['dead']:,} of {before['units']:,} ({100 * before['dead_fraction']:.1f}%)"
     if revived.after is not None:

@@ -6,6 +6,7 @@ from deadrelu.commands._common import (
     LOG_FOLDER,
     add_output_flags,
     add_plot_dir_flag,
+    data_options,
     emit,
     fraction,
     load_from_args,
@@ -17,25 +18,48 @@ ORDER = 10
 
 def register(subparsers, parents):
     parser = subparsers.add_parser(
-        "scan", parents=[parents["model"], parents["data"], parents["common"]],
+        "scan",
+        parents=[parents["model"], parents["data"], parents["common"]],
         help="measure every ReLU unit on data",
-        description="Measure every ReLU unit of MODEL on data and report dead, dying and saturated units.")
+        description="Measure every ReLU unit of MODEL on data and report dead, dying and saturated units.",
+    )
     parser.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
     parser.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="with a folder of images: skip unreadable images (counted in a note) instead of refusing")
     add_output_flags(parser)
     add_plot_dir_flag(parser)
-    parser.add_argument("--fail-on", type=fraction, metavar="FRACTION",
-                        help="exit 1 when the model's dead fraction exceeds FRACTION (a CI gate)")
-    parser.add_argument("--dying-threshold", type=fraction, default=0.01, metavar="F",
-                        help="active rate under which a unit is dying (default 0.01)")
-    parser.add_argument("--flag-threshold", type=fraction, default=0.10, metavar="F",
-                        help="dead share from which a site is flagged (default 0.10)")
-    parser.add_argument("--tensorboard", type=LOG_FOLDER, metavar="DIR",
-                        help="also write TensorBoard summaries (dead fractions, histograms, unit map) to DIR/deadrelu")
-    parser.add_argument("--tensorboard-step", type=non_negative_int, default=0, metavar="N",
-                        help="the step of those summaries (default 0), e.g. the checkpoint's epoch")
+    parser.add_argument(
+        "--fail-on",
+        type=fraction,
+        metavar="FRACTION",
+        help="exit 1 when the model's dead fraction exceeds FRACTION (a CI gate)",
+    )
+    parser.add_argument(
+        "--dying-threshold",
+        type=fraction,
+        default=0.01,
+        metavar="F",
+        help="active rate under which a unit is dying (default 0.01)",
+    )
+    parser.add_argument(
+        "--flag-threshold",
+        type=fraction,
+        default=0.10,
+        metavar="F",
+        help="dead share from which a site is flagged (default 0.10)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        type=LOG_FOLDER,
+        metavar="DIR",
+        help="also write TensorBoard summaries (dead fractions, histograms, unit map) to DIR/deadrelu",
+    )
+    parser.add_argument(
+        "--tensorboard-step",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="the step of those summaries (default 0), e.g. the checkpoint's epoch",
+    )
     return parser
 
 
@@ -50,10 +74,21 @@ def run(args, output) -> int:
     for repair in loaded.repairs:
         output.note(f"repaired while loading: {repair}", style="dim")
     with output.progress("scanning", unit="samples") as (on_start, on_batch):
-        report = scan(loaded.model, args.data, args.labels, batch_size=args.batch_size, gradients=args.gradients,
-                      loss=args.loss, samples=args.samples, rescale=args.rescale, skip_bad_images=args.skip_bad_images,
-                      dying_threshold=args.dying_threshold, flag_threshold=args.flag_threshold,
-                      on_start=on_start, on_batch=on_batch, model_info=describe_loaded(loaded), verbose=0)
+        report = scan(
+            loaded.model,
+            args.data,
+            args.labels,
+            batch_size=args.batch_size,
+            gradients=args.gradients,
+            loss=args.loss,
+            **data_options(args),
+            dying_threshold=args.dying_threshold,
+            flag_threshold=args.flag_threshold,
+            on_start=on_start,
+            on_batch=on_batch,
+            model_info=describe_loaded(loaded),
+            verbose=0,
+        )
     for note in report.notes:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
     code = emit(report, args, output)
@@ -97,7 +132,9 @@ def next_step(report, args, model=None) -> str | None:
         parts.append(f"`{shlex.join(patch)}` rewrites the ReLUs so units cannot die again")
     if not parts:
         where = ", ".join(s.path for s in flagged[:3]) + (", ..." if len(flagged) > 3 else "")
-        return (f"next: revive and patch cannot change the flagged sites ({where}): they are ReLUs in code "
-                "deadrelu cannot edit (a subclassed model's or a layer's call); apply a LeakyReLU there "
-                "(keras.ops.leaky_relu) and retrain")
+        return (
+            f"next: revive and patch cannot change the flagged sites ({where}): they are ReLUs in code "
+            "deadrelu cannot edit (a subclassed model's or a layer's call); apply a LeakyReLU there "
+            "(keras.ops.leaky_relu) and retrain"
+        )
     return "next: " + "; ".join(parts) + "; add --retrain to compare"
