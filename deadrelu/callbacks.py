@@ -105,12 +105,24 @@ class DeadReluMonitor(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, data: Any, *, check_freq: str | int = "epoch", batch_size: int = 256,
-                 samples: int | None = None, on_dead: str | None = "warn", max_dead_fraction: float = 0.10,
-                 patience: int = 0, dying_threshold: float = 0.01, flag_threshold: float = 0.10,
-                 seed: int | None = None, verbose: int | bool = 1,
-                 tensorboard: str | os.PathLike[str] | bool | None = None, every: int | None = None,
-                 every_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        *,
+        check_freq: str | int = "epoch",
+        batch_size: int = 256,
+        samples: int | None = None,
+        on_dead: str | None = "warn",
+        max_dead_fraction: float = 0.10,
+        patience: int = 0,
+        dying_threshold: float = 0.01,
+        flag_threshold: float = 0.10,
+        seed: int | None = None,
+        verbose: int | bool = 1,
+        tensorboard: str | os.PathLike[str] | bool | None = None,
+        every: int | None = None,
+        every_steps: int | None = None,
+    ) -> None:
         super().__init__()
         on_dead = validation.one_of(on_dead, "on_dead", _ACTIONS)
         check_freq, self._epoch_interval = _resolve_frequency(check_freq, every, every_steps)
@@ -121,8 +133,10 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.on_dead = on_dead
         self.max_dead_fraction = validation.fraction(max_dead_fraction, "max_dead_fraction")
         self.patience = validation.non_negative_int(patience, "patience")
-        self.thresholds = Thresholds(dying=validation.fraction(dying_threshold, "dying_threshold"),
-                                     flag=validation.fraction(flag_threshold, "flag_threshold"))
+        self.thresholds = Thresholds(
+            dying=validation.fraction(dying_threshold, "dying_threshold"),
+            flag=validation.fraction(flag_threshold, "flag_threshold"),
+        )
         self.seed = validation.seed(seed)
         self.verbose = _verbosity(verbose)
         self.tensorboard = _tensorboard_option(tensorboard)
@@ -152,8 +166,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.last_report: Report | None = None
         self.revivals = 0
         self._logged_sites: list[str] = []  # sites with a per-site series in the logs
-        self._flagged: set[str] = set()      # sites flagged at any check of this fit (warned once)
-        self._strikes = 0                    # consecutive checks over max_dead_fraction
+        self._flagged: set[str] = set()  # sites flagged at any check of this fit (warned once)
+        self._strikes = 0  # consecutive checks over max_dead_fraction
         self._epoch = 0
         self._batches_since_check = 0
         self._last_batch: int | None = None
@@ -182,8 +196,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
             self._summaries = None
         logdir = self.tensorboard
         if logdir is None:  # the log folder of a TensorBoard callback of this fit, in any order
-            logdir = next((c.log_dir for c in fit_callbacks(self) if isinstance(c, keras.callbacks.TensorBoard)),
-                          None)
+            logdir = next((c.log_dir for c in fit_callbacks(self) if isinstance(c, keras.callbacks.TensorBoard)), None)
         if logdir:
             self._summaries = SummaryWriter(logdir)
 
@@ -225,10 +238,14 @@ class DeadReluMonitor(keras.callbacks.Callback):
             The new `Check`.
         """
         result = self._probe.run(self._probe_data.batches(self.batch_size))
-        report = build_report(result, thresholds=self.thresholds,
-                              model={"path": None, "name": self.model.name, "sha256": None, "format": "in-memory"},
-                              data={"source": self._probe_data.source, "samples": result.samples},
-                              settings={"batch_size": self.batch_size}, notes=result.notes)
+        report = build_report(
+            result,
+            thresholds=self.thresholds,
+            model={"path": None, "name": self.model.name, "sha256": None, "format": "in-memory"},
+            data={"source": self._probe_data.source, "samples": result.samples},
+            settings={"batch_size": self.batch_size},
+            notes=result.notes,
+        )
         previous = self.timeline[-1] if self.timeline else None
         check = make_check(report, previous, epoch=self._epoch, step=self._steps())
         newly_flagged = [s.path for s in report.sites if s.flagged and s.path not in self._flagged]
@@ -244,14 +261,18 @@ class DeadReluMonitor(keras.callbacks.Callback):
         if self.on_dead == "warn":
             for path in newly_flagged:
                 site = report.site(path)
-                self._say(f"epoch {self._epoch + 1}: {path} flagged, {len(site.dead)}/{site.units} units dead "
-                          f"({site.dead_fraction:.0%})")
+                self._say(
+                    f"epoch {self._epoch + 1}: {path} flagged, {len(site.dead)}/{site.units} units dead "
+                    f"({site.dead_fraction:.0%})"
+                )
         self._strikes = self._strikes + 1 if check.dead_fraction > self.max_dead_fraction else 0
         if self._strikes > self.patience and self.on_dead in ("stop", "revive"):
             check.action = self.on_dead
             if self.on_dead == "stop":
-                self._say(f"epoch {self._epoch + 1}: {check.dead_fraction:.1%} of units dead "
-                          f"(> {self.max_dead_fraction:.0%}); stopping training")
+                self._say(
+                    f"epoch {self._epoch + 1}: {check.dead_fraction:.1%} of units dead "
+                    f"(> {self.max_dead_fraction:.0%}); stopping training"
+                )
                 self.model.stop_training = True
             else:
                 self._revive(report)
@@ -261,14 +282,18 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def _revive(self, report: Report) -> None:
         from deadrelu.reviver import revive_in_place
 
-        result = revive_in_place(self.model, report, seed=self.seed, data=self.data, batch_size=self.batch_size,
-                                 scan_options={"samples": self.samples})
-        reset = reset_optimizer_slots(getattr(self.model, "optimizer", None), result.reinitialized,
-                                      result.variables)
+        result = revive_in_place(
+            self.model,
+            report,
+            seed=self.seed,
+            data=self.data,
+            batch_size=self.batch_size,
+            scan_options={"samples": self.samples},
+        )
+        reset = reset_optimizer_slots(getattr(self.model, "optimizer", None), result.reinitialized, result.variables)
         self.revivals += 1
         revived = sum(len(units) for units in result.revived.values())
-        self._say(f"epoch {self._epoch + 1}: revived {revived} dead units (ReDo); "
-                  f"reset {reset} optimizer slot entries")
+        self._say(f"epoch {self._epoch + 1}: revived {revived} dead units (ReDo); reset {reset} optimizer slot entries")
 
     def _log_values(self, check: Check) -> dict:
         values = {"deadrelu/dead_fraction": check.dead_fraction, "deadrelu/dying_fraction": check.dying_fraction}
@@ -298,9 +323,11 @@ def _validate_check_freq(value: Any) -> str | int:
         return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
         return int(value)
-    raise UsageError(f'`check_freq` must be "epoch" or a positive int (a number of batches), got {value!r}; pass '
-                     '`check_freq="epoch"` to check at the end of each epoch, or e.g. `check_freq=100` to check '
-                     'every 100 training batches')
+    raise UsageError(
+        f'`check_freq` must be "epoch" or a positive int (a number of batches), got {value!r}; pass '
+        '`check_freq="epoch"` to check at the end of each epoch, or e.g. `check_freq=100` to check '
+        "every 100 training batches"
+    )
 
 
 def _tensorboard_option(value: Any) -> str | bool | None:
@@ -310,8 +337,10 @@ def _tensorboard_option(value: Any) -> str | bool | None:
     if isinstance(value, (str, os.PathLike)) and os.fspath(value):
         require_tensorboard("`tensorboard`")
         return os.fspath(value)
-    raise UsageError(f"`tensorboard` must be a log folder (e.g. \"logs\"), None (the folder of a "
-                     f"keras.callbacks.TensorBoard in the callbacks) or False (no summaries), got {value!r}")
+    raise UsageError(
+        f'`tensorboard` must be a log folder (e.g. "logs"), None (the folder of a '
+        f"keras.callbacks.TensorBoard in the callbacks) or False (no summaries), got {value!r}"
+    )
 
 
 def _verbosity(value: Any) -> int:
@@ -328,28 +357,46 @@ def _resolve_frequency(check_freq: Any, every: Any, every_steps: Any) -> tuple[A
         deprecated `every` when it is larger.
     """
     if every is not None and every_steps is not None:
-        raise UsageError(f"`every={every!r}` and `every_steps={every_steps!r}` conflict: both are deprecated, and "
-                         f"`every_steps` used to override `every` silently; pass `check_freq` alone "
-                         f'(`check_freq="epoch"` or `check_freq=<number of batches>`)')
+        raise UsageError(
+            f"`every={every!r}` and `every_steps={every_steps!r}` conflict: both are deprecated, and "
+            f"`every_steps` used to override `every` silently; pass `check_freq` alone "
+            f'(`check_freq="epoch"` or `check_freq=<number of batches>`)'
+        )
     if every_steps is not None:
         if check_freq != "epoch" and check_freq != every_steps:
-            raise UsageError(f"`check_freq={check_freq!r}` and `every_steps={every_steps!r}` conflict; `every_steps` "
-                             f"is deprecated: pass `check_freq` alone")
-        warnings.warn(f"DeadReluMonitor(every_steps=...) is deprecated and will be removed in the next release; "
-                      f"use check_freq={every_steps!r}", DeprecationWarning, stacklevel=3)
+            raise UsageError(
+                f"`check_freq={check_freq!r}` and `every_steps={every_steps!r}` conflict; `every_steps` "
+                f"is deprecated: pass `check_freq` alone"
+            )
+        warnings.warn(
+            f"DeadReluMonitor(every_steps=...) is deprecated and will be removed in the next release; "
+            f"use check_freq={every_steps!r}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         return every_steps, 1
     if every is not None:
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise UsageError(f"`every` must be a positive number of epochs, got {every!r}; `every` is deprecated: "
-                             f'pass `check_freq="epoch"` instead')
+            raise UsageError(
+                f"`every` must be a positive number of epochs, got {every!r}; `every` is deprecated: "
+                f'pass `check_freq="epoch"` instead'
+            )
         if check_freq != "epoch":
-            raise UsageError(f"`check_freq={check_freq!r}` and `every={every!r}` conflict (`every` counts epochs, "
-                             f"`check_freq` batches); `every` is deprecated: pass `check_freq` alone")
-        replacement = ('use check_freq="epoch" (the default)' if every == 1 else
-                       f'use check_freq="epoch" (every epoch) or check_freq=<number of batches>; checking every '
-                       f"{every} epochs works in this release only")
-        warnings.warn(f"DeadReluMonitor(every=...) is deprecated and will be removed in the next release; "
-                      f"{replacement}", DeprecationWarning, stacklevel=3)
+            raise UsageError(
+                f"`check_freq={check_freq!r}` and `every={every!r}` conflict (`every` counts epochs, "
+                f"`check_freq` batches); `every` is deprecated: pass `check_freq` alone"
+            )
+        replacement = (
+            'use check_freq="epoch" (the default)'
+            if every == 1
+            else f'use check_freq="epoch" (every epoch) or check_freq=<number of batches>; checking every '
+            f"{every} epochs works in this release only"
+        )
+        warnings.warn(
+            f"DeadReluMonitor(every=...) is deprecated and will be removed in the next release; {replacement}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         return check_freq, int(every)
     return check_freq, 1
 
@@ -374,9 +421,14 @@ def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: di
         return 0
     index = {id(v): i for i, v in enumerate(tracked)}  # by identity: paths can repeat
     # Slots are lists aligned with the trainable variables (Adam: _momentums, _velocities, ...).
-    slot_lists = [value for name, value in vars(optimizer).items()
-                  if value is not tracked and isinstance(value, list) and len(value) == len(tracked)
-                  and all(hasattr(slot, "assign") for slot in value)]
+    slot_lists = [
+        value
+        for name, value in vars(optimizer).items()
+        if value is not tracked
+        and isinstance(value, list)
+        and len(value) == len(tracked)
+        and all(hasattr(slot, "assign") for slot in value)
+    ]
     reset = 0
     for key, mask in masks.items():
         i = index.get(id(variables.get(key)))

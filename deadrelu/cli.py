@@ -38,7 +38,7 @@ from deadrelu.commands._common import (
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit code 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         sys.stderr.write(f"deadrelu: error: {message}; see '{self.prog} --help'\n")
         raise SystemExit(EXIT_INPUT)
 
@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="deadrelu", description="Find, measure and fix dead ReLU units in Keras models.")
     parser.add_argument("--version", action="version", version=f"deadrelu {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    modules = [importlib.import_module(f"deadrelu.commands.{info.name}")
-               for info in pkgutil.iter_modules(deadrelu.commands.__path__) if not info.name.startswith("_")]
+    modules = [
+        importlib.import_module(f"deadrelu.commands.{info.name}")
+        for info in pkgutil.iter_modules(deadrelu.commands.__path__)
+        if not info.name.startswith("_")
+    ]
     parents = parent_parsers()
     for module in sorted(modules, key=lambda m: m.ORDER):
         command = module.register(subparsers, parents)
@@ -106,6 +109,7 @@ def flag_names(message: str, parser: argparse.ArgumentParser | None) -> str:
 
 # -- the console ----------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def quiet_native_stderr(enabled: bool):
     """Routes everything written to file descriptor 2 (TensorFlow's C++ logging) to /dev/null.
@@ -120,8 +124,7 @@ def quiet_native_stderr(enabled: bool):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
     saved = os.dup(2)
-    real_stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
-                            errors="replace")
+    real_stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
     devnull = os.open(os.devnull, os.O_WRONLY)
     old_sys_stderr = sys.stderr
     os.dup2(devnull, 2)
@@ -167,8 +170,7 @@ class Output:
 
     def note(self, message: str, style: str = "yellow") -> None:
         if not self.quiet:
-            self.err.print(f"deadrelu: {flag_names(message, self.parser)}", style=style, markup=False,
-                           highlight=False)
+            self.err.print(f"deadrelu: {flag_names(message, self.parser)}", style=style, markup=False, highlight=False)
 
     @contextlib.contextmanager
     def progress(self, description: str, unit: str = ""):
@@ -179,12 +181,20 @@ class Output:
         """
         from deadrelu.progress import Progress
 
-        with Progress(description, verbose=0 if self.quiet else 1, unit=unit, console=self.err, transient=True,
-                      interval=5.0, prefix="deadrelu: ") as bar:
+        with Progress(
+            description,
+            verbose=0 if self.quiet else 1,
+            unit=unit,
+            console=self.err,
+            transient=True,
+            interval=5.0,
+            prefix="deadrelu: ",
+        ) as bar:
             yield bar.start, bar.advance
 
 
 # -- entry point ----------------------------------------------------------------------------
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread: the command unwinds as on Ctrl-C, removing its temporary files."""
@@ -252,8 +262,10 @@ def _run(args: argparse.Namespace) -> int:
 
                 traceback.print_exc()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            sys.stderr.write(f"deadrelu: internal error: {type(exc).__name__}: {first[:300]} "
-                             "(rerun with --debug for the traceback, and please report it)\n")
+            sys.stderr.write(
+                f"deadrelu: internal error: {type(exc).__name__}: {first[:300]} "
+                "(rerun with --debug for the traceback, and please report it)\n"
+            )
             return EXIT_INTERNAL
 
 

@@ -137,32 +137,51 @@ def compare_reports(new: Report, old: Report) -> ReportDiff:
             continue
         comparable = site.units == before.units
         dead_now, dead_then = set(site.dead), set(before.dead)
-        diffs.append(SiteDiff(
-            path=site.path, layer=site.layer, units=site.units, units_before=before.units,
-            dead_before=len(before.dead), dead_after=len(site.dead),
-            newly_dead=sorted(dead_now - dead_then) if comparable else [],
-            revived=sorted(dead_then - dead_now) if comparable else [],
-            flagged_before=before.flagged, flagged_after=site.flagged))
+        diffs.append(
+            SiteDiff(
+                path=site.path,
+                layer=site.layer,
+                units=site.units,
+                units_before=before.units,
+                dead_before=len(before.dead),
+                dead_after=len(site.dead),
+                newly_dead=sorted(dead_now - dead_then) if comparable else [],
+                revived=sorted(dead_then - dead_now) if comparable else [],
+                flagged_before=before.flagged,
+                flagged_after=site.flagged,
+            )
+        )
     return ReportDiff(
-        new=_provenance(new), old=_provenance(old), sites=diffs,
+        new=_provenance(new),
+        old=_provenance(old),
+        sites=diffs,
         only_new=[s.path for s in new.sites if s.path not in old_sites],
         only_old=[s.path for s in old.sites if s.path not in new_paths],
-        notes=_caveats(new, old, diffs))
+        notes=_caveats(new, old, diffs),
+    )
 
 
 def _provenance(report: Report) -> dict:
     model, data = report.model, report.data
-    return {"model": model.get("path"), "name": model.get("name"), "sha256": model.get("sha256"),
-            "data": data.get("source"), "samples": data.get("samples"), "dead": report.summary["dead"],
-            "units": report.summary["units"]}
+    return {
+        "model": model.get("path"),
+        "name": model.get("name"),
+        "sha256": model.get("sha256"),
+        "data": data.get("source"),
+        "samples": data.get("samples"),
+        "dead": report.summary["dead"],
+        "units": report.summary["units"],
+    }
 
 
 def _caveats(new: Report, old: Report, diffs: list[SiteDiff]) -> list[str]:
     notes = []
     if (new.data.get("source"), new.data.get("samples")) != (old.data.get("source"), old.data.get("samples")):
-        notes.append(f"the scans used different data ({old.data.get('source')}, {old.data.get('samples')} samples → "
-                     f"{new.data.get('source')}, {new.data.get('samples')} samples); some changes may come from "
-                     "the data, not the model")
+        notes.append(
+            f"the scans used different data ({old.data.get('source')}, {old.data.get('samples')} samples → "
+            f"{new.data.get('source')}, {new.data.get('samples')} samples); some changes may come from "
+            "the data, not the model"
+        )
     if new.data.get("synthetic") or old.data.get("synthetic"):
         notes.append("a scan was measured on synthetic inputs; its dead units are not a real verdict")
     for key in ("dying_threshold", "flag_threshold", "saturated_threshold"):
@@ -170,8 +189,10 @@ def _caveats(new: Report, old: Report, diffs: list[SiteDiff]) -> list[str]:
             notes.append(f"{key} differs ({old.settings.get(key)} → {new.settings.get(key)})")
     changed = [d.path for d in diffs if not d.comparable]
     if changed:
-        notes.append(f"unit count changed at {len(changed)} site(s) ({', '.join(changed[:3])}"
-                     f"{', …' if len(changed) > 3 else ''}); their units are not compared one by one")
+        notes.append(
+            f"unit count changed at {len(changed)} site(s) ({', '.join(changed[:3])}"
+            f"{', …' if len(changed) > 3 else ''}); their units are not compared one by one"
+        )
     if new.model.get("sha256") and new.model.get("sha256") == old.model.get("sha256"):
         notes.append("both reports are of the same model file (same sha256)")
     return notes
@@ -211,12 +232,15 @@ def compress_indices(indices: list[int], limit: int = 60) -> str:
 
 # -- terminal -------------------------------------------------------------------------------
 
+
 def diff_summary(diff: ReportDiff) -> str:
     """One line: dead before → after, newly dead, revived, unmatched sites."""
     s = diff.summary
-    text = (f"{diff.new.get('name') or diff.new.get('model') or 'new'} vs "
-            f"{diff.old.get('name') or diff.old.get('model') or 'old'}: dead {s['dead_before']:,} → {s['dead_after']:,} "
-            f"over {s['matched_sites']} matched sites; {s['newly_dead']:,} newly dead, {s['revived']:,} revived")
+    text = (
+        f"{diff.new.get('name') or diff.new.get('model') or 'new'} vs "
+        f"{diff.old.get('name') or diff.old.get('model') or 'old'}: dead {s['dead_before']:,} → {s['dead_after']:,} "
+        f"over {s['matched_sites']} matched sites; {s['newly_dead']:,} newly dead, {s['revived']:,} revived"
+    )
     if s["only_new"] or s["only_old"]:
         text += f"; {s['only_new']} site(s) only in the new report, {s['only_old']} only in the old"
     return text
@@ -238,8 +262,15 @@ def diff_table(diff: ReportDiff, *, limit: int | None = None):
     from deadrelu.render import shorten
 
     table = Table(title="dead units: old → new", title_justify="left", header_style="bold")
-    for name, justify in (("site path", "left"), ("units", "right"), ("dead before", "right"),
-                          ("dead after", "right"), ("Δ", "right"), ("newly dead", "left"), ("revived", "left")):
+    for name, justify in (
+        ("site path", "left"),
+        ("units", "right"),
+        ("dead before", "right"),
+        ("dead after", "right"),
+        ("Δ", "right"),
+        ("newly dead", "left"),
+        ("revived", "left"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")
     rows = diff.sites
     if limit is not None and len(rows) > limit:
@@ -249,10 +280,15 @@ def diff_table(diff: ReportDiff, *, limit: int | None = None):
         delta = site.dead_after - site.dead_before
         style = "bold red" if delta > 0 else ("green" if delta < 0 else "dim")
         units = f"{site.units:,}" if site.comparable else f"{site.units_before:,} → {site.units:,}"
-        table.add_row(shorten(site.path), units, f"{site.dead_before:,}", f"{site.dead_after:,}",
-                      Text(f"{delta:+,}", style=style),
-                      Text(compress_indices(site.newly_dead), style="red" if site.newly_dead else "dim"),
-                      Text(compress_indices(site.revived), style="green" if site.revived else "dim"))
+        table.add_row(
+            shorten(site.path),
+            units,
+            f"{site.dead_before:,}",
+            f"{site.dead_after:,}",
+            Text(f"{delta:+,}", style=style),
+            Text(compress_indices(site.newly_dead), style="red" if site.newly_dead else "dim"),
+            Text(compress_indices(site.revived), style="green" if site.revived else "dim"),
+        )
     for path in diff.only_new:
         table.add_row(shorten(path), "", "", "", "", Text("only in the new report", style="yellow"), "")
     for path in diff.only_old:
@@ -264,11 +300,17 @@ def diff_table(diff: ReportDiff, *, limit: int | None = None):
 
 def diff_markdown(diff: ReportDiff) -> str:
     """The diff as GitHub markdown: the summary line, then one row per site."""
-    lines = [diff_summary(diff), "", "| site | units | dead before | dead after | newly dead | revived |",
-             "|---|---:|---:|---:|---|---|"]
+    lines = [
+        diff_summary(diff),
+        "",
+        "| site | units | dead before | dead after | newly dead | revived |",
+        "|---|---:|---:|---:|---|---|",
+    ]
     for site in diff.sites:
-        lines.append(f"| `{site.path}` | {site.units} | {site.dead_before} | {site.dead_after} | "
-                     f"{compress_indices(site.newly_dead)} | {compress_indices(site.revived)} |")
+        lines.append(
+            f"| `{site.path}` | {site.units} | {site.dead_before} | {site.dead_after} | "
+            f"{compress_indices(site.newly_dead)} | {compress_indices(site.revived)} |"
+        )
     lines += [f"| `{path}` | | | | only in the new report | |" for path in diff.only_new]
     lines += [f"| `{path}` | | | | only in the old report | |" for path in diff.only_old]
     return "\n".join(lines) + "\n"

@@ -28,8 +28,10 @@ from deadrelu.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-ACCEPTED = ("a numpy array, a list or dict of arrays, a tf.data.Dataset, a keras.utils.PyDataset, a generator, "
-            "or a path (.npy, .npz, .h5, .csv, a folder of images)")
+ACCEPTED = (
+    "a numpy array, a list or dict of arrays, a tf.data.Dataset, a keras.utils.PyDataset, a generator, "
+    "or a path (.npy, .npz, .h5, .csv, a folder of images)"
+)
 
 
 @dataclasses.dataclass
@@ -83,8 +85,9 @@ class ProbeData:
                 self._check_scale(x)
             if labels:
                 if y is None:
-                    raise UsageError("`gradients=True` needs labels: the dataset or generator must yield "
-                                     "(inputs, labels) pairs")
+                    raise UsageError(
+                        "`gradients=True` needs labels: the dataset or generator must yield (inputs, labels) pairs"
+                    )
                 _check_kind(y, "labels")
                 _check_finite(y, "labels", seen)
             seen += count_samples(x)
@@ -104,8 +107,10 @@ class ProbeData:
         if not floats:
             return
         largest = max(float(np.max(np.abs(a), initial=0.0)) for a in floats)
-        note = (f"max input after rescale is {largest:.2g}: the data may already be scaled; "
-                "drop `rescale` if it lies in [0, 1] already")
+        note = (
+            f"max input after rescale is {largest:.2g}: the data may already be scaled; "
+            "drop `rescale` if it lies in [0, 1] already"
+        )
         if largest <= self._rescale * (1 + 1e-6) and note not in self.notes:
             self.notes.append(note)
 
@@ -114,8 +119,16 @@ class ProbeData:
         return self.y is not None or self._label_problem is not None
 
 
-def load_data(data, model, *, labels=None, samples: int | None = None, rescale: float | None = None,
-              skip_bad_images: bool = False, synthetic_samples: int = 256) -> ProbeData:
+def load_data(
+    data,
+    model,
+    *,
+    labels=None,
+    samples: int | None = None,
+    rescale: float | None = None,
+    skip_bad_images: bool = False,
+    synthetic_samples: int = 256,
+) -> ProbeData:
     """Resolves any supported data source into `ProbeData` adapted to `model`.
 
     Args:
@@ -155,16 +168,26 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
     stream = _as_stream(data, inputs, samples, notes)
     if stream is not None:
         if labels is not None:
-            raise DataError(f"a {_kind_name(data)} brings its own labels: yield (inputs, labels) pairs from it "
-                            "instead of passing `labels`")
-        return ProbeData(x=None, samples=samples, source=_kind_name(data), notes=notes, stream=stream,
-                         _inputs=inputs, _rescale=rescale)
+            raise DataError(
+                f"a {_kind_name(data)} brings its own labels: yield (inputs, labels) pairs from it "
+                "instead of passing `labels`"
+            )
+        return ProbeData(
+            x=None,
+            samples=samples,
+            source=_kind_name(data),
+            notes=notes,
+            stream=stream,
+            _inputs=inputs,
+            _rescale=rescale,
+        )
 
     is_path = isinstance(data, (str, os.PathLike))
     source = os.fspath(data) if is_path else "in-memory"
     if is_path:
-        x, y_in_file = _read_path(data, for_labels=False, input_names=inputs.names, output_names=output_names,
-                                  notes=notes)
+        x, y_in_file = _read_path(
+            data, for_labels=False, input_names=inputs.names, output_names=output_names, notes=notes
+        )
     else:
         x, y_in_file = _as_arrays(data, len(inputs.shapes or []), "data"), None
     y = labels
@@ -193,17 +216,28 @@ def load_data(data, model, *, labels=None, samples: int | None = None, rescale: 
         # Every sample needs its label; more labels than samples mean the two do not belong together,
         # unless the samples were cut (a folder of images read up to `samples`).
         if label_count < count or (label_count != _count(x, what) and not (folder and samples)):
-            label_problem = (f"there are {label_count:,} labels for {_count(x, what):,} samples; pass one label per "
-                             "sample")
+            label_problem = (
+                f"there are {label_count:,} labels for {_count(x, what):,} samples; pass one label per sample"
+            )
             if labels is not None:  # asked for: wrong now; found beside the data: wrong once used
                 raise DataError(label_problem)
             y = None
     transform = _adapter(x, inputs, rescale, notes)
-    return ProbeData(x=x, y=y, samples=count, source=source, notes=notes, _transform=transform, _inputs=inputs,
-                     _rescale=rescale, _label_problem=label_problem)
+    return ProbeData(
+        x=x,
+        y=y,
+        samples=count,
+        source=source,
+        notes=notes,
+        _transform=transform,
+        _inputs=inputs,
+        _rescale=rescale,
+        _label_problem=label_problem,
+    )
 
 
 # -- in-memory data ------------------------------------------------------------------------
+
 
 def _as_arrays(value, count: int, what: str):
     """In-memory data as arrays: tensors → numpy, lists of numbers → one array; lists and dicts of
@@ -227,8 +261,10 @@ def _as_array(value, what: str):
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
-        raise DataError(f"the {what} cannot be made into one array ({_first_sentence(exc)}); rows must all have "
-                        "the same length: pad them first (e.g. keras.utils.pad_sequences)") from None
+        raise DataError(
+            f"the {what} cannot be made into one array ({_first_sentence(exc)}); rows must all have "
+            "the same length: pad them first (e.g. keras.utils.pad_sequences)"
+        ) from None
     if array.dtype == object and array.ndim == 0:
         raise DataError(f"the {what} {_verb(what, 'is')} a {type(value).__name__}; pass {ACCEPTED}")
     return array
@@ -242,17 +278,28 @@ def _count(x, what: str) -> int:
         if shape is None:
             raise DataError(f"{what} {_verb(what, 'is')} a {type(array).__name__}; pass {ACCEPTED}")
         if len(shape) == 0:
-            raise DataError(f"{what}{key} {_verb(what, 'is')} a single value (a 0-d array), not samples; pass an "
-                            "array whose first axis runs over the samples")
+            raise DataError(
+                f"{what}{key} {_verb(what, 'is')} a single value (a 0-d array), not samples; pass an "
+                "array whose first axis runs over the samples"
+            )
         counts.append(int(shape[0]))
     if len(set(counts)) > 1:
-        raise DataError(f"the arrays of {what} hold different numbers of samples ({', '.join(map(str, counts))}); "
-                        f"pass the same samples for every {'output' if 'labels' in what else 'input'}")
+        raise DataError(
+            f"the arrays of {what} hold different numbers of samples ({', '.join(map(str, counts))}); "
+            f"pass the same samples for every {'output' if 'labels' in what else 'input'}"
+        )
     return counts[0] if counts else 0
 
 
-_KINDS = {"U": "text", "S": "text", "O": "Python objects", "c": "complex numbers", "M": "dates", "m": "time spans",
-          "V": "records of a structured array"}
+_KINDS = {
+    "U": "text",
+    "S": "text",
+    "O": "Python objects",
+    "c": "complex numbers",
+    "M": "dates",
+    "m": "time spans",
+    "V": "records of a structured array",
+}
 
 
 def _check_kind(x, what: str) -> None:
@@ -269,12 +316,17 @@ def _check_kind(x, what: str) -> None:
         if dtype.kind in "US" and what == "labels":
             fix = "encode them as class ids, e.g. `classes, y = np.unique(y, return_inverse=True)`"
         elif dtype.kind in "USO":
-            fix = ("convert it to numbers first (an array of numbers of dtype object: `x.astype('float32')`; "
-                   "ragged rows: pad them to one length)" if dtype.kind == "O" else
-                   "convert it to numbers first (e.g. encode categories as integers)")
+            fix = (
+                "convert it to numbers first (an array of numbers of dtype object: `x.astype('float32')`; "
+                "ragged rows: pad them to one length)"
+                if dtype.kind == "O"
+                else "convert it to numbers first (e.g. encode categories as integers)"
+            )
         elif dtype.kind == "c":
-            fix = ("deadrelu does not drop the imaginary part silently: pass real numbers, e.g. np.abs(x) or "
-                   "np.stack([x.real, x.imag], axis=-1)")
+            fix = (
+                "deadrelu does not drop the imaginary part silently: pass real numbers, e.g. np.abs(x) or "
+                "np.stack([x.real, x.imag], axis=-1)"
+            )
         elif dtype.kind == "V":
             fix = "pass one plain numeric array, e.g. np.stack([x[name] for name in x.dtype.names], axis=-1)"
         else:
@@ -290,8 +342,10 @@ def _check_finite(x, what: str, first_sample: int) -> None:
             rows = np.isfinite(array).reshape(len(array), -1).all(axis=1) if array.ndim else np.array([False])
             bad = first_sample + int(np.argmax(~rows))
             extra = "" if what == "labels" else " (values beyond the float32 range become inf too)"
-            raise DataError(f"the {what}{key} {_verb(what, 'holds')} NaN or inf values, first at sample {bad}; clean "
-                            f"or impute them first{extra}")
+            raise DataError(
+                f"the {what}{key} {_verb(what, 'holds')} NaN or inf values, first at sample {bad}; clean "
+                f"or impute them first{extra}"
+            )
 
 
 def _verb(subject: str, verb: str) -> str:
@@ -321,6 +375,7 @@ def _first_sentence(exc: BaseException) -> str:
 
 # -- files ---------------------------------------------------------------------------------
 
+
 def _split_key(path: str) -> tuple[str, str | None]:
     """'file.npz:key' → ('file.npz', 'key'). HDF5 keys may hold '/' (group/dataset)."""
     if os.path.exists(path):
@@ -328,7 +383,7 @@ def _split_key(path: str) -> tuple[str, str | None]:
     index = path.find(":")
     while index != -1:
         if os.path.isfile(path[:index]):
-            return path[:index], path[index + 1:] or None
+            return path[:index], path[index + 1 :] or None
         index = path.find(":", index + 1)
     head, sep, tail = path.partition(":")
     if sep and head.lower().endswith((".npz", ".h5", ".hdf5")):
@@ -336,8 +391,14 @@ def _split_key(path: str) -> tuple[str, str | None]:
     return path, None
 
 
-def _read_path(path, *, for_labels: bool, input_names: list | None = None, output_names: list | None = None,
-               notes: list[str] | None = None):
+def _read_path(
+    path,
+    *,
+    for_labels: bool,
+    input_names: list | None = None,
+    output_names: list | None = None,
+    notes: list[str] | None = None,
+):
     """Reads a data file. Returns (array-or-folder, labels found in the same file or None).
 
     For a model with several inputs (outputs), an .npz or HDF5 file holding one array per input
@@ -371,10 +432,13 @@ def _read_path(path, *, for_labels: bool, input_names: list | None = None, outpu
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot read {what} file {path} ({_first_sentence(exc)}); check that it is a complete "
-                        f"{os.path.splitext(path)[1]} file") from exc
-    raise DataError(f"unsupported {what} format: {path}; use .npy, .npz[:key], .h5[:dataset], .csv "
-                    "or a folder of images")
+        raise DataError(
+            f"cannot read {what} file {path} ({_first_sentence(exc)}); check that it is a complete "
+            f"{os.path.splitext(path)[1]} file"
+        ) from exc
+    raise DataError(
+        f"unsupported {what} format: {path}; use .npy, .npz[:key], .h5[:dataset], .csv or a folder of images"
+    )
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -395,12 +459,13 @@ def _read_npy(path: str) -> np.ndarray:
 
 
 def _objects_message(path: str) -> str:
-    return (f"{path} holds Python objects (dtype object), which deadrelu does not load (loading them would run "
-            "pickle); save an array of numbers (ragged rows: pad them to one length first)")
+    return (
+        f"{path} holds Python objects (dtype object), which deadrelu does not load (loading them would run "
+        "pickle); save an array of numbers (ragged rows: pad them to one length first)"
+    )
 
 
-def _pick(keys: list[str], key: str | None, preferred: tuple[str, ...], path: str, notes: list[str],
-          what: str) -> str:
+def _pick(keys: list[str], key: str | None, preferred: tuple[str, ...], path: str, notes: list[str], what: str) -> str:
     if key is not None:
         if key not in keys:
             raise DataError(f"no array named '{key}' in {path}; it holds {', '.join(keys) or 'nothing'}")
@@ -413,8 +478,10 @@ def _pick(keys: list[str], key: str | None, preferred: tuple[str, ...], path: st
     if len(keys) == 1:
         notes.append(f"{what}: used '{keys[0]}', the only array in {path}")
         return keys[0]
-    raise DataError(f"{path} holds {len(keys)} arrays ({', '.join(keys)}) and none is named '{preferred[0]}'; "
-                    f"name the one to use after a colon, e.g. {path}:{keys[0]}")
+    raise DataError(
+        f"{path} holds {len(keys)} arrays ({', '.join(keys)}) and none is named '{preferred[0]}'; "
+        f"name the one to use after a colon, e.g. {path}:{keys[0]}"
+    )
 
 
 _X_KEYS = ("x", "x_test", "x_val", "x_train", "images", "data", "inputs")
@@ -425,11 +492,14 @@ def _read_npz(path: str, key: str | None, for_labels: bool, input_names, output_
     import zipfile
 
     if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not a valid .npz archive (an .npz is a zip of .npy files, as np.savez writes "
-                        "it); check the file, or save the arrays again")
+        raise DataError(
+            f"{path} is not a valid .npz archive (an .npz is a zip of .npy files, as np.savez writes "
+            "it); check the file, or save the arrays again"
+        )
     archive = np.load(path, allow_pickle=False)
-    return _select(_NpzMembers(archive, path), list(archive.files), key, for_labels, path, input_names,
-                   output_names, notes)
+    return _select(
+        _NpzMembers(archive, path), list(archive.files), key, for_labels, path, input_names, output_names, notes
+    )
 
 
 class _NpzMembers:
@@ -448,19 +518,32 @@ class _NpzMembers:
                 raise DataError(_objects_message(f"{self.path}:{name}")) from None
             raise DataError(f"cannot read '{name}' in {self.path} ({_first_sentence(exc)}); save it again") from None
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise DataError(f"{self.path} is damaged ({_first_sentence(exc)} in '{name}'); save the arrays "
-                            "again") from None
+            raise DataError(
+                f"{self.path} is damaged ({_first_sentence(exc)} in '{name}'); save the arrays again"
+            ) from None
 
 
-def _select(container, keys: list[str], key: str | None, for_labels: bool, path: str,
-            input_names: list | None = None, output_names: list | None = None, notes: list[str] | None = None):
+def _select(
+    container,
+    keys: list[str],
+    key: str | None,
+    for_labels: bool,
+    path: str,
+    input_names: list | None = None,
+    output_names: list | None = None,
+    notes: list[str] | None = None,
+):
     """The wanted array of a multi-array file, and (for inputs) the labels stored beside it.
 
     Models with several inputs read one array per input name; with several outputs, labels are
     one array per output name when the file holds them all."""
     notes = [] if notes is None else notes
-    by_output = (output_names and len(output_names) > 1 and all(name in keys for name in output_names)
-                 and not (key and for_labels))
+    by_output = (
+        output_names
+        and len(output_names) > 1
+        and all(name in keys for name in output_names)
+        and not (key and for_labels)
+    )
     if for_labels and by_output:
         return {name: container[name] for name in output_names}, None
     if not for_labels and key is None and input_names and len(input_names) > 1:
@@ -469,10 +552,12 @@ def _select(container, keys: list[str], key: str | None, for_labels: bool, path:
             raise DataError(
                 f"the model has {len(input_names)} inputs ({', '.join(input_names)}) but {path} has no array "
                 f"named '{missing[0]}'; store one array per input under the input's name, e.g. "
-                f"np.savez('x.npz', {', '.join(f'{n}=...' for n in input_names)})")
+                f"np.savez('x.npz', {', '.join(f'{n}=...' for n in input_names)})"
+            )
         partner = next((c for c in ("y", "labels") if c in keys), None)
-        labels = ({n: container[n] for n in output_names} if by_output else
-                  _beside(container, partner) if partner else None)
+        labels = (
+            {n: container[n] for n in output_names} if by_output else _beside(container, partner) if partner else None
+        )
         return {name: container[name] for name in input_names}, labels
     name = _pick(keys, key, _Y_KEYS if for_labels else _X_KEYS, path, notes, "labels" if for_labels else "data")
     if by_output and not for_labels:
@@ -515,8 +600,10 @@ def _read_h5(path: str, key: str | None, for_labels: bool, input_names, output_n
         raise DataError(f"{path} is a Keras model file, not data; pass the data with `data=`")
     if key is not None and key not in keys and isinstance(handle.get(key.strip("/")), h5py.Group):
         inside = [k for k in keys if k.startswith(key.strip("/") + "/")]
-        raise DataError(f"'{key}' in {path} is a group, not a dataset; name a dataset inside it, e.g. "
-                        f"{path}:{inside[0] if inside else key + '/NAME'}")
+        raise DataError(
+            f"'{key}' in {path} is a group, not a dataset; name a dataset inside it, e.g. "
+            f"{path}:{inside[0] if inside else key + '/NAME'}"
+        )
     return _select(handle, keys, key.strip("/") if key else key, for_labels, path, input_names, output_names, notes)
 
 
@@ -537,8 +624,10 @@ def _read_csv(path: str) -> np.ndarray:
             warnings.simplefilter("ignore")  # numpy warns about an empty file; the check below says it
             array = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2, encoding="utf-8-sig")
     except ValueError as exc:
-        raise DataError(f"{path}: {_csv_problem(str(exc), skip)}; a .csv must hold numbers only, separated by "
-                        "commas, as many on every row, with at most one header line") from None
+        raise DataError(
+            f"{path}: {_csv_problem(str(exc), skip)}; a .csv must hold numbers only, separated by "
+            "commas, as many on every row, with at most one header line"
+        ) from None
     if array.shape[0] == 0:
         raise DataError(f"{path} holds no rows of numbers; pass a .csv with at least one row")
     return array
@@ -549,8 +638,11 @@ def _csv_problem(message: str, skip: int) -> str:
     match = re.search(r"could not convert string '(.*)' to \w+ at row (\d+), column (\d+)", message)
     if match:
         cell = match[1] or "an empty cell"
-        return f"line {int(match[2]) + 1 + skip}, column {match[3]} is {cell!r} rather than a number" \
-            if match[1] else f"line {int(match[2]) + 1 + skip}, column {match[3]} is empty"
+        return (
+            f"line {int(match[2]) + 1 + skip}, column {match[3]} is {cell!r} rather than a number"
+            if match[1]
+            else f"line {int(match[2]) + 1 + skip}, column {match[3]} is empty"
+        )
     match = re.search(r"number of columns changed from (\d+) to (\d+) at row (\d+)", message)
     if match:
         return f"line {int(match[3]) + skip} has {match[2]} cells where the lines before have {match[1]}"
@@ -560,18 +652,26 @@ def _csv_problem(message: str, skip: int) -> str:
 def _read_images(folder: str, input_shapes, *, skip_bad: bool, limit: int | None, notes: list[str]) -> np.ndarray:
     from PIL import Image
 
-    files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                   for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
     shape = input_shapes[0] if input_shapes and len(input_shapes) == 1 else None
     if shape is None or len(shape) != 3:
-        raise DataError(f"a folder of images needs a model with one image input (height, width, channels); "
-                        f"this model takes {shape if shape is not None else input_shapes}; pass an array instead")
+        raise DataError(
+            f"a folder of images needs a model with one image input (height, width, channels); "
+            f"this model takes {shape if shape is not None else input_shapes}; pass an array instead"
+        )
     height, width, channels = shape
     if height is None or width is None:
-        raise DataError(f"the model takes images of any size {tuple(shape)}, so deadrelu cannot choose one; "
-                        "resize the images yourself and pass them as an array")
+        raise DataError(
+            f"the model takes images of any size {tuple(shape)}, so deadrelu cannot choose one; "
+            "resize the images yourself and pass them as an array"
+        )
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels, "RGB")
     images, bad = [], []
     for file in files:
@@ -584,21 +684,27 @@ def _read_images(folder: str, input_shapes, *, skip_bad: bool, limit: int | None
         except Exception as exc:  # noqa: BLE001 - any unreadable image: damaged, empty, not an image
             if not skip_bad:
                 reason = "an empty file" if os.path.getsize(file) == 0 else _first_sentence(exc)
-                raise DataError(f"cannot read the image {file} ({reason}); remove or replace it, or pass "
-                                "`skip_bad_images=True` to skip unreadable images") from None
+                raise DataError(
+                    f"cannot read the image {file} ({reason}); remove or replace it, or pass "
+                    "`skip_bad_images=True` to skip unreadable images"
+                ) from None
             bad.append(file)
             continue
         images.append(array.reshape(height, width, -1))
     if bad:
-        notes.append(f"skipped {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} in {folder} "
-                     f"(first: {os.path.relpath(bad[0], folder)})")
+        notes.append(
+            f"skipped {len(bad)} unreadable image{'s' if len(bad) != 1 else ''} in {folder} "
+            f"(first: {os.path.relpath(bad[0], folder)})"
+        )
     if not images:
-        raise DataError(f"none of the {len(bad)} images in folder {folder} can be read (first: {bad[0]}); "
-                        "check the files")
+        raise DataError(
+            f"none of the {len(bad)} images in folder {folder} can be read (first: {bad[0]}); check the files"
+        )
     return np.stack(images)
 
 
 # -- adaptation ----------------------------------------------------------------------------
+
 
 def _adapter(x, inputs: _Inputs, rescale: float | None, notes: list[str]) -> Callable:
     """Builds the per-batch transform that makes the data fit the model, and says what it does.
@@ -611,13 +717,19 @@ def _adapter(x, inputs: _Inputs, rescale: float | None, notes: list[str]) -> Cal
     # Without arrays to inspect (a stream), adapt every array alike: as floats unless the model
     # takes integers (token ids).
     default = _Plan(as_float=not inputs.dtypes or all("float" in dtype for dtype in inputs.dtypes))
-    plans = {} if x is None else {key: _plan(array, shape, dtype, label, notes, hint=rescale is None)
-                                  for key, array, shape, dtype, label
-                                  in _pair_inputs(x, inputs)}
+    plans = (
+        {}
+        if x is None
+        else {
+            key: _plan(array, shape, dtype, label, notes, hint=rescale is None)
+            for key, array, shape, dtype, label in _pair_inputs(x, inputs)
+        }
+    )
     rescales = rescale is not None and any(plan.as_float for plan in (plans.values() if plans else [default]))
     if rescale is not None:
-        notes.append(f"inputs multiplied by {rescale:g}" if rescales else
-                     "`rescale` ignored: the model takes integer inputs")
+        notes.append(
+            f"inputs multiplied by {rescale:g}" if rescales else "`rescale` ignored: the model takes integer inputs"
+        )
 
     def adapt(array, plan: _Plan):
         array = np.asarray(array)
@@ -665,24 +777,33 @@ def _pair_inputs(x, inputs: _Inputs) -> list[tuple]:
         names = input_names or []
         unknown = [key for key in x if key not in names]
         if names and unknown:
-            raise DataError(f"the data names the input '{unknown[0]}', but the model's inputs are "
-                            f"{', '.join(repr(n) for n in names)}; key the arrays by input name")
+            raise DataError(
+                f"the data names the input '{unknown[0]}', but the model's inputs are "
+                f"{', '.join(repr(n) for n in names)}; key the arrays by input name"
+            )
         if names and count and count > 1:
             missing = [name for name in names if name not in x]
             if missing:
-                raise DataError(f"no data for the model input '{missing[0]}'; give one array per input, "
-                                f"keyed by the input names ({', '.join(names)})")
-        return [(k, v, *model_input(names.index(k) if k in names else None), f"input '{k}': ")
-                for k, v in x.items()]
+                raise DataError(
+                    f"no data for the model input '{missing[0]}'; give one array per input, "
+                    f"keyed by the input names ({', '.join(names)})"
+                )
+        return [(k, v, *model_input(names.index(k) if k in names else None), f"input '{k}': ") for k, v in x.items()]
     if isinstance(x, (list, tuple)):
         if count and len(x) != count:
-            raise DataError(f"the data has {len(x)} arrays but the model has {count} input{'s' if count != 1 else ''}; "
-                            "give one array per model input")
-        return [(i, v, *model_input(i), f"input '{input_names[i]}': " if input_names and len(x) > 1 else "")
-                for i, v in enumerate(x)]
+            raise DataError(
+                f"the data has {len(x)} arrays but the model has {count} input{'s' if count != 1 else ''}; "
+                "give one array per model input"
+            )
+        return [
+            (i, v, *model_input(i), f"input '{input_names[i]}': " if input_names and len(x) > 1 else "")
+            for i, v in enumerate(x)
+        ]
     if count and count > 1:
-        raise DataError(f"the model has {count} inputs ({', '.join(input_names or [])}) but the data is one array; "
-                        "pass one array per input (an .npz holding arrays named after the inputs)")
+        raise DataError(
+            f"the model has {count} inputs ({', '.join(input_names or [])}) but the data is one array; "
+            "pass one array per input (an .npz holding arrays named after the inputs)"
+        )
     return [(0, x, *model_input(0), "")]
 
 
@@ -695,11 +816,15 @@ def _plan(array, want, want_dtype, label: str, notes: list[str], *, hint: bool) 
     if want is not None and have is not None and not _shape_fits(have, want):
         if have == ():
             target = ", ".join("N" if w is None else str(w) for w in want)
-            raise DataError(f"{label}data is one-dimensional ({array.shape[0]} values) but the model takes samples "
-                            f"of shape {tuple(want)}; pass an array of shape (samples, {target})")
+            raise DataError(
+                f"{label}data is one-dimensional ({array.shape[0]} values) but the model takes samples "
+                f"of shape {tuple(want)}; pass an array of shape (samples, {target})"
+            )
         if not _shape_fits(have + (1,), want):
-            raise DataError(f"{label}data samples have shape {have} but the model takes {tuple(want)}; "
-                            "reshape the data to match the model input")
+            raise DataError(
+                f"{label}data samples have shape {have} but the model takes {tuple(want)}; "
+                "reshape the data to match the model input"
+            )
         expand = True
         notes.append(f"{label}data shape {have} → {have + (1,)}: added the trailing channel axis the model expects")
     as_float = want_dtype is None or "float" in str(want_dtype)
@@ -748,8 +873,6 @@ def _synthetic(input_shapes, count: int) -> ProbeData:
     return ProbeData(x=x, samples=count, source=f"synthetic uniform [0, 1), {count} samples", synthetic=True)
 
 
-
-
 # -- streams -------------------------------------------------------------------------------
 #
 # A stream is read batch by batch and cut at `samples`: the last batch is shortened so exactly
@@ -779,8 +902,12 @@ def _is_tf_dataset(data) -> bool:
 
 def _is_py_dataset(data) -> bool:
     kind = type(data)  # not the instance: a PyDataset's `num_batches` may raise when read
-    return (hasattr(kind, "__getitem__") and hasattr(kind, "on_epoch_end") and not isinstance(data, np.ndarray)
-            and (hasattr(kind, "__len__") or hasattr(kind, "num_batches")))
+    return (
+        hasattr(kind, "__getitem__")
+        and hasattr(kind, "on_epoch_end")
+        and not isinstance(data, np.ndarray)
+        and (hasattr(kind, "__len__") or hasattr(kind, "num_batches"))
+    )
 
 
 def _as_stream(data, inputs: _Inputs, samples: int | None, notes: list[str]) -> Callable | None:
@@ -793,14 +920,18 @@ def _as_stream(data, inputs: _Inputs, samples: int | None, notes: list[str]) -> 
         except NotImplementedError:
             raise DataError("the PyDataset defines neither `__len__` nor `num_batches`; define one of them") from None
         if batches is None and samples is None:
-            raise DataError("the PyDataset is infinite (`num_batches` is None); pass `samples` to scan that many "
-                            "samples of it")
+            raise DataError(
+                "the PyDataset is infinite (`num_batches` is None); pass `samples` to scan that many samples of it"
+            )
         indices = range(batches) if batches is not None else itertools.count()
         return _elements_stream(lambda: (data[i] for i in indices), inputs, samples, notes, "PyDataset")
     if isinstance(data, collections.abc.Iterator):
         return _elements_stream(_replay(data), inputs, samples, notes, _kind_name(data))
-    if isinstance(data, (str, os.PathLike, np.ndarray, list, tuple, dict)) or _is_array(data) \
-            or isinstance(data, (int, float, complex, np.generic)):
+    if (
+        isinstance(data, (str, os.PathLike, np.ndarray, list, tuple, dict))
+        or _is_array(data)
+        or isinstance(data, (int, float, complex, np.generic))
+    ):
         return None
     if isinstance(data, collections.abc.Iterable) or hasattr(data, "__array__"):
         return None  # e.g. a pandas DataFrame: read as an array
@@ -812,16 +943,22 @@ def _dataset_stream(dataset, inputs: _Inputs, samples: int | None, notes: list[s
 
     cardinality = int(dataset.cardinality())
     if cardinality == tf.data.INFINITE_CARDINALITY and samples is None:
-        raise DataError("the dataset is infinite (it repeats); pass `samples` to scan that many samples of it, "
-                        "or drop its .repeat()")
+        raise DataError(
+            "the dataset is infinite (it repeats); pass `samples` to scan that many samples of it, "
+            "or drop its .repeat()"
+        )
     spec = dataset.element_spec
     x_spec = _split_element(spec)[0]
     for key, leaf in _named_leaves(x_spec) if not isinstance(x_spec, tf.TypeSpec) else [("", x_spec)]:
         if not isinstance(leaf, tf.TensorSpec):
-            raise DataError(f"the dataset yields {type(leaf).__name__.replace('Spec', '')}s{key}, which deadrelu "
-                            "does not read; yield dense tensors (e.g. dataset.padded_batch(N) or .to_tensor())")
-        _check_kind(np.empty(0, dtype=leaf.dtype.as_numpy_dtype) if leaf.dtype != tf.string
-                    else np.empty(0, dtype=str), "data" + key)
+            raise DataError(
+                f"the dataset yields {type(leaf).__name__.replace('Spec', '')}s{key}, which deadrelu "
+                "does not read; yield dense tensors (e.g. dataset.padded_batch(N) or .to_tensor())"
+            )
+        _check_kind(
+            np.empty(0, dtype=leaf.dtype.as_numpy_dtype) if leaf.dtype != tf.string else np.empty(0, dtype=str),
+            "data" + key,
+        )
     first = _first_leaf(x_spec, inputs)
     unbatched = first is not None and _is_unbatched(tuple(first[0].shape), first[1], first_known=True)
 
@@ -834,8 +971,9 @@ def _dataset_stream(dataset, inputs: _Inputs, samples: int | None, notes: list[s
     return batches
 
 
-def _elements_stream(elements: Callable[[], Iterator], inputs: _Inputs, samples: int | None, notes: list[str],
-                     kind: str) -> Callable:
+def _elements_stream(
+    elements: Callable[[], Iterator], inputs: _Inputs, samples: int | None, notes: list[str], kind: str
+) -> Callable:
     """Batches from a PyDataset or generator: numpy `(x, y)` pairs; single samples are stacked into batches."""
 
     def batches(batch_size: int) -> Iterator[tuple]:
@@ -909,8 +1047,10 @@ def _stack(items: list):
     try:
         return np.stack([np.asarray(item) for item in items])
     except ValueError as exc:
-        raise DataError(f"the samples the data yields differ in shape ({_first_sentence(exc)}); yield samples of "
-                        "one shape, or batches") from None
+        raise DataError(
+            f"the samples the data yields differ in shape ({_first_sentence(exc)}); yield samples of "
+            "one shape, or batches"
+        ) from None
 
 
 def _split_element(element) -> tuple:
@@ -973,6 +1113,7 @@ def _compatible(have: tuple, want: tuple) -> bool:
 
 
 # -- small helpers -------------------------------------------------------------------------
+
 
 def map_arrays(fn, x):
     """`fn` applied to an array, or to each array of a list or dict (several inputs or outputs)."""

@@ -25,6 +25,7 @@ _TEMP_NAME = re.compile(r"^\.deadrelu-tmp-(\d+)-")
 
 # -- which file a path names -----------------------------------------------------------------
 
+
 def same_file(a: str, b: str) -> bool:
     """Whether `a` and `b` name the same file or folder.
 
@@ -77,12 +78,17 @@ def file_kind(path: str) -> str | None:
         return None
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
-    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"))
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 # -- where outputs may go --------------------------------------------------------------------
+
 
 def check_output_path(path: str, *, force: bool = True) -> str:
     """Checks that a file can be written at `path`; returns it as a string.
@@ -105,8 +111,10 @@ def check_output_path(path: str, *, force: bool = True) -> str:
     if kind is None and _in_system_folder(path):
         kind = "in a system folder (/dev, /proc, /sys)"
     if kind is not None:
-        raise UsageError(f"{path} is {kind}, not a regular file; deadrelu writes a new file and renames it into "
-                         "place, which would replace that entry: give the path of a regular file")
+        raise UsageError(
+            f"{path} is {kind}, not a regular file; deadrelu writes a new file and renames it into "
+            "place, which would replace that entry: give the path of a regular file"
+        )
     _check_folder_takes_files(os.path.dirname(os.path.abspath(path)))
     if not force and os.path.lexists(path):
         raise UsageError(f"{path} exists; choose another output path or pass `force=True` to overwrite it")
@@ -132,15 +140,18 @@ def check_output_folder(folder: str, *, create: bool = False) -> str:
     """
     folder = os.fspath(folder)
     if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"{folder} exists and is not a folder; give a folder (an existing one, or a new one "
-                         "to create)")
+        raise UsageError(
+            f"{folder} exists and is not a folder; give a folder (an existing one, or a new one to create)"
+        )
     if os.path.isdir(folder):
         _check_folder_takes_files(folder)
     else:
         parent = os.path.dirname(os.path.abspath(folder))
         if not os.path.isdir(parent):
-            raise UsageError(f"cannot create the folder {folder}: its parent folder {parent} does not exist; "
-                             "create it or choose another path")
+            raise UsageError(
+                f"cannot create the folder {folder}: its parent folder {parent} does not exist; "
+                "create it or choose another path"
+            )
         _check_folder_takes_files(parent)
         if create:
             os.makedirs(folder, exist_ok=True)
@@ -155,8 +166,11 @@ def _in_system_folder(path: str) -> bool:
     """Whether `path`, as given or where its links lead, lies in /dev, /proc or /sys (POSIX)."""
     if os.name != "posix":
         return False
-    return any(p == root or p.startswith(root + "/") for p in {os.path.abspath(path), os.path.realpath(path)}
-               for root in _SYSTEM_FOLDERS)
+    return any(
+        p == root or p.startswith(root + "/")
+        for p in {os.path.abspath(path), os.path.realpath(path)}
+        for root in _SYSTEM_FOLDERS
+    )
 
 
 def _check_folder_takes_files(folder: str) -> None:
@@ -177,6 +191,7 @@ def _check_folder_takes_files(folder: str) -> None:
 
 
 # -- writing ---------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def atomic_output(path: str, *, suffix: str | None = None, force: bool = True) -> Iterator[str]:
@@ -228,8 +243,10 @@ def atomic_output(path: str, *, suffix: str | None = None, force: bool = True) -
 
 def _move_exclusive(tmp: str, path: str) -> None:
     """Moves `tmp` to `path` unless `path` exists, deciding atomically (no check-then-rename race)."""
-    exists = UsageError(f"{path} exists (written while this run worked); choose another output path or pass "
-                        "`force=True` to overwrite it")
+    exists = UsageError(
+        f"{path} exists (written while this run worked); choose another output path or pass "
+        "`force=True` to overwrite it"
+    )
     try:
         os.link(tmp, path)  # fails if `path` exists, whoever created it
     except FileExistsError:

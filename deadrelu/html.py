@@ -60,8 +60,7 @@ def png_data_uri(png: bytes) -> str:
 
 
 def _figure_html(png: bytes, alt: str, caption: str) -> str:
-    return (f'<figure><img src="{png_data_uri(png)}" alt="{_e(alt)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return f'<figure><img src="{png_data_uri(png)}" alt="{_e(alt)}"><figcaption>{_e(caption)}</figcaption></figure>'
 
 
 def _table(header: Iterable[tuple[str, str]], rows: Iterable[str], *, css: str = "") -> str:
@@ -95,49 +94,79 @@ def _indices_html(indices: list[int]) -> str:
     short = compress_indices(indices)
     if "…" not in short:
         return _e(short)
-    return (f"<details><summary>{_e(short)}</summary><code>{_e(compress_indices(indices, limit=10 ** 9))}"
-            "</code></details>")
+    return f"<details><summary>{_e(short)}</summary><code>{_e(compress_indices(indices, limit=10**9))}</code></details>"
 
 
 # -- sections -------------------------------------------------------------------------------
+
 
 def _summary_section(report: Report) -> str:
     from deadrelu.render import summary_text
 
     s = report.summary
     css = "bad" if s["flagged_sites"] else ("warn" if s["dead"] else "ok")
-    counts = [("sites", s["sites"]), ("units", s["units"]), ("dead", s["dead"]), ("dying", s["dying"]),
-              ("saturated", s["saturated"]), ("flagged sites", s["flagged_sites"])]
+    counts = [
+        ("sites", s["sites"]),
+        ("units", s["units"]),
+        ("dead", s["dead"]),
+        ("dying", s["dying"]),
+        ("saturated", s["saturated"]),
+        ("flagged sites", s["flagged_sites"]),
+    ]
     spans = "".join(f"<span><b>{v:,}</b> {_e(k)}</span>" for k, v in counts)
-    parts = [f'<p class="summary {css}">{_e(summary_text(report).plain)}</p>', f'<div class="counts">{spans}'
-             f'<span><b>{_percent(s["dead_fraction"])}</b> of units dead</span></div>']
+    parts = [
+        f'<p class="summary {css}">{_e(summary_text(report).plain)}</p>',
+        f'<div class="counts">{spans}<span><b>{_percent(s["dead_fraction"])}</b> of units dead</span></div>',
+    ]
     if report.data.get("synthetic"):
         parts.append('<p class="bad">Measured on synthetic inputs: not a real verdict. Scan again with real data.</p>')
     if report.notes:
-        parts.append('<h3>Notes</h3><ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in report.notes)
-                     + "</ul>")
+        parts.append('<h3>Notes</h3><ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in report.notes) + "</ul>")
     return "\n".join(parts)
 
 
 def _site_row(index: int, site: SiteReport, gradients: bool) -> str:
     params = ", ".join(f"{k}={v}" for k, v in site.params.items())
-    cells = [(str(index), "n"), (_path(site.path), "path"), (_e(site.layer), ""), (_e(site.kind), ""),
-             (_e(params), ""), (f"{site.units:,}", "n"), (f"{site.positions:,}", "n"), (f"{len(site.dead):,}", "n"),
-             (f"{len(site.dying):,}", "n"), (f"{len(site.saturated):,}", "n"), (_percent(site.dead_fraction), "n")]
+    cells = [
+        (str(index), "n"),
+        (_path(site.path), "path"),
+        (_e(site.layer), ""),
+        (_e(site.kind), ""),
+        (_e(params), ""),
+        (f"{site.units:,}", "n"),
+        (f"{site.positions:,}", "n"),
+        (f"{len(site.dead):,}", "n"),
+        (f"{len(site.dying):,}", "n"),
+        (f"{len(site.saturated):,}", "n"),
+        (_percent(site.dead_fraction), "n"),
+    ]
     if gradients:
         if site.grad_mean_abs is None or not site.units:
             cells += [("–", "n"), ("–", "n")]
         else:
-            cells += [(f"{float(site.grad_mean_abs.mean()):.2e}", "n"),
-                      (_percent(float(site.grad_zero_rate.mean())) if site.grad_zero_rate is not None else "–", "n")]
+            cells += [
+                (f"{float(site.grad_mean_abs.mean()):.2e}", "n"),
+                (_percent(float(site.grad_zero_rate.mean())) if site.grad_zero_rate is not None else "–", "n"),
+            ]
     cells += [(_indices_html(site.dead), ""), ("flagged" if site.flagged else "ok", "")]
     return _row(cells, "flagged" if site.flagged else "")
 
 
 def _sites_section(report: Report) -> str:
     gradients = any(s.grad_mean_abs is not None for s in report.sites)
-    header = [("#", "n"), ("site path", ""), ("layer", ""), ("kind", ""), ("params", ""), ("units", "n"),
-              ("positions", "n"), ("dead", "n"), ("dying", "n"), ("saturated", "n"), ("dead %", "n")]
+    header = [
+        ("#", "n"),
+        ("site path", ""),
+        ("layer", ""),
+        ("kind", ""),
+        ("params", ""),
+        ("units", "n"),
+        ("positions", "n"),
+        ("dead", "n"),
+        ("dying", "n"),
+        ("saturated", "n"),
+        ("dead %", "n"),
+    ]
     if gradients:
         header += [("mean |∂ℓ/∂z|", "n"), ("zero ∂ %", "n")]
     header += [("dead units", ""), ("flag", "")]
@@ -145,8 +174,10 @@ def _sites_section(report: Report) -> str:
         return "<h2>Sites</h2><p>No ReLU site: nothing in this model can die this way.</p>"
     flag = report.settings.get("flag_threshold", 0.1)
     rows = [_site_row(i, site, gradients) for i, site in enumerate(report.sites)]
-    return (f"<h2>Sites</h2><p class=\"muted\">All {len(report.sites):,} sites in model order; flagged sites "
-            f"(≥ {_percent(flag)} dead) in red.</p>" + _table(header, rows, css="sites"))
+    return (
+        f'<h2>Sites</h2><p class="muted">All {len(report.sites):,} sites in model order; flagged sites '
+        f"(≥ {_percent(flag)} dead) in red.</p>" + _table(header, rows, css="sites")
+    )
 
 
 def _layer_gradient_section(report: Report) -> str:
@@ -155,10 +186,19 @@ def _layer_gradient_section(report: Report) -> str:
     rows = []
     for g in report.layer_gradients:
         ratio = g.get("ratio")
-        rows.append(_row([(_e(g.get("path")), "path"), (_e(g.get("layer")), ""), (f"{g.get('params', 0):,}", "n"),
-                          (f"{g.get('grad_norm', 0.0):.3e}", "n"), (f"{g.get('weight_norm', 0.0):.3e}", "n"),
-                          ("–" if ratio is None else f"{ratio:.2e}", "n")],
-                         "flagged" if not g.get("grad_norm") else ""))
+        rows.append(
+            _row(
+                [
+                    (_e(g.get("path")), "path"),
+                    (_e(g.get("layer")), ""),
+                    (f"{g.get('params', 0):,}", "n"),
+                    (f"{g.get('grad_norm', 0.0):.3e}", "n"),
+                    (f"{g.get('weight_norm', 0.0):.3e}", "n"),
+                    ("–" if ratio is None else f"{ratio:.2e}", "n"),
+                ],
+                "flagged" if not g.get("grad_norm") else "",
+            )
+        )
     header = [("layer path", ""), ("layer", ""), ("params", "n"), ("‖∇W‖", "n"), ("‖W‖", "n"), ("ratio", "n")]
     return "<h2>Weight gradients</h2>" + _table(header, rows)
 
@@ -166,15 +206,32 @@ def _layer_gradient_section(report: Report) -> str:
 def _others_section(report: Report) -> str:
     if not report.others:
         return ""
-    rows = [_row([(_e(o.get("path")), "path"), (_e(o.get("layer_class", o.get("layer"))), ""),
-                  (_e(o.get("activation")), ""), (_e(o.get("reason")), "")]) for o in report.others]
-    return ("<h2>Other activations</h2><p class=\"muted\">Listed, never counted: they cannot die this way.</p>"
-            + _table([("path", ""), ("layer", ""), ("activation", ""), ("why not counted", "")], rows))
+    rows = [
+        _row(
+            [
+                (_e(o.get("path")), "path"),
+                (_e(o.get("layer_class", o.get("layer"))), ""),
+                (_e(o.get("activation")), ""),
+                (_e(o.get("reason")), ""),
+            ]
+        )
+        for o in report.others
+    ]
+    return '<h2>Other activations</h2><p class="muted">Listed, never counted: they cannot die this way.</p>' + _table(
+        [("path", ""), ("layer", ""), ("activation", ""), ("why not counted", "")], rows
+    )
 
 
 def _provenance_section(report: Report) -> str:
-    parts = ["<h2>Settings</h2>", _key_values(report.settings), "<h2>Provenance</h2>", "<h3>Model</h3>",
-             _key_values(report.model), "<h3>Data</h3>", _key_values(report.data)]
+    parts = [
+        "<h2>Settings</h2>",
+        _key_values(report.settings),
+        "<h2>Provenance</h2>",
+        "<h3>Model</h3>",
+        _key_values(report.model),
+        "<h3>Data</h3>",
+        _key_values(report.data),
+    ]
     extra = dict(report.tool)
     if report.loss is not None:
         extra["mean loss"] = f"{report.loss:.6g}"
@@ -185,16 +242,28 @@ def _provenance_section(report: Report) -> str:
 def _figures_section(report: Report) -> str:
     from deadrelu.plots import figure_png, histogram_figure, overview_figure, unit_map_figure
 
-    return "\n".join([
-        "<h2>Figures</h2>",
-        _figure_html(figure_png(overview_figure(report)), "overview",
-                     "Unit status per site in model order" + (", with gradient flow" if report.has_gradients else "")
-                     + "; flagged sites marked in red."),
-        _figure_html(figure_png(unit_map_figure(report)), "unit map",
-                     "Every unit, one row per site, sorted by active rate; red: dead."),
-        _figure_html(figure_png(histogram_figure(report)), "active rate histogram",
-                     "Active rates of all units on log bins; dead units in their own bar."),
-    ])
+    return "\n".join(
+        [
+            "<h2>Figures</h2>",
+            _figure_html(
+                figure_png(overview_figure(report)),
+                "overview",
+                "Unit status per site in model order"
+                + (", with gradient flow" if report.has_gradients else "")
+                + "; flagged sites marked in red.",
+            ),
+            _figure_html(
+                figure_png(unit_map_figure(report)),
+                "unit map",
+                "Every unit, one row per site, sorted by active rate; red: dead.",
+            ),
+            _figure_html(
+                figure_png(histogram_figure(report)),
+                "active rate histogram",
+                "Active rates of all units on log bins; dead units in their own bar.",
+            ),
+        ]
+    )
 
 
 def _choose_site_figures(report: Report, limit: int) -> list[int]:
@@ -214,13 +283,20 @@ def _site_figures_section(report: Report, limit: int) -> str:
     chosen = _choose_site_figures(report, limit)
     parts = ["<h2>Units per site</h2>"]
     if len(chosen) < len(report.sites):
-        parts.append(f'<p class="muted">The {len(chosen)} sites with the largest dead share of {len(report.sites):,}; '
-                     "write them all with <code>--plot-dir</code>.</p>")
+        parts.append(
+            f'<p class="muted">The {len(chosen)} sites with the largest dead share of {len(report.sites):,}; '
+            "write them all with <code>--plot-dir</code>.</p>"
+        )
     for i in chosen:
         site = report.sites[i]
         parts.append(f'<h3 id="site-{i}">#{i} <code>{_e(site.path)}</code></h3>')
-        parts.append(_figure_html(figure_png(site_figure(site, report.settings, index=i)), f"units of {site.path}",
-                                  f"{site.path}: {len(site.dead)} of {site.units} units dead."))
+        parts.append(
+            _figure_html(
+                figure_png(site_figure(site, report.settings, index=i)),
+                f"units of {site.path}",
+                f"{site.path}: {len(site.dead)} of {site.units} units dead.",
+            )
+        )
     return "\n".join(parts)
 
 
@@ -233,27 +309,55 @@ def _diff_section(diff: ReportDiff) -> str:
     parts = ["<h2>Compared with an earlier report</h2>", f'<p class="summary {css}">{_e(diff_summary(diff))}</p>']
     if diff.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in diff.notes) + "</ul>")
-    parts.append(_figure_html(figure_png(diff_figure(diff)), "diff",
-                              "Per site: newly dead units (red, right) and revived units (green, left)."))
+    parts.append(
+        _figure_html(
+            figure_png(diff_figure(diff)),
+            "diff",
+            "Per site: newly dead units (red, right) and revived units (green, left).",
+        )
+    )
     rows = []
     for site in diff.sites:
         delta = site.dead_after - site.dead_before
         units = f"{site.units:,}" if site.comparable else f"{site.units_before:,} → {site.units:,}"
-        rows.append(_row([(_path(site.path), "path"), (units, "n"), (f"{site.dead_before:,}", "n"),
-                          (f"{site.dead_after:,}", "n"), (f"{delta:+,}", "n"), (_indices_html(site.newly_dead), ""),
-                          (_indices_html(site.revived), "")], "flagged" if site.newly_dead else ""))
-    rows += [_row([(_e(p), "path"), ("", ""), ("", ""), ("", ""), ("", ""), ("only in the new report", ""), ("", "")])
-             for p in diff.only_new]
-    rows += [_row([(_e(p), "path"), ("", ""), ("", ""), ("", ""), ("", ""), ("only in the old report", ""), ("", "")])
-             for p in diff.only_old]
-    header = [("site path", ""), ("units", "n"), ("dead before", "n"), ("dead after", "n"), ("Δ", "n"),
-              ("newly dead", ""), ("revived", "")]
+        rows.append(
+            _row(
+                [
+                    (_path(site.path), "path"),
+                    (units, "n"),
+                    (f"{site.dead_before:,}", "n"),
+                    (f"{site.dead_after:,}", "n"),
+                    (f"{delta:+,}", "n"),
+                    (_indices_html(site.newly_dead), ""),
+                    (_indices_html(site.revived), ""),
+                ],
+                "flagged" if site.newly_dead else "",
+            )
+        )
+    rows += [
+        _row([(_e(p), "path"), ("", ""), ("", ""), ("", ""), ("", ""), ("only in the new report", ""), ("", "")])
+        for p in diff.only_new
+    ]
+    rows += [
+        _row([(_e(p), "path"), ("", ""), ("", ""), ("", ""), ("", ""), ("only in the old report", ""), ("", "")])
+        for p in diff.only_old
+    ]
+    header = [
+        ("site path", ""),
+        ("units", "n"),
+        ("dead before", "n"),
+        ("dead after", "n"),
+        ("Δ", "n"),
+        ("newly dead", ""),
+        ("revived", ""),
+    ]
     parts.append(_table(header, rows, css="diff"))
     parts += ["<h3>Earlier report</h3>", _key_values(diff.old)]
     return "\n".join(parts)
 
 
 # -- the page -------------------------------------------------------------------------------
+
 
 def render_html(report: Report, *, diff: ReportDiff | None = None, site_figures: int = 40) -> str:
     """The whole report as one self-contained HTML page.
@@ -268,18 +372,29 @@ def render_html(report: Report, *, diff: ReportDiff | None = None, site_figures:
         The HTML text.
     """
     name = report.model.get("name") or os.path.basename(str(report.model.get("path") or "")) or "model"
-    body = [f"<h1>deadrelu report: {_e(name)}</h1>",
-            f'<p class="muted">{_e(report.model.get("path"))} · {_e(report.data.get("source"))} · '
-            f'{_e(report.tool.get("name", "deadrelu"))} {_e(report.tool.get("version", ""))}</p>',
-            _summary_section(report)]
+    body = [
+        f"<h1>deadrelu report: {_e(name)}</h1>",
+        f'<p class="muted">{_e(report.model.get("path"))} · {_e(report.data.get("source"))} · '
+        f"{_e(report.tool.get('name', 'deadrelu'))} {_e(report.tool.get('version', ''))}</p>",
+        _summary_section(report),
+    ]
     if diff is not None:
         body.append(_diff_section(diff))
-    body += [_figures_section(report), _sites_section(report), _layer_gradient_section(report),
-             _site_figures_section(report, site_figures), _others_section(report), _provenance_section(report)]
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>deadrelu report: {_e(name)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            + "\n".join(part for part in body if part) + "\n</body>\n</html>\n")
+    body += [
+        _figures_section(report),
+        _sites_section(report),
+        _layer_gradient_section(report),
+        _site_figures_section(report, site_figures),
+        _others_section(report),
+        _provenance_section(report),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>deadrelu report: {_e(name)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(part for part in body if part)
+        + "\n</body>\n</html>\n"
+    )
 
 
 def write_html(report: Report, path: str, *, diff: ReportDiff | None = None, site_figures: int = 40) -> None:

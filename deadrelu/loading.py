@@ -235,8 +235,7 @@ def _parse_input_shape(value) -> tuple | None:
     shape = tuple(value)
     if not shape or not all(d is None or (isinstance(d, int) and d > 0) for d in shape):
         raise ModelLoadError(
-            f"`input_shape` must be positive integers without the batch axis, such as 28,28,1; "
-            f"got {value!r}"
+            f"`input_shape` must be positive integers without the batch axis, such as 28,28,1; got {value!r}"
         )
     return shape
 
@@ -249,9 +248,7 @@ def _custom_objects(spec) -> dict:
         return dict(spec)
     if isinstance(spec, (str, os.PathLike)):
         return _objects_from_file(os.fspath(spec))
-    raise ModelLoadError(
-        f"`custom_objects` must be a dict or the path of a .py file, not {type(spec).__name__}"
-    )
+    raise ModelLoadError(f"`custom_objects` must be a dict or the path of a .py file, not {type(spec).__name__}")
 
 
 def _objects_from_file(path: str) -> dict:
@@ -354,9 +351,7 @@ def _zip_metadata(archive: zipfile.ZipFile) -> dict:
 
 def _repair(config: dict, ctx: _Context) -> tuple[dict, config_repairs.ConfigRepair]:
     """Repairs a stored model config for Keras 3; returns (repaired config, the repair's record)."""
-    repair = config_repairs.ConfigRepair(
-        ctx.path, ctx.objects, unsafe=ctx.unsafe, input_shape=ctx.input_shape
-    )
+    repair = config_repairs.ConfigRepair(ctx.path, ctx.objects, unsafe=ctx.unsafe, input_shape=ctx.input_shape)
     return repair.run(config), repair
 
 
@@ -413,12 +408,12 @@ def _hdf5_config(f, ctx: _Context, architecture: str | None) -> dict:
         listed = ", ".join(arrays[:5]) + (", ..." if len(arrays) > 5 else "")
         raise ModelLoadError(
             f"{ctx.path} holds arrays ({listed}), not a Keras model; to read them as the inputs pass the file "
-            f"as `data=\"{ctx.path}:{arrays[0]}\"`, and give a model saved with model.save() as the model"
+            f'as `data="{ctx.path}:{arrays[0]}"`, and give a model saved with model.save() as the model'
         )
     if stored is None:
         raise ModelLoadError(
             f"{ctx.path} holds only weights, no model architecture; pass the architecture as a Keras "
-            "JSON file with `architecture=\"model.json\"` to rebuild the model and load these weights"
+            'JSON file with `architecture="model.json"` to rebuild the model and load these weights'
         )
     return _decode_json(stored, ctx.path)
 
@@ -522,8 +517,7 @@ def _load_savedmodel(ctx: _Context):
         import tf_keras
     except ImportError:
         raise ModelLoadError(
-            f"{ctx.path} is a TensorFlow SavedModel; reading it needs tf_keras: "
-            "pip install 'deadrelu[legacy]'"
+            f"{ctx.path} is a TensorFlow SavedModel; reading it needs tf_keras: pip install 'deadrelu[legacy]'"
         ) from None
     if not os.path.exists(os.path.join(ctx.path, "keras_metadata.pb")):
         raise ModelLoadError(
@@ -536,7 +530,7 @@ def _load_savedmodel(ctx: _Context):
     except Exception:  # noqa: BLE001 - a custom loss or metric: the layers may still load
         try:
             original = tf_keras.models.load_model(ctx.path, compile=False)
-        except Exception as exc:  # noqa: BLE001 - explained to the user
+        except Exception as exc:
             raise ModelLoadError(
                 f"tf_keras cannot read the SavedModel {ctx.path}: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
@@ -549,7 +543,7 @@ def _load_savedmodel(ctx: _Context):
                 f"{ctx.path} holds a subclassed model, whose layers tf_keras cannot describe; "
                 "save it from the code that defines it with model.save('model.keras') under Keras 3"
             ) from exc
-        except Exception as exc:  # noqa: BLE001 - explained to the user
+        except Exception as exc:
             raise ModelLoadError(
                 f"cannot convert the SavedModel {ctx.path}: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
@@ -598,7 +592,7 @@ def _build(config: dict, objects: dict, ctx: _Context):
     if not getattr(model, "built", True):
         raise ModelLoadError(
             f"{ctx.path} holds a model that was saved without an input shape; pass one with "
-            "`input_shape`, e.g. `input_shape=\"28,28,1\"` (without the batch axis)"
+            '`input_shape`, e.g. `input_shape="28,28,1"` (without the batch axis)'
         )
     return model
 
@@ -622,7 +616,7 @@ def _explained(ctx: _Context) -> Iterator[None]:
         yield
     except ModelLoadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - explained to the user
+    except Exception as exc:
         raise _explain(exc, ctx) from exc
 
 
@@ -636,7 +630,7 @@ def _explain(exc: BaseException, ctx: _Context) -> ModelLoadError:
     if missing:
         return ModelLoadError(
             f"{ctx.path} uses '{missing.group(1)}', which is not part of Keras; pass the Python file "
-            "that defines it with `custom_objects=\"module.py\"`"
+            'that defines it with `custom_objects="module.py"`'
         )
     if "lambda" in text.lower() and "safe_mode" in text:
         return ModelLoadError(
@@ -645,8 +639,12 @@ def _explain(exc: BaseException, ctx: _Context) -> ModelLoadError:
         )
     # Keras 3 reports weights that do not fit the configuration as "A total of N objects could not
     # be loaded. Example error message for object <Dense name=d, ...>:" and the cause below it.
-    mismatch = re.search(r"could not be loaded\. Example error message for object <(\w+) name=([^,>]+)[^>]*>:\s*(.+?)"
-                         r"(?:\s*Target variable:|\n\s*\n|$)", text, re.S)
+    mismatch = re.search(
+        r"could not be loaded\. Example error message for object <(\w+) name=([^,>]+)[^>]*>:\s*(.+?)"
+        r"(?:\s*Target variable:|\n\s*\n|$)",
+        text,
+        re.S,
+    )
     if mismatch:
         cause = " ".join(mismatch[3].split()).rstrip(".")
         return ModelLoadError(

@@ -12,7 +12,8 @@ Importing this module is cheap: Keras and TensorFlow are imported inside the fun
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
     if loss is None:
         loss = getattr(model, "loss", None)
         if loss is None:
-            raise UsageError("the model has no stored loss; pass one, e.g. `loss=\"categorical_crossentropy\"`")
+            raise UsageError('the model has no stored loss; pass one, e.g. `loss="categorical_crossentropy"`')
     if len(shapes) <= 1:
         _check_label_width(np.asarray(y), shapes[0] if shapes else None, None)
         return _output_loss(single_loss(loss), np.asarray(y), shapes[0] if shapes else None)
@@ -55,21 +56,26 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
     # The compiled loss weights apply to a --loss given on the command line too.
     weights = per_output(compile_config(model).get("loss_weights"), names, "loss weight")
     if isinstance(y, dict) and set(y) - set(names):
-        raise DataError(f"the labels name the output {sorted(set(y) - set(names))[0]!r}, but the model's outputs are "
-                        f"{', '.join(names)}; key the labels by output name")
+        raise DataError(
+            f"the labels name the output {sorted(set(y) - set(names))[0]!r}, but the model's outputs are "
+            f"{', '.join(names)}; key the labels by output name"
+        )
     labels = _by_output(y, names)
     if len(labels) != len(names):
-        raise UsageError(f"the model has {len(names)} outputs ({', '.join(names)}); pass one label array per "
-                         "output (a list, a dict by output name, or an .npz with arrays named after the outputs)")
+        raise UsageError(
+            f"the model has {len(names)} outputs ({', '.join(names)}); pass one label array per "
+            "output (a list, a dict by output name, or an .npz with arrays named after the outputs)"
+        )
     for k, name in enumerate(names):
         if losses[k] is not None:
             if labels[k] is None:
-                raise DataError(f"no labels for the output {name!r}, which has a loss; give one label array per "
-                                "output")
+                raise DataError(f"no labels for the output {name!r}, which has a loss; give one label array per output")
             _check_label_width(np.asarray(labels[k]), shapes[k], name)
-    terms = [(k, 1.0 if weights[k] is None else float(weights[k]), _output_loss(losses[k], np.asarray(labels[k]),
-                                                                                 shapes[k]))
-             for k in range(len(names)) if losses[k] is not None]
+    terms = [
+        (k, 1.0 if weights[k] is None else float(weights[k]), _output_loss(losses[k], np.asarray(labels[k]), shapes[k]))
+        for k in range(len(names))
+        if losses[k] is not None
+    ]
 
     def per_sample(y_true, y_pred):
         y_true, y_pred = _by_output(y_true, names), _by_output(y_pred, names)
@@ -84,8 +90,10 @@ def _check_label_width(y: np.ndarray, out_shape: tuple | None, name: str | None)
     if width is None or y.ndim < 2 or y.ndim != len(out_shape) or y.shape[-1] in (1, width):
         return
     labels, output = (f"the labels of output '{name}'", "that output") if name else ("the labels", "the model's output")
-    raise DataError(f"{labels} have {y.shape[-1]} columns but {output} has {width} units; one-hot labels need one "
-                    "column per output unit")
+    raise DataError(
+        f"{labels} have {y.shape[-1]} columns but {output} has {width} units; one-hot labels need one "
+        "column per output unit"
+    )
 
 
 def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:
@@ -98,8 +106,9 @@ def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:
     try:
         loss_obj = loss if isinstance(loss, keras.losses.Loss) else keras.losses.get(loss)
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"unknown loss {loss!r}; pass a Keras loss name such as "
-                         "categorical_crossentropy or mse as `loss`") from exc
+        raise UsageError(
+            f"unknown loss {loss!r}; pass a Keras loss name such as categorical_crossentropy or mse as `loss`"
+        ) from exc
     if isinstance(loss_obj, keras.losses.Loss):
         unreduced = loss_obj.call  # Loss objects match label ranks themselves
         name = f"{loss_obj.name} {type(loss_obj).__name__} {getattr(getattr(loss_obj, 'fn', None), '__name__', '')}"
@@ -179,8 +188,9 @@ def per_output(value: Any, names: list[str], what: str) -> list:
     if isinstance(value, dict):
         unknown = set(value) - set(names)
         if unknown:
-            raise UsageError(f"the {what} names the output {sorted(unknown)[0]!r}, but the model's outputs are "
-                             f"{', '.join(names)}")
+            raise UsageError(
+                f"the {what} names the output {sorted(unknown)[0]!r}, but the model's outputs are {', '.join(names)}"
+            )
         return [value.get(name) for name in names]
     if isinstance(value, (list, tuple)):
         if len(value) != len(names):
@@ -226,8 +236,9 @@ def _label_adapter(name: str, y: np.ndarray, out_shape: tuple | None) -> Callabl
     classes = out_shape[-1] if out_shape else None
     sparse_labels = y.ndim == 1 or (y.ndim >= 2 and y.shape[-1] == 1 and classes not in (None, 1))
     if "sparse" not in name and "categorical_crossentropy" in name and sparse_labels and classes:
-        return lambda y_true, y_pred: tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), classes,
-                                                 dtype=y_pred.dtype)
+        return lambda y_true, y_pred: tf.one_hot(
+            tf.cast(tf.reshape(y_true, [-1]), tf.int32), classes, dtype=y_pred.dtype
+        )
     if "sparse_categorical" in name and not sparse_labels and classes and y.shape[-1] == classes:
         return lambda y_true, y_pred: tf.argmax(y_true, axis=-1)
     return lambda y_true, y_pred: y_true
@@ -269,8 +280,10 @@ def _match_one(y: Any, loss: Any, out_shape: tuple | None, output: str | None) -
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= classes:
             where = f"the output '{output}'" if output else "the model's output"
-            raise DataError(f"the labels hold the class id {low if low < 0 else high}, but {where} has {classes} units "
-                            f"(class ids 0 to {classes - 1}); check the labels, or the model they are for")
+            raise DataError(
+                f"the labels hold the class id {low if low < 0 else high}, but {where} has {classes} units "
+                f"(class ids 0 to {classes - 1}); check the labels, or the model they are for"
+            )
         if "sparse" not in _snake(name):
             return np.eye(classes, dtype=np.float32)[y.reshape(-1)]
     return y

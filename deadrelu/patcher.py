@@ -532,8 +532,9 @@ def check_only(only: str | None, report: Report | None) -> str:
     Raises:
         UsageError: `only` is another value, or "dead"/"flagged" without a report.
     """
-    only = validation.one_of("all" if only is None else only.lower() if isinstance(only, str) else only, "only",
-                             ONLY_CHOICES)
+    only = validation.one_of(
+        "all" if only is None else only.lower() if isinstance(only, str) else only, "only", ONLY_CHOICES
+    )
     if only != "all" and report is None:
         raise UsageError(f"`only={only!r}` decides from a scan: pass `report` (a deadrelu.Report of this model)")
     return only

@@ -27,7 +27,7 @@ def shorten(path: str, width: int = 48) -> str:
         return path
     keep = width - 1
     head = keep // 3
-    return f"{path[:head]}…{path[-(keep - head):]}"
+    return f"{path[:head]}…{path[-(keep - head) :]}"
 
 
 def order_sites(report: Report, sort: str = "model") -> list[tuple[int, SiteReport]]:
@@ -49,8 +49,10 @@ def summary_text(report: Report) -> Text:
     text.append(f"{s['dead']:,} of {s['units']:,} units dead ({_percent(s['dead_fraction'])})", style=style)
     text.append(f", {s['dying']:,} dying, {s['saturated']:,} saturated across {s['sites']} sites")
     if s["flagged_sites"]:
-        text.append(f"; {s['flagged_sites']} flagged (≥ {_percent(report.settings.get('flag_threshold', 0.1))} dead)",
-                    style="bold red")
+        text.append(
+            f"; {s['flagged_sites']} flagged (≥ {_percent(report.settings.get('flag_threshold', 0.1))} dead)",
+            style="bold red",
+        )
     text.append(f" — measured on {report.data.get('samples', '?'):,} samples")
     if report.data.get("synthetic"):
         text.append(" (SYNTHETIC)", style="bold yellow")
@@ -84,9 +86,17 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None)
     shown = rows if limit is None else rows[:limit]
     for index, site in shown:
         style = _dead_style(site.dead_fraction, site.flagged)
-        cells = [str(index), shorten(site.path), site.layer, _kind_label(site), f"{site.units:,}",
-                 Text(f"{len(site.dead):,}", style=style), f"{len(site.dying):,}", f"{len(site.saturated):,}",
-                 Text(_percent(site.dead_fraction), style=style)]
+        cells = [
+            str(index),
+            shorten(site.path),
+            site.layer,
+            _kind_label(site),
+            f"{site.units:,}",
+            Text(f"{len(site.dead):,}", style=style),
+            f"{len(site.dying):,}",
+            f"{len(site.saturated):,}",
+            Text(_percent(site.dead_fraction), style=style),
+        ]
         if gradients:
             cells += _gradient_cells(site)
         cells.append(Text("✗ flagged", style="bold red") if site.flagged else Text("ok", style="green"))
@@ -125,14 +135,26 @@ def layer_gradient_table(report: Report) -> Table | None:
     if not report.layer_gradients:
         return None
     table = Table(title="weight gradients (mean per-sample loss)", title_justify="left", header_style="bold")
-    for name, justify in (("layer path", "left"), ("layer", "left"), ("params", "right"),
-                          ("‖∇W‖", "right"), ("‖W‖", "right"), ("ratio", "right")):
+    for name, justify in (
+        ("layer path", "left"),
+        ("layer", "left"),
+        ("params", "right"),
+        ("‖∇W‖", "right"),
+        ("‖W‖", "right"),
+        ("ratio", "right"),
+    ):
         table.add_column(name, justify=justify)
     for g in report.layer_gradients:
         ratio = g["ratio"]
         style = "bold red" if g["grad_norm"] == 0 else ("yellow" if ratio is not None and ratio < 1e-6 else "")
-        table.add_row(shorten(g["path"]), g["layer"], f"{g['params']:,}", Text(f"{g['grad_norm']:.3e}", style=style),
-                      f"{g['weight_norm']:.3e}", Text("–" if ratio is None else f"{ratio:.2e}", style=style))
+        table.add_row(
+            shorten(g["path"]),
+            g["layer"],
+            f"{g['params']:,}",
+            Text(f"{g['grad_norm']:.3e}", style=style),
+            f"{g['weight_norm']:.3e}",
+            Text("–" if ratio is None else f"{ratio:.2e}", style=style),
+        )
     return table
 
 
@@ -143,12 +165,26 @@ def markdown_table(report: Report) -> str:
     if gradients:
         header += ["mean abs grad", "zero grad %"]
     header.append("flag")
-    lines = [summary_text(report).plain, "", "| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if h in ("#", "units", "dead", "dying", "saturated", "dead %") else "---"
-                            for h in header) + "|"]
+    lines = [
+        summary_text(report).plain,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|"
+        + "|".join("---:" if h in ("#", "units", "dead", "dying", "saturated", "dead %") else "---" for h in header)
+        + "|",
+    ]
     for index, site in order_sites(report):
-        row = [str(index), f"`{site.path}`", site.layer, _kind_label(site), str(site.units), str(len(site.dead)),
-               str(len(site.dying)), str(len(site.saturated)), _percent(site.dead_fraction)]
+        row = [
+            str(index),
+            f"`{site.path}`",
+            site.layer,
+            _kind_label(site),
+            str(site.units),
+            str(len(site.dead)),
+            str(len(site.dying)),
+            str(len(site.saturated)),
+            _percent(site.dead_fraction),
+        ]
         if gradients:
             row += [cell.plain if isinstance(cell, Text) else cell for cell in _gradient_cells(site)]
         row.append("**flagged**" if site.flagged else "ok")
@@ -165,8 +201,14 @@ def inspect_table(site_map, repairs: list[str] | None = None) -> Table:
         params = ", ".join(f"{k}={v}" for k, v in site.params.items())
         table.add_row(str(number), site.path, site.layer_class, site.kind, params, Text("yes", style="green"))
     for other in site_map.others:
-        table.add_row("–", other.path, other.layer_class, "other", f"activation={other.activation}",
-                      Text(f"no: {other.reason}", style="dim"))
+        table.add_row(
+            "–",
+            other.path,
+            other.layer_class,
+            "other",
+            f"activation={other.activation}",
+            Text(f"no: {other.reason}", style="dim"),
+        )
     if repairs:
         table.caption = "repairs applied while loading: " + "; ".join(repairs)
     return table
@@ -175,8 +217,11 @@ def inspect_table(site_map, repairs: list[str] | None = None) -> Table:
 def comparison_table(comparison) -> Table:
     """Before → after per retrained variant: dead and dying units, validation loss and metrics."""
     metrics = list(comparison.variants[0].after) if comparison.variants else []
-    table = Table(title=f"retrained {comparison.settings.get('epochs')} epochs, same data and seed",
-                  title_justify="left", header_style="bold")
+    table = Table(
+        title=f"retrained {comparison.settings.get('epochs')} epochs, same data and seed",
+        title_justify="left",
+        header_style="bold",
+    )
     table.add_column("variant")
     table.add_column("dead units", justify="right")
     table.add_column("dying", justify="right")

@@ -124,8 +124,10 @@ class SiteReport:
 
     def __repr__(self) -> str:
         state = ", flagged" if self.flagged else ("" if self.reached else ", not reached")
-        return (f"<SiteReport {_clip(self.path)} ({self.layer}, {self.kind}): {len(self.dead):,}/{self.units:,} "
-                f"units dead ({self.dead_fraction:.1%}){state}>")
+        return (
+            f"<SiteReport {_clip(self.path)} ({self.layer}, {self.kind}): {len(self.dead):,}/{self.units:,} "
+            f"units dead ({self.dead_fraction:.1%}){state}>"
+        )
 
     def status(self, unit: int) -> str:
         """The verdict of one unit.
@@ -144,10 +146,19 @@ class SiteReport:
     def to_dict(self) -> dict:
         """The site as the JSON report stores it (arrays as lists)."""
         out = {
-            "path": self.path, "layer": self.layer, "kind": self.kind, "params": self.params,
-            "units": self.units, "positions": self.positions, "calls": self.calls,
-            "dead": self.dead, "dying": self.dying, "saturated": self.saturated,
-            "dead_fraction": self.dead_fraction, "flagged": self.flagged, "reached": self.reached,
+            "path": self.path,
+            "layer": self.layer,
+            "kind": self.kind,
+            "params": self.params,
+            "units": self.units,
+            "positions": self.positions,
+            "calls": self.calls,
+            "dead": self.dead,
+            "dying": self.dying,
+            "saturated": self.saturated,
+            "dead_fraction": self.dead_fraction,
+            "flagged": self.flagged,
+            "reached": self.reached,
             "fires": [int(v) for v in self.fires],
         }
         for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS:
@@ -159,13 +170,26 @@ class SiteReport:
     @classmethod
     def from_dict(cls, d: dict) -> SiteReport:
         """The inverse of `to_dict`."""
-        arrays = {name: (np.asarray(d[name], dtype=np.float64) if d.get(name) is not None else None)
-                  for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS}
-        return cls(path=d["path"], layer=d["layer"], kind=d["kind"], params=d.get("params", {}),
-                   units=d["units"], positions=d["positions"], calls=d.get("calls", 1),
-                   dead=list(d["dead"]), dying=list(d["dying"]), saturated=list(d["saturated"]),
-                   flagged=bool(d.get("flagged", False)), reached=bool(d.get("reached", True)),
-                   fires=np.asarray(d.get("fires", []), dtype=np.int64), **arrays)
+        arrays = {
+            name: (np.asarray(d[name], dtype=np.float64) if d.get(name) is not None else None)
+            for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS
+        }
+        return cls(
+            path=d["path"],
+            layer=d["layer"],
+            kind=d["kind"],
+            params=d.get("params", {}),
+            units=d["units"],
+            positions=d["positions"],
+            calls=d.get("calls", 1),
+            dead=list(d["dead"]),
+            dying=list(d["dying"]),
+            saturated=list(d["saturated"]),
+            flagged=bool(d.get("flagged", False)),
+            reached=bool(d.get("reached", True)),
+            fires=np.asarray(d.get("fires", []), dtype=np.int64),
+            **arrays,
+        )
 
 
 @dataclasses.dataclass(repr=False)
@@ -222,8 +246,10 @@ class Report:
         sites = summary["sites"]
         samples = self.data.get("samples")
         tail = f", {samples:,} samples" if isinstance(samples, int) else ""
-        return (f"<Report {_clip(str(name))}: {summary['dead']:,}/{summary['units']:,} units dead "
-                f"({summary['dead_fraction']:.1%}) in {sites} site{'' if sites == 1 else 's'}{tail}>")
+        return (
+            f"<Report {_clip(str(name))}: {summary['dead']:,}/{summary['units']:,} units dead "
+            f"({summary['dead_fraction']:.1%}) in {sites} site{'' if sites == 1 else 's'}{tail}>"
+        )
 
     def _repr_html_(self) -> str:
         from deadrelu.display import report_html
@@ -314,10 +340,17 @@ class Report:
         """
         if d.get("schema") != SCHEMA:
             raise DataError(f"not a deadrelu report (schema {d.get('schema')!r}, expected {SCHEMA!r})")
-        return cls(model=d["model"], data=d["data"], settings=d["settings"],
-                   sites=[SiteReport.from_dict(s) for s in d["sites"]],
-                   others=d.get("other_activations", []), layer_gradients=d.get("layer_gradients"),
-                   notes=d.get("notes", []), tool=d.get("tool", {}), loss=d.get("loss"))
+        return cls(
+            model=d["model"],
+            data=d["data"],
+            settings=d["settings"],
+            sites=[SiteReport.from_dict(s) for s in d["sites"]],
+            others=d.get("other_activations", []),
+            layer_gradients=d.get("layer_gradients"),
+            notes=d.get("notes", []),
+            tool=d.get("tool", {}),
+            loss=d.get("loss"),
+        )
 
     @classmethod
     def from_json(cls, path: str) -> Report:
@@ -338,13 +371,15 @@ class Report:
         except FileNotFoundError as exc:
             raise DataError(f"report file not found: {path}; check the path") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is not a JSON report ({exc}); "
-                            "pass a file written by `Report.to_json` ('deadrelu scan --json')") from exc
+            raise DataError(
+                f"{path} is not a JSON report ({exc}); pass a file written by `Report.to_json` ('deadrelu scan --json')"
+            ) from exc
         return cls.from_dict(d)
 
 
-def build_report(result, *, thresholds: Thresholds, model: dict, data: dict, settings: dict,
-                 notes: list[str] | None = None) -> Report:
+def build_report(
+    result, *, thresholds: Thresholds, model: dict, data: dict, settings: dict, notes: list[str] | None = None
+) -> Report:
     """Turns a `ProbeResult` into a `Report`: per-unit verdicts, flags and provenance.
 
     Args:
@@ -359,18 +394,36 @@ def build_report(result, *, thresholds: Thresholds, model: dict, data: dict, set
         A `Report`.
     """
     sites = [site_report(stats, thresholds) for stats in result.sites]
-    settings = dict(settings, dying_threshold=thresholds.dying, flag_threshold=thresholds.flag,
-                    saturated_threshold=thresholds.saturated)
+    settings = dict(
+        settings,
+        dying_threshold=thresholds.dying,
+        flag_threshold=thresholds.flag,
+        saturated_threshold=thresholds.saturated,
+    )
     others = [dataclasses.asdict(other) for other in result.others]
     layer_gradients = None
     if result.layer_gradients is not None:
         layer_gradients = [
-            {"path": g.path, "layer": g.layer_class, "params": g.params, "grad_norm": g.grad_norm,
-             "weight_norm": g.weight_norm, "ratio": g.ratio if math.isfinite(g.ratio) else None}
+            {
+                "path": g.path,
+                "layer": g.layer_class,
+                "params": g.params,
+                "grad_norm": g.grad_norm,
+                "weight_norm": g.weight_norm,
+                "ratio": g.ratio if math.isfinite(g.ratio) else None,
+            }
             for g in result.layer_gradients
         ]
-    return Report(model=model, data=data, settings=settings, sites=sites, others=others,
-                  layer_gradients=layer_gradients, notes=list(notes or []), loss=result.mean_loss)
+    return Report(
+        model=model,
+        data=data,
+        settings=settings,
+        sites=sites,
+        others=others,
+        layer_gradients=layer_gradients,
+        notes=list(notes or []),
+        loss=result.mean_loss,
+    )
 
 
 def site_report(stats, thresholds: Thresholds) -> SiteReport:
@@ -393,20 +446,33 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
     dying = ~dead & ~saturated & (active < thresholds.dying) & reached
     units = stats.units
     return SiteReport(
-        path=stats.site.path, layer=stats.site.layer_class, kind=stats.site.kind, params=stats.site.params,
-        units=units, positions=stats.positions, calls=stats.calls,
-        dead=_indices(dead), dying=_indices(dying), saturated=_indices(saturated),
+        path=stats.site.path,
+        layer=stats.site.layer_class,
+        kind=stats.site.kind,
+        params=stats.site.params,
+        units=units,
+        positions=stats.positions,
+        calls=stats.calls,
+        dead=_indices(dead),
+        dying=_indices(dying),
+        saturated=_indices(saturated),
         flagged=bool(units and dead.sum() / units >= thresholds.flag),
-        fires=stats.fires.astype(np.int64), active_rate=active, sample_active_rate=stats.sample_active_rate,
-        mean_abs=stats.mean_abs, dormancy=stats.dormancy, max_output=stats.max_output.astype(np.float64),
-        saturated_rate=stats.saturated_rate, grad_mean_abs=stats.grad_mean_abs,
-        grad_zero_rate=stats.grad_zero_rate, reached=reached,
+        fires=stats.fires.astype(np.int64),
+        active_rate=active,
+        sample_active_rate=stats.sample_active_rate,
+        mean_abs=stats.mean_abs,
+        dormancy=stats.dormancy,
+        max_output=stats.max_output.astype(np.float64),
+        saturated_rate=stats.saturated_rate,
+        grad_mean_abs=stats.grad_mean_abs,
+        grad_zero_rate=stats.grad_zero_rate,
+        reached=reached,
     )
 
 
 def _clip(text: str, width: int = 80) -> str:
     """`text`, or its end after "…" when longer than `width` (a path's end names the layer)."""
-    return text if len(text) <= width else "…" + text[-(width - 1):]
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
 def _indices(mask: np.ndarray) -> list[int]:

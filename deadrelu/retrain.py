@@ -8,7 +8,7 @@ the same data, epochs and seed, and scanned before and after on the validation d
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,8 +53,11 @@ class Comparison:
     settings: dict
 
     def to_dict(self) -> dict:
-        return {"schema": "deadrelu/retrain@1", "settings": self.settings,
-                "variants": [v.to_dict() for v in self.variants]}
+        return {
+            "schema": "deadrelu/retrain@1",
+            "settings": self.settings,
+            "variants": [v.to_dict() for v in self.variants],
+        }
 
     def to_json(self, path: str) -> None:
         from deadrelu.files import write_json
@@ -79,8 +82,9 @@ def compile_like(model, source, *, loss=None, optimizer: str | None = None, lear
 
     config = compile_config(source)
     if loss is None and not config.get("loss"):
-        raise UsageError("the model file stores no loss; pass one with `loss=` "
-                         "(e.g. `loss=\"categorical_crossentropy\"`)")
+        raise UsageError(
+            'the model file stores no loss; pass one with `loss=` (e.g. `loss="categorical_crossentropy"`)'
+        )
     if optimizer is not None:
         opt = keras.optimizers.get(optimizer)
     elif config.get("optimizer") is not None:
@@ -89,8 +93,12 @@ def compile_like(model, source, *, loss=None, optimizer: str | None = None, lear
         opt = keras.optimizers.Adam()
     if learning_rate is not None:
         opt.learning_rate = learning_rate
-    model.compile(optimizer=opt, loss=loss if loss is not None else _deserialize(config["loss"]),
-                  metrics=_deserialize(config.get("metrics")), loss_weights=config.get("loss_weights"))
+    model.compile(
+        optimizer=opt,
+        loss=loss if loss is not None else _deserialize(config["loss"]),
+        metrics=_deserialize(config.get("metrics")),
+        loss_weights=config.get("loss_weights"),
+    )
 
 
 def _deserialize(value):
@@ -106,10 +114,23 @@ def _deserialize(value):
     return value
 
 
-def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, validation_data=None,
-            validation_split: float | None = None, seed: int = 0, loss=None, optimizer: str | None = None,
-            learning_rate: float | None = None, probe_samples: int = 2000,
-            on_epoch: Callable[[str, int, dict], None] | None = None) -> Comparison:
+def retrain(
+    variants: dict,
+    source,
+    x,
+    y,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    validation_data=None,
+    validation_split: float | None = None,
+    seed: int = 0,
+    loss=None,
+    optimizer: str | None = None,
+    learning_rate: float | None = None,
+    probe_samples: int = 2000,
+    on_epoch: Callable[[str, int, dict], None] | None = None,
+) -> Comparison:
     """Fits every variant with the same data, epochs and seed, and scans each before and after.
 
     Args:
@@ -146,21 +167,44 @@ def retrain(variants: dict, source, x, y, *, epochs: int, batch_size: int = 32, 
         before = _evaluate(model, x_val, val_y, batch_size)
         keras.utils.set_random_seed(seed)
         reseed_layers(model, seed)
-        callbacks = [keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs, name=name: on_epoch(name, epoch, logs))] if on_epoch else []
-        history = model.fit(x_train, fit_y, epochs=epochs, batch_size=batch_size, verbose=0,
-                            validation_data=(x_val, val_y), callbacks=callbacks)
+        callbacks = (
+            [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, name=name: on_epoch(name, epoch, logs))]
+            if on_epoch
+            else []
+        )
+        history = model.fit(
+            x_train,
+            fit_y,
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=0,
+            validation_data=(x_val, val_y),
+            callbacks=callbacks,
+        )
         scan_after = scan(model, probe)
         after = _evaluate(model, x_val, val_y, batch_size)
-        results.append(VariantResult(
-            name=name, units=scan_before.summary["units"],
-            dead_before=scan_before.summary["dead"], dying_before=scan_before.summary["dying"],
-            dead_after=scan_after.summary["dead"], dying_after=scan_after.summary["dying"],
-            before=before, after=after,
-            history={k: [float(v) for v in values] for k, values in history.history.items()}))
-    settings = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "train_samples": count_samples(x_train),
-                "validation_samples": count_samples(x_val), "probe_samples": count_samples(probe),
-                "validation": "given" if validation_data is not None else f"last {validation_split:g} of the data"}
+        results.append(
+            VariantResult(
+                name=name,
+                units=scan_before.summary["units"],
+                dead_before=scan_before.summary["dead"],
+                dying_before=scan_before.summary["dying"],
+                dead_after=scan_after.summary["dead"],
+                dying_after=scan_after.summary["dying"],
+                before=before,
+                after=after,
+                history={k: [float(v) for v in values] for k, values in history.history.items()},
+            )
+        )
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "train_samples": count_samples(x_train),
+        "validation_samples": count_samples(x_val),
+        "probe_samples": count_samples(probe),
+        "validation": "given" if validation_data is not None else f"last {validation_split:g} of the data",
+    }
     return Comparison(variants=results, settings=settings)
 
 
@@ -186,7 +230,7 @@ def _split(x, y, validation_data, validation_split):
         return x, y, x_val, y_val
     if not validation_split or not 0 < validation_split < 1:
         raise UsageError("retraining needs validation data: pass `validation_data=` or `validation_split=0.2`")
-    cut = int(round(count_samples(x) * (1 - validation_split)))
+    cut = round(count_samples(x) * (1 - validation_split))
     if cut < 1 or cut >= count_samples(x):
         raise UsageError(f"`validation_split={validation_split:g}` leaves no training or no validation samples")
     head, tail = (lambda a: a[:cut]), (lambda a: a[cut:])

@@ -355,8 +355,10 @@ def revive_in_place(
 
     seed, scale, batch_size = _check_options(seed, scale, batch_size)
     if not isinstance(report, Report):
-        raise UsageError(f"`report` must be a deadrelu.Report (from deadrelu.scan), got {type(report).__name__}; "
-                         "to revive from data, call revive_model(model, data)")
+        raise UsageError(
+            f"`report` must be a deadrelu.Report (from deadrelu.scan), got {type(report).__name__}; "
+            "to revive from data, call revive_model(model, data)"
+        )
     only = check_only(only, report)
     site_map, found_notes = find_sites(model), []
     if any(entry.kind.startswith(KIND_OP_PREFIX) and entry.dead for entry in report.sites):
@@ -459,16 +461,24 @@ def _revive_copy(
         from deadrelu.data import load_data
 
         samples = scan_options.get("samples")
-        probe_data = load_data(data, model, samples=samples, rescale=scan_options.get("rescale"),
-                               skip_bad_images=scan_options.get("skip_bad_images", False))
+        probe_data = load_data(
+            data,
+            model,
+            samples=samples,
+            rescale=scan_options.get("rescale"),
+            skip_bad_images=scan_options.get("skip_bad_images", False),
+        )
         result.check = compare_outputs(model, copy, probe_data.batches(batch_size), samples=samples)
     return result
 
 
 def _check_options(seed, scale, batch_size) -> tuple:
     """The options every revive function shares, checked as the command line checks its flags."""
-    return (validation.seed(seed), validation.one_of(scale, "scale", SCALES),
-            validation.positive_int(batch_size, "batch_size"))
+    return (
+        validation.seed(seed),
+        validation.one_of(scale, "scale", SCALES),
+        validation.positive_int(batch_size, "batch_size"),
+    )
 
 
 # -- the plan ----------------------------------------------------------------------------------
@@ -640,8 +650,13 @@ def _second_chance(
     from deadrelu.data import load_data
     from deadrelu.probe import probe_for
 
-    probe_data = load_data(data, model, samples=scan_options.get("samples"), rescale=scan_options.get("rescale"),
-                           skip_bad_images=scan_options.get("skip_bad_images", False))
+    probe_data = load_data(
+        data,
+        model,
+        samples=scan_options.get("samples"),
+        rescale=scan_options.get("rescale"),
+        skip_bad_images=scan_options.get("skip_bad_images", False),
+    )
     # Traced once, run again after every change (it reads the variables); a later scan of the
     # revived model reuses the same trace.
     probe = probe_for(model)

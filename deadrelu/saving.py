@@ -34,8 +34,9 @@ def model_output_path(model_path: str, output: str | None, suffix: str, *, force
     if not out.endswith(MODEL_EXTENSIONS):
         raise UsageError(f"`output={out!r}`: the output name must end in .keras or .h5")
     if same_file(out, model_path):  # a link, or another spelling of the same file
-        raise UsageError(f"`output={out!r}` is the input model; deadrelu never overwrites its input, "
-                         "choose another path")
+        raise UsageError(
+            f"`output={out!r}` is the input model; deadrelu never overwrites its input, choose another path"
+        )
     check_output_path(out, force=force)
     return out
 
@@ -78,22 +79,25 @@ def save_model(model, path, *, force: bool = False, verify: bool = True, notes: 
 
     path = os.fspath(path)
     if not path.endswith(MODEL_EXTENSIONS):
-        raise UsageError(f"cannot save a model as {path!r}: the name must end in .keras or .h5 "
-                         "(Keras chooses the format from it)")
+        raise UsageError(
+            f"cannot save a model as {path!r}: the name must end in .keras or .h5 (Keras chooses the format from it)"
+        )
     h5 = path.endswith(_H5_EXTENSIONS)
     with atomic_output(path, force=force) as tmp, _quiet_keras():
         model.save(tmp)
         if verify:
             try:
                 keras.models.load_model(tmp)
-            except Exception as exc:  # noqa: BLE001 - retried below, or re-raised
+            except Exception as exc:
                 if not (h5 and model.compiled):
                     raise RuntimeError(f"plain Keras cannot read back the model it just wrote ({exc})") from exc
                 model.save(tmp, include_optimizer=False)
                 keras.models.load_model(tmp)
                 if notes is not None:
-                    notes.append(f"saved {os.path.basename(path)} without its compile settings, which Keras "
-                                 "cannot read back from .h5; compile it before training, or save as .keras")
+                    notes.append(
+                        f"saved {os.path.basename(path)} without its compile settings, which Keras "
+                        "cannot read back from .h5; compile it before training, or save as .keras"
+                    )
     return path
 
 

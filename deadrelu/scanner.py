@@ -13,11 +13,25 @@ from deadrelu.report import Report, Thresholds, build_report
 DEFAULT_BATCH_SIZE = 256
 
 
-def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE, gradients: bool = False,
-         loss=None, samples: int | None = None, rescale: float | None = None, skip_bad_images: bool = False,
-         dying_threshold: float = 0.01, flag_threshold: float = 0.10, saturated_threshold: float = 0.99,
-         on_batch: Callable[[int], None] | None = None, on_start: Callable[[int | None], None] | None = None,
-         model_info: dict | None = None, verbose: int | str = "auto") -> Report:
+def scan(
+    model,
+    data=None,
+    labels=None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    gradients: bool = False,
+    loss=None,
+    samples: int | None = None,
+    rescale: float | None = None,
+    skip_bad_images: bool = False,
+    dying_threshold: float = 0.01,
+    flag_threshold: float = 0.10,
+    saturated_threshold: float = 0.99,
+    on_batch: Callable[[int], None] | None = None,
+    on_start: Callable[[int | None], None] | None = None,
+    model_info: dict | None = None,
+    verbose: int | str = "auto",
+) -> Report:
     """Measures every ReLU site of a model on data and returns the verdicts.
 
     Repeated calls on the same model object reuse its traced probe step (see
@@ -68,9 +82,11 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     samples = validation.positive_int(samples, "samples", optional=True)
     rescale = validation.positive_number(rescale, "rescale", optional=True, example="1/255")
     gradients = validation.boolean(gradients, "gradients")
-    thresholds = Thresholds(dying=validation.fraction(dying_threshold, "dying_threshold"),
-                            flag=validation.fraction(flag_threshold, "flag_threshold"),
-                            saturated=validation.fraction(saturated_threshold, "saturated_threshold"))
+    thresholds = Thresholds(
+        dying=validation.fraction(dying_threshold, "dying_threshold"),
+        flag=validation.fraction(flag_threshold, "flag_threshold"),
+        saturated=validation.fraction(saturated_threshold, "saturated_threshold"),
+    )
     verbose = resolve_verbose(verbose)
     if isinstance(model, (str, os.PathLike)):
         from deadrelu.loading import load
@@ -79,8 +95,9 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
         model = loaded.model
         model_info = model_info or describe_loaded(loaded)
     validation.model(model)
-    probe_data = load_data(data, model, labels=labels, samples=samples, rescale=rescale,
-                           skip_bad_images=skip_bad_images)
+    probe_data = load_data(
+        data, model, labels=labels, samples=samples, rescale=rescale, skip_bad_images=skip_bad_images
+    )
     if gradients and not probe_data.has_labels and probe_data.stream is None:
         raise UsageError("`gradients=True` needs labels: pass `labels=\"y.npy\"` (or a data file with a 'y' array)")
     with Progress("scanning", verbose=verbose, unit="samples") as progress:
@@ -99,8 +116,13 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
     notes = list(probe_data.notes) + list(result.notes)
     if probe_data.synthetic:
         notes.append("no data given: measured on synthetic inputs; pass real data (`data=`) for a real verdict")
-    settings = {"batch_size": batch_size, "gradients": gradients, "samples_limit": samples, "rescale": rescale,
-                "inference_mode": True}
+    settings = {
+        "batch_size": batch_size,
+        "gradients": gradients,
+        "samples_limit": samples,
+        "rescale": rescale,
+        "inference_mode": True,
+    }
     if gradients:
         settings["loss"] = _loss_name(loss, model)
     data_info = {"source": probe_data.source, "samples": result.samples, "synthetic": probe_data.synthetic}
@@ -108,14 +130,21 @@ def scan(model, data=None, labels=None, *, batch_size: int = DEFAULT_BATCH_SIZE,
         result,
         thresholds=thresholds,
         model=model_info or {"path": None, "name": model.name, "sha256": None, "format": "in-memory"},
-        data=data_info, settings=settings, notes=notes,
+        data=data_info,
+        settings=settings,
+        notes=notes,
     )
 
 
 def describe_loaded(loaded) -> dict:
     """Model provenance for the report, from a `LoadedModel`."""
-    return {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format,
-            "repairs": list(loaded.repairs)}
+    return {
+        "path": loaded.path,
+        "name": loaded.model.name,
+        "sha256": loaded.sha256,
+        "format": loaded.format,
+        "repairs": list(loaded.repairs),
+    }
 
 
 def _loss_name(loss, model) -> str:

@@ -231,8 +231,9 @@ def find_sites(model) -> SiteMap:
     # layer of the same name keeps its path).
     layer_paths[id(model)] = unique(model.name)
     custom = bool(callables) or any(not type(layer).__module__.startswith("keras.") for layer in [model, *visited])
-    return SiteMap(sites=sites, others=others, layer_paths=layer_paths, quiet_layers=quiet, callables=callables,
-                   custom_code=custom)
+    return SiteMap(
+        sites=sites, others=others, layer_paths=layer_paths, quiet_layers=quiet, callables=callables, custom_code=custom
+    )
 
 
 def _is_time_distributed(layer) -> bool:
@@ -259,8 +260,16 @@ def children(layer: Any) -> list:
     return [child for child in child_layers(layer) if not isinstance(child, keras.layers.InputLayer)]
 
 
-def _classify(layer, path: str, previous, sites: list, others: list, wrapper=None, quiet: set | None = None,
-              callables: dict | None = None) -> None:
+def _classify(
+    layer,
+    path: str,
+    previous,
+    sites: list,
+    others: list,
+    wrapper=None,
+    quiet: set | None = None,
+    callables: dict | None = None,
+) -> None:
     import keras
 
     quiet = set() if quiet is None else quiet
@@ -282,8 +291,19 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
             quiet.add(id(layer))
             return
         max_value = None if layer.max_value is None else float(layer.max_value)
-        sites.append(Site(path, layer, KIND_RELU_LAYER, "relu", max_value, float(layer.threshold or 0.0),
-                          _inherited_channel_axis(layer, previous), index, hook("call")))
+        sites.append(
+            Site(
+                path,
+                layer,
+                KIND_RELU_LAYER,
+                "relu",
+                max_value,
+                float(layer.threshold or 0.0),
+                _inherited_channel_axis(layer, previous),
+                index,
+                hook("call"),
+            )
+        )
         return
     if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax)):
         others.append(OtherActivation(path, cls, cls.lower(), "keeps a gradient for negative inputs"))
@@ -303,18 +323,40 @@ def _classify(layer, path: str, previous, sites: list, others: list, wrapper=Non
         if isinstance(layer, keras.layers.SimpleRNN) and wrapper is None:
             steps = _time_steps(layer)
             if steps is not None and steps <= MAX_UNROLLED_STEPS:
-                sites.append(Site(path, layer, KIND_FUSED, name, _SITE_ACTIVATIONS[name], 0.0, -1, index,
-                                  (layer.cell, "activation"), recurrent=layer))
+                sites.append(
+                    Site(
+                        path,
+                        layer,
+                        KIND_FUSED,
+                        name,
+                        _SITE_ACTIVATIONS[name],
+                        0.0,
+                        -1,
+                        index,
+                        (layer.cell, "activation"),
+                        recurrent=layer,
+                    )
+                )
                 return
-            reason = (f"recurrent activation over {steps} time steps: measured for up to {MAX_UNROLLED_STEPS} only"
-                      if steps is not None else "recurrent activation over a number of time steps that is not fixed "
-                      "or not known here (e.g. inside Bidirectional): not measured")
+            reason = (
+                f"recurrent activation over {steps} time steps: measured for up to {MAX_UNROLLED_STEPS} only"
+                if steps is not None
+                else "recurrent activation over a number of time steps that is not fixed "
+                "or not known here (e.g. inside Bidirectional): not measured"
+            )
             others.append(OtherActivation(path, cls, name, reason))
             quiet.add(id(layer))
             return
         if any(marker in cls for marker in _RECURRENT_MARKERS):
-            others.append(OtherActivation(path, cls, name, "recurrent activation: runs inside a loop, not measured "
-                                          "(SimpleRNN is measured; LSTM and GRU apply it twice or mix it per step)"))
+            others.append(
+                OtherActivation(
+                    path,
+                    cls,
+                    name,
+                    "recurrent activation: runs inside a loop, not measured "
+                    "(SimpleRNN is measured; LSTM and GRU apply it twice or mix it per step)",
+                )
+            )
             quiet.add(id(layer))
             return
         kind = KIND_ACTIVATION if is_activation_layer else KIND_FUSED

@@ -44,8 +44,9 @@ class Check:
     def __repr__(self) -> str:
         changes = ""
         if self.persistence is not None or self.newly_dead or self.revived:
-            changes = (f", +{sum(map(len, self.newly_dead.values())):,} dead, "
-                       f"{sum(map(len, self.revived.values())):,} revived")
+            changes = (
+                f", +{sum(map(len, self.newly_dead.values())):,} dead, {sum(map(len, self.revived.values())):,} revived"
+            )
         action = f", action {self.action}" if self.action else ""
         return f"<Check epoch {self.epoch}, step {self.step:,}: {self.dead_fraction:.1%} dead{changes}{action}>"
 
@@ -98,6 +99,14 @@ def make_check(report, previous: Check | None, *, epoch: int, step: int) -> Chec
             kept += len(before & now_set)
             total += len(before)
         persistence = kept / total if total else None
-    return Check(epoch=epoch, step=step, dead=dead, units=units, dead_fraction=summary["dead_fraction"],
-                 dying_fraction=summary["dying"] / summary["units"] if summary["units"] else 0.0,
-                 newly_dead=newly_dead, revived=revived, persistence=persistence)
+    return Check(
+        epoch=epoch,
+        step=step,
+        dead=dead,
+        units=units,
+        dead_fraction=summary["dead_fraction"],
+        dying_fraction=summary["dying"] / summary["units"] if summary["units"] else 0.0,
+        newly_dead=newly_dead,
+        revived=revived,
+        persistence=persistence,
+    )

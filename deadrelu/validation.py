@@ -92,6 +92,7 @@ def model(value: Any, name: str = "model") -> Any:
 
 # -- helpers -------------------------------------------------------------------------------
 
+
 def _int(value: Any, name: str, *, minimum: int, optional: bool, what: str = "") -> int | None:
     if value is None and optional:
         return None

@@ -47,35 +47,40 @@ def make_bars(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def build_cnn():
     import keras
 
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 1)),
-        keras.layers.Conv2D(8, 3, activation="relu", name="conv_1"),
-        keras.layers.MaxPooling2D(2),
-        keras.layers.Conv2D(16, 3, activation="relu", name="conv_2"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu", name="dense_1"),
-        keras.layers.Dense(CLASSES, activation="softmax", name="output"),
-    ], name="healthy_cnn")
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv_1"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(16, 3, activation="relu", name="conv_2"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu", name="dense_1"),
+            keras.layers.Dense(CLASSES, activation="softmax", name="output"),
+        ],
+        name="healthy_cnn",
+    )
 
 
 def build_mlp():
     import keras
 
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 1)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu", name="hidden_1"),
-        keras.layers.Dense(64, activation="relu", name="hidden_2"),
-        keras.layers.Dense(64, activation="relu", name="hidden_3"),
-        keras.layers.Dense(CLASSES, activation="softmax", name="output"),
-    ], name="dying_mlp")
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu", name="hidden_1"),
+            keras.layers.Dense(64, activation="relu", name="hidden_2"),
+            keras.layers.Dense(64, activation="relu", name="hidden_3"),
+            keras.layers.Dense(CLASSES, activation="softmax", name="output"),
+        ],
+        name="dying_mlp",
+    )
 
 
 def train(model, lr: float, x, y, epochs: int):
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
     return model
 

@@ -39,22 +39,35 @@ def main() -> None:
     for mode in ("warn", "revive"):
         keras.utils.set_random_seed(args.seed)
         model = build_mlp()
-        model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(args.lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         monitor = deadrelu.DeadReluMonitor(x_val[:500], on_dead=mode, max_dead_fraction=0.2, seed=args.seed)
         print(f"--- on_dead={mode!r}")
-        history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0,
-                            validation_data=(x_val, y_val), callbacks=[monitor])
+        history = model.fit(
+            x_train,
+            y_train,
+            epochs=args.epochs,
+            batch_size=64,
+            verbose=0,
+            validation_data=(x_val, y_val),
+            callbacks=[monitor],
+        )
         monitor.plot(os.path.join(args.plot_dir, f"monitor_{mode}.png"))
-        rows[mode] = (history.history["deadrelu/dead_fraction"], history.history["val_accuracy"],
-                      [c.action for c in monitor.timeline])
+        rows[mode] = (
+            history.history["deadrelu/dead_fraction"],
+            history.history["val_accuracy"],
+            [c.action for c in monitor.timeline],
+        )
 
     print("\nepoch | dead (warn) | val acc (warn) | dead (revive) | val acc (revive) | action")
     print("---:|---:|---:|---:|---:|---")
     for epoch in range(args.epochs):
         warn, revive = rows["warn"], rows["revive"]
-        print(f"{epoch + 1} | {warn[0][epoch]:.1%} | {warn[1][epoch]:.3f} | {revive[0][epoch]:.1%} | "
-              f"{revive[1][epoch]:.3f} | {revive[2][epoch] or ''}")
+        print(
+            f"{epoch + 1} | {warn[0][epoch]:.1%} | {warn[1][epoch]:.3f} | {revive[0][epoch]:.1%} | "
+            f"{revive[1][epoch]:.3f} | {revive[2][epoch] or ''}"
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ def activation(name: str):
     return {
         "ReLU": lambda: keras.layers.ReLU(),
         "LeakyReLU(0.1)": lambda: keras.layers.LeakyReLU(negative_slope=0.1),
-        "PReLU(0.25)": lambda: keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25),
-                                                  shared_axes=None),
+        "PReLU(0.25)": lambda: keras.layers.PReLU(
+            alpha_initializer=keras.initializers.Constant(0.25), shared_axes=None
+        ),
         "PReLU(zeros)": lambda: keras.layers.PReLU(alpha_initializer="zeros"),
     }[name]()
 
@@ -42,16 +43,24 @@ def build(name: str):
     import keras
 
     L = keras.layers
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        L.Conv2D(32, (3, 3), name="conv_1"), activation(name),
-        L.MaxPooling2D(2), L.Dropout(0.25),
-        L.Conv2D(64, (3, 3), name="conv_2"), activation(name),
-        L.MaxPooling2D(2), L.Dropout(0.25),
-        L.Flatten(),
-        L.Dense(256, name="dense_1"), activation(name),
-        L.Dense(10, activation="softmax", name="output"),
-    ], name=name.lower().replace("(", "_").replace(")", "").replace(".", ""))
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Conv2D(32, (3, 3), name="conv_1"),
+            activation(name),
+            L.MaxPooling2D(2),
+            L.Dropout(0.25),
+            L.Conv2D(64, (3, 3), name="conv_2"),
+            activation(name),
+            L.MaxPooling2D(2),
+            L.Dropout(0.25),
+            L.Flatten(),
+            L.Dense(256, name="dense_1"),
+            activation(name),
+            L.Dense(10, activation="softmax", name="output"),
+        ],
+        name=name.lower().replace("(", "_").replace(")", "").replace(".", ""),
+    )
 
 
 def as_relu(model):
@@ -99,7 +108,7 @@ def main() -> None:
 
     x_train, y_train, x_test, y_test = load_mnist(args.mnist)
     if args.train_samples:
-        x_train, y_train = x_train[:args.train_samples], y_train[:args.train_samples]
+        x_train, y_train = x_train[: args.train_samples], y_train[: args.train_samples]
     rows = []
     for name in REPORTED:
         keras.utils.set_random_seed(args.seed)
@@ -112,18 +121,37 @@ def main() -> None:
         scanned = model if name == "ReLU" else as_relu(model)
         report = deadrelu.scan(scanned, x_test, batch_size=500)
         per_site = {s.path: f"{len(s.dead)}/{s.units}" for s in report.sites}
-        rows.append({"variant": name, "test_accuracy": float(accuracy), "reported": REPORTED[name],
-                     "dead_or_never_positive": report.summary["dead"], "units": report.summary["units"],
-                     "per_site": per_site, "train_seconds": seconds})
-        print(f"{name}: test accuracy {accuracy:.4f}, {report.summary['dead']}/{report.summary['units']} units "
-              f"{'dead' if name == 'ReLU' else 'never positive'} {per_site} ({seconds:.0f} s)", flush=True)
+        rows.append(
+            {
+                "variant": name,
+                "test_accuracy": float(accuracy),
+                "reported": REPORTED[name],
+                "dead_or_never_positive": report.summary["dead"],
+                "units": report.summary["units"],
+                "per_site": per_site,
+                "train_seconds": seconds,
+            }
+        )
+        print(
+            f"{name}: test accuracy {accuracy:.4f}, {report.summary['dead']}/{report.summary['units']} units "
+            f"{'dead' if name == 'ReLU' else 'never positive'} {per_site} ({seconds:.0f} s)",
+            flush=True,
+        )
 
-    print(f"\nMNIST CNN, {args.epochs} epochs, {len(x_train)} training images (80% fit, 20% validation), seed {args.seed}\n")
-    print("| variant | test accuracy | reported (25 epochs) | dead units (ReLU) / never positive (others) | conv_1 · conv_2 · dense_1 |")
+    print(
+        f"\nMNIST CNN, {args.epochs} epochs, {len(x_train)} training images (80% fit, 20% validation), "
+        f"seed {args.seed}\n"
+    )
+    print(
+        "| variant | test accuracy | reported (25 epochs) | dead units (ReLU) / never positive (others) "
+        "| conv_1 · conv_2 · dense_1 |"
+    )
     print("|---|---:|---:|---:|---|")
     for row in rows:
-        print(f"| {row['variant']} | {row['test_accuracy']:.4f} | {row['reported']} | "
-              f"{row['dead_or_never_positive']} / {row['units']} | {' · '.join(row['per_site'].values())} |")
+        print(
+            f"| {row['variant']} | {row['test_accuracy']:.4f} | {row['reported']} | "
+            f"{row['dead_or_never_positive']} / {row['units']} | {' · '.join(row['per_site'].values())} |"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"epochs": args.epochs, "seed": args.seed, "rows": rows}, f, indent=1)

@@ -5,8 +5,8 @@
 Made for `../shared/models/dd_mnist_al22_trained_stuck.h5` (a Keras 2.3.1 MNIST model stuck at
 ~11% accuracy with most units dead), but works for any MNIST model with input (28, 28, 1).
 Every variant gets the same budget: `--train-samples` training images, `--epochs` epochs, the
-file's own loss and optimizer (fresh state; `--optimizer adam --lr 1e-3` to override), the same seed. Dead units are scanned on 2,000 test
-images; accuracy is measured on the whole test set.
+file's own loss and optimizer (fresh state; `--optimizer adam --lr 1e-3` to override), the same
+seed. Dead units are scanned on 2,000 test images; accuracy is measured on the whole test set.
 """
 
 from __future__ import annotations
@@ -35,14 +35,17 @@ def main() -> None:
     from deadrelu.retrain import retrain
 
     with np.load(args.mnist) as f:
-        x_train = (f["x_train"][:args.train_samples].astype(np.float32) / 255)[..., None]
-        y_train = f["y_train"][:args.train_samples].astype(np.int64)
+        x_train = (f["x_train"][: args.train_samples].astype(np.float32) / 255)[..., None]
+        y_train = f["y_train"][: args.train_samples].astype(np.int64)
         x_test = (f["x_test"].astype(np.float32) / 255)[..., None]
         y_test = f["y_test"].astype(np.int64)
     source = deadrelu.load_model(args.model)
     report = deadrelu.scan(source, x_test[:2000], batch_size=500)
-    print(f"{os.path.basename(args.model)}: {report.summary['dead']}/{report.summary['units']} units dead "
-          f"on 2,000 test images", flush=True)
+    print(
+        f"{os.path.basename(args.model)}: {report.summary['dead']}/{report.summary['units']} units dead "
+        f"on 2,000 test images",
+        flush=True,
+    )
 
     results = {}
     for seed in args.seeds:
@@ -54,18 +57,33 @@ def main() -> None:
             "revive": revived,
             "revive + patch → PReLU": deadrelu.patch(revived, to="prelu"),
         }
-        comparison = retrain(variants, source, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                             validation_data=(x_test, y_test), seed=seed, probe_samples=2000,
-                             optimizer=args.optimizer, learning_rate=args.lr)
+        comparison = retrain(
+            variants,
+            source,
+            x_train,
+            y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_data=(x_test, y_test),
+            seed=seed,
+            probe_samples=2000,
+            optimizer=args.optimizer,
+            learning_rate=args.lr,
+        )
         for variant in comparison.variants:
             accuracy = next((v for k, v in variant.after.items() if "acc" in k), float("nan"))
             results.setdefault(variant.name, []).append((accuracy, variant.dead_after, variant.units))
-            print(f"  seed {seed}: {variant.name}: test accuracy {accuracy:.4f}, dead after "
-                  f"{variant.dead_after}/{variant.units}", flush=True)
+            print(
+                f"  seed {seed}: {variant.name}: test accuracy {accuracy:.4f}, dead after "
+                f"{variant.dead_after}/{variant.units}",
+                flush=True,
+            )
 
     optimizer = (args.optimizer or "the file's optimizer") + (f", lr {args.lr:g}" if args.lr else "")
-    print(f"\n{args.epochs} epochs on {args.train_samples} images, batch {args.batch_size}, {optimizer}, "
-          f"seeds {args.seeds}\n")
+    print(
+        f"\n{args.epochs} epochs on {args.train_samples} images, batch {args.batch_size}, {optimizer}, "
+        f"seeds {args.seeds}\n"
+    )
     print("| variant | test accuracy per seed | dead units after (ReLU sites left) |")
     print("|---|---|---|")
     for name, rows in results.items():

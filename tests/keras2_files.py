@@ -299,8 +299,8 @@ def write_tf_ops(folder: str) -> Written:
     inp = L.Input((6, 4), name="x")
     a = L.Dense(8, name="a")(inp)
     b = L.Dense(8, name="b")(inp)
-    h = tf.nn.relu(a + b)                  # __operators__.add with a tensor argument, then a site
-    h = tf.nn.relu6(h * 3.0)               # math.multiply by a constant, then a capped site
+    h = tf.nn.relu(a + b)  # __operators__.add with a tensor argument, then a site
+    h = tf.nn.relu6(h * 3.0)  # math.multiply by a constant, then a capped site
     h = tf.concat([h, tf.nn.relu(b)], axis=-1)
     h = tf.reduce_mean(h[:, 1:5], axis=1)  # indexing, then an op with keyword arguments
     model = tk.Model(inp, L.Dense(3, name="head")(h), name="ops")

@@ -18,6 +18,7 @@ L = keras.layers
 
 # -- reference statistics (DESIGN.md, "Per-unit statistics") ------------------------------------
 
+
 @dataclasses.dataclass
 class RefSite:
     """Reference statistics of one site, computed with numpy from its materialised outputs."""
@@ -45,8 +46,15 @@ def _units_last(array: np.ndarray, channel_axis: int) -> np.ndarray:
     return a.reshape(a.shape[0], -1, a.shape[-1])
 
 
-def reference_stats(calls, *, channel_axis: int = -1, max_value: float | None = None,
-                    dying: float = 0.01, flag: float = 0.10, saturated: float = 0.99) -> RefSite:
+def reference_stats(
+    calls,
+    *,
+    channel_axis: int = -1,
+    max_value: float | None = None,
+    dying: float = 0.01,
+    flag: float = 0.10,
+    saturated: float = 0.99,
+) -> RefSite:
     """Every per-unit statistic and verdict of one site, from its outputs.
 
     Args:
@@ -77,10 +85,23 @@ def reference_stats(calls, *, channel_axis: int = -1, max_value: float | None = 
             sat_units.append(j)
         elif active[j] < dying:
             dying_units.append(j)
-    return RefSite(units=c, positions=s, calls=len(calls), samples=n, fires=fires, active_rate=active,
-                   sample_active_rate=sample_active, mean_abs=mean_abs, dormancy=dormancy,
-                   max_output=a.max(axis=(0, 1)).astype(np.float64), saturated_rate=sat_rate,
-                   dead=dead, dying=dying_units, saturated=sat_units, flagged=len(dead) / c >= flag)
+    return RefSite(
+        units=c,
+        positions=s,
+        calls=len(calls),
+        samples=n,
+        fires=fires,
+        active_rate=active,
+        sample_active_rate=sample_active,
+        mean_abs=mean_abs,
+        dormancy=dormancy,
+        max_output=a.max(axis=(0, 1)).astype(np.float64),
+        saturated_rate=sat_rate,
+        dead=dead,
+        dying=dying_units,
+        saturated=sat_units,
+        flagged=len(dead) / c >= flag,
+    )
 
 
 def reference_grad_stats(grads, *, channel_axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +113,9 @@ def reference_grad_stats(grads, *, channel_axis: int = -1) -> tuple[np.ndarray, 
 
 
 def close(actual, expected, what: str = "") -> None:
-    np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(expected, np.float64),
-                               rtol=RTOL, atol=ATOL, err_msg=what)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=RTOL, atol=ATOL, err_msg=what
+    )
 
 
 def assert_site_matches(site, ref: RefSite) -> None:
@@ -126,8 +148,16 @@ def assert_reports_equal(a, b) -> None:
         assert (sa.units, sa.positions, sa.calls) == (sb.units, sb.positions, sb.calls)
         np.testing.assert_array_equal(sa.fires, sb.fires)
         assert (sa.dead, sa.dying, sa.saturated, sa.flagged) == (sb.dead, sb.dying, sb.saturated, sb.flagged)
-        for name in ("active_rate", "sample_active_rate", "mean_abs", "dormancy", "max_output",
-                     "saturated_rate", "grad_mean_abs", "grad_zero_rate"):
+        for name in (
+            "active_rate",
+            "sample_active_rate",
+            "mean_abs",
+            "dormancy",
+            "max_output",
+            "saturated_rate",
+            "grad_mean_abs",
+            "grad_zero_rate",
+        ):
             va, vb = getattr(sa, name), getattr(sb, name)
             assert (va is None) == (vb is None), name
             if va is not None:
@@ -135,6 +165,7 @@ def assert_reports_equal(a, b) -> None:
 
 
 # -- materialising tensors --------------------------------------------------------------------
+
 
 def to_numpy(t) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(t))
@@ -192,8 +223,7 @@ def randomize_batchnorm(bn, rng: np.random.Generator, beta: dict | None = None) 
     b = rng.normal(0.0, 0.5, c).astype(np.float32)
     for index, value in (beta or {}).items():
         b[index] = value
-    bn.set_weights([gamma, b, rng.normal(0.0, 0.5, c).astype(np.float32),
-                    rng.uniform(0.5, 2.0, c).astype(np.float32)])
+    bn.set_weights([gamma, b, rng.normal(0.0, 0.5, c).astype(np.float32), rng.uniform(0.5, 2.0, c).astype(np.float32)])
 
 
 def random_x(shape, n: int, seed: int, scale: float = 1.0) -> np.ndarray:

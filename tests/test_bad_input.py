@@ -23,20 +23,22 @@ import deadrelu
 from deadrelu.errors import DataError, UsageError
 
 RNG = np.random.default_rng(12)
-X = RNG.normal(size=(20, 4)).astype(np.float32)            # the MLP's data
-Y = np.eye(3, dtype=np.float32)[np.arange(20) % 3]          # one-hot, for categorical crossentropy
+X = RNG.normal(size=(20, 4)).astype(np.float32)  # the MLP's data
+Y = np.eye(3, dtype=np.float32)[np.arange(20) % 3]  # one-hot, for categorical crossentropy
 IMAGES = RNG.normal(size=(50, 6, 6, 1)).astype(np.float32)  # the CNN's data
-CLASSES = RNG.integers(0, 3, 50)                             # sparse labels
+CLASSES = RNG.integers(0, 3, 50)  # sparse labels
 
 
 # -- models ------------------------------------------------------------------------------------
+
 
 def _mlp():
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")]
+    )
     model.compile(loss="categorical_crossentropy")
     return model
 
@@ -45,8 +47,14 @@ def _cnn():
     import keras
 
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     model.compile(loss="sparse_categorical_crossentropy")
     return model
 
@@ -66,10 +74,12 @@ def models(tmp_path_factory):
 
 # -- bad data files: each is (model, builder of --data and flags, what the one line says) ---------
 
+
 def _npy(array, allow_pickle=False):
     def make(tmp):
         np.save(tmp / "x.npy", array, allow_pickle=allow_pickle)
         return tmp / "x.npy"
+
     return make
 
 
@@ -77,6 +87,7 @@ def _bytes(name, content):
     def make(tmp):
         (tmp / name).write_bytes(content)
         return tmp / name
+
     return make
 
 
@@ -84,6 +95,7 @@ def _npz(**arrays):
     def make(tmp):
         np.savez(tmp / "d.npz", **arrays)
         return tmp / "d.npz"
+
     return make
 
 
@@ -109,6 +121,7 @@ def _h5(key="x", **datasets):
             for name, value in datasets.items():
                 f.create_dataset(name, data=value)
         return f"{tmp / 'd.h5'}:{key}" if key else tmp / "d.h5"
+
     return make
 
 
@@ -118,6 +131,7 @@ def _csv(text):
 
 def _images(*contents):
     """A folder: a valid image for each None, else a file with these bytes."""
+
     def make(tmp):
         from PIL import Image
 
@@ -133,11 +147,13 @@ def _images(*contents):
             else:
                 (folder / f"{i}.jpg").write_bytes(content)
         return folder
+
     return make
 
 
 def _with_labels(labels, data=X, labels_file=False):
     """An .npz of x and y, or (labels_file) x.npz and y.npy apart."""
+
     def make(tmp):
         if labels_file:
             np.savez(tmp / "d.npz", x=data)
@@ -145,6 +161,7 @@ def _with_labels(labels, data=X, labels_file=False):
             return tmp / "d.npz", ["--labels", tmp / "y.npy"]
         np.savez(tmp / "d.npz", x=data, y=labels)
         return tmp / "d.npz"
+
     return make
 
 
@@ -156,8 +173,11 @@ def _fifo(tmp):
 BAD_FILES = {
     # .npy
     "npy of text": ("mlp", _npy(np.array([["a"] * 4] * 5)), r"the data holds text \(dtype <U1\).*numbers"),
-    "npy of objects": ("mlp", _npy(np.array([[1, 2, 3, 4], [1]], dtype=object), allow_pickle=True),
-                       r"holds Python objects.*pad them"),
+    "npy of objects": (
+        "mlp",
+        _npy(np.array([[1, 2, 3, 4], [1]], dtype=object), allow_pickle=True),
+        r"holds Python objects.*pad them",
+    ),
     "npy complex": ("mlp", _npy(X + 1j), r"complex numbers \(dtype complex64\).*imaginary part"),
     "npy empty": ("mlp", _npy(np.zeros((0, 4), np.float32)), r"holds no samples"),
     "npy 0-d": ("mlp", _npy(np.array(3.0)), r"is a single value \(a 0-d array\), not samples"),
@@ -204,21 +224,39 @@ BAD_FILES = {
     "images for a non-image model": ("mlp", _images(None), r"needs a model with one image input"),
     # labels (with gradients)
     "labels of text": ("mlp", _with_labels(np.array(["cat"] * 20)), r"the labels hold text.*class ids"),
-    "labels of text, own file": ("mlp", _with_labels(np.array(["cat"] * 20), labels_file=True),
-                                 r"the labels hold text"),
-    "labels NaN": ("mlp", _with_labels(np.where(np.arange(20)[:, None] == 4, np.nan, Y)),
-                   r"the labels hold NaN or inf values, first at sample 4"),
+    "labels of text, own file": (
+        "mlp",
+        _with_labels(np.array(["cat"] * 20), labels_file=True),
+        r"the labels hold text",
+    ),
+    "labels NaN": (
+        "mlp",
+        _with_labels(np.where(np.arange(20)[:, None] == 4, np.nan, Y)),
+        r"the labels hold NaN or inf values, first at sample 4",
+    ),
     "labels complex": ("mlp", _with_labels(Y + 0j), r"the labels hold complex numbers"),
     "labels fewer": ("mlp", _with_labels(Y[:5]), r"there are 5 labels for 20 samples"),
-    "labels of objects": ("mlp", _with_labels(np.array([[1], [1, 2]] * 10, dtype=object)),
-                          r"d\.npz:y holds Python objects"),
-    "labels more": ("mlp", _with_labels(np.eye(3)[np.arange(25) % 3], labels_file=True),
-                    r"there are 25 labels for 20 samples"),
+    "labels of objects": (
+        "mlp",
+        _with_labels(np.array([[1], [1, 2]] * 10, dtype=object)),
+        r"d\.npz:y holds Python objects",
+    ),
+    "labels more": (
+        "mlp",
+        _with_labels(np.eye(3)[np.arange(25) % 3], labels_file=True),
+        r"there are 25 labels for 20 samples",
+    ),
     "labels 0-d": ("mlp", _with_labels(np.array(1.0), labels_file=True), r"the labels are a single value"),
-    "one-hot labels too wide": ("mlp", _with_labels(np.eye(5)[np.arange(20) % 5]),
-                                r"the labels have 5 columns but the model's output has 3 units"),
-    "sparse labels out of range": ("cnn", _with_labels(np.array([0, 1, 7, 2, 1]), data=IMAGES[:5]),
-                                   r"label value of 7"),
+    "one-hot labels too wide": (
+        "mlp",
+        _with_labels(np.eye(5)[np.arange(20) % 5]),
+        r"the labels have 5 columns but the model's output has 3 units",
+    ),
+    "sparse labels out of range": (
+        "cnn",
+        _with_labels(np.array([0, 1, 7, 2, 1]), data=IMAGES[:5]),
+        r"label value of 7",
+    ),
     # paths
     "missing file": ("mlp", lambda tmp: tmp / "nope.npy", r"not found"),
     "unsupported format": ("mlp", _bytes("x.txt", b"1,2,3,4\n"), r"unsupported data format"),
@@ -271,17 +309,36 @@ def test_revive_and_patch_refuse_bad_data_alike(command, case, models, tmp_path,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("model_key, data, labels, pattern", [
-    ("mlp", X, np.eye(5)[np.arange(20) % 5], r"the labels have 5 columns but the model's output has 3 units"),
-    ("mlp", X, np.arange(20) % 7, r"the labels hold the class id 6, but the model's output has 3 units"),
-    ("cnn", IMAGES[:20], np.arange(20) % 7 - 1, r"the labels hold the class id -1"),
-    ("mlp", X, np.array(["cat"] * 20), r"the labels hold text"),
-])
+@pytest.mark.parametrize(
+    "model_key, data, labels, pattern",
+    [
+        ("mlp", X, np.eye(5)[np.arange(20) % 5], r"the labels have 5 columns but the model's output has 3 units"),
+        ("mlp", X, np.arange(20) % 7, r"the labels hold the class id 6, but the model's output has 3 units"),
+        ("cnn", IMAGES[:20], np.arange(20) % 7 - 1, r"the labels hold the class id -1"),
+        ("mlp", X, np.array(["cat"] * 20), r"the labels hold text"),
+    ],
+)
 def test_retrain_refuses_labels_that_do_not_fit(model_key, data, labels, pattern, models, tmp_path, run_cli):
     np.savez(tmp_path / "d.npz", x=data, y=labels)
     out = tmp_path / "out.keras"
-    code, _, err = run_cli(["patch", models[model_key][1], "--to", "leaky", "--data", tmp_path / "d.npz", "--retrain",
-                            "--epochs", "1", "--validation-split", "0.25", "-o", out, "--quiet"])
+    code, _, err = run_cli(
+        [
+            "patch",
+            models[model_key][1],
+            "--to",
+            "leaky",
+            "--data",
+            tmp_path / "d.npz",
+            "--retrain",
+            "--epochs",
+            "1",
+            "--validation-split",
+            "0.25",
+            "-o",
+            out,
+            "--quiet",
+        ]
+    )
     assert code == 2 and re.search(pattern, _one_error_line(err)), err
     assert not out.exists()
 
@@ -348,6 +405,7 @@ def test_rescale_of_data_already_in_0_1_warns_once(models, tmp_path, run_cli):
 
 # -- in-memory data (library) -------------------------------------------------------------------
 
+
 def _generator(items):
     yield from items
 
@@ -371,6 +429,7 @@ def _tf(make):
         import tensorflow as tf
 
         return make(tf)
+
     return build
 
 
@@ -385,25 +444,49 @@ BAD_OBJECTS = {
     "an object": (lambda: object(), DataError, r"cannot read data of type object; pass a numpy array"),
     "dict of an unknown input": (lambda: {"foo": X}, DataError, r"names the input 'foo'.*key the arrays"),
     "two arrays for one input": (lambda: [X, X], DataError, r"2 arrays but the model has 1 input"),
-    "dataset of text": (_tf(lambda tf: tf.data.Dataset.from_tensor_slices(np.array([["a"] * 4] * 4)).batch(2)),
-                        DataError, r"holds text"),
-    "dataset of complex": (_tf(lambda tf: tf.data.Dataset.from_tensor_slices(X + 1j).batch(2)), DataError,
-                           r"complex numbers"),
-    "dataset of ragged tensors": (_tf(lambda tf: tf.data.Dataset.from_tensor_slices(
-        tf.ragged.constant([[1.0], [2.0, 3.0]])).batch(2)), DataError, r"RaggedTensors.*padded_batch"),
-    "infinite dataset": (_tf(lambda tf: tf.data.Dataset.from_tensor_slices(X).batch(4).repeat()), DataError,
-                         r"infinite.*pass `samples`"),
+    "dataset of text": (
+        _tf(lambda tf: tf.data.Dataset.from_tensor_slices(np.array([["a"] * 4] * 4)).batch(2)),
+        DataError,
+        r"holds text",
+    ),
+    "dataset of complex": (
+        _tf(lambda tf: tf.data.Dataset.from_tensor_slices(X + 1j).batch(2)),
+        DataError,
+        r"complex numbers",
+    ),
+    "dataset of ragged tensors": (
+        _tf(lambda tf: tf.data.Dataset.from_tensor_slices(tf.ragged.constant([[1.0], [2.0, 3.0]])).batch(2)),
+        DataError,
+        r"RaggedTensors.*padded_batch",
+    ),
+    "infinite dataset": (
+        _tf(lambda tf: tf.data.Dataset.from_tensor_slices(X).batch(4).repeat()),
+        DataError,
+        r"infinite.*pass `samples`",
+    ),
     "generator of text": (lambda: _generator([np.array([["a"] * 4] * 2)]), DataError, r"holds text"),
-    "generator of samples of two shapes": (lambda: _generator([X[0], X[1, :3]]), DataError,
-                                           r"differ in shape|shape \(3,\)"),
-    "generator of NaN": (lambda: _generator([X[:4], np.full((4, 4), np.nan)]), DataError,
-                         r"NaN or inf values, first at sample 4"),
+    "generator of samples of two shapes": (
+        lambda: _generator([X[0], X[1, :3]]),
+        DataError,
+        r"differ in shape|shape \(3,\)",
+    ),
+    "generator of NaN": (
+        lambda: _generator([X[:4], np.full((4, 4), np.nan)]),
+        DataError,
+        r"NaN or inf values, first at sample 4",
+    ),
     "empty generator": (lambda: _generator([]), DataError, r"holds no samples"),
     "PyDataset without a length": (lambda: _NoLength(), DataError, r"neither `__len__` nor `num_batches`"),
-    "labels beside a dataset": (_tf(lambda tf: (tf.data.Dataset.from_tensor_slices(X).batch(4), Y)), DataError,
-                                r"brings its own labels.*\(inputs, labels\)"),
-    "gradients, dataset without labels": (_tf(lambda tf: (tf.data.Dataset.from_tensor_slices(X).batch(4), "grad")),
-                                          UsageError, r"needs labels.*\(inputs, labels\) pairs"),
+    "labels beside a dataset": (
+        _tf(lambda tf: (tf.data.Dataset.from_tensor_slices(X).batch(4), Y)),
+        DataError,
+        r"brings its own labels.*\(inputs, labels\)",
+    ),
+    "gradients, dataset without labels": (
+        _tf(lambda tf: (tf.data.Dataset.from_tensor_slices(X).batch(4), "grad")),
+        UsageError,
+        r"needs labels.*\(inputs, labels\) pairs",
+    ),
     "labels of text, in memory": (lambda: (X, np.array(["cat"] * 20)), DataError, r"the labels hold text"),
 }
 
@@ -432,13 +515,19 @@ def two_outputs():
     return model
 
 
-@pytest.mark.parametrize("labels, pattern", [
-    ({"cls": Y, "bad": X[:, :1]}, r"the labels name the output 'bad', but the model's outputs are cls, reg"),
-    ({"cls": Y}, r"no labels for the output 'reg'"),
-    ({"cls": np.eye(5)[np.arange(20) % 5], "reg": X[:, :1]}, r"labels of output 'cls' have 5 columns but that output"),
-    ({"cls": Y, "reg": np.array(["a"] * 20)}, r"the labels 'reg' hold text"),
-    ({"cls": Y[:10], "reg": X[:, :1]}, r"different numbers of samples \(10, 20\); .* every output"),
-])
+@pytest.mark.parametrize(
+    "labels, pattern",
+    [
+        ({"cls": Y, "bad": X[:, :1]}, r"the labels name the output 'bad', but the model's outputs are cls, reg"),
+        ({"cls": Y}, r"no labels for the output 'reg'"),
+        (
+            {"cls": np.eye(5)[np.arange(20) % 5], "reg": X[:, :1]},
+            r"labels of output 'cls' have 5 columns but that output",
+        ),
+        ({"cls": Y, "reg": np.array(["a"] * 20)}, r"the labels 'reg' hold text"),
+        ({"cls": Y[:10], "reg": X[:, :1]}, r"different numbers of samples \(10, 20\); .* every output"),
+    ],
+)
 def test_labels_of_several_outputs(labels, pattern, two_outputs):
     with pytest.raises(DataError, match=pattern):
         deadrelu.scan(two_outputs, X, labels=labels, gradients=True)
@@ -464,6 +553,7 @@ def test_data_that_works_gives_the_array_statistics(case, models):
 
 
 # -- streams × samples --------------------------------------------------------------------------
+
 
 def _fires(report):
     return [site.fires.tolist() for site in report.sites]
@@ -502,7 +592,7 @@ def _dataset(unbatched=False, endless=False, labels=False):
 def _images_generator(single=False, labels=False):
     step = 1 if single else 6
     for start in range(0, 50, step):
-        x, y = IMAGES[start:start + step], CLASSES[start:start + step]
+        x, y = IMAGES[start : start + step], CLASSES[start : start + step]
         if single:
             x, y = x[0], y[0]
         yield (x, y) if labels else x
@@ -554,8 +644,10 @@ def test_stream_scans_exactly_samples(stream, samples, models, array_fires):
         assert said[0].endswith("no batch axis); deadrelu batched them, 8 at a time")
 
 
-@pytest.mark.parametrize("stream", ["tf.data batched", "tf.data unbatched repeat()", "PyDataset endless", "generator",
-                                    "generator of single samples"])
+@pytest.mark.parametrize(
+    "stream",
+    ["tf.data batched", "tf.data unbatched repeat()", "PyDataset endless", "generator", "generator of single samples"],
+)
 def test_stream_labels_give_the_array_loss(stream, models):
     reference = deadrelu.scan(models["cnn"][0], IMAGES[:13], CLASSES[:13], gradients=True)
     report = deadrelu.scan(models["cnn"][0], STREAMS[stream][0](labels=True), samples=13, gradients=True, batch_size=8)
@@ -584,6 +676,7 @@ def test_the_monitor_reads_a_generator_at_every_check(models):
 
 # -- keyword arguments of every public function -------------------------------------------------
 
+
 def _report(models):
     return deadrelu.scan(models["mlp"][0], X)
 
@@ -594,23 +687,44 @@ BAD_KEYWORDS = [
     *[("scan", "samples", v) for v in (0, -3, 1.5, "10", True)],
     *[("scan", "rescale", v) for v in (0, -1, float("nan"), float("inf"), "1/255", True)],
     *[("scan", "dying_threshold", v) for v in (5, -0.1, float("nan"), "0.1", True)],
-    ("scan", "flag_threshold", 1.5), ("scan", "saturated_threshold", 2), ("scan", "gradients", "yes"),
-    ("scan", "skip_bad_images", "no"), ("scan", "model", None),
-    *[(f, "seed", v) for f in ("revive", "revive_model", "revive_with_result", "revive_in_place")
-      for v in (-1, 1.5, "0", True)],
+    ("scan", "flag_threshold", 1.5),
+    ("scan", "saturated_threshold", 2),
+    ("scan", "gradients", "yes"),
+    ("scan", "skip_bad_images", "no"),
+    ("scan", "model", None),
+    *[
+        (f, "seed", v)
+        for f in ("revive", "revive_model", "revive_with_result", "revive_in_place")
+        for v in (-1, 1.5, "0", True)
+    ],
     *[(f, "scale", "big") for f in ("revive", "revive_model", "revive_with_result", "revive_in_place")],
     *[(f, "batch_size", 0) for f in ("revive", "revive_model", "revive_in_place", "patch_model")],
     *[(f, "only", "some") for f in ("revive_model", "revive_in_place", "patch", "patch_model")],
     ("revive_in_place", "report", X),
     *[(f, "to", v) for f in ("patch", "patch_model") for v in ("relu", None, 3)],
     *[("patch", "alpha", v) for v in (-1, float("nan"), "0.1", True)],
-    ("patch", "alpha_init", float("inf")), ("patch", "prelu_shared_axes", "batch"), ("patch", "layers", "("),
-    *[("patch_self_check", k, v) for k, v in (("batch_size", 0), ("samples", 0), ("synthetic_samples", 0),
-                                              ("tolerance", -1), ("rescale", 0))],
-    *[("DeadReluMonitor", k, v) for k, v in (("batch_size", 0), ("samples", 0), ("on_dead", "explode"),
-                                             ("max_dead_fraction", 2), ("patience", -1), ("dying_threshold", 2),
-                                             ("flag_threshold", -1), ("seed", -1), ("verbose", "loud"),
-                                             ("check_freq", 0))],
+    ("patch", "alpha_init", float("inf")),
+    ("patch", "prelu_shared_axes", "batch"),
+    ("patch", "layers", "("),
+    *[
+        ("patch_self_check", k, v)
+        for k, v in (("batch_size", 0), ("samples", 0), ("synthetic_samples", 0), ("tolerance", -1), ("rescale", 0))
+    ],
+    *[
+        ("DeadReluMonitor", k, v)
+        for k, v in (
+            ("batch_size", 0),
+            ("samples", 0),
+            ("on_dead", "explode"),
+            ("max_dead_fraction", 2),
+            ("patience", -1),
+            ("dying_threshold", 2),
+            ("flag_threshold", -1),
+            ("seed", -1),
+            ("verbose", "loud"),
+            ("check_freq", 0),
+        )
+    ],
 ]
 
 
@@ -635,23 +749,25 @@ def _call(function, keyword, value, models):
     return deadrelu.DeadReluMonitor(X, **{keyword: value})
 
 
-@pytest.mark.parametrize("function, keyword, value", BAD_KEYWORDS,
-                         ids=[f"{f}-{k}={v!r}" for f, k, v in BAD_KEYWORDS])
+@pytest.mark.parametrize("function, keyword, value", BAD_KEYWORDS, ids=[f"{f}-{k}={v!r}" for f, k, v in BAD_KEYWORDS])
 def test_every_public_function_checks_its_keywords(function, keyword, value, models):
     with pytest.raises(UsageError) as raised:
         _call(function, keyword, value, models)
     assert f"`{keyword}" in str(raised.value), str(raised.value)
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["scan", "{mlp}", "--samples", "0"], "--samples"),
-    (["scan", "{mlp}", "--batch-size", "-2"], "--batch-size"),
-    (["scan", "{mlp}", "--rescale", "0"], "--rescale"),
-    (["scan", "{mlp}", "--rescale", "nan"], "--rescale"),
-    (["scan", "{mlp}", "--dying-threshold", "5"], "--dying-threshold"),
-    (["revive", "{dead}", "--data", "{x}", "--seed", "-1", "-o", "{out}", "--quiet"], "--seed"),
-    (["patch", "{mlp}", "--to", "leaky", "--alpha", "-1", "-o", "{out}"], "--alpha"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["scan", "{mlp}", "--samples", "0"], "--samples"),
+        (["scan", "{mlp}", "--batch-size", "-2"], "--batch-size"),
+        (["scan", "{mlp}", "--rescale", "0"], "--rescale"),
+        (["scan", "{mlp}", "--rescale", "nan"], "--rescale"),
+        (["scan", "{mlp}", "--dying-threshold", "5"], "--dying-threshold"),
+        (["revive", "{dead}", "--data", "{x}", "--seed", "-1", "-o", "{out}", "--quiet"], "--seed"),
+        (["patch", "{mlp}", "--to", "leaky", "--alpha", "-1", "-o", "{out}"], "--alpha"),
+    ],
+)
 def test_the_command_line_names_the_flag(argv, flag, models, tmp_path, run_cli):
     import keras
 
@@ -659,8 +775,12 @@ def test_the_command_line_names_the_flag(argv, flag, models, tmp_path, run_cli):
     dead.layers[0].bias.assign(np.full(8, -100.0, np.float32))  # every unit dead: revive draws new weights
     dead.save(tmp_path / "dead.keras")
     np.save(tmp_path / "x.npy", X)
-    paths = {"mlp": models["mlp"][1], "dead": tmp_path / "dead.keras", "x": tmp_path / "x.npy",
-             "out": tmp_path / "out.keras"}
+    paths = {
+        "mlp": models["mlp"][1],
+        "dead": tmp_path / "dead.keras",
+        "x": tmp_path / "x.npy",
+        "out": tmp_path / "out.keras",
+    }
     code, _, err = run_cli([a.format(**paths) for a in argv])
     line = _one_error_line(err)
     assert code == 2 and flag in line and "`" not in line.split("error: ", 1)[1].split(";")[0], line

@@ -17,12 +17,15 @@ def _model(seed=11):
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((10,)),
-        keras.layers.Dense(16, activation="relu", name="hidden"),
-        keras.layers.Dense(8, activation="relu", name="second"),
-        keras.layers.Dense(3, activation="softmax", name="out"),
-    ], name="watched")
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(8, activation="relu", name="second"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ],
+        name="watched",
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
     return model
 
@@ -73,9 +76,14 @@ def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
     monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=0)
     logdir = tmp_path / "tb"
     csv_path = tmp_path / "log.csv"
-    history = model.fit(x, y, epochs=3, batch_size=32, verbose=0,
-                        callbacks=[killer, monitor, keras.callbacks.CSVLogger(str(csv_path)),
-                                   keras.callbacks.TensorBoard(str(logdir))])
+    history = model.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=32,
+        verbose=0,
+        callbacks=[killer, monitor, keras.callbacks.CSVLogger(str(csv_path)), keras.callbacks.TensorBoard(str(logdir))],
+    )
 
     # History: one value per epoch, equal to the timeline and to a numpy reference at the end.
     dead_fraction = history.history["deadrelu/dead_fraction"]
@@ -137,8 +145,9 @@ def test_warn_prints_one_line_per_newly_flagged_site(xy, capsys):
     model = _model()
     killer, kill = _killer()
     kill.model = model
-    model.fit(x, y, epochs=3, batch_size=32, verbose=0,
-              callbacks=[killer, deadrelu.DeadReluMonitor(x[:100], on_dead="warn")])
+    model.fit(
+        x, y, epochs=3, batch_size=32, verbose=0, callbacks=[killer, deadrelu.DeadReluMonitor(x[:100], on_dead="warn")]
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("deadrelu:")]
     assert sum("hidden flagged" in line for line in lines) == 1
 
@@ -258,8 +267,7 @@ def test_check_freq_counts_batches_per_fit_and_with_steps_per_execution(xy):
 
     # With steps_per_execution=2 Keras calls the batch hook every other batch: the batches still count.
     model = _model()
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
-                  steps_per_execution=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", steps_per_execution=2)
     monitor = deadrelu.DeadReluMonitor(x[:64], check_freq=4, on_dead=None, verbose=0)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
     assert [c.step for c in monitor.timeline] == [4, 8, 12, 16]
@@ -280,7 +288,9 @@ def test_batch_hook_only_when_checking_by_batches(xy):
 
 @pytest.mark.parametrize("value", [0, -3, "batch", "epochs", True, 2.5, None])
 def test_check_freq_is_validated(xy, value):
-    with pytest.raises(deadrelu.UsageError, match=r'`check_freq` must be "epoch" or a positive int.*`check_freq="epoch"`'):
+    with pytest.raises(
+        deadrelu.UsageError, match=r'`check_freq` must be "epoch" or a positive int.*`check_freq="epoch"`'
+    ):
         deadrelu.DeadReluMonitor(xy[0][:64], check_freq=value)
 
 
@@ -313,11 +323,14 @@ def test_deprecated_every_and_every_steps_still_work_and_warn(xy):
         deadrelu.DeadReluMonitor(x[:64], check_freq=4)
 
 
-@pytest.mark.parametrize("kwargs, names", [
-    ({"every": 1, "every_steps": 4}, "`every=1` and `every_steps=4`"),
-    ({"check_freq": 8, "every_steps": 4}, "`check_freq=8` and `every_steps=4`"),
-    ({"check_freq": 8, "every": 2}, "`check_freq=8` and `every=2`"),
-])
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        ({"every": 1, "every_steps": 4}, "`every=1` and `every_steps=4`"),
+        ({"check_freq": 8, "every_steps": 4}, "`check_freq=8` and `every_steps=4`"),
+        ({"check_freq": 8, "every": 2}, "`check_freq=8` and `every=2`"),
+    ],
+)
 def test_conflicting_frequencies_raise(xy, kwargs, names):
     with pytest.raises(ValueError, match=names):
         deadrelu.DeadReluMonitor(xy[0][:64], **kwargs)

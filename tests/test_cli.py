@@ -25,13 +25,16 @@ def model_file(tmp_path_factory):
     import keras
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(12, activation="relu", name="dense"),
-        keras.layers.Dense(3, activation="softmax", name="out"),
-    ], name="planted")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(6, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(12, activation="relu", name="dense"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ],
+        name="planted",
+    )
     conv = model.get_layer("conv")
     kernel, bias = conv.get_weights()
     bias[[1, 4]] = -1e3
@@ -46,15 +49,32 @@ def model_file(tmp_path_factory):
 def data_file(tmp_path_factory):
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("data") / "probe.npz"
-    np.savez(path, x=rng.uniform(0, 1, (50, 8, 8, 1)).astype(np.float32), y=rng.integers(0, 3, 50),
-             other=rng.uniform(0, 1, (50, 5)).astype(np.float32))
+    np.savez(
+        path,
+        x=rng.uniform(0, 1, (50, 8, 8, 1)).astype(np.float32),
+        y=rng.integers(0, 3, 50),
+        other=rng.uniform(0, 1, (50, 5)).astype(np.float32),
+    )
     return path
 
 
 def test_scan_writes_json_equal_to_printed_json_and_finds_planted_units(model_file, data_file, tmp_path, run_cli):
     report_path = tmp_path / "scan.json"
-    code, out, err = run_cli(["scan", model_file, "--data", data_file, "--json", report_path, "--format", "json",
-                              "--batch-size", "7", "--quiet"])
+    code, out, err = run_cli(
+        [
+            "scan",
+            model_file,
+            "--data",
+            data_file,
+            "--json",
+            report_path,
+            "--format",
+            "json",
+            "--batch-size",
+            "7",
+            "--quiet",
+        ]
+    )
     assert code == 0, err
     printed = json.loads(out)
     written = json.loads(report_path.read_text())
@@ -93,8 +113,11 @@ def test_next_step_hint_is_a_command_that_works(tmp_path, run_cli):
     for command in commands:
         assert run_cli(command[1:] + ["-o", str(tmp_path / f"{command[1]}.keras"), "--quiet"])[0] == 0
     # No hint for a healthy model, without real data, or in machine formats.
-    for argv in (["scan", str(SAMPLES / "healthy_cnn.keras"), "--data", data], ["scan", str(model)],
-                 ["scan", str(model), "--data", data, "--format", "markdown"]):
+    for argv in (
+        ["scan", str(SAMPLES / "healthy_cnn.keras"), "--data", data],
+        ["scan", str(model)],
+        ["scan", str(model), "--data", data, "--format", "markdown"],
+    ):
         assert "next:" not in run_cli(argv)[2]
 
 
@@ -188,16 +211,25 @@ def test_debug_shows_traceback(tmp_path, run_cli):
 def _subprocess(args, **kwargs):
     env = dict(os.environ)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run([sys.executable, "-m", "deadrelu", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "deadrelu", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def test_help_does_not_import_tensorflow():
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "deadrelu", "--help"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "deadrelu", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "scan" in result.stdout
-    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
-                if line.startswith("import time:")]
+    imported = [
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    ]
     assert "deadrelu.cli" in imported  # the import-time listing is what we think it is
     heavy = [name for name in imported if name.split(".")[0] in ("tensorflow", "keras", "jax", "torch")]
     assert not heavy, heavy

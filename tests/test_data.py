@@ -14,8 +14,14 @@ def model():
     import keras
 
     keras.utils.set_random_seed(5)
-    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                             keras.layers.Flatten(), keras.layers.Dense(5, activation="relu")])
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5, activation="relu"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,14 @@ def test_npy_npz_h5_csv_give_the_same_statistics(model, images, expected, tmp_pa
     np.savez(tmp_path / "x.npz", other=np.zeros(3), images_b=images, x=images)
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f.create_dataset("group/pixels", data=images)
-    np.savetxt(tmp_path / "x.csv", images.reshape(23, -1), delimiter=",", fmt="%d",
-               header=",".join(f"p{i}" for i in range(36)), comments="")
+    np.savetxt(
+        tmp_path / "x.csv",
+        images.reshape(23, -1),
+        delimiter=",",
+        fmt="%d",
+        header=",".join(f"p{i}" for i in range(36)),
+        comments="",
+    )
     assert _fires(_scan(model, str(tmp_path / "x.npy"))) == expected
     assert _fires(_scan(model, str(tmp_path / "x.npz"))) == expected  # default key 'x'
     assert _fires(_scan(model, f"{tmp_path / 'x.npz'}:images_b")) == expected
@@ -56,7 +68,8 @@ def test_csv_of_flat_features():
 
     mlp = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu")])
     rows = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
-    import tempfile, os
+    import os
+    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "x.csv")
@@ -97,7 +110,7 @@ def test_tf_dataset_and_pydataset_stream(model, images, expected):
             return 3
 
         def __getitem__(self, index):
-            return scaled[index * 8:(index + 1) * 8]
+            return scaled[index * 8 : (index + 1) * 8]
 
     assert _fires(deadrelu.scan(model, Batches())) == expected
 
@@ -112,8 +125,11 @@ def test_multi_input_dict():
     rng = np.random.default_rng(1)
     x = {"a": rng.normal(size=(11, 3)).astype(np.float32), "b": rng.normal(size=(11, 2)).astype(np.float32)}
     report = deadrelu.scan(two, x, batch_size=4)
-    joint = np.maximum(np.concatenate([x["a"], x["b"]], 1) @ two.get_layer("joint").get_weights()[0]
-                       + two.get_layer("joint").get_weights()[1], 0)
+    joint = np.maximum(
+        np.concatenate([x["a"], x["b"]], 1) @ two.get_layer("joint").get_weights()[0]
+        + two.get_layer("joint").get_weights()[1],
+        0,
+    )
     assert report.sites[0].fires.tolist() == (joint != 0).sum(0).tolist()
 
 
@@ -149,16 +165,29 @@ def test_multi_input_files_by_input_name_with_per_input_adaptation(tmp_path, cap
     expected = _joint_fires(model, image.astype(np.float32) / 255, (extra / 255).astype(np.float32))
     report = deadrelu.scan(model, [image, extra], batch_size=4, rescale=1 / 255)
     assert report.sites[0].fires.tolist() == expected
-    assert "input 'image': data shape (4, 4) → (4, 4, 1): added the trailing channel axis the model expects" \
+    assert (
+        "input 'image': data shape (4, 4) → (4, 4, 1): added the trailing channel axis the model expects"
         in report.notes
+    )
 
     np.savez(tmp_path / "two.npz", extra=extra, image=image, y=np.zeros(13))
     with h5py.File(tmp_path / "two.h5", "w") as f:
         f["image"], f["extra"] = image, extra
     model.save(tmp_path / "two.keras")
     for data in ("two.npz", "two.h5"):
-        code = main(["scan", str(tmp_path / "two.keras"), "--data", str(tmp_path / data), "--rescale", str(1 / 255),
-                     "--json", str(tmp_path / f"{data}.json"), "--quiet"])
+        code = main(
+            [
+                "scan",
+                str(tmp_path / "two.keras"),
+                "--data",
+                str(tmp_path / data),
+                "--rescale",
+                str(1 / 255),
+                "--json",
+                str(tmp_path / f"{data}.json"),
+                "--quiet",
+            ]
+        )
         assert code == 0, capfd.readouterr().err
         saved = deadrelu.Report.from_json(str(tmp_path / f"{data}.json"))
         assert saved.sites[0].fires.tolist() == expected

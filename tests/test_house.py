@@ -78,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = "open"
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                return [*path[path.index(target):], target]
+                return [*path[path.index(target) :], target]
             if target not in state:
                 cycle = visit(target, [*path, target])
                 if cycle:
@@ -114,15 +114,24 @@ def test_siblings_import_submodules_not_the_package():
     for name, path in _modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module == "deadrelu" and not node.level:
-                assert False, f"{name}: `from deadrelu import ...` ({path.name}:{node.lineno}); import the submodule"
+                where = f"{path.name}:{node.lineno}"
+                raise AssertionError(f"{name}: `from deadrelu import ...` ({where}); import the submodule")
 
 
 def test_retrain_summary_with_nan_losses_is_valid_json(tmp_path):
     from deadrelu.retrain import Comparison, VariantResult
 
-    diverged = VariantResult(name="patched", units=8, dead_before=2, dying_before=0, dead_after=1, dying_after=0,
-                             before={"loss": 0.7}, after={"loss": float("nan")},
-                             history={"loss": [0.7, float("inf"), float("nan")]})
+    diverged = VariantResult(
+        name="patched",
+        units=8,
+        dead_before=2,
+        dying_before=0,
+        dead_after=1,
+        dying_after=0,
+        before={"loss": 0.7},
+        after={"loss": float("nan")},
+        history={"loss": [0.7, float("inf"), float("nan")]},
+    )
     Comparison(variants=[diverged], settings={"epochs": 2, "learning_rate": float("-inf")}).to_json(tmp_path / "c.json")
     text = (tmp_path / "c.json").read_text(encoding="utf-8")
     assert "NaN" not in text and "Infinity" not in text
@@ -162,10 +171,11 @@ def _tiny_model():
 
 # -- library messages name keywords, the command line names flags ----------------------------
 
+
 def test_library_errors_name_the_keyword():
-    with pytest.raises(deadrelu.UsageError, match="^`samples` must be at least 1"):
+    with pytest.raises(deadrelu.UsageError, match=r"^`samples` must be at least 1"):
         deadrelu.scan(_tiny_model(), None, samples=0)
-    with pytest.raises(deadrelu.UsageError, match="^`batch_size` must be at least 1"):
+    with pytest.raises(deadrelu.UsageError, match=r"^`batch_size` must be at least 1"):
         deadrelu.scan(_tiny_model(), None, batch_size=0)
 
 
@@ -194,12 +204,14 @@ def test_flag_names_maps_the_keywords_of_the_command_that_ran():
     patch = _command("patch", "m.keras", "--to", "leaky")
     assert flag_names("pass `force=True` to overwrite it", patch) == "pass --force to overwrite it"
     assert flag_names("`output='my m.pb'`: no", patch) == "--output 'my m.pb': no"  # -o/--output: the long one
-    assert flag_names("pass `labels=\"y.npy\"` or `labels=`", patch) == "pass --labels y.npy or --labels"
+    assert flag_names('pass `labels="y.npy"` or `labels=`', patch) == "pass --labels y.npy or --labels"
     assert flag_names("pass `rescale=1/255`", patch) == "pass --rescale 1/255"
     assert flag_names("`custom_objects` file not found", patch) == "--custom-objects file not found"
     assert flag_names("`prelu_shared_axes='channel'`", patch) == "--prelu-shared-axes channel"
     # Not an option of the command that ran, or not a keyword: left as it is.
     report = _command("report", "r.json")
-    assert flag_names("`samples` must be at least 1; `deadrelu scan --json`", report) == \
-        "`samples` must be at least 1; `deadrelu scan --json`"
+    assert (
+        flag_names("`samples` must be at least 1; `deadrelu scan --json`", report)
+        == "`samples` must be at least 1; `deadrelu scan --json`"
+    )
     assert flag_names("`batch_size` must be at least 1", None) == "`batch_size` must be at least 1"

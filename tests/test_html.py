@@ -72,13 +72,21 @@ def test_html_is_self_contained_and_lists_every_site(tricky_report):
     assert len(page.images) == 3 + 2
     flagged = sum(site.flagged for site in tricky_report.sites)
     assert flagged and page.row_classes.count("flagged") >= flagged
-    for needle in ("Settings", "Provenance", "sha256", tricky_report.model["sha256"], "data/x.npz",
-                   "synthetic test report", "Weight gradients", "flag_threshold"):
+    for needle in (
+        "Settings",
+        "Provenance",
+        "sha256",
+        tricky_report.model["sha256"],
+        "data/x.npz",
+        "synthetic test report",
+        "Weight gradients",
+        "flag_threshold",
+    ):
         assert needle in page.text, needle
 
 
 def test_html_with_a_diff_has_the_diff_section():
-    new, old, planted = planted_pair()
+    new, old, _planted = planted_pair()
     diff = compare_reports(new, old)
     text = render_html(new, diff=diff, site_figures=0)
     page = Page(text)
@@ -107,8 +115,17 @@ def test_cli_report_compare_with_html(tmp_path, capfd):
     new, old, planted = planted_pair()
     new.to_json(str(tmp_path / "new.json"))
     old.to_json(str(tmp_path / "old.json"))
-    code = main(["report", str(tmp_path / "new.json"), "--compare", str(tmp_path / "old.json"), "--html",
-                 str(tmp_path / "diff.html"), "--quiet"])
+    code = main(
+        [
+            "report",
+            str(tmp_path / "new.json"),
+            "--compare",
+            str(tmp_path / "old.json"),
+            "--html",
+            str(tmp_path / "diff.html"),
+            "--quiet",
+        ]
+    )
     out, err = capfd.readouterr()
     assert code == 0, err
     assert "newly dead" in out
@@ -117,5 +134,5 @@ def test_cli_report_compare_with_html(tmp_path, capfd):
     assert_self_contained(text, page)
     assert len(page.images) == 3 + len(new.sites) + 1
     assert "Compared with an earlier report" in page.text
-    for path, (newly, _) in planted.items():
+    for path, (_newly, _) in planted.items():
         assert path in page.text

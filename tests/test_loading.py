@@ -225,8 +225,14 @@ def test_weights_only_with_wrong_architecture_is_explained(weights_only, nested,
 def test_keras3_weights_file_with_architecture(tmp_path):
     import keras
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"),
-                              keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(2),
+        ]
+    )
     for variable in model.weights:  # non-trivial values, positive variances
         variable.assign(np.abs(np.random.default_rng(3).normal(size=variable.shape)) + 0.1)
     weights, architecture = tmp_path / "model.weights.h5", tmp_path / "model.json"
@@ -249,7 +255,7 @@ def test_custom_layer_from_python_file(custom):
 def test_custom_layer_from_dict(custom, k2):
     written, _ = custom
     namespace = {}
-    exec(k2[0].CUSTOM_LAYER_SOURCE, namespace)  # noqa: S102 - our own test source
+    exec(k2[0].CUSTOM_LAYER_SOURCE, namespace)
     loaded = load_checked(written.path, custom_objects={"ScaleShift": namespace["ScaleShift"]})
     assert_same(loaded, written)
 
@@ -297,9 +303,14 @@ def test_tensorflow_op_layers_are_rebuilt_and_relu_ops_are_sites(tf_ops, tmp_pat
     assert any("as ReLU layers" in note for note in loaded.repairs)
     report = deadrelu.scan(loaded.model, tf_ops.x, batch_size=5)
     assert [(s.path, s.kind, s.params.get("max_value")) for s in report.sites] == [
-        ("tf.nn.relu", "relu_layer", None), ("tf.nn.relu6", "relu_layer", 6.0), ("tf.nn.relu_1", "relu_layer", None)]
+        ("tf.nn.relu", "relu_layer", None),
+        ("tf.nn.relu6", "relu_layer", 6.0),
+        ("tf.nn.relu_1", "relu_layer", None),
+    ]
     layers = [loaded.model.get_layer(s.path) for s in report.sites]
-    for site, activations in zip(report.sites, outputs_of(loaded.model.inputs, [l.output for l in layers], tf_ops.x)):
+    for site, activations in zip(
+        report.sites, outputs_of(loaded.model.inputs, [layer.output for layer in layers], tf_ops.x)
+    ):
         assert_site_matches(site, reference_stats(activations, max_value=site.params.get("max_value")))
     assert 0 in report.sites[0].dead
 
@@ -312,11 +323,15 @@ def test_tensorflow_op_layers_are_rebuilt_and_relu_ops_are_sites(tf_ops, tmp_pat
     import keras
 
     patched = keras.models.load_model(out)
-    slopes = [float(layer.negative_slope) for layer in patched.layers if isinstance(layer, (keras.layers.LeakyReLU,
-                                                                                          keras.layers.ReLU))]
+    slopes = [
+        float(layer.negative_slope)
+        for layer in patched.layers
+        if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.ReLU))
+    ]
     assert slopes == pytest.approx([0.01] * 3)  # relu6 keeps its cap: ReLU(max_value=6, negative_slope=0.01)
-    np.testing.assert_allclose(outputs(patched, tf_ops.x), outputs(deadrelu.patch(loaded.model, "leaky"), tf_ops.x),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        outputs(patched, tf_ops.x), outputs(deadrelu.patch(loaded.model, "leaky"), tf_ops.x), atol=1e-6
+    )
 
 
 def test_compile_failure_keeps_model_uncompiled(nested, tmp_path):

@@ -27,6 +27,7 @@ ATOL = 1e-5
 
 # -- helpers --------------------------------------------------------------------------------
 
+
 def outputs(model, x) -> list[np.ndarray]:
     return [np.asarray(o) for o in keras.tree.flatten(model(x, training=False))]
 
@@ -105,8 +106,13 @@ def build_kind(kind: str):
         make, cap, threshold = STANDALONE[kind]
         body = [keras.Input((6,)), L.Dense(8, name="pre"), make()]
     elif kind == "bn_activation":
-        body = [keras.Input((6, 6, 2)), L.Conv2D(4, 3, name="pre"), L.BatchNormalization(name="bn"),
-                L.Activation("relu", name="site"), L.GlobalAveragePooling2D()]
+        body = [
+            keras.Input((6, 6, 2)),
+            L.Conv2D(4, 3, name="pre"),
+            L.BatchNormalization(name="bn"),
+            L.Activation("relu", name="site"),
+            L.GlobalAveragePooling2D(),
+        ]
         cap, threshold = None, 0.0
     else:
         name, act = kind.rsplit("_", 1)
@@ -150,8 +156,14 @@ def build_functional():
     x = L.Activation("relu6", name="act6")(x)
     x = L.ReLU(max_value=4.0, threshold=0.2, name="relu_t")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
-    sub = keras.Sequential([keras.Input((4,)), L.Dense(6, activation="relu", name="sub_dense"),
-                            L.Dense(5, activation="relu6", name="sub_dense6")], name="sub")
+    sub = keras.Sequential(
+        [
+            keras.Input((4,)),
+            L.Dense(6, activation="relu", name="sub_dense"),
+            L.Dense(5, activation="relu6", name="sub_dense6"),
+        ],
+        name="sub",
+    )
     out = L.Dense(2, name="out")(sub(x))
     model = keras.Model(inp, out, name="graph")
     model.compile(optimizer="adam", loss="mse")
@@ -166,8 +178,9 @@ def build_nested():
     h = L.Dense(5, name="mid_pre")(i)
     h = L.Activation("relu", name="mid_act")(h)
     middle = keras.Model(i, inner(h), name="middle")
-    return keras.Sequential([keras.Input((6,)), middle, L.Dense(3, activation="relu", name="top"),
-                             L.Dense(2, name="head")], name="nested")
+    return keras.Sequential(
+        [keras.Input((6,)), middle, L.Dense(3, activation="relu", name="top"), L.Dense(2, name="head")], name="nested"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +194,7 @@ def nested():
 
 
 # -- (1) slope 0 reproduces, (3) every weight carried, for every site kind --------------------
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_site_kind(kind_models, kind):
@@ -219,8 +233,7 @@ def test_every_site_kind(kind_models, kind):
 def test_dense_by_hand():
     """Input → Dense(relu) → Dense: the leaky patch is np.where(z > 0, z, 0.1 z) by hand."""
     keras.utils.set_random_seed(2)
-    model = keras.Sequential([keras.Input((4,)), L.Dense(6, activation="relu", name="hidden"),
-                              L.Dense(2, name="out")])
+    model = keras.Sequential([keras.Input((4,)), L.Dense(6, activation="relu", name="hidden"), L.Dense(2, name="out")])
     x = np.random.default_rng(0).normal(0, 2, (20, 4)).astype("float32")
     w1, b1 = model.get_layer("hidden").get_weights()
     w2, b2 = model.get_layer("out").get_weights()
@@ -259,6 +272,7 @@ def test_defaults_and_layer_types(kind_models):
 
 # -- Functional with branches and a shared layer; nested sub-models ---------------------------
 
+
 def test_functional_branches_shared_layer(graph):
     x = inputs_for(graph, 10)
     for to in ("leaky", "prelu"):
@@ -277,8 +291,13 @@ def test_functional_branches_shared_layer(graph):
     # Sub-models are rewritten inside and keep their names.
     sub = patched.get_layer("sub")
     assert isinstance(sub, keras.Sequential)
-    assert [layer.name for layer in sub.layers] == ["sub_dense", "sub_dense_prelu", "sub_dense6", "sub_dense6_clip",
-                                                   "sub_dense6_prelu"]
+    assert [layer.name for layer in sub.layers] == [
+        "sub_dense",
+        "sub_dense_prelu",
+        "sub_dense6",
+        "sub_dense6_clip",
+        "sub_dense6_prelu",
+    ]
 
 
 def test_nested_three_levels(nested):
@@ -304,8 +323,9 @@ def test_input_left_unchanged(graph):
 
 def test_new_names_do_not_collide():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((3,)), L.Dense(4, activation="relu", name="d"),
-                              L.Dense(4, name="d_leaky"), L.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((3,)), L.Dense(4, activation="relu", name="d"), L.Dense(4, name="d_leaky"), L.Dense(1)]
+    )
     patched = patch(model, "leaky")
     assert [layer.name for layer in patched.layers][:3] == ["d", "d_leaky_1", "d_leaky"]
     assert max_diff(model, patch(model, "leaky", alpha=0.0), np.ones((2, 3), "float32")) <= ATOL
@@ -313,8 +333,13 @@ def test_new_names_do_not_collide():
 
 def test_site_inside_a_wrapper_layer_is_left_and_said():
     keras.utils.set_random_seed(4)
-    model = keras.Sequential([keras.Input((5, 4)), L.TimeDistributed(L.Dense(3, activation="relu", name="inner")),
-                              L.Dense(2, activation="relu", name="d")])
+    model = keras.Sequential(
+        [
+            keras.Input((5, 4)),
+            L.TimeDistributed(L.Dense(3, activation="relu", name="inner")),
+            L.Dense(2, activation="relu", name="d"),
+        ]
+    )
     result = patch_model(model, "prelu", alpha_init=0.0)
     assert [r.path for r in result.rewrites] == ["d"]
     assert list(result.skipped) == ["time_distributed/inner"]
@@ -334,18 +359,18 @@ def test_subclassed_model_is_refused():
 
     model = Net()
     model(np.zeros((1, 2), "float32"))
-    with pytest.raises(UnsupportedModelError, match="subclassed.*(LeakyReLU|revive)"):
+    with pytest.raises(UnsupportedModelError, match=r"subclassed.*(LeakyReLU|revive)"):
         patch(model, "leaky")
 
 
 def test_bad_options(graph):
-    with pytest.raises(UsageError, match="leaky.*prelu"):
+    with pytest.raises(UsageError, match=r"leaky.*prelu"):
         patch(graph, "elu")
     with pytest.raises(UsageError, match="report"):
         patch(graph, "leaky", only="dead")
     with pytest.raises(UsageError, match="regular expression"):
         patch(graph, "leaky", layers="(")
-    with pytest.raises(UsageError, match="matches no site.*shared"):
+    with pytest.raises(UsageError, match=r"matches no site.*shared"):
         patch(graph, "leaky", layers="nothing_like_this")
     with pytest.raises(UsageError, match="alpha"):
         patch(graph, "leaky", alpha=-1)
@@ -361,8 +386,18 @@ def test_layers_regex(graph):
 
 # -- (4) save → plain keras.models.load_model → same outputs ---------------------------------
 
-@pytest.mark.parametrize("which, ext", [("graph", ".keras"), ("graph", ".h5"), ("nested", ".keras"),
-                                        ("nested", ".h5"), ("conv2d_relu6", ".h5"), ("relu_cap_threshold", ".keras")])
+
+@pytest.mark.parametrize(
+    "which, ext",
+    [
+        ("graph", ".keras"),
+        ("graph", ".h5"),
+        ("nested", ".keras"),
+        ("nested", ".h5"),
+        ("conv2d_relu6", ".h5"),
+        ("relu_cap_threshold", ".keras"),
+    ],
+)
 def test_save_load_round_trip(tmp_path, graph, nested, kind_models, which, ext):
     model = {"graph": graph, "nested": nested}[which] if which in ("graph", "nested") else kind_models[which][0]
     x = inputs_for(model, 6)
@@ -391,13 +426,21 @@ def test_save_model_refuses(tmp_path, graph):
 
 # -- (5) only="dead" / "flagged" from a scan ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def planted():
     """Three Dense(relu) sites: 1 of 20 units dead (dead, not flagged), 5 of 10 dead (flagged), none."""
     keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((6,)), L.Dense(20, activation="relu", name="few_dead"),
-                              L.Dense(10, activation="relu", name="half_dead"),
-                              L.Dense(8, activation="relu", name="alive"), L.Dense(2, name="out")], name="planted")
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(20, activation="relu", name="few_dead"),
+            L.Dense(10, activation="relu", name="half_dead"),
+            L.Dense(8, activation="relu", name="alive"),
+            L.Dense(2, name="out"),
+        ],
+        name="planted",
+    )
     for name, units in (("few_dead", [3]), ("half_dead", [0, 2, 4, 6, 8])):
         kernel, bias = model.get_layer(name).get_weights()
         bias[:] = 50.0  # the others always fire
@@ -470,10 +513,25 @@ def test_patch_model_result_carries_the_check_and_selects_by_sites(planted):
 
 # -- the command line -------------------------------------------------------------------------
 
+
 def test_cli_dying_mlp_prelu(tmp_path, run_cli):
     out, summary = tmp_path / "fixed.keras", tmp_path / "patch.json"
-    code, stdout, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "prelu", "--data",
-                                 SAMPLES / "probe.npz", "--only", "dead", "-o", out, "--json", summary])
+    code, stdout, err = run_cli(
+        [
+            "patch",
+            SAMPLES / "dying_mlp.keras",
+            "--to",
+            "prelu",
+            "--data",
+            SAMPLES / "probe.npz",
+            "--only",
+            "dead",
+            "-o",
+            out,
+            "--json",
+            summary,
+        ]
+    )
     assert code == 0, err
     assert "hidden_1" in stdout and "PReLU" in stdout
     assert "self-check: slope-0 patch reproduces the original outputs (max |Δ| = " in stdout
@@ -490,8 +548,9 @@ def test_cli_dying_mlp_prelu(tmp_path, run_cli):
 def test_cli_healthy_cnn_h5_leaky(tmp_path, run_cli):
     src = tmp_path / "healthy_cnn.h5"
     src.write_bytes((SAMPLES / "healthy_cnn.h5").read_bytes())
-    code, stdout, err = run_cli(["patch", src, "--to", "leaky", "--alpha", "0.1", "--data",
-                                 SAMPLES / "probe.npz", "--samples", "100"])
+    code, stdout, err = run_cli(
+        ["patch", src, "--to", "leaky", "--alpha", "0.1", "--data", SAMPLES / "probe.npz", "--samples", "100"]
+    )
     assert code == 0, err
     out = tmp_path / "healthy_cnn_leaky.keras"  # the default OUT, beside the input
     assert out.exists() and "on 100 samples" in stdout and "conv_1_leaky" in stdout
@@ -509,12 +568,12 @@ def test_cli_healthy_cnn_h5_leaky(tmp_path, run_cli):
 
 def test_cli_report_file(tmp_path, run_cli):
     scan_json = tmp_path / "scan.json"
-    code, _, err = run_cli(["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz",
-                            "--json", scan_json])
+    code, _, err = run_cli(["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "--json", scan_json])
     assert code == 0, err
     out = tmp_path / "flagged.keras"
-    code, stdout, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "--only", "flagged",
-                                 "--report", scan_json, "-o", out])
+    code, stdout, err = run_cli(
+        ["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "--only", "flagged", "--report", scan_json, "-o", out]
+    )
     assert code == 0, err
     report = deadrelu.Report.from_json(str(scan_json))
     flagged = [s.path for s in report.sites if s.flagged]
@@ -546,8 +605,9 @@ def test_cli_self_check_failure_is_internal(tmp_path, run_cli, monkeypatch):
 
     patch_module = importlib.import_module("deadrelu.patcher")  # the module, not deadrelu.patch()
 
-    monkeypatch.setattr(patch_module, "patch_self_check",
-                        lambda *a, **k: SelfCheck(max_abs_diff=0.5, samples=8, synthetic=True))
+    monkeypatch.setattr(
+        patch_module, "patch_self_check", lambda *a, **k: SelfCheck(max_abs_diff=0.5, samples=8, synthetic=True)
+    )
     out = tmp_path / "never.keras"
     code, _, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out])
     assert code == 3 and "does NOT reproduce" in err

@@ -19,14 +19,23 @@ from deadrelu.compare import compare_reports, compress_indices
 from deadrelu.report import Report, SiteReport
 from paths import SAMPLES
 
-
 # -- synthetic reports ----------------------------------------------------------------------
 
-def make_site(rng: np.random.Generator, path: str, units: int, *, dead: int = 0, dying: int = 0,
-              positions: int = 1, gradients: bool = False, layer: str = "Dense") -> SiteReport:
+
+def make_site(
+    rng: np.random.Generator,
+    path: str,
+    units: int,
+    *,
+    dead: int = 0,
+    dying: int = 0,
+    positions: int = 1,
+    gradients: bool = False,
+    layer: str = "Dense",
+) -> SiteReport:
     """A site with exactly `dead` dead and `dying` dying units (chosen at random), the rest healthy."""
     order = rng.permutation(units)
-    dead_idx, dying_idx = np.sort(order[:dead]), np.sort(order[dead:dead + dying])
+    dead_idx, dying_idx = np.sort(order[:dead]), np.sort(order[dead : dead + dying])
     samples = 200 * positions
     fires = rng.integers(samples // 10, samples, units)
     fires[dying_idx] = rng.integers(1, max(2, samples // 200), dying_idx.size)
@@ -36,15 +45,31 @@ def make_site(rng: np.random.Generator, path: str, units: int, *, dead: int = 0,
     if gradients:
         grad = rng.lognormal(-6.0, 1.0, units) * (rate > 0)
         extra = {"grad_mean_abs": grad, "grad_zero_rate": 1.0 - rate}
-    return SiteReport(path=path, layer=layer, kind="fused", params={"activation": "relu"}, units=units,
-                      positions=positions, calls=1, dead=[int(i) for i in dead_idx],
-                      dying=[int(i) for i in dying_idx], saturated=[], flagged=dead / units >= 0.1,
-                      fires=fires.astype(np.int64), active_rate=rate, sample_active_rate=np.minimum(rate * 2, 1.0),
-                      mean_abs=rate, dormancy=rate / max(float(rate.mean()), 1e-12), max_output=rate * 3.0, **extra)
+    return SiteReport(
+        path=path,
+        layer=layer,
+        kind="fused",
+        params={"activation": "relu"},
+        units=units,
+        positions=positions,
+        calls=1,
+        dead=[int(i) for i in dead_idx],
+        dying=[int(i) for i in dying_idx],
+        saturated=[],
+        flagged=dead / units >= 0.1,
+        fires=fires.astype(np.int64),
+        active_rate=rate,
+        sample_active_rate=np.minimum(rate * 2, 1.0),
+        mean_abs=rate,
+        dormancy=rate / max(float(rate.mean()), 1e-12),
+        max_output=rate * 3.0,
+        **extra,
+    )
 
 
-def make_report(count: int = 3, *, dead: bool = True, gradients: bool = False, seed: int = 0,
-                paths: list[str] | None = None) -> Report:
+def make_report(
+    count: int = 3, *, dead: bool = True, gradients: bool = False, seed: int = 0, paths: list[str] | None = None
+) -> Report:
     """A report of `count` sites with long nested paths; some sites have dead units unless `dead=False`."""
     rng = np.random.default_rng(seed)
     sites = []
@@ -52,21 +77,43 @@ def make_report(count: int = 3, *, dead: bool = True, gradients: bool = False, s
         units = int(rng.choice([8, 16, 64, 256]))
         share = float(rng.choice([0.0, 0.05, 0.3, 0.8])) if dead else 0.0
         path = paths[i] if paths else f"encoder/block_{i // 4}/stage_{i % 4}/conv2d_{i}"
-        sites.append(make_site(rng, path, units, dead=int(share * units) or (1 if dead and i == 0 else 0),
-                               dying=1 if units > 8 else 0, positions=int(rng.choice([1, 49])), gradients=gradients,
-                               layer="Conv2D"))
+        sites.append(
+            make_site(
+                rng,
+                path,
+                units,
+                dead=int(share * units) or (1 if dead and i == 0 else 0),
+                dying=1 if units > 8 else 0,
+                positions=int(rng.choice([1, 49])),
+                gradients=gradients,
+                layer="Conv2D",
+            )
+        )
     layer_gradients = None
     if gradients:
-        layer_gradients = [{"path": s.path, "layer": s.layer, "params": 1000, "grad_norm": float(rng.lognormal(-2, 1)),
-                            "weight_norm": 10.0, "ratio": 0.01} for s in sites]
-    return Report(model={"path": "models/net.keras", "name": "net", "sha256": "ab" * 32, "format": "keras",
-                         "repairs": []},
-                  data={"source": "data/x.npz", "samples": 200, "synthetic": False},
-                  settings={"batch_size": 32, "dying_threshold": 0.01, "flag_threshold": 0.1}, sites=sites,
-                  layer_gradients=layer_gradients, notes=["synthetic test report"])
+        layer_gradients = [
+            {
+                "path": s.path,
+                "layer": s.layer,
+                "params": 1000,
+                "grad_norm": float(rng.lognormal(-2, 1)),
+                "weight_norm": 10.0,
+                "ratio": 0.01,
+            }
+            for s in sites
+        ]
+    return Report(
+        model={"path": "models/net.keras", "name": "net", "sha256": "ab" * 32, "format": "keras", "repairs": []},
+        data={"source": "data/x.npz", "samples": 200, "synthetic": False},
+        settings={"batch_size": 32, "dying_threshold": 0.01, "flag_threshold": 0.1},
+        sites=sites,
+        layer_gradients=layer_gradients,
+        notes=["synthetic test report"],
+    )
 
 
 # -- PNG checks -----------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Png:
@@ -90,11 +137,14 @@ def assert_picture(path, *, red: bool, min_size=(500, 250), max_size=(2000, 4000
     png = inspect_png(path)
     assert min_size[0] <= png.width <= max_size[0] and min_size[1] <= png.height <= max_size[1], png
     assert png.colors > 50, f"{path} looks blank: {png}"
-    assert (png.red > 20) if red else (png.red == 0), f"{path}: red pixels {png.red}, expected {'some' if red else 'none'}"
+    assert (png.red > 20) if red else (png.red == 0), (
+        f"{path}: red pixels {png.red}, expected {'some' if red else 'none'}"
+    )
     return png
 
 
 # -- layout ---------------------------------------------------------------------------------
+
 
 def test_row_layout_grows_then_caps_and_thins_labels():
     small, large, huge = plots.row_layout(3), plots.row_layout(300), plots.row_layout(2000)
@@ -114,6 +164,7 @@ def test_site_file_names_are_safe_and_unique():
 
 
 # -- figures --------------------------------------------------------------------------------
+
 
 def test_overview_shows_red_only_when_units_are_dead(tmp_path):
     dead, clean = tmp_path / "dead.png", tmp_path / "clean.png"
@@ -153,8 +204,13 @@ def test_plot_dir_writes_every_figure_with_sanitized_names(tmp_path):
     folder.parent.mkdir()
     written = plots.plot_site_dir(report, str(folder))
     names = [os.path.basename(p) for p in written]
-    assert names == ["overview.png", "unit_map.png", "active_rates.png", "site-000-enc_conv_a.png",
-                     "site-001-enc_dense_b.png"]
+    assert names == [
+        "overview.png",
+        "unit_map.png",
+        "active_rates.png",
+        "site-000-enc_conv_a.png",
+        "site-001-enc_dense_b.png",
+    ]
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
     for path in written:
         assert_picture(path, red=not path.endswith("site-001-enc_dense_b.png"))
@@ -169,6 +225,7 @@ def test_plot_dir_refuses_a_file(tmp_path):
 
 
 # -- the diff -------------------------------------------------------------------------------
+
 
 def planted_pair():
     """(new, old, planted): old and new reports with known newly dead and revived units.
@@ -229,12 +286,23 @@ def test_diff_figure_shows_dead_and_revived(tmp_path):
 
 # -- command line ---------------------------------------------------------------------------
 
+
 def test_report_compare_cli_prints_table_and_writes_diff_and_figure(tmp_path, run_cli):
     new, old, planted = planted_pair()
     new.to_json(str(tmp_path / "new.json"))
     old.to_json(str(tmp_path / "old.json"))
-    code, out, err = run_cli(["report", tmp_path / "new.json", "--compare", tmp_path / "old.json", "--json",
-                              tmp_path / "diff.json", "--plot", tmp_path / "diff.png"])
+    code, out, err = run_cli(
+        [
+            "report",
+            tmp_path / "new.json",
+            "--compare",
+            tmp_path / "old.json",
+            "--json",
+            tmp_path / "diff.json",
+            "--plot",
+            tmp_path / "diff.png",
+        ]
+    )
     assert code == 0, err
     assert "newly dead" in out and "only in the new report" in out
     written = json.loads((tmp_path / "diff.json").read_text())
@@ -246,7 +314,7 @@ def test_report_compare_cli_prints_table_and_writes_diff_and_figure(tmp_path, ru
 
 def test_report_compare_missing_file_is_one_line_exit_2(tmp_path, run_cli):
     make_report(2).to_json(str(tmp_path / "new.json"))
-    code, out, err = run_cli(["report", tmp_path / "new.json", "--compare", tmp_path / "missing.json"])
+    code, _out, err = run_cli(["report", tmp_path / "new.json", "--compare", tmp_path / "missing.json"])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("deadrelu: error:") and "missing.json" in lines[0]
@@ -261,12 +329,26 @@ def test_report_plot_dir_bad_parent_is_exit_2(tmp_path, run_cli):
 @pytest.mark.slow
 def test_scan_plot_dir_end_to_end(tmp_path, run_cli):
     folder = tmp_path / "figures"
-    code, out, err = run_cli(["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "--samples", "200",
-                              "--plot-dir", folder, "--json", tmp_path / "scan.json", "--quiet"])
+    code, out, err = run_cli(
+        [
+            "scan",
+            SAMPLES / "dying_mlp.keras",
+            "--data",
+            SAMPLES / "probe.npz",
+            "--samples",
+            "200",
+            "--plot-dir",
+            folder,
+            "--json",
+            tmp_path / "scan.json",
+            "--quiet",
+        ]
+    )
     assert code == 0, err
     report = Report.from_json(str(tmp_path / "scan.json"))
     expected = {"overview.png", "unit_map.png", "active_rates.png"} | {
-        plots.site_file_name(i, s.path) for i, s in enumerate(report.sites)}
+        plots.site_file_name(i, s.path) for i, s in enumerate(report.sites)
+    }
     assert {p.name for p in folder.iterdir()} == expected
     assert report.summary["dead"] > 0  # the sample model is built to have dead units
     assert "dead ReLU scan" in out  # the table is still printed

@@ -18,12 +18,26 @@ import tensorflow as tf
 
 import deadrelu
 from models import (
-    RTOL, ATOL, L, assert_reports_equal, assert_site_matches, close, leaves, linear_clone, one_hot,
-    outputs_of, plant_bias, randomize_batchnorm, random_x, reference_grad_stats, reference_stats, to_numpy,
+    ATOL,
+    RTOL,
+    L,
+    assert_reports_equal,
+    assert_site_matches,
+    close,
+    leaves,
+    linear_clone,
+    one_hot,
+    outputs_of,
+    plant_bias,
+    random_x,
+    randomize_batchnorm,
+    reference_grad_stats,
+    reference_stats,
+    to_numpy,
 )
 
-N = 40          # samples in most tests
-BATCH = 16      # does not divide N
+N = 40  # samples in most tests
+BATCH = 16  # does not divide N
 DEAD, HOT = 1, 2  # planted units: DEAD gets bias -1e3 (dead), HOT gets +1e3 (saturated when capped)
 
 
@@ -105,6 +119,7 @@ def test_channels_last_conv2d_units_are_the_last_axis():
 
 # -- standalone activations: Activation, ReLU(threshold / max_value), BatchNorm → Activation ----------
 
+
 def _standalone_case(kind: str):
     """Returns (model, site layer, x, max_value, expected dead, expected saturated)."""
     keras.utils.set_random_seed(11)
@@ -158,8 +173,15 @@ def _standalone_case(kind: str):
     return model, site, x, cap, dead, sat
 
 
-STANDALONE = ["Activation-relu", "Activation-relu6", "ReLU", "ReLU-threshold", "ReLU-max_value",
-              "ReLU-max_value-threshold", "BatchNorm-Activation"]
+STANDALONE = [
+    "Activation-relu",
+    "Activation-relu6",
+    "ReLU",
+    "ReLU-threshold",
+    "ReLU-max_value",
+    "ReLU-max_value-threshold",
+    "BatchNorm-Activation",
+]
 
 
 @pytest.mark.parametrize("kind", STANDALONE)
@@ -190,6 +212,7 @@ def test_threshold_unit_is_positive_but_dead():
 
 # -- batch sizes --------------------------------------------------------------------------------
 
+
 def _conv_model_37(seed=5):
     keras.utils.set_random_seed(seed)
     inp = keras.Input((5, 5, 2))
@@ -203,8 +226,10 @@ def _conv_model_37(seed=5):
 
 def test_batch_sizes_that_do_not_divide_the_samples_give_identical_results():
     model, c1, c2, x = _conv_model_37()
-    refs = [reference_stats(a, max_value=m)
-            for a, m in zip(outputs_of(model.inputs, [c1.output, c2.output], x), (None, 6.0))]
+    refs = [
+        reference_stats(a, max_value=m)
+        for a, m in zip(outputs_of(model.inputs, [c1.output, c2.output], x), (None, 6.0))
+    ]
     reports = {b: deadrelu.scan(model, x, batch_size=b) for b in (1, 10, 37)}
     for b, report in reports.items():
         assert report.data["samples"] == 37 and report.settings["batch_size"] == b
@@ -225,6 +250,7 @@ def test_unbuilt_sequential_without_input():
 
 
 # -- repeated scans of one model reuse the traced probe -----------------------------------------------
+
 
 def _fully_convolutional(seed=9):
     keras.utils.set_random_seed(seed)
@@ -319,6 +345,7 @@ def test_recompiled_loss_gets_a_new_gradient_probe():
 
 # -- verdicts: dead, saturated, dying, first match wins, flag threshold ----------------------------
 
+
 def _identity_model(act, units=6):
     """Dense with an identity kernel and zero bias: each unit's pre-activation is one input column."""
     inp = keras.Input((units,))
@@ -332,28 +359,31 @@ def _verdict_data(n=200):
     """Columns chosen so the verdicts are known by construction (n = 200 samples)."""
     rng = np.random.default_rng(2)
     x = rng.uniform(0.5, 2.0, size=(n, 6)).astype(np.float32)  # positive, under 6
-    x[:, 0] = -rng.uniform(0.1, 1.0, n)                          # 0: never fires → dead
+    x[:, 0] = -rng.uniform(0.1, 1.0, n)  # 0: never fires → dead
     x[:, 1] = -1.0
-    x[7, 1] = 0.5                                                # 1: fires once in 200 → dying
-    x[:, 2] = 10.0                                               # 2: always ≥ 6 → saturated (capped)
+    x[7, 1] = 0.5  # 1: fires once in 200 → dying
+    x[:, 2] = 10.0  # 2: always ≥ 6 → saturated (capped)
     x[:, 3] = 10.0
     x[0, 3] = 1.0
-    x[1, 3] = -1.0                                               # 3: 198/200 = 0.99 at the cap → saturated,
+    x[1, 3] = -1.0  # 3: 198/200 = 0.99 at the cap → saturated,
     #                                                              and fires on 199/200 (< 1: a dying candidate)
     x[:, 4] = 10.0
-    x[:3, 4] = 1.0                                               # 4: 197/200 at the cap → not saturated
-    x[::2, 5] = -1.0                                             # 5: fires on half → healthy
+    x[:3, 4] = 1.0  # 4: 197/200 at the cap → not saturated
+    x[::2, 5] = -1.0  # 5: fires on half → healthy
     return x
 
 
-@pytest.mark.parametrize("act, dying, dead, sat, dying_units", [
-    ("relu", 0.01, [0], [], [1]),
-    ("relu6", 0.01, [0], [2, 3], [1]),
-    # At the highest dying threshold (1.0) every unit that misses a sample is dying — unit 3 too,
-    # but it is saturated, and saturated is checked first. Unit 4 fires on every sample.
-    ("relu6", 1.0, [0], [2, 3], [1, 5]),
-    ("relu", 0.005, [0], [], []),  # 1/200 is not < 0.005
-])
+@pytest.mark.parametrize(
+    "act, dying, dead, sat, dying_units",
+    [
+        ("relu", 0.01, [0], [], [1]),
+        ("relu6", 0.01, [0], [2, 3], [1]),
+        # At the highest dying threshold (1.0) every unit that misses a sample is dying — unit 3 too,
+        # but it is saturated, and saturated is checked first. Unit 4 fires on every sample.
+        ("relu6", 1.0, [0], [2, 3], [1, 5]),
+        ("relu", 0.005, [0], [], []),  # 1/200 is not < 0.005
+    ],
+)
 def test_verdicts_first_match_wins(act, dying, dead, sat, dying_units):
     model = _identity_model(act)
     x = _verdict_data()
@@ -368,8 +398,10 @@ def test_verdicts_first_match_wins(act, dying, dead, sat, dying_units):
     assert summary["units"] == 6 and summary["dead_fraction"] == pytest.approx(len(dead) / 6)
     assert summary["healthy"] == 6 - len(dead) - len(sat) - len(dying_units)
     statuses = [s.status(j) for j in range(6)]
-    assert statuses == ["dead" if j in dead else "saturated" if j in sat else "dying" if j in dying_units
-                        else "healthy" for j in range(6)]
+    assert statuses == [
+        "dead" if j in dead else "saturated" if j in sat else "dying" if j in dying_units else "healthy"
+        for j in range(6)
+    ]
 
 
 @pytest.mark.parametrize("flag, flagged", [(1 / 6, True), (0.10, True), (0.17, False), (0.5, False)])
@@ -392,6 +424,7 @@ def test_fully_dead_site():
 
 
 # -- nested models, shared layers, subclassed models -----------------------------------------------
+
 
 def test_sites_in_nested_sequential_and_functional_models():
     keras.utils.set_random_seed(21)
@@ -479,8 +512,12 @@ def test_subclassed_model(prebuilt):
     a2 = to_numpy(model.cap(a1))
     a3 = to_numpy(model.body.layers[0](a2))
     a4 = to_numpy(model.fc2(a3))
-    expected = {model.fc1.name: (a1, None), model.cap.name: (a2, 1.0),
-                f"body/{model.body.layers[0].name}": (a3, None), model.fc2.name: (a4, None)}
+    expected = {
+        model.fc1.name: (a1, None),
+        model.cap.name: (a2, 1.0),
+        f"body/{model.body.layers[0].name}": (a3, None),
+        model.fc2.name: (a4, None),
+    }
     paths = [s.path for s in report.sites]
     assert len(set(paths)) == len(paths) == 4
     assert set(paths) == set(expected)
@@ -517,8 +554,14 @@ def test_model_without_relu_sites(gradients):
     model = keras.Model(inp, L.Dense(3, activation="softmax")(L.Dense(5, activation="tanh")(inp)))
     x = random_x((4,), 20, 26)
     y = np.arange(20) % 3
-    report = deadrelu.scan(model, x, labels=y if gradients else None, batch_size=8, gradients=gradients,
-                           loss="categorical_crossentropy" if gradients else None)
+    report = deadrelu.scan(
+        model,
+        x,
+        labels=y if gradients else None,
+        batch_size=8,
+        gradients=gradients,
+        loss="categorical_crossentropy" if gradients else None,
+    )
     assert report.sites == []
     summary = report.summary
     assert (summary["sites"], summary["units"], summary["dead"]) == (0, 0, 0)
@@ -538,14 +581,16 @@ def _grad_model(kind: str):
     rng = np.random.default_rng(31)
     if kind == "dense":
         d1 = L.Dense(6, activation="relu")
-        model = keras.Sequential([keras.Input((5,)), d1, L.Dense(5, activation="relu6"),
-                                  L.Dense(CLASSES, activation="softmax")])
+        model = keras.Sequential(
+            [keras.Input((5,)), d1, L.Dense(5, activation="relu6"), L.Dense(CLASSES, activation="softmax")]
+        )
         plant_bias(d1, {DEAD: -1e3})
         shape = (5,)
     elif kind == "conv2d":
         c1 = L.Conv2D(4, 3, activation="relu")
-        model = keras.Sequential([keras.Input((6, 6, 2)), c1, L.MaxPooling2D(2), L.Flatten(),
-                                  L.Dense(CLASSES, activation="softmax")])
+        model = keras.Sequential(
+            [keras.Input((6, 6, 2)), c1, L.MaxPooling2D(2), L.Flatten(), L.Dense(CLASSES, activation="softmax")]
+        )
         plant_bias(c1, {DEAD: -1e3})
         shape = (6, 6, 2)
     elif kind == "nested":
@@ -556,13 +601,29 @@ def _grad_model(kind: str):
         shape = (5,)
     elif kind == "batchnorm":
         bn = L.BatchNormalization()
-        model = keras.Sequential([keras.Input((6, 6, 2)), L.Conv2D(4, 3), bn, L.Activation("relu"),
-                                  L.GlobalAveragePooling2D(), L.Dense(CLASSES, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((6, 6, 2)),
+                L.Conv2D(4, 3),
+                bn,
+                L.Activation("relu"),
+                L.GlobalAveragePooling2D(),
+                L.Dense(CLASSES, activation="softmax"),
+            ]
+        )
         randomize_batchnorm(bn, rng, beta={DEAD: -1e3})
         shape = (6, 6, 2)
     elif kind == "relu_layers":
-        model = keras.Sequential([keras.Input((5,)), L.Dense(6), L.ReLU(threshold=0.2), L.Dense(5),
-                                  L.ReLU(max_value=1.0), L.Dense(CLASSES, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((5,)),
+                L.Dense(6),
+                L.ReLU(threshold=0.2),
+                L.Dense(5),
+                L.ReLU(max_value=1.0),
+                L.Dense(CLASSES, activation="softmax"),
+            ]
+        )
         plant_bias(model.layers[0], {DEAD: -1e3})
         shape = (5,)
     else:
@@ -597,7 +658,7 @@ def reference_site_gradient(model, layer, x, y_ref, per_sample_loss) -> np.ndarr
         tape.watch(z)
         out = act(z)
         np.testing.assert_allclose(to_numpy(out), to_numpy(layer(h, training=False)), rtol=1e-6, atol=1e-6)
-        for after in chain[k + 1:]:
+        for after in chain[k + 1 :]:
             out = after(out, training=False)
         per_sample = per_sample_loss(y_ref, out)
         assert tuple(per_sample.shape) == (len(x),)
@@ -625,8 +686,10 @@ GRAD_MODELS = ["dense", "conv2d", "nested", "batchnorm", "relu_layers"]
 def test_gradients_match_gradient_tape(kind):
     model, x, y = _grad_model(kind)
     y1 = one_hot(y, CLASSES)
-    reports = [deadrelu.scan(model, x, labels=y1, gradients=True, loss="categorical_crossentropy",
-                             batch_size=b) for b in (7, 50)]
+    reports = [
+        deadrelu.scan(model, x, labels=y1, gradients=True, loss="categorical_crossentropy", batch_size=b)
+        for b in (7, 50)
+    ]
     for report in reports:
         _check_gradients(report, model, x, y1)
         assert DEAD in report.sites[0].dead
@@ -661,8 +724,18 @@ def _labels_and_loss(variant, y):
     raise AssertionError(variant)
 
 
-@pytest.mark.parametrize("variant", ["string-sparse", "string-onehot", "object-sparse", "object-onehot",
-                                     "sparse-loss-sparse", "sparse-loss-onehot", "compiled-sparse"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "string-sparse",
+        "string-onehot",
+        "object-sparse",
+        "object-onehot",
+        "sparse-loss-sparse",
+        "sparse-loss-onehot",
+        "compiled-sparse",
+    ],
+)
 def test_sparse_and_onehot_labels_give_the_same_numbers(variant):
     model, x, y = _grad_model("dense")
     model.compile(loss="categorical_crossentropy")
@@ -708,7 +781,7 @@ def test_layer_gradients_match_mean_loss_gradient(kind):
     by_layer, i = {}, 0
     for la in layers:
         n = len(la.trainable_weights)
-        by_layer[id(la)] = (grads[i:i + n], la.trainable_weights)
+        by_layer[id(la)] = (grads[i : i + n], la.trainable_weights)
         i += n
 
     nested = {id(la) for la in model.layers[0].layers} if kind == "nested" else set()
@@ -724,12 +797,15 @@ def test_layer_gradients_match_mean_loss_gradient(kind):
         assert entry["params"] == sum(int(np.prod(t.shape)) for t in w)
 
 
-@pytest.mark.parametrize("labels_1d, loss", [
-    (False, "binary_crossentropy"),
-    (True, "object"),
-    (False, "object"),
-    (True, "binary_crossentropy"),
-])
+@pytest.mark.parametrize(
+    "labels_1d, loss",
+    [
+        (False, "binary_crossentropy"),
+        (True, "object"),
+        (False, "object"),
+        (True, "binary_crossentropy"),
+    ],
+)
 def test_binary_crossentropy_labels_of_shape_n_or_n1(labels_1d, loss):
     keras.utils.set_random_seed(35)
     d1 = L.Dense(5, activation="relu")
@@ -787,21 +863,23 @@ def _two_head_model():
 def test_multi_output_gradients_are_the_weighted_sum_of_output_losses(tmp_path, capfd):
     """ℓₙ = 1.0 · sparse CE(cls) + 0.3 · MSE(reg), as `fit` minimises it; checked against a tape."""
     model, x, y_cls, y_reg = _two_head_model()
-    model.compile(loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
-                  loss_weights={"cls": 1.0, "reg": 0.3})
+    model.compile(loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"}, loss_weights={"cls": 1.0, "reg": 0.3})
     trunk, cls, reg = (model.get_layer(n) for n in ("trunk", "cls", "reg"))
     kernel, bias = trunk.get_weights()
     z = tf.constant(x @ kernel + bias)
     with tf.GradientTape() as tape:
         tape.watch(z)
         a = tf.nn.relu(z)
-        per_sample = (keras.losses.sparse_categorical_crossentropy(y_cls, cls(a))
-                      + 0.3 * keras.losses.mean_squared_error(y_reg, reg(a)))
+        per_sample = keras.losses.sparse_categorical_crossentropy(
+            y_cls, cls(a)
+        ) + 0.3 * keras.losses.mean_squared_error(y_reg, reg(a))
         total = tf.reduce_sum(per_sample)
     mean_abs, zero_rate = reference_grad_stats(to_numpy(tape.gradient(total, z)))
 
-    reports = [deadrelu.scan(model, x, labels=labels, gradients=True, batch_size=8)
-               for labels in ([y_cls, y_reg], {"reg": y_reg, "cls": y_cls})]
+    reports = [
+        deadrelu.scan(model, x, labels=labels, gradients=True, batch_size=8)
+        for labels in ([y_cls, y_reg], {"reg": y_reg, "cls": y_cls})
+    ]
     for report in reports:
         site = report.sites[0]
         close(site.grad_mean_abs, mean_abs, "grad_mean_abs")
@@ -816,8 +894,21 @@ def test_multi_output_gradients_are_the_weighted_sum_of_output_losses(tmp_path, 
 
     model.save(tmp_path / "two_heads.keras")
     np.savez(tmp_path / "data.npz", x=x, cls=y_cls, reg=y_reg)
-    assert main(["scan", str(tmp_path / "two_heads.keras"), "--data", str(tmp_path / "data.npz"), "--gradients",
-                 "--json", str(tmp_path / "scan.json"), "--quiet"]) == 0, capfd.readouterr().err
+    assert (
+        main(
+            [
+                "scan",
+                str(tmp_path / "two_heads.keras"),
+                "--data",
+                str(tmp_path / "data.npz"),
+                "--gradients",
+                "--json",
+                str(tmp_path / "scan.json"),
+                "--quiet",
+            ]
+        )
+        == 0
+    ), capfd.readouterr().err
     assert_reports_equal(deadrelu.Report.from_json(str(tmp_path / "scan.json")), reports[0])
 
 
@@ -834,7 +925,7 @@ def _simple_rnn_reference(x, kernel, recurrent, bias, *, cap=None, backwards=Fal
     """The activation of every time step of a SimpleRNN, by a plain loop: a list of [N, units]."""
     h = np.zeros((len(x), kernel.shape[1]), np.float32)
     steps = []
-    for t in (range(x.shape[1] - 1, -1, -1) if backwards else range(x.shape[1])):
+    for t in range(x.shape[1] - 1, -1, -1) if backwards else range(x.shape[1]):
         h = np.maximum(x[:, t] @ kernel + h @ recurrent + bias, 0)
         if cap is not None:
             h = np.minimum(h, cap)
@@ -847,8 +938,9 @@ def test_simple_rnn_every_time_step_is_a_call(variant):
     """SimpleRNN(relu): the probe unrolls it, so each time step's activation counts (N × T)."""
     keras.utils.set_random_seed(17)
     act = "relu6" if variant == "relu6" else "relu"
-    rnn = L.SimpleRNN(5, activation=act, return_sequences=variant == "sequences",
-                      go_backwards=variant == "backwards", name="rnn")
+    rnn = L.SimpleRNN(
+        5, activation=act, return_sequences=variant == "sequences", go_backwards=variant == "backwards", name="rnn"
+    )
     inp = keras.Input((6, 3))
     h = rnn(inp)
     model = keras.Model(inp, L.Dense(2)(L.Flatten()(h) if variant == "sequences" else h))
@@ -856,8 +948,9 @@ def test_simple_rnn_every_time_step_is_a_call(variant):
     bias[DEAD] = -1e3
     rnn.set_weights([kernel, recurrent * 0.5, bias + 0.5])
     x = random_x((6, 3), N, 17, scale=3.0)
-    steps = _simple_rnn_reference(x, kernel, recurrent * 0.5, bias + 0.5, cap=6.0 if act == "relu6" else None,
-                                  backwards=variant == "backwards")
+    steps = _simple_rnn_reference(
+        x, kernel, recurrent * 0.5, bias + 0.5, cap=6.0 if act == "relu6" else None, backwards=variant == "backwards"
+    )
     before = json.dumps(model.get_config(), sort_keys=True, default=str)
     report = deadrelu.scan(model, x, batch_size=BATCH)
     site = report.sites[0]
@@ -877,8 +970,12 @@ def test_simple_rnn_behind_a_mask_counts_every_step():
     kernel, recurrent, bias = rnn.get_weights()
     site = deadrelu.scan(model, x, batch_size=4).sites[0]
     assert site.calls == 6
-    assert_site_matches(site, reference_stats(_simple_rnn_reference(x, kernel, recurrent, bias)[:4] +
-                                              _masked_steps(x, kernel, recurrent, bias)))
+    assert_site_matches(
+        site,
+        reference_stats(
+            _simple_rnn_reference(x, kernel, recurrent, bias)[:4] + _masked_steps(x, kernel, recurrent, bias)
+        ),
+    )
 
 
 def _masked_steps(x, kernel, recurrent, bias):

@@ -15,10 +15,15 @@ def _model(seed=0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(12, activation="relu", name="h"),
-                              keras.layers.Dropout(0.2), keras.layers.Dense(3, activation="softmax", name="out")])
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(12, activation="relu", name="h"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
@@ -45,8 +50,16 @@ def test_identical_variants_train_identically_and_scans_match(xy, tmp_path):
     kernel, bias = planted.get_layer("h").get_weights()
     bias[:5] = -1e3
     planted.get_layer("h").set_weights([kernel, bias])
-    comparison = retrain({"a": _copy(source), "b": _copy(source), "planted": planted}, source, x, y,
-                         epochs=2, batch_size=32, validation_split=0.25, seed=3)
+    comparison = retrain(
+        {"a": _copy(source), "b": _copy(source), "planted": planted},
+        source,
+        x,
+        y,
+        epochs=2,
+        batch_size=32,
+        validation_split=0.25,
+        seed=3,
+    )
     a, b, p = comparison.variants
     # Same seed, same data, same start: the budget is fair, so the curves are identical.
     assert a.history == b.history and a.after == b.after
@@ -83,8 +96,9 @@ def test_compile_like_restores_a_serialised_loss_from_a_legacy_file(tmp_path):
     import keras
 
     source = _model()
-    source.compile(optimizer=keras.optimizers.RMSprop(0.003), loss=keras.losses.categorical_crossentropy,
-                   metrics=["accuracy"])
+    source.compile(
+        optimizer=keras.optimizers.RMSprop(0.003), loss=keras.losses.categorical_crossentropy, metrics=["accuracy"]
+    )
     path = tmp_path / "fn_loss.h5"
     source.save(path)
     loaded = deadrelu.load_model(str(path))
@@ -99,6 +113,7 @@ def test_compile_like_restores_a_serialised_loss_from_a_legacy_file(tmp_path):
 
 # -- command line -------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_effect(tmp_path, capfd):
     import json
@@ -109,9 +124,28 @@ def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_ef
     from deadrelu.cli import main
 
     out, summary, curves = tmp_path / "patched.keras", tmp_path / "patch.json", tmp_path / "curves.png"
-    argv = ["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out, "--retrain",
-            "--data", SAMPLES / "probe.npz", "--samples", "400", "--validation-split", "0.25", "--epochs", "2",
-            "--baseline", "--curves", curves, "--json", summary]
+    argv = [
+        "patch",
+        SAMPLES / "dying_mlp.keras",
+        "--to",
+        "leaky",
+        "-o",
+        out,
+        "--retrain",
+        "--data",
+        SAMPLES / "probe.npz",
+        "--samples",
+        "400",
+        "--validation-split",
+        "0.25",
+        "--epochs",
+        "2",
+        "--baseline",
+        "--curves",
+        curves,
+        "--json",
+        summary,
+    ]
     code = main([str(a) for a in argv])
     stdout, stderr = capfd.readouterr()
     assert code == 0, stderr
@@ -132,8 +166,17 @@ def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_ef
 def test_cli_retrain_without_validation_is_one_line_exit_2(tmp_path, capfd):
     from deadrelu.cli import main
 
-    code = main(["revive", str(SAMPLES / "dying_mlp.keras"), "--data", str(SAMPLES / "probe.npz"),
-                 "-o", str(tmp_path / "r.keras"), "--retrain"])
+    code = main(
+        [
+            "revive",
+            str(SAMPLES / "dying_mlp.keras"),
+            "--data",
+            str(SAMPLES / "probe.npz"),
+            "-o",
+            str(tmp_path / "r.keras"),
+            "--retrain",
+        ]
+    )
     err = capfd.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--validation-split" in err
     assert not (tmp_path / "r.keras").exists()
@@ -150,22 +193,40 @@ def test_cli_retrain_of_a_two_output_model(tmp_path, capfd):
     keras.utils.set_random_seed(3)
     inp = keras.Input((6,), name="x")
     h = keras.layers.Dense(12, activation="relu", name="h")(inp)
-    model = keras.Model(inp, [keras.layers.Dense(3, activation="softmax", name="cls")(h),
-                              keras.layers.Dense(1, name="reg")(h)])
-    model.compile(optimizer="adam", loss={"cls": "categorical_crossentropy", "reg": "mse"},
-                  loss_weights={"cls": 1.0, "reg": 0.5})
+    model = keras.Model(
+        inp, [keras.layers.Dense(3, activation="softmax", name="cls")(h), keras.layers.Dense(1, name="reg")(h)]
+    )
+    model.compile(
+        optimizer="adam", loss={"cls": "categorical_crossentropy", "reg": "mse"}, loss_weights={"cls": 1.0, "reg": 0.5}
+    )
     model.save(tmp_path / "two.keras")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(120, 6)).astype(np.float32)
     cls, reg = (x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int), x[:, 2:3] * 2.0
     np.savez(tmp_path / "data.npz", x=x, cls=cls, reg=reg)  # integer classes for a categorical loss
     out, summary = tmp_path / "patched.keras", tmp_path / "patch.json"
-    code = main(["patch", str(tmp_path / "two.keras"), "--to", "leaky", "-o", str(out), "--retrain",
-                 "--data", str(tmp_path / "data.npz"), "--validation-split", "0.25", "--epochs", "2",
-                 "--json", str(summary), "--quiet"])
+    code = main(
+        [
+            "patch",
+            str(tmp_path / "two.keras"),
+            "--to",
+            "leaky",
+            "-o",
+            str(out),
+            "--retrain",
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--validation-split",
+            "0.25",
+            "--epochs",
+            "2",
+            "--json",
+            str(summary),
+            "--quiet",
+        ]
+    )
     assert code == 0, capfd.readouterr().err
     after = json.loads(summary.read_text())["retrain"]["variants"][0]["after"]
     retrained = keras.models.load_model(out)
-    evaluated = retrained.evaluate(x[90:], {"cls": np.eye(3)[cls[90:]], "reg": reg[90:]}, verbose=0,
-                                   return_dict=True)
+    evaluated = retrained.evaluate(x[90:], {"cls": np.eye(3)[cls[90:]], "reg": reg[90:]}, verbose=0, return_dict=True)
     assert evaluated["loss"] == pytest.approx(after["loss"], rel=1e-4)

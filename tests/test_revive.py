@@ -26,6 +26,7 @@ ATOL = 1e-5
 
 # -- helpers --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def images():
     return np.random.default_rng(0).uniform(0, 1, (48, 8, 8, 3)).astype(np.float32)
@@ -93,13 +94,13 @@ def check(model, x, *, planted: dict, expect_skipped=()) -> tuple:
 
 # -- models ---------------------------------------------------------------------------------
 
+
 def test_dense_dense_exact_masks_and_live_units_untouched():
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((10,)), L.Dense(8, activation="relu", name="h"),
-                              L.Dense(3, name="out")])
+    model = keras.Sequential([keras.Input((10,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
     plant(model, "h", [2, 5])
     x = np.random.default_rng(1).uniform(0, 1, (64, 10)).astype(np.float32)
-    revived, result, before, after = check(model, x, planted={"h": [2, 5]})
+    _revived, result, before, after = check(model, x, planted={"h": [2, 5]})
     mask = result.reinitialized
     dead = np.zeros(8, bool)
     dead[[2, 5]] = True
@@ -117,8 +118,15 @@ def test_dense_dense_exact_masks_and_live_units_untouched():
 
 def test_conv_flatten_dense_cuts_every_flattened_index(images):
     keras.utils.set_random_seed(2)
-    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu", name="conv"),
-                              L.Flatten(), L.Dense(5, activation="relu", name="dense"), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(4, 3, activation="relu", name="conv"),
+            L.Flatten(),
+            L.Dense(5, activation="relu", name="dense"),
+            L.Dense(2, name="out"),
+        ]
+    )
     plant(model, "conv", [1, 3])
     plant(model, "dense", [0])
     _, result, _, after = check(model, images, planted={"conv": [1, 3], "dense": [0]})
@@ -132,9 +140,17 @@ def test_conv_flatten_dense_cuts_every_flattened_index(images):
 
 def test_conv_maxpool_conv(images):
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(6, 3, padding="same", activation="relu", name="c1"),
-                              L.MaxPooling2D(), L.Dropout(0.5), L.Conv2D(4, 3, activation="relu", name="c2"),
-                              L.GlobalMaxPooling2D(), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(6, 3, padding="same", activation="relu", name="c1"),
+            L.MaxPooling2D(),
+            L.Dropout(0.5),
+            L.Conv2D(4, 3, activation="relu", name="c2"),
+            L.GlobalMaxPooling2D(),
+            L.Dense(2, name="out"),
+        ]
+    )
     plant(model, "c1", [0, 4])
     plant(model, "c2", [2])
     _, result, _, after = check(model, images, planted={"c1": [0, 4], "c2": [2]})
@@ -151,8 +167,9 @@ def test_conv_batchnorm_relu_gap_dense(images):
     h = L.ReLU(name="relu")(h)
     h = L.GlobalAveragePooling2D()(h)
     model = keras.Model(inputs, L.Dense(3, name="out")(h))
-    model.get_layer("bn").set_weights([np.full(6, 1.5, np.float32), np.zeros(6, np.float32),
-                                       np.full(6, 0.1, np.float32), np.full(6, 2.0, np.float32)])
+    model.get_layer("bn").set_weights(
+        [np.full(6, 1.5, np.float32), np.zeros(6, np.float32), np.full(6, 0.1, np.float32), np.full(6, 2.0, np.float32)]
+    )
     plant(model, "bn", [2, 5], value=-50.0, weight=1)  # beta
     _, result, _, after = check(model, images, planted={"relu": [2, 5]})
     # The BN channel is reset to a state in which it fires: live-like gamma, zero beta and mean.
@@ -178,7 +195,7 @@ def test_batchnorm_relu_after_add_or_concatenate_revives_through_the_batchnorm(m
     stats = model.get_layer("bn").get_weights()[2:]
     model.get_layer("bn").set_weights([np.full(channels, 1.5, np.float32), np.zeros(channels, np.float32), *stats])
     plant(model, "bn", [1, 3], value=-50.0, weight=1)  # beta
-    revived, result, before, after = check(model, images, planted={"relu": [1, 3]})
+    _revived, result, before, after = check(model, images, planted={"relu": [1, 3]})
     assert np.allclose(after["bn/gamma"][[1, 3]], 1.5) and np.all(after["bn/beta"][[1, 3]] == 0)
     for statistic in ("bn/moving_mean", "bn/moving_variance"):  # the input's statistics still hold
         assert np.array_equal(after[statistic], before[statistic])
@@ -194,8 +211,7 @@ def test_batchnorm_only_unit_whose_input_never_exceeds_its_mean_gets_gamma_negat
     model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(h)))
     mean = np.zeros(4, np.float32)
     mean[2] = 1e3  # the channel's input is always far below this "mean"
-    model.get_layer("bn").set_weights([np.ones(4, np.float32), np.zeros(4, np.float32), mean,
-                                       np.ones(4, np.float32)])
+    model.get_layer("bn").set_weights([np.ones(4, np.float32), np.zeros(4, np.float32), mean, np.ones(4, np.float32)])
     _, result, _, after = check(model, images, planted={"relu": [2]})
     assert after["bn/gamma"][2] < 0 and any("negated" in note for note in result.notes)
 
@@ -203,10 +219,22 @@ def test_batchnorm_only_unit_whose_input_never_exceeds_its_mean_gets_gamma_negat
 def test_dense_then_batchnorm_cuts_through_gamma():
     """A site followed by BatchNormalization: gamma → 0, beta → the channel's old constant."""
     keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((6,)), L.Dense(5, activation="relu", name="h"),
-                              L.BatchNormalization(name="bn"), L.Dense(2, name="out")])
-    model.get_layer("bn").set_weights([np.full(5, 0.7, np.float32), np.full(5, 0.2, np.float32),
-                                       np.full(5, 0.4, np.float32), np.full(5, 0.5, np.float32)])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(5, activation="relu", name="h"),
+            L.BatchNormalization(name="bn"),
+            L.Dense(2, name="out"),
+        ]
+    )
+    model.get_layer("bn").set_weights(
+        [
+            np.full(5, 0.7, np.float32),
+            np.full(5, 0.2, np.float32),
+            np.full(5, 0.4, np.float32),
+            np.full(5, 0.5, np.float32),
+        ]
+    )
     plant(model, "h", [1])
     x = np.random.default_rng(5).uniform(0, 1, (40, 6)).astype(np.float32)
     _, result, _, after = check(model, x, planted={"h": [1]})
@@ -247,10 +275,13 @@ def test_add_branches_revive_where_both_dead_and_skip_where_live():
 
 def test_nested_submodel(images):
     keras.utils.set_random_seed(8)
-    encoder = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(5, 3, activation="relu", name="conv"),
-                                L.MaxPooling2D(), L.Flatten()], name="encoder")
-    head = keras.Sequential([keras.Input((45,)), L.Dense(6, activation="relu", name="hidden"),
-                             L.Dense(2, name="logits")], name="head")
+    encoder = keras.Sequential(
+        [keras.Input((8, 8, 3)), L.Conv2D(5, 3, activation="relu", name="conv"), L.MaxPooling2D(), L.Flatten()],
+        name="encoder",
+    )
+    head = keras.Sequential(
+        [keras.Input((45,)), L.Dense(6, activation="relu", name="hidden"), L.Dense(2, name="logits")], name="head"
+    )
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, head(encoder(inputs)))
     plant(encoder, "conv", [0, 2])
@@ -281,10 +312,10 @@ def test_unfollowable_sites_are_skipped_with_a_reason(images):
     h = L.Conv2D(4, 3, name="conv")(inputs)
     skip = L.Conv2D(4, 3, name="skip")(inputs)
     h = L.Add(name="sum")([h, skip])
-    h = L.Activation("relu", name="relu_after_add")(h)           # fed by an Add: no own weights
+    h = L.Activation("relu", name="relu_after_add")(h)  # fed by an Add: no own weights
     g = L.Dense(4, activation="relu", name="into_softmax")(L.Flatten()(h))
-    g = L.Softmax(name="mixer")(g)                                 # mixes units without weights
-    out = L.Dense(2, activation="relu", name="at_output")(g)       # the model output itself
+    g = L.Softmax(name="mixer")(g)  # mixes units without weights
+    out = L.Dense(2, activation="relu", name="at_output")(g)  # the model output itself
     model = keras.Model(inputs, out)
     plant(model, "skip", [1])
     plant(model, "conv", [1])
@@ -318,8 +349,14 @@ def test_user_model_unchanged_and_seed_is_reproducible():
 
 def test_sites_option_and_unknown_site():
     keras.utils.set_random_seed(11)
-    model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu", name="h1"),
-                              L.Dense(6, activation="relu", name="h2"), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            L.Dense(6, activation="relu", name="h1"),
+            L.Dense(6, activation="relu", name="h2"),
+            L.Dense(2, name="out"),
+        ]
+    )
     plant(model, "h1", [0])
     plant(model, "h2", [1])
     x = np.random.default_rng(11).uniform(0, 1, (30, 5)).astype(np.float32)
@@ -332,11 +369,18 @@ def test_sites_option_and_unknown_site():
 
 # -- revive_model: the twin of patch_model --------------------------------------------------------
 
+
 def two_sites():
     """h1: 3 of 6 units dead (flagged); h2: 1 of 32 dead (dead, under the 10 % flag threshold)."""
     keras.utils.set_random_seed(12)
-    model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu", name="h1"),
-                              L.Dense(32, activation="relu", name="h2"), L.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            L.Dense(6, activation="relu", name="h1"),
+            L.Dense(32, activation="relu", name="h2"),
+            L.Dense(2, name="out"),
+        ]
+    )
     for name in ("h1", "h2"):  # non-negative inputs and kernels: every unmarked unit fires
         kernel, bias = model.get_layer(name).get_weights()
         model.get_layer(name).set_weights([np.abs(kernel), bias])
@@ -371,8 +415,9 @@ def test_revive_model_result_carries_the_model_the_changes_and_the_check():
 
 def test_revive_model_skipped_site_reports_its_reason_and_the_outputs_keep():
     keras.utils.set_random_seed(13)
-    model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="relu", name="h"),
-                              L.Dense(4, activation="relu", name="at_output")])
+    model = keras.Sequential(
+        [keras.Input((5,)), L.Dense(6, activation="relu", name="h"), L.Dense(4, activation="relu", name="at_output")]
+    )
     plant(model, "h", [])  # every unit of h fires
     plant(model, "at_output", [1])
     x = np.random.default_rng(13).uniform(0, 1, (24, 5)).astype(np.float32)
@@ -416,13 +461,19 @@ def test_revive_model_selects_sites_as_patch_model_does():
 KINDS = {
     "Conv1D": (lambda name, act=None: L.Conv1D(4, 3, activation=act, name=name), (9, 3)),
     "Conv3D": (lambda name, act=None: L.Conv3D(4, 2, activation=act, name=name), (4, 4, 3, 2)),
-    "Conv2DTranspose": (lambda name, act=None: L.Conv2DTranspose(4, 3, strides=2, activation=act, name=name),
-                        (5, 5, 3)),
-    "DepthwiseConv2D": (lambda name, act=None: L.DepthwiseConv2D(3, depth_multiplier=2, activation=act, name=name),
-                        (7, 7, 3)),
+    "Conv2DTranspose": (
+        lambda name, act=None: L.Conv2DTranspose(4, 3, strides=2, activation=act, name=name),
+        (5, 5, 3),
+    ),
+    "DepthwiseConv2D": (
+        lambda name, act=None: L.DepthwiseConv2D(3, depth_multiplier=2, activation=act, name=name),
+        (7, 7, 3),
+    ),
     "SeparableConv2D": (lambda name, act=None: L.SeparableConv2D(4, 3, activation=act, name=name), (7, 7, 3)),
-    "Conv2D-channels_first": (lambda name, act=None: L.Conv2D(4, 3, activation=act, name=name,
-                                                              data_format="channels_first"), (3, 7, 9)),
+    "Conv2D-channels_first": (
+        lambda name, act=None: L.Conv2D(4, 3, activation=act, name=name, data_format="channels_first"),
+        (3, 7, 9),
+    ),
 }
 
 
@@ -452,8 +503,14 @@ def test_every_weighted_kind_through_batchnorm_and_relu_layer(kind):
     h = L.GlobalAveragePooling2D()(h)
     model = keras.Model(inputs, L.Dense(2, name="out")(h))
     channels = model.get_layer("bn").gamma.shape[0]
-    model.get_layer("bn").set_weights([np.full(channels, 1.5, np.float32), np.zeros(channels, np.float32),
-                                       np.full(channels, 0.1, np.float32), np.full(channels, 2.0, np.float32)])
+    model.get_layer("bn").set_weights(
+        [
+            np.full(channels, 1.5, np.float32),
+            np.zeros(channels, np.float32),
+            np.full(channels, 0.1, np.float32),
+            np.full(channels, 2.0, np.float32),
+        ]
+    )
     plant(model, "bn", [1, 3], value=-50.0, weight=1)  # beta
     x = np.random.default_rng(21).uniform(0, 1, (32,) + shape).astype(np.float32)
     check(model, x, planted={"relu": [1, 3]})
@@ -487,6 +544,7 @@ def test_keras_applications_mobilenetv2_patch_and_revive_are_exact():
 
 # -- command line ---------------------------------------------------------------------------
 
+
 def test_cli_revives_dying_mlp(tmp_path, capfd):
     model_path = tmp_path / "dying_mlp.keras"
     model_path.write_bytes((SAMPLES / "dying_mlp.keras").read_bytes())
@@ -507,8 +565,9 @@ def test_cli_revives_dying_mlp(tmp_path, capfd):
     # An existing OUT is refused without --force (one line, exit 2); the input never becomes OUT.
     assert main([str(a) for a in argv]) == 2
     assert "exists" in capfd.readouterr().err
-    assert main(["revive", str(model_path), "--data", str(SAMPLES / "probe.npz"), "-o", str(model_path),
-                 "--force"]) == 2
+    assert (
+        main(["revive", str(model_path), "--data", str(SAMPLES / "probe.npz"), "-o", str(model_path), "--force"]) == 2
+    )
     assert "is the input model" in capfd.readouterr().err
 
 
@@ -516,11 +575,25 @@ def test_cli_with_a_saved_report_and_no_data(tmp_path, capfd):
     model_path = tmp_path / "dying_mlp.keras"
     model_path.write_bytes((SAMPLES / "dying_mlp.keras").read_bytes())
     report_path = tmp_path / "scan.json"
-    assert main(["scan", str(model_path), "--data", str(SAMPLES / "probe.npz"), "--samples", "200",
-                 "--json", str(report_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(model_path),
+                "--data",
+                str(SAMPLES / "probe.npz"),
+                "--samples",
+                "200",
+                "--json",
+                str(report_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capfd.readouterr()
     assert main(["revive", str(model_path), "--report", str(report_path), "--seed", "1"]) == 0
-    out, err = capfd.readouterr()
+    _out, err = capfd.readouterr()
     assert (tmp_path / "dying_mlp_revived.keras").exists() and "outputs were not compared" in err
     x = np.load(SAMPLES / "probe.npz")["x"][:200]
     revived = keras.models.load_model(tmp_path / "dying_mlp_revived.keras")
@@ -528,6 +601,7 @@ def test_cli_with_a_saved_report_and_no_data(tmp_path, capfd):
 
 
 # -- a real model ---------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_stuck_real_model_outputs_unchanged_and_units_fire(shared):

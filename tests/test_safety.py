@@ -51,6 +51,7 @@ def one_error_line(err: str) -> str:
 
 # -- the inputs ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """One file of each input kind (their content matters only if a refusal fails to happen)."""
@@ -119,9 +120,14 @@ def _spell(victim: Path, spelling: str, scratch: Path) -> str:
     return str(link)
 
 
-MATRIX = [(command, flag, kind, spelling)
-          for command, (flags, kinds) in COMMANDS.items() for flag in flags for kind in kinds for spelling in SPELLINGS
-          if not (spelling == "hard link" and kind in ("savedmodel", "image folder"))]  # a rename never reaches inside
+MATRIX = [
+    (command, flag, kind, spelling)
+    for command, (flags, kinds) in COMMANDS.items()
+    for flag in flags
+    for kind in kinds
+    for spelling in SPELLINGS
+    if not (spelling == "hard link" and kind in ("savedmodel", "image folder"))
+]  # a rename never reaches inside
 
 
 @pytest.mark.parametrize("command, flag, kind, spelling", MATRIX)
@@ -138,8 +144,11 @@ def test_an_output_is_never_an_input(command, flag, kind, spelling, inputs, tmp_
     code, err = run(argv, capfd)
     line = one_error_line(err)
     assert code == 2
-    assert re.search(r"is the input (model|report|--[a-z-]+) .*; deadrelu never writes over its inputs|inside the input "
-                     "folder", line), line
+    assert re.search(
+        r"is the input (model|report|--[a-z-]+) .*; deadrelu never writes over its inputs|inside the input "
+        "folder",
+        line,
+    ), line
     assert time.monotonic() - started < 5  # refused before any work
     assert {path: sha256(path) for path in folder.rglob("*") if path.is_file()} == before
     assert sorted(folder.rglob("*")) == listing  # no output, no temporary file
@@ -147,18 +156,44 @@ def test_an_output_is_never_an_input(command, flag, kind, spelling, inputs, tmp_
 
 FOLDER_CASES = {
     "scan: --plot-dir is the image folder": ["scan", "{d}/m.keras", "--data", "{d}/images", "--plot-dir", "{d}/images"],
-    "scan: --plot-dir inside the image folder": ["scan", "{d}/m.keras", "--data", "{d}/images", "--plot-dir",
-                                                 "{d}/images/figs"],
+    "scan: --plot-dir inside the image folder": [
+        "scan",
+        "{d}/m.keras",
+        "--data",
+        "{d}/images",
+        "--plot-dir",
+        "{d}/images/figs",
+    ],
     "scan: --plot-dir is the SavedModel": ["scan", "{d}/sm", "--plot-dir", "./sm"],
-    "scan: --plot-dir would write overview.png over the data": ["scan", "{d}/m.keras", "--data",
-                                                                "{d}/figs/overview.png:x", "--plot-dir", "{d}/figs"],
-    "scan: --plot-dir would write a site figure over the model": ["scan", "{d}/figs/site-000-dense.png",
-                                                                  "--plot-dir", "{d}/figs"],
-    "report: --plot-dir would write unit_map.png over the report": ["report", "{d}/figs/unit_map.png",
-                                                                    "--plot-dir", "{d}/figs/."],
+    "scan: --plot-dir would write overview.png over the data": [
+        "scan",
+        "{d}/m.keras",
+        "--data",
+        "{d}/figs/overview.png:x",
+        "--plot-dir",
+        "{d}/figs",
+    ],
+    "scan: --plot-dir would write a site figure over the model": [
+        "scan",
+        "{d}/figs/site-000-dense.png",
+        "--plot-dir",
+        "{d}/figs",
+    ],
+    "report: --plot-dir would write unit_map.png over the report": [
+        "report",
+        "{d}/figs/unit_map.png",
+        "--plot-dir",
+        "{d}/figs/.",
+    ],
     "scan: --json is the SavedModel folder": ["scan", "{d}/sm", "--json", "{d}/sm"],
-    "scan: --json inside the image folder": ["scan", "{d}/m.keras", "--data", "{d}/images", "--json",
-                                             "{d}/images/new.json"],
+    "scan: --json inside the image folder": [
+        "scan",
+        "{d}/m.keras",
+        "--data",
+        "{d}/images",
+        "--json",
+        "{d}/images/new.json",
+    ],
 }
 
 
@@ -189,21 +224,63 @@ OUTPUT_PAIRS = {
     "scan --json R --plot link-to-R": ["scan", "{m}", "--json", "{t}/R", "--plot", "{t}/link"],
     "scan --plot-dir D --json D": ["scan", "{m}", "--plot-dir", "{t}/D", "--json", "{t}/D"],
     "scan --plot-dir D --plot D/overview.png": ["scan", "{m}", "--plot-dir", "{t}/D", "--plot", "{t}/D/overview.png"],
-    "scan --json D/site-001-x.png --plot-dir D": ["scan", "{m}", "--json", "{t}/D/site-001-x.png", "--plot-dir",
-                                                  "{t}/D"],
+    "scan --json D/site-001-x.png --plot-dir D": [
+        "scan",
+        "{m}",
+        "--json",
+        "{t}/D/site-001-x.png",
+        "--plot-dir",
+        "{t}/D",
+    ],
     "report --json X --html X": ["report", "{r}", "--json", "{t}/X", "--html", "{t}/X"],
     "report --plot X --html X": ["report", "{r}", "--plot", "{t}/X", "--html", "{t}/X"],
     "report --compare --json X --plot X": ["report", "{r}", "--compare", "{r}", "--json", "{t}/X", "--plot", "{t}/X"],
     "patch -o p.keras --json p.keras": ["patch", "{m}", "--to", "leaky", "-o", "{t}/p.keras", "--json", "{t}/p.keras"],
-    "patch -o p.keras --curves p.keras": ["patch", "{m}", "--to", "prelu", "-o", "{t}/p.keras", "--curves",
-                                          "{t}/p.keras"],
-    "patch --json X --curves X": ["patch", "{m}", "--to", "leaky", "-o", "{t}/p.keras", "--json", "{t}/X",
-                                  "--curves", "{t}/X"],
+    "patch -o p.keras --curves p.keras": [
+        "patch",
+        "{m}",
+        "--to",
+        "prelu",
+        "-o",
+        "{t}/p.keras",
+        "--curves",
+        "{t}/p.keras",
+    ],
+    "patch --json X --curves X": [
+        "patch",
+        "{m}",
+        "--to",
+        "leaky",
+        "-o",
+        "{t}/p.keras",
+        "--json",
+        "{t}/X",
+        "--curves",
+        "{t}/X",
+    ],
     "patch: the default OUT is --json": ["patch", "{m}", "--to", "leaky", "--json", "{d}/m_leaky.keras"],
-    "revive -o p.keras --json p.keras": ["revive", "{m}", "--data", "{p}", "-o", "{t}/p.keras", "--json",
-                                         "{t}/p.keras"],
-    "revive --json X --curves X": ["revive", "{m}", "--data", "{p}", "-o", "{t}/p.keras", "--json", "{t}/X",
-                                   "--curves", "{t}/X"],
+    "revive -o p.keras --json p.keras": [
+        "revive",
+        "{m}",
+        "--data",
+        "{p}",
+        "-o",
+        "{t}/p.keras",
+        "--json",
+        "{t}/p.keras",
+    ],
+    "revive --json X --curves X": [
+        "revive",
+        "{m}",
+        "--data",
+        "{p}",
+        "-o",
+        "{t}/p.keras",
+        "--json",
+        "{t}/X",
+        "--curves",
+        "{t}/X",
+    ],
     "revive: the default OUT is --curves": ["revive", "{m}", "--data", "{p}", "--curves", "{d}/m_revived.keras"],
 }
 
@@ -215,8 +292,10 @@ def test_two_outputs_are_never_the_same_file(case, inputs, tmp_path, monkeypatch
     folder = inputs["m.keras"].parent
     listing = sorted(folder.rglob("*"))
     monkeypatch.chdir(tmp_path)
-    argv = [a.format(m=inputs["m.keras"], p=inputs["probe.npz"], r=inputs["scan.json"], t=tmp_path, d=folder)
-            for a in OUTPUT_PAIRS[case]]
+    argv = [
+        a.format(m=inputs["m.keras"], p=inputs["probe.npz"], r=inputs["scan.json"], t=tmp_path, d=folder)
+        for a in OUTPUT_PAIRS[case]
+    ]
     code, err = run(argv, capfd)
     line = one_error_line(err)
     assert code == 2 and re.search(r"are the same file|with a figure of the same name", line), line
@@ -270,8 +349,14 @@ def test_an_unwritable_output_is_refused_before_any_work(flag, place, tmp_path, 
 
 
 @pytest.mark.parametrize("command", ["scan", "report"])
-@pytest.mark.parametrize("place, expected", [("{t}/file.txt", "not a folder"), ("{t}/missing/figs", "does not exist"),
-                                             ("/proc/deadrelu-figs", "cannot create files in /proc")])
+@pytest.mark.parametrize(
+    "place, expected",
+    [
+        ("{t}/file.txt", "not a folder"),
+        ("{t}/missing/figs", "does not exist"),
+        ("/proc/deadrelu-figs", "cannot create files in /proc"),
+    ],
+)
 def test_an_unwritable_plot_dir_is_refused_before_any_work(command, place, expected, tmp_path, capfd):
     (tmp_path / "file.txt").write_text("a file")
     code, err = run([command, tmp_path / "nope.keras", "--plot-dir", place.format(t=tmp_path)], capfd)
@@ -328,13 +413,19 @@ def test_every_flag_that_takes_a_path_is_declared():
 def test_the_plot_dir_names_are_those_plot_site_dir_writes():
     from deadrelu.plots.units import site_file_name
 
-    for name in ("overview.png", "unit_map.png", "active_rates.png", site_file_name(7, "decoder/conv2d 3"),
-                 site_file_name(1234, "x")):
+    for name in (
+        "overview.png",
+        "unit_map.png",
+        "active_rates.png",
+        site_file_name(7, "decoder/conv2d 3"),
+        site_file_name(1234, "x"),
+    ):
         assert PLOT_DIR_FIGURES.fullmatch(name), name
     assert not PLOT_DIR_FIGURES.fullmatch("overview.png.bak")
 
 
 # -- bad model files: exit 2, one line ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def bad_models(tmp_path_factory) -> Path:
@@ -342,14 +433,15 @@ def bad_models(tmp_path_factory) -> Path:
     import keras
 
     folder = tmp_path_factory.mktemp("bad_models")
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu", name="d"),
-                              keras.layers.Dense(2, name="o")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="relu", name="d"), keras.layers.Dense(2, name="o")]
+    )
     model.save(folder / "m.keras")
     raw = bytearray((folder / "m.keras").read_bytes())
     with zipfile.ZipFile(folder / "m.keras") as archive:
         info = archive.getinfo("model.weights.h5")
     start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    raw[start + 200:start + 260] = bytes(b ^ 0xFF for b in raw[start + 200:start + 260])
+    raw[start + 200 : start + 260] = bytes(b ^ 0xFF for b in raw[start + 200 : start + 260])
     (folder / "crc.keras").write_bytes(bytes(raw))
     with zipfile.ZipFile(folder / "m.keras") as source, zipfile.ZipFile(folder / "mismatch.keras", "w") as target:
         for entry in source.infolist():
@@ -366,12 +458,15 @@ def bad_models(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("crc.keras", "damaged zip archive (entry model.weights.h5 fails its CRC check)"),
-    ("mismatch.keras", "variable.shape=(4, 5), Received: value.shape=(4, 3)"),
-    ("data.h5", "holds arrays (x, y), not a Keras model; to read them as the inputs pass the file as --data"),
-    ("w.weights.h5", "holds only weights"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("crc.keras", "damaged zip archive (entry model.weights.h5 fails its CRC check)"),
+        ("mismatch.keras", "variable.shape=(4, 5), Received: value.shape=(4, 3)"),
+        ("data.h5", "holds arrays (x, y), not a Keras model; to read them as the inputs pass the file as --data"),
+        ("w.weights.h5", "holds only weights"),
+    ],
+)
 def test_a_bad_model_file_is_one_line_exit_2(name, expected, bad_models, capfd):
     code, err = run(["scan", bad_models / name, "--quiet"], capfd)
     line = one_error_line(err)
@@ -383,11 +478,14 @@ def test_a_bad_model_file_is_one_line_exit_2(name, expected, bad_models, capfd):
 def test_a_fifo_as_model_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "model.keras"
     os.mkfifo(fifo)
-    cli = subprocess.run([sys.executable, "-m", "deadrelu", "scan", fifo], capture_output=True, text=True,
-                         timeout=60)
+    cli = subprocess.run([sys.executable, "-m", "deadrelu", "scan", fifo], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 2 and "FIFO" in one_error_line(cli.stderr)
-    api = subprocess.run([sys.executable, "-c", f"import deadrelu; deadrelu.load_model({str(fifo)!r})"],
-                         capture_output=True, text=True, timeout=TIMEOUT)
+    api = subprocess.run(
+        [sys.executable, "-c", f"import deadrelu; deadrelu.load_model({str(fifo)!r})"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert "ModelLoadError" in api.stderr and "is a FIFO (named pipe), not a model file" in api.stderr
 
 
@@ -414,8 +512,9 @@ raise SystemExit(main(sys.argv[1:]))
 
 def _start_slow_patch(out: Path) -> subprocess.Popen:
     argv = ["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out, "--quiet"]
-    return subprocess.Popen([sys.executable, "-c", SLOW_SAVE, *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for_temporary(process: subprocess.Popen, folder: Path) -> Path:
@@ -441,8 +540,21 @@ def test_sigterm_removes_the_temporary_file(tmp_path):
 
 def test_sigterm_during_a_scan_exits_143_and_writes_nothing(tmp_path):
     report = tmp_path / "r.json"
-    process = subprocess.Popen([sys.executable, "-m", "deadrelu", "scan", SAMPLES / "dying_mlp.keras", "--data",
-                                SAMPLES / "probe.npz", "--json", report], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deadrelu",
+            "scan",
+            SAMPLES / "dying_mlp.keras",
+            "--data",
+            SAMPLES / "probe.npz",
+            "--json",
+            report,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.5)  # importing TensorFlow or scanning: either way not written yet
         process.send_signal(signal.SIGTERM)

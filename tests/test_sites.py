@@ -11,22 +11,27 @@ import tensorflow as tf
 import deadrelu
 from models import L, all_layers, assert_reports_equal, random_x, reference_stats, to_numpy
 
-
 # -- classification --------------------------------------------------------------------------------
 
 SITES = {
     # id: (layer factory, kind, params)
     "Dense-relu": (lambda: L.Dense(4, activation="relu"), "fused", {"activation": "relu"}),
     "Dense-relu6": (lambda: L.Dense(4, activation="relu6"), "fused", {"activation": "relu6", "max_value": 6.0}),
-    "Dense-keras.activations.relu": (lambda: L.Dense(4, activation=keras.activations.relu), "fused",
-                                     {"activation": "relu"}),
+    "Dense-keras.activations.relu": (
+        lambda: L.Dense(4, activation=keras.activations.relu),
+        "fused",
+        {"activation": "relu"},
+    ),
     "Activation-relu": (lambda: L.Activation("relu"), "activation", {"activation": "relu"}),
     "Activation-relu6": (lambda: L.Activation("relu6"), "activation", {"activation": "relu6", "max_value": 6.0}),
     "ReLU": (lambda: L.ReLU(), "relu_layer", {"activation": "relu"}),
     "ReLU-max_value": (lambda: L.ReLU(max_value=6.0), "relu_layer", {"activation": "relu", "max_value": 6.0}),
     "ReLU-threshold": (lambda: L.ReLU(threshold=0.5), "relu_layer", {"activation": "relu", "threshold": 0.5}),
-    "ReLU-both": (lambda: L.ReLU(max_value=2.0, threshold=0.25), "relu_layer",
-                  {"activation": "relu", "max_value": 2.0, "threshold": 0.25}),
+    "ReLU-both": (
+        lambda: L.ReLU(max_value=2.0, threshold=0.25),
+        "relu_layer",
+        {"activation": "relu", "max_value": 2.0, "threshold": 0.25},
+    ),
     "ReLU-explicit-zero-slope": (lambda: L.ReLU(negative_slope=0.0), "relu_layer", {"activation": "relu"}),
 }
 
@@ -114,6 +119,7 @@ def test_nested_paths_leave_out_the_top_model():
 
 # -- unit axis -------------------------------------------------------------------------------------
 
+
 def test_channels_last_conv_unit_axis_is_last():
     inp = keras.Input((6, 5, 2))
     model = keras.Model(inp, L.Conv2D(3, 2, activation="relu")(inp))
@@ -160,6 +166,7 @@ def test_activation_after_add_in_channels_first_network_uses_axis_1():
 
 # -- the scan leaves the model exactly as it was ---------------------------------------------------
 
+
 class _Guard(L.Layer):
     """Passes its input through; fails at run time when a value exceeds 100 (inside the compiled step),
     or at trace time when armed with `fail_on_trace`."""
@@ -189,15 +196,17 @@ def _hooked_model():
 
 
 def _snapshot(model):
-    return {id(layer): (layer.name, sorted(layer.__dict__), layer.__dict__.get("activation"),
-                        layer.__dict__.get("call")) for layer in all_layers(model)}
+    return {
+        id(layer): (layer.name, sorted(layer.__dict__), layer.__dict__.get("activation"), layer.__dict__.get("call"))
+        for layer in all_layers(model)
+    }
 
 
 def _assert_untouched(model, before, x, y_before, json_before):
     after = _snapshot(model)
     assert after.keys() == before.keys()
     for key, (name, keys, activation, call) in before.items():
-        a_name, a_keys, a_activation, a_call = after[key]
+        _a_name, a_keys, a_activation, a_call = after[key]
         assert a_keys == keys, f"{name}: instance attributes changed"
         assert a_activation is activation, f"{name}: activation not restored"
         assert a_call is None and call is None, f"{name}: instance `call` left over"
@@ -207,8 +216,9 @@ def _assert_untouched(model, before, x, y_before, json_before):
     assert model.to_json() == json_before
 
 
-@pytest.mark.parametrize("scenario", ["ok", "ok-gradients", "nan-in-second-batch",
-                                      "fails-in-second-batch", "fails-while-tracing"])
+@pytest.mark.parametrize(
+    "scenario", ["ok", "ok-gradients", "nan-in-second-batch", "fails-in-second-batch", "fails-while-tracing"]
+)
 def test_scan_leaves_model_unchanged(scenario):
     model = _hooked_model()
     x = random_x((4,), 37, 3)

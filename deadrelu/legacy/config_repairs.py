@@ -87,7 +87,7 @@ class ConfigRepair:
         self.original_names: dict[str, str] = {}
         self.functions: dict[str, Callable] = {}
         self.classes: dict[str, type] = {}  # deadrelu's own layer classes the repaired config uses
-        self._tf_ops: set[str] = set()      # names of layers rebuilt from tf.keras TFOpLambda
+        self._tf_ops: set[str] = set()  # names of layers rebuilt from tf.keras TFOpLambda
         self._counts: collections.Counter = collections.Counter()
         self._new_names: dict[str, str] = {}
         self._all_names: set[str] = set()
@@ -131,10 +131,7 @@ class ConfigRepair:
 
     def messages(self) -> list[str]:
         """Human-readable descriptions of the repairs made, in the order they first occurred."""
-        return [
-            note.replace("{n}", str(n)).replace("{s}", "" if n == 1 else "s")
-            for note, n in self._counts.items()
-        ]
+        return [note.replace("{n}", str(n)).replace("{s}", "" if n == 1 else "s") for note, n in self._counts.items()]
 
     # -- walking the config
 
@@ -239,7 +236,7 @@ class ConfigRepair:
             if top_level:
                 raise ModelLoadError(
                     f"{self.path} holds a Sequential model saved without an input shape; pass one "
-                    "with `input_shape`, e.g. `input_shape=\"28,28,1\"` (without the batch axis)"
+                    'with `input_shape`, e.g. `input_shape="28,28,1"` (without the batch axis)'
                 )
             return None  # a nested Sequential is built when the outer model calls it
         name = self._unique(f"{first.get('name', 'input')}_input")
@@ -371,8 +368,12 @@ def _without_op_name(node):
         return node
     if node and isinstance(node[0], str):
         node = [node]
-    return [[*ref[:3], {k: v for k, v in ref[3].items() if k != "name"}]
-            if isinstance(ref, list) and len(ref) == 4 and isinstance(ref[3], dict) else ref for ref in node]
+    return [
+        [*ref[:3], {k: v for k, v in ref[3].items() if k != "name"}]
+        if isinstance(ref, list) and len(ref) == 4 and isinstance(ref[3], dict)
+        else ref
+        for ref in node
+    ]
 
 
 def _module_path(entry: dict) -> str | None:
@@ -506,11 +507,11 @@ def _check_classes(config: dict, objects: dict, path: str) -> None:
         if name in _REMOVED_LAYERS:
             raise ModelLoadError(
                 f"{path} uses the layer {name}, which {_REMOVED_LAYERS[name]}; "
-                f"pass an implementation of {name} with `custom_objects=\"module.py\"`"
+                f'pass an implementation of {name} with `custom_objects="module.py"`'
             )
         raise ModelLoadError(
             f"{path} uses the custom layer class '{name}', which Keras cannot find; pass "
-            "the Python file that defines it with `custom_objects=\"module.py\"`"
+            'the Python file that defines it with `custom_objects="module.py"`'
         )
 
 
@@ -578,9 +579,7 @@ def _all_names(config) -> Iterator[str]:
 
 
 def _is_ref(value) -> bool:
-    return (
-        isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], int)
-    )
+    return isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
 def _is_single_ref_list(value) -> bool:

@@ -108,8 +108,7 @@ def _load_legacy_weights(model, group, original_names: dict, path: str) -> None:
     unused = sorted(stored - used)
     if unused:
         raise ModelLoadError(
-            f"{path} holds weights for layers the model does not have ({', '.join(unused[:5])}); "
-            f"{_CHECK_ARCHITECTURE}"
+            f"{path} holds weights for layers the model does not have ({', '.join(unused[:5])}); {_CHECK_ARCHITECTURE}"
         )
 
 
@@ -206,9 +205,7 @@ def _load_archive_layout(model, root, path: str) -> None:
     """
     loaded = _load_archive_object(model, root, path)
     if loaded < len(model.weights):
-        raise ModelLoadError(
-            f"{path} holds {loaded} of the model's {len(model.weights)} weights; {_CHECK_CONFIG}"
-        )
+        raise ModelLoadError(f"{path} holds {loaded} of the model's {len(model.weights)} weights; {_CHECK_CONFIG}")
 
 
 def _load_archive_object(obj, group, path: str) -> int:
@@ -220,10 +217,9 @@ def _load_archive_object(obj, group, path: str) -> int:
     if stored is not None:
         try:
             obj.load_own_variables(stored)
-        except Exception as exc:  # noqa: BLE001 - a count or shape mismatch
+        except Exception as exc:
             raise ModelLoadError(
-                f"cannot load the weights of layer '{obj.name}' from {path} ({first_line(exc, 160)}); "
-                f"{_CHECK_CONFIG}"
+                f"cannot load the weights of layer '{obj.name}' from {path} ({first_line(exc, 160)}); {_CHECK_CONFIG}"
             ) from exc
         count += len(stored)
     for key in group:

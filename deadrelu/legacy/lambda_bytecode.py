@@ -22,6 +22,7 @@ import struct
 import sys
 import types
 from collections.abc import Callable
+from typing import ClassVar
 
 from deadrelu.errors import ModelLoadError
 
@@ -143,8 +144,8 @@ class _MarshalReader:
     """
 
     LAYOUTS = ("3.6", "3.8", "3.11")
-    _HEADER_INTS = {"3.6": 5, "3.8": 6, "3.11": 5}
-    _CONSTANTS = {"N": None, "F": False, "T": True, ".": Ellipsis}
+    _HEADER_INTS: ClassVar[dict] = {"3.6": 5, "3.8": 6, "3.11": 5}
+    _CONSTANTS: ClassVar[dict] = {"N": None, "F": False, "T": True, ".": Ellipsis}
 
     def __init__(self, data: bytes, layout: str):
         self.data, self.pos, self.layout, self.refs = data, 0, layout, []
@@ -285,9 +286,20 @@ class _Op(enum.IntEnum):
 
 # BINARY_* and UNARY_* opcodes (the same from 3.6 to 3.10) and the operator each applies.
 _BINARY_OPS = {
-    16: operator.matmul, 19: operator.pow, 20: operator.mul, 22: operator.mod, 23: operator.add,
-    24: operator.sub, 25: operator.getitem, 26: operator.floordiv, 27: operator.truediv,
-    62: operator.lshift, 63: operator.rshift, 64: operator.and_, 65: operator.xor, 66: operator.or_,
+    16: operator.matmul,
+    19: operator.pow,
+    20: operator.mul,
+    22: operator.mod,
+    23: operator.add,
+    24: operator.sub,
+    25: operator.getitem,
+    26: operator.floordiv,
+    27: operator.truediv,
+    62: operator.lshift,
+    63: operator.rshift,
+    64: operator.and_,
+    65: operator.xor,
+    66: operator.or_,
 }
 _UNARY_OPS = {10: operator.pos, 11: operator.neg, 12: operator.not_, 15: operator.invert}
 # COMPARE_OP's argument: <, <=, ==, !=, >, >=.

@@ -40,8 +40,10 @@ def resolve_tf_op(name: str):
             return functools.reduce(getattr, name.split("."), root)
         except AttributeError:
             continue
-    raise ModelLoadError(f"the file calls the TensorFlow op tf.{name}, which this TensorFlow "
-                         f"({tf.__version__}) does not have; load it with the TensorFlow version that wrote it")
+    raise ModelLoadError(
+        f"the file calls the TensorFlow op tf.{name}, which this TensorFlow "
+        f"({tf.__version__}) does not have; load it with the TensorFlow version that wrote it"
+    )
 
 
 @keras.saving.register_keras_serializable(package="deadrelu")
@@ -73,6 +75,7 @@ class TFOpLambda(keras.layers.Layer):
 
 def _slice_spec(spec):
     """tf.keras's JSON form of an index (`[{"start": 2, "stop": 5, "step": null}, 0]`) → `(slice(2, 5), 0)`."""
+
     def decode(item):
         if isinstance(item, dict) and item.get("class_name") == "__ellipsis__":
             return Ellipsis

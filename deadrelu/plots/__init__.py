@@ -37,8 +37,25 @@ from deadrelu.plots.overview import overview_figure, plot_overview
 from deadrelu.plots.units import histogram_figure, plot_site_dir, site_figure, site_file_name, unit_map_figure
 
 __all__ = [
-    "COLORS", "DPI", "MAX_HEIGHT", "RATE_FLOOR", "STATUSES", "RowLayout", "diff_figure", "figure_png",
-    "histogram_figure", "overview_figure", "plot_curves", "plot_diff", "plot_overview", "plot_site_dir",
-    "plot_timeline", "row_layout", "save_figure", "site_figure", "site_file_name", "timeline_figure",
+    "COLORS",
+    "DPI",
+    "MAX_HEIGHT",
+    "RATE_FLOOR",
+    "STATUSES",
+    "RowLayout",
+    "diff_figure",
+    "figure_png",
+    "histogram_figure",
+    "overview_figure",
+    "plot_curves",
+    "plot_diff",
+    "plot_overview",
+    "plot_site_dir",
+    "plot_timeline",
+    "row_layout",
+    "save_figure",
+    "site_figure",
+    "site_file_name",
+    "timeline_figure",
     "unit_map_figure",
 ]

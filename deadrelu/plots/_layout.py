@@ -42,6 +42,7 @@ LEGEND_ROW = 0.22
 
 # -- sizing ---------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class RowLayout:
     """How a figure with one row per item is sized and labelled.
@@ -57,8 +58,9 @@ class RowLayout:
     step: int
 
 
-def row_layout(count: int, *, header: float = 1.9, pitch: float = 0.24, min_height: float = 3.4,
-               max_height: float = MAX_HEIGHT) -> RowLayout:
+def row_layout(
+    count: int, *, header: float = 1.9, pitch: float = 0.24, min_height: float = 3.4, max_height: float = MAX_HEIGHT
+) -> RowLayout:
     """Sizes a figure of `count` rows so that its labels neither overlap nor shrink to dust.
 
     Args:
@@ -99,6 +101,7 @@ def _figure(width: float, height: float) -> Figure:
 
 # -- titles and legends ---------------------------------------------------------------------
 
+
 def _legend_columns(labels: list[str], width: float) -> int:
     """The most legend columns whose estimated width (8 pt text) fits in `width` inches.
 
@@ -112,7 +115,7 @@ def _legend_columns(labels: list[str], width: float) -> int:
     sizes = [0.45 + 0.068 * len(label) for label in labels]
     for ncol in range(len(sizes), 1, -1):
         rows = math.ceil(len(sizes) / ncol)
-        columns = [max(sizes[c * rows:(c + 1) * rows], default=0.0) for c in range(ncol)]
+        columns = [max(sizes[c * rows : (c + 1) * rows], default=0.0) for c in range(ncol)]
         if sum(columns) <= width:
             return ncol
     return 1
@@ -142,9 +145,19 @@ def _header(fig: Figure, first: str, second: str, handles: list | None = None) -
     fig.text(0.006, 1.0 - 0.1 * inch, first, ha="left", va="top", fontsize=10, fontweight="bold")
     fig.text(0.006, 1.0 - 0.36 * inch, second, ha="left", va="top", fontsize=8.5, color="#333333")
     if handles:
-        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 1.0 - (TITLE_BAND - 0.02) * inch),
-                   ncol=ncol, fontsize=8, frameon=False, handlelength=1.4, columnspacing=1.4, borderaxespad=0.0,
-                   borderpad=0.2, labelspacing=0.25)
+        fig.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(0.0, 1.0 - (TITLE_BAND - 0.02) * inch),
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+            handlelength=1.4,
+            columnspacing=1.4,
+            borderaxespad=0.0,
+            borderpad=0.2,
+            labelspacing=0.25,
+        )
 
 
 def _legend_handles(entries: list[tuple[str, dict]]) -> list:
@@ -180,20 +193,26 @@ def _summary_title(report: Report) -> tuple[str, str]:
     """
     s = report.summary
     name = shorten(str(report.model.get("name") or report.model.get("path") or "model"), 32)
-    first = (f"{name}: {s['dead']:,}/{s['units']:,} units dead ({s['dead_fraction']:.1%}), {s['dying']:,} dying, "
-             f"{s['saturated']:,} saturated; {s['flagged_sites']}/{s['sites']} sites flagged")
+    first = (
+        f"{name}: {s['dead']:,}/{s['units']:,} units dead ({s['dead_fraction']:.1%}), {s['dying']:,} dying, "
+        f"{s['saturated']:,} saturated; {s['flagged_sites']}/{s['sites']} sites flagged"
+    )
     samples = report.data.get("samples")
     samples = f"{samples:,}" if isinstance(samples, int) else "?"
     source = os.path.basename(str(report.data.get("source") or "")) or "?"
     settings = report.settings
     synthetic = " (SYNTHETIC inputs: not a real verdict)" if report.data.get("synthetic") else ""
-    second = (f"{samples} samples from {source}" + synthetic
-              + f"; dying: active < {settings.get('dying_threshold', 0.01):g}; "
-              f"flagged: ≥ {settings.get('flag_threshold', 0.1):.0%} dead")
+    second = (
+        f"{samples} samples from {source}"
+        + synthetic
+        + f"; dying: active < {settings.get('dying_threshold', 0.01):g}; "
+        f"flagged: ≥ {settings.get('flag_threshold', 0.1):.0%} dead"
+    )
     return first, second
 
 
 # -- rows and bars --------------------------------------------------------------------------
+
 
 def _site_labels(sites: list[SiteReport], width: int = 40) -> list[str]:
     """Row labels "path  dead/units", prefixed with the model-order index when there are many rows.
@@ -206,12 +225,15 @@ def _site_labels(sites: list[SiteReport], width: int = 40) -> list[str]:
         One label per site.
     """
     numbered = len(sites) > 12
-    return [(f"#{i} " if numbered else "") + f"{shorten(site.path, width)}  {len(site.dead)}/{site.units}"
-            for i, site in enumerate(sites)]
+    return [
+        (f"#{i} " if numbered else "") + f"{shorten(site.path, width)}  {len(site.dead)}/{site.units}"
+        for i, site in enumerate(sites)
+    ]
 
 
-def _row_ticks(ax: Axes, labels: list[str], layout: RowLayout, *, colors: list[str] | None = None,
-               side: str = "left") -> None:
+def _row_ticks(
+    ax: Axes, labels: list[str], layout: RowLayout, *, colors: list[str] | None = None, side: str = "left"
+) -> None:
     """Labels every row (every `layout.step`-th) beside the axes, top row first.
 
     The labels are plain texts, not tick labels: with hundreds of rows matplotlib's tick machinery
@@ -237,20 +259,45 @@ def _row_ticks(ax: Axes, labels: list[str], layout: RowLayout, *, colors: list[s
     colors = colors or ["black"] * len(labels)
     shown = range(0, len(labels), layout.step)
     for i in shown:
-        text = ax.text(x, i, labels[i], transform=transform, ha=align, va="center", fontsize=layout.fontsize,
-                       color=colors[i], clip_on=False)
+        text = ax.text(
+            x,
+            i,
+            labels[i],
+            transform=transform,
+            ha=align,
+            va="center",
+            fontsize=layout.fontsize,
+            color=colors[i],
+            clip_on=False,
+        )
         text.set_in_layout(False)
     for i in sorted(shown, key=lambda i: -len(labels[i]))[:3]:
-        ax.text(x, i, labels[i], transform=transform, ha=align, va="center", fontsize=layout.fontsize,
-                color="none", clip_on=False)
-    marks = np.arange(len(labels))[::layout.step]
-    ax.plot(np.full(marks.size, x), marks, transform=blended_transform_factory(ax.transAxes, ax.transData),
-            ls="none", marker=0 if side == "left" else 1, color="black", markersize=2.5, markeredgewidth=0.6,
-            clip_on=False)
+        ax.text(
+            x,
+            i,
+            labels[i],
+            transform=transform,
+            ha=align,
+            va="center",
+            fontsize=layout.fontsize,
+            color="none",
+            clip_on=False,
+        )
+    marks = np.arange(len(labels))[:: layout.step]
+    ax.plot(
+        np.full(marks.size, x),
+        marks,
+        transform=blended_transform_factory(ax.transAxes, ax.transData),
+        ls="none",
+        marker=0 if side == "left" else 1,
+        color="black",
+        markersize=2.5,
+        markeredgewidth=0.6,
+        clip_on=False,
+    )
 
 
-def _bars(ax: Axes, at, start, end, color, *, thickness: float = 0.86,
-          horizontal: bool = True) -> PolyCollection:
+def _bars(ax: Axes, at, start, end, color, *, thickness: float = 0.86, horizontal: bool = True) -> PolyCollection:
     """Many bars as one PolyCollection (much faster than `barh` with hundreds of rows).
 
     Args:
@@ -272,17 +319,20 @@ def _bars(ax: Axes, at, start, end, color, *, thickness: float = 0.86,
     end = np.broadcast_to(np.asarray(end, dtype=float), at.shape)
     lo, hi = at - thickness / 2, at + thickness / 2
     if horizontal:
-        verts = np.stack([np.stack([start, lo], 1), np.stack([end, lo], 1), np.stack([end, hi], 1),
-                          np.stack([start, hi], 1)], 1)
+        verts = np.stack(
+            [np.stack([start, lo], 1), np.stack([end, lo], 1), np.stack([end, hi], 1), np.stack([start, hi], 1)], 1
+        )
     else:
-        verts = np.stack([np.stack([lo, start], 1), np.stack([lo, end], 1), np.stack([hi, end], 1),
-                          np.stack([hi, start], 1)], 1)
+        verts = np.stack(
+            [np.stack([lo, start], 1), np.stack([lo, end], 1), np.stack([hi, end], 1), np.stack([hi, start], 1)], 1
+        )
     collection = PolyCollection(verts, facecolors=color, edgecolors="none", linewidths=0)
     ax.add_collection(collection, autolim=False)
     return collection
 
 
 # -- log axes and tick formatters -----------------------------------------------------------
+
 
 def _log_floor(values: np.ndarray, span: float = 1e8) -> float:
     """Where zero is drawn on a log axis.
@@ -351,6 +401,7 @@ def _abs_formatter() -> FuncFormatter:
 
 
 # -- files ----------------------------------------------------------------------------------
+
 
 def save_figure(fig: Figure, path: str, *, dpi: int = DPI) -> str:
     """Writes a figure as PNG, atomically.

@@ -53,8 +53,14 @@ def timeline_figure(checks: list[Check], *, title: str = "dead units during trai
         cmap = colormaps["tab20"]
         for i, site_path in enumerate(paths):
             shares = [c.site_dead_fraction(site_path) for c in checks]
-            ax.plot(x, shares, marker=".", lw=1.2, color=cmap(i % 20),
-                    label=shorten(site_path, 30) if len(paths) <= 20 else None)
+            ax.plot(
+                x,
+                shares,
+                marker=".",
+                lw=1.2,
+                color=cmap(i % 20),
+                label=shorten(site_path, 30) if len(paths) <= 20 else None,
+            )
         ax.plot(x, [c.dead_fraction for c in checks], color="black", lw=2.4, label="whole model")
         for c in checks:
             if c.action == "revive":

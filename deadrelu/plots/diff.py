@@ -62,11 +62,25 @@ def diff_figure(diff: ReportDiff) -> Figure:
     if len(labels) <= 60:
         for row, (d, r) in enumerate(zip(died, revived)):
             if d:
-                ax.text(d + reach * 0.015, row, f"+{int(d):,}", va="center", ha="left", fontsize=layout.fontsize - 1,
-                        color=COLORS["dead"])
+                ax.text(
+                    d + reach * 0.015,
+                    row,
+                    f"+{int(d):,}",
+                    va="center",
+                    ha="left",
+                    fontsize=layout.fontsize - 1,
+                    color=COLORS["dead"],
+                )
             if r:
-                ax.text(-r - reach * 0.015, row, f"−{int(r):,}", va="center", ha="right",
-                        fontsize=layout.fontsize - 1, color=COLORS["healthy"])
+                ax.text(
+                    -r - reach * 0.015,
+                    row,
+                    f"−{int(r):,}",
+                    va="center",
+                    ha="right",
+                    fontsize=layout.fontsize - 1,
+                    color=COLORS["healthy"],
+                )
     colors = ["black"] * len(sites) + [GREY] * (len(diff.only_new) + len(diff.only_old))
     _row_ticks(ax, labels, layout, colors=colors)
     ax.tick_params(axis="x", labelsize=8)
@@ -77,8 +91,13 @@ def diff_figure(diff: ReportDiff) -> Figure:
     after = np.array([s.dead_after / s.units if s.units else 0.0 for s in sites])
     share.hlines(rows, np.minimum(before, after), np.maximum(before, after), color=GREY, lw=1.2)
     share.scatter(before, rows, s=18, facecolors="white", edgecolors=DARK, zorder=3)
-    share.scatter(after, rows, s=18, color=[COLORS["dead"] if a > b else (COLORS["healthy"] if a < b else DARK)
-                                            for a, b in zip(after, before)], zorder=4)
+    share.scatter(
+        after,
+        rows,
+        s=18,
+        color=[COLORS["dead"] if a > b else (COLORS["healthy"] if a < b else DARK) for a, b in zip(after, before)],
+        zorder=4,
+    )
     share.set_xlim(-0.03, 1.03)
     share.xaxis.set_major_formatter("{x:.0%}")
     share.tick_params(axis="y", labelleft=False)
@@ -87,13 +106,18 @@ def diff_figure(diff: ReportDiff) -> Figure:
     share.set_title("dead share before → after", fontsize=9, loc="left")
     share.grid(axis="x", lw=0.4, alpha=0.5)
     s = diff.summary
-    entries = [(f"newly dead ({s['newly_dead']:,})", {"facecolor": COLORS["dead"]}),
-               (f"revived ({s['revived']:,})", {"facecolor": COLORS["healthy"]})]
-    _header(fig, f"{diff.new.get('name') or 'new'} vs {diff.old.get('name') or 'old'}: dead units "
-                 f"{s['dead_before']:,} → {s['dead_after']:,}; {s['newly_dead']:,} newly dead, "
-                 f"{s['revived']:,} revived",
-            f"new: {shorten(str(diff.new.get('model')), 60)}   old: {shorten(str(diff.old.get('model')), 60)}",
-            _legend_handles(entries))
+    entries = [
+        (f"newly dead ({s['newly_dead']:,})", {"facecolor": COLORS["dead"]}),
+        (f"revived ({s['revived']:,})", {"facecolor": COLORS["healthy"]}),
+    ]
+    _header(
+        fig,
+        f"{diff.new.get('name') or 'new'} vs {diff.old.get('name') or 'old'}: dead units "
+        f"{s['dead_before']:,} → {s['dead_after']:,}; {s['newly_dead']:,} newly dead, "
+        f"{s['revived']:,} revived",
+        f"new: {shorten(str(diff.new.get('model')), 60)}   old: {shorten(str(diff.old.get('model')), 60)}",
+        _legend_handles(entries),
+    )
     if not labels:
         ax.text(0.5, 0.5, "no site in either report", ha="center", va="center", transform=ax.transAxes)
     return fig

@@ -120,22 +120,36 @@ def _share_panel(ax: Axes, report: Report, layout: RowLayout) -> list:
         from matplotlib.transforms import blended_transform_factory
 
         marks = blended_transform_factory(ax.transAxes, ax.transData)
-        ax.scatter([1.018] * len(flagged), flagged, marker="<", s=min(30.0, layout.fontsize ** 2), color=COLORS["dead"],
-                   transform=marks, clip_on=False, zorder=3, linewidths=0)
-        entries.append(("flagged site (◀, red label)", {"kind": "line", "color": COLORS["dead"], "marker": "<",
-                                                        "ls": "none"}))
+        ax.scatter(
+            [1.018] * len(flagged),
+            flagged,
+            marker="<",
+            s=min(30.0, layout.fontsize**2),
+            color=COLORS["dead"],
+            transform=marks,
+            clip_on=False,
+            zorder=3,
+            linewidths=0,
+        )
+        entries.append(
+            ("flagged site (◀, red label)", {"kind": "line", "color": COLORS["dead"], "marker": "<", "ls": "none"})
+        )
     labels = _site_labels(sites)
     _row_ticks(ax, labels, layout, colors=[COLORS["dead"] if s.flagged else "black" for s in sites])
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter("{x:.0%}")
     ax.set_xlabel("share of the site's units (label: dead / units)", fontsize=8)
-    ax.set_title("unit status per site, model order" + (f" (every {layout.step}th label)" if layout.step > 1 else ""),
-                 fontsize=9, loc="left")
+    ax.set_title(
+        "unit status per site, model order" + (f" (every {layout.step}th label)" if layout.step > 1 else ""),
+        fontsize=9,
+        loc="left",
+    )
     ax.tick_params(axis="x", labelsize=8)
     _top_labels(ax, len(sites))
     if not sites:
-        ax.text(0.5, 0.5, "no ReLU site: nothing here can die this way", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no ReLU site: nothing here can die this way", ha="center", va="center", transform=ax.transAxes
+        )
         ax.set_ylim(0.5, -0.5)
     return _legend_handles(entries)
 
@@ -159,9 +173,10 @@ def _site_gradient_panel(ax: Axes, sites: list[SiteReport]) -> list:
     _bars(ax, rows[positive], ax.get_xlim()[0], np.maximum(means[positive], floor), GREY)
     ax.scatter(np.maximum(live[positive], floor), rows[positive], s=9, color=DARK, zorder=3, linewidths=0)
     zero = measured & ~(means > 0)
-    entries = [("mean |∂ℓ/∂z|, all units", {"facecolor": GREY}),
-               ("… over units that fire",
-                {"kind": "line", "color": DARK, "marker": "o", "ls": "none", "markersize": 4})]
+    entries = [
+        ("mean |∂ℓ/∂z|, all units", {"facecolor": GREY}),
+        ("… over units that fire", {"kind": "line", "color": DARK, "marker": "o", "ls": "none", "markersize": 4}),
+    ]
     if zero.any():
         ax.scatter(np.full(zero.sum(), floor), rows[zero], marker="x", color=COLORS["dead"], s=25, zorder=3)
         entries.append(("no gradient at all", {"kind": "line", "color": COLORS["dead"], "marker": "x", "ls": "none"}))
@@ -193,11 +208,17 @@ def _layer_gradient_panel(ax: Axes, layer_gradients: list[dict]) -> None:
     floor = _log_axis(ax, "x", norms)
     _bars(ax, rows[norms > 0], ax.get_xlim()[0], np.maximum(norms[norms > 0], floor), "#2980b9")
     if (norms <= 0).any():
-        ax.scatter(np.full((norms <= 0).sum(), floor), rows[norms <= 0], marker="x", color=COLORS["dead"], s=25,
-                   zorder=3)
+        ax.scatter(
+            np.full((norms <= 0).sum(), floor), rows[norms <= 0], marker="x", color=COLORS["dead"], s=25, zorder=3
+        )
     layout = row_layout(len(norms))
-    _row_ticks(ax, [shorten(str(g.get("path", "?")), 32) for g in layer_gradients], layout,
-               colors=[COLORS["dead"] if n <= 0 else "black" for n in norms], side="right")
+    _row_ticks(
+        ax,
+        [shorten(str(g.get("path", "?")), 32) for g in layer_gradients],
+        layout,
+        colors=[COLORS["dead"] if n <= 0 else "black" for n in norms],
+        side="right",
+    )
     ax.tick_params(axis="x", labelsize=8)
     _top_labels(ax, len(norms))
     ax.set_xlabel("‖∇W‖ per layer (log; red ×: zero)", fontsize=8)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # -- colour by active rate ------------------------------------------------------------------
 
+
 def _rate_colors(rates: np.ndarray, dead: np.ndarray) -> np.ndarray:
     """RGBA per unit: active rate on a log colour scale (viridis, no red in it); dead units red.
 
@@ -56,8 +57,9 @@ def _rate_colors(rates: np.ndarray, dead: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def _rate_colorbar(fig: Figure, ax: Axes, *, location: str = "right",
-                   label: str = "active rate (log); red: dead") -> None:
+def _rate_colorbar(
+    fig: Figure, ax: Axes, *, location: str = "right", label: str = "active rate (log); red: dead"
+) -> None:
     """The colour key of `_rate_colors`, beside (`location="right"`) or above ("top") `ax`.
 
     Args:
@@ -70,10 +72,21 @@ def _rate_colorbar(fig: Figure, ax: Axes, *, location: str = "right",
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
 
-    options = {"fraction": 0.05, "pad": 0.02} if location == "right" else {
-        "location": "top", "shrink": 0.45, "aspect": 45, "pad": 0.005, "anchor": (0.0, 0.0), "panchor": (0.0, 1.0)}
-    bar = fig.colorbar(ScalarMappable(norm=LogNorm(vmin=RATE_FLOOR, vmax=1.0), cmap=colormaps["viridis"]), ax=ax,
-                       **options)
+    options = (
+        {"fraction": 0.05, "pad": 0.02}
+        if location == "right"
+        else {
+            "location": "top",
+            "shrink": 0.45,
+            "aspect": 45,
+            "pad": 0.005,
+            "anchor": (0.0, 0.0),
+            "panchor": (0.0, 1.0),
+        }
+    )
+    bar = fig.colorbar(
+        ScalarMappable(norm=LogNorm(vmin=RATE_FLOOR, vmax=1.0), cmap=colormaps["viridis"]), ax=ax, **options
+    )
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
 
@@ -95,6 +108,7 @@ def _dead_mask(site: SiteReport) -> np.ndarray:
 
 
 # -- the whole model ------------------------------------------------------------------------
+
 
 def unit_map_figure(report: Report, *, columns: int = 240) -> Figure:
     """Every unit of the model at once: one row per site, its units sorted by active rate.
@@ -125,14 +139,12 @@ def unit_map_figure(report: Report, *, columns: int = 240) -> Figure:
     if len(sites) > 1:
         row_points = (layout.height - 1.7) * 72.0 / len(sites)
         ax.hlines(np.arange(len(sites) - 1) + 0.5, 0.0, 1.0, color="white", lw=min(2.0, 0.15 * row_points))
-    _row_ticks(ax, _site_labels(sites), layout,
-               colors=[COLORS["dead"] if s.flagged else "black" for s in sites])
+    _row_ticks(ax, _site_labels(sites), layout, colors=[COLORS["dead"] if s.flagged else "black" for s in sites])
     ax.xaxis.set_major_formatter("{x:.0%}")
     ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel("units of each site, sorted by active rate (share of the site's units)", fontsize=8)
     _rate_colorbar(fig, ax, location="top")
-    _header(fig, "unit map: every unit's active rate, one row per site (model order)",
-              _summary_title(report)[0])
+    _header(fig, "unit map: every unit's active rate, one row per site (model order)", _summary_title(report)[0])
     return fig
 
 
@@ -156,20 +168,31 @@ def histogram_figure(report: Report, *, bins: int = 25) -> Figure:
     centers = np.sqrt(edges[:-1] * edges[1:])
     colors = [COLORS["dying"] if c < dying else COLORS["healthy"] for c in centers]
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=colors, edgecolor="white", linewidth=0.5)
-    zero_at = RATE_FLOOR / 10 ** 1.2
-    zero_width = (RATE_FLOOR / 10 ** 0.7 - zero_at)
+    zero_at = RATE_FLOOR / 10**1.2
+    zero_width = RATE_FLOOR / 10**0.7 - zero_at
     if dead.any():
         ax.bar([zero_at], [dead.sum()], width=zero_width, align="edge", color=COLORS["dead"])
-        ax.annotate(f"{dead.sum():,} dead", (zero_at + zero_width / 2, dead.sum()), xytext=(0, 3),
-                    textcoords="offset points", ha="center", fontsize=8)
+        ax.annotate(
+            f"{dead.sum():,} dead",
+            (zero_at + zero_width / 2, dead.sum()),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
     ax.axvline(dying, color="black", lw=0.8, ls="--")
-    ax.annotate(f"dying < {dying:g}", (dying, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                textcoords="offset points", fontsize=8)
+    ax.annotate(
+        f"dying < {dying:g}",
+        (dying, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(3, -12),
+        textcoords="offset points",
+        fontsize=8,
+    )
     ax.set_xscale("log")
     ax.set_xlim(zero_at / 2, 1.3)
-    ticks = [zero_at + zero_width / 2] + [10.0 ** k for k in range(int(math.log10(RATE_FLOOR)), 1)]
-    ax.set_xticks(ticks, ["0\n(dead)"] + [f"$10^{{{k}}}$" for k in range(int(math.log10(RATE_FLOOR)), 1)],
-                  fontsize=8)
+    ticks = [zero_at + zero_width / 2] + [10.0**k for k in range(int(math.log10(RATE_FLOOR)), 1)]
+    ax.set_xticks(ticks, ["0\n(dead)"] + [f"$10^{{{k}}}$" for k in range(int(math.log10(RATE_FLOOR)), 1)], fontsize=8)
     ax.xaxis.set_minor_locator(_no_ticks())
     top = max(int(counts.max()) if counts.size else 0, int(dead.sum()), 1)
     if top > 50:
@@ -186,6 +209,7 @@ def histogram_figure(report: Report, *, bins: int = 25) -> Figure:
 
 # -- one site -------------------------------------------------------------------------------
 
+
 def site_figure(site: SiteReport, settings: dict | None = None, *, index: int | None = None) -> Figure:
     """One site's units: sorted active rates (with gradients below, if measured) and an index-order map.
 
@@ -200,8 +224,9 @@ def site_figure(site: SiteReport, settings: dict | None = None, *, index: int | 
     settings = settings or {}
     gradients = site.grad_mean_abs is not None
     fig = _figure(11.0, 5.6 if gradients else 4.4)
-    grid = fig.add_gridspec(2 if gradients else 1, 2, width_ratios=[1.6, 1.0],
-                            height_ratios=[2.0, 1.0] if gradients else None)
+    grid = fig.add_gridspec(
+        2 if gradients else 1, 2, width_ratios=[1.6, 1.0], height_ratios=[2.0, 1.0] if gradients else None
+    )
     rates_ax = fig.add_subplot(grid[0, 0])
     order = np.argsort(site.active_rate, kind="stable")
     _sorted_rates_panel(rates_ax, site, order, float(settings.get("dying_threshold", 0.01)))
@@ -215,9 +240,10 @@ def site_figure(site: SiteReport, settings: dict | None = None, *, index: int | 
     positions = f" × {site.positions:,} positions" if site.positions > 1 else ""
     number = f"#{index} " if index is not None else ""
     first = f"{number}{shorten(site.path, 90)}  ({site.layer}, {site.kind})"
-    second = (f"{site.units:,} units{positions}: {len(site.dead):,} dead ({site.dead_fraction:.1%}), "
-              f"{len(site.dying):,} dying, {len(site.saturated):,} saturated"
-              + ("  — FLAGGED" if site.flagged else ""))
+    second = (
+        f"{site.units:,} units{positions}: {len(site.dead):,} dead ({site.dead_fraction:.1%}), "
+        f"{len(site.dying):,} dying, {len(site.saturated):,} saturated" + ("  — FLAGGED" if site.flagged else "")
+    )
     _header(fig, first, second)
     return fig
 
@@ -239,14 +265,25 @@ def _sorted_rates_panel(ax: Axes, site: SiteReport, order: np.ndarray, dying: fl
     if dead:  # sorted first; no height on a log scale, so a red band, a red floor bar and a count
         ax.axvspan(-0.5, dead - 0.5, color=COLORS["dead"], alpha=0.3, linewidth=0)
         _bars(ax, x[:dead], floor, floor * 3.0, COLORS["dead"], thickness=1.0, horizontal=False).set_label(
-            f"dead ({dead:,}): never fire")
-        ax.text((dead - 1) / 2, 10 ** -3.5, f"{dead:,} dead\nunit{'s' if dead > 1 else ''}", ha="center",
-                va="center", fontsize=9, color=COLORS["dead"], fontweight="bold", clip_on=True)
+            f"dead ({dead:,}): never fire"
+        )
+        ax.text(
+            (dead - 1) / 2,
+            10**-3.5,
+            f"{dead:,} dead\nunit{'s' if dead > 1 else ''}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            color=COLORS["dead"],
+            fontweight="bold",
+            clip_on=True,
+        )
     for name in STATUSES[1:]:
         mask = status == name
         if mask.any():
-            _bars(ax, x[mask], floor, np.clip(rates[mask], floor, 1.0), COLORS[name], thickness=1.0,
-                  horizontal=False).set_label(f"{name} ({mask.sum():,})")
+            _bars(
+                ax, x[mask], floor, np.clip(rates[mask], floor, 1.0), COLORS[name], thickness=1.0, horizontal=False
+            ).set_label(f"{name} ({mask.sum():,})")
     ax.axhline(dying, color="black", lw=0.8, ls="--", label=f"dying threshold {dying:g}")
     ax.set_yscale("log")
     ax.set_ylim(floor, 1.5)
@@ -255,8 +292,16 @@ def _sorted_rates_panel(ax: Axes, site: SiteReport, order: np.ndarray, dying: fl
     ax.set_xlabel("units, sorted by active rate", fontsize=8)
     ax.tick_params(labelsize=8)
     ax.set_title("units sorted by active rate", fontsize=9, loc="left")
-    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.08), ncol=5, fontsize=7, frameon=False, borderaxespad=0,
-              handlelength=1.2, columnspacing=1.0)
+    ax.legend(
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.08),
+        ncol=5,
+        fontsize=7,
+        frameon=False,
+        borderaxespad=0,
+        handlelength=1.2,
+        columnspacing=1.0,
+    )
 
 
 def _sorted_gradient_panel(ax: Axes, site: SiteReport, order: np.ndarray) -> None:
@@ -291,15 +336,22 @@ def _index_map_panel(fig: Figure, ax: Axes, site: SiteReport) -> None:
     cols = max(1, math.ceil(math.sqrt(units * 1.6)))
     rows = math.ceil(units / cols)
     image = np.ones((rows * cols, 4))
-    image[:site.units] = _rate_colors(site.active_rate, _dead_mask(site))
+    image[: site.units] = _rate_colors(site.active_rate, _dead_mask(site))
     ax.imshow(image.reshape(rows, cols, 4), interpolation="nearest", aspect="auto")
     if site.units <= 256:
         dead = set(site.dead)
         size = 7 if cols <= 10 else (6 if cols <= 16 else 4.5)
         for unit in range(site.units):
             if site.units <= 64 or unit in dead:
-                ax.text(unit % cols, unit // cols, str(unit), ha="center", va="center", fontsize=size,
-                        color="white" if unit in dead or site.active_rate[unit] < 0.05 else "black")
+                ax.text(
+                    unit % cols,
+                    unit // cols,
+                    str(unit),
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="white" if unit in dead or site.active_rate[unit] < 0.05 else "black",
+                )
     ax.set_xticks([])
     ax.set_yticks(range(rows), [str(r * cols) for r in range(rows)] if rows <= 40 else [""] * rows, fontsize=6)
     ax.tick_params(axis="y", length=0)
@@ -308,6 +360,7 @@ def _index_map_panel(fig: Figure, ax: Axes, site: SiteReport) -> None:
 
 
 # -- every figure into a folder -------------------------------------------------------------
+
 
 def site_file_name(index: int, path: str) -> str:
     """A safe, unique file name for a site's figure, e.g. `site-003-decoder_conv2d_3.png`.
@@ -345,10 +398,15 @@ def plot_site_dir(report: Report, folder: str) -> list[str]:
     from deadrelu.files import check_output_folder
 
     folder = check_output_folder(folder, create=True)
-    written = [save_figure(overview_figure(report), os.path.join(folder, "overview.png")),
-               save_figure(unit_map_figure(report), os.path.join(folder, "unit_map.png")),
-               save_figure(histogram_figure(report), os.path.join(folder, "active_rates.png"))]
+    written = [
+        save_figure(overview_figure(report), os.path.join(folder, "overview.png")),
+        save_figure(unit_map_figure(report), os.path.join(folder, "unit_map.png")),
+        save_figure(histogram_figure(report), os.path.join(folder, "active_rates.png")),
+    ]
     for index, site in enumerate(report.sites):
-        written.append(save_figure(site_figure(site, report.settings, index=index),
-                                   os.path.join(folder, site_file_name(index, site.path))))
+        written.append(
+            save_figure(
+                site_figure(site, report.settings, index=index), os.path.join(folder, site_file_name(index, site.path))
+            )
+        )
     return written

@@ -61,7 +61,7 @@ def main() -> None:
         args.samples, args.repeats = 2000, 1
 
     x, y, source = load_inputs(args.samples + args.probe)
-    x_train, y_train, probe = x[:args.samples], y[:args.samples], x[args.samples:]
+    x_train, y_train, probe = x[: args.samples], y[: args.samples], x[args.samples :]
     print(f"data: {source}; {args.samples} training samples, {args.probe} probe samples, {args.epochs} epochs")
     fit_once(x_train[:500], y_train[:500], probe[:100], 1, True)  # warm up TensorFlow itself (not timed)
 
@@ -74,8 +74,10 @@ def main() -> None:
             checks = ""
             if monitor:
                 inside.append(monitor.seconds / seconds)
-                checks = (f", {len(monitor.timeline)} checks taking {monitor.seconds:.2f} s, "
-                          f"dead {monitor.timeline[-1].dead_fraction:.1%}")
+                checks = (
+                    f", {len(monitor.timeline)} checks taking {monitor.seconds:.2f} s, "
+                    f"dead {monitor.timeline[-1].dead_fraction:.1%}"
+                )
             print(f"  run {repeat + 1}: {'with' if with_monitor else 'without'} monitor {seconds:.2f} s{checks}")
 
     base, monitored = statistics.median(times[False]), statistics.median(times[True])
