@@ -264,8 +264,9 @@ class Probe:
         >>> result = probe.run(batches)   # batches: iterable of numpy arrays
     """
 
-    def __init__(self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None,
-                 weak: bool = False):
+    def __init__(
+        self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None, weak: bool = False
+    ):
         self._model = weakref.ref(model) if weak else (lambda: model)
         site_map = site_map if site_map is not None else find_sites(model)
         if any(site.op_level for site in site_map.sites):  # a complete map: its op-level sites are found again
@@ -363,8 +364,10 @@ class Probe:
                     else:
                         self._step(x)
                 except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
-                    raise DataError(f"the model failed on the data ({_first_line(exc)}); check the shape and "
-                                    "type of the data and labels against the model's input and output") from exc
+                    raise DataError(
+                        f"the model failed on the data ({_first_line(exc)}); check the shape and "
+                        "type of the data and labels against the model's input and output"
+                    ) from exc
             n = _batch_size(x)
             samples += n
             if on_batch is not None:
@@ -436,12 +439,17 @@ class Probe:
             # and those symbolic outputs must not be counted as calls.
             if not getattr(self.model, "built", False):
                 self.model(one, training=False)
-            with hooked(self.site_map, self._recorder), self._recorder.recording() as records, \
-                    self._intercepting(discovered) as interception:
+            with (
+                hooked(self.site_map, self._recorder),
+                self._recorder.recording() as records,
+                self._intercepting(discovered) as interception,
+            ):
                 self.model(one, training=False)
         except Exception as exc:  # a shape/dtype mismatch is the user's data
-            raise DataError(f"the model cannot run on this data ({_first_line(exc)}); "
-                            f"check the data's shape against the model input {_input_shape(self.model)}") from exc
+            raise DataError(
+                f"the model cannot run on this data ({_first_line(exc)}); "
+                f"check the data's shape against the model input {_input_shape(self.model)}"
+            ) from exc
         self._sites = layer_level + [_how_applied(site, interception, self.site_map) for site in op_sites]
         layout = []
         for site in self._sites:
@@ -463,11 +471,17 @@ class Probe:
     def _intercepting(self, on_apply):
         """Op-level interception for one forward pass (see `deadrelu.op_sites.intercept_relus`)."""
         known = self.site_map.layer_paths
-        layers = {id(layer): layer for layer in [self.model] + child_layers(self.model, recursive=True)
-                  if id(layer) in known}
+        layers = {
+            id(layer): layer for layer in [self.model] + child_layers(self.model, recursive=True) if id(layer) in known
+        }
         callables = [(layers[key], attribute) for key, attribute in self.site_map.callables.items() if key in layers]
-        return intercept_relus(on_apply, layers.values(), callables=callables, quiet_layers=self.site_map.quiet_layers,
-                               quiet=self._recorder.is_quiet)
+        return intercept_relus(
+            on_apply,
+            layers.values(),
+            callables=callables,
+            quiet_layers=self.site_map.quiet_layers,
+            quiet=self._recorder.is_quiet,
+        )
 
     def _traced_op(self, outer_graph):
         """While the step is traced: records each op-level site's output, or says why it cannot."""
@@ -477,8 +491,12 @@ class Probe:
             if index is None:
                 # Ran when traced but not in the eager pass (code that branches on the mode).
                 site = _op_site(application, -1, self.site_map, set())
-                self._strays.setdefault(site.path, OtherActivation(
-                    site.path, site.layer_class, site.activation, "ran only in graph mode: not measured"))
+                self._strays.setdefault(
+                    site.path,
+                    OtherActivation(
+                        site.path, site.layer_class, site.activation, "ran only in graph mode: not measured"
+                    ),
+                )
                 return output
             reason = _unmeasurable(output, outer_graph)
             if reason is not None:
@@ -503,18 +521,23 @@ class Probe:
                 inside = any(other.layer is site.layer for other in self._sites if self._unmeasured.get(other.index))
                 self._unmeasured[site.index] = None if inside else "ran in the eager pass only, not when traced"
         measured = [site for site in self._sites if site.index not in self._unmeasured]
-        unmeasured = [OtherActivation(site.path, site.layer_class, site.activation, self._unmeasured[site.index])
-                      for site in self._sites if self._unmeasured.get(site.index)] + list(self._strays.values())
+        unmeasured = [
+            OtherActivation(site.path, site.layer_class, site.activation, self._unmeasured[site.index])
+            for site in self._sites
+            if self._unmeasured.get(site.index)
+        ] + list(self._strays.values())
         # An unknown activation whose ReLUs are now measured is no longer "not measured".
         applied_by = {site_map.layer_paths.get(id(site.layer)) for site in measured if site.op_level}
-        others = [other for other in site_map.others
-                  if not (other.reason == UNKNOWN_REASON and other.path in applied_by)] + unmeasured
+        others = [
+            other for other in site_map.others if not (other.reason == UNKNOWN_REASON and other.path in applied_by)
+        ] + unmeasured
         notes = list(site_map.notes)
         if unmeasured:
             listed = "; ".join(f"{o.path} ({o.layer_class}): {o.reason}" for o in unmeasured[:3])
             more = f"; and {len(unmeasured) - 3} more" if len(unmeasured) > 3 else ""
-            notes.append(f"{len(unmeasured)} ReLU{'s' if len(unmeasured) > 1 else ''} ran that no site covers: "
-                         f"{listed}{more}")
+            notes.append(
+                f"{len(unmeasured)} ReLU{'s' if len(unmeasured) > 1 else ''} ran that no site covers: {listed}{more}"
+            )
         return dataclasses.replace(site_map, sites=measured, others=others, notes=notes)
 
     # -- the traced steps -----------------------------------------------------------------
@@ -542,11 +565,14 @@ class Probe:
             total = tf.reduce_sum(per_sample)
         variables = [v for group in self._weight_groups for v in group.variables]
         outputs = [output for _, output in records]
-        grads = tape.gradient(total, outputs + variables,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self._acc.add_sites([(site_index, self._site_stats(site_index, output, grad))
-                             for (site_index, output), grad in zip(records, grads[:len(outputs)])])
-        self._acc.add_weight_grads(grads[len(outputs):])
+        grads = tape.gradient(total, outputs + variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        self._acc.add_sites(
+            [
+                (site_index, self._site_stats(site_index, output, grad))
+                for (site_index, output), grad in zip(records, grads[: len(outputs)])
+            ]
+        )
+        self._acc.add_weight_grads(grads[len(outputs) :])
         self._acc.add_loss(total)
         return 0
 
@@ -561,22 +587,33 @@ class Probe:
                 continue
             if site.op_level:
                 calls = self._traced_calls.get(site.index, 0)
-            stats.append(SiteStatistics(
-                site=site, calls=calls, positions=positions, samples=samples * calls,
-                fires=sums["fires"], sample_fires=sums["sample_fires"], sum_abs=sums["sum_abs"],
-                max_output=sums["max"], saturated=sums.get("saturated"),
-                grad_abs_sum=sums.get("grad_abs"), grad_zero=sums.get("grad_zero"),
-            ))
+            stats.append(
+                SiteStatistics(
+                    site=site,
+                    calls=calls,
+                    positions=positions,
+                    samples=samples * calls,
+                    fires=sums["fires"],
+                    sample_fires=sums["sample_fires"],
+                    sum_abs=sums["sum_abs"],
+                    max_output=sums["max"],
+                    saturated=sums.get("saturated"),
+                    grad_abs_sum=sums.get("grad_abs"),
+                    grad_zero=sums.get("grad_zero"),
+                )
+            )
         result = ProbeResult(sites=stats, samples=samples, others=found.others, notes=list(found.notes))
         if self.gradients:
             result.mean_loss = float(values["loss"]) / samples
             result.layer_gradients = [
                 LayerGradient(
-                    path=group.path, layer_class=group.layer_class,
+                    path=group.path,
+                    layer_class=group.layer_class,
                     params=int(sum(int(np.prod(v.shape)) for v in group.variables)),
                     grad_norm=float(np.sqrt(sum(np.sum((g / samples) ** 2) for g in grads))),
-                    weight_norm=float(np.sqrt(sum(np.sum(np.square(v.numpy(), dtype=np.float64))
-                                                  for v in group.variables))),
+                    weight_norm=float(
+                        np.sqrt(sum(np.sum(np.square(v.numpy(), dtype=np.float64)) for v in group.variables))
+                    ),
                 )
                 for group, grads in zip(self._weight_groups, values["weights"])
             ]
@@ -620,6 +657,7 @@ def _same_sites(a: SiteMap, b: SiteMap) -> bool:
 
 # -- weights -------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class _WeightGroup:
     """One layer's own trainable weights (a container's exclude its sublayers'), measured as one `LayerGradient`."""
@@ -643,8 +681,11 @@ def _weight_groups(model) -> list[_WeightGroup]:
         if sublayers:
             for child in sublayers:
                 visit(child, f"{path}/")
-            own = [v for v in layer.trainable_weights
-                   if not any(v is w for child in sublayers for w in child.trainable_weights)]
+            own = [
+                v
+                for v in layer.trainable_weights
+                if not any(v is w for child in sublayers for w in child.trainable_weights)
+            ]
         else:
             own = list(layer.trainable_weights)
         if own:
@@ -656,6 +697,7 @@ def _weight_groups(model) -> list[_WeightGroup]:
 
 
 # -- op-level sites -----------------------------------------------------------------------
+
 
 def _op_site(application: Application, index: int, site_map: SiteMap, taken: set[str]) -> Site:
     """The op-level site of an application: named after its layer's path and its place in the call."""
@@ -671,8 +713,17 @@ def _op_site(application: Application, index: int, site_map: SiteMap, taken: set
         # A ReLU of the model's own `call`: a cached probe holds its sites, and must not keep the
         # model alive (the proxy still answers `__class__` and `isinstance` as the model).
         layer = weakref.proxy(layer)
-    return Site(path, layer, relu.kind, relu.activation, relu.max_value, relu.threshold, axis, index,
-                call_index=application.index)
+    return Site(
+        path,
+        layer,
+        relu.kind,
+        relu.activation,
+        relu.max_value,
+        relu.threshold,
+        axis,
+        index,
+        call_index=application.index,
+    )
 
 
 def _how_applied(site: Site, interception, site_map: SiteMap) -> Site:
@@ -682,11 +733,16 @@ def _how_applied(site: Site, interception, site_map: SiteMap) -> Site:
         return dataclasses.replace(site, applied_in="call")
     fed_by = how.fed_by
     calls = interception.calls
-    if fed_by is not None and (id(fed_by) not in site_map.layer_paths
-                               or calls.get(id(fed_by)) != calls.get(id(site.layer))):
+    if fed_by is not None and (
+        id(fed_by) not in site_map.layer_paths or calls.get(id(fed_by)) != calls.get(id(site.layer))
+    ):
         fed_by = None  # not a layer of the model, or called elsewhere too: its units are not the site's alone
-    return dataclasses.replace(site, applied_in=how.applied_in, fed_by=fed_by,
-                               fed_by_path=site_map.layer_paths[id(fed_by)] if fed_by is not None else None)
+    return dataclasses.replace(
+        site,
+        applied_in=how.applied_in,
+        fed_by=fed_by,
+        fed_by_path=site_map.layer_paths[id(fed_by)] if fed_by is not None else None,
+    )
 
 
 def _top_model_id(site_map: SiteMap) -> int | None:
@@ -747,6 +803,7 @@ def find_all_sites(model, data=None) -> SiteMap:
 
 # -- helpers -------------------------------------------------------------------------------
 
+
 def _structure_spec(x, y) -> tuple:
     """Input and label specs with a free batch dimension (what a traced step is specialised to)."""
     import tensorflow as tf
@@ -800,7 +857,11 @@ def _first_line(exc: BaseException) -> str:
         return type(exc).__name__
     if lines[0].startswith("Graph execution error"):
         # The op's own message follows the Python stack of where the op was defined.
-        lines = [line for line in lines if not line.startswith(("[[", "File ", "Detected at", "Graph execution"))
-                 and not line.startswith(("self.", "return ", "outputs = "))] or lines
+        lines = [
+            line
+            for line in lines
+            if not line.startswith(("[[", "File ", "Detected at", "Graph execution"))
+            and not line.startswith(("self.", "return ", "outputs = "))
+        ] or lines
         lines = lines[-1:]
     return re.sub(r"\s*\[\[.*$|\s*\[Op:.*$", "", lines[0])[:300]

@@ -20,8 +20,9 @@ import numpy as np
 from deadrelu.sites import Site
 
 
-def site_batch_stats(site: Site, output: Any, grad: Any = None, *, positions: int | None = None,
-                     units: int | None = None) -> dict:
+def site_batch_stats(
+    site: Site, output: Any, grad: Any = None, *, positions: int | None = None, units: int | None = None
+) -> dict:
     """Reduces one site output (and its gradient) to per-unit sums over batch and positions.
 
     Args:
@@ -170,8 +171,9 @@ class Accumulators:
         """Adds one float32 gradient sum per variable of each group (objects with `.variables`)."""
         import tensorflow as tf
 
-        self._weights = [[tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in group.variables]
-                         for group in groups]
+        self._weights = [
+            [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in group.variables] for group in groups
+        ]
 
     def reset(self) -> None:
         """Zeroes every total (maxima start at -inf) before a new pass over the data."""
@@ -244,8 +246,10 @@ class Accumulators:
             bounds = np.cumsum([self._units[i] for i in owners])[:-1]
             for index, part in zip(owners, np.split(values, bounds)):
                 sites[index][name] = part
-        values = {"sites": sites,
-                  "weights": [[var.numpy().astype(np.float64) for var in group] for group in self._weights]}
+        values = {
+            "sites": sites,
+            "weights": [[var.numpy().astype(np.float64) for var in group] for group in self._weights],
+        }
         if self._loss is not None:
             values["loss"] = self._loss.numpy()
         return values
