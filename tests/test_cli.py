@@ -223,6 +223,7 @@ def _subprocess(args, **kwargs):
 
 
 def test_help_does_not_import_tensorflow():
+    """Nor numpy or the engine: `deadrelu --help` starts on the standard library alone."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "deadrelu", "--help"], capture_output=True, text=True, timeout=60
     )
@@ -231,8 +232,10 @@ def test_help_does_not_import_tensorflow():
         line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
     ]
     assert "deadrelu.cli" in imported  # the import-time listing is what we think it is
-    heavy = [name for name in imported if name.split(".")[0] in ("tensorflow", "keras", "jax", "torch")]
+    heavy = [name for name in imported if name.split(".")[0] in ("tensorflow", "keras", "jax", "torch", "numpy")]
     assert not heavy, heavy
+    engine = {"deadrelu.probe", "deadrelu.loading", "deadrelu.data", "deadrelu.patcher", "deadrelu.reviver"}
+    assert not engine & set(imported), engine & set(imported)
 
 
 def test_python_m_scan_sample_is_quiet_unless_verbose():
