@@ -301,8 +301,11 @@ def add_plot_dir_flag(parser: argparse.ArgumentParser) -> None:
 # -- running --------------------------------------------------------------------------------
 
 
-def load_from_args(args):
-    """Loads the MODEL of a command with its loading flags; returns a `LoadedModel`."""
+def load_from_args(args, output=None):
+    """Loads the MODEL of a command with its loading flags; returns a `LoadedModel`.
+
+    With `output`, each repair made while loading is said in one dim note.
+    """
     from deadrelu.loading import load
 
     options = {
@@ -311,7 +314,41 @@ def load_from_args(args):
         "unsafe": args.unsafe or None,
         "input_shape": args.input_shape,
     }
-    return load(args.model, **{k: v for k, v in options.items() if v is not None})
+    loaded = load(args.model, **{k: v for k, v in options.items() if v is not None})
+    if output is not None:
+        for repair in loaded.repairs:
+            output.note(f"repaired while loading: {repair}", style="dim")
+    return loaded
+
+
+def report_from_args(args, output, loaded):
+    """The scan a fixing command acts on: `--report` read back, else a scan of `--data` (with progress).
+
+    A report made on another file is used (its sites are matched by path) and said in a note; the
+    scan's own notes (adaptations, synthetic data) are said too.
+    """
+    from deadrelu.report import Report
+    from deadrelu.scanner import describe_loaded, scan
+
+    if args.report:
+        report = Report.from_json(args.report)
+        sha = (report.model or {}).get("sha256")
+        if sha and sha != loaded.sha256:
+            output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
+        return report
+    with output.progress("scanning") as (on_start, on_batch):
+        report = scan(
+            loaded.model,
+            args.data,
+            batch_size=args.batch_size,
+            **data_options(args),
+            on_start=on_start,
+            on_batch=on_batch,
+            model_info=describe_loaded(loaded),
+        )
+    for note in report.notes:
+        output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
+    return report
 
 
 def emit(report, args, output) -> int:

@@ -8,10 +8,10 @@ from deadrelu.commands._common import (
     EXIT_OK,
     INPUT_FILE,
     OUTPUT_FILE,
-    data_options,
     load_from_args,
     number,
     output_model,
+    report_from_args,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
@@ -119,32 +119,10 @@ def make_patch(args, output, out_path: str = "") -> PatchRun:
         SelfCheckError: The slope-0 patch does not reproduce the original outputs (exit 3).
     """
     from deadrelu.patcher import SelfCheckError, patch_model, patch_self_check
-    from deadrelu.report import Report
 
-    loaded = load_from_args(args)
-    for repair in loaded.repairs:
-        output.note(f"repaired while loading: {repair}", style="dim")
-    report = None
-    if args.report:
-        report = Report.from_json(args.report)
-        sha = (report.model or {}).get("sha256")
-        if sha and sha != loaded.sha256:
-            output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
-    elif args.only != "all":
-        from deadrelu.scanner import describe_loaded, scan
-
-        with output.progress("scanning") as (on_start, on_batch):
-            report = scan(
-                loaded.model,
-                args.data,
-                batch_size=args.batch_size,
-                **data_options(args),
-                on_start=on_start,
-                on_batch=on_batch,
-                model_info=describe_loaded(loaded),
-            )
-        for note in report.notes:
-            output.note(note)
+    loaded = load_from_args(args, output)
+    # --only dead/flagged decide from a scan; --only all needs none unless a report is given.
+    report = report_from_args(args, output, loaded) if args.report or args.only != "all" else None
     options = {
         "prelu_shared_axes": None if args.prelu_shared_axes == "none" else "channel",
         "only": args.only,

@@ -15,6 +15,7 @@ from deadrelu.commands._common import (
     number,
     output_model,
     positive_int,
+    report_from_args,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
@@ -156,30 +157,10 @@ def make_prune(args, output, out_path: str = "") -> PruneRun:
         PruneCheckError: The outputs differ beyond the tolerance (exit 2; nothing is written).
     """
     from deadrelu.pruner import prune
-    from deadrelu.report import Report
-    from deadrelu.scanner import describe_loaded, scan
 
-    loaded = load_from_args(args)
-    for repair in loaded.repairs:
-        output.note(f"repaired while loading: {repair}", style="dim")
+    loaded = load_from_args(args, output)
+    report = report_from_args(args, output, loaded)
     options = {"batch_size": args.batch_size, **data_options(args)}
-    if args.report:
-        report = Report.from_json(args.report)
-        sha = (report.model or {}).get("sha256")
-        if sha and sha != loaded.sha256:
-            output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
-    else:
-        with output.progress("scanning") as (on_start, on_batch):
-            report = scan(
-                loaded.model,
-                args.data,
-                on_start=on_start,
-                on_batch=on_batch,
-                model_info=describe_loaded(loaded),
-                **options,
-            )
-        for note in report.notes:
-            output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
     with output.progress("pruning"):
         result = prune(
             loaded.model,

@@ -13,6 +13,7 @@ from deadrelu.commands._common import (
     non_negative_int,
     output_model,
     positive_int,
+    report_from_args,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
@@ -130,31 +131,10 @@ def resolve_output(args) -> str:
 def make_revival(args, output, out_path: str = "") -> ReviveRun:
     """Loads MODEL, scans it (or reads --report), and revives a copy of it."""
     from deadrelu.model_utils import copy_model
-    from deadrelu.report import Report
     from deadrelu.reviver import revive_in_place
-    from deadrelu.scanner import describe_loaded, scan
 
-    loaded = load_from_args(args)
-    for repair in loaded.repairs:
-        output.note(f"repaired while loading: {repair}", style="dim")
-    if args.report:
-        report = Report.from_json(args.report)
-        sha = (report.model or {}).get("sha256")
-        if sha and sha != loaded.sha256:
-            output.note(f"{args.report} was made on another file (sha256 differs); its sites are matched by path")
-    else:
-        with output.progress("scanning") as (on_start, on_batch):
-            report = scan(
-                loaded.model,
-                args.data,
-                batch_size=args.batch_size,
-                **data_options(args),
-                on_start=on_start,
-                on_batch=on_batch,
-                model_info=describe_loaded(loaded),
-            )
-        for note in report.notes:
-            output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
+    loaded = load_from_args(args, output)
+    report = report_from_args(args, output, loaded)
     with output.progress("reviving"):
         model = copy_model(loaded.model)
         # With data, revived units that still do not fire on it get a second draw.

@@ -70,9 +70,7 @@ def run(args, output) -> int:
         from deadrelu.tensorboard import require_tensorboard
 
         require_tensorboard("--tensorboard")
-    loaded = load_from_args(args)
-    for repair in loaded.repairs:
-        output.note(f"repaired while loading: {repair}", style="dim")
+    loaded = load_from_args(args, output)
     with output.progress("scanning", unit="samples") as (on_start, on_batch):
         report = scan(
             loaded.model,
