@@ -62,14 +62,23 @@ def site_batch_stats(
         "sum_abs": _sum_batch(_sum_positions(flat), tf.float64),
         "max": tf.reduce_max(_max_positions(flat), axis=0),
     }
-    at_cap = None
+    passes = fires
     if site.capped:
-        at_cap = tf.cast(tf.greater_equal(flat, site.max_value), tf.float32)
-        stats["saturated"] = _sum_batch(_sum_positions(at_cap), tf.int64)
+        # Counting the entries at the cap takes three more passes over the output (compare, cast,
+        # product); a batch whose maximum stays below the cap has none, and skips them.
+        reached = tf.reduce_max(stats["max"]) >= site.max_value
+
+        def at_cap():
+            return tf.cast(tf.greater_equal(flat, site.max_value), tf.float32)
+
+        stats["saturated"] = tf.cond(
+            reached, lambda: _sum_batch(_sum_positions(at_cap()), tf.int64), lambda: tf.zeros_like(stats["fires"])
+        )
+        if grad is not None:
+            passes = tf.cond(reached, lambda: fires * (1.0 - at_cap()), lambda: fires)
     if grad is not None:
         # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
         g = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
-        passes = fires if at_cap is None else fires * (1.0 - at_cap)
         g = tf.abs(g * passes)
         nonzero = _sum_batch(_sum_positions(tf.sign(g)), tf.int64)
         stats["grad_abs"] = _sum_batch(_sum_positions(g), tf.float64)
