@@ -321,6 +321,17 @@ def load_from_args(args, output=None):
     return loaded
 
 
+def require_scan_source(args, command: str) -> None:
+    """Refuses a command that acts on dead units when neither `--data` nor `--report` says which they are."""
+    from deadrelu.errors import UsageError
+
+    if not (args.data or args.report):
+        raise UsageError(
+            f"{command} needs the data the units are dead on: pass --data x.npz "
+            "(or --report scan.json from 'deadrelu scan --json')"
+        )
+
+
 def report_from_args(args, output, loaded):
     """The scan a fixing command acts on: `--report` read back, else a scan of `--data` (with progress).
 

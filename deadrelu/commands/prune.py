@@ -16,6 +16,7 @@ from deadrelu.commands._common import (
     output_model,
     positive_int,
     report_from_args,
+    require_scan_source,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
@@ -140,11 +141,7 @@ def resolve_output(args) -> str:
     from deadrelu.errors import UsageError
     from deadrelu.saving import model_output_path
 
-    if not (args.data or args.report):
-        raise UsageError(
-            "prune needs the data the units are dead on: pass --data x.npz "
-            "(or --report scan.json from 'deadrelu scan --json')"
-        )
+    require_scan_source(args, "prune")
     if args.dormant is not None and args.dormant < 0:
         raise UsageError(f"--dormant is a dormancy threshold ≥ 0, e.g. 0.1 (got {args.dormant:g})")
     return model_output_path(args.model, args.output, "pruned", force=args.force)

@@ -14,6 +14,7 @@ from deadrelu.commands._common import (
     output_model,
     positive_int,
     report_from_args,
+    require_scan_source,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
@@ -117,14 +118,9 @@ def run(args, output) -> int:
 
 def resolve_output(args) -> str:
     """Checks the flags that need no model and returns OUT: fails fast, before TensorFlow loads."""
-    from deadrelu.errors import UsageError
     from deadrelu.saving import model_output_path
 
-    if not (args.data or args.report):
-        raise UsageError(
-            "revive needs the data the units are dead on: pass --data x.npz "
-            "(or --report scan.json from 'deadrelu scan --json')"
-        )
+    require_scan_source(args, "revive")
     return model_output_path(args.model, args.output, "revived", force=args.force)
 
 
