@@ -84,6 +84,12 @@ class DeadReluMonitor(keras.callbacks.Callback):
         every: Deprecated: use `check_freq`. `every=1` is `check_freq="epoch"`; a larger value
             still checks every this many epochs in this release.
         every_steps: Deprecated: use `check_freq=every_steps`.
+        strategy: A `tf.distribute.Strategy` to check on all its replicas (each worker reads its
+            shard of `data`; every worker gets the same check, so `"stop"` stops them all at the
+            same epoch and `"revive"` draws the same new weights on every worker — with
+            `seed=None`, from a seed derived from the dead units and the weights — and assigns
+            them, and resets the optimizer slots, on every replica). Defaults to None: the
+            strategy the model was built under, if any.
 
     Attributes:
         timeline: The checks of the current (or last) `fit`, in order: one `Check` per scan,
@@ -122,6 +128,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         tensorboard: str | os.PathLike[str] | bool | None = None,
         every: int | None = None,
         every_steps: int | None = None,
+        strategy: Any = None,
     ) -> None:
         super().__init__()
         on_dead = validation.one_of(on_dead, "on_dead", _ACTIONS)
@@ -140,6 +147,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.seed = validation.seed(seed)
         self.verbose = _verbosity(verbose)
         self.tensorboard = _tensorboard_option(tensorboard)
+        self.strategy = strategy
+        self._strategy = None  # resolved against the model of the fit
         self._probe = None  # kept across fits of the same model: traced once
         self._probe_data = None
         self._summaries: SummaryWriter | None = None  # open during a fit with a TensorBoard log folder
@@ -176,12 +185,15 @@ class DeadReluMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         from deadrelu.data import load_data
+        from deadrelu.distribute import probe_options, resolve_strategy
         from deadrelu.probe import Probe
 
         self._reset()
-        self._probe_data = load_data(self.data, self.model, samples=self.samples)
-        if self._probe is None or self._probe.model is not self.model:
-            self._probe = Probe(self.model)
+        strategy = resolve_strategy(self.strategy, self.model)
+        self._probe_data = load_data(self.data, self.model, samples=self.samples, strategy=strategy)
+        if self._probe is None or self._probe.model is not self.model or strategy is not self._strategy:
+            self._probe = Probe(self.model, **probe_options(strategy))
+        self._strategy = strategy
         self._open_summaries()
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -289,6 +301,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
             data=self.data,
             batch_size=self.batch_size,
             scan_options={"samples": self.samples},
+            strategy=self._strategy,
         )
         reset = reset_optimizer_slots(getattr(self.model, "optimizer", None), result.reinitialized, result.variables)
         self.revivals += 1

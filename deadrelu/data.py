@@ -49,6 +49,13 @@ class ProbeData:
         synthetic: True when the inputs are random stand-ins for real data.
         stream: For a `tf.data.Dataset`, `PyDataset` or generator: a factory of `(x, y)` batch
             iterators, given the batch size (used only to batch a stream of single samples).
+        distributed: True for a `tf.distribute.DistributedDataset`: its batches are `PerReplica`
+            values, yielded as they are for the probe to run on each replica (not adapted, not
+            checked, counted over the local replicas).
+        shard: Under a multi-worker strategy, `(worker index, workers)`: this worker reads only
+            every `workers`-th batch, from batch `worker index` on (the union over the workers is
+            every sample once, whatever the timing); `samples` stays the count of all workers.
+            None: every batch.
     """
 
     x: object
@@ -58,21 +65,32 @@ class ProbeData:
     notes: list[str] = dataclasses.field(default_factory=list)
     synthetic: bool = False
     stream: Callable[[int], Iterator[tuple]] | None = None
+    distributed: bool = False
+    shard: tuple[int, int] | None = None
     _transform: Callable | None = dataclasses.field(default=None, repr=False)
     _inputs: Any = dataclasses.field(default=None, repr=False)
     _rescale: float | None = dataclasses.field(default=None, repr=False)
     # Why the labels found beside the data (a file's `y`) cannot be used; raised only when they are.
     _label_problem: str | None = dataclasses.field(default=None, repr=False)
+    # The stream reads its shard itself (`tf.data`'s `shard`): `batches` keeps every batch it yields.
+    _sharded_stream: bool = dataclasses.field(default=False, repr=False)
 
     def batches(self, batch_size: int, *, labels: bool = False) -> Iterator:
         """Yields batches (`x`, or `(x, y)` with `labels=True`) as float arrays, checked for NaN/inf.
 
         A stream yields its own batches, cut at `samples`; arrays are sliced `batch_size` at a time.
+        With a `shard`, only this worker's batches are yielded; a distributed dataset's batches are
+        yielded as they are.
         """
         batch_size = validation.positive_int(batch_size, "batch_size")
         if labels and self._label_problem:
             raise DataError(self._label_problem)
+        if self.distributed:
+            yield from self._distributed(labels)
+            return
         pairs = self.stream(batch_size) if self.stream is not None else self._slices(batch_size)
+        if self.shard is not None and self.stream is not None and not self._sharded_stream:
+            pairs = _keep_shard(pairs, *self.shard)
         seen = 0
         for index, (x, y) in enumerate(pairs):
             if self.stream is not None:
@@ -94,7 +112,8 @@ class ProbeData:
             yield (x, y) if labels else x
 
     def _slices(self, batch_size: int) -> Iterator[tuple]:
-        for start in range(0, self.samples, batch_size):
+        index, workers = self.shard or (0, 1)
+        for start in range(index * batch_size, self.samples, batch_size * workers):
             rows = slice(start, min(start + batch_size, self.samples))
             x = map_arrays(lambda a, rows=rows: np.asarray(a[rows]), self.x)
             yield x, None if self.y is None else map_arrays(lambda a, rows=rows: np.asarray(a[rows]), self.y)
@@ -114,6 +133,25 @@ class ProbeData:
         if largest <= self._rescale * (1 + 1e-6) and note not in self.notes:
             self.notes.append(note)
 
+    def _distributed(self, labels: bool) -> Iterator:
+        for element in self.stream(0):
+            x, y = _split_element(element)
+            if labels and y is None:
+                raise UsageError(
+                    "`gradients=True` needs labels: the distributed dataset must yield (inputs, labels) pairs"
+                )
+            yield (x, y) if labels else x
+
+    def local_samples(self, batch_size: int) -> int | None:
+        """Samples this process reads: `samples`, or its shard's part of them (None: unknown)."""
+        if self.shard is None or self.samples is None or self.stream is not None:
+            return None if self.distributed else self.samples
+        index, workers = self.shard
+        return sum(
+            min(batch_size, self.samples - start)
+            for start in range(index * batch_size, self.samples, batch_size * workers)
+        )
+
     @property
     def has_labels(self) -> bool:
         return self.y is not None or self._label_problem is not None
@@ -128,6 +166,7 @@ def load_data(
     rescale: float | None = None,
     skip_bad_images: bool = False,
     synthetic_samples: int = 256,
+    strategy: Any = None,
 ) -> ProbeData:
     """Resolves any supported data source into `ProbeData` adapted to `model`.
 
@@ -145,6 +184,11 @@ def load_data(
         skip_bad_images: Skip the images of a folder that cannot be read (say how many) instead
             of refusing the folder.
         synthetic_samples: How many random samples to make when `data` is None.
+        strategy: The `tf.distribute.Strategy` the data is for (from
+            `deadrelu.distribute.resolve_strategy`). Under several workers each reads only its
+            shard: arrays and files every `workers`-th batch, a `tf.data.Dataset` through
+            `dataset.shard`. A `tf.distribute.DistributedDataset` needs one. Defaults to None
+            (one process reads everything).
 
     Returns:
         A `ProbeData`.
@@ -161,11 +205,18 @@ def load_data(
     skip_bad_images = validation.boolean(skip_bad_images, "skip_bad_images")
     inputs = _Inputs.of(model)
     output_names = _model_output_names(model)
-    if data is None:
-        return _synthetic(inputs.shapes, synthetic_samples if samples is None else samples)
+    from deadrelu.distribute import shard_of
 
+    shard = shard_of(strategy)
+    if data is None:
+        return dataclasses.replace(
+            _synthetic(inputs.shapes, synthetic_samples if samples is None else samples), shard=shard
+        )
+
+    if _is_distributed_dataset(data):
+        return _distributed_data(data, strategy, labels=labels, samples=samples, rescale=rescale)
     notes: list[str] = []
-    stream = _as_stream(data, inputs, samples, notes)
+    stream = _as_stream(data, inputs, samples, notes, shard)
     if stream is not None:
         if labels is not None:
             raise DataError(
@@ -178,8 +229,10 @@ def load_data(
             source=_kind_name(data),
             notes=notes,
             stream=stream,
+            shard=shard,
             _inputs=inputs,
             _rescale=rescale,
+            _sharded_stream=shard is not None and _is_tf_dataset(data) and samples is None,
         )
 
     is_path = isinstance(data, (str, os.PathLike))
@@ -229,6 +282,7 @@ def load_data(
         samples=count,
         source=source,
         notes=notes,
+        shard=shard,
         _transform=transform,
         _inputs=inputs,
         _rescale=rescale,
@@ -910,10 +964,17 @@ def _is_py_dataset(data) -> bool:
     )
 
 
-def _as_stream(data, inputs: _Inputs, samples: int | None, notes: list[str]) -> Callable | None:
-    """A factory `batch_size → iterator of (x, y) batches` for datasets and generators, else None."""
+def _as_stream(
+    data, inputs: _Inputs, samples: int | None, notes: list[str], shard: tuple[int, int] | None = None
+) -> Callable | None:
+    """A factory `batch_size → iterator of (x, y) batches` for datasets and generators, else None.
+
+    With a `shard` and no `samples`, a `tf.data.Dataset` reads only its shard (`dataset.shard`);
+    every other stream is read whole and `ProbeData.batches` keeps the shard's batches (the cut at
+    `samples` counts the samples of every worker).
+    """
     if _is_tf_dataset(data):
-        return _dataset_stream(data, inputs, samples, notes)
+        return _dataset_stream(data, inputs, samples, notes, shard if samples is None else None)
     if _is_py_dataset(data):
         try:
             batches = data.num_batches
@@ -938,7 +999,9 @@ def _as_stream(data, inputs: _Inputs, samples: int | None, notes: list[str]) -> 
     raise DataError(f"deadrelu cannot read data of type {type(data).__name__}; pass {ACCEPTED}")
 
 
-def _dataset_stream(dataset, inputs: _Inputs, samples: int | None, notes: list[str]) -> Callable:
+def _dataset_stream(
+    dataset, inputs: _Inputs, samples: int | None, notes: list[str], shard: tuple[int, int] | None = None
+) -> Callable:
     import tensorflow as tf
 
     cardinality = int(dataset.cardinality())
@@ -966,6 +1029,8 @@ def _dataset_stream(dataset, inputs: _Inputs, samples: int | None, notes: list[s
         if unbatched:
             _note_batching(notes, "dataset", batch_size)
         batched = dataset.batch(batch_size) if unbatched else dataset
+        if shard is not None:  # every `workers`-th batch, from this worker's index on
+            batched = batched.shard(shard[1], shard[0])
         return _limit((_split_element(element) for element in batched.as_numpy_iterator()), samples)
 
     return batches
@@ -1027,6 +1092,47 @@ def _limit(pairs: Iterator[tuple], samples: int | None) -> Iterator[tuple]:
         yield x, y
         if samples is not None and seen >= samples:
             return
+
+
+def _keep_shard(pairs: Iterator[tuple], index: int, workers: int) -> Iterator[tuple]:
+    """This worker's batches of a stream every worker reads whole: every `workers`-th, from `index` on."""
+    for position, pair in enumerate(pairs):
+        if position % workers == index:
+            yield pair
+
+
+def _is_distributed_dataset(data) -> bool:
+    if "tensorflow" not in type(data).__module__:
+        return False
+    import tensorflow as tf
+
+    return isinstance(data, tf.distribute.DistributedDataset)
+
+
+def _distributed_data(data, strategy, *, labels, samples, rescale) -> ProbeData:
+    """A `tf.distribute.DistributedDataset`: its `PerReplica` batches go to the probe as they are."""
+    if strategy is None:
+        raise UsageError(
+            "the data is a distributed dataset (from strategy.experimental_distribute_dataset) but the model "
+            "was not built under a strategy: build or load the model inside `with strategy.scope():`, or pass "
+            "`strategy=` (the strategy that distributed the data)"
+        )
+    own = getattr(data, "_strategy", None)  # not public; checked where TensorFlow exposes it
+    if own is not None and own is not strategy:
+        raise UsageError(
+            f"the distributed dataset was distributed by another strategy than `strategy` "
+            f"({type(own).__name__} vs {type(strategy).__name__}); distribute it with the model's strategy"
+        )
+    for name, value, fix in (
+        ("labels", labels, "yield (inputs, labels) pairs from the dataset before distributing it"),
+        ("samples", samples, "cut the dataset before distributing it (`dataset.take(n)`)"),
+        ("rescale", rescale, "scale it before distributing it (`dataset.map(lambda x: x / 255)`)"),
+    ):
+        if value is not None:
+            raise UsageError(f"`{name}` does not apply to a distributed dataset: {fix}")
+    return ProbeData(
+        x=None, source="tf.distribute.DistributedDataset", stream=lambda _batch_size: iter(data), distributed=True
+    )
 
 
 def _stacked(pairs: Iterator[tuple], batch_size: int) -> Iterator[tuple]:
@@ -1125,7 +1231,10 @@ def map_arrays(fn, x):
 
 
 def count_samples(x) -> int:
-    """Samples in an array, or in the first array of a list or dict."""
+    """Samples in an array, or in the first array of a list or dict; for a `PerReplica` batch (from
+    a distributed dataset), in its local replicas together."""
+    if hasattr(x, "values") and type(x).__name__ == "PerReplica":
+        return sum(count_samples(part) for part in x.values)
     if isinstance(x, dict):
         x = next(iter(x.values()))
     if isinstance(x, (list, tuple)):

@@ -240,6 +240,7 @@ def prune(
     loss: Any = None,
     tolerance: float = DEFAULT_TOLERANCE,
     skip_bad_images: bool = False,
+    strategy: Any = None,
     **scan_options,
 ) -> PruneResult:
     """Returns a smaller copy of `model` without its dead ReLU units, and the proof it computes the same.
@@ -277,6 +278,10 @@ def prune(
             |output| past 1. Defaults to `1e-5`.
         skip_bad_images: For a folder of images: skip the images that cannot be read (counted in
             a note) instead of refusing the folder. Defaults to False.
+        strategy: A `tf.distribute.Strategy`: the scan runs on all its replicas and the pruned
+            copy is built in its scope; the checks run on the whole data in every worker, so every
+            worker returns the same result. Defaults to None: the strategy the model was built
+            under, if any.
         **scan_options: More options for `deadrelu.scan` (`dying_threshold`, ...).
 
     Returns:
@@ -297,6 +302,8 @@ def prune(
         >>> result.model.save("pruned.keras")
     """
     from deadrelu.data import load_data
+    from deadrelu.distribute import resolve_strategy
+    from deadrelu.distribute import scope as strategy_scope
     from deadrelu.losses import compile_config
     from deadrelu.patcher import check_only
     from deadrelu.report import Report
@@ -308,6 +315,7 @@ def prune(
     if dormant is not None:
         dormant = validation.finite_number(dormant, "dormant", minimum=0.0, example="0.1")
     _check_model(model)
+    strategy = resolve_strategy(strategy, model)
     has_loss = loss is not None or bool(compile_config(model).get("loss"))
     if dormant is not None and not has_loss:
         raise UsageError(
@@ -330,6 +338,7 @@ def prune(
             samples=samples,
             rescale=rescale,
             skip_bad_images=skip_bad_images,
+            strategy=strategy,
             **scan_options,
         )
     only = check_only(only, report)
@@ -342,20 +351,21 @@ def prune(
             "a 'y' array) so that the loss and metrics before and after can be measured"
         )
 
-    result = _prune(model, report, dormant=dormant, sites=sites, layers=layers, only=only)
-    result.tolerance = tolerance
-    if result.model is None:
-        return result
-    result.check = _compare(model, result.model, probe_data, batch_size, samples)
-    metrics_data = probe_data if dormant is not None else None
-    if validation_data is not None:
-        held_out = load_data(validation_data, model, labels=validation_labels, rescale=rescale)
-        result.validation_check = _compare(model, result.model, held_out, batch_size, None)
-        if held_out.has_labels and has_loss:
-            metrics_data, result.metrics_data = held_out, "validation data"
-    if metrics_data is not None:
-        result.metrics_data = result.metrics_data or "data"
-        result.metrics_before, result.metrics_after = _metrics(model, result.model, metrics_data, batch_size, loss)
+    with strategy_scope(strategy):  # the pruned copy's variables are the strategy's too
+        result = _prune(model, report, dormant=dormant, sites=sites, layers=layers, only=only)
+        result.tolerance = tolerance
+        if result.model is None:
+            return result
+        result.check = _compare(model, result.model, probe_data, batch_size, samples)
+        metrics_data = probe_data if dormant is not None else None
+        if validation_data is not None:
+            held_out = load_data(validation_data, model, labels=validation_labels, rescale=rescale)
+            result.validation_check = _compare(model, result.model, held_out, batch_size, None)
+            if held_out.has_labels and has_loss:
+                metrics_data, result.metrics_data = held_out, "validation data"
+        if metrics_data is not None:
+            result.metrics_data = result.metrics_data or "data"
+            result.metrics_before, result.metrics_after = _metrics(model, result.model, metrics_data, batch_size, loss)
     if dormant is None and not result.passed:
         check = result.check
         raise PruneCheckError(

@@ -130,6 +130,7 @@ def retrain(
     learning_rate: float | None = None,
     probe_samples: int = 2000,
     on_epoch: Callable[[str, int, dict], None] | None = None,
+    strategy=None,
 ) -> Comparison:
     """Fits every variant with the same data, epochs and seed, and scans each before and after.
 
@@ -145,6 +146,9 @@ def retrain(
         loss, optimizer, learning_rate: Overrides of the stored compile configuration.
         probe_samples: Validation samples used for the dead-unit scans.
         on_epoch: Called with (variant, epoch, logs) after each epoch (progress).
+        strategy: A `tf.distribute.Strategy` whose scope holds every variant's variables: the
+            scans before and after run on all its replicas (`fit` follows the models' own strategy).
+            Defaults to None: the strategy each variant was built under, if any.
 
     Returns:
         A `Comparison`.
@@ -163,7 +167,7 @@ def retrain(
     for name, model in variants.items():
         compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
         fit_y, val_y = match_labels(y_train, model), match_labels(y_val, model)
-        scan_before = scan(model, probe)
+        scan_before = scan(model, probe, strategy=strategy)
         before = _evaluate(model, x_val, val_y, batch_size)
         keras.utils.set_random_seed(seed)
         reseed_layers(model, seed)
@@ -181,7 +185,7 @@ def retrain(
             validation_data=(x_val, val_y),
             callbacks=callbacks,
         )
-        scan_after = scan(model, probe)
+        scan_after = scan(model, probe, strategy=strategy)
         after = _evaluate(model, x_val, val_y, batch_size)
         results.append(
             VariantResult(

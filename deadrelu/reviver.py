@@ -169,6 +169,7 @@ def revive(
     batch_size: int = 256,
     sites: Iterable[str] | None = None,
     only: str | None = None,
+    strategy: Any = None,
     **scan_options,
 ) -> keras.Model:
     """Returns a copy of `model` whose dead ReLU units are re-initialised (ReDo).
@@ -191,6 +192,11 @@ def revive(
         sites: Only revive these site paths. Defaults to None (every site with dead units).
         only: "all", "dead" or "flagged" (only sites whose dead share reached the report's flag
             threshold). Defaults to None ("all").
+        strategy: A `tf.distribute.Strategy`: the scan runs on all its replicas, the copy is
+            made in its scope, and the new weights are assigned to every replica (under several
+            workers, drawn alike on every worker: with `seed=None` the seed is derived from the
+            dead units and the weights). Defaults to None: the strategy the model was built
+            under, if any.
         **scan_options: More options for `deadrelu.scan` (`samples`, `rescale`, ...).
 
     Returns:
@@ -209,6 +215,7 @@ def revive(
         batch_size=batch_size,
         sites=sites,
         only=only,
+        strategy=strategy,
         scan_options=scan_options,
         check=False,
     ).model
@@ -223,6 +230,7 @@ def revive_model(
     batch_size: int = 256,
     sites: Iterable[str] | None = None,
     only: str | None = None,
+    strategy: Any = None,
     **scan_options,
 ) -> ReviveResult:
     """Like `revive`, but returns a `ReviveResult`: the revived copy, what changed, and the check.
@@ -242,6 +250,8 @@ def revive_model(
         batch_size: Batch size of the scan and of the checks on the data. Defaults to `256`.
         sites: Only revive these site paths. Defaults to None (every site with dead units).
         only: "all", "dead" or "flagged". Defaults to None ("all").
+        strategy: A `tf.distribute.Strategy` (see `revive`). Defaults to None: the strategy the
+            model was built under, if any.
         **scan_options: More options for `deadrelu.scan` (`samples`, `rescale`, ...); `samples`
             and `rescale` apply to the checks too.
 
@@ -266,6 +276,7 @@ def revive_model(
         batch_size=batch_size,
         sites=sites,
         only=only,
+        strategy=strategy,
         scan_options=scan_options,
         check=True,
     )
@@ -280,6 +291,7 @@ def revive_with_result(
     batch_size: int = 256,
     sites: Iterable[str] | None = None,
     only: str | None = None,
+    strategy: Any = None,
     **scan_options,
 ) -> tuple[keras.Model, ReviveResult]:
     """Like `revive`, and also returns what was changed: the older form of `revive_model`.
@@ -301,6 +313,7 @@ def revive_with_result(
         batch_size=batch_size,
         sites=sites,
         only=only,
+        strategy=strategy,
         scan_options=scan_options,
         check=False,
     )
@@ -318,6 +331,7 @@ def revive_in_place(
     data: str | os.PathLike | Any = None,
     batch_size: int = 256,
     scan_options: dict | None = None,
+    strategy: Any = None,
 ) -> ReviveResult:
     """Re-initialises the dead units of `report` in `model` itself, keeping its outputs.
 
@@ -337,6 +351,11 @@ def revive_in_place(
         batch_size: Batch size of that check. Defaults to `256`.
         scan_options: More `deadrelu.scan` options for that check (`samples`, `rescale`, ...).
             Defaults to None.
+        strategy: A `tf.distribute.Strategy` whose scope holds the model's variables: the new
+            weights are assigned to every replica and the check runs on all of them; under several
+            workers, `seed=None` becomes a seed derived from the report's dead units and the
+            weights (`deadrelu.distribute.shared_seed`), the same on every worker. Defaults to
+            None: the strategy the model was built under, if any.
 
     Returns:
         A `ReviveResult`: revived units per site, skipped sites with reasons, the mask of
@@ -350,6 +369,7 @@ def revive_in_place(
         >>> result = revive_in_place(model, report, seed=0)
         >>> result.revived
     """
+    from deadrelu.distribute import num_workers, resolve_strategy, shared_seed
     from deadrelu.report import Report
     from deadrelu.sites import find_sites
 
@@ -359,6 +379,9 @@ def revive_in_place(
             f"`report` must be a deadrelu.Report (from deadrelu.scan), got {type(report).__name__}; "
             "to revive from data, call revive_model(model, data)"
         )
+    strategy = resolve_strategy(strategy, model)
+    if seed is None and num_workers(strategy) > 1:  # every worker must draw the same weights
+        seed = shared_seed(report, model)
     only = check_only(only, report)
     site_map, found_notes = find_sites(model), []
     if any(entry.kind.startswith(KIND_OP_PREFIX) and entry.dead for entry in report.sites):
@@ -426,17 +449,20 @@ def revive_in_place(
     for target in merged:
         result.revived[target.site.path] = [int(u) for u in target.units]
     if data is not None:
-        _second_chance(model, merged, data, batch_size, dict(scan_options or {}), rng, result)
+        _second_chance(model, merged, data, batch_size, dict(scan_options or {}), rng, result, strategy)
     return result
 
 
 def _revive_copy(
-    model, report_or_data, *, seed, scale, batch_size, sites, only, scan_options: dict, check: bool
+    model, report_or_data, *, seed, scale, batch_size, sites, only, strategy, scan_options: dict, check: bool
 ) -> ReviveResult:
     """Scans `model` when given data, revives a copy, and (`check`) compares the outputs on the data."""
+    from deadrelu.distribute import resolve_strategy
+    from deadrelu.distribute import scope as strategy_scope
     from deadrelu.report import Report
 
     seed, scale, batch_size = _check_options(seed, scale, batch_size)
+    strategy = resolve_strategy(strategy, model)
     data = None
     if isinstance(report_or_data, Report):
         report = report_or_data
@@ -444,8 +470,9 @@ def _revive_copy(
         from deadrelu.scanner import scan
 
         data = report_or_data
-        report = scan(model, data, batch_size=batch_size, **scan_options)
-    copy = copy_model(model)
+        report = scan(model, data, batch_size=batch_size, strategy=strategy, **scan_options)
+    with strategy_scope(strategy):  # the copy's variables are the strategy's too
+        copy = copy_model(model)
     result = revive_in_place(
         copy,
         report,
@@ -456,6 +483,7 @@ def _revive_copy(
         data=data,
         batch_size=batch_size,
         scan_options=scan_options,
+        strategy=strategy,
     )
     if check and data is not None:
         from deadrelu.data import load_data
@@ -637,6 +665,7 @@ def _second_chance(
     scan_options: dict,
     rng: np.random.Generator,
     result: ReviveResult,
+    strategy=None,
 ) -> None:
     """Gives the revived units that still never fire on `data` new incoming weights.
 
@@ -648,6 +677,7 @@ def _second_chance(
     the outgoing weights stay zero: the outputs keep.
     """
     from deadrelu.data import load_data
+    from deadrelu.distribute import probe_options
     from deadrelu.probe import probe_for
 
     probe_data = load_data(
@@ -656,10 +686,11 @@ def _second_chance(
         samples=scan_options.get("samples"),
         rescale=scan_options.get("rescale"),
         skip_bad_images=scan_options.get("skip_bad_images", False),
+        strategy=strategy,
     )
     # Traced once, run again after every change (it reads the variables); a later scan of the
     # revived model reuses the same trace.
-    probe = probe_for(model)
+    probe = probe_for(model, **probe_options(strategy))
 
     def dead_units() -> dict[str, set[int]]:
         stats = probe.run(probe_data.batches(batch_size))

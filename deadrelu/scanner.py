@@ -31,6 +31,7 @@ def scan(
     on_start: Callable[[int | None], None] | None = None,
     model_info: dict | None = None,
     verbose: int | str = "auto",
+    strategy=None,
 ) -> Report:
     """Measures every ReLU site of a model on data and returns the verdicts.
 
@@ -62,13 +63,19 @@ def scan(
             in a notebook; plain lines every 10 s in a pipe), 2 one line per batch. "auto" is 1 in
             a notebook or an interactive session and 0 elsewhere (scripts, tests, the command
             line, which shows its own). Defaults to "auto".
+        strategy: A `tf.distribute.Strategy` to measure on all its replicas: each global batch of
+            `batch_size` samples is split across the replicas, a `tf.distribute.DistributedDataset`
+            is taken as it is, and under several workers each reads only its shard of the data;
+            the statistics are those of a single-device scan, and every worker returns the same
+            report. The model must have been built or loaded in its scope. Defaults to None: the
+            strategy the model was built under, if any.
 
     Returns:
         A `Report`.
 
     Raises:
-        UsageError: An argument is out of range (named as the keyword: `samples`), or
-            `gradients=True` has no labels.
+        UsageError: An argument is out of range (named as the keyword: `samples`),
+            `gradients=True` has no labels, or `strategy` does not hold the model's variables.
         DataError: The data cannot be read, is not numbers, or does not fit the model.
 
     Example:
@@ -76,6 +83,8 @@ def scan(
         >>> print(report.summary)
     """
     from deadrelu.data import load_data
+    from deadrelu.distribute import probe_options, resolve_strategy
+    from deadrelu.distribute import settings as strategy_settings
     from deadrelu.probe import probe_for
 
     batch_size = validation.positive_int(batch_size, "batch_size")
@@ -95,22 +104,30 @@ def scan(
         model = loaded.model
         model_info = model_info or describe_loaded(loaded)
     validation.model(model)
+    strategy = resolve_strategy(strategy, model)
     probe_data = load_data(
-        data, model, labels=labels, samples=samples, rescale=rescale, skip_bad_images=skip_bad_images
+        data,
+        model,
+        labels=labels,
+        samples=samples,
+        rescale=rescale,
+        skip_bad_images=skip_bad_images,
+        strategy=strategy,
     )
     if gradients and not probe_data.has_labels and probe_data.stream is None:
         raise UsageError("`gradients=True` needs labels: pass `labels=\"y.npy\"` (or a data file with a 'y' array)")
     with Progress("scanning", verbose=verbose, unit="samples") as progress:
-        progress.start(probe_data.samples)
+        expected = probe_data.local_samples(batch_size)
+        progress.start(expected)
         if on_start is not None:
-            on_start(probe_data.samples)
+            on_start(expected)
 
         def advance(count: int) -> None:
             progress.advance(count)
             if on_batch is not None:
                 on_batch(count)
 
-        probe = probe_for(model, gradients=gradients, loss=loss)
+        probe = probe_for(model, gradients=gradients, loss=loss, **probe_options(strategy))
         result = probe.run(probe_data.batches(batch_size, labels=gradients), on_batch=advance)
 
     notes = list(probe_data.notes) + list(result.notes)
@@ -125,6 +142,8 @@ def scan(
     }
     if gradients:
         settings["loss"] = _loss_name(loss, model)
+    if strategy is not None:
+        settings["strategy"] = strategy_settings(strategy)
     data_info = {"source": probe_data.source, "samples": result.samples, "synthetic": probe_data.synthetic}
     return build_report(
         result,
