@@ -274,6 +274,66 @@ def data_options(args: argparse.Namespace) -> dict:
     return {"samples": args.samples, "rescale": args.rescale, "skip_bad_images": args.skip_bad_images}
 
 
+def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    """--strategy and --devices: run on several devices or machines (tf.distribute); scan, revive, prune."""
+    group = parser.add_argument_group("several devices and machines (tf.distribute)")
+    group.add_argument(
+        "--strategy",
+        choices=("mirrored", "multi-worker"),
+        help="mirrored: every local GPU (with --devices N on a CPU-only machine, the CPU split into N devices); "
+        "multi-worker: the cluster TF_CONFIG describes, run this command on every worker (only the chief writes)",
+    )
+    group.add_argument(
+        "--devices",
+        type=positive_int,
+        metavar="N",
+        help="with --strategy mirrored: use N devices (GPUs, or logical CPUs)",
+    )
+
+
+def strategy_from_args(args, output):
+    """The `tf.distribute.Strategy` of --strategy/--devices (None without), said in one line.
+
+    Call it first thing in a command's run: logical CPU devices (--devices) can only be made before
+    TensorFlow starts its devices, and a multi-worker strategy before any other TensorFlow work.
+
+    Raises:
+        UsageError: --devices without --strategy mirrored; multi-worker without a valid TF_CONFIG.
+    """
+    from deadrelu.errors import UsageError
+
+    name, devices = getattr(args, "strategy", None), getattr(args, "devices", None)
+    if devices is not None and name != "mirrored":
+        raise UsageError(f"--devices {devices} needs --strategy mirrored (it says how many devices to mirror on)")
+    if name is None:
+        return None
+    from deadrelu.distribute import describe, strategy_from_flags
+
+    strategy = strategy_from_flags(name, devices)
+    output.note(describe(strategy), style="dim")
+    return strategy
+
+
+def writes_here(strategy, args, output, flags: tuple[str, ...]) -> bool:
+    """Whether this process writes the command's files: on every process but a cluster's non-chief workers.
+
+    On a non-chief worker, says so in one line naming the outputs given (`flags`: dests such as
+    "json", "output") and clears them, so that nothing is written there.
+    """
+    from deadrelu.distribute import is_chief, worker_index
+
+    if strategy is None or is_chief(strategy):
+        return True
+    given = [name for name in flags if getattr(args, name, None)]
+    for name in given:
+        setattr(args, name, None)
+    shown = ", ".join("--" + name.replace("_", "-") for name in given) or "no file"
+    output.note(
+        f"worker {worker_index(strategy)} is not the chief: it writes nothing ({shown}: on the chief)", style="dim"
+    )
+    return False
+
+
 def add_output_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
     """--json, --plot, --format, --sort, --top: how a report is shown and saved."""
     if json_flag:
@@ -332,7 +392,7 @@ def require_scan_source(args, command: str) -> None:
         )
 
 
-def report_from_args(args, output, loaded):
+def report_from_args(args, output, loaded, strategy=None):
     """The scan a fixing command acts on: `--report` read back, else a scan of `--data` (with progress).
 
     A report made on another file is used (its sites are matched by path) and said in a note; the
@@ -356,6 +416,7 @@ def report_from_args(args, output, loaded):
             on_start=on_start,
             on_batch=on_batch,
             model_info=describe_loaded(loaded),
+            strategy=strategy,
         )
     for note in report.notes:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")

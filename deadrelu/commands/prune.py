@@ -10,6 +10,7 @@ from deadrelu.commands._common import (
     EXIT_OK,
     INPUT_FILE,
     OUTPUT_FILE,
+    add_strategy_flags,
     data_options,
     load_from_args,
     number,
@@ -17,6 +18,8 @@ from deadrelu.commands._common import (
     positive_int,
     report_from_args,
     require_scan_source,
+    strategy_from_args,
+    writes_here,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
@@ -91,6 +94,7 @@ def register(subparsers, parents):
     )
     parser.add_argument("--no-timing", action="store_true", help="do not time predict of both models")
     add_retrain_flags(parser)
+    add_strategy_flags(parser)
     return parser
 
 
@@ -120,7 +124,16 @@ class PruneRun:
 def run(args, output) -> int:
     check_retrain_flags(args)
     out_path = resolve_output(args)
-    pruned = make_prune(args, output, out_path)
+    strategy = strategy_from_args(args, output)  # before TensorFlow starts its devices
+    from deadrelu.distribute import scope
+
+    with scope(strategy):  # the model, the pruned copy and their scans live on the strategy's devices
+        return _run(args, output, out_path, strategy)
+
+
+def _run(args, output, out_path: str, strategy) -> int:
+    chief = writes_here(strategy, args, output, ("output", "json", "curves"))
+    pruned = make_prune(args, output, out_path, strategy)
     if pruned.result.model is None:
         return nothing_pruned(pruned, args, output)
     rescan(pruned, args, output)
@@ -129,8 +142,9 @@ def run(args, output) -> int:
     if args.retrain:
         # The pruned model is trained in place, so OUT holds the retrained model.
         pruned.retrain = retrain_from_args(args, output, pruned.loaded.model, {"pruned": pruned.result.model})
-    save(pruned, args, output)
-    show(pruned, args, output)
+    if chief:
+        save(pruned, args, output)
+    show(pruned, args, output, wrote=chief)
     if pruned.retrain is not None:
         show_comparison(pruned.retrain, args, output)
     return EXIT_OK
@@ -147,7 +161,7 @@ def resolve_output(args) -> str:
     return model_output_path(args.model, args.output, "pruned", force=args.force)
 
 
-def make_prune(args, output, out_path: str = "") -> PruneRun:
+def make_prune(args, output, out_path: str = "", strategy=None) -> PruneRun:
     """Loads MODEL, scans it (or reads --report), and prunes a copy of it (the check included).
 
     Raises:
@@ -156,7 +170,7 @@ def make_prune(args, output, out_path: str = "") -> PruneRun:
     from deadrelu.pruner import prune
 
     loaded = load_from_args(args, output)
-    report = report_from_args(args, output, loaded)
+    report = report_from_args(args, output, loaded, strategy)
     options = {"batch_size": args.batch_size, **data_options(args)}
     with output.progress("pruning"):
         result = prune(
@@ -171,6 +185,7 @@ def make_prune(args, output, out_path: str = "") -> PruneRun:
             validation_labels=args.validation_labels,
             loss=args.loss,
             tolerance=args.tolerance,
+            strategy=strategy,
             **options,
         )
     return PruneRun(loaded=loaded, result=result, output=out_path, notes=list(result.notes))
@@ -292,7 +307,7 @@ def summary_dict(pruned: PruneRun) -> dict:
     }
 
 
-def show(pruned: PruneRun, args, output) -> None:
+def show(pruned: PruneRun, args, output, *, wrote: bool = True) -> None:
     """The per-site table, the checks, what it saves, and where the files went."""
     from rich.table import Table
     from rich.text import Text
@@ -361,6 +376,8 @@ def show(pruned: PruneRun, args, output) -> None:
     if pruned.after is not None:
         line += f" → {pruned.after.summary['dead']:,} of {pruned.after.summary['units']:,}"
     output.out.print(f"{line}; {result.units_removed:,} units removed", markup=False)
+    if not wrote:
+        return
     output.out.print(f"wrote {pruned.output}", markup=False)
     if args.json:
         output.note(f"wrote summary {args.json}", style="dim")

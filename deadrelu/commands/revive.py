@@ -8,6 +8,7 @@ from deadrelu.commands._common import (
     EXIT_OK,
     INPUT_FILE,
     OUTPUT_FILE,
+    add_strategy_flags,
     data_options,
     load_from_args,
     non_negative_int,
@@ -15,6 +16,8 @@ from deadrelu.commands._common import (
     positive_int,
     report_from_args,
     require_scan_source,
+    strategy_from_args,
+    writes_here,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
 
@@ -67,6 +70,7 @@ def register(subparsers, parents):
         help="compare outputs on the first N samples only (default: all of --data)",
     )
     add_retrain_flags(parser)
+    add_strategy_flags(parser)
     return parser
 
 
@@ -101,7 +105,16 @@ class ReviveRun:
 def run(args, output) -> int:
     check_retrain_flags(args)
     out_path = resolve_output(args)
-    revived = make_revival(args, output, out_path)
+    strategy = strategy_from_args(args, output)  # before TensorFlow starts its devices
+    from deadrelu.distribute import scope
+
+    with scope(strategy):  # the model, its copy and their scans live on the strategy's devices
+        return _run(args, output, out_path, strategy)
+
+
+def _run(args, output, out_path: str, strategy) -> int:
+    chief = writes_here(strategy, args, output, ("output", "json", "curves"))
+    revived = make_revival(args, output, out_path, strategy)
     if not revived.result.units_revived:
         return nothing_revived(revived, args, output)
     check_outputs(revived, args)
@@ -109,8 +122,9 @@ def run(args, output) -> int:
     if args.retrain:
         # The revived copy is trained in place, so OUT holds the retrained model.
         revived.retrain = retrain_from_args(args, output, revived.loaded.model, {"revived": revived.model})
-    save(revived, args, output)
-    show(revived, args, output)
+    if chief:
+        save(revived, args, output)
+    show(revived, args, output, wrote=chief)
     if revived.retrain is not None:
         show_comparison(revived.retrain, args, output)
     return EXIT_OK
@@ -124,13 +138,13 @@ def resolve_output(args) -> str:
     return model_output_path(args.model, args.output, "revived", force=args.force)
 
 
-def make_revival(args, output, out_path: str = "") -> ReviveRun:
+def make_revival(args, output, out_path: str = "", strategy=None) -> ReviveRun:
     """Loads MODEL, scans it (or reads --report), and revives a copy of it."""
     from deadrelu.model_utils import copy_model
     from deadrelu.reviver import revive_in_place
 
     loaded = load_from_args(args, output)
-    report = report_from_args(args, output, loaded)
+    report = report_from_args(args, output, loaded, strategy)
     with output.progress("reviving"):
         model = copy_model(loaded.model)
         # With data, revived units that still do not fire on it get a second draw.
@@ -143,6 +157,7 @@ def make_revival(args, output, out_path: str = "") -> ReviveRun:
             data=args.data or None,
             batch_size=args.batch_size,
             scan_options={"samples": args.samples, "rescale": args.rescale},
+            strategy=strategy,
         )
     return ReviveRun(
         loaded=loaded, model=model, result=result, before=report, output=out_path, notes=list(result.notes)

@@ -6,11 +6,14 @@ from deadrelu.commands._common import (
     LOG_FOLDER,
     add_output_flags,
     add_plot_dir_flag,
+    add_strategy_flags,
     data_options,
     emit,
     fraction,
     load_from_args,
     non_negative_int,
+    strategy_from_args,
+    writes_here,
 )
 
 ORDER = 10
@@ -60,16 +63,26 @@ def register(subparsers, parents):
         metavar="N",
         help="the step of those summaries (default 0), e.g. the checkpoint's epoch",
     )
+    add_strategy_flags(parser)
     return parser
 
 
 def run(args, output) -> int:
+    strategy = strategy_from_args(args, output)  # first: logical devices exist only if made before TensorFlow starts
+    from deadrelu.distribute import scope
+
+    with scope(strategy):  # the model is loaded, and scanned, on the strategy's devices
+        return _run(args, output, strategy)
+
+
+def _run(args, output, strategy) -> int:
     from deadrelu.scanner import describe_loaded, scan
 
     if args.tensorboard:
         from deadrelu.tensorboard import require_tensorboard
 
         require_tensorboard("--tensorboard")
+    writes_here(strategy, args, output, ("json", "plot", "plot_dir", "tensorboard"))
     loaded = load_from_args(args, output)
     with output.progress("scanning", unit="samples") as (on_start, on_batch):
         report = scan(
@@ -86,6 +99,7 @@ def run(args, output) -> int:
             on_batch=on_batch,
             model_info=describe_loaded(loaded),
             verbose=0,
+            strategy=strategy,
         )
     for note in report.notes:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
