@@ -3,11 +3,12 @@
 How it works: for the duration of each step call, every layer-level site's nonlinearity is
 wrapped (the layer's `activation` attribute, or the `call` of a `ReLU` layer) so that its output is
 handed to a recorder; while the model runs, ReLUs applied as function calls are intercepted too
-(`deadrelu.op_sites`) and become op-level sites. The step is one `tf.function`: it runs the model
-in inference mode, reduces every site output to per-unit sums and maxima, and adds them to
-accumulator variables (both in `deadrelu.reductions`). Nothing of size samples × units is ever
-kept, so memory is O(units). The wrappers are removed after every call — the traced graph keeps
-the recording, the user's model object is left exactly as it was.
+(`deadrelu.op_sites`) and become op-level sites. The step (`deadrelu.steps`: a `tf.function`, a
+`jax.jit` or eager PyTorch) runs the model in inference mode and reduces every site output to
+per-unit sums and maxima (`keras.ops`, in `deadrelu.reductions`), which the host adds to its
+totals batch after batch. Nothing of size samples × units is ever kept, so memory is O(units). The
+wrappers are removed after every call — a compiled step keeps the recording, the user's model
+object is left exactly as it was.
 
 Op-level sites are found by the first, eager pass on one sample (which also learns every site's
 shape) and measured by the trace, so the complete list of sites is known after the first trace
@@ -33,8 +34,9 @@ from deadrelu._keras_compat import child_layers, inputs_structure
 from deadrelu.errors import DataError, UsageError
 from deadrelu.losses import per_sample_loss
 from deadrelu.op_sites import Application, intercept_relus, op_site_path
-from deadrelu.reductions import Accumulators, site_batch_stats
+from deadrelu.reductions import Totals, site_batch_stats
 from deadrelu.sites import UNKNOWN_REASON, OtherActivation, Site, SiteMap, children, find_sites
+from deadrelu.steps import make_step
 
 
 @dataclasses.dataclass
@@ -154,7 +156,8 @@ class _Recorder:
 
     def __init__(self):
         self.records: list[tuple[int, object]] | None = None
-        self.tape = None
+        self.watch = None
+        self.perturb = None
         self.quiet = 0  # > 0 while a layer-level site's own activation runs: its ReLU is no op-level site
 
     def is_quiet(self) -> bool:
@@ -162,18 +165,20 @@ class _Recorder:
 
     def record(self, site_index: int, output):
         if self.records is not None:
-            if self.tape is not None:
-                self.tape.watch(output)
+            if self.watch is not None:
+                self.watch(output)
+            if self.perturb is not None:  # JAX: ∂ℓ/∂z is the gradient of a zero added to z
+                output = output + self.perturb[len(self.records)]
             self.records.append((site_index, output))
         return output
 
     @contextlib.contextmanager
-    def recording(self, tape=None):
-        self.records, self.tape = [], tape
+    def recording(self, *, watch=None, perturb=None):
+        self.records, self.watch, self.perturb = [], watch, perturb
         try:
             yield self.records
         finally:
-            self.records, self.tape = None, None
+            self.records, self.watch, self.perturb = None, None, None
 
 
 _MISSING = object()
@@ -213,13 +218,19 @@ def _own_traces_unreported():
     """Keeps TensorFlow from calling probes "excessive retracing".
 
     Every probe traces its step once, but TensorFlow counts traces per Python function, so a loop
-    scanning several models (one probe each) would read as retracing of one function.
+    scanning several models (one probe each) would read as retracing of one function; under a
+    strategy, the replicas of a short last batch take one more trace on purpose.
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
     import tensorflow as tf
 
     def keep(record) -> bool:
         message = record.getMessage()
-        return not ("triggered tf.function retracing" in message and "Probe." in message)
+        return not ("triggered tf.function retracing" in message and ("Probe." in message or "Step." in message))
 
     logger = tf.get_logger()
     logger.addFilter(keep)
@@ -248,16 +259,19 @@ class Probe:
 
     A `Probe` is compiled once (one trace, on the first batch) and can be `run` again and again
     (the training callback does so every epoch) without retracing, as long as batches keep the
-    same structure and non-batch shapes.
+    same structure and non-batch shapes. It runs on the TensorFlow, JAX and PyTorch backends of
+    Keras (`deadrelu.steps`), and on TensorFlow across the replicas of a `tf.distribute.Strategy`.
 
     Args:
         model: A `keras.Model`.
-        site_map: The layer-level sites to measure (default: `find_sites(model)`); op-level sites
-            are found by the first pass and measured too (`found` lists them all).
-        gradients: Also measure gradients; batches must then be `(x, y)` pairs.
-        loss: With gradients: a Keras loss name, function or `keras.losses.Loss`; default the
-            model's compiled loss.
-        weak: Hold the model by a weak reference only (for caches of probes).
+        site_map: The layer-level sites to measure. Defaults to `find_sites(model)`; op-level
+            sites are found by the first pass and measured too (`found` lists them all).
+        gradients: Also measure gradients; batches must then be `(x, y)` pairs. Defaults to False.
+        loss: With gradients: a Keras loss name, function or `keras.losses.Loss`. Defaults to
+            the model's compiled loss.
+        weak: Hold the model by a weak reference only (for caches of probes). Defaults to False.
+        strategy: A `tf.distribute.Strategy` to run every batch across its replicas (TensorFlow
+            only). Defaults to None: the strategy the model was built under, if any.
 
     Example:
         >>> probe = Probe(model)
@@ -265,7 +279,14 @@ class Probe:
     """
 
     def __init__(
-        self, model, site_map: SiteMap | None = None, *, gradients: bool = False, loss=None, weak: bool = False
+        self,
+        model,
+        site_map: SiteMap | None = None,
+        *,
+        gradients: bool = False,
+        loss=None,
+        weak: bool = False,
+        strategy=None,
     ):
         self._model = weakref.ref(model) if weak else (lambda: model)
         site_map = site_map if site_map is not None else find_sites(model)
@@ -273,17 +294,19 @@ class Probe:
             site_map = dataclasses.replace(site_map, sites=[site for site in site_map.sites if not site.op_level])
         self.site_map = site_map
         self.gradients = gradients
+        self.strategy = strategy
         self._loss = loss
-        self._loss_fn = None
+        self.loss_fn = None
+        self.weight_groups: list[_WeightGroup] = []
         self._recorder = _Recorder()
-        self._step = None
-        self._spec = None  # (x, y) specs the step was traced for
-        self._acc = None
+        self._step = None  # a `deadrelu.steps` step, built for `_spec`
+        self._spec = None  # (x, y) specs the step was built for
+        self._totals = None
         self._layout = None  # per site: (calls, positions, units)
-        self._weight_groups = None
         self._sites: list[Site] = list(self.site_map.sites)  # layer-level, then op-level once found
         self._op_keys: dict[tuple[int, int], int] = {}  # (id(layer), index in its call) → site index
-        self._traced_calls: dict[int, int] = {}  # op-level site index → calls seen by the trace
+        self._calls_known = False  # whether a traced (or eager) body has run once since `_build`
+        self._traced_calls: dict[int, int] = {}  # op-level site index → calls seen by the first body
         self._unmeasured: dict[int, str | None] = {}  # op-level site index → why it is not measured (None:
         # another site of the same layer says why already)
         self._strays: dict[str, OtherActivation] = {}  # ReLUs the trace ran that the eager pass did not
@@ -301,9 +324,14 @@ class Probe:
     def found(self) -> SiteMap | None:
         """Every site measured — layer-level, then op-level — with the activations listed but not
         measured and notes on ReLUs no site covers; None before the step is first traced."""
-        if self._found is None and self._step is not None and self._traced():
+        if self._found is None and self._calls_known:
             self._found = self._complete_map()
         return self._found
+
+    @property
+    def traces(self) -> int:
+        """How many times the step's body was traced (on PyTorch, which runs eagerly: 1 once run)."""
+        return 0 if self._step is None else self._step.traces
 
     def trace(self, x) -> SiteMap:
         """Builds and traces the step for inputs like `x` without measuring anything.
@@ -317,12 +345,13 @@ class Probe:
         if self.gradients:
             raise UsageError("`trace` is for probes without gradients")
         x = self._structured(x)
-        spec = _structure_spec(x, None)
+        spec = structure_spec(x, None)
         if spec != self._spec:
             self._build(x, None)
             self._spec = spec
         with hooked(self.site_map, self._recorder), _own_traces_unreported():
-            self._step.get_concrete_function()
+            self._step.start()
+            self._step.trace(x)
         return self.found
 
     # -- public ---------------------------------------------------------------------------
@@ -332,7 +361,8 @@ class Probe:
 
         Args:
             batches: Iterable of inputs (array, list or dict of arrays), or of `(x, y)` pairs
-                when the probe measures gradients.
+                when the probe measures gradients; under a strategy also batches already
+                distributed (the elements of a `DistributedDataset`).
             on_batch: Called with each batch's sample count after it has been processed.
 
         Returns:
@@ -340,39 +370,50 @@ class Probe:
         """
         with _own_traces_unreported():
             samples = self._run(batches, on_batch)
+            if self._step is not None:
+                samples = self._step.combine(self._totals, samples)
         if samples == 0:
             raise DataError("the data holds no samples; pass a file or array with at least one sample")
         return self._result(samples)
 
     def _run(self, batches: Iterable, on_batch) -> int:
         """One pass over `batches` (see `run`); returns the number of samples."""
-        import tensorflow as tf
-
         samples = 0
+        pending = None  # the previous batch's numbers, fetched once the next batch is under way
         for batch in batches:
             x, y = self._split(batch)
             if samples == 0:
-                spec = _structure_spec(x, y)
-                if spec != self._spec:  # first run, or data of another shape or dtype: (re)trace
-                    self._build(x, y)
+                if self._step is None:
+                    self._step = make_step(self, self.strategy)  # errors on a wrong backend early
+                example = self._step.example(x)
+                spec = structure_spec(example, None if y is None else self._step.example(y))
+                if spec != self._spec:  # first run, or data of another shape or dtype: (re)build
+                    self._build(example, None if y is None else self._step.example(y))
                     self._spec = spec
-                self._acc.reset()
+                self._totals.reset()
+                self._step.start()
             with hooked(self.site_map, self._recorder):
                 try:
-                    if self.gradients:
-                        self._step(x, tf.nest.map_structure(tf.convert_to_tensor, y))
-                    else:
-                        self._step(x)
-                except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+                    stats = self._step(x, y)
+                except self._step.data_errors as exc:
                     raise DataError(
                         f"the model failed on the data ({_first_line(exc)}); check the shape and "
                         "type of the data and labels against the model's input and output"
                     ) from exc
-            n = _batch_size(x)
+            if pending is not None:
+                self._add(pending)
+            pending = stats
+            n = self._step.samples(x)
             samples += n
             if on_batch is not None:
                 on_batch(n)
+        if pending is not None:
+            self._add(pending)
         return samples
+
+    def _add(self, stats) -> None:
+        for replica in self._step.fetch(stats):
+            self._totals.add(replica)
 
     # -- building -------------------------------------------------------------------------
 
@@ -398,24 +439,16 @@ class Probe:
         return bool(inputs) and len(inputs) == 2
 
     def _build(self, x, y) -> None:
-        """Learns each site's layout from one eager call, creates accumulators, traces the step."""
-        import tensorflow as tf
-
+        """Learns each site's layout from one eager call, creates the totals, builds the step."""
         self._layout = self._discover_layout(x)
         self._traced_calls, self._unmeasured, self._strays, self._found = {}, {}, {}, None
-        self._acc = Accumulators(self._sites, self._layout, self.gradients)
+        self._calls_known = False
+        self._totals = Totals(self._sites, self._layout, self.gradients)
         if self.gradients:
-            self._loss_fn = per_sample_loss(self.model, self._loss, y)
-            self._weight_groups = _weight_groups(self.model)
-            self._acc.add_weight_accumulators(self._weight_groups)
-
-        x_spec, y_spec = _structure_spec(x, y)
-        # No AutoGraph: the step has no data-dependent Python control flow, and Keras's own train and
-        # predict steps are not converted either (converting ours took most of a one-off scan's trace).
-        if self.gradients:
-            self._step = tf.function(self._gradient_step, input_signature=[x_spec, y_spec], autograph=False)
-        else:
-            self._step = tf.function(self._forward_step, input_signature=[x_spec], autograph=False)
+            self.loss_fn = per_sample_loss(self.model, self._loss, y)
+            self.weight_groups = _weight_groups(self.model)
+        self._step = make_step(self, self.strategy)
+        self._step.build(x, y)
 
     def _discover_layout(self, x) -> list[tuple[int, int, int]]:
         """Runs one sample eagerly with hooks: builds the model, checks the input, finds the
@@ -483,11 +516,18 @@ class Probe:
             quiet=self._recorder.is_quiet,
         )
 
-    def _traced_op(self, outer_graph):
-        """While the step is traced: records each op-level site's output, or says why it cannot."""
+    def _traced_op(self, anchor):
+        """While the step's body runs: records each measurable op-level site's output.
+
+        The first body run (a trace; on PyTorch the first eager batch) decides which sites can be
+        measured and counts their calls; later runs (retraces, eager batches, the gradient pass)
+        record the same sites.
+        """
 
         def traced(application: Application, output):
             index = self._op_keys.get((id(application.layer), application.index))
+            if self._calls_known:
+                return output if index is None or index in self._unmeasured else self._recorder.record(index, output)
             if index is None:
                 # Ran when traced but not in the eager pass (code that branches on the mode).
                 site = _op_site(application, -1, self.site_map, set())
@@ -498,7 +538,8 @@ class Probe:
                     ),
                 )
                 return output
-            reason = _unmeasurable(output, outer_graph)
+            _, positions, units = self._layout[index]
+            reason = self._step.unmeasurable(output, anchor, positions * units)
             if reason is not None:
                 self._unmeasured[index] = reason
                 return output
@@ -506,10 +547,6 @@ class Probe:
             return self._recorder.record(index, output)
 
         return traced
-
-    def _traced(self) -> bool:
-        """Whether the step has been traced (its Python body ran)."""
-        return self._step is not None and bool(self._step.experimental_get_tracing_count())
 
     def _complete_map(self) -> SiteMap:
         """The layer-level map with the op-level sites the trace measured, and what it could not."""
@@ -540,46 +577,50 @@ class Probe:
             )
         return dataclasses.replace(site_map, sites=measured, others=others, notes=notes)
 
-    # -- the traced steps -----------------------------------------------------------------
+    # -- what the steps call while their body runs -------------------------------------------
 
-    def _forward_step(self, x):
-        with self._recorder.recording() as records, self._intercepting(self._traced_op(_graph_of(x))):
-            self.model(x, training=False)
-        self._acc.add_sites([(site_index, self._site_stats(site_index, output)) for site_index, output in records])
-        return 0
+    def recorded_call(self, call: Callable[[], object], *, anchor, watch=None, perturb=None) -> tuple:
+        """Runs `call()` (the model on a batch) with every site's output recorded.
 
-    def _site_stats(self, site_index: int, output, grad=None) -> dict:
+        Args:
+            call: Runs the model; its result is returned.
+            anchor: The batch's inputs (where the step's graph or trace is read from).
+            watch: Called on each recorded output (TensorFlow: `GradientTape.watch`).
+            perturb: Zeros added to the recorded outputs, in order (JAX gradients).
+
+        Returns:
+            `(call(), [(site index, output), ...])`.
+        """
+        with (
+            self._recorder.recording(watch=watch, perturb=perturb) as records,
+            self._intercepting(self._traced_op(anchor)),
+        ):
+            result = call()
+        self._calls_known = True
+        return result, list(records)
+
+    def measure(self, records: list, grads: list | None = None, *, valid=None, loss=None) -> dict:
+        """One batch's packed statistics (`Totals.pack`) from the recorded outputs (and gradients)."""
+        grads = grads if grads is not None else [None] * len(records)
+        return self._totals.pack(
+            [
+                (site_index, self._site_stats(site_index, output, grad, valid))
+                for (site_index, output), grad in zip(records, grads)
+            ],
+            loss=loss,
+        )
+
+    def _site_stats(self, site_index: int, output, grad, valid) -> dict:
         site = self._sites[site_index]
         if not site.op_level:
-            return site_batch_stats(site, output, grad)
+            return site_batch_stats(site, output, grad, valid=valid)
         _, positions, units = self._layout[site_index]  # ReLUs on reshaped tensors: per sample, as found
-        return site_batch_stats(site, output, grad, positions=positions, units=units)
-
-    def _gradient_step(self, x, y):
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            with self._recorder.recording(tape) as records, self._intercepting(self._traced_op(_graph_of(x))):
-                y_pred = self.model(x, training=False)
-            per_sample = self._loss_fn(y, y_pred)
-            total = tf.reduce_sum(per_sample)
-        variables = [v for group in self._weight_groups for v in group.variables]
-        outputs = [output for _, output in records]
-        grads = tape.gradient(total, outputs + variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self._acc.add_sites(
-            [
-                (site_index, self._site_stats(site_index, output, grad))
-                for (site_index, output), grad in zip(records, grads[: len(outputs)])
-            ]
-        )
-        self._acc.add_weight_grads(grads[len(outputs) :])
-        self._acc.add_loss(total)
-        return 0
+        return site_batch_stats(site, output, grad, positions=positions, units=units, valid=valid)
 
     # -- results --------------------------------------------------------------------------
 
     def _result(self, samples: int) -> ProbeResult:
-        values = self._acc.read()
+        values = self._totals.read()
         found = self.found
         stats = []
         for site, (calls, positions, _), sums in zip(self._sites, self._layout, values["sites"]):
@@ -604,7 +645,7 @@ class Probe:
             )
         result = ProbeResult(sites=stats, samples=samples, others=found.others, notes=list(found.notes))
         if self.gradients:
-            result.mean_loss = float(values["loss"]) / samples
+            result.mean_loss = values["loss"] / samples
             result.layer_gradients = [
                 LayerGradient(
                     path=group.path,
@@ -612,10 +653,10 @@ class Probe:
                     params=int(sum(int(np.prod(v.shape)) for v in group.variables)),
                     grad_norm=float(np.sqrt(sum(np.sum((g / samples) ** 2) for g in grads))),
                     weight_norm=float(
-                        np.sqrt(sum(np.sum(np.square(v.numpy(), dtype=np.float64)) for v in group.variables))
+                        np.sqrt(sum(np.sum(np.square(keras_numpy(v), dtype=np.float64)) for v in group.variables))
                     ),
                 )
-                for group, grads in zip(self._weight_groups, values["weights"])
+                for group, grads in zip(self.weight_groups, self._step.weight_sums())
             ]
         return result
 
@@ -626,7 +667,7 @@ class Probe:
 _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def probe_for(model, *, gradients: bool = False, loss=None) -> Probe:
+def probe_for(model, *, gradients: bool = False, loss=None, strategy=None) -> Probe:
     """Returns a `Probe` of `model`, reusing the one traced by an earlier call when possible.
 
     A cached probe is reused while the model's sites, the loss and the data's specs stay the same
@@ -636,6 +677,7 @@ def probe_for(model, *, gradients: bool = False, loss=None) -> Probe:
         model: A `keras.Model`.
         gradients: Whether the probe measures gradients.
         loss: Loss for gradients; None uses the model's compiled loss.
+        strategy: A `tf.distribute.Strategy`, or None for the model's own (see `Probe`).
 
     Returns:
         A `Probe` whose statistics are reset on every `run`.
@@ -644,10 +686,11 @@ def probe_for(model, *, gradients: bool = False, loss=None) -> Probe:
     # The compiled loss is looked up when the probe is built, so a recompiled model needs a new one.
     loss_key = loss if isinstance(loss, str) else id(loss if loss is not None else getattr(model, "loss", None))
     probes = _PROBES.setdefault(model, {})
-    probe = probes.get((gradients, loss_key))
+    key = (gradients, loss_key, id(strategy) if strategy is not None else None)
+    probe = probes.get(key)
     if probe is None or not _same_sites(probe.site_map, site_map):
-        probe = Probe(model, site_map, gradients=gradients, loss=loss, weak=True)
-        probes[(gradients, loss_key)] = probe
+        probe = Probe(model, site_map, gradients=gradients, loss=loss, weak=True, strategy=strategy)
+        probes[key] = probe
     return probe
 
 
@@ -761,23 +804,6 @@ def _op_layout(shape: tuple, channel_axis: int) -> tuple[int, int]:
     return max(size // max(units, 1), 1), units
 
 
-def _unmeasurable(output, outer_graph) -> str | None:
-    """Why the traced step cannot measure an op-level site's output, or None when it can."""
-    if getattr(output, "graph", outer_graph) is not outer_graph:
-        return "inside a loop or a conditional (while_loop, cond, scan): not measured"
-    shape = getattr(output, "shape", None)
-    if shape is not None and shape.rank is not None and shape.is_fully_defined():
-        return "applied to a tensor that does not depend on the input (e.g. weights): no unit output"
-    return None
-
-
-def _graph_of(x):
-    """The graph being traced: that of the step's (symbolic) inputs."""
-    import tensorflow as tf
-
-    return tf.nest.flatten(x)[0].graph
-
-
 def find_all_sites(model, data=None) -> SiteMap:
     """Every site of a model, op-level ones included, without measuring anything.
 
@@ -804,32 +830,33 @@ def find_all_sites(model, data=None) -> SiteMap:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _structure_spec(x, y) -> tuple:
-    """Input and label specs with a free batch dimension (what a traced step is specialised to)."""
-    import tensorflow as tf
+def structure_spec(x, y) -> tuple:
+    """Input and label specs with a free batch dimension (what a built step is specialised to)."""
+    import keras
 
-    return tf.nest.map_structure(_batch_spec, x), None if y is None else tf.nest.map_structure(_batch_spec, y)
-
-
-def _batch_spec(array):
-    import tensorflow as tf
-
-    array = np.asarray(array) if not hasattr(array, "dtype") else array
-    dtype = tf.as_dtype(array.dtype)
-    return tf.TensorSpec((None,) + tuple(array.shape[1:]), dtype)
+    return keras.tree.map_structure(_batch_spec, x), None if y is None else keras.tree.map_structure(_batch_spec, y)
 
 
-def _batch_size(x) -> int:
-    import tensorflow as tf
-
-    return int(tf.nest.flatten(x)[0].shape[0])
+def _batch_spec(array) -> tuple:
+    dtype = getattr(array, "dtype", None)
+    if dtype is None:
+        array = np.asarray(array)
+        dtype = array.dtype
+    return (None,) + tuple(array.shape[1:]), str(np.dtype(dtype)) if not hasattr(dtype, "name") else dtype.name
 
 
 def _first_samples(x, n: int):
     """The first `n` samples of an input structure."""
-    import tensorflow as tf
+    import keras
 
-    return tf.nest.map_structure(lambda a: a[:n], x)
+    return keras.tree.map_structure(lambda a: a[:n], x)
+
+
+def keras_numpy(variable) -> np.ndarray:
+    """A Keras variable's value as a numpy array, on any backend."""
+    from keras import ops
+
+    return ops.convert_to_numpy(variable)
 
 
 def _units_from_layer(site: Site) -> int:

@@ -1,14 +1,17 @@
-"""Per-batch reductions of site outputs, traced into the probe's step, and the variables they add to.
+"""Per-batch reductions of site outputs, traced into the probe's step, and the totals they add to.
 
 A site output of shape [batch, ..., units] is reduced to per-unit numbers right where it is
-produced (`site_batch_stats`), and those are added to `Accumulators`: variables of size
-O(units) that live across batches. Nothing of size samples × units is ever kept.
+produced (`site_batch_stats`, written with `keras.ops`, so the same code runs inside a
+`tf.function`, under `jax.jit` and eagerly on PyTorch). `Totals.pack` lays one batch's numbers of
+every site back to back, one vector per statistic, which the step returns; `Totals.add` adds them
+on the host into numpy totals of size O(units). Nothing of size samples × units is ever kept.
 
-Every accumulator is a plain sum or maximum, so runs over shards (or replicas) combine by adding
-or taking the maximum. Counts are int64 and sums of magnitudes float64, so they stay exact (or
-accurate) past 2**24 observations.
+Every total is a plain sum or maximum, so batches, replicas and workers combine by adding or taking
+the maximum, in any order. The totals are int64 counts and float64 sums, so they stay exact (or
+accurate) past 2**24 observations; within a batch, counts are int32 and sums float64 where the
+backend has it (JAX without `jax_enable_x64` sums a batch in float32).
 
-Importing this module is cheap: TensorFlow is imported inside the functions.
+Importing this module is cheap: Keras is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -20,8 +23,26 @@ import numpy as np
 from deadrelu.sites import Site
 
 
+def wide_dtypes() -> tuple[str, str]:
+    """(count dtype, sum dtype) of one batch's numbers on the active Keras backend."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "int32", "float32"
+    return "int64", "float64"
+
+
 def site_batch_stats(
-    site: Site, output: Any, grad: Any = None, *, positions: int | None = None, units: int | None = None
+    site: Site,
+    output: Any,
+    grad: Any = None,
+    *,
+    positions: int | None = None,
+    units: int | None = None,
+    valid: Any = None,
 ) -> dict:
     """Reduces one site output (and its gradient) to per-unit sums over batch and positions.
 
@@ -33,56 +54,78 @@ def site_batch_stats(
             `positions` × `units` values (units last once the channel axis is moved there), but
             not necessarily with the batch first (time steps folded into the batch); it is
             reshaped to [samples, positions, units]. By default the batch is the first axis.
+        valid: None, or a float32 [samples] vector of 1 (a real sample) and 0 (padding: a copy of
+            a real sample that fills a batch to the compiled size, counted nowhere).
 
     Returns:
-        Tensors of shape [units], keyed as the site accumulators of `Accumulators` ("saturated"
-        for capped sites only, "grad_abs" and "grad_zero" with a gradient only).
+        Tensors of shape [units], keyed as the statistics of `Totals` ("saturated" for capped
+        sites only, "grad_abs" and "grad_zero" with a gradient only).
     """
-    import tensorflow as tf
+    from keras import ops
 
-    a = tf.cast(output, tf.float32)
-    rank = a.shape.rank
+    count, wide = wide_dtypes()
+    a = ops.cast(output, "float32")
+    rank = len(a.shape)
     if site.channel_axis != -1 and rank > 2:
-        perm = [0] + [i for i in range(1, rank) if i != site.channel_axis % rank] + [site.channel_axis % rank]
-        a = tf.transpose(a, perm)
+        axis = site.channel_axis % rank
+        perm = [0] + [i for i in range(1, rank) if i != axis] + [axis]
+        a = ops.transpose(a, perm)
         if grad is not None:
-            grad = tf.transpose(grad, perm)
+            grad = ops.transpose(grad, perm)
     if units is None:
         units = a.shape[-1]
-        # Keep the position count static when it is known: the max-pool below needs it.
-        positions = a.shape[1:-1].num_elements() if rank > 2 else 1
-    flat = tf.reshape(a, [-1, positions if positions is not None else tf.reduce_prod(tf.shape(a)[1:-1]), units])
+        inner = a.shape[1:-1]
+        # Keep the position count static when it is known: the fast reductions below need it.
+        positions = int(np.prod(inner, dtype=np.int64)) if all(d is not None for d in inner) else None
+        flat = (
+            ops.reshape(a, (ops.shape(a)[0], -1, units))
+            if positions is None
+            else ops.reshape(a, (-1, positions, units))
+        )
+    else:
+        flat = ops.reshape(a, (-1, positions, units))
+
+    def batch_total(per_sample, dtype):  # [batch, units] → [units], padding left out
+        if valid is not None:
+            per_sample = per_sample * valid[:, None]
+        return ops.sum(ops.cast(per_sample, dtype), axis=0)
+
     # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds): "fires" is sign(a) and
     # |a| is a. Per-sample counts (≤ positions) are exact in float32.
-    fires = tf.sign(flat)
+    fires = ops.sign(flat)
     per_sample_fires = _sum_positions(fires)  # [batch, units]
     stats = {
-        "fires": _sum_batch(per_sample_fires, tf.int64),
-        "sample_fires": _sum_batch(tf.sign(per_sample_fires), tf.int64),
-        "sum_abs": _sum_batch(_sum_positions(flat), tf.float64),
-        "max": tf.reduce_max(_max_positions(flat), axis=0),
+        "fires": batch_total(per_sample_fires, count),
+        "sample_fires": batch_total(ops.sign(per_sample_fires), count),
+        "sum_abs": batch_total(_sum_positions(flat), wide),
+        # Padding repeats real samples, so it cannot raise a maximum.
+        "max": ops.max(_max_positions(flat), axis=0),
     }
     passes = fires
     if site.capped:
         # Counting the entries at the cap takes three more passes over the output (compare, cast,
         # product); a batch whose maximum stays below the cap has none, and skips them.
-        reached = tf.reduce_max(stats["max"]) >= site.max_value
+        reached = ops.max(stats["max"]) >= site.max_value
 
         def at_cap():
-            return tf.cast(tf.greater_equal(flat, site.max_value), tf.float32)
+            return ops.cast(ops.greater_equal(flat, site.max_value), "float32")
 
-        stats["saturated"] = tf.cond(
-            reached, lambda: _sum_batch(_sum_positions(at_cap()), tf.int64), lambda: tf.zeros_like(stats["fires"])
+        stats["saturated"] = ops.cond(
+            reached,
+            lambda: batch_total(_sum_positions(at_cap()), count),
+            lambda: ops.zeros_like(stats["fires"]),
         )
         if grad is not None:
-            passes = tf.cond(reached, lambda: fires * (1.0 - at_cap()), lambda: fires)
+            passes = ops.cond(reached, lambda: fires * (1.0 - at_cap()), lambda: fires)
     if grad is not None:
         # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
-        g = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
-        g = tf.abs(g * passes)
-        nonzero = _sum_batch(_sum_positions(tf.sign(g)), tf.int64)
-        stats["grad_abs"] = _sum_batch(_sum_positions(g), tf.float64)
-        stats["grad_zero"] = tf.cast(tf.shape(flat)[0] * tf.shape(flat)[1], tf.int64) - nonzero
+        g = ops.reshape(ops.cast(grad, "float32"), ops.shape(flat))
+        g = ops.abs(g * passes)
+        nonzero = batch_total(_sum_positions(ops.sign(g)), count)
+        stats["grad_abs"] = batch_total(_sum_positions(g), wide)
+        samples = ops.shape(flat)[0] if valid is None else ops.sum(valid)
+        observed = ops.cast(samples, count) * ops.cast(ops.shape(flat)[1], count)
+        stats["grad_zero"] = observed - nonzero
     return stats
 
 
@@ -91,174 +134,173 @@ def site_batch_stats(
 _FEW_POSITIONS = 16
 
 
+def _tensorflow() -> bool:
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
 def _sum_positions(x):
-    """[batch, positions, units] → [batch, units], as one batched matrix product (on oneDNN's fast
-    kernels) unless the positions are few."""
-    import tensorflow as tf
+    """[batch, positions, units] → [batch, units]; on TensorFlow as one batched matrix product
+    (oneDNN's fast kernels) unless the positions are few."""
+    from keras import ops
 
     positions = x.shape[1]
     if positions == 1:  # Dense sites: nothing to reduce
         return x[:, 0, :]
-    if positions is not None and positions <= _FEW_POSITIONS:
-        return tf.reduce_sum(x, axis=1)
-    ones = tf.ones([tf.shape(x)[0], 1, tf.shape(x)[1]], x.dtype)
-    return tf.matmul(ones, x)[:, 0, :]
+    if positions is None or positions <= _FEW_POSITIONS or not _tensorflow():
+        return ops.sum(x, axis=1)
+    ones = ops.ones((ops.shape(x)[0], 1, positions), x.dtype)
+    return ops.matmul(ones, x)[:, 0, :]
 
 
 def _max_positions(x):
-    """[batch, positions, units] → [batch, units] maxima, as a global max-pool when the size is known."""
-    import tensorflow as tf
+    """[batch, positions, units] → [batch, units] maxima; on TensorFlow as a global max-pool."""
+    from keras import ops
 
     positions = x.shape[1]
     if positions == 1:
         return x[:, 0, :]
-    if positions is None or positions <= _FEW_POSITIONS:
-        return tf.reduce_max(x, axis=1)
-    pooled = tf.nn.max_pool2d(x[:, :, None, :], ksize=(positions, 1), strides=(positions, 1), padding="VALID")
+    if positions is None or positions <= _FEW_POSITIONS or not _tensorflow():
+        return ops.max(x, axis=1)
+    pooled = ops.max_pool(x[:, :, None, :], pool_size=(positions, 1), strides=(positions, 1), padding="valid")
     return pooled[:, 0, 0, :]
 
 
-def _sum_batch(x, dtype):
-    """[batch, units] → [units]; widened before summing, so counts stay exact past 2**24."""
-    import tensorflow as tf
-
-    return tf.reduce_sum(tf.cast(x, dtype), axis=0)
-
-
-# Per statistic: the dtype of its total and the value a site without output this batch adds.
+# Per statistic: how totals combine, the dtype of the total and the value a site without output
+# adds.
 _TOTALS = {
-    "fires": ("int64", 0),
-    "sample_fires": ("int64", 0),
-    "sum_abs": ("float64", 0.0),
-    "max": ("float32", -np.inf),  # combined by maximum; -inf keeps negative thresholds right
-    "saturated": ("int64", 0),
-    "grad_abs": ("float64", 0.0),
-    "grad_zero": ("int64", 0),
+    "fires": ("sum", np.int64, 0),
+    "sample_fires": ("sum", np.int64, 0),
+    "sum_abs": ("sum", np.float64, 0.0),
+    "max": ("max", np.float32, -np.inf),  # -inf keeps negative thresholds right
+    "saturated": ("sum", np.int64, 0),
+    "grad_abs": ("sum", np.float64, 0.0),
+    "grad_zero": ("sum", np.int64, 0),
+    "loss": ("sum", np.float64, 0.0),
 }
 
 
-class Accumulators:
-    """The probe's running totals, as variables updated inside the traced step.
+class Totals:
+    """The probe's running totals: what the step returns per batch, and the host-side sums.
 
-    One variable per statistic holds every site's units back to back (site `i` owns the slice
-    `offsets[i]:offsets[i + 1]`), so a step updates each statistic with one op whatever the number
-    of sites, and a reset or a read is a handful of calls. Per unit the statistics are:
+    One vector per statistic holds every site's units back to back (site `i` owns the slice
+    `offsets[i]:offsets[i + 1]`), so a step returns a handful of tensors whatever the number of
+    sites. Per unit the statistics are:
 
-        fires: (sample, position) pairs with a non-zero output (int64).
-        sample_fires: Samples in which the unit fired at least once (int64).
-        sum_abs: Sum of |output| (float64).
-        max: The largest output (float32; -inf until reached, read as 0).
-        saturated: Pairs at the cap (int64; capped sites such as relu6 only, their units alone).
-        grad_abs: Sum of |∂ℓₙ/∂z| (float64; with gradients only).
-        grad_zero: Pairs whose ∂ℓₙ/∂z is exactly zero (int64; with gradients only).
+        fires: (sample, position) pairs with a non-zero output.
+        sample_fires: Samples in which the unit fired at least once.
+        sum_abs: Sum of |output|.
+        max: The largest output (-inf until reached, read as 0).
+        saturated: Pairs at the cap (capped sites such as relu6 only, their units alone).
+        grad_abs: Sum of |∂ℓₙ/∂z| (with gradients only).
+        grad_zero: Pairs whose ∂ℓₙ/∂z is exactly zero (with gradients only).
 
-    With gradients also, per weight group, the summed gradient of each of its variables (float32,
-    created by `add_weight_accumulators`) and the summed per-sample loss (float64).
+    With gradients also "loss", the summed per-sample loss (a scalar).
 
     Args:
         sites: The sites measured, in model order.
         layout: Per site `(calls, positions, units)`; only `units` is used here.
-        gradients: Whether the gradient accumulators (and the loss) are kept.
+        gradients: Whether the gradient statistics (and the loss) are kept.
     """
 
     def __init__(self, sites: list[Site], layout: list[tuple[int, int, int]], gradients: bool):
-        import tensorflow as tf
-
         self._units = [units for _, _, units in layout]
         self._capped = [site.capped for site in sites]
-        names = ["fires", "sample_fires", "sum_abs", "max"] + (["grad_abs", "grad_zero"] if gradients else [])
+        self.names = ["fires", "sample_fires", "sum_abs", "max"]
+        if gradients:
+            self.names += ["grad_abs", "grad_zero", "loss"]
         if any(self._capped):
-            names.append("saturated")
-        self._totals = {}
-        for name in names:
-            size = sum(u for u, capped in zip(self._units, self._capped) if capped or name != "saturated")
-            self._totals[name] = tf.Variable(tf.zeros([size], _TOTALS[name][0]), trainable=False)
-        self._weights: list[list] = []
-        self._loss = tf.Variable(0.0, dtype=tf.float64, trainable=False) if gradients else None
+            self.names.append("saturated")
+        self._totals: dict[str, np.ndarray] = {}
+        self.reset()
 
-    def add_weight_accumulators(self, groups: list) -> None:
-        """Adds one float32 gradient sum per variable of each group (objects with `.variables`)."""
-        import tensorflow as tf
-
-        self._weights = [
-            [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in group.variables] for group in groups
-        ]
+    def _size(self, name: str) -> int:
+        if name == "loss":
+            return 1
+        return sum(u for u, capped in zip(self._units, self._capped) if capped or name != "saturated")
 
     def reset(self) -> None:
         """Zeroes every total (maxima start at -inf) before a new pass over the data."""
-        for name, var in self._totals.items():
-            var.assign(np.full(var.shape, _TOTALS[name][1], var.dtype.as_numpy_dtype))
-        for group in self._weights:
-            for var in group:
-                var.assign(np.zeros(var.shape, np.float32))
-        if self._loss is not None:
-            self._loss.assign(0.0)
+        self._totals = {name: np.full(self._size(name), _TOTALS[name][2], _TOTALS[name][1]) for name in self.names}
 
-    def add_sites(self, records: list[tuple[int, dict]]) -> None:
-        """Adds one batch's `site_batch_stats`, one `(site index, stats)` per recorded output.
+    def pack(self, records: list[tuple[int, dict]], loss: Any = None) -> dict:
+        """One batch's `site_batch_stats`, laid back to back: traced into the step.
 
-        A site recorded several times in one batch (a layer called twice) adds up its records
-        (maxima by maximum); a site not recorded adds nothing.
+        Args:
+            records: One `(site index, stats)` per recorded output. A site recorded several times
+                in one batch (a layer called twice) adds up its records (maxima by maximum); a
+                site not recorded adds nothing.
+            loss: With gradients, the batch's summed per-sample loss.
+
+        Returns:
+            `{statistic: tensor}` for the step to return.
         """
-        import tensorflow as tf
+        from keras import ops
 
+        count, wide = wide_dtypes()
+        dtypes = {"sum_abs": wide, "grad_abs": wide, "max": "float32"}
         by_site: dict[int, list[dict]] = {}
         for index, stats in records:
             by_site.setdefault(index, []).append(stats)
-        for name, var in self._totals.items():
-            dtype, neutral = _TOTALS[name]
+        packed = {}
+        for name in self.names:
+            if name == "loss":
+                packed[name] = ops.reshape(ops.cast(loss, wide), (1,))
+                continue
+            neutral = _TOTALS[name][2]
             parts = []
             for index, units in enumerate(self._units):
                 if name == "saturated" and not self._capped[index]:
                     continue
                 values = [stats[name] for stats in by_site.get(index, [])]
                 if not values:
-                    parts.append(tf.fill([units], tf.constant(neutral, dtype)))
+                    parts.append(ops.full((units,), neutral, dtype=dtypes.get(name, count)))
                 elif len(values) == 1:
                     parts.append(values[0])
                 else:
-                    parts.append(tf.reduce_max(tf.stack(values), 0) if name == "max" else tf.add_n(values))
-            if not parts:
-                continue  # no sites (or no capped ones)
-            total = tf.concat(parts, 0) if len(parts) > 1 else parts[0]
-            if name == "max":
-                var.assign(tf.maximum(var, total))
+                    stacked = ops.stack(values)
+                    parts.append(ops.max(stacked, axis=0) if name == "max" else ops.sum(stacked, axis=0))
+            if parts:  # none: a model without sites
+                packed[name] = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        return packed
+
+    def add(self, batch: dict) -> None:
+        """Adds one batch's packed numbers (numpy arrays, as `pack` laid them out)."""
+        for name, values in batch.items():
+            total = self._totals[name]
+            if _TOTALS[name][0] == "max":
+                np.maximum(total, values, out=total)
             else:
-                var.assign_add(total)
+                total += np.asarray(values).astype(total.dtype, copy=False)
 
-    def add_weight_grads(self, grads: list) -> None:
-        """Adds one batch's weight gradients, in the order of the groups' variables."""
-        import tensorflow as tf
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The raw totals (to combine across workers: sums add, "max" by maximum)."""
+        return self._totals
 
-        flat = [var for group in self._weights for var in group]
-        for var, grad in zip(flat, grads):
-            var.assign_add(tf.convert_to_tensor(grad))  # IndexedSlices (embeddings) → dense
-
-    def add_loss(self, total: Any) -> None:
-        """Adds one batch's summed per-sample loss."""
-        import tensorflow as tf
-
-        self._loss.assign_add(tf.cast(total, tf.float64))
+    @staticmethod
+    def combines_by_max(name: str) -> bool:
+        return _TOTALS[name][0] == "max"
 
     def read(self) -> dict:
-        """The totals as numpy arrays.
+        """The totals per site.
 
         Returns:
-            `{"sites": [per site {key: array}], "weights": [per group [float64 array per variable]]}`,
-            plus `"loss"` (the summed loss) with gradients. A maximum never updated reads 0.
+            `{"sites": [per site {statistic: array}]}`, plus `"loss"` (the summed loss) with
+            gradients. A maximum never reached reads 0.
         """
-        totals = {name: var.numpy() for name, var in self._totals.items()}
-        totals["max"] = np.where(np.isneginf(totals["max"]), 0.0, totals["max"]).astype(np.float32)
-        sites = [{} for _ in self._units]
+        totals = dict(self._totals)
+        # An empty replica's batch reduces to the lowest float, not -inf.
+        never = totals["max"] <= np.finfo(np.float32).min
+        totals["max"] = np.where(never, 0.0, totals["max"]).astype(np.float32)
+        loss = totals.pop("loss", None)
+        sites: list[dict] = [{} for _ in self._units]
         for name, values in totals.items():
             owners = [i for i in range(len(self._units)) if name != "saturated" or self._capped[i]]
             bounds = np.cumsum([self._units[i] for i in owners])[:-1]
             for index, part in zip(owners, np.split(values, bounds)):
                 sites[index][name] = part
-        values = {
-            "sites": sites,
-            "weights": [[var.numpy().astype(np.float64) for var in group] for group in self._weights],
-        }
-        if self._loss is not None:
-            values["loss"] = self._loss.numpy()
+        values: dict = {"sites": sites}
+        if loss is not None:
+            values["loss"] = float(loss[0])
         return values

@@ -118,7 +118,7 @@ def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
     assert scalars["epoch_deadrelu/dead_fraction"] == pytest.approx(dead_fraction, rel=1e-6)
 
     # The probe was traced once and reused for every check.
-    assert monitor._probe._step.experimental_get_tracing_count() == 1
+    assert monitor._probe._step.traces == 1
 
 
 def test_timeline_newly_dead_revived_and_persistence(xy):
@@ -230,7 +230,7 @@ def test_one_monitor_serves_two_fits(xy, capsys):
     assert sum("hidden flagged" in line for line in lines) == 1  # warned again, once
     assert lines[0].startswith("deadrelu: epoch 1: hidden flagged")
     # The probe is per model, not per fit: still traced once.
-    assert monitor._probe._step.experimental_get_tracing_count() == 1
+    assert monitor._probe._step.traces == 1
 
 
 def test_stop_and_patience_start_afresh_each_fit(xy):

@@ -269,13 +269,13 @@ def test_repeated_scans_reuse_the_trace_and_start_from_zero():
     first = deadrelu.scan(model, x, batch_size=8)
     step = probe_for(model)._step
     second = deadrelu.scan(model, x[:11], batch_size=8)  # other data: nothing carried over
-    assert probe_for(model)._step is step and step.experimental_get_tracing_count() == 1
+    assert probe_for(model)._step is step and step.traces == 1
     assert_site_matches(first.sites[0], reference_stats(to_numpy(c1(x))))
     assert_site_matches(second.sites[0], reference_stats(to_numpy(c1(x[:11]))))
 
     plant_bias(c1, {1: -1e3})  # new weights are read by the same trace
     third = deadrelu.scan(model, x, batch_size=8)
-    assert third.sites[0].dead == [0, 1] and step.experimental_get_tracing_count() == 1
+    assert third.sites[0].dead == [0, 1] and step.traces == 1
 
 
 def test_repeated_scan_with_other_input_shape_or_dtype_retraces():

@@ -1,0 +1,215 @@
+"""The engine on the active Keras backend: scan, gradients, op-level sites, the monitor, revive.
+
+Runs in the main (TensorFlow) test process and again, through tests/test_backends.py, in one
+subprocess per other backend (KERAS_BACKEND=jax, torch). Every number is checked against plain
+Keras tensors reduced with numpy, and gradients against the backend's own automatic
+differentiation.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import deadrelu
+from models import (
+    L,
+    assert_reports_equal,
+    assert_site_matches,
+    close,
+    outputs_of,
+    plant_bias,
+    random_x,
+    reference_grad_stats,
+    reference_stats,
+    to_numpy,
+)
+
+BACKEND = keras.backend.backend()
+
+
+def _mlp(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(16, activation="relu", name="d1"),
+            L.Dense(12, name="d2"),
+            L.ReLU(max_value=1.5, name="capped"),
+            L.Dense(3, name="out"),
+        ]
+    )
+    plant_bias(model.get_layer("d1"), {0: -50.0, 5: -50.0, 9: -50.0})  # dead by construction
+    plant_bias(model.get_layer("d2"), {2: -50.0})
+    return model
+
+
+def _cnn(seed: int = 1):
+    keras.utils.set_random_seed(seed)
+    inner = keras.Sequential(
+        [keras.Input((6, 6, 8)), L.Conv2D(5, 3, padding="same", activation="relu", name="inner_conv")], name="block"
+    )
+    inputs = keras.Input((8, 8, 2))
+    h = L.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    h = inner(h)
+    h = L.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, L.Dense(2, name="head")(h))
+    plant_bias(model.get_layer("conv"), {1: -80.0, 6: -80.0})
+    return model
+
+
+class OpRelu(L.Layer):
+    """A custom layer that applies ReLU as a function call (an op-level site)."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(units)
+
+    def call(self, x):
+        return ops.relu(self.dense(x) - 0.5)
+
+
+def test_scan_matches_numpy_on_a_planted_mlp():
+    model = _mlp()
+    x = random_x((6,), 203, seed=3, scale=2.0)
+    report = deadrelu.scan(model, x, batch_size=50)
+    d1 = L.Dense(16, name="d1_ref")
+    d1.build((None, 6))
+    d1.set_weights(model.get_layer("d1").get_weights())
+    h1 = np.maximum(to_numpy(d1(x)), 0)
+    capped_in = to_numpy(model.get_layer("d2")(h1))
+    capped = np.clip(capped_in, 0, 1.5)
+    assert [s.path for s in report.sites] == ["d1", "capped"]
+    assert_site_matches(report.sites[0], reference_stats([h1]))
+    assert_site_matches(report.sites[1], reference_stats([capped], max_value=1.5))
+    assert {0, 5, 9} <= set(report.sites[0].dead) and 2 in report.sites[1].dead
+
+
+def test_scan_matches_numpy_on_a_nested_cnn_with_batch_sizes_that_do_not_divide():
+    model = _cnn()
+    x = random_x((8, 8, 2), 37, seed=4)
+    conv, inner = model.get_layer("conv"), model.get_layer("block")
+    expected = outputs_of(model.inputs, [conv.output, inner.output], x)
+    report = deadrelu.scan(model, x, batch_size=10)
+    assert [s.path for s in report.sites] == ["conv", "block/inner_conv"]
+    assert_site_matches(report.sites[0], reference_stats([expected[0]]))
+    assert_site_matches(report.sites[1], reference_stats([expected[1]]))
+    assert report.sites[0].dead == [1, 6]
+    assert_reports_equal(report, deadrelu.scan(model, x, batch_size=37))
+
+
+def test_op_level_site_is_found_and_measured():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((4,))
+    layer = OpRelu(7, name="op_relu")
+    model = keras.Model(inputs, L.Dense(1)(layer(inputs)))
+    plant_bias(layer.dense, {3: -40.0})
+    x = random_x((4,), 64, seed=6)
+    report = deadrelu.scan(model, x, batch_size=20)
+    sites = [s for s in report.sites if s.path.startswith("op_relu")]
+    assert len(sites) == 1 and sites[0].kind.startswith("op:")
+    expected = np.maximum(to_numpy(layer.dense(x)) - 0.5, 0)
+    assert_site_matches(sites[0], reference_stats([expected]))
+    assert 3 in sites[0].dead
+
+
+def _site_gradient(head, z, y):
+    """∂(Σₙ ℓₙ)/∂z by the backend's own autodiff; ℓₙ = mean squared error of `head(z)`."""
+
+    def loss(z):
+        return ops.sum(ops.mean(ops.square(ops.subtract(head(z), ops.convert_to_tensor(y))), axis=-1))
+
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        z = tf.constant(z)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = loss(z)
+        return tape.gradient(value, z).numpy()
+    if BACKEND == "jax":
+        import jax
+
+        return np.asarray(jax.grad(loss)(z))
+    import torch
+
+    z = torch.tensor(z, requires_grad=True)
+    loss(z).backward()
+    return z.grad.detach().numpy()
+
+
+def test_gradients_match_the_backends_autodiff():
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((5,)), L.Dense(9, activation="relu", name="hidden"), L.Dense(2, name="out")])
+    model.compile(loss="mse")
+    plant_bias(model.get_layer("hidden"), {4: -60.0})
+    x = random_x((5,), 90, seed=8)
+    y = random_x((2,), 90, seed=9)
+    report = deadrelu.scan(model, x, labels=y, gradients=True, batch_size=40)
+    hidden = L.Dense(9)
+    hidden.build((None, 5))
+    hidden.set_weights(model.get_layer("hidden").get_weights())
+    z = np.maximum(to_numpy(hidden(x)), 0).astype(np.float32)
+    grad = to_numpy(_site_gradient(model.get_layer("out"), z, y)) * (z > 0)
+    mean_abs, zero_rate = reference_grad_stats([grad])
+    site = report.sites[0]
+    close(site.grad_mean_abs, mean_abs, "grad_mean_abs")
+    close(site.grad_zero_rate, zero_rate, "grad_zero_rate")
+    assert site.grad_zero_rate[4] == 1.0  # the planted dead unit passes no gradient
+    expected_loss = np.mean(np.mean((to_numpy(model(x)) - y) ** 2, axis=-1))
+    assert report.loss == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_monitor_inside_fit_revives_and_logs():
+    keras.utils.set_random_seed(10)
+    x = random_x((8,), 256, seed=11)
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            L.Dense(24, activation="relu", name="hidden", bias_initializer=keras.initializers.Constant(-30.0)),
+            L.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    monitor = deadrelu.DeadReluMonitor(x[:128], on_dead="revive", verbose=0)
+    history = model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[monitor])
+    fractions = history.history["deadrelu/dead_fraction"]
+    assert fractions[0] == 1.0  # every unit dead at the end of epoch 1: revived there
+    assert fractions[1] < 0.5  # the revived units stay revived in the backend's training state
+    after = deadrelu.scan(model, x[:128])
+    assert after.sites[0].dead_fraction == pytest.approx(fractions[1])
+
+
+def test_monitor_stop_ends_training():
+    keras.utils.set_random_seed(12)
+    x = random_x((8,), 128, seed=13)
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            L.Dense(16, activation="relu", bias_initializer=keras.initializers.Constant(-30.0)),
+            L.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=5, verbose=0, callbacks=[deadrelu.DeadReluMonitor(x, on_dead="stop", verbose=0)])
+    assert len(history.history["loss"]) == 1
+
+
+def test_revive_keeps_outputs_and_renews_dead_units():
+    model = _mlp()
+    x = random_x((6,), 120, seed=14, scale=2.0)
+    before = to_numpy(model(x))
+    result = deadrelu.revive_model(model, x, seed=0)
+    revived = result.model
+    np.testing.assert_allclose(to_numpy(revived(x)), before, rtol=1e-5, atol=1e-5)
+    kernel_before = to_numpy(model.get_layer("d1").kernel)
+    kernel_after = to_numpy(revived.get_layer("d1").kernel)
+    for unit in (0, 5, 9):
+        assert not np.allclose(kernel_after[:, unit], kernel_before[:, unit])
+    alive = [u for u in range(16) if u not in (0, 5, 9)]
+    np.testing.assert_array_equal(kernel_after[:, alive], kernel_before[:, alive])
+    assert not {0, 5, 9} & set(deadrelu.scan(revived, x).sites[0].dead)
