@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from deadrelu._keras_compat import child_layers, inputs_structure
+from deadrelu._keras_compat import child_layers, inputs_structure, keras_history
 from deadrelu.errors import DataError, UsageError
 from deadrelu.losses import per_sample_loss
 from deadrelu.op_sites import Application, intercept_relus, op_site_path
@@ -311,6 +311,9 @@ class Probe:
         # another site of the same layer says why already)
         self._strays: dict[str, OtherActivation] = {}  # ReLUs the trace ran that the eager pass did not
         self._found: SiteMap | None = None
+        self._output_activation = None  # with gradients: the output layer whose softmax/sigmoid input is kept
+        self._output_activation_name = ""
+        self._logits = None
 
     @property
     def model(self):
@@ -447,6 +450,8 @@ class Probe:
         if self.gradients:
             self.loss_fn = per_sample_loss(self.model, self._loss, y)
             self.weight_groups = _weight_groups(self.model)
+            self._output_activation = _output_activation(self.model)
+            self._output_activation_name = getattr(getattr(self._output_activation, "activation", None), "__name__", "")
         self._step = make_step(self, self.strategy)
         self._step.build(x, y)
 
@@ -591,13 +596,48 @@ class Probe:
         Returns:
             `(call(), [(site index, output), ...])`.
         """
+        self._logits = None
         with (
             self._recorder.recording(watch=watch, perturb=perturb) as records,
             self._intercepting(self._traced_op(anchor)),
+            self._capturing_logits(),
         ):
             result = call()
         self._calls_known = True
         return result, list(records)
+
+    @contextlib.contextmanager
+    def _capturing_logits(self):
+        """With gradients, keeps the input of the model's output softmax or sigmoid (its logits)."""
+        if self._output_activation is None:
+            yield
+            return
+        layer = self._output_activation
+        saved = layer.__dict__.get("activation", _MISSING)
+        activation = layer.activation
+
+        def capture(x, *args, **kwargs):
+            self._logits = x
+            return activation(x, *args, **kwargs)
+
+        object.__setattr__(layer, "activation", capture)
+        try:
+            yield
+        finally:
+            if saved is _MISSING:
+                layer.__dict__.pop("activation", None)
+            else:
+                object.__setattr__(layer, "activation", saved)
+
+    def per_sample_loss(self, y, y_pred):
+        """Each sample's loss for the batch `recorded_call` just ran.
+
+        A crossentropy on the probabilities of an output softmax or sigmoid is computed from that
+        activation's input (its logits), as Keras's TensorFlow backend does: so the gradients do
+        not vanish where a probability rounds to 0 or 1, and are the same on every backend.
+        """
+        logits = None if self._logits is None else (self._output_activation_name, self._logits)
+        return self.loss_fn(y, y_pred, logits=logits)
 
     def measure(self, records: list, grads: list | None = None, *, valid=None, loss=None) -> dict:
         """One batch's packed statistics (`Totals.pack`) from the recorded outputs (and gradients)."""
@@ -737,6 +777,22 @@ def _weight_groups(model) -> list[_WeightGroup]:
     for layer in children(model):
         visit(layer, "")
     return groups
+
+
+def _output_activation(model):
+    """The layer whose fused or `Activation` softmax/sigmoid makes a one-output model's output, or None."""
+    import keras
+
+    try:
+        outputs = keras.tree.flatten(model.outputs)
+    except Exception:  # noqa: BLE001 - a subclassed model never called symbolically
+        return None
+    if len(outputs) != 1:
+        return None
+    history = keras_history(outputs[0])
+    layer = getattr(history, "operation", None) or (history[0] if history else None)
+    name = getattr(getattr(layer, "activation", None), "__name__", "")
+    return layer if name in ("softmax", "sigmoid") else None
 
 
 # -- op-level sites -----------------------------------------------------------------------

@@ -183,7 +183,7 @@ class TensorFlowStep(_Step):
             y_pred, records = self.probe.recorded_call(
                 lambda: self.probe.model(x, training=False), anchor=x, watch=tape.watch
             )
-            per_sample = self.probe.loss_fn(y, y_pred)
+            per_sample = self.probe.per_sample_loss(y, y_pred)
             total = tf.reduce_sum(per_sample if valid is None else per_sample * valid)
         outputs = [output for _, output in records]
         grads = tape.gradient(total, outputs + variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -403,7 +403,7 @@ class JaxStep(_Step):
             y_pred, records = self.probe.recorded_call(
                 self._call(weights, non_trainable, x), anchor=x, perturb=perturbations
             )
-            per_sample = self.probe.loss_fn(y, y_pred)
+            per_sample = self.probe.per_sample_loss(y, y_pred)
             return jnp.sum(per_sample * valid), [output for _, output in records]
 
         (total, outputs), (site_grads, weight_grads) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
@@ -460,19 +460,34 @@ class TorchStep(_Step):
 
     def __call__(self, x, y):
         import torch
-        from keras import ops
 
         self.traces = 1
-        x = ops.convert_to_tensor(x) if not isinstance(x, (list, tuple, dict)) else _tensors(x)
+        # TensorFlow and XLA flush subnormal floats to zero on the CPU; so does this step (then
+        # puts the setting back), or gradients that vanish on the other backends would keep a
+        # trace of 1e-40 here and count as non-zero.
+        flushed_before = _flushes_subnormals()
+        torch.set_flush_denormal(True)
+        try:
+            if not self.probe.gradients:
+                return self._forward(_tensors(x))
+            return self._gradient(_tensors(x), _tensors(y))
+        finally:
+            torch.set_flush_denormal(flushed_before)
+
+    def _forward(self, x):
+        import torch
+
+        with torch.no_grad():
+            _, records = self.probe.recorded_call(lambda: self.probe.model(x, training=False), anchor=x)
+            return self.probe.measure(records)
+
+    def _gradient(self, x, y):
+        import torch
+
         model = self.probe.model
-        if not self.probe.gradients:
-            with torch.no_grad():
-                _, records = self.probe.recorded_call(lambda: model(x, training=False), anchor=x)
-                return self.probe.measure(records)
-        y = _tensors(y)
         variables = [v.value for v in self._weight_variables()]
         y_pred, records = self.probe.recorded_call(lambda: model(x, training=False), anchor=x)
-        total = torch.sum(self.probe.loss_fn(y, y_pred))
+        total = torch.sum(self.probe.per_sample_loss(y, y_pred))
         targets = [output for _, output in records] + variables
         wanted = [t for t in targets if t.requires_grad]
         found = iter(torch.autograd.grad(total, wanted, allow_unused=True) if wanted else [])
@@ -503,6 +518,13 @@ class TorchStep(_Step):
         if int(np.prod(tuple(output.shape))) != _batch_size(anchor) * per_sample:
             return _INPUT_INDEPENDENT
         return None
+
+
+def _flushes_subnormals() -> bool:
+    """Whether PyTorch flushes subnormal floats to zero now (it has a setter, not a getter)."""
+    import torch
+
+    return float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item()) == 0.0
 
 
 def _tensors(x) -> Any:
