@@ -1,7 +1,9 @@
 """The `deadrelu` command line.
 
-Start-up stays light: argparse and the standard library only. TensorFlow is imported inside the
-commands, after TensorFlow's own log noise has been routed away from the user's terminal.
+Start-up stays light: argparse and the standard library only. The Keras backend is chosen first
+(`deadrelu.backends.select`: `KERAS_BACKEND`, else TensorFlow; a note names JAX or PyTorch when
+one runs), then Keras is imported inside the commands, after TensorFlow's own log noise has been
+routed away from the user's terminal.
 
 Exit codes: 0 done; 1 done but `--fail-on` exceeded; 2 bad input (one line, no traceback);
 3 internal error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Every path is checked before
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parents = parent_parsers()
     for module in sorted(modules, key=lambda m: m.ORDER):
         command = module.register(subparsers, parents)
-        command.set_defaults(handler=module.run, command_parser=command)
+        # USES_KERAS = False: the command never loads Keras (no backend note).
+        command.set_defaults(handler=module.run, command_parser=command, uses_keras=getattr(module, "USES_KERAS", True))
     parser.set_defaults(commands=tuple(subparsers.choices))
     return parser
 
@@ -234,14 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Checks every path, then runs the command; errors become one line and an exit code."""
+    from deadrelu.backends import DEFAULT, select
     from deadrelu.errors import DeadReluError
 
     with quiet_native_stderr(not args.verbose):
         try:
+            backend = select()  # KERAS_BACKEND, else TensorFlow: before any command imports Keras
             check_paths(args)  # before any work: nothing is loaded, nothing written
             if not args.verbose:
                 _silence_python_logs()
             output = Output(args)
+            if backend != DEFAULT and args.uses_keras:
+                output.note(f"backend: {backend} (KERAS_BACKEND)", style="dim")
             return args.handler(args, output)
         except DeadReluError as exc:
             if args.debug:

@@ -387,8 +387,11 @@ def _load_hdf5(ctx: _Context, architecture: str | None):
             model = _try_plain_keras(ctx)
             if model is not None:
                 return model, training
-        model = _build(fixed, repair.custom_objects, ctx)
-        h5_weights.load_weights(model, f, repair.original_names, ctx.path)
+        try:
+            model = _build(fixed, repair.custom_objects, ctx)
+            h5_weights.load_weights(model, f, repair.original_names, ctx.path)
+        except ModelLoadError as exc:
+            raise _lambda_backend_hint(exc, repair.functions, ctx.path) from exc
     if not named_h5 and architecture is None:
         ctx.repairs.append("read as HDF5: the file's content is HDF5, whatever its name says")
     ctx.repairs.extend(repair.messages())
@@ -595,6 +598,23 @@ def _build(config: dict, objects: dict, ctx: _Context):
             '`input_shape`, e.g. `input_shape="28,28,1"` (without the batch axis)'
         )
     return model
+
+
+def _lambda_backend_hint(exc: ModelLoadError, functions: dict, path: str) -> ModelLoadError:
+    """`exc`, or on JAX / PyTorch with stored lambdas, an error saying they may need TensorFlow.
+
+    Keras 2 lambdas often call TensorFlow (`tf.*`, `K.*`), which fails on other backends: Keras
+    then leaves the layers after the Lambda unbuilt, and the weights seem not to fit.
+    """
+    from deadrelu.backends import TENSORFLOW, loaded
+
+    backend = loaded()
+    if not functions or backend in (None, TENSORFLOW):
+        return exc
+    return ModelLoadError(
+        f"{path} cannot be rebuilt on {backend}: its Lambda layers hold Keras 2 code, which often calls "
+        f"TensorFlow (tf.*, K.*); rerun with KERAS_BACKEND=tensorflow (on {backend}: {exc})"
+    )
 
 
 def _module_objects() -> dict:

@@ -6,7 +6,10 @@ expects (`match_labels`) and the stored compile configuration (`compile_config`)
 several outputs has one loss per output (a list in output order, a dict by output name, or one
 loss for all) and optional loss weights; `per_output` spreads such values over the outputs.
 
-Importing this module is cheap: Keras and TensorFlow are imported inside the functions.
+The per-sample losses are written with `keras.ops`, so they run on every Keras backend (TensorFlow,
+JAX, PyTorch), eagerly and inside a compiled step (`tf.function`, `jax.jit`).
+
+Importing this module is cheap: Keras is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
             name), used to tell sparse from one-hot labels.
 
     Returns:
-        A traceable function giving each sample's own loss.
+        A traceable function giving each sample's own loss, on any Keras backend.
 
     Raises:
         UsageError: No loss is given or stored, a loss is unknown, or the losses or labels do not
@@ -99,7 +102,6 @@ def _check_label_width(y: np.ndarray, out_shape: tuple | None, name: str | None)
 def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:
     """The per-sample loss of one output: the loss unreduced, then averaged over non-batch axes."""
     import keras
-    import tensorflow as tf
 
     if isinstance(loss, (list, tuple, dict)):
         raise UsageError("a list or dict of losses is for a model with several outputs; pass one `loss`")
@@ -120,9 +122,9 @@ def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:
 
     def per_sample(y_true, y_pred):
         values = unreduced(adapt_labels(y_true, y_pred), y_pred)
-        rank = values.shape.rank or 0
+        rank = _rank(values) or 0
         if rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, rank)))
+            values = keras.ops.mean(values, axis=tuple(range(1, rank)))
         return values
 
     return per_sample
@@ -208,15 +210,25 @@ def _by_output(structure: Any, names: list[str]) -> list:
     return [structure]
 
 
+def _rank(x) -> int | None:
+    """The number of axes of a tensor of any backend; None when unknown (a TensorFlow trace)."""
+    try:
+        return len(x.shape)
+    except (TypeError, ValueError):  # tf.TensorShape of unknown rank
+        return None
+
+
 def _same_rank(y_true, y_pred):
     """Labels of shape (N,) for an (N, 1) output get their last axis, as `fit` would do."""
-    import tensorflow as tf
+    import keras
 
-    true_rank, pred_rank = y_true.shape.rank, y_pred.shape.rank
+    true_rank, pred_rank = _rank(y_true), _rank(y_pred)
+    if true_rank is None or pred_rank is None:
+        return y_true, y_pred
     if true_rank == pred_rank - 1 and y_pred.shape[-1] == 1:
-        y_true = tf.expand_dims(y_true, -1)
+        y_true = keras.ops.expand_dims(y_true, -1)
     elif true_rank == pred_rank + 1 and y_true.shape[-1] == 1:
-        y_true = tf.squeeze(y_true, -1)
+        y_true = keras.ops.squeeze(y_true, -1)
     return y_true, y_pred
 
 
@@ -231,16 +243,19 @@ def _label_adapter(name: str, y: np.ndarray, out_shape: tuple | None) -> Callabl
     The loss itself is kept (with its `from_logits`, `axis`, label smoothing, ...); only the
     labels change form. (`_match_one` is the eager counterpart used before `fit`.)
     """
-    import tensorflow as tf
+    import keras
 
+    ops = keras.ops
     classes = out_shape[-1] if out_shape else None
     sparse_labels = y.ndim == 1 or (y.ndim >= 2 and y.shape[-1] == 1 and classes not in (None, 1))
     if "sparse" not in name and "categorical_crossentropy" in name and sparse_labels and classes:
-        return lambda y_true, y_pred: tf.one_hot(
-            tf.cast(tf.reshape(y_true, [-1]), tf.int32), classes, dtype=y_pred.dtype
+        return lambda y_true, y_pred: ops.one_hot(
+            ops.cast(ops.reshape(y_true, (-1,)), "int32"),
+            classes,
+            dtype=keras.backend.standardize_dtype(y_pred.dtype),
         )
     if "sparse_categorical" in name and not sparse_labels and classes and y.shape[-1] == classes:
-        return lambda y_true, y_pred: tf.argmax(y_true, axis=-1)
+        return lambda y_true, y_pred: ops.argmax(y_true, axis=-1)
     return lambda y_true, y_pred: y_true
 
 

@@ -211,8 +211,8 @@ class Report:
         layer_gradients: Per weighted layer, gradient and weight norms; `None` unless the scan
             measured gradients. Defaults to `None`.
         notes: One-line remarks kept with the report (adaptations, warnings). Defaults to `[]`.
-        tool: Name and version of the tool that wrote the report. Defaults to deadrelu and its
-            installed version.
+        tool: Name and version of the tool that wrote the report, and the Keras backend it ran
+            on. Defaults to `tool_info()`: deadrelu, its installed version and the backend.
         loss: The mean loss on the data; `None` unless measured. Defaults to `None`.
 
     `repr(report)` is one line, e.g.
@@ -237,7 +237,7 @@ class Report:
     others: list[dict] = dataclasses.field(default_factory=list)
     layer_gradients: list[dict] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
-    tool: dict = dataclasses.field(default_factory=lambda: {"name": "deadrelu", "version": _version()})
+    tool: dict = dataclasses.field(default_factory=lambda: tool_info())
     loss: float | None = None
 
     def __repr__(self) -> str:
@@ -477,6 +477,28 @@ def _clip(text: str, width: int = 80) -> str:
 
 def _indices(mask: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(mask)]
+
+
+def tool_info() -> dict:
+    """What wrote a report: `{"name": "deadrelu", "version": ..., "backend": ...}`.
+
+    `backend` is the Keras backend of this process ("tensorflow", "jax" or "torch"); it is left
+    out when Keras has not been imported (nothing ran on a backend), so this never imports it.
+
+    Returns:
+        The `tool` object of the JSON reports.
+
+    Example:
+        >>> tool_info()
+        {'name': 'deadrelu', 'version': '0.1.0', 'backend': 'jax'}
+    """
+    from deadrelu.backends import loaded
+
+    tool = {"name": "deadrelu", "version": _version()}
+    backend = loaded()
+    if backend is not None:
+        tool["backend"] = backend
+    return tool
 
 
 def _version() -> str:

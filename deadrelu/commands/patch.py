@@ -193,12 +193,12 @@ def save(patched: PatchRun, args, output) -> None:
 
 def summary_dict(patched: PatchRun) -> dict:
     """The --json summary: input, output, settings, every rewrite and the self-check."""
-    from deadrelu._version import __version__
+    from deadrelu.report import tool_info
 
     loaded = patched.loaded
     return {
         "schema": "deadrelu/patch@1",
-        "tool": {"name": "deadrelu", "version": __version__},
+        "tool": tool_info(),
         "model": {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format},
         "output": {"path": patched.output, "format": "keras" if patched.output.endswith(".keras") else "h5"},
         **patched.result.to_dict(),

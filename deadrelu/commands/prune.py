@@ -266,7 +266,7 @@ def save(pruned: PruneRun, args, output) -> None:
 
 def summary_dict(pruned: PruneRun) -> dict:
     """The --json summary: input, output, per-site removal, layers, the checks, what it saves."""
-    from deadrelu._version import __version__
+    from deadrelu.report import tool_info
 
     loaded, result = pruned.loaded, pruned.result
     after = {s.path: s for s in pruned.after.sites} if pruned.after is not None else {}
@@ -293,7 +293,7 @@ def summary_dict(pruned: PruneRun) -> dict:
         summary.pop(key)
     return {
         "schema": "deadrelu/prune@1",
-        "tool": {"name": "deadrelu", "version": __version__},
+        "tool": tool_info(),
         "model": {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format},
         "output": {"path": written, "format": None if written is None else os.path.splitext(written)[1].lstrip(".")},
         "data": dict(result.report.data),

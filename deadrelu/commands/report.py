@@ -5,6 +5,7 @@ from __future__ import annotations
 from deadrelu.commands._common import EXIT_OK, INPUT_FILE, OUTPUT_FILE, add_output_flags, add_plot_dir_flag, emit
 
 ORDER = 30
+USES_KERAS = False  # renders JSON: no model, no backend
 
 
 def register(subparsers, parents):

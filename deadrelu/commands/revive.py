@@ -241,7 +241,7 @@ def save(revived: ReviveRun, args, output) -> None:
 
 def summary_dict(revived: ReviveRun) -> dict:
     """The --json summary: input, output, per-site revival, the output check, dead before/after."""
-    from deadrelu._version import __version__
+    from deadrelu.report import tool_info
 
     loaded = revived.loaded
     after = {s.path: s for s in revived.after.sites} if revived.after is not None else {}
@@ -259,7 +259,7 @@ def summary_dict(revived: ReviveRun) -> dict:
         sites.append(entry)
     return {
         "schema": "deadrelu/revive@1",
-        "tool": {"name": "deadrelu", "version": __version__},
+        "tool": tool_info(),
         "model": {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format},
         "output": {"path": revived.output, "format": "keras" if revived.output.endswith(".keras") else "h5"},
         "data": dict(revived.before.data),

@@ -103,7 +103,14 @@ def rebuild_entry(entry: dict) -> bool:
         entry.update(class_name="ReLU", module="keras.layers", registered_name=None)
         entry["config"] = {**base, **RELU_OPS[function]}
         return True
-    resolve_tf_op(function)  # fails here, with the op's name, rather than deep inside Keras
+    from deadrelu.backends import require_tensorflow
+
+    # Fails here, with the op's name, rather than deep inside Keras.
+    require_tensorflow(
+        f"the TensorFlow op tf.{function} that this file stores (tf.keras TFOpLambda layer {cfg.get('name')!r})",
+        error=ModelLoadError,
+    )
+    resolve_tf_op(function)
     entry.update(class_name="TFOpLambda", registered_name="TFOpLambda")
     entry["config"] = {**base, "function": function}
     return False
