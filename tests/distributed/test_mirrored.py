@@ -205,9 +205,11 @@ def test_monitor_stop_stops_at_the_first_check():
     assert monitor.timeline[-1].action == "stop"
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
-def test_monitor_revive_keeps_replicas_identical(replicas):
-    strategy, _, model, monitor, history = fit_with_monitor("revive", replicas=replicas, epochs=2)
+def test_monitor_revive_keeps_replicas_identical():
+    # `fit` on 2 replicas only: Keras's own all-reduce in `fit` under a second MirroredStrategy of
+    # another size in the same process fails in TensorFlow ("joining a group with size 3, but that
+    # group has size 2"); deadrelu's scans use no collective and run on 3 replicas above.
+    strategy, _, model, monitor, history = fit_with_monitor("revive", replicas=2, epochs=2)
     assert monitor.revivals >= 1
     assert len(history.history["deadrelu/dead_fraction"]) == 2
     assert replicas_identical(model, strategy) > len(model.variables)  # the optimizer slots too
