@@ -30,6 +30,7 @@ import pytest
 
 from paths import SAMPLES
 
+
 @pytest.fixture(scope="session")
 def backend() -> str:
     """The Keras backend of this process: "tensorflow", "jax" or "torch"."""

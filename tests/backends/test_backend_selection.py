@@ -26,13 +26,6 @@ def test_a_non_default_backend_is_named_in_one_line(run_cli, dying_mlp, backend)
         assert notes == [f"deadrelu: backend: {backend} (KERAS_BACKEND)"]
 
 
-def test_report_rendering_says_no_backend(run_cli, mlp_report_file, tmp_path):
-    code, _, err = run_cli(["report", mlp_report_file, "--html", tmp_path / "r.html"])
-    assert code == 0, err
-    assert "backend" not in err
-    assert (tmp_path / "r.html").stat().st_size > 1000
-
-
 @pytest.mark.parametrize("name", ["numpy", "JAX", "tensorflow2"])
 def test_an_unknown_backend_is_refused_in_one_line(run_cli, dying_mlp, monkeypatch, name):
     monkeypatch.setenv("KERAS_BACKEND", name)
