@@ -185,14 +185,14 @@ class DeadReluMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         from deadrelu.data import load_data
-        from deadrelu.distribute import probe_options, resolve_strategy
+        from deadrelu.distribute import resolve_strategy
         from deadrelu.probe import Probe
 
         self._reset()
         strategy = resolve_strategy(self.strategy, self.model)
         self._probe_data = load_data(self.data, self.model, samples=self.samples, strategy=strategy)
         if self._probe is None or self._probe.model is not self.model or strategy is not self._strategy:
-            self._probe = Probe(self.model, **probe_options(strategy))
+            self._probe = Probe(self.model, strategy=strategy)
         self._strategy = strategy
         self._open_summaries()
 

@@ -325,11 +325,6 @@ def scope(strategy):
     return strategy.scope()
 
 
-def probe_options(strategy) -> dict:
-    """Keyword arguments of `probe_for` / `Probe` for `strategy`: `{"strategy": strategy}`, or none."""
-    return {} if strategy is None else {"strategy": strategy}
-
-
 def shared_seed(report, model) -> int:
     """A seed every worker derives alike: a digest of the dead units of `report` and of the weights.
 

@@ -677,7 +677,6 @@ def _second_chance(
     the outgoing weights stay zero: the outputs keep.
     """
     from deadrelu.data import load_data
-    from deadrelu.distribute import probe_options
     from deadrelu.probe import probe_for
 
     probe_data = load_data(
@@ -690,7 +689,7 @@ def _second_chance(
     )
     # Traced once, run again after every change (it reads the variables); a later scan of the
     # revived model reuses the same trace.
-    probe = probe_for(model, **probe_options(strategy))
+    probe = probe_for(model, strategy=strategy)
 
     def dead_units() -> dict[str, set[int]]:
         stats = probe.run(probe_data.batches(batch_size))

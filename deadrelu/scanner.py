@@ -83,7 +83,7 @@ def scan(
         >>> print(report.summary)
     """
     from deadrelu.data import load_data
-    from deadrelu.distribute import probe_options, resolve_strategy
+    from deadrelu.distribute import resolve_strategy
     from deadrelu.distribute import settings as strategy_settings
     from deadrelu.probe import probe_for
 
@@ -127,7 +127,7 @@ def scan(
             if on_batch is not None:
                 on_batch(count)
 
-        probe = probe_for(model, gradients=gradients, loss=loss, **probe_options(strategy))
+        probe = probe_for(model, gradients=gradients, loss=loss, strategy=strategy)
         result = probe.run(probe_data.batches(batch_size, labels=gradients), on_batch=advance)
 
     notes = list(probe_data.notes) + list(result.notes)

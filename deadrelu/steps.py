@@ -113,7 +113,9 @@ class TensorFlowStep(_Step):
 
         super().__init__(probe)
         self.data_errors = (ValueError, TypeError, tf.errors.InvalidArgumentError)
-        self.strategy = strategy if strategy is not None else model_strategy(probe.model)
+        from deadrelu.distribute import resolve_strategy
+
+        self.strategy = resolve_strategy(strategy, probe.model)
         strategy = self.strategy
         self._fn = None
         self._per_replica = None  # rows per replica, fixed by the first batch
@@ -319,15 +321,6 @@ def _tensor_spec(array):
 
     array = array if hasattr(array, "dtype") else np.asarray(array)
     return tf.TensorSpec((None,) + tuple(array.shape[1:]), tf.as_dtype(array.dtype))
-
-
-def model_strategy(model):
-    """The `tf.distribute.Strategy` a model was built under (or whose scope is open), or None for
-    TensorFlow's default strategy."""
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is None or type(strategy).__name__ == "_DefaultDistributionStrategy":
-        return None
-    return strategy
 
 
 _INPUT_INDEPENDENT = "applied to a tensor that does not depend on the input (e.g. weights): no unit output"

@@ -55,7 +55,6 @@ def test_no_strategy_is_the_plain_path():
     assert distribute.resolve_strategy(tf.distribute.get_strategy(), model) is None  # the default one
     assert (distribute.num_workers(None), distribute.worker_index(None), distribute.is_chief(None)) == (1, 0, True)
     assert distribute.shard_of(None) is None
-    assert distribute.probe_options(None) == {}
 
 
 def test_strategy_that_is_not_one_is_refused_by_name():
