@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     import deadrelu.commands
     from deadrelu._version import __version__
 
-    parser = Parser(prog="deadrelu", description="Find, measure and fix dead ReLU units in Keras models.")
+    parser = Parser(
+        prog="deadrelu",
+        description="Find, measure and fix dead ReLU units in Keras models.",
+        epilog="KERAS_BACKEND=jax or KERAS_BACKEND=torch runs the commands on that Keras backend (default tensorflow).",
+    )
     parser.add_argument("--version", action="version", version=f"deadrelu {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     modules = [
