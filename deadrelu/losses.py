@@ -80,7 +80,7 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
         if losses[k] is not None
     ]
 
-    def per_sample(y_true, y_pred):
+    def per_sample(y_true, y_pred, logits=None):  # logits: of one output only, so not used here
         y_true, y_pred = _by_output(y_true, names), _by_output(y_pred, names)
         return sum(weight * fn(y_true[k], y_pred[k]) for k, weight, fn in terms)
 
@@ -119,15 +119,56 @@ def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:
         unreduced = lambda y_true, y_pred: fn(*_same_rank(y_true, y_pred))  # noqa: E731
         name = getattr(fn, "__name__", str(fn))
     adapt_labels = _label_adapter(_snake(name), y, out_shape)
+    from_logits = _from_logits(loss_obj, _snake(name))
 
-    def per_sample(y_true, y_pred):
-        values = unreduced(adapt_labels(y_true, y_pred), y_pred)
+    def per_sample(y_true, y_pred, logits=None):
+        y_true = adapt_labels(y_true, y_pred)
+        if logits is not None and from_logits is not None and logits[0] == from_logits[0]:
+            values = from_logits[1](y_true, logits[1])
+        else:
+            values = unreduced(y_true, y_pred)
         rank = _rank(values) or 0
         if rank > 1:
             values = keras.ops.mean(values, axis=tuple(range(1, rank)))
         return values
 
     return per_sample
+
+
+# Crossentropies on probabilities, and the activation whose input (logits) they can be computed from.
+_LOGIT_LOSSES = {
+    "categorical_crossentropy": "softmax",
+    "sparse_categorical_crossentropy": "softmax",
+    "binary_crossentropy": "sigmoid",
+}
+
+
+def _from_logits(loss_obj: Any, name: str) -> tuple[str, Callable] | None:
+    """For a crossentropy on probabilities: `(activation, fn(y_true, logits))`, the same loss
+    computed from the logits of that activation; else None.
+
+    Keras's TensorFlow backend does this by itself (it finds the softmax's input in the graph);
+    JAX and PyTorch clip the probabilities, whose gradient is then exactly zero wherever a
+    probability rounds to 0 or 1. Computing from the logits gives the same losses and gradients
+    on every backend.
+    """
+    import keras
+
+    kind = next((k for k in sorted(_LOGIT_LOSSES, key=len, reverse=True) if k in name), None)
+    if kind is None:
+        return None
+    config = loss_obj.get_config() if isinstance(loss_obj, keras.losses.Loss) else {}
+    if config.get("from_logits"):
+        return None
+    fn = getattr(keras.losses, kind)
+    options = {key: config[key] for key in ("label_smoothing", "axis", "ignore_class") if key in config}
+    if kind == "sparse_categorical_crossentropy":
+        options.pop("label_smoothing", None)
+    else:
+        options.pop("ignore_class", None)
+    if kind == "binary_crossentropy":  # labels of shape (N,) for an (N, 1) output, as `fit` allows
+        return "sigmoid", lambda y_true, logits: fn(*_same_rank(y_true, logits), from_logits=True, **options)
+    return _LOGIT_LOSSES[kind], lambda y_true, logits: fn(y_true, logits, from_logits=True, **options)
 
 
 def single_loss(loss: Any) -> Any:

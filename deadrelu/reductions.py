@@ -66,24 +66,36 @@ def site_batch_stats(
     count, wide = wide_dtypes()
     a = ops.cast(output, "float32")
     rank = len(a.shape)
-    if site.channel_axis != -1 and rank > 2:
+    if units is None and rank > 2 and not _tensorflow() and all(d is not None for d in a.shape[1:]):
+        # JAX and PyTorch: reduce over the position axes where they are, without moving the
+        # units last (PyTorch's convolutions hand back channels-first memory behind a
+        # channels-last view, which a reshape would copy).
         axis = site.channel_axis % rank
-        perm = [0] + [i for i in range(1, rank) if i != axis] + [axis]
-        a = ops.transpose(a, perm)
-        if grad is not None:
-            grad = ops.transpose(grad, perm)
-    if units is None:
-        units = a.shape[-1]
-        inner = a.shape[1:-1]
-        # Keep the position count static when it is known: the fast reductions below need it.
-        positions = int(np.prod(inner, dtype=np.int64)) if all(d is not None for d in inner) else None
-        flat = (
-            ops.reshape(a, (ops.shape(a)[0], -1, units))
-            if positions is None
-            else ops.reshape(a, (-1, positions, units))
-        )
+        position_axes = tuple(i for i in range(1, rank) if i != axis)
+        positions = int(np.prod([a.shape[i] for i in position_axes], dtype=np.int64))
+        flat = a
+
+        def sum_positions(x):
+            return ops.sum(x, axis=position_axes)
+
+        def max_positions(x):
+            return ops.max(x, axis=position_axes)
+
     else:
-        flat = ops.reshape(a, (-1, positions, units))
+        if site.channel_axis != -1 and rank > 2:
+            axis = site.channel_axis % rank
+            perm = [0] + [i for i in range(1, rank) if i != axis] + [axis]
+            a = ops.transpose(a, perm)
+            if grad is not None:
+                grad = ops.transpose(grad, perm)
+        if units is None:
+            units = a.shape[-1]
+            inner = a.shape[1:-1]
+            # Keep the position count static when it is known: the fast reductions below need it.
+            positions = int(np.prod(inner, dtype=np.int64)) if all(d is not None for d in inner) else None
+        shape = (ops.shape(a)[0], -1, units) if positions is None else (-1, positions, units)
+        flat = ops.reshape(a, shape)
+        sum_positions, max_positions = _sum_positions, _max_positions
 
     def batch_total(per_sample, dtype):  # [batch, units] → [units], padding left out
         if valid is not None:
@@ -93,13 +105,13 @@ def site_batch_stats(
     # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds): "fires" is sign(a) and
     # |a| is a. Per-sample counts (≤ positions) are exact in float32.
     fires = ops.sign(flat)
-    per_sample_fires = _sum_positions(fires)  # [batch, units]
+    per_sample_fires = sum_positions(fires)  # [batch, units]
     stats = {
         "fires": batch_total(per_sample_fires, count),
         "sample_fires": batch_total(ops.sign(per_sample_fires), count),
-        "sum_abs": batch_total(_sum_positions(flat), wide),
+        "sum_abs": batch_total(sum_positions(flat), wide),
         # Padding repeats real samples, so it cannot raise a maximum.
-        "max": ops.max(_max_positions(flat), axis=0),
+        "max": ops.max(max_positions(flat), axis=0),
     }
     passes = fires
     if site.capped:
@@ -112,7 +124,7 @@ def site_batch_stats(
 
         stats["saturated"] = ops.cond(
             reached,
-            lambda: batch_total(_sum_positions(at_cap()), count),
+            lambda: batch_total(sum_positions(at_cap()), count),
             lambda: ops.zeros_like(stats["fires"]),
         )
         if grad is not None:
@@ -121,10 +133,11 @@ def site_batch_stats(
         # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
         g = ops.reshape(ops.cast(grad, "float32"), ops.shape(flat))
         g = ops.abs(g * passes)
-        nonzero = batch_total(_sum_positions(ops.sign(g)), count)
-        stats["grad_abs"] = batch_total(_sum_positions(g), wide)
+        nonzero = batch_total(sum_positions(ops.sign(g)), count)
+        stats["grad_abs"] = batch_total(sum_positions(g), wide)
         samples = ops.shape(flat)[0] if valid is None else ops.sum(valid)
-        observed = ops.cast(samples, count) * ops.cast(ops.shape(flat)[1], count)
+        per_sample = positions if positions is not None else ops.shape(flat)[1]
+        observed = ops.cast(samples, count) * ops.cast(per_sample, count)
         stats["grad_zero"] = observed - nonzero
     return stats
 

@@ -8,7 +8,7 @@ how to run the model on one batch and differentiate it:
   `tf.distribute.Strategy` each global batch is split across the local replicas and run with
   `strategy.run`; each replica returns its own numbers, which the host adds, and several workers
   gather their totals at the end of a pass.
-- JAX: one `jax.jit` over `model.stateless_call` (weights passed as arrays); ∂ℓ/∂z at every site
+- JAX: one `jax.jit` over the model called in a `keras.StatelessScope` (weights passed as arrays); ∂ℓ/∂z at every site
   by `jax.grad` with respect to a zero added to each site output. Shapes are static under `jit`,
   so a short last batch is filled up with copies of its own samples, which count nowhere.
 - PyTorch: eager; gradients by `torch.autograd.grad`.
@@ -344,7 +344,7 @@ def _local_dicts(strategy, stats) -> list[dict]:
 
 
 class JaxStep(_Step):
-    """The step as one `jax.jit` over `model.stateless_call`."""
+    """The step as one `jax.jit` over the model, its weights passed in as arrays."""
 
     def __init__(self, probe):
         super().__init__(probe)
@@ -374,8 +374,20 @@ class JaxStep(_Step):
         self(x, None)
 
     def _call(self, trainable, non_trainable, x):
+        import keras
+
         model = self.probe.model
-        return lambda: model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+        def call():
+            # What `model.stateless_call` does, but through `__call__`: Keras then drops the
+            # `training` argument for a `call` that does not take it, and casts and masks as usual.
+            mapping = list(zip(model.trainable_variables, trainable)) + list(
+                zip(model.non_trainable_variables, non_trainable)
+            )
+            with keras.StatelessScope(state_mapping=mapping):
+                return model(x, training=False)
+
+        return call
 
     def _forward(self, trainable, non_trainable, x, valid):
         self.traces += 1
