@@ -295,6 +295,9 @@ def write_tf_ops(folder: str) -> Written:
     import tensorflow as tf
 
     tk = _tk()
+    # TFOpLambda layers are named by tf.keras's global counter ("tf.nn.relu", "tf.nn.relu_1"):
+    # reset it, so the names do not depend on what the process built before.
+    tk.backend.clear_session()
     L = tk.layers
     inp = L.Input((6, 4), name="x")
     a = L.Dense(8, name="a")(inp)
