@@ -86,6 +86,52 @@ def forward_loop(model, x: np.ndarray, batch_size: int) -> Callable[[], None]:
     return run
 
 
+def site_outputs(model) -> list:
+    """The symbolic outputs of every ReLU site deadrelu finds in `model` (layer-level sites of the
+    top model: fused activations, `Activation` and `ReLU` layers — all the benchmark models have)."""
+    from deadrelu.sites import find_sites
+
+    sites = list(find_sites(model))
+    nested = [site.path for site in sites if site.op_level or "/" in site.path]
+    if nested:
+        raise ValueError(f"site_outputs: nested or op-level sites have no symbolic output here: {nested[:3]}")
+    return [site.layer.output for site in sites]
+
+
+def materialise_loop(model, x: np.ndarray, batch_size: int) -> Callable[[], None]:
+    """The floor of observing: the compiled forward loop that also reads every ReLU site's output once.
+
+    One `tf.function` over a multi-output `keras.Model(model.inputs, [model output, site outputs…])`
+    (the same layers, each run once) returning the model's output and `tf.reduce_sum` of each site
+    output, called on `tf.constant(x[i:i+B])` per batch. A full `reduce_sum` is the cheapest op that
+    forces every element of the activation to exist and be read once: any exact per-unit statistic
+    has to read each element at least once, and a full sum is one streaming pass with a scalar
+    result (no per-unit output, no second pass), which no compiler can drop or answer from part of
+    the tensor. A one-element slice (`a[0, 0, 0, 0]`) would be cheaper but observes nothing: XLA
+    computes that element alone and fuses the ReLU into its next consumer, and on TensorFlow (whose
+    fused conv + bias + ReLU output is written anyway, as the next op's input) it measures one op's
+    dispatch. What this loop costs over the bare forward loop is what merely observing the
+    activations costs; the scan pays that plus its statistics.
+    """
+    import keras
+    import tensorflow as tf
+
+    sites = site_outputs(model)
+    observed = keras.Model(model.inputs, [*model.outputs, *sites])
+    outputs = len(model.outputs)
+
+    @tf.function
+    def step(batch):
+        values = observed(batch, training=False)
+        return values[:outputs], [tf.reduce_sum(a) for a in values[outputs:]]
+
+    def run() -> None:
+        for start in range(0, len(x), batch_size):
+            step(tf.constant(x[start : start + batch_size]))
+
+    return run
+
+
 def train_step_loop(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> Callable[[], None]:
     """The floor of a gradient scan: a compiled train step without optimizer over the batches.
 

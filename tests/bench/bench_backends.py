@@ -8,6 +8,13 @@ compilation not counted), then timed `--repeats` times interleaved; the verdict 
 median (the median over rounds of the ratio measured within one round). Targets: scan / predict
 ≤ 1.3× on JAX and PyTorch, and on TensorFlow no worse than before.
 
+Beside them, the floor of observing ("materialise"): `predict` of a multi-output
+`keras.Model(model.inputs, [model output, per-sample sum of each ReLU site output])` — the same
+layers, each run once, with every activation read once by a sum over all axes but the batch (one
+streaming pass, a [batch] result that `predict` concatenates like the model's own output; see
+`_common.materialise_loop` for why a sum). materialise / predict is what merely observing the
+activations costs on that backend; scan / materialise what the statistics cost beyond it.
+
 Usage (from the repository root):
     python tests/bench/bench_backends.py                 # 5,000 images, batch 500, 5 rounds
     python tests/bench/bench_backends.py --samples 2000 --repeats 3 --backends jax,torch
@@ -39,9 +46,15 @@ def child(args: argparse.Namespace) -> None:
     model.compile(loss="categorical_crossentropy")
     x, y, source = C.load_inputs(args.samples)
     batch = args.batch_size
+    sites = C.site_outputs(model)
+    observed = keras.Model(
+        model.inputs,
+        [*model.outputs, *[keras.ops.sum(a, axis=tuple(range(1, len(a.shape)))) for a in sites]],
+    )
     contenders = {
         "predict": lambda: model.predict(x, batch_size=batch, verbose=0),
         "scan": lambda: deadrelu.scan(model, x, batch_size=batch, verbose=0),
+        "materialise": lambda: observed.predict(x, batch_size=batch, verbose=0),
         "scan_gradients": lambda: deadrelu.scan(model, x, y, batch_size=batch, gradients=True, verbose=0),
     }
     timings = C.time_interleaved(contenders, args.repeats, log=lambda line: print(line, file=sys.stderr))
@@ -51,6 +64,8 @@ def child(args: argparse.Namespace) -> None:
         "median": {name: t.median for name, t in timings.items()},
         "scan/predict": C.paired_ratio(timings["scan"], timings["predict"]),
         "gradients/predict": C.paired_ratio(timings["scan_gradients"], timings["predict"]),
+        "materialise/predict": C.paired_ratio(timings["materialise"], timings["predict"]),
+        "scan/materialise": C.paired_ratio(timings["scan"], timings["materialise"]),
     }
     print(RESULT_TAG + json.dumps(result))
 
@@ -86,14 +101,18 @@ def main() -> None:
         rows.append(
             f"| {backend} | {r['median']['predict']:.3f} s | {r['median']['scan']:.3f} s | "
             f"{r['scan/predict']:.2f}× | {target} | {met} | {r['median']['scan_gradients']:.3f} s | "
-            f"{r['gradients/predict']:.2f}× |"
+            f"{r['gradients/predict']:.2f}× | {r['median']['materialise']:.3f} s | {r['materialise/predict']:.2f}× "
+            f"| {r['scan/materialise']:.2f}× |"
         )
         print(f"{backend}: done ({r['source']})")
     print(f"\nload after: {C.load_average()}\n")
     print(f"MNIST CNN, {args.samples:,} images, batch {args.batch_size}, medians of {args.repeats} interleaved rounds")
     header = "| backend | `predict` | `scan` | scan / predict (paired) | target | met? "
-    print(header + "| `scan(gradients=True)` | gradients / predict |")
-    print("|---|---:|---:|---:|---|---|---:|---:|")
+    print(
+        header + "| `scan(gradients=True)` | gradients / predict | materialise | materialise / predict "
+        "| scan / materialise |"
+    )
+    print("|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 

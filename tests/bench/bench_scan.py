@@ -6,6 +6,9 @@ In one run, side by side, on the same models and the same batches, it measures:
      called on `tf.constant(x[i:i+B])` per batch (no data adapter, callbacks or output conversion);
   2. `model.predict(x, batch_size=B)`;
   3. `deadrelu.scan(model, x, batch_size=B)` — target ≤ 1.15 × the floor;
+  3a. the floor of observing ("materialise"): the same compiled loop over a multi-output model that
+     also returns `tf.reduce_sum` of every ReLU site's output (one read of each activation; see
+     `_common.materialise_loop`), so scan / materialise is what the statistics cost beyond reading;
   on DESIGN.md's reference MNIST CNN (10,000 MNIST images, batch 500) and on MobileNetV2 and
   DenseNet121 (`keras.applications`, weights=None, 512 uniform images of 96×96×3, batch 64);
   and on the CNN also
@@ -254,13 +257,14 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
         "forward": C.forward_loop(model, x, batch),
         "predict": lambda: model.predict(x, batch_size=batch, verbose=0),
         "scan": lambda: deadrelu.scan(model, x, batch_size=batch),
+        "materialise": C.materialise_loop(model, x, batch),
         "train_step": C.train_step_loop(model, x, y, batch),
         "scan_grad": lambda: deadrelu.scan(
             model, x, labels=y, gradients=True, batch_size=batch, loss="categorical_crossentropy"
         ),
         "train_on_batch": lambda: train_pass(trainer, x, y, batch),
     }
-    groups = [["forward", "predict", "scan"], ["train_step", "scan_grad", "train_on_batch"]]
+    groups = [["forward", "predict", "scan", "materialise"], ["train_step", "scan_grad", "train_on_batch"]]
     if not args.no_naive:
         contenders["naive"] = lambda: naive_stats(model, x, batch)
         groups.append(["naive"])
@@ -287,6 +291,8 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
         ("scan", "forward"),
         ("scan", "predict"),
         ("predict", "forward"),
+        ("materialise", "forward"),
+        ("scan", "materialise"),
         ("scan_grad", "train_step"),
         ("scan_grad", "train_on_batch"),
     ] + ([("naive", "predict")] if not args.no_naive else []):
@@ -326,11 +332,21 @@ def bench_application(name: str, args, rows: list) -> None:
         "forward": C.forward_loop(model, x, batch),
         "predict": lambda: model.predict(x, batch_size=batch, verbose=0),
         "scan": lambda: deadrelu.scan(model, x, batch_size=batch),
+        "materialise": C.materialise_loop(model, x, batch),
     }
     t = time_model(
-        f"{name}, {n} × {'×'.join(map(str, shape))}, batch {batch}", contenders, [["forward", "predict", "scan"]], args
+        f"{name}, {n} × {'×'.join(map(str, shape))}, batch {batch}",
+        contenders,
+        [["forward", "predict", "scan", "materialise"]],
+        args,
     )
-    for a, b in [("scan", "forward"), ("scan", "predict"), ("predict", "forward")]:
+    for a, b in [
+        ("scan", "forward"),
+        ("scan", "predict"),
+        ("predict", "forward"),
+        ("materialise", "forward"),
+        ("scan", "materialise"),
+    ]:
         print(f"{a} / {b}: {ratio_text(t, a, b)[1]}")
     rows.append(model_row(f"{name} (weights=None), {n} × {'×'.join(map(str, shape))}, batch {batch}", t))
 
@@ -344,6 +360,9 @@ def model_row(label: str, t: dict) -> tuple:
         C.paired_ratio(t["scan"], t["forward"]),
         C.paired_ratio(t["scan"], t["predict"]),
         t["scan"].cpu_median / t["forward"].cpu_median,
+        t["materialise"].median,
+        C.paired_ratio(t["materialise"], t["forward"]),
+        C.paired_ratio(t["scan"], t["materialise"]),
     )
 
 
@@ -412,15 +431,16 @@ def main(argv=None) -> int:
         f"ended at load {C.load_average()})\n"
     )
     print(
-        "| model, data | compiled forward loop | `predict` | `deadrelu.scan` | scan / forward (paired) "
-        "| target | met? | scan / predict (paired) | scan / forward, CPU |"
+        "| model, data | compiled forward loop | `predict` | `deadrelu.scan` | materialise "
+        "| scan / forward (paired) | target | met? | scan / predict (paired) | scan / forward, CPU "
+        "| materialise / forward (paired) | scan / materialise (paired) |"
     )
-    print("|---|---:|---:|---:|---:|---|---|---:|---:|")
-    for label, forward, predict, scan, to_forward, to_predict, cpu in rows:
+    print("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
+    for label, forward, predict, scan, to_forward, to_predict, cpu, mat, mat_forward, scan_mat in rows:
         met = C.verdict(to_forward <= SCAN_VS_FORWARD)
         print(
-            f"| {label} | {forward:.3f} s | {predict:.3f} s | {scan:.3f} s | {to_forward:.2f}× "
-            f"| ≤ {SCAN_VS_FORWARD}× | {met} | {to_predict:.2f}× | {cpu:.2f}× |"
+            f"| {label} | {forward:.3f} s | {predict:.3f} s | {scan:.3f} s | {mat:.3f} s | {to_forward:.2f}× "
+            f"| ≤ {SCAN_VS_FORWARD}× | {met} | {to_predict:.2f}× | {cpu:.2f}× | {mat_forward:.2f}× | {scan_mat:.2f}× |"
         )
     if grad_rows:
         print(
