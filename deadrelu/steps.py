@@ -242,7 +242,9 @@ class TensorFlowStep(_Step):
 
         def part(structure):
             def value_for(context):
-                rows, _ = rows_for(context)
+                rows, valid = rows_for(context)
+                if valid.all():  # a whole slice: a view, not a copy
+                    return tf.nest.map_structure(lambda a: a[rows[0] : rows[0] + per], structure)
                 return tf.nest.map_structure(lambda a: np.asarray(a)[rows], structure)
 
             return self.strategy.experimental_distribute_values_from_function(value_for)
