@@ -251,9 +251,11 @@ def _run(args: argparse.Namespace) -> int:
             if not args.verbose:
                 _silence_python_logs()
             output = Output(args)
+            code = args.handler(args, output)
+            # Said after the work, so that an error stays the one line it is on every backend.
             if backend != DEFAULT and args.uses_keras:
                 output.note(f"backend: {backend} (KERAS_BACKEND)", style="dim")
-            return args.handler(args, output)
+            return code
         except DeadReluError as exc:
             if args.debug:
                 import traceback

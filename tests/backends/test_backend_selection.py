@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from deadrelu.backends import SUPPORTED, requested, select
@@ -24,6 +25,15 @@ def test_a_non_default_backend_is_named_in_one_line(run_cli, dying_mlp, backend)
         assert notes == []  # the default: the output is as it always was
     else:
         assert notes == [f"deadrelu: backend: {backend} (KERAS_BACKEND)"]
+
+
+def test_bad_input_is_one_line_on_every_backend(run_cli, dying_mlp, tmp_path):
+    # The backend is named after the work: an error stays the one line it is on TensorFlow.
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, 3), np.float32))
+    code, out, err = run_cli(["scan", dying_mlp, "--data", wrong, "--quiet"])
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith("deadrelu: error: "), err
 
 
 @pytest.mark.parametrize("name", ["numpy", "JAX", "tensorflow2"])
