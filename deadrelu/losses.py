@@ -84,6 +84,12 @@ def per_sample_loss(model: Any, loss: Any, y: Any) -> Callable:
         y_true, y_pred = _by_output(y_true, names), _by_output(y_pred, names)
         return sum(weight * fn(y_true[k], y_pred[k]) for k, weight, fn in terms)
 
+    def check_labels(y_true) -> None:
+        y_true = _by_output(y_true, names)
+        for k, _, fn in terms:
+            fn.check_labels(y_true[k])
+
+    per_sample.check_labels = check_labels
     return per_sample
 
 
@@ -132,7 +138,31 @@ def _output_loss(loss: Any, y: np.ndarray, out_shape: tuple | None) -> Callable:
             values = keras.ops.mean(values, axis=tuple(range(1, rank)))
         return values
 
+    per_sample.check_labels = _class_id_check(_snake(name), y, out_shape)
     return per_sample
+
+
+def _class_id_check(name: str, y: np.ndarray, out_shape: tuple | None) -> Callable:
+    """A host-side check of one batch of class-id labels for a categorical loss: every id within
+    the output's classes. TensorFlow's own kernels refuse an id out of range; JAX and PyTorch would
+    read past the classes or fail deep inside, so deadrelu checks it on every backend."""
+    classes = out_shape[-1] if out_shape else None
+    sparse_labels = y.ndim == 1 or (y.ndim >= 2 and y.shape[-1] == 1 and classes not in (None, 1))
+    if "categorical" not in name or not sparse_labels or not classes or classes == 1:
+        return lambda labels: None
+
+    def check(labels) -> None:
+        values = np.asarray(labels)
+        if values.size == 0 or not np.issubdtype(values.dtype, np.number):
+            return
+        bad = values[(values < 0) | (values >= classes)]
+        if bad.size:
+            raise DataError(
+                f"a label value of {bad.flat[0]:g} is outside the {classes} classes of the model's output; "
+                f"class ids go from 0 to {classes - 1}"
+            )
+
+    return check
 
 
 # Crossentropies on probabilities, and the activation whose input (logits) they can be computed from.

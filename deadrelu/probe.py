@@ -348,7 +348,7 @@ class Probe:
         if self.gradients:
             raise UsageError("`trace` is for probes without gradients")
         x = self._structured(x)
-        spec = structure_spec(x, None)
+        spec = structure_spec(x, None), self._weights_key()
         if spec != self._spec:
             self._build(x, None)
             self._spec = spec
@@ -389,12 +389,14 @@ class Probe:
                 if self._step is None:
                     self._step = make_step(self, self.strategy)  # errors on a wrong backend early
                 example = self._step.example(x)
-                spec = structure_spec(example, None if y is None else self._step.example(y))
+                spec = structure_spec(example, None if y is None else self._step.example(y)), self._weights_key()
                 if spec != self._spec:  # first run, or data of another shape or dtype: (re)build
                     self._build(example, None if y is None else self._step.example(y))
                     self._spec = spec
                 self._totals.reset()
                 self._step.start()
+            if y is not None and not self._step.is_distributed(y):
+                self.loss_fn.check_labels(y)
             with hooked(self.site_map, self._recorder):
                 try:
                     stats = self._step(x, y)
@@ -419,6 +421,11 @@ class Probe:
             self._totals.add(replica)
 
     # -- building -------------------------------------------------------------------------
+
+    def _weights_key(self) -> tuple:
+        """With gradients, which weights train (the step differentiates those): freezing or
+        unfreezing a layer between runs rebuilds the step."""
+        return tuple(id(v) for v in self.model.trainable_variables) if self.gradients else ()
 
     def _split(self, batch):
         if self.gradients:

@@ -88,6 +88,10 @@ class _Step:
         """The number of samples in batch `x`."""
         return _batch_size(x)
 
+    def is_distributed(self, x) -> bool:
+        """Whether `x` is already split across replicas (an element of a `DistributedDataset`)."""
+        return False
+
     def weight_sums(self) -> list[list[np.ndarray]]:
         """Per weight group, the summed gradient of each variable over the pass (float64)."""
         flat = [np.asarray(self._to_numpy(s), np.float64) for s in self._weight_sums]
@@ -251,6 +255,9 @@ class TensorFlowStep(_Step):
 
         valid = self.strategy.experimental_distribute_values_from_function(lambda c: rows_for(c)[1])
         return part(x), None if y is None else part(y), valid
+
+    def is_distributed(self, x) -> bool:
+        return _is_distributed(x)
 
     def example(self, x):
         if not _is_distributed(x):
@@ -466,20 +473,10 @@ class TorchStep(_Step):
         self(x, None)
 
     def __call__(self, x, y):
-        import torch
-
         self.traces = 1
-        # TensorFlow and XLA flush subnormal floats to zero on the CPU; so does this step (then
-        # puts the setting back), or gradients that vanish on the other backends would keep a
-        # trace of 1e-40 here and count as non-zero.
-        flushed_before = _flushes_subnormals()
-        torch.set_flush_denormal(True)
-        try:
-            if not self.probe.gradients:
-                return self._forward(_tensors(x))
-            return self._gradient(_tensors(x), _tensors(y))
-        finally:
-            torch.set_flush_denormal(flushed_before)
+        if not self.probe.gradients:
+            return self._forward(_tensors(x))
+        return self._gradient(_tensors(x), _tensors(y))
 
     def _forward(self, x):
         import torch
@@ -493,7 +490,9 @@ class TorchStep(_Step):
 
         model = self.probe.model
         variables = [v.value for v in self._weight_variables()]
-        y_pred, records = self.probe.recorded_call(lambda: model(x, training=False), anchor=x)
+        # A site output that no trainable weight feeds (a frozen feature extractor) is outside
+        # autograd's graph until asked for, like a tape's `watch`.
+        y_pred, records = self.probe.recorded_call(lambda: model(x, training=False), anchor=x, watch=_track)
         total = torch.sum(self.probe.per_sample_loss(y, y_pred))
         targets = [output for _, output in records] + variables
         wanted = [t for t in targets if t.requires_grad]
@@ -502,6 +501,9 @@ class TorchStep(_Step):
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
         with torch.no_grad():
             k = len(records)
+            # TensorFlow and XLA flush subnormal floats to zero on the CPU, PyTorch does not: a
+            # gradient of 1e-40 is made the zero it is on the other backends.
+            grads[:k] = [g.masked_fill(g.abs() < _SMALLEST_NORMAL, 0.0) for g in grads[:k]]
             stats = self.probe.measure([(i, o.detach()) for i, o in records], grads[:k], loss=total.detach())
             self._weight_sums = [g if s is None else s + g for s, g in zip(self._weight_sums, grads[k:])]
         return stats
@@ -527,18 +529,25 @@ class TorchStep(_Step):
         return None
 
 
-def _flushes_subnormals() -> bool:
-    """Whether PyTorch flushes subnormal floats to zero now (it has a setter, not a getter)."""
-    import torch
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 
-    return float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item()) == 0.0
+
+def _track(tensor) -> None:
+    """Makes a float tensor outside autograd's graph part of it (a leaf that requires grad)."""
+    if not tensor.requires_grad and tensor.is_floating_point():
+        tensor.requires_grad_(True)
 
 
 def _tensors(x) -> Any:
     import keras
     from keras import ops
 
-    return keras.tree.map_structure(ops.convert_to_tensor, x)
+    def tensor(a):
+        if isinstance(a, np.ndarray) and a.dtype.byteorder not in "=|":
+            a = a.astype(a.dtype.newbyteorder("="))  # PyTorch reads native byte order only
+        return ops.convert_to_tensor(a)
+
+    return keras.tree.map_structure(tensor, x)
 
 
 def _zeros_like_variable(variable):

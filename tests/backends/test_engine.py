@@ -213,3 +213,21 @@ def test_revive_keeps_outputs_and_renews_dead_units():
     alive = [u for u in range(16) if u not in (0, 5, 9)]
     np.testing.assert_array_equal(kernel_after[:, alive], kernel_before[:, alive])
     assert not {0, 5, 9} & set(deadrelu.scan(revived, x).sites[0].dead)
+
+
+def test_gradients_reach_sites_inside_frozen_layers():
+    # ∂ℓ/∂z does not depend on whether the weights below a site train: a frozen feature
+    # extractor under a trainable head (transfer learning) must give the same site gradients.
+    keras.utils.set_random_seed(15)
+    base = keras.Sequential([keras.Input((6,)), L.Dense(10, activation="relu", name="frozen_relu")], name="base")
+    model = keras.Sequential([keras.Input((6,)), base, L.Dense(3, name="head")])
+    model.compile(loss="mse")
+    x = random_x((6,), 40, seed=16)
+    y = random_x((3,), 40, seed=17)
+    trainable = deadrelu.scan(model, x, labels=y, gradients=True, batch_size=16)
+    base.trainable = False
+    frozen = deadrelu.scan(model, x, labels=y, gradients=True, batch_size=16)
+    site = frozen.sites[0]
+    assert site.path == "base/frozen_relu" and site.grad_mean_abs.max() > 0
+    close(site.grad_mean_abs, trainable.sites[0].grad_mean_abs, "grad_mean_abs")
+    close(site.grad_zero_rate, trainable.sites[0].grad_zero_rate, "grad_zero_rate")
