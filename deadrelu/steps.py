@@ -320,7 +320,11 @@ class TensorFlowStep(_Step):
             return "inside a loop or a conditional (while_loop, cond, scan): not measured"
         shape = getattr(output, "shape", None)
         if shape is not None and shape.rank is not None and shape.is_fully_defined():
-            return _INPUT_INDEPENDENT
+            # Traced with a free batch size, an output that depends on the input has one too;
+            # per replica (under a strategy) the batch size is fixed, and the sizes tell.
+            batch = _leaves(anchor)[0].shape[0]
+            if batch is None or shape.num_elements() != batch * per_sample:
+                return _INPUT_INDEPENDENT
         return None
 
 

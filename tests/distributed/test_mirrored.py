@@ -56,7 +56,29 @@ def batchnorm():
     return keras.Model(x, L.Dense(3, activation="softmax", name="out")(h), name="bn_model")
 
 
-BUILDERS = {"cnn": cnn, "nested": nested, "batchnorm": batchnorm}
+class OpRelus(L.Layer):
+    """ReLUs applied as function calls (op-level sites): keras.ops and tf.nn."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(4, 3, name="conv")
+
+    @property
+    def bias(self):  # where make_pair plants the dead units
+        return self.conv.bias
+
+    def call(self, x):
+        h = self.conv(x)
+        return keras.ops.relu(h - 0.1) + tf.nn.relu(h)
+
+
+def op_level():
+    x = keras.Input((8, 8, 2))
+    h = L.GlobalAveragePooling2D()(OpRelus(name="ops")(x))
+    return keras.Model(x, L.Dense(3, activation="softmax", name="out")(h), name="op_model")
+
+
+BUILDERS = {"cnn": cnn, "nested": nested, "batchnorm": batchnorm, "op_level": op_level}
 
 
 def make_pair(builder, strategy, seed: int = 0):
