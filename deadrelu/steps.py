@@ -477,10 +477,21 @@ class TorchStep(_Step):
         self(x, None)
 
     def __call__(self, x, y):
+        import torch
+
         self.traces = 1
-        if not self.probe.gradients:
-            return self._forward(_tensors(x))
-        return self._gradient(_tensors(x), _tensors(y))
+        # TensorFlow and XLA flush subnormal floats to zero on the CPU; PyTorch does so only on the
+        # thread that asks (`set_flush_denormal`, put back after the batch), so gradients that vanish
+        # on the other backends would keep a trace of 1e-40 here. Work on PyTorch's other threads
+        # is covered by the threshold in `_gradient`.
+        flushed_before = _flushes_subnormals()
+        torch.set_flush_denormal(True)
+        try:
+            if not self.probe.gradients:
+                return self._forward(_tensors(x))
+            return self._gradient(_tensors(x), _tensors(y))
+        finally:
+            torch.set_flush_denormal(flushed_before)
 
     def _forward(self, x):
         import torch
@@ -505,8 +516,8 @@ class TorchStep(_Step):
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
         with torch.no_grad():
             k = len(records)
-            # TensorFlow and XLA flush subnormal floats to zero on the CPU, PyTorch does not: a
-            # gradient of 1e-40 is made the zero it is on the other backends.
+            # A subnormal gradient computed on one of PyTorch's worker threads is the zero it is
+            # on the other backends.
             grads[:k] = [g.masked_fill(g.abs() < _SMALLEST_NORMAL, 0.0) for g in grads[:k]]
             stats = self.probe.measure([(i, o.detach()) for i, o in records], grads[:k], loss=total.detach())
             self._weight_sums = [g if s is None else s + g for s, g in zip(self._weight_sums, grads[k:])]
@@ -534,6 +545,13 @@ class TorchStep(_Step):
 
 
 _SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+
+
+def _flushes_subnormals() -> bool:
+    """Whether PyTorch flushes subnormal floats to zero on this thread (it has a setter, no getter)."""
+    import torch
+
+    return float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item()) == 0.0
 
 
 def _track(tensor) -> None:
