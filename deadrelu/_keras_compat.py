@@ -142,3 +142,12 @@ def fit_callbacks(callback: Any, *, depth: int = 8) -> list:
             return list(callbacks)
         frame = frame.f_back
     return []
+
+
+def jax_trace(value: Any):
+    """The JAX trace a traced value belongs to (`Tracer._trace`, private), or None.
+
+    Inside `jax.jit` every value of the step's own body shares the jit's trace; one computed in the
+    body of a `lax.scan`, `fori_loop` or `cond` belongs to a trace of its own.
+    """
+    return getattr(value, "_trace", None)

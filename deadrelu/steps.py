@@ -8,10 +8,14 @@ how to run the model on one batch and differentiate it:
   `tf.distribute.Strategy` each global batch is split across the local replicas and run with
   `strategy.run`; each replica returns its own numbers, which the host adds, and several workers
   gather their totals at the end of a pass.
-- JAX: one `jax.jit` over the model called in a `keras.StatelessScope` (weights passed as arrays); ∂ℓ/∂z at every site
-  by `jax.grad` with respect to a zero added to each site output. Shapes are static under `jit`,
-  so a short last batch is filled up with copies of its own samples, which count nowhere.
+- JAX: one `jax.jit` over the model called in a `keras.StatelessScope` (weights passed as
+  arrays); ∂ℓ/∂z at every site by `jax.grad` with respect to a zero added to each site output.
+  Shapes are static under `jit`, so a short last batch is filled up with copies of its own
+  samples, which count nowhere.
 - PyTorch: eager; gradients by `torch.autograd.grad`.
+
+Under a strategy, and on JAX, every batch a replica (or `jit`) sees has the same number of rows;
+the rows that only fill it up are left out of every count by a 0/1 `valid` vector.
 
 Every step returns one batch's packed statistics (`Totals.pack`) as device tensors; `fetch`
 brings them to numpy. Summed weight gradients stay on the device across batches.
@@ -23,6 +27,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from deadrelu.errors import UsageError
 
 
 def make_step(probe, strategy=None):
@@ -37,19 +43,16 @@ def make_step(probe, strategy=None):
     """
     import keras
 
+    from deadrelu.distribute import resolve_strategy
+
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return TensorFlowStep(probe, strategy)
-    if strategy is not None:
-        from deadrelu.errors import UsageError
-
-        raise UsageError(f"`strategy` is a tf.distribute strategy, which the {backend} backend does not run")
+    resolve_strategy(strategy, probe.model)  # refuses a strategy on the other backends, in one line
     if backend == "jax":
         return JaxStep(probe)
     if backend == "torch":
         return TorchStep(probe)
-    from deadrelu.errors import UsageError
-
     raise UsageError(
         f"deadrelu runs on the TensorFlow, JAX and PyTorch Keras backends, not {backend!r}; "
         "set KERAS_BACKEND to tensorflow, jax or torch"
@@ -115,10 +118,10 @@ class TensorFlowStep(_Step):
     def __init__(self, probe, strategy=None):
         import tensorflow as tf
 
-        super().__init__(probe)
-        self.data_errors = (ValueError, TypeError, tf.errors.InvalidArgumentError)
         from deadrelu.distribute import resolve_strategy
 
+        super().__init__(probe)
+        self.data_errors = (ValueError, TypeError, tf.errors.InvalidArgumentError)
         self.strategy = resolve_strategy(strategy, probe.model)
         strategy = self.strategy
         self._fn = None
@@ -209,10 +212,10 @@ class TensorFlowStep(_Step):
             x, y, valid = self._distribute(x, y)
         elif y is not None and self.strategy is None:
             y = tf.nest.map_structure(tf.convert_to_tensor, y)
-        args = (x,) if valid is None else (x, valid)
+        masked = () if valid is None else (valid,)
         if not self.probe.gradients:
-            return self._fn(*args)
-        stats, self._weight_sums = self._fn(self._weight_sums, *args[:1], y, *args[1:])
+            return self._fn(x, *masked)
+        stats, self._weight_sums = self._fn(self._weight_sums, x, y, *masked)
         return stats
 
     def fetch(self, stats) -> list[dict]:
@@ -373,8 +376,6 @@ class JaxStep(_Step):
         try:
             self._positions = [position[id(v)] for v in self._weight_variables()]
         except KeyError:
-            from deadrelu.errors import UsageError
-
             raise UsageError("a layer's trainable weight is not among the model's trainable variables") from None
         self._fn = jax.jit(self._gradient if self.probe.gradients else self._forward)
 
@@ -455,7 +456,9 @@ class JaxStep(_Step):
         return [{name: np.asarray(value) for name, value in jax.device_get(stats).items()}]
 
     def unmeasurable(self, output, anchor, per_sample: int) -> str | None:
-        if getattr(output, "_trace", None) is not getattr(_leaves(anchor)[0], "_trace", None):
+        from deadrelu._keras_compat import jax_trace
+
+        if jax_trace(output) is not jax_trace(_leaves(anchor)[0]):
             return "inside a loop or a conditional (lax.scan, fori_loop, cond): not measured"
         if int(np.prod(output.shape)) != _batch_size(anchor) * per_sample:
             return _INPUT_INDEPENDENT
