@@ -249,6 +249,11 @@ class DeadReluMonitor(keras.callbacks.Callback):
         Returns:
             The new `Check`.
         """
+        # Mid-epoch, JAX's `fit` keeps the weights outside the model: put them back (`fit` reads
+        # them again at its next batch, revived units included). Elsewhere a no-op.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
         result = self._probe.run(self._probe_data.batches(self.batch_size))
         report = build_report(
             result,

@@ -231,3 +231,25 @@ def test_gradients_reach_sites_inside_frozen_layers():
     assert site.path == "base/frozen_relu" and site.grad_mean_abs.max() > 0
     close(site.grad_mean_abs, trainable.sites[0].grad_mean_abs, "grad_mean_abs")
     close(site.grad_zero_rate, trainable.sites[0].grad_zero_rate, "grad_zero_rate")
+
+
+def test_monitor_checks_between_batches_and_revives():
+    # check_freq in batches: on JAX the weights live outside the model mid-epoch; the check must
+    # see the current ones, and a revival must reach the training that goes on.
+    keras.utils.set_random_seed(18)
+    x = random_x((8,), 256, seed=19)
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            L.Dense(24, activation="relu", name="hidden", bias_initializer=keras.initializers.Constant(-30.0)),
+            L.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    monitor = deadrelu.DeadReluMonitor(x[:128], check_freq=2, on_dead="revive", verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
+    assert len(monitor.timeline) == 4  # 8 batches, a check every 2
+    assert monitor.timeline[0].dead_fraction == 1.0 and monitor.timeline[0].action == "revive"
+    assert monitor.timeline[1].dead_fraction < 0.5  # the revived weights went on training
+    assert deadrelu.scan(model, x[:128]).dead_fraction == pytest.approx(monitor.timeline[-1].dead_fraction)
