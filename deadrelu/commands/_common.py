@@ -8,11 +8,12 @@ loading and showing a report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 # Ended by Ctrl-C (SIGINT) or by SIGTERM: 128 + the signal's number, as shells report it.
@@ -291,11 +292,16 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def strategy_from_args(args, output):
-    """The `tf.distribute.Strategy` of --strategy/--devices (None without), said in one line.
+@contextlib.contextmanager
+def strategy_scope(args, output) -> Iterator:
+    """Makes the `tf.distribute.Strategy` of --strategy/--devices (None without), says it in one
+    line, and enters its scope: the model is then loaded, copied and scanned on its devices.
 
-    Call it first thing in a command's run: logical CPU devices (--devices) can only be made before
+    Enter it first thing in a command's run: logical CPU devices (--devices) can only be made before
     TensorFlow starts its devices, and a multi-worker strategy before any other TensorFlow work.
+
+    Yields:
+        The strategy, or None.
 
     Raises:
         UsageError: --devices without --strategy mirrored; multi-worker without a valid TF_CONFIG.
@@ -306,12 +312,14 @@ def strategy_from_args(args, output):
     if devices is not None and name != "mirrored":
         raise UsageError(f"--devices {devices} needs --strategy mirrored (it says how many devices to mirror on)")
     if name is None:
-        return None
-    from deadrelu.distribute import describe, strategy_from_flags
+        yield None
+        return
+    from deadrelu.distribute import describe, scope, strategy_from_flags
 
     strategy = strategy_from_flags(name, devices)
     output.note(describe(strategy), style="dim")
-    return strategy
+    with scope(strategy):
+        yield strategy
 
 
 def writes_here(strategy, args, output, flags: tuple[str, ...]) -> bool:

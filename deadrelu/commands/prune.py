@@ -18,7 +18,7 @@ from deadrelu.commands._common import (
     positive_int,
     report_from_args,
     require_scan_source,
-    strategy_from_args,
+    strategy_scope,
     writes_here,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
@@ -124,10 +124,7 @@ class PruneRun:
 def run(args, output) -> int:
     check_retrain_flags(args)
     out_path = resolve_output(args)
-    strategy = strategy_from_args(args, output)  # before TensorFlow starts its devices
-    from deadrelu.distribute import scope
-
-    with scope(strategy):  # the model, the pruned copy and their scans live on the strategy's devices
+    with strategy_scope(args, output) as strategy:  # before TensorFlow starts its devices
         return _run(args, output, out_path, strategy)
 
 

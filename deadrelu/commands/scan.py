@@ -12,7 +12,7 @@ from deadrelu.commands._common import (
     fraction,
     load_from_args,
     non_negative_int,
-    strategy_from_args,
+    strategy_scope,
     writes_here,
 )
 
@@ -68,10 +68,7 @@ def register(subparsers, parents):
 
 
 def run(args, output) -> int:
-    strategy = strategy_from_args(args, output)  # first: logical devices exist only if made before TensorFlow starts
-    from deadrelu.distribute import scope
-
-    with scope(strategy):  # the model is loaded, and scanned, on the strategy's devices
+    with strategy_scope(args, output) as strategy:  # first: before TensorFlow starts its devices
         return _run(args, output, strategy)
 
 
