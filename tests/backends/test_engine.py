@@ -162,18 +162,24 @@ def test_gradients_match_the_backends_autodiff():
     assert report.loss == pytest.approx(expected_loss, rel=1e-5)
 
 
-def test_monitor_inside_fit_revives_and_logs():
-    keras.utils.set_random_seed(10)
-    x = random_x((8,), 256, seed=11)
+def _all_dead_classifier(seed: int, samples: int, units: int = 24, optimizer: str = "adam"):
+    """A compiled classifier whose hidden ReLUs are all dead (bias -30), and its data."""
+    keras.utils.set_random_seed(seed)
+    x = random_x((8,), samples, seed=seed + 1)
     y = (x[:, 0] > 0).astype("int32")
     model = keras.Sequential(
         [
             keras.Input((8,)),
-            L.Dense(24, activation="relu", name="hidden", bias_initializer=keras.initializers.Constant(-30.0)),
+            L.Dense(units, activation="relu", name="hidden", bias_initializer=keras.initializers.Constant(-30.0)),
             L.Dense(2, activation="softmax"),
         ]
     )
-    model.compile("adam", "sparse_categorical_crossentropy")
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    return model, x, y
+
+
+def test_monitor_inside_fit_revives_and_logs():
+    model, x, y = _all_dead_classifier(seed=10, samples=256)
     monitor = deadrelu.DeadReluMonitor(x[:128], on_dead="revive", verbose=0)
     history = model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[monitor])
     fractions = history.history["deadrelu/dead_fraction"]
@@ -184,17 +190,7 @@ def test_monitor_inside_fit_revives_and_logs():
 
 
 def test_monitor_stop_ends_training():
-    keras.utils.set_random_seed(12)
-    x = random_x((8,), 128, seed=13)
-    y = (x[:, 0] > 0).astype("int32")
-    model = keras.Sequential(
-        [
-            keras.Input((8,)),
-            L.Dense(16, activation="relu", bias_initializer=keras.initializers.Constant(-30.0)),
-            L.Dense(2, activation="softmax"),
-        ]
-    )
-    model.compile("sgd", "sparse_categorical_crossentropy")
+    model, x, y = _all_dead_classifier(seed=12, samples=128, units=16, optimizer="sgd")
     history = model.fit(x, y, epochs=5, verbose=0, callbacks=[deadrelu.DeadReluMonitor(x, on_dead="stop", verbose=0)])
     assert len(history.history["loss"]) == 1
 
@@ -236,17 +232,7 @@ def test_gradients_reach_sites_inside_frozen_layers():
 def test_monitor_checks_between_batches_and_revives():
     # check_freq in batches: on JAX the weights live outside the model mid-epoch; the check must
     # see the current ones, and a revival must reach the training that goes on.
-    keras.utils.set_random_seed(18)
-    x = random_x((8,), 256, seed=19)
-    y = (x[:, 0] > 0).astype("int32")
-    model = keras.Sequential(
-        [
-            keras.Input((8,)),
-            L.Dense(24, activation="relu", name="hidden", bias_initializer=keras.initializers.Constant(-30.0)),
-            L.Dense(2, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy")
+    model, x, y = _all_dead_classifier(seed=18, samples=256)
     monitor = deadrelu.DeadReluMonitor(x[:128], check_freq=2, on_dead="revive", verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
     assert len(monitor.timeline) == 4  # 8 batches, a check every 2
