@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+import deadrelu.kernel as kernel
 from deadrelu._keras_compat import child_layers, inputs_structure, keras_history
 from deadrelu.errors import DataError, UsageError
 from deadrelu.losses import per_sample_loss
@@ -314,6 +315,7 @@ class Probe:
         self._output_activation = None  # with gradients: the output layer whose softmax/sigmoid input is kept
         self._output_activation_name = ""
         self._logits = None
+        self._kernel = None  # deadrelu.kernel's fused ops, or None for the backend's own (set by `_build`)
 
     @property
     def model(self):
@@ -459,6 +461,7 @@ class Probe:
             self.weight_groups = _weight_groups(self.model)
             self._output_activation = _output_activation(self.model)
             self._output_activation_name = getattr(getattr(self._output_activation, "activation", None), "__name__", "")
+        self._kernel = kernel.ops()
         self._step = make_step(self, self.strategy)
         self._step.build(x, y)
 
@@ -660,9 +663,9 @@ class Probe:
     def _site_stats(self, site_index: int, output, grad, valid) -> dict:
         site = self._sites[site_index]
         if not site.op_level:
-            return site_batch_stats(site, output, grad, valid=valid)
+            return site_batch_stats(site, output, grad, valid=valid, kernel=self._kernel)
         _, positions, units = self._layout[site_index]  # ReLUs on reshaped tensors: per sample, as found
-        return site_batch_stats(site, output, grad, positions=positions, units=units, valid=valid)
+        return site_batch_stats(site, output, grad, positions=positions, units=units, valid=valid, kernel=self._kernel)
 
     # -- results --------------------------------------------------------------------------
 
@@ -733,7 +736,7 @@ def probe_for(model, *, gradients: bool = False, loss=None, strategy=None) -> Pr
     # The compiled loss is looked up when the probe is built, so a recompiled model needs a new one.
     loss_key = loss if isinstance(loss, str) else id(loss if loss is not None else getattr(model, "loss", None))
     probes = _PROBES.setdefault(model, {})
-    key = (gradients, loss_key, id(strategy) if strategy is not None else None)
+    key = (gradients, loss_key, id(strategy) if strategy is not None else None, kernel.enabled())
     probe = probes.get(key)
     if probe is None or not _same_sites(probe.site_map, site_map):
         probe = Probe(model, site_map, gradients=gradients, loss=loss, weak=True, strategy=strategy)

@@ -43,6 +43,7 @@ def site_batch_stats(
     positions: int | None = None,
     units: int | None = None,
     valid: Any = None,
+    kernel: Any = None,
 ) -> dict:
     """Reduces one site output (and its gradient) to per-unit sums over batch and positions.
 
@@ -56,6 +57,8 @@ def site_batch_stats(
             reshaped to [samples, positions, units]. By default the batch is the first axis.
         valid: None, or a float32 [samples] vector of 1 (a real sample) and 0 (padding: a copy of
             a real sample that fills a batch to the compiled size, counted nowhere).
+        kernel: TensorFlow only: the fused ops of `deadrelu.kernel.ops()`, which compute the same
+            numbers in one pass over the output. Defaults to None (TensorFlow's own ops).
 
     Returns:
         Tensors of shape [units], keyed as the statistics of `Totals` ("saturated" for capped
@@ -95,6 +98,8 @@ def site_batch_stats(
             positions = int(np.prod(inner, dtype=np.int64)) if all(d is not None for d in inner) else None
         shape = (ops.shape(a)[0], -1, units) if positions is None else (-1, positions, units)
         flat = ops.reshape(a, shape)
+        if kernel is not None:
+            return _fused_stats(kernel, site, flat, grad, valid)
         sum_positions, max_positions = _sum_positions, _max_positions
 
     def batch_total(per_sample, dtype):  # [batch, units] → [units], padding left out
@@ -138,6 +143,25 @@ def site_batch_stats(
         samples = ops.shape(flat)[0] if valid is None else ops.sum(valid)
         per_sample = positions if positions is not None else ops.shape(flat)[1]
         observed = ops.cast(samples, count) * ops.cast(per_sample, count)
+        stats["grad_zero"] = observed - nonzero
+    return stats
+
+
+def _fused_stats(kernel, site: Site, flat, grad, valid) -> dict:
+    """`site_batch_stats` of a [samples, positions, units] output by deadrelu's fused kernel."""
+    import tensorflow as tf
+
+    valid = tf.zeros((0,), tf.float32) if valid is None else valid
+    cap = {"cap": float(site.max_value), "capped": True} if site.capped else {}
+    fires, sample_fires, sum_abs, maxima, saturated = kernel.deadrelu_site_stats(flat, valid, **cap)
+    stats = {"fires": fires, "sample_fires": sample_fires, "sum_abs": sum_abs, "max": maxima}
+    if site.capped:
+        stats["saturated"] = saturated
+    if grad is not None:
+        grad = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
+        stats["grad_abs"], nonzero = kernel.deadrelu_grad_stats(flat, grad, valid, **cap)
+        samples = tf.shape(flat, out_type=tf.int64)[0] if valid.shape[0] == 0 else tf.reduce_sum(valid)
+        observed = tf.cast(samples, tf.int64) * tf.shape(flat, out_type=tf.int64)[1]
         stats["grad_zero"] = observed - nonzero
     return stats
 

@@ -2,6 +2,7 @@
 
 - `run_cli`: runs the command line in-process and returns (exit code, stdout, stderr).
 - `shared`: a path inside `../shared`, or a clean skip when it is absent (a user's clone).
+- `statistics_kernel` (automatic): deadrelu's fused kernel is built before the first test.
 
 Helper modules (`models`, `keras2_files`, `paths`) import directly: pyproject.toml puts tests/ on
 sys.path (`pythonpath = ["tests"]`).
@@ -16,6 +17,15 @@ import pytest
 
 from deadrelu.cli import main
 from paths import SHARED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def statistics_kernel() -> str:
+    """Builds (or loads) deadrelu's fused statistics kernel once, before any test runs: its one-time
+    "building" line on stderr then lands in no test's captured output."""
+    from deadrelu import kernel
+
+    return kernel.status()
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ In one run, side by side, on the same models and the same batches, it measures:
   1. the floor: a compiled forward loop — `f = tf.function(lambda b: model(b, training=False))`
      called on `tf.constant(x[i:i+B])` per batch (no data adapter, callbacks or output conversion);
   2. `model.predict(x, batch_size=B)`;
-  3. `deadrelu.scan(model, x, batch_size=B)` — target ≤ 1.15 × the floor;
+  3. `deadrelu.scan(model, x, batch_size=B)` — target ≤ 1.15 × the floor — with deadrelu's fused
+     statistics kernel (`deadrelu.kernel`), and beside it the same scan on TensorFlow's own ops
+     (`DEADRELU_KERNEL=off`, "scan_ops": the engine without the kernel);
   3a. the floor of observing ("materialise"): the same compiled loop over a multi-output model that
      also returns `tf.reduce_sum` of every ReLU site's output (one read of each activation; see
      `_common.materialise_loop`), so scan / materialise is what the statistics cost beyond reading;
@@ -13,8 +15,8 @@ In one run, side by side, on the same models and the same batches, it measures:
   DenseNet121 (`keras.applications`, weights=None, 512 uniform images of 96×96×3, batch 64);
   and on the CNN also
   4. `deadrelu.scan(..., labels=y, gradients=True)` against its floor, a compiled train step
-     (`tf.function` forward + `GradientTape`, no optimizer) — target ≤ 1.15 ×, and against one pass
-     of `train_on_batch` (Adam, same loss);
+     (`tf.function` forward + `GradientTape`, no optimizer) — target ≤ 1.15 × — and against one pass
+     of `train_on_batch` (Adam, same loss); also with the kernel off ("scan_grad_ops");
   5. the naive way: a multi-output `keras.Model(model.inputs, [ReLU outputs])` + `predict` + numpy
      per-unit stats on the materialised activations (time, and peak memory in a child process);
   6. peak RSS growth of scan at 5,000 vs 50,000 samples, each in a fresh child process
@@ -50,6 +52,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -208,6 +211,23 @@ def measure_child(mode: str, n: int, batch_size: int) -> dict:
 # -- timing one model ----------------------------------------------------------------------
 
 
+def without_kernel(scan: Callable[[], object]) -> Callable[[], object]:
+    """`scan` run on TensorFlow's own ops: deadrelu's fused kernel switched off for the call."""
+
+    def run():
+        before = os.environ.get("DEADRELU_KERNEL")
+        os.environ["DEADRELU_KERNEL"] = "off"
+        try:
+            return scan()
+        finally:
+            if before is None:
+                del os.environ["DEADRELU_KERNEL"]
+            else:
+                os.environ["DEADRELU_KERNEL"] = before
+
+    return run
+
+
 def time_model(label: str, contenders: dict, groups: list[list[str]], args) -> dict:
     """Warms up and times `contenders` in interleaved rounds; prints the per-contender table."""
     print(
@@ -264,7 +284,12 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
         ),
         "train_on_batch": lambda: train_pass(trainer, x, y, batch),
     }
-    groups = [["forward", "predict", "scan", "materialise"], ["train_step", "scan_grad", "train_on_batch"]]
+    contenders["scan_ops"] = without_kernel(contenders["scan"])
+    contenders["scan_grad_ops"] = without_kernel(contenders["scan_grad"])
+    groups = [
+        ["forward", "predict", "scan", "materialise", "scan_ops"],
+        ["train_step", "scan_grad", "train_on_batch", "scan_grad_ops"],
+    ]
     if not args.no_naive:
         contenders["naive"] = lambda: naive_stats(model, x, batch)
         groups.append(["naive"])
@@ -293,8 +318,10 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
         ("predict", "forward"),
         ("materialise", "forward"),
         ("scan", "materialise"),
+        ("scan_ops", "forward"),
         ("scan_grad", "train_step"),
         ("scan_grad", "train_on_batch"),
+        ("scan_grad_ops", "train_step"),
     ] + ([("naive", "predict")] if not args.no_naive else []):
         print(f"{a} / {b}: {ratio_text(t, a, b)[1]}")
     rows.append(model_row(f"reference MNIST CNN, {n:,} images, batch {batch}", t))
@@ -307,6 +334,7 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
             t["scan_grad"].median,
             grad_ratio,
             C.paired_ratio(t["scan_grad"], t["train_on_batch"]),
+            C.paired_ratio(t["scan_grad_ops"], t["train_step"]),
         )
     )
     args.cnn_extra = {
@@ -334,10 +362,11 @@ def bench_application(name: str, args, rows: list) -> None:
         "scan": lambda: deadrelu.scan(model, x, batch_size=batch),
         "materialise": C.materialise_loop(model, x, batch),
     }
+    contenders["scan_ops"] = without_kernel(contenders["scan"])
     t = time_model(
         f"{name}, {n} × {'×'.join(map(str, shape))}, batch {batch}",
         contenders,
-        [["forward", "predict", "scan", "materialise"]],
+        [["forward", "predict", "scan", "materialise", "scan_ops"]],
         args,
     )
     for a, b in [
@@ -346,6 +375,7 @@ def bench_application(name: str, args, rows: list) -> None:
         ("predict", "forward"),
         ("materialise", "forward"),
         ("scan", "materialise"),
+        ("scan_ops", "forward"),
     ]:
         print(f"{a} / {b}: {ratio_text(t, a, b)[1]}")
     rows.append(model_row(f"{name} (weights=None), {n} × {'×'.join(map(str, shape))}, batch {batch}", t))
@@ -363,6 +393,7 @@ def model_row(label: str, t: dict) -> tuple:
         t["materialise"].median,
         C.paired_ratio(t["materialise"], t["forward"]),
         C.paired_ratio(t["scan"], t["materialise"]),
+        C.paired_ratio(t["scan_ops"], t["forward"]),
     )
 
 
@@ -419,6 +450,9 @@ def main(argv=None) -> int:
         f"(engine at {C.revision()})"
     )
 
+    from deadrelu import kernel
+
+    print(f"\nstatistics kernel: {kernel.status()}")
     rows, grad_rows = [], []
     for name in args.models:
         if name == "cnn":
@@ -433,25 +467,27 @@ def main(argv=None) -> int:
     print(
         "| model, data | compiled forward loop | `predict` | `deadrelu.scan` | materialise "
         "| scan / forward (paired) | target | met? | scan / predict (paired) | scan / forward, CPU "
-        "| materialise / forward (paired) | scan / materialise (paired) |"
+        "| materialise / forward (paired) | scan / materialise (paired) | without the kernel: scan / forward |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
-    for label, forward, predict, scan, to_forward, to_predict, cpu, mat, mat_forward, scan_mat in rows:
+    print("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    for label, forward, predict, scan, to_forward, to_predict, cpu, mat, mat_forward, scan_mat, ops in rows:
         met = C.verdict(to_forward <= SCAN_VS_FORWARD)
         print(
             f"| {label} | {forward:.3f} s | {predict:.3f} s | {scan:.3f} s | {mat:.3f} s | {to_forward:.2f}× "
-            f"| ≤ {SCAN_VS_FORWARD}× | {met} | {to_predict:.2f}× | {cpu:.2f}× | {mat_forward:.2f}× | {scan_mat:.2f}× |"
+            f"| ≤ {SCAN_VS_FORWARD}× | {met} | {to_predict:.2f}× | {cpu:.2f}× | {mat_forward:.2f}× | {scan_mat:.2f}× "
+            f"| {ops:.2f}× |"
         )
     if grad_rows:
         print(
             "\n| gradients: model, data | compiled train step | `train_on_batch` (Adam) | `scan(gradients=True)` "
-            "| scan / train step (paired) | target | met? | scan / train_on_batch (paired) |\n"
-            "|---|---:|---:|---:|---:|---|---|---:|"
+            "| scan / train step (paired) | target | met? | scan / train_on_batch (paired) "
+            "| without the kernel: scan / train step |\n"
+            "|---|---:|---:|---:|---:|---|---|---:|---:|"
         )
-        for label, step, tob, scan, to_step, to_tob in grad_rows:
+        for label, step, tob, scan, to_step, to_tob, ops in grad_rows:
             print(
                 f"| {label} | {step:.3f} s | {tob:.3f} s | {scan:.3f} s | {to_step:.2f}× | ≤ {GRAD_VS_TRAIN_STEP}× "
-                f"| {C.verdict(to_step <= GRAD_VS_TRAIN_STEP)} | {to_tob:.2f}× |"
+                f"| {C.verdict(to_step <= GRAD_VS_TRAIN_STEP)} | {to_tob:.2f}× | {ops:.2f}× |"
             )
 
     extra = getattr(args, "cnn_extra", None)
