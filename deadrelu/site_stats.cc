@@ -98,9 +98,11 @@ template <typename Work>
 int RunSharded(OpKernelContext* ctx, const Layout& layout, Work work) {
   const int64_t shards = ShardCount(ctx, layout);
   const int64_t cost = std::max<int64_t>(1, layout.samples * layout.positions * layout.units / shards);
-  ::tensorflow::Shard(shards, ctx->device()->tensorflow_cpu_worker_threads()->workers, shards, cost, [&](int64_t begin, int64_t end) {
-    for (int64_t shard = begin; shard < end; ++shard)
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  ::tensorflow::Shard(shards, pool, shards, cost, [&](int64_t begin, int64_t end) {
+    for (int64_t shard = begin; shard < end; ++shard) {
       work(shard, layout.samples * shard / shards, layout.samples * (shard + 1) / shards);
+    }
   });
   return static_cast<int>(shards);
 }
@@ -137,9 +139,13 @@ class SiteStatsOp : public OpKernel {
         const float* row = data + i * p * u;
         if (capped_) {
           std::fill(at_cap.begin(), at_cap.end(), 0);
-          for (int64_t j = 0; j < p; ++j, row += u) Accumulate<true>(row, u, cap_, count.data(), sum.data(), best, at_cap.data());
+          for (int64_t j = 0; j < p; ++j, row += u) {
+            Accumulate<true>(row, u, cap_, count.data(), sum.data(), best, at_cap.data());
+          }
         } else {
-          for (int64_t j = 0; j < p; ++j, row += u) Accumulate<false>(row, u, cap_, count.data(), sum.data(), best, at_cap.data());
+          for (int64_t j = 0; j < p; ++j, row += u) {
+            Accumulate<false>(row, u, cap_, count.data(), sum.data(), best, at_cap.data());
+          }
         }
         int64_t* f = &fires[shard * u];
         int64_t* sf = &sample_fires[shard * u];

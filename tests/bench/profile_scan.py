@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def trivial_stats(site, output, grad=None, *, positions=None, units=None, valid=None) -> dict:
+def trivial_stats(site, output, grad=None, *, positions=None, units=None, valid=None, kernel=None) -> dict:
     """Per-unit statistics of the right shapes and dtypes that read only the first row of the output."""
     import tensorflow as tf
 
