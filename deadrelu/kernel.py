@@ -8,7 +8,7 @@ first time a scan needs it (once: about 10 s on 2 cores), then loaded from the c
 
 Without a compiler, or when the build fails, deadrelu says so once on stderr and uses TensorFlow's
 ops: the same numbers, slower. The kernel is used on CPUs only (no GPU visible to TensorFlow), and
-never on the JAX and PyTorch backends, whose compilers fuse the reductions themselves.
+never on the JAX and PyTorch backends (their steps reduce with `keras.ops`).
 
 Environment:
     DEADRELU_KERNEL: "auto" (build and use it when possible) or "off" (TensorFlow's ops only).
@@ -67,23 +67,40 @@ def ops() -> Any | None:
     None when `enabled()` is false, when TensorFlow sees a GPU (the ops are CPU ops), or when
     the kernel could not be built (`status()` says why; the reason is printed once on stderr).
     """
-    if not enabled():
-        return None
-    import tensorflow as tf
-
-    if tf.config.list_logical_devices("GPU"):
+    if _off_reason() is not None:
         return None
     return _load()[0]
 
 
 def status() -> str:
-    """One line on the kernel: "built: PATH", "off: …" or "unavailable: …" with the reason."""
-    if not enabled():
-        return "off: DEADRELU_KERNEL=off or a backend other than TensorFlow (TensorFlow's ops are used)"
+    """One line on the kernel: "built: PATH", "off: …" or "unavailable: …", with the reason.
+
+    Example:
+        >>> kernel.status()
+        'off: DEADRELU_KERNEL=off (TensorFlow's ops are used)'
+    """
+    off = _off_reason()
+    if off is not None:
+        return f"off: {off} (TensorFlow's ops are used)"
     module, reason = _load()
     return f"built: {reason}" if module is not None else f"unavailable: {reason}"
 
 
+def _off_reason() -> str | None:
+    """Why the kernel is not to be used here, or None."""
+    if not enabled():
+        import keras
+
+        backend = keras.backend.backend()
+        return "DEADRELU_KERNEL=off" if backend == "tensorflow" else f"the Keras backend is {backend}"
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return "TensorFlow sees a GPU, and the kernel is for CPUs"
+    return None
+
+
+# Once per process: TensorFlow registers the ops process-wide when the library is loaded.
 @functools.cache
 def _load() -> tuple[Any | None, str]:
     """Loads the kernel, building it first if the cache has none: (module or None, path or reason)."""

@@ -54,6 +54,12 @@ def test_kernel_is_built_where_a_compiler_exists():
     assert probe_for(model)._kernel is not None
 
 
+def test_status_says_why_the_kernel_is_off(monkeypatch):
+    monkeypatch.setenv("DEADRELU_KERNEL", "off")
+    assert kernel.status() == "off: DEADRELU_KERNEL=off (TensorFlow's ops are used)"
+    assert kernel.ops() is None
+
+
 # -- the ops against numpy ------------------------------------------------------------------------
 
 
