@@ -255,6 +255,12 @@ def _run(args: argparse.Namespace) -> int:
             # Said after the work, so that an error stays the one line it is on every backend.
             if backend != DEFAULT and args.uses_keras:
                 output.note(f"backend: {backend} (KERAS_BACKEND)", style="dim")
+            if args.uses_keras:
+                from deadrelu import kernel
+
+                reason = kernel.failure()
+                if reason is not None:
+                    output.note(kernel.unavailable_note(reason))
             return code
         except DeadReluError as exc:
             if args.debug:

@@ -6,9 +6,10 @@ CPU those passes cost a scan about a third of a forward pass. `site_stats.cc` co
 one pass. It is compiled against the installed TensorFlow with the machine's C++ compiler the
 first time a scan needs it (once: about 10 s on 2 cores), then loaded from the cache.
 
-Without a compiler, or when the build fails, deadrelu says so once on stderr and uses TensorFlow's
-ops: the same numbers, slower. The kernel is used on CPUs only (no GPU visible to TensorFlow), and
-never on the JAX and PyTorch backends (their steps reduce with `keras.ops`).
+Without a compiler, or when the build fails, deadrelu says so once (a `RuntimeWarning`; the command
+line prints it after its work) and uses TensorFlow's ops: the same numbers, slower. The kernel is
+used on CPUs only (no GPU visible to TensorFlow), and never on the JAX and PyTorch backends (their
+steps reduce with `keras.ops`).
 
 Environment:
     DEADRELU_KERNEL: "auto" (build and use it when possible) or "off" (TensorFlow's ops only).
@@ -33,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,7 @@ def ops() -> Any | None:
     """The loaded op module (`deadrelu_site_stats`, `deadrelu_grad_stats`), or None.
 
     None when `enabled()` is false, when TensorFlow sees a GPU (the ops are CPU ops), or when
-    the kernel could not be built (`status()` says why; the reason is printed once on stderr).
+    the kernel could not be built (`status()` says why; a `RuntimeWarning` says it once).
     """
     if _off_reason() is not None:
         return None
@@ -112,14 +114,30 @@ def _load() -> tuple[Any | None, str]:
             _build(tf, library)
         return tf.load_op_library(str(library)), str(library)
     except (OSError, RuntimeError, subprocess.SubprocessError, tf.errors.OpError) as error:
-        # Any failure leaves TensorFlow's ops, which give the same numbers.
+        # Any failure leaves TensorFlow's ops, which give the same numbers. The command line says
+        # so after its work (`failure`), so that an error of the user's input stays one line.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(
-            f"deadrelu: the fused statistics kernel is unavailable ({reason}); scans use TensorFlow's "
-            "ops instead (the same numbers, slower). DEADRELU_KERNEL=off silences this.",
-            file=sys.stderr,
-        )
+        warnings.warn(f"deadrelu: {unavailable_note(reason)}", RuntimeWarning, stacklevel=2)
         return None, reason
+
+
+def failure() -> str | None:
+    """Why this process could not build or load the kernel, if a scan tried to; else None.
+
+    Never builds anything (the command line asks after its work, to print `unavailable_note`).
+    """
+    if _load.cache_info().currsize == 0:
+        return None
+    module, reason = _load()
+    return None if module is not None else reason
+
+
+def unavailable_note(reason: str) -> str:
+    """The one line that tells a user the scan ran on TensorFlow's ops, and why."""
+    return (
+        f"the fused statistics kernel is unavailable ({reason}); the scan used TensorFlow's ops "
+        "(the same numbers, slower). DEADRELU_KERNEL=off silences this"
+    )
 
 
 def _compiler() -> str:
