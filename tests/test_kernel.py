@@ -174,13 +174,13 @@ class ReshapedRelu(L.Layer):
 def capped_cnn():
     keras.utils.set_random_seed(1)
     inputs = keras.Input((10, 9, 3))
-    h = L.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    h = L.Conv2D(8, 3, activation="relu", name="first_conv")(inputs)
     h = L.DepthwiseConv2D(3, activation="relu6", name="depthwise")(h)
     h = L.Flatten()(h)
-    h = L.Dense(12, activation="relu", name="dense")(h)
-    outputs = L.Dense(4, activation="softmax")(h)
+    h = L.Dense(12, activation="relu", name="hidden")(h)
+    outputs = L.Dense(4, activation="softmax", name="head")(h)
     model = keras.Model(inputs, outputs)
-    plant_bias(model.get_layer("conv"), {1: -1e3})
+    plant_bias(model.get_layer("first_conv"), {1: -1e3})
     plant_bias(model.get_layer("depthwise"), {2: 1e3, 5: -1e3})
     return model
 
@@ -209,10 +209,22 @@ def op_level_shared():
     return keras.Model(inputs, outputs)
 
 
+def unknown_sizes():
+    """Spatial sizes and a sequence length unknown until the data arrives (positions not static)."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((None, None, 3))
+    h = L.Conv2D(6, 3, activation="relu", name="image_conv")(inputs)
+    h = L.Reshape((-1, 6))(h)
+    h = L.Conv1D(5, 2, activation="relu", name="sequence_conv")(h)
+    outputs = L.Dense(3, activation="softmax", name="head")(L.GlobalMaxPooling1D()(h))
+    return keras.Model(inputs, outputs)
+
+
 MODELS = {
     "capped CNN": (capped_cnn, (10, 9, 3), 4),
     "channels-first thresholds": (channels_first_thresholds, (3, 7, 8), 3),
     "op-level ReLUs, a layer called twice": (op_level_shared, (24,), 3),
+    "unknown spatial sizes": (unknown_sizes, (8, 7, 3), 3),
 }
 
 
@@ -241,7 +253,7 @@ def test_scans_with_and_without_the_kernel_agree(ops, monkeypatch, name, gradien
         assert fast.loss == pytest.approx(plain.loss, rel=1e-6)
     if name == "capped CNN":  # the planted units are found
         by_path = {site.path: site for site in fast.sites}
-        assert 1 in by_path["conv"].dead and 5 in by_path["depthwise"].dead
+        assert 1 in by_path["first_conv"].dead and 5 in by_path["depthwise"].dead
         assert 2 in by_path["depthwise"].saturated
 
 
