@@ -131,6 +131,18 @@ def test_ops_match_numpy(ops, shape, capped, masked):
             assert saturated.numpy()[2] == want["fires"][2] > 0 and grad_nonzero.numpy()[2] == 0
 
 
+def test_sums_stay_accurate_over_many_positions(ops):
+    """A large feature map (a 500×500 image) per sample: its sums are not one long float32 chain."""
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0.5, 1.5, (2, 250_000, 3)).astype(np.float32)
+    g = rng.uniform(-1.0, 1.0, a.shape).astype(np.float32)
+    empty = tf.zeros((0,))
+    sum_abs = ops.deadrelu_site_stats(tf.constant(a), empty)[2].numpy()
+    grad_abs = ops.deadrelu_grad_stats(tf.constant(a), tf.constant(g), empty)[0].numpy()
+    np.testing.assert_allclose(sum_abs, a.astype(np.float64).sum(axis=(0, 1)), rtol=1e-7)
+    np.testing.assert_allclose(grad_abs, np.abs(g.astype(np.float64)).sum(axis=(0, 1)), rtol=1e-7)
+
+
 def test_ops_run_inside_a_traced_function_with_unknown_shapes(ops):
     a, g = planted((9, 12, 7), seed=3)
 
