@@ -211,6 +211,17 @@ def measure_child(mode: str, n: int, batch_size: int) -> dict:
 # -- timing one model ----------------------------------------------------------------------
 
 
+# The ratios printed for every model: the scan (with and without the kernel) against its floors.
+FORWARD_RATIOS = [
+    ("scan", "forward"),
+    ("scan", "predict"),
+    ("predict", "forward"),
+    ("materialise", "forward"),
+    ("scan", "materialise"),
+    ("scan_ops", "forward"),
+]
+
+
 def without_kernel(scan: Callable[[], object]) -> Callable[[], object]:
     """`scan` run on TensorFlow's own ops: deadrelu's fused kernel switched off for the call."""
 
@@ -313,12 +324,7 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
 
     t = time_model(f"MNIST CNN, {n:,} images, batch {batch}", contenders, groups, args)
     for a, b in [
-        ("scan", "forward"),
-        ("scan", "predict"),
-        ("predict", "forward"),
-        ("materialise", "forward"),
-        ("scan", "materialise"),
-        ("scan_ops", "forward"),
+        *FORWARD_RATIOS,
         ("scan_grad", "train_step"),
         ("scan_grad", "train_on_batch"),
         ("scan_grad_ops", "train_step"),
@@ -369,14 +375,7 @@ def bench_application(name: str, args, rows: list) -> None:
         [["forward", "predict", "scan", "materialise", "scan_ops"]],
         args,
     )
-    for a, b in [
-        ("scan", "forward"),
-        ("scan", "predict"),
-        ("predict", "forward"),
-        ("materialise", "forward"),
-        ("scan", "materialise"),
-        ("scan_ops", "forward"),
-    ]:
+    for a, b in FORWARD_RATIOS:
         print(f"{a} / {b}: {ratio_text(t, a, b)[1]}")
     rows.append(model_row(f"{name} (weights=None), {n} × {'×'.join(map(str, shape))}, batch {batch}", t))
 
