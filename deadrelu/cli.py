@@ -256,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
             if backend != DEFAULT and args.uses_keras:
                 output.note(f"backend: {backend} (KERAS_BACKEND)", style="dim")
             if args.uses_keras:
-                from deadrelu import kernel
+                import deadrelu.kernel as kernel
 
                 reason = kernel.failure()
                 if reason is not None:
