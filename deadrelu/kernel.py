@@ -110,8 +110,12 @@ def _load() -> tuple[Any | None, str]:
 
     try:
         library = _library_path(tf)
-        if not library.exists():
-            _build(tf, library)
+        if library.exists():
+            try:
+                return tf.load_op_library(str(library)), str(library)
+            except tf.errors.OpError:
+                library.unlink(missing_ok=True)  # a damaged file in the cache: build it anew
+        _build(tf, library)
         return tf.load_op_library(str(library)), str(library)
     except (OSError, RuntimeError, subprocess.SubprocessError, tf.errors.OpError) as error:
         # Any failure leaves TensorFlow's ops, which give the same numbers. The command line says

@@ -315,6 +315,18 @@ def test_a_failing_build_falls_back_and_a_built_library_loads_from_the_cache(ops
     assert [s["dead"] for s in fast["sites"]] == [s["dead"] for s in fallback["sites"]]
 
 
+def test_a_damaged_library_in_the_cache_is_removed_and_built_anew(ops, tmp_path):
+    cached = tmp_path / "cache"
+    cached.mkdir()
+    damaged = cached / os.path.basename(kernel.status().removeprefix("built: "))
+    damaged.write_bytes(b"not a shared library")
+    # CXX=false: the new build fails too, so the scan falls back; the damaged file must be gone.
+    done, report = run_scan(tmp_path, "damaged", {"DEADRELU_CACHE_DIR": str(cached), "CXX": "false"})
+    assert done.returncode == 0 and report is not None, done.stderr
+    assert "building" in done.stderr and "unavailable" in done.stderr, done.stderr
+    assert not damaged.exists()
+
+
 def test_a_bad_kernel_setting_is_exit_2_in_one_line(tmp_path):
     done, report = run_scan(tmp_path, "bad", {"DEADRELU_KERNEL": "fast"})
     assert done.returncode == 2 and report is None
