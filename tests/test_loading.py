@@ -23,7 +23,7 @@ import pytest
 import deadrelu
 from deadrelu import loading
 from deadrelu.errors import ModelLoadError
-from paths import SHARED
+from paths import SHARED, synthetic_inputs
 
 MODELS = SHARED / "models"
 MNIST = SHARED / "data" / "mnist.npz"
@@ -502,16 +502,9 @@ def real(shared):
 
 
 def _real_inputs(shape, kind, n, mnist) -> np.ndarray:
-    rng = np.random.default_rng(0)
     if kind == "mnist" and mnist is not None:
         return mnist[:n].reshape((n, *shape)).astype("float32")
-    if kind == "pixels":
-        return rng.uniform(0, 255, size=(n, *shape)).astype("float32")
-    if kind == "signed":
-        return rng.uniform(-1, 1, size=(n, *shape)).astype("float32")
-    if kind in ("unit", "mnist"):
-        return rng.uniform(0, 1, size=(n, *shape)).astype("float32")
-    return rng.normal(size=(n, *shape)).astype("float32")
+    return synthetic_inputs(shape, kind, n)
 
 
 @pytest.mark.parametrize("name", _real_files())

@@ -50,7 +50,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from paths import SHARED  # noqa: E402
+from paths import SHARED, synthetic_inputs  # noqa: E402
 
 MODELS = SHARED / "models"
 MNIST = SHARED / "data" / "mnist.npz"
@@ -97,18 +97,6 @@ def model_files() -> list[str]:
     return sorted(p.name for p in MODELS.iterdir() if p.suffix in (".h5", ".keras", ".hdf5") or p.is_dir())
 
 
-def synthetic(shape: tuple, kind: str, n: int) -> np.ndarray:
-    """test_loading's `_real_inputs` without MNIST."""
-    rng = np.random.default_rng(0)
-    if kind == "pixels":
-        return rng.uniform(0, 255, size=(n, *shape)).astype("float32")
-    if kind == "signed":
-        return rng.uniform(-1, 1, size=(n, *shape)).astype("float32")
-    if kind in ("unit", "mnist"):
-        return rng.uniform(0, 1, size=(n, *shape)).astype("float32")
-    return rng.normal(size=(n, *shape)).astype("float32")
-
-
 def mnist_images(shape: tuple, n: int) -> tuple[np.ndarray, np.ndarray]:
     with np.load(MNIST) as f:
         x, y = f["x_test"][:n], f["y_test"][:n]
@@ -139,7 +127,7 @@ def scan_arguments(name: str, real: dict, folder: Path, samples: int) -> list[st
     if shape is None:
         raise SystemExit(f"{name}: not in test_loading's REAL table; add its input shape there")
     n = SYNTHETIC_SAMPLES.get(name, 256)
-    x = synthetic(shape, kind, n)
+    x = synthetic_inputs(shape, kind, n)
     path = folder / f"{name}.npz"
     if labels == "classes":
         y = np.random.default_rng(1).integers(0, CLASSES[name], size=n)
