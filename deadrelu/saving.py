@@ -82,17 +82,22 @@ def save_model(model, path, *, force: bool = False, verify: bool = True, notes: 
         raise UsageError(
             f"cannot save a model as {path!r}: the name must end in .keras or .h5 (Keras chooses the format from it)"
         )
+    from deadrelu.legacy.tf_ops import TFOpLambda
+
+    # deadrelu's own layer for tf.keras TensorFlow ops is not registered with Keras (a file naming
+    # it must not load in a process just because deadrelu was imported): the check names it.
+    own = {"TFOpLambda": TFOpLambda}
     h5 = path.endswith(_H5_EXTENSIONS)
     with atomic_output(path, force=force) as tmp, _quiet_keras():
         model.save(tmp)
         if verify:
             try:
-                keras.models.load_model(tmp)
+                keras.models.load_model(tmp, custom_objects=own)
             except Exception as exc:
                 if not (h5 and model.compiled):
                     raise RuntimeError(f"plain Keras cannot read back the model it just wrote ({exc})") from exc
                 model.save(tmp, include_optimizer=False)
-                keras.models.load_model(tmp)
+                keras.models.load_model(tmp, custom_objects=own)
                 if notes is not None:
                     notes.append(
                         f"saved {os.path.basename(path)} without its compile settings, which Keras "

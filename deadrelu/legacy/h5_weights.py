@@ -113,10 +113,12 @@ def _load_legacy_weights(model, group, original_names: dict, path: str) -> None:
 
 
 def _stored_weights(layer_group) -> list[tuple[str, object]]:
-    """Returns [(weight name, numpy array)] of one layer group, in the stored order."""
-    import numpy as np
+    """Returns [(weight name, dataset)] of one layer group, in the stored order.
 
-    return [(name, np.asarray(layer_group[name])) for name in _attr_list(layer_group, "weight_names")]
+    The datasets are read by `_assign` once their shapes fit the model (`deadrelu.safety.check_hdf5`
+    has refused links, external storage and shape bombs before).
+    """
+    return [(name, layer_group[name]) for name in _attr_list(layer_group, "weight_names")]
 
 
 def _legacy_order(layer) -> list:
@@ -176,7 +178,10 @@ def _owner_of(weight_name: str, layer_names: list[str]) -> int | None:
 
 
 def _assign(owner: str, targets: list, values: list, path: str) -> None:
-    """Assigns stored arrays to variables in order, checking their number and shapes."""
+    """Assigns stored arrays (or datasets) to variables in order, checking their number and shapes
+    before reading them."""
+    import numpy as np
+
     if len(targets) != len(values):
         raise ModelLoadError(
             f"layer '{owner}' has {len(targets)} weights in the rebuilt model but {len(values)} in "
@@ -188,7 +193,8 @@ def _assign(owner: str, targets: list, values: list, path: str) -> None:
                 f"weight '{name}' of layer '{owner}' has shape {tuple(value.shape)} in {path} but "
                 f"{tuple(variable.shape)} in the rebuilt model; the architecture does not match the weights"
             )
-        variable.assign(value.astype(variable.dtype) if str(value.dtype) != str(variable.dtype) else value)
+        array = np.asarray(value)
+        variable.assign(array.astype(variable.dtype) if str(array.dtype) != str(variable.dtype) else array)
 
 
 # ----------------------------------------------------------------------------------------------

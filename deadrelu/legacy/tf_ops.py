@@ -11,13 +11,15 @@ has no such layer, so plain Keras 3 refuses these files. Here:
   name in TensorFlow and calls it with the stored arguments; indexing (`x[:, 2:5]`, tf.keras's
   `SlicingOpLambda`) too.
 
-Models holding a `TFOpLambda` save and load again with Keras 3 once this module is imported (the
-class is registered as `deadrelu>TFOpLambda`).
+The class is deliberately not registered with Keras: a file naming it loads through
+`deadrelu.load_model` (which checks the op against the allowlist below before building it), or with
+`keras.models.load_model(path, custom_objects={"TFOpLambda": TFOpLambda})` by someone who trusts it.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 import keras
 
@@ -27,26 +29,99 @@ from deadrelu.errors import ModelLoadError
 RELU_OPS = {"nn.relu": {}, "nn.relu6": {"max_value": 6.0}}
 
 
+# Where the TensorFlow functions a tf.keras file may name live: computation on tensors only.
+# Not tf.io, tf.print, tf.py_function, tf.saved_model, tf.compat.v1.gfile, tf.config or anything
+# private (tf._os is the os module): a stored name can reach nothing that reads, writes or runs.
+_OP_NAMESPACES = frozenset({"", "math", "nn", "linalg", "signal", "image", "bitwise", "random", "__operators__"})
+_OP_MODULES = frozenset(
+    {
+        "array_ops",
+        "array_ops_stack",
+        "bincount_ops",
+        "bitwise_ops",
+        "check_ops",
+        "clip_ops",
+        "constant_op",
+        "embedding_ops",
+        "fft_ops",
+        "gen_array_ops",
+        "gen_bitwise_ops",
+        "gen_image_ops",
+        "gen_linalg_ops",
+        "gen_math_ops",
+        "gen_nn_ops",
+        "gen_random_ops",
+        "gen_spectral_ops",
+        "histogram_ops",
+        "image_ops_impl",
+        "linalg_impl",
+        "linalg_ops",
+        "manip_ops",
+        "math_ops",
+        "nn_impl",
+        "nn_ops",
+        "random_ops",
+        "shape_ops",
+        "sort_ops",
+        "special_math_ops",
+        "spectral_ops",
+        "stateless_random_ops",
+        "tensor_getitem_override",
+        "tensor_conversion",
+        "window_ops",
+    }
+)
+_OP_NAME = re.compile(r"(?:compat\.v1\.)?(?:(?P<space>[a-z_]+)\.)?(?P<op>[A-Za-z][A-Za-z0-9_]*)")
+
+
+def is_allowed_op_name(name) -> bool:
+    """Whether a stored op name has the form of an allowed op ("nn.relu", "concat", "compat.v1.squeeze").
+
+    The name alone; `resolve_tf_op` also checks what it resolves to.
+    """
+    match = _OP_NAME.fullmatch(name) if isinstance(name, str) else None
+    return bool(match) and (match["space"] or "") in _OP_NAMESPACES
+
+
 def resolve_tf_op(name: str):
     """The TensorFlow function stored under `name` ("math.multiply" → `tf.math.multiply`).
 
+    Only computations on tensors resolve (see `_OP_NAMESPACES`, `_OP_MODULES`): a model file cannot
+    reach TensorFlow's file system, printing, Python or configuration functions through a name.
+
     Raises:
-        ModelLoadError: TensorFlow has no such function.
+        ModelLoadError: The name is not an allowed op, or TensorFlow has no such function.
     """
     import tensorflow as tf
 
-    for root in (tf, tf.compat.v1):
-        try:
-            return functools.reduce(getattr, name.split("."), root)
-        except AttributeError:
-            continue
-    raise ModelLoadError(
-        f"the file calls the TensorFlow op tf.{name}, which this TensorFlow "
-        f"({tf.__version__}) does not have; load it with the TensorFlow version that wrote it"
+    if not is_allowed_op_name(name):
+        raise ModelLoadError(refusal(name))
+    parts = name.split(".")
+    root = tf
+    if parts[:2] == ["compat", "v1"]:
+        root, parts = tf.compat.v1, parts[2:]
+    try:
+        op = functools.reduce(getattr, parts, root)
+    except AttributeError:
+        raise ModelLoadError(
+            f"the file calls the TensorFlow op tf.{name}, which this TensorFlow "
+            f"({tf.__version__}) does not have; load it with the TensorFlow version that wrote it"
+        ) from None
+    module = getattr(op, "__module__", "") or ""
+    if not (callable(op) and module.startswith("tensorflow.python.") and module.rsplit(".", 1)[-1] in _OP_MODULES):
+        raise ModelLoadError(refusal(name))
+    return op
+
+
+def refusal(name) -> str:
+    """The message refusing a stored op name that is not an allowed op."""
+    return (
+        f"the file names tf.{name} as a layer (tf.keras TFOpLambda), which is not a computation on tensors; "
+        "deadrelu refuses it (even with `unsafe`): a model file may only call TensorFlow's math, nn, "
+        "array and image ops"
     )
 
 
-@keras.saving.register_keras_serializable(package="deadrelu")
 class TFOpLambda(keras.layers.Layer):
     """A TensorFlow op called on the model's tensors, stored by name.
 
