@@ -91,6 +91,57 @@ def optimizer_tracked_variables(optimizer: Any) -> list | None:
     return getattr(optimizer, "_trainable_variables", None)
 
 
+def optimizer_average_variables(optimizer: Any) -> list | None:
+    """An optimizer's moving averages of the model variables (`use_ema=True`), aligned with
+    `optimizer_tracked_variables`, or None (`_model_variables_moving_average`)."""
+    if not getattr(optimizer, "use_ema", False):
+        return None
+    return getattr(optimizer, "_model_variables_moving_average", None)
+
+
+def global_random_state() -> tuple:
+    """Keras's global seed and `SeedGenerator` (`keras.src.backend.common.global_state`), and
+    TensorFlow's eager seed with the generator of its operation seeds (`context._seed`, `_rng`),
+    when TensorFlow is imported. Restore it with `set_global_random_state`."""
+    import sys
+
+    from keras.src.backend.common import global_state
+
+    keras_state = tuple(
+        global_state.get_global_attribute(name) for name in ("global_random_seed", "global_seed_generator")
+    )
+    tf_state = None
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.eager import context
+
+        ctx = context.context()
+        rng = getattr(ctx, "_rng", None)
+        tf_state = (getattr(ctx, "_seed", None), rng.getstate() if rng is not None else None)
+    return keras_state, tf_state
+
+
+def set_global_random_state(state: tuple) -> None:
+    """Puts back what `global_random_state` returned."""
+    import sys
+
+    from keras.src.backend.common import global_state
+
+    keras_state, tf_state = state
+    for name, value in zip(("global_random_seed", "global_seed_generator"), keras_state):
+        global_state.set_global_attribute(name, value)
+    if tf_state is not None and "tensorflow" in sys.modules:
+        from tensorflow.python.eager import context
+
+        seed, rng_state = tf_state
+        ctx = context.context()
+        if seed is None:
+            ctx._seed, ctx._rng = None, None
+        else:
+            context.set_global_seed(seed)
+            if rng_state is not None:
+                ctx._rng.setstate(rng_state)
+
+
 def relu_functions() -> list[tuple[Any, str]]:
     """Where the ReLU-family functions of Keras live, as `(owner, attribute)` pairs to wrap.
 

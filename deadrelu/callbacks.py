@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 import deadrelu.validation as validation
-from deadrelu._keras_compat import fit_callbacks, optimizer_tracked_variables
+from deadrelu._keras_compat import fit_callbacks, optimizer_average_variables, optimizer_tracked_variables
 from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
 from deadrelu.tensorboard import SummaryWriter, require_tensorboard
@@ -35,7 +35,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
 
     At the end of every epoch (or every `check_freq` batches) the monitor measures the probe data
     in inference mode and writes into the epoch's `logs`: `deadrelu/dead_fraction`,
-    `deadrelu/dying_fraction` and `deadrelu/<path>/dead_fraction` for every site (for models with
+    `deadrelu/dying_fraction`, `deadrelu/non_finite_fraction` (units whose outputs or own weights
+    are NaN or ±inf) and `deadrelu/<path>/dead_fraction` for every site (for models with
     more than 32 sites: for each site from its first flag on, and `CSVLogger` only keeps the
     columns of the first epoch) — so `History`, `CSVLogger` and `TensorBoard` record them with no
     extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
@@ -64,7 +65,10 @@ class DeadReluMonitor(keras.callbacks.Callback):
         on_dead: What to do when units die: `None` (only record), `"warn"` (one line per newly
             flagged site), `"stop"` (end training, like `EarlyStopping`) or `"revive"`
             (re-initialise the dead units in place — ReDo — and reset the optimizer's moment
-            slots for the re-initialised entries). Defaults to `"warn"`.
+            slots for the re-initialised entries). Whatever it is, a check that finds NaN or ±inf
+            in the weights or the site outputs says once that the model has diverged, and where
+            (verbose 1); then `"stop"` ends training at once, and `"revive"` revives nothing while
+            the model holds them. Defaults to `"warn"`.
         max_dead_fraction: `"stop"` and `"revive"` act when the model's dead fraction exceeds
             this for more than `patience` consecutive checks. Defaults to `0.10`.
         patience: Checks over `max_dead_fraction` to tolerate before acting. Defaults to `0`.
@@ -176,6 +180,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.revivals = 0
         self._logged_sites: list[str] = []  # sites with a per-site series in the logs
         self._flagged: set[str] = set()  # sites flagged at any check of this fit (warned once)
+        self._diverged = False  # whether a check of this fit found NaN/inf (said once)
         self._strikes = 0  # consecutive checks over max_dead_fraction
         self._epoch = 0
         self._batches_since_check = 0
@@ -184,17 +189,21 @@ class DeadReluMonitor(keras.callbacks.Callback):
     # -- Keras hooks ----------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self._reset()
+        self._prepare()
+        self._open_summaries()
+
+    def _prepare(self) -> None:
+        """Loads the probe data for the model, and traces the probe unless it is this model's already."""
         from deadrelu.data import load_data
         from deadrelu.distribute import resolve_strategy
         from deadrelu.probe import Probe
 
-        self._reset()
         strategy = resolve_strategy(self.strategy, self.model)
         self._probe_data = load_data(self.data, self.model, samples=self.samples, strategy=strategy)
         if self._probe is None or self._probe.model is not self.model or strategy is not self._strategy:
             self._probe = Probe(self.model, strategy=strategy)
         self._strategy = strategy
-        self._open_summaries()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._summaries is not None:
@@ -240,15 +249,36 @@ class DeadReluMonitor(keras.callbacks.Callback):
 
     # -- the check ------------------------------------------------------------------------
 
-    def check(self) -> Check:
+    def check(self, model: keras.Model | None = None) -> Check:
         """Scans the probe data now, records a `Check` in `timeline`, and acts on it.
 
-        Called by the Keras hooks at the frequency `check_freq` sets; call it yourself (after
-        `on_train_begin`) for a check at another moment.
+        Called by the Keras hooks at the frequency `check_freq` sets; call it yourself for a check
+        at another moment: during `fit`, or outside one on the model given by `model` (or by
+        `set_model`).
+
+        Args:
+            model: The model to check; it becomes the monitor's model (`set_model`). Defaults to
+                None: the monitor's model (the model of the `fit`).
 
         Returns:
             The new `Check`.
+
+        Raises:
+            RuntimeError: The monitor has no model: it is not in a `fit`, and none was given.
+
+        Example:
+            >>> monitor = deadrelu.DeadReluMonitor(x_val[:500], on_dead=None)
+            >>> monitor.check(model=model).dead_fraction
         """
+        if model is not None and model is not self.model:
+            self.set_model(model)
+        if self.model is None:
+            raise RuntimeError(
+                "DeadReluMonitor.check() has no model to scan: call it once `fit` has begun (or after "
+                "`monitor.set_model(model)`), or pass the model: `monitor.check(model=model)`"
+            )
+        if self._probe is None or self._probe_data is None or self._probe.model is not self.model:
+            self._prepare()
         # Mid-epoch, JAX's `fit` keeps the weights outside the model: put them back (`fit` reads
         # them again at its next batch, revived units included). Elsewhere a no-op.
         sync = getattr(self.model, "jax_state_sync", None)
@@ -282,6 +312,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
                     f"epoch {self._epoch + 1}: {path} flagged, {len(site.dead)}/{site.units} units dead "
                     f"({site.dead_fraction:.0%})"
                 )
+        if check.diverged:
+            return self._on_divergence(check, report)
         self._strikes = self._strikes + 1 if check.dead_fraction > self.max_dead_fraction else 0
         if self._strikes > self.patience and self.on_dead in ("stop", "revive"):
             check.action = self.on_dead
@@ -294,6 +326,21 @@ class DeadReluMonitor(keras.callbacks.Callback):
             else:
                 self._revive(report)
             self._strikes = 0
+        return check
+
+    def _on_divergence(self, check: Check, report: Report) -> Check:
+        """A check that found NaN or ±inf: said once per fit whatever `on_dead`; "stop" ends training;
+        "revive" does not act (re-initialising dead units cannot repair non-finite weights)."""
+        from deadrelu.non_finite import divergence_text
+
+        if self.on_dead == "stop":
+            check.action = "stop"
+            self.model.stop_training = True
+        if not self._diverged or self.on_dead == "stop":
+            then = {"stop": "; stopping training", "revive": "; no unit is revived while it holds NaN/inf"}
+            self._say(f"epoch {self._epoch + 1}: {divergence_text(report.summary)}{then.get(self.on_dead, '')}")
+        self._diverged = True
+        self._strikes = 0
         return check
 
     def _revive(self, report: Report) -> None:
@@ -314,7 +361,11 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self._say(f"epoch {self._epoch + 1}: revived {revived} dead units (ReDo); reset {reset} optimizer slot entries")
 
     def _log_values(self, check: Check) -> dict:
-        values = {"deadrelu/dead_fraction": check.dead_fraction, "deadrelu/dying_fraction": check.dying_fraction}
+        values = {
+            "deadrelu/dead_fraction": check.dead_fraction,
+            "deadrelu/dying_fraction": check.dying_fraction,
+            "deadrelu/non_finite_fraction": check.non_finite_fraction,
+        }
         for path in self._logged_sites:
             values[f"deadrelu/{path}/dead_fraction"] = check.site_dead_fraction(path)
         return values
@@ -423,7 +474,9 @@ def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: di
     """Zeroes the optimizer's per-variable slots (moments, velocities) where `masks` is True.
 
     A re-initialised weight must not inherit the running moments of the dead unit it replaces:
-    Adam would otherwise keep stepping it with stale statistics.
+    Adam would otherwise keep stepping it with stale statistics. The moving averages of an
+    optimizer with `use_ema=True` get the new values instead: Keras writes the averages into the
+    model at the end of `fit`, and a zeroed or stale average would undo the revival there.
 
     Args:
         optimizer: A Keras 3 optimizer (or None: nothing to do).
@@ -438,11 +491,13 @@ def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: di
     if not tracked or not masks:
         return 0
     index = {id(v): i for i, v in enumerate(tracked)}  # by identity: paths can repeat
+    averages = optimizer_average_variables(optimizer)
     # Slots are lists aligned with the trainable variables (Adam: _momentums, _velocities, ...).
     slot_lists = [
         value
         for name, value in vars(optimizer).items()
         if value is not tracked
+        and value is not averages
         and isinstance(value, list)
         and len(value) == len(tracked)
         and all(hasattr(slot, "assign") for slot in value)
@@ -459,5 +514,11 @@ def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: di
             value = np.array(slot.numpy())
             value[mask] = 0
             slot.assign(value)
+            reset += int(mask.sum())
+        average = averages[i] if averages is not None and len(averages) == len(tracked) else None
+        if average is not None and tuple(average.shape) == tuple(mask.shape):
+            value = np.array(average.numpy())
+            value[mask] = np.asarray(variables[key].numpy())[mask]
+            average.assign(value)
             reset += int(mask.sum())
     return reset

@@ -3,7 +3,8 @@
 Start-up stays light: argparse and the standard library only. The Keras backend is chosen first
 (`deadrelu.backends.select`: `KERAS_BACKEND`, else TensorFlow; a note names JAX or PyTorch when
 one runs), then Keras is imported inside the commands, after TensorFlow's own log noise has been
-routed away from the user's terminal.
+routed away from the user's terminal (`deadrelu.native_log`: kept, and shown if the process
+crashes in native code).
 
 Exit codes: 0 done; 1 done but `--fail-on` exceeded; 2 bad input (one line, no traceback);
 3 internal error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Every path is checked before
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import os
 import re
 import shlex
 import signal
@@ -115,36 +115,6 @@ def flag_names(message: str, parser: argparse.ArgumentParser | None) -> str:
 
 
 # -- the console ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quiet_native_stderr(enabled: bool):
-    """Routes everything written to file descriptor 2 (TensorFlow's C++ logging) to /dev/null.
-
-    Python's own `sys.stderr` keeps pointing at the real terminal, so our messages and any
-    traceback still show. Needed because TensorFlow prints start-up lines (oneDNN, cudart, absl)
-    even with TF_CPP_MIN_LOG_LEVEL=3.
-    """
-    if not enabled:
-        yield
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    real_stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    old_sys_stderr = sys.stderr
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    sys.stderr = real_stderr
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        sys.stderr = old_sys_stderr
-        real_stderr.close()
 
 
 def _silence_python_logs() -> None:
@@ -243,6 +213,7 @@ def _run(args: argparse.Namespace) -> int:
     """Checks every path, then runs the command; errors become one line and an exit code."""
     from deadrelu.backends import DEFAULT, select
     from deadrelu.errors import DeadReluError
+    from deadrelu.native_log import quiet_native_stderr
 
     with quiet_native_stderr(not args.verbose):
         try:

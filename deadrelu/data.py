@@ -647,7 +647,14 @@ def _read_h5(path: str, key: str | None, for_labels: bool, input_names, output_n
 
     if not h5py.is_hdf5(path):
         raise DataError(f"{path} is not an HDF5 file (it lacks the HDF5 signature); check the file")
+    import deadrelu.safety as safety
+
     handle = h5py.File(path, "r")  # kept open: datasets are read lazily, batch by batch
+    try:
+        safety.check_hdf5(handle, path=path, error=DataError)  # no links or storage outside the file
+    except DataError:
+        handle.close()
+        raise
     keys: list[str] = []
     handle.visititems(lambda name, obj: keys.append(name) if isinstance(obj, h5py.Dataset) else None)
     if "model_config" in handle.attrs or "model_weights" in handle:

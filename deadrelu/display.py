@@ -53,12 +53,13 @@ def report_html(report: Report, *, rows: int = MAX_ROWS, figure: bool = True) ->
     from deadrelu.render import order_sites, summary_text
 
     s = report.summary
-    parts = [_line(summary_text(report).plain, _severity(s["flagged_sites"], s["dead"]))]
+    parts = [_line(summary_text(report).plain, RED if s["diverged"] else _severity(s["flagged_sites"], s["dead"]))]
     if report.data.get("synthetic"):
         parts.append(_line("Measured on synthetic inputs: not a real verdict; scan again with real data.", RED))
     ordered = order_sites(report, "dead")
     if ordered:
-        parts.append(_table(_site_header(report), [_site_row(i, site, report) for i, site in ordered[:rows]]))
+        header = _site_header(report, s["diverged"])
+        parts.append(_table(header, [_site_row(i, site, report, s["diverged"]) for i, site in ordered[:rows]]))
     if len(ordered) > rows:
         parts.append(
             _muted(
@@ -87,7 +88,7 @@ def report_renderable(report: Report, *, rows: int = MAX_ROWS) -> Group:
     return Group(*parts)
 
 
-def _site_header(report: Report) -> list[tuple[str, bool]]:
+def _site_header(report: Report, diverged: bool) -> list[tuple[str, bool]]:
     header = [
         ("#", True),
         ("site path", False),
@@ -99,12 +100,14 @@ def _site_header(report: Report) -> list[tuple[str, bool]]:
         ("sat.", True),
         ("dead %", True),
     ]
+    if diverged:
+        header.append(("NaN/inf", True))
     if report.has_gradients:
         header += [("mean |∂z|", True), ("zero ∂ %", True)]
     return [*header, ("flag", False)]
 
 
-def _site_row(index: int, site: SiteReport, report: Report) -> str:
+def _site_row(index: int, site: SiteReport, report: Report, diverged: bool) -> str:
     from deadrelu.render import _gradient_cells, _kind_label
 
     dead = f"color:{RED if site.flagged else ORANGE if site.dead else GREEN}"
@@ -119,9 +122,13 @@ def _site_row(index: int, site: SiteReport, report: Report) -> str:
         (f"{len(site.saturated):,}", True, ""),
         (f"{site.dead_fraction:.1%}", True, dead),
     ]
+    if diverged:
+        cells.append((f"{len(site.non_finite):,}", True, f"color:{RED};font-weight:600" if site.non_finite else ""))
     if report.has_gradients:
         cells += [(_e(cell.plain if isinstance(cell, Text) else cell), True, "") for cell in _gradient_cells(site)]
-    if site.flagged:
+    if site.non_finite:
+        cells.append(("✗ non-finite", False, f"color:{RED};font-weight:600"))
+    elif site.flagged:
         cells.append(("✗ flagged", False, f"color:{RED};font-weight:600"))
     else:
         cells.append(("ok", False, f"color:{GREEN}") if site.reached else ("not reached", False, f"color:{GREY}"))
@@ -340,6 +347,12 @@ def timeline_summary(checks: Sequence[Check]) -> str:
     actions = [c.action for c in checks if c.action]
     if actions:
         text += "; " + ", ".join(f"{actions.count(a)} × {a}" for a in dict.fromkeys(actions))
+    diverged = next((c for c in checks if c.diverged), None)
+    if diverged is not None:
+        text += (
+            f"; DIVERGED (NaN/inf) from epoch {diverged.epoch + 1}, {last.non_finite_fraction:.1%} non-finite "
+            "at the last"
+        )
     return text
 
 
@@ -356,7 +369,7 @@ def _timeline_rows(checks: Sequence[Check]) -> list[list[str]]:
                 f"{c.dying_fraction:.1%}",
                 f"+{newly:,}" if c.persistence is not None or newly else "–",
                 f"{revived:,}" if c.persistence is not None or revived else "–",
-                c.action or "",
+                " ".join(part for part in (c.action, "diverged" if c.diverged else None) if part),
             ]
         )
     return rows
@@ -381,7 +394,7 @@ def timeline_html(
     shown = list(checks)[-rows:]
     body = []
     for check, cells in zip(shown, _timeline_rows(shown)):
-        style = f"color:{RED}" if check.action else ""
+        style = f"color:{RED}" if check.action or check.diverged else ""
         body.append(_row([(_e(cell), right, style) for cell, (_, right) in zip(cells, _TIMELINE_HEADER)]))
     if body:
         parts.append(_table(_TIMELINE_HEADER, body))
@@ -401,7 +414,7 @@ def timeline_renderable(checks: Sequence[Check], *, rows: int = MAX_ROWS) -> Gro
     )
     shown = list(checks)[-rows:]
     for check, cells in zip(shown, _timeline_rows(shown)):
-        table.add_row(*cells, style="red" if check.action else None)
+        table.add_row(*cells, style="red" if check.action or check.diverged else None)
     if len(checks) > rows:
         table.caption = f"{len(checks) - rows:,} earlier checks not shown"
     return Group(*([table] if checks else []), Text(timeline_summary(checks), style=_trend(checks)))
@@ -410,6 +423,8 @@ def timeline_renderable(checks: Sequence[Check], *, rows: int = MAX_ROWS) -> Gro
 def _trend(checks: Sequence[Check]) -> str:
     if not checks:
         return GREY
+    if checks[-1].diverged:
+        return RED
     last = checks[-1].dead_fraction
     return RED if last > checks[0].dead_fraction else (ORANGE if last else GREEN)
 

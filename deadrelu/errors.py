@@ -2,7 +2,8 @@
 
 Every error a user can fix by changing their input derives from `DeadReluError`. The command
 line prints such an error as one line (`deadrelu: error: ...`) and exits with code 2; anything
-else is an internal error (exit code 3).
+else is an internal error (exit code 3), `InternalError` among them: one of deadrelu's own
+checks failed where the input cannot be the cause.
 """
 
 from __future__ import annotations
@@ -35,3 +36,12 @@ class UsageError(DeadReluError, ValueError):
 
 class UnsupportedModelError(DeadReluError):
     """The model is valid but the requested transformation is not defined for it."""
+
+
+class InternalError(RuntimeError):
+    """One of deadrelu's own checks failed where the input cannot be the cause: a bug in deadrelu.
+
+    For instance the outputs of a pruned or revived model differ on the very data its dead units
+    were measured on. The command line exits with code 3 and asks for a report; the message says
+    what was compared and that nothing was written.
+    """

@@ -101,16 +101,18 @@ def _indices_html(indices: list[int]) -> str:
 
 
 def _summary_section(report: Report) -> str:
+    from deadrelu.non_finite import divergence_text
     from deadrelu.render import summary_text
 
     s = report.summary
-    css = "bad" if s["flagged_sites"] else ("warn" if s["dead"] else "ok")
+    css = "bad" if s["flagged_sites"] or s["diverged"] else ("warn" if s["dead"] else "ok")
     counts = [
         ("sites", s["sites"]),
         ("units", s["units"]),
         ("dead", s["dead"]),
         ("dying", s["dying"]),
         ("saturated", s["saturated"]),
+        ("non-finite", s["non_finite"]),
         ("flagged sites", s["flagged_sites"]),
     ]
     spans = "".join(f"<span><b>{v:,}</b> {_e(k)}</span>" for k, v in counts)
@@ -118,6 +120,13 @@ def _summary_section(report: Report) -> str:
         f'<p class="summary {css}">{_e(summary_text(report).plain)}</p>',
         f'<div class="counts">{spans}<span><b>{_percent(s["dead_fraction"])}</b> of units dead</span></div>',
     ]
+    diverged = divergence_text(s)
+    if diverged:
+        parts.append(
+            f'<p class="bad">{_e(diverged[0].upper() + diverged[1:])}. Non-finite units are neither dead nor '
+            "alive: retrain from a checkpoint before the divergence, with a lower learning rate or gradient "
+            "clipping.</p>"
+        )
     if report.data.get("synthetic"):
         parts.append('<p class="bad">Measured on synthetic inputs: not a real verdict. Scan again with real data.</p>')
     if report.notes:
@@ -125,7 +134,7 @@ def _summary_section(report: Report) -> str:
     return "\n".join(parts)
 
 
-def _site_row(index: int, site: SiteReport, gradients: bool) -> str:
+def _site_row(index: int, site: SiteReport, gradients: bool, diverged: bool = False) -> str:
     params = ", ".join(f"{k}={v}" for k, v in site.params.items())
     cells = [
         (str(index), "n"),
@@ -140,6 +149,8 @@ def _site_row(index: int, site: SiteReport, gradients: bool) -> str:
         (f"{len(site.saturated):,}", "n"),
         (_percent(site.dead_fraction), "n"),
     ]
+    if diverged:
+        cells.append((f"{len(site.non_finite):,}", "n"))
     if gradients:
         if site.grad_mean_abs is None or not site.units:
             cells += [("–", "n"), ("–", "n")]
@@ -148,12 +159,16 @@ def _site_row(index: int, site: SiteReport, gradients: bool) -> str:
                 (f"{float(site.grad_mean_abs.mean()):.2e}", "n"),
                 (_percent(float(site.grad_zero_rate.mean())) if site.grad_zero_rate is not None else "–", "n"),
             ]
-    cells += [(_indices_html(site.dead), ""), ("flagged" if site.flagged else "ok", "")]
-    return _row(cells, "flagged" if site.flagged else "")
+    cells.append((_indices_html(site.dead), ""))
+    if diverged:
+        cells.append((_indices_html(site.non_finite), ""))
+    cells.append(("non-finite" if site.non_finite else "flagged" if site.flagged else "ok", ""))
+    return _row(cells, "flagged" if site.flagged or site.non_finite else "")
 
 
 def _sites_section(report: Report) -> str:
     gradients = any(s.grad_mean_abs is not None for s in report.sites)
+    diverged = report.summary["diverged"]
     header = [
         ("#", "n"),
         ("site path", ""),
@@ -167,16 +182,45 @@ def _sites_section(report: Report) -> str:
         ("saturated", "n"),
         ("dead %", "n"),
     ]
+    if diverged:
+        header.append(("NaN/inf", "n"))
     if gradients:
         header += [("mean |∂ℓ/∂z|", "n"), ("zero ∂ %", "n")]
-    header += [("dead units", ""), ("flag", "")]
+    header.append(("dead units", ""))
+    if diverged:
+        header.append(("non-finite units", ""))
+    header.append(("flag", ""))
     if not report.sites:
         return "<h2>Sites</h2><p>No ReLU site: nothing in this model can die this way.</p>"
     flag = report.settings.get("flag_threshold", 0.1)
-    rows = [_site_row(i, site, gradients) for i, site in enumerate(report.sites)]
+    rows = [_site_row(i, site, gradients, diverged) for i, site in enumerate(report.sites)]
     return (
         f'<h2>Sites</h2><p class="muted">All {len(report.sites):,} sites in model order; flagged sites '
-        f"(≥ {_percent(flag)} dead) in red.</p>" + _table(header, rows, css="sites")
+        f"(≥ {_percent(flag)} dead) and sites with non-finite (NaN/inf) units in red.</p>"
+        + _table(header, rows, css="sites")
+    )
+
+
+def _non_finite_section(report: Report) -> str:
+    """The layers whose weights hold NaN or ±inf, in model order (a diverged model only)."""
+    if not report.non_finite_layers:
+        return ""
+    rows = [
+        _row(
+            [
+                (_path(layer.get("path", "")), "path"),
+                (_e(layer.get("layer")), ""),
+                (f"{layer.get('values', 0):,}", "n"),
+                (f"{layer.get('size', 0):,}", "n"),
+            ],
+            "flagged",
+        )
+        for layer in report.non_finite_layers
+    ]
+    header = [("layer path", ""), ("layer", ""), ("NaN/inf values", "n"), ("weights", "n")]
+    return (
+        '<h2>Non-finite weights</h2><p class="muted">Layers whose weights hold NaN or ±inf, in model order: '
+        "the first is where the divergence shows first.</p>" + _table(header, rows)
     )
 
 
@@ -383,6 +427,7 @@ def render_html(report: Report, *, diff: ReportDiff | None = None, site_figures:
     body += [
         _figures_section(report),
         _sites_section(report),
+        _non_finite_section(report),
         _layer_gradient_section(report),
         _site_figures_section(report, site_figures),
         _others_section(report),

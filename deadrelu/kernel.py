@@ -7,7 +7,8 @@ one pass. It is compiled against the installed TensorFlow with the machine's C++
 first time a scan needs it (once: about 10 s on 2 cores), then loaded from the cache.
 
 Without a compiler, or when the build fails, deadrelu says so once (a `RuntimeWarning`; the command
-line prints it after its work) and uses TensorFlow's ops: the same numbers, slower. The kernel is
+line prints it after its work) and uses TensorFlow's ops: the same numbers, slower — a NaN or ±inf
+output (a diverged model) included: both count it in `non_finite` and read it as zero everywhere else. The kernel is
 used on CPUs only (no GPU visible to TensorFlow), and never on the JAX and PyTorch backends (their
 steps reduce with `keras.ops`).
 

@@ -5,8 +5,8 @@ The format is decided by the file's content, never by its extension:
 * a zip (`PK\\x03\\x04`): a `.keras` archive from Keras 3 or from tf.keras 2.13–2.15;
 * HDF5 (`\\x89HDF\\r\\n\\x1a\\n`): a legacy `.h5` from Keras 2.2 → 2.15 or Keras 3, a whole model or
   weights only (then the architecture comes from a Keras JSON file, `architecture=`);
-* a directory with `saved_model.pb`: a TensorFlow SavedModel written by tf.keras (read with the
-  optional `tf_keras`, then converted).
+* a directory with `saved_model.pb`: a TensorFlow SavedModel written by tf.keras (its metadata and
+  checkpoint read as data, `deadrelu.legacy.savedmodel`, then rebuilt like an HDF5 file).
 
 Plain `keras.models.load_model` is tried first. When it refuses a file, or the file is known to need
 it, the stored configuration (the HDF5 `model_config` attribute, the zip's `config.json`) is repaired
@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 
+import deadrelu.safety as safety
 from deadrelu.errors import ModelLoadError
 from deadrelu.files import file_kind
 from deadrelu.legacy import config_repairs, first_line, h5_weights, training_config
@@ -311,6 +313,8 @@ def _decode_json(text: str, where: str) -> dict:
         raise ModelLoadError(
             f"the model configuration in {where} is not valid JSON ({exc.msg}, line {exc.lineno})"
         ) from exc
+    except RecursionError:  # a hostile nesting depth, not a model
+        raise ModelLoadError(f"the model configuration in {where} is nested too deeply to be a model's") from None
     if not isinstance(value, dict) or "class_name" not in value:
         raise ModelLoadError(
             f"{where} does not hold a Keras model configuration (a JSON object with 'class_name' "
@@ -350,8 +354,15 @@ def _zip_metadata(archive: zipfile.ZipFile) -> dict:
 
 
 def _repair(config: dict, ctx: _Context) -> tuple[dict, config_repairs.ConfigRepair]:
-    """Repairs a stored model config for Keras 3; returns (repaired config, the repair's record)."""
-    repair = config_repairs.ConfigRepair(ctx.path, ctx.objects, unsafe=ctx.unsafe, input_shape=ctx.input_shape)
+    """Checks a stored model config (`deadrelu.safety`), then repairs it for Keras 3.
+
+    Returns:
+        (repaired config, the repair's record).
+    """
+    safety.check_model_config(config, path=ctx.path, objects=ctx.objects, unsafe=ctx.unsafe)
+    repair = config_repairs.ConfigRepair(
+        ctx.path, ctx.objects, unsafe=ctx.unsafe, input_shape=ctx.input_shape, written_by=ctx.keras_version
+    )
     return repair.run(config), repair
 
 
@@ -373,16 +384,31 @@ def _load_hdf5(ctx: _Context, architecture: str | None):
         raise ModelLoadError(
             f"cannot read {ctx.path} as HDF5 ({first_line(exc)}); the file may be truncated, save it again"
         ) from exc
+    # Keras picks its loader by extension: an HDF5 file named .keras always needs our path.
+    return _read_hdf5(f, ctx, architecture, named_h5=ctx.path.endswith((".h5", ".hdf5")))
+
+
+def _read_hdf5(f, ctx: _Context, architecture: str | None, *, named_h5: bool | None):
+    """Rebuilds the model an open HDF5 file holds, then closes the file.
+
+    Args:
+        f: An open `h5py.File`: the user's file, or a SavedModel converted in memory.
+        named_h5: Whether the user's file is named .h5 or .hdf5 (Keras's own loader is tried first);
+            None for a converted SavedModel, which is no file Keras could read.
+
+    Returns:
+        (model, training_config or None).
+    """
     with f:
+        safety.check_hdf5(f, path=ctx.path)
         ctx.keras_version = h5_weights.attr_text(f, "keras_version") or h5_weights.attr_text(
             f.get("model_weights"), "keras_version"
         )
         config = _hdf5_config(f, ctx, architecture)
         training = _decode_training_config(h5_weights.attr_text(f, "training_config"))
+        safety.check_config(training, path=ctx.path, objects=ctx.objects, unsafe=ctx.unsafe)
         fixed, repair = _repair(config, ctx)
-        # Keras picks its loader by extension: an HDF5 file named .keras always needs our path.
-        named_h5 = ctx.path.endswith((".h5", ".hdf5"))
-        tried_keras = architecture is None and not repair.changed and named_h5
+        tried_keras = architecture is None and not repair.changed and bool(named_h5)
         if tried_keras:
             model = _try_plain_keras(ctx)
             if model is not None:
@@ -392,7 +418,7 @@ def _load_hdf5(ctx: _Context, architecture: str | None):
             h5_weights.load_weights(model, f, repair.original_names, ctx.path)
         except ModelLoadError as exc:
             raise _lambda_backend_hint(exc, repair.functions, ctx.path) from exc
-    if not named_h5 and architecture is None:
+    if named_h5 is False and architecture is None:
         ctx.repairs.append("read as HDF5: the file's content is HDF5, whatever its name says")
     ctx.repairs.extend(repair.messages())
     if tried_keras:
@@ -446,6 +472,8 @@ def _load_zip(ctx: _Context):
     Returns:
         (model, compile_config or None).
     """
+    import h5py
+
     try:
         archive = zipfile.ZipFile(ctx.path)
     except zipfile.BadZipFile as exc:
@@ -462,6 +490,7 @@ def _load_zip(ctx: _Context):
                 f"{ctx.path} is a damaged zip archive (entry {damaged} fails its CRC check); the file was "
                 "corrupted on disk or in transfer: save or download the model again"
             )
+        safety.check_zip(archive, path=ctx.path)
         names = set(archive.namelist())
         if "config.json" not in names:
             raise ModelLoadError(
@@ -470,8 +499,11 @@ def _load_zip(ctx: _Context):
             )
         config = _decode_json(archive.read("config.json").decode("utf-8"), ctx.path)
         ctx.keras_version = _zip_metadata(archive).get("keras_version")
-        training = config.get("compile_config")
         fixed, repair = _repair(config, ctx)
+        training = fixed.get("compile_config")  # as fitted to the installed Keras (legacy.newer_keras)
+        if "model.weights.h5" in names:
+            with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+                safety.check_hdf5(weights, path=f"{ctx.path} (model.weights.h5)")
         written_by_keras3 = str(ctx.keras_version or "3").startswith("3")
         if written_by_keras3 and not repair.changed:
             model = _try_plain_keras(ctx)
@@ -504,61 +536,26 @@ def _load_repaired_zip(archive: zipfile.ZipFile, fixed: dict, objects: dict, ctx
 
 
 # ----------------------------------------------------------------------------------------------
-# TensorFlow SavedModel (through tf_keras)
+# TensorFlow SavedModel (read as data by deadrelu.legacy.savedmodel)
 
 
 def _load_savedmodel(ctx: _Context):
-    """Loads a SavedModel written by tf.keras: tf_keras reads it, the HDF5 path converts it.
+    """Loads a SavedModel written by tf.keras, without running anything it holds.
 
-    tf_keras rebuilds the layers from `keras_metadata.pb`; saving that model as a temporary HDF5
-    file then reuses every repair and the by-name weight copy of the HDF5 path.
+    `deadrelu.legacy.savedmodel` reads `keras_metadata.pb` and the checkpoint in `variables/` into an
+    in-memory HDF5 file in Keras 2's layout; the HDF5 path then rebuilds it with its checks, repairs
+    and by-name weight copy. Neither tf_keras nor `tf.saved_model.load` is used: both would run the
+    directory's functions and stored code.
 
     Returns:
         (model, training_config or None).
     """
-    try:
-        import tf_keras
-    except ImportError:
-        raise ModelLoadError(
-            f"{ctx.path} is a TensorFlow SavedModel; reading it needs tf_keras: pip install 'deadrelu[legacy]'"
-        ) from None
-    if not os.path.exists(os.path.join(ctx.path, "keras_metadata.pb")):
-        raise ModelLoadError(
-            f"{ctx.path} is a SavedModel without Keras metadata (written by tf.saved_model.save or "
-            "model.export), so its layers cannot be rebuilt; save the model with model.save('model.h5') "
-            "or model.save('model.keras') instead"
-        )
-    try:
-        original = tf_keras.models.load_model(ctx.path)
-    except Exception:  # noqa: BLE001 - a custom loss or metric: the layers may still load
-        try:
-            original = tf_keras.models.load_model(ctx.path, compile=False)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"tf_keras cannot read the SavedModel {ctx.path}: {type(exc).__name__}: {first_line(exc)}"
-            ) from exc
-    with tempfile.TemporaryDirectory(prefix="deadrelu-") as tmp:
-        converted = os.path.join(tmp, "converted.h5")
-        try:
-            original.save(converted, save_format="h5")
-        except NotImplementedError as exc:
-            raise ModelLoadError(
-                f"{ctx.path} holds a subclassed model, whose layers tf_keras cannot describe; "
-                "save it from the code that defines it with model.save('model.keras') under Keras 3"
-            ) from exc
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot convert the SavedModel {ctx.path}: {type(exc).__name__}: {first_line(exc)}"
-            ) from exc
-        inner = dataclasses.replace(ctx, path=converted, repairs=[])
-        try:
-            model, training = _load_hdf5(inner, None)
-        except ModelLoadError as exc:  # name the user's directory, not the temporary file
-            raise ModelLoadError(str(exc).replace(converted, ctx.path)) from exc
-    ctx.keras_version = inner.keras_version
-    version = tf_keras.__version__
-    ctx.repairs.append(f"converted from a SavedModel with tf_keras {version} (weights copied by name)")
-    ctx.repairs.extend(inner.repairs)
+    from deadrelu.legacy import savedmodel
+
+    saved = savedmodel.read(ctx.path)
+    model, training = _read_hdf5(saved.to_hdf5(), ctx, None, named_h5=None)
+    note = "read from the SavedModel's keras_metadata.pb and checkpoint (weights matched by name)"
+    ctx.repairs[:0] = [note, *saved.notes]
     return model, training
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import weakref
 from collections.abc import Callable, Iterable
 
@@ -33,7 +34,9 @@ import numpy as np
 import deadrelu.kernel as kernel
 from deadrelu._keras_compat import child_layers, inputs_structure, keras_history
 from deadrelu.errors import DataError, UsageError
+from deadrelu.graph import LayerGraph
 from deadrelu.losses import per_sample_loss
+from deadrelu.non_finite import non_finite_layers, owners, unit_mask
 from deadrelu.op_sites import Application, intercept_relus, op_site_path
 from deadrelu.reductions import Totals, site_batch_stats
 from deadrelu.sites import UNKNOWN_REASON, OtherActivation, Site, SiteMap, children, find_sites
@@ -49,13 +52,17 @@ class SiteStatistics:
         calls: How many times the site runs per forward pass (2 for a sub-model used twice).
         positions: Non-batch, non-channel positions per call (1 for Dense).
         samples: Sample-calls observed (samples × calls).
-        fires: Per unit, (sample, position) pairs with a non-zero output.
+        fires: Per unit, (sample, position) pairs with a finite non-zero output.
         sample_fires: Per unit, sample-calls in which the unit fired at least once.
-        sum_abs: Per unit, sum of |output|.
-        max_output: Per unit, the largest output seen.
+        sum_abs: Per unit, sum of the finite |output|.
+        max_output: Per unit, the largest finite output seen.
         saturated: Per unit, pairs at the cap (capped sites only).
         grad_abs_sum: Per unit, sum of |∂ℓₙ/∂z| (with gradients only).
-        grad_zero: Per unit, pairs whose gradient is exactly zero (with gradients only).
+        grad_zero: Per unit, pairs whose gradient is zero or not finite (with gradients only).
+        non_finite: Per unit, pairs whose output is NaN or ±inf (read as zero by the statistics
+            above). None when not measured.
+        non_finite_weights: Per unit, whether its own weights hold NaN or ±inf
+            (`deadrelu.non_finite`); None when no weight the site's units own does.
     """
 
     site: Site
@@ -69,6 +76,8 @@ class SiteStatistics:
     saturated: np.ndarray | None = None
     grad_abs_sum: np.ndarray | None = None
     grad_zero: np.ndarray | None = None
+    non_finite: np.ndarray | None = None
+    non_finite_weights: np.ndarray | None = None
 
     @property
     def units(self) -> int:
@@ -142,6 +151,8 @@ class ProbeResult:
         layer_gradients: Per layer with trainable weights (with gradients only).
         mean_loss: Mean per-sample loss (with gradients only).
         notes: One-line remarks, e.g. ReLUs that ran but no site covers.
+        non_finite_layers: The layers whose weights hold NaN or ±inf, in model order
+            (`deadrelu.non_finite.NonFiniteLayer`).
     """
 
     sites: list[SiteStatistics]
@@ -150,6 +161,7 @@ class ProbeResult:
     layer_gradients: list[LayerGradient] | None = None
     mean_loss: float | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    non_finite_layers: list = dataclasses.field(default_factory=list)
 
 
 class _Recorder:
@@ -672,6 +684,7 @@ class Probe:
     def _result(self, samples: int) -> ProbeResult:
         values = self._totals.read()
         found = self.found
+        bad_layers, bad_units = self._non_finite_weights()
         stats = []
         for site, (calls, positions, _), sums in zip(self._sites, self._layout, values["sites"]):
             if site.index in self._unmeasured:
@@ -691,9 +704,13 @@ class Probe:
                     saturated=sums.get("saturated"),
                     grad_abs_sum=sums.get("grad_abs"),
                     grad_zero=sums.get("grad_zero"),
+                    non_finite=sums["non_finite"],
+                    non_finite_weights=bad_units.get(site.index),
                 )
             )
-        result = ProbeResult(sites=stats, samples=samples, others=found.others, notes=list(found.notes))
+        result = ProbeResult(
+            sites=stats, samples=samples, others=found.others, notes=list(found.notes), non_finite_layers=bad_layers
+        )
         if self.gradients:
             result.mean_loss = values["loss"] / samples
             result.layer_gradients = [
@@ -709,6 +726,23 @@ class Probe:
                 for group, grads in zip(self.weight_groups, self._step.weight_sums())
             ]
         return result
+
+    def _non_finite_weights(self) -> tuple[list, dict[int, np.ndarray]]:
+        """The layers whose weights hold NaN or ±inf, and per site index its units whose own weights do.
+
+        A healthy model costs one `isfinite` over its weights; the owners of the units (and the
+        layer graph, for `Activation` and `ReLU` layers) are looked up only when a weight is not finite.
+        """
+        layers, bad = non_finite_layers(_weight_groups(self.model, trainable=False), keras_numpy)
+        units_of: dict[int, np.ndarray] = {}
+        if not bad:
+            return layers, units_of
+        graph = functools.cache(lambda: LayerGraph.build(self.model))
+        for site, (_, _, units) in zip(self._sites, self._layout):
+            owned = [layer for layer in owners(site, graph) if id(layer) in bad]
+            if owned:
+                units_of[site.index] = np.logical_or.reduce([unit_mask(layer, units, keras_numpy) for layer in owned])
+        return layers, units_of
 
 
 # Probes already traced, per live model: scanning the same model again (a notebook loop, a sweep
@@ -753,15 +787,17 @@ def _same_sites(a: SiteMap, b: SiteMap) -> bool:
 
 @dataclasses.dataclass
 class _WeightGroup:
-    """One layer's own trainable weights (a container's exclude its sublayers'), measured as one `LayerGradient`."""
+    """One layer's own weights (a container's exclude its sublayers'), measured as one `LayerGradient`."""
 
     path: str
     layer_class: str
     variables: list
+    layer: object = None
 
 
-def _weight_groups(model) -> list[_WeightGroup]:
-    """Leaf layers with trainable weights, in model order, with their paths."""
+def _weight_groups(model, *, trainable: bool = True) -> list[_WeightGroup]:
+    """Layers with weights of their own (trainable ones only, unless `trainable=False`), in model
+    order, with their paths."""
     groups: list[_WeightGroup] = []
     seen: set[int] = set()
 
@@ -771,18 +807,18 @@ def _weight_groups(model) -> list[_WeightGroup]:
         seen.add(id(layer))
         path = f"{prefix}{layer.name}"
         sublayers = children(layer)
+
+        def weights(of) -> list:
+            return of.trainable_weights if trainable else of.weights
+
         if sublayers:
             for child in sublayers:
                 visit(child, f"{path}/")
-            own = [
-                v
-                for v in layer.trainable_weights
-                if not any(v is w for child in sublayers for w in child.trainable_weights)
-            ]
+            own = [v for v in weights(layer) if not any(v is w for child in sublayers for w in weights(child))]
         else:
-            own = list(layer.trainable_weights)
+            own = list(weights(layer))
         if own:
-            groups.append(_WeightGroup(path, type(layer).__name__, own))
+            groups.append(_WeightGroup(path, type(layer).__name__, own, layer))
 
     for layer in children(model):
         visit(layer, "")

@@ -36,10 +36,17 @@ layers with their old names, the compile configuration carried over, so the resu
 `keras.models.load_model` and no deadrelu.
 
 Proof, every time: the original and the pruned model are run on the data and their outputs
-compared (`check`); a difference above `tolerance` × max(1, the output scale) raises
-`PruneCheckError` (the command line writes nothing and exits 2). Given a held-out set
-(`validation_data`), the difference there is measured too (`validation_check`): a unit dead on
-the probe data may fire on other data, and that difference is the user's to see.
+compared (`check`, run as the scan ran the models, `deadrelu.bias_axis`); a difference above
+`tolerance` × max(1, the output scale) raises `PruneSelfCheckError` when the units come from a
+scan of that very data (they output 0 there: a bug in deadrelu, exit 3), else `PruneCheckError`
+(a report of other data, or a layer Keras computes wrongly; exit 2). Either way nothing is
+written. Given a held-out set (`validation_data`), the difference there is measured too
+(`validation_check`): a unit dead on the probe data may fire on other data, and that difference
+is the user's to see.
+
+A channels-first layer is never left with as many channels as its output's last spatial size
+(one dead unit stays): Keras's TensorFlow backend would add its bias along the wrong axis
+(`deadrelu.bias_axis`).
 
 Beyond dead units, `dormant=TAU` also removes the units whose ReDo dormancy (mean |output|
 relative to the site's average unit, Sokar et al. 2023) is at most TAU. Each is replaced by its
@@ -58,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import deadrelu.validation as validation
-from deadrelu.errors import DeadReluError, UnsupportedModelError, UsageError
+from deadrelu.errors import DeadReluError, InternalError, UnsupportedModelError, UsageError
 from deadrelu.graph import (
     Escape,
     LayerGraph,
@@ -86,10 +93,30 @@ _FOLD_RTOL = 1e-6
 
 
 class PruneCheckError(DeadReluError):
-    """The pruned model's outputs differ from the original's on the data beyond the tolerance.
+    """The pruned model's outputs differ from the original's on the data, for a reason outside deadrelu.
 
     Raised by `prune` for a removal of dead units only (with `dormant` the outputs change by
-    design and the difference is reported instead). The command line writes nothing and exits 2.
+    design and the difference is reported instead), when the units came from a report of other
+    data (they may fire on this data), or when Keras computes a layer of the model wrongly
+    (`deadrelu.bias_axis`). The command line writes nothing and exits 2.
+
+    Attributes:
+        result: The `PruneResult`, with the failed `check`.
+        cause: "data" (the units came from a report of other data) or "keras" (a layer whose bias
+            Keras misplaces).
+    """
+
+    def __init__(self, message: str, result: PruneResult, cause: str = "data"):
+        super().__init__(message)
+        self.result = result
+        self.cause = cause
+
+
+class PruneSelfCheckError(InternalError):
+    """The pruned model's outputs differ on the very data its dead units were measured on.
+
+    Units dead on the data output 0 there, so removing them cannot change the outputs on it: the
+    difference is a bug in deadrelu. The command line writes nothing and exits 3.
 
     Attributes:
         result: The `PruneResult`, with the failed `check`.
@@ -291,7 +318,10 @@ def prune(
 
     Raises:
         PruneCheckError: Dead units only, and the outputs differ on the data beyond the tolerance
-            (the units were not dead on this data: the report came from other data).
+            because the units were not dead on it (the report came from other data), or because
+            Keras misplaces the bias of a layer pruning changes (`deadrelu.bias_axis`).
+        PruneSelfCheckError: Dead units only, scanned on the data here, and the outputs differ on
+            it: a bug in deadrelu (units dead on the data output 0 there).
         UsageError: An option is invalid; a report without data to prove on; `dormant` without
             labels or loss.
         UnsupportedModelError: `model` is subclassed (or not a Keras 3 model).
@@ -323,7 +353,8 @@ def prune(
             '(e.g. `loss="categorical_crossentropy"`)'
         )
 
-    if isinstance(report_or_data, Report):
+    scanned_here = not isinstance(report_or_data, Report)
+    if not scanned_here:
         report = report_or_data
         if data is None:
             data, samples, rescale = _report_data(report, samples, rescale)
@@ -356,25 +387,78 @@ def prune(
         result.tolerance = tolerance
         if result.model is None:
             return result
-        result.check = _compare(model, result.model, probe_data, batch_size, samples)
+        result.check, affected = _compare(model, result.model, probe_data, batch_size, samples)
+        spare = _owners_named(result, set(affected))
+        if dormant is None and not result.passed and spare:
+            # Keras computes these layers wrongly on every path (Conv3D, DepthwiseConv*, ...):
+            # removing their units changes that. Without them, the rest may still go exactly.
+            retry = _prune(model, report, dormant=dormant, sites=sites, layers=layers, only=only, spare=spare)
+            retry.tolerance = tolerance
+            if retry.model is None:
+                return retry
+            retry.check, affected_retry = _compare(model, retry.model, probe_data, batch_size, samples)
+            if retry.passed:
+                result, affected = retry, affected_retry
         metrics_data = probe_data if dormant is not None else None
         if validation_data is not None:
             held_out = load_data(validation_data, model, labels=validation_labels, rescale=rescale)
-            result.validation_check = _compare(model, result.model, held_out, batch_size, None)
+            result.validation_check, _ = _compare(model, result.model, held_out, batch_size, None)
             if held_out.has_labels and has_loss:
                 metrics_data, result.metrics_data = held_out, "validation data"
         if metrics_data is not None:
             result.metrics_data = result.metrics_data or "data"
             result.metrics_before, result.metrics_after = _metrics(model, result.model, metrics_data, batch_size, loss)
+    if affected:
+        from deadrelu.bias_axis import describe
+
+        result.notes.append(
+            f"{describe(affected)}: such a model computes differently eagerly than in `predict`; the outputs "
+            "were compared as the scan ran the model"
+        )
     if dormant is None and not result.passed:
-        check = result.check
-        raise PruneCheckError(
-            f"the pruned model's outputs differ from the original's by max |Δ| = {check.max_abs_diff:.3g} on "
-            f"{check.samples:,} samples (tolerance {check.limit(tolerance):.3g}): the units are not all dead on "
-            "this data; prune from a scan of this data (pass the data itself, not a report of other data)",
+        raise check_failure(result, same_data=scanned_here, affected=affected)
+    return result
+
+
+def check_failure(result: PruneResult, *, same_data: bool, affected: dict[str, int] | None = None) -> Exception:
+    """The error for a pruned model whose outputs differ from the original's on the data.
+
+    Args:
+        result: The `PruneResult` with the failed `check`.
+        same_data: Whether its units come from a scan of the data the outputs were compared on,
+            in the same call: then they output 0 there and the difference is deadrelu's bug.
+        affected: Layers of either model whose bias Keras adds along the wrong axis
+            (`deadrelu.bias_axis.misplaced_biases`): then the difference is Keras's.
+
+    Returns:
+        `PruneCheckError` (the report's data, or Keras) or `PruneSelfCheckError` (deadrelu).
+    """
+    check = result.check
+    differ = (
+        f"the pruned model's outputs differ from the original's by max |Δ| = {check.max_abs_diff:.3g} on "
+        f"{check.samples:,} samples (tolerance {check.limit(result.tolerance):.3g})"
+    )
+    if affected:
+        from deadrelu.bias_axis import describe
+
+        return PruneCheckError(
+            f"{differ}: {describe(affected)}, and pruning changes what such a layer computes; leave those layers "
+            "out (`layers=` a pattern that skips them) or prune on another backend (KERAS_BACKEND=jax); "
+            "nothing was written",
+            result,
+            cause="keras",
+        )
+    if same_data:
+        return PruneSelfCheckError(
+            f"{differ}, on the very data the dead units were measured on, where they output 0: a bug in deadrelu; "
+            "nothing was written",
             result,
         )
-    return result
+    return PruneCheckError(
+        f"{differ}: the units of the report are not all dead on this data (the report was made on other data); "
+        "prune from a scan of this data (pass the data itself, not a report of other data); nothing was written",
+        result,
+    )
 
 
 def _check_model(model) -> None:
@@ -413,8 +497,11 @@ def _report_data(report, samples, rescale) -> tuple:
 # -- the removal ---------------------------------------------------------------------------------
 
 
-def _prune(model, report, *, dormant, sites, layers, only) -> PruneResult:
-    """Plans the removal of the report's dead (and dormant) units and builds the smaller model."""
+def _prune(model, report, *, dormant, sites, layers, only, spare: frozenset[str] = frozenset()) -> PruneResult:
+    """Plans the removal of the report's dead (and dormant) units and builds the smaller model.
+
+    The units of the layers named in `spare` stay (their bias is misplaced by Keras, `deadrelu.bias_axis`).
+    """
     from deadrelu.patcher import select_sites
     from deadrelu.sites import find_sites
 
@@ -471,6 +558,11 @@ def _prune(model, report, *, dormant, sites, layers, only) -> PruneResult:
         if dormant is not None and len(means) == entry.units:
             target.constants = means[array]  # ReLU outputs are ≥ 0: the mean |output| is the mean output
         reason = _owner_reason(graph, target)
+        if not reason and target.producer is not None and target.producer.name in spare:
+            reason = (
+                f"Keras's TensorFlow backend adds the bias of '{target.producer.name}' along the wrong axis (a Keras "
+                "bug: a channels_first layer with as many channels as its last axis), and removing units changes that"
+            )
         if reason:
             reasons.setdefault(entry.path, {}).setdefault(reason, []).extend(units)
         else:
@@ -481,6 +573,11 @@ def _prune(model, report, *, dormant, sites, layers, only) -> PruneResult:
         targets = []
 
     plan = _plan(graph, targets, dead, reasons) if targets else None
+    while plan is not None:  # a layer must not end up with as many channels as its last axis
+        trimmed = _spare_misplaced_bias(graph, plan.targets, reasons)
+        if trimmed is None:
+            break
+        plan = _plan(graph, trimmed, dead, reasons) if trimmed else None
     if plan is not None:
         result.removed = _removed_per_site(graph, site_map, plan.walk)
     for path, units in result.candidates.items():
@@ -497,6 +594,11 @@ def _prune(model, report, *, dormant, sites, layers, only) -> PruneResult:
     result.layers = shrinker.changes_made()
     result.params_after = result.model.count_params()
     return result
+
+
+def _owners_named(result: PruneResult, names: set[str]) -> frozenset[str]:
+    """Those of `names` that are layers `result` removed units from."""
+    return frozenset(change.name for change in result.layers if change.name in names and change.units is not None)
 
 
 def _chosen(path: str, sites: Iterable[str] | None, layers: str | None) -> bool:
@@ -533,6 +635,53 @@ def _owner_reason(graph: LayerGraph, target: UnitTarget) -> str | None:
     if grouped(producer):
         return f"'{producer.name}' is a grouped convolution (groups={producer.groups}), whose groups must stay equal"
     return None
+
+
+def _spare_misplaced_bias(graph: LayerGraph, targets: list[UnitTarget], reasons: dict) -> list[UnitTarget] | None:
+    """Keeps one unit more where a layer would be left with as many channels as its last axis.
+
+    Keras's TensorFlow backend adds the bias of such a channels-first layer along the wrong axis
+    (`deadrelu.bias_axis`): the pruned model would compute something else than the original, at
+    least eagerly. One dead unit more stays instead (the one with the highest index).
+
+    Returns:
+        The targets with those units taken out (the reason recorded), or None when none is.
+    """
+    from deadrelu.bias_axis import at_risk
+
+    removed: dict[int, set[int]] = {}
+    for target in targets:
+        if target.producer is not None:
+            removed.setdefault(id(target.producer), set()).update(int(u) for u in target.units)
+    spared: dict[int, int] = {}
+    for target in targets:
+        layer = target.producer
+        if layer is None or id(layer) in spared or weighted_kind(layer) == "depthwise":
+            continue
+        nodes = graph.nodes_of.get(id(layer), [])
+        last = {graph.shapes[node.outputs[0]][-1] for node in nodes if len(graph.shapes[node.outputs[0]]) >= 2}
+        left = _output_units(layer) - len(removed[id(layer)])
+        if len(last) == 1 and at_risk(layer, left, last.pop()):
+            spared[id(layer)] = max(removed[id(layer)])
+    if not spared:
+        return None
+    kept = []
+    for target in targets:
+        unit = spared.get(id(target.producer)) if target.producer is not None else None
+        if unit is None or unit not in target.units:
+            kept.append(target)
+            continue
+        reason = (
+            f"kept so that '{target.producer.name}' does not end up with as many channels as its last axis, "
+            "where Keras's TensorFlow backend adds a channels_first bias along the wrong axis (a Keras bug)"
+        )
+        reasons.setdefault(target.site.path, {}).setdefault(reason, []).append(unit)
+        where = target.units != unit
+        if where.any():
+            constants = None if target.constants is None else target.constants[where]
+            live = np.union1d(target.live, [unit])
+            kept.append(dataclasses.replace(target, units=target.units[where], constants=constants, live=live))
+    return kept
 
 
 @dataclasses.dataclass
@@ -910,14 +1059,15 @@ def _output_units(layer) -> int:
 # -- the proof and the metrics -------------------------------------------------------------------
 
 
-def _compare(model_a, model_b, data, batch_size: int, samples: int | None) -> OutputComparison:
+def _compare(model_a, model_b, data, batch_size: int, samples: int | None) -> tuple[OutputComparison, dict]:
+    """The outputs compared as the scan ran the models, and the layers Keras adds a bias to wrongly."""
     import warnings
 
-    from deadrelu.model_utils import compare_outputs
+    from deadrelu.bias_axis import compare_as_scanned
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*structure of `inputs`", category=UserWarning)
-        return compare_outputs(model_a, model_b, data.batches(batch_size), samples=samples, strict_nan=True)
+        return compare_as_scanned(model_a, model_b, data.batches(batch_size), samples=samples, strict_nan=True)
 
 
 def _metrics(model, pruned, data, batch_size: int, loss) -> tuple[dict[str, float], dict[str, float]]:

@@ -31,32 +31,56 @@ def shorten(path: str, width: int = 48) -> str:
 
 
 def order_sites(report: Report, sort: str = "model") -> list[tuple[int, SiteReport]]:
-    """Sites with their model-order index, in model order or worst first (`sort="dead"`)."""
+    """Sites with their model-order index, in model order or worst first (`sort="dead"`: sites
+    with non-finite units first, then by dead share)."""
     indexed = list(enumerate(report.sites))
     if sort == "dead":
-        indexed.sort(key=lambda item: (-item[1].dead_fraction, -len(item[1].dying), item[0]))
+        indexed.sort(key=lambda item: (not item[1].non_finite, -item[1].dead_fraction, -len(item[1].dying), item[0]))
     return indexed
 
 
 def summary_text(report: Report) -> Text:
-    """One line: how many sites and units, how many dead / dying / saturated, what is flagged."""
+    """One line: how many sites and units, how many dead / dying / saturated / non-finite, what is
+    flagged, and whether (and where) the model has diverged."""
+    from deadrelu.non_finite import divergence_text
+
     s = report.summary
     name = report.model.get("name") or report.model.get("path") or "model"
+    diverged = divergence_text(s)
     if not s["sites"]:
+        if diverged:
+            return Text(f"{name}: no ReLU site found; {diverged}", style="bold red")
         return Text(f"{name}: no ReLU site found — nothing here can die this way.", style="green")
     style = "bold red" if s["flagged_sites"] else ("yellow" if s["dead"] else "green")
     text = Text(f"{name}: ")
     text.append(f"{s['dead']:,} of {s['units']:,} units dead ({_percent(s['dead_fraction'])})", style=style)
-    text.append(f", {s['dying']:,} dying, {s['saturated']:,} saturated across {s['sites']} sites")
+    text.append(f", {s['dying']:,} dying, {s['saturated']:,} saturated")
+    if s["non_finite"]:
+        text.append(f", {s['non_finite']:,} non-finite", style="bold red")
+    text.append(f" across {s['sites']} sites")
     if s["flagged_sites"]:
         text.append(
             f"; {s['flagged_sites']} flagged (≥ {_percent(report.settings.get('flag_threshold', 0.1))} dead)",
             style="bold red",
         )
+    if diverged:
+        text.append(f"; {diverged}", style="bold red")
     text.append(f" — measured on {report.data.get('samples', '?'):,} samples")
     if report.data.get("synthetic"):
         text.append(" (SYNTHETIC)", style="bold yellow")
     return text
+
+
+def _non_finite_cell(site: SiteReport) -> Text:
+    """The site's non-finite unit count, red when there are any."""
+    count = len(site.non_finite)
+    return Text(f"{count:,}", style="bold red" if count else "")
+
+
+def _flag_cell(site: SiteReport) -> Text:
+    if site.non_finite:
+        return Text("✗ non-finite", style="bold red")
+    return Text("✗ flagged", style="bold red") if site.flagged else Text("ok", style="green")
 
 
 def site_table(report: Report, *, sort: str = "model", limit: int | None = None) -> Table:
@@ -68,6 +92,7 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None)
         limit: Show at most this many rows (the rest are counted in the caption).
     """
     gradients = report.has_gradients
+    diverged = report.summary["diverged"]
     table = Table(title="dead ReLU scan", title_justify="left", header_style="bold", show_lines=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("site path", overflow="fold")
@@ -78,6 +103,8 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None)
     table.add_column("dying", justify="right")
     table.add_column("sat.", justify="right")
     table.add_column("dead %", justify="right")
+    if diverged:
+        table.add_column("NaN/inf", justify="right")
     if gradients:
         table.add_column("mean |∂z|", justify="right")
         table.add_column("zero ∂ %", justify="right")
@@ -97,9 +124,11 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None)
             f"{len(site.saturated):,}",
             Text(_percent(site.dead_fraction), style=style),
         ]
+        if diverged:
+            cells.append(_non_finite_cell(site))
         if gradients:
             cells += _gradient_cells(site)
-        cells.append(Text("✗ flagged", style="bold red") if site.flagged else Text("ok", style="green"))
+        cells.append(_flag_cell(site))
         table.add_row(*cells)
     if len(shown) < len(rows):
         table.caption = f"{len(rows) - len(shown)} more sites not shown (--top)"
@@ -161,17 +190,19 @@ def layer_gradient_table(report: Report) -> Table | None:
 def markdown_table(report: Report) -> str:
     """The site table as GitHub markdown, with the summary line above it."""
     gradients = report.has_gradients
+    diverged = report.summary["diverged"]
     header = ["#", "site", "layer", "kind", "units", "dead", "dying", "saturated", "dead %"]
+    if diverged:
+        header.append("non-finite")
     if gradients:
         header += ["mean abs grad", "zero grad %"]
     header.append("flag")
+    numeric = ("#", "units", "dead", "dying", "saturated", "dead %", "non-finite")
     lines = [
         summary_text(report).plain,
         "",
         "| " + " | ".join(header) + " |",
-        "|"
-        + "|".join("---:" if h in ("#", "units", "dead", "dying", "saturated", "dead %") else "---" for h in header)
-        + "|",
+        "|" + "|".join("---:" if h in numeric else "---" for h in header) + "|",
     ]
     for index, site in order_sites(report):
         row = [
@@ -185,9 +216,11 @@ def markdown_table(report: Report) -> str:
             str(len(site.saturated)),
             _percent(site.dead_fraction),
         ]
+        if diverged:
+            row.append(str(len(site.non_finite)))
         if gradients:
             row += [cell.plain if isinstance(cell, Text) else cell for cell in _gradient_cells(site)]
-        row.append("**flagged**" if site.flagged else "ok")
+        row.append("**non-finite**" if site.non_finite else "**flagged**" if site.flagged else "ok")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

@@ -12,15 +12,15 @@ from deadrelu.errors import DataError
 
 SCHEMA = "deadrelu/report@1"
 
-DEAD, SATURATED, DYING, HEALTHY = "dead", "saturated", "dying", "healthy"
+NON_FINITE, DEAD, SATURATED, DYING, HEALTHY = "non_finite", "dead", "saturated", "dying", "healthy"
 
 
 @dataclasses.dataclass
 class Thresholds:
     """Where the verdicts are drawn (recorded in the report's settings).
 
-    A unit that never fires on the data is dead whatever the thresholds; they place the other
-    verdicts.
+    A unit whose outputs or own weights are NaN or ±inf is non-finite, and a unit that never fires
+    on the data is dead, whatever the thresholds; they place the other verdicts.
 
     Args:
         dying: A live unit firing on fewer than this share of (sample, position) pairs is dying.
@@ -67,11 +67,11 @@ class SiteReport:
         positions: Non-batch, non-channel positions per call (1 for Dense).
         calls: How many times the site runs per forward pass (2 for a sub-model used twice; 0 when
             the pass never reached it).
-        dead: Indices of the units that never fired on the data.
+        dead: Indices of the units that never fired on the data (and are not non-finite).
         dying: Indices of the live units firing on fewer than `Thresholds.dying` of the pairs.
         saturated: Indices of the capped units at their cap on at least `Thresholds.saturated`.
         flagged: Whether the site's dead share reaches `Thresholds.flag`.
-        fires: Per unit, how many (sample, position) pairs it fired on (a non-zero output).
+        fires: Per unit, how many (sample, position) pairs it fired on (a finite non-zero output).
         active_rate: Per unit, the share of (sample, position) pairs it fired on.
         sample_active_rate: Per unit, the share of samples in which it fired at least once.
         mean_abs: Per unit, the mean absolute output.
@@ -86,6 +86,14 @@ class SiteReport:
             measured gradients. Defaults to `None`.
         reached: Whether the forward pass ran the site at all (an unused branch is not dead).
             Defaults to `True`.
+        non_finite: Indices of the units whose output was NaN or ±inf on some (sample, position)
+            pair, or whose own weights hold NaN or ±inf (`deadrelu.non_finite`): a verdict of their
+            own, never also dead, dying or saturated. Defaults to `[]`.
+        non_finite_weights: Indices of the units whose own weights hold NaN or ±inf (a subset of
+            `non_finite`). Defaults to `[]`.
+        non_finite_outputs: Per unit, how many (sample, position) pairs gave a NaN or ±inf output
+            (read as zero by every other statistic); `None` in reports written before it was
+            measured. Defaults to `None`.
 
     `repr(site)` is one line, e.g. `<SiteReport hidden_1 (Dense, fused): 48/64 units dead (75.0%), flagged>`.
     """
@@ -111,6 +119,9 @@ class SiteReport:
     grad_mean_abs: np.ndarray | None = None
     grad_zero_rate: np.ndarray | None = None
     reached: bool = True
+    non_finite: list[int] = dataclasses.field(default_factory=list)
+    non_finite_weights: list[int] = dataclasses.field(default_factory=list)
+    non_finite_outputs: np.ndarray | None = None
 
     @property
     def dead_fraction(self) -> float:
@@ -119,11 +130,13 @@ class SiteReport:
 
     @property
     def healthy(self) -> int:
-        """Units neither dead, dying nor saturated."""
-        return self.units - len(self.dead) - len(self.dying) - len(self.saturated)
+        """Units neither non-finite, dead, dying nor saturated."""
+        return self.units - len(self.non_finite) - len(self.dead) - len(self.dying) - len(self.saturated)
 
     def __repr__(self) -> str:
         state = ", flagged" if self.flagged else ("" if self.reached else ", not reached")
+        if self.non_finite:
+            state = f", {len(self.non_finite):,} non-finite (NaN/inf)" + state
         return (
             f"<SiteReport {_clip(self.path)} ({self.layer}, {self.kind}): {len(self.dead):,}/{self.units:,} "
             f"units dead ({self.dead_fraction:.1%}){state}>"
@@ -136,9 +149,10 @@ class SiteReport:
             unit: The unit's index.
 
         Returns:
-            "dead", "saturated", "dying" or "healthy".
+            "non_finite", "dead", "saturated", "dying" or "healthy".
         """
-        for name, members in ((DEAD, self.dead), (SATURATED, self.saturated), (DYING, self.dying)):
+        verdicts = ((NON_FINITE, self.non_finite), (DEAD, self.dead), (SATURATED, self.saturated), (DYING, self.dying))
+        for name, members in verdicts:
             if unit in members:
                 return name
         return HEALTHY
@@ -159,8 +173,12 @@ class SiteReport:
             "dead_fraction": self.dead_fraction,
             "flagged": self.flagged,
             "reached": self.reached,
+            "non_finite": self.non_finite,
+            "non_finite_weights": self.non_finite_weights,
             "fires": [int(v) for v in self.fires],
         }
+        if self.non_finite_outputs is not None:
+            out["non_finite_outputs"] = [int(v) for v in self.non_finite_outputs]
         for name in _UNIT_ARRAYS + _OPTIONAL_ARRAYS:
             value = getattr(self, name)
             if value is not None:
@@ -188,6 +206,11 @@ class SiteReport:
             flagged=bool(d.get("flagged", False)),
             reached=bool(d.get("reached", True)),
             fires=np.asarray(d.get("fires", []), dtype=np.int64),
+            non_finite=list(d.get("non_finite", [])),
+            non_finite_weights=list(d.get("non_finite_weights", [])),
+            non_finite_outputs=(
+                np.asarray(d["non_finite_outputs"], dtype=np.int64) if d.get("non_finite_outputs") is not None else None
+            ),
             **arrays,
         )
 
@@ -214,6 +237,9 @@ class Report:
         tool: Name and version of the tool that wrote the report, and the Keras backend it ran
             on. Defaults to `tool_info()`: deadrelu, its installed version and the backend.
         loss: The mean loss on the data; `None` unless measured. Defaults to `None`.
+        non_finite_layers: The layers whose weights hold NaN or ±inf, in model order, each
+            `{"path", "layer", "values", "size"}` (the diverged model's weights, sites or not).
+            Defaults to `[]`.
 
     `repr(report)` is one line, e.g.
     `<Report dying_mlp: 104/192 units dead (54.2%) in 3 sites, 1,000 samples>`. A notebook shows
@@ -239,6 +265,7 @@ class Report:
     notes: list[str] = dataclasses.field(default_factory=list)
     tool: dict = dataclasses.field(default_factory=lambda: tool_info())
     loss: float | None = None
+    non_finite_layers: list[dict] = dataclasses.field(default_factory=list)
 
     def __repr__(self) -> str:
         summary = self.summary
@@ -246,9 +273,10 @@ class Report:
         sites = summary["sites"]
         samples = self.data.get("samples")
         tail = f", {samples:,} samples" if isinstance(samples, int) else ""
+        diverged = f", DIVERGED: {summary['non_finite']:,} non-finite" if summary["diverged"] else ""
         return (
             f"<Report {_clip(str(name))}: {summary['dead']:,}/{summary['units']:,} units dead "
-            f"({summary['dead_fraction']:.1%}) in {sites} site{'' if sites == 1 else 's'}{tail}>"
+            f"({summary['dead_fraction']:.1%}){diverged} in {sites} site{'' if sites == 1 else 's'}{tail}>"
         )
 
     def _repr_html_(self) -> str:
@@ -263,21 +291,35 @@ class Report:
 
     @property
     def summary(self) -> dict:
-        """Counts over the sites: sites, units, dead, dying, saturated, healthy, dead_fraction,
-        flagged_sites, unreached_sites (units of unreached sites are left out)."""
+        """Counts over the sites: sites, units, dead, dying, saturated, non_finite, healthy,
+        dead_fraction, flagged_sites, unreached_sites (units of unreached sites are left out);
+        whether the model `diverged` (NaN or ±inf in a weight or a site output) and where
+        (`first_non_finite`, see `deadrelu.non_finite.first_non_finite`)."""
+        from deadrelu.non_finite import first_non_finite
+
         units = sum(s.units for s in self.sites if s.reached)
         dead = sum(len(s.dead) for s in self.sites)
+        non_finite = sum(len(s.non_finite) for s in self.sites if s.reached)
+        first = first_non_finite(self.sites, self.non_finite_layers)
         return {
             "sites": len(self.sites),
             "units": units,
             "dead": dead,
             "dying": sum(len(s.dying) for s in self.sites),
             "saturated": sum(len(s.saturated) for s in self.sites),
+            "non_finite": non_finite,
             "healthy": sum(s.healthy for s in self.sites if s.reached),
             "dead_fraction": dead / units if units else 0.0,
             "flagged_sites": sum(s.flagged for s in self.sites),
             "unreached_sites": sum(not s.reached for s in self.sites),
+            "diverged": bool(non_finite or first is not None),
+            "first_non_finite": first,
         }
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a weight or a site output of the model is NaN or ±inf (see `summary`)."""
+        return self.summary["diverged"]
 
     @property
     def dead_fraction(self) -> float:
@@ -318,6 +360,7 @@ class Report:
             "sites": [site.to_dict() for site in self.sites],
             "other_activations": self.others,
             "notes": self.notes,
+            "non_finite_layers": self.non_finite_layers,
         }
         if self.layer_gradients is not None:
             out["layer_gradients"] = self.layer_gradients
@@ -350,6 +393,7 @@ class Report:
             notes=d.get("notes", []),
             tool=d.get("tool", {}),
             loss=d.get("loss"),
+            non_finite_layers=list(d.get("non_finite_layers", [])),
         )
 
     @classmethod
@@ -423,11 +467,12 @@ def build_report(
         layer_gradients=layer_gradients,
         notes=list(notes or []),
         loss=result.mean_loss,
+        non_finite_layers=[layer.to_dict() for layer in getattr(result, "non_finite_layers", [])],
     )
 
 
 def site_report(stats, thresholds: Thresholds) -> SiteReport:
-    """Verdicts for one site's `SiteStatistics`: first match wins — dead, saturated, dying.
+    """Verdicts for one site's `SiteStatistics`: first match wins — non-finite, dead, saturated, dying.
 
     Args:
         stats: The probe's `SiteStatistics` of the site.
@@ -439,11 +484,19 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
     active = stats.active_rate
     # A site the forward pass never ran (an unused branch) was not measured: it is not dead.
     reached = stats.calls > 0
-    dead = (stats.fires == 0) & reached
+    outputs = getattr(stats, "non_finite", None)
+    weights = getattr(stats, "non_finite_weights", None)
+    non_finite = np.zeros(stats.units, bool)
+    if outputs is not None:
+        non_finite |= np.asarray(outputs) > 0
+    if weights is not None:
+        non_finite |= np.asarray(weights, bool)
+    non_finite &= reached
+    dead = (stats.fires == 0) & reached & ~non_finite
     saturated = np.zeros_like(dead)
     if stats.saturated_rate is not None:
-        saturated = ~dead & (stats.saturated_rate >= thresholds.saturated)
-    dying = ~dead & ~saturated & (active < thresholds.dying) & reached
+        saturated = ~non_finite & ~dead & (stats.saturated_rate >= thresholds.saturated)
+    dying = ~non_finite & ~dead & ~saturated & (active < thresholds.dying) & reached
     units = stats.units
     return SiteReport(
         path=stats.site.path,
@@ -467,6 +520,9 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
         grad_mean_abs=stats.grad_mean_abs,
         grad_zero_rate=stats.grad_zero_rate,
         reached=reached,
+        non_finite=_indices(non_finite),
+        non_finite_weights=[] if weights is None else _indices(np.asarray(weights, bool) & reached),
+        non_finite_outputs=None if outputs is None else np.asarray(outputs, dtype=np.int64),
     )
 
 

@@ -2,13 +2,17 @@
 
 Each variant (e.g. "as is", "patched to PReLU", "revived") is recompiled like the original file
 (its loss, metrics and optimizer class and configuration, with fresh optimizer state), fitted with
-the same data, epochs and seed, and scanned before and after on the validation data.
+the same data, epochs and seed, and scanned before and after on the validation data. The seed is
+set for each fit (`keras.utils.set_random_seed`), and the process's global random state — Python's
+`random`, NumPy's, Keras's and the backend's — is put back afterwards (`preserved_random_state`),
+so a caller's own draws go on as if `retrain` had not run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -114,6 +118,46 @@ def _deserialize(value):
     return value
 
 
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Puts back the process's global random state when the block ends.
+
+    `keras.utils.set_random_seed` seeds Python's `random`, NumPy's global generator, TensorFlow
+    (whenever it is installed), PyTorch on its backend, and drops Keras's global `SeedGenerator`.
+    This saves each of them and restores it, as far as each library allows: TensorFlow's eager
+    seed and the generator of its operation seeds are restored, but the state of a stateful
+    random op compiled in the block is not.
+
+    Example:
+        >>> with preserved_random_state():
+        ...     keras.utils.set_random_seed(0)
+        >>> np.random.rand()  # as if the seed had not been set
+    """
+    import random
+
+    import keras
+
+    from deadrelu._keras_compat import global_random_state, set_global_random_state
+
+    python_state, numpy_state, global_state = random.getstate(), np.random.get_state(), global_random_state()
+    torch_state = None
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch_state = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        set_global_random_state(global_state)
+        if torch_state is not None:
+            import torch
+
+            torch.set_rng_state(torch_state)
+
+
+@preserved_random_state()  # the caller's draws go on as if retrain had not run
 def retrain(
     variants: dict,
     source,

@@ -75,7 +75,7 @@ import deadrelu.validation as validation
 from deadrelu.edits import Edits, cut_inputs, draw_columns, kernel_of, reinitialize, unit_index
 from deadrelu.errors import UsageError
 from deadrelu.graph import LayerGraph, Propagation, UnitTarget, is_batchnorm, weighted_kind
-from deadrelu.model_utils import OutputComparison, compare_outputs, copy_model
+from deadrelu.model_utils import OutputComparison, copy_model
 from deadrelu.op_fixes import revive_twin, with_op_sites
 from deadrelu.patcher import check_only, select_sites
 from deadrelu.sites import KIND_OP_PREFIX
@@ -457,6 +457,7 @@ def _revive_copy(
     model, report_or_data, *, seed, scale, batch_size, sites, only, strategy, scan_options: dict, check: bool
 ) -> ReviveResult:
     """Scans `model` when given data, revives a copy, and (`check`) compares the outputs on the data."""
+    from deadrelu.bias_axis import compare_as_scanned, describe
     from deadrelu.distribute import resolve_strategy
     from deadrelu.distribute import scope as strategy_scope
     from deadrelu.report import Report
@@ -496,7 +497,9 @@ def _revive_copy(
             rescale=scan_options.get("rescale"),
             skip_bad_images=scan_options.get("skip_bad_images", False),
         )
-        result.check = compare_outputs(model, copy, probe_data.batches(batch_size), samples=samples)
+        result.check, affected = compare_as_scanned(model, copy, probe_data.batches(batch_size), samples=samples)
+        if affected:
+            result.notes.append(f"{describe(affected)}: the outputs were compared as the scan ran the model")
     return result
 
 

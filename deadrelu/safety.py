@@ -46,8 +46,9 @@ _TF_OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda"})
 _FILE_KEYS = frozenset(
     {"vocabulary", "idf_weights", "filepath", "file_path", "path", "vocabulary_file", "merges", "proto", "spm_proto"}
 )
-# Layers that load outside code or files however they are configured.
-_FILE_LAYERS = frozenset({"TFSMLayer"})
+# Layers that load outside code or files however they are configured: another SavedModel
+# (CVE-2026-1462), a pickled PyTorch module (`torch.load` runs code).
+_FILE_LAYERS = frozenset({"TFSMLayer", "TorchModuleWrapper"})
 
 # Function names that a configuration may never reach, even where Keras would resolve them.
 _GADGETS = frozenset(
@@ -155,6 +156,8 @@ def _check_entry(entry: dict, *, path: str, objects: Mapping, unsafe: bool) -> N
     if name == "function":
         _check_function(entry, path=path, objects=objects)
         return
+    if name == "Lambda":
+        _check_named_lambda(entry, path=path, objects=objects)
     if name == "__typespec__":
         return  # resolved by Keras among TensorFlow's TypeSpec classes only
     if name in _GADGETS or (module and _resolve_class(entry) is False):
@@ -165,8 +168,8 @@ def _check_entry(entry: dict, *, path: str, objects: Mapping, unsafe: bool) -> N
         )
     if name in _FILE_LAYERS and not unsafe:
         raise ModelLoadError(
-            f"{path} holds a {name} layer, which loads another model from a path stored in the file; "
-            "deadrelu does not follow it by default: if you trust the file, pass `unsafe=True` (--unsafe)"
+            f"{path} holds a {name} layer, which loads code stored in or named by the file; deadrelu does "
+            "not run it by default: if you trust the file, pass `unsafe=True` (--unsafe)"
         )
     _check_file_settings(entry, path=path, unsafe=unsafe)
 
@@ -198,6 +201,25 @@ def _check_function(entry: dict, *, path: str, objects: Mapping) -> None:
         "operation; deadrelu refuses it (even with `unsafe`); if it is your own function, pass it with "
         '`custom_objects="module.py"`'
     )
+
+
+def _check_named_lambda(entry: dict, *, path: str, objects: Mapping) -> None:
+    """A Keras 2 Lambda may name its function and the module to find it in (`function_type:
+    "function"`): the function must be the user's or a Keras one, the module Keras's."""
+    cfg = entry.get("config")
+    if not isinstance(cfg, dict):
+        return
+    for key in ("function", "output_shape"):
+        function, module = cfg.get(key), cfg.get("module" if key == "function" else "output_shape_module")
+        if cfg.get(f"{key}_type") != "function" or not isinstance(function, str) or function in objects:
+            continue
+        keras_module = not module or str(module).split(".")[0] in KERAS_PACKAGES | {"builtins"}
+        if not (keras_module and function not in _GADGETS and _modelling_function(None, function)):
+            raise ModelLoadError(
+                f"{path} has a Lambda layer ('{cfg.get('name')}') calling '{module}.{function}', which is not "
+                "a Keras function; deadrelu refuses it (even with `unsafe`); if it is your own function, pass "
+                'it with `custom_objects="module.py"`'
+            )
 
 
 def _user_object(entry: dict, objects: Mapping):
@@ -329,15 +351,16 @@ def _modelling_function(module, name: str) -> bool:
 # HDF5 files and zip archives
 
 
-def check_hdf5(f, *, path: str) -> None:
+def check_hdf5(f, *, path: str, error: type[Exception] = ModelLoadError) -> None:
     """Refuses an HDF5 file that would read other files or claim memory it does not store.
 
     Args:
         f: An open `h5py.File` (or group).
-        path: The model file, for messages.
+        path: The file, for messages.
+        error: The exception to raise (a `DataError` for a data file).
 
     Raises:
-        ModelLoadError: The file holds an external or soft link, an external or virtual dataset, or
+        ModelLoadError (or `error`): The file holds an external or soft link, an external or virtual dataset, or
             a dataset that declares far more bytes than it stores (a shape bomb).
     """
     import h5py
@@ -353,32 +376,32 @@ def check_hdf5(f, *, path: str) -> None:
             name = f"{prefix}/{key}"
             link = group.get(key, getlink=True)
             if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-                raise ModelLoadError(
-                    f"{path} holds a {type(link).__name__} at {name}, which can read another file; a saved "
-                    "model has none: refusing the file"
+                raise error(
+                    f"{path} holds a {type(link).__name__} at {name}, which can read another file; "
+                    "deadrelu does not follow links: save the arrays into the file itself"
                 )
             item = group.get(key)
             if isinstance(item, h5py.Group):
                 groups.append((name, item))
             elif isinstance(item, h5py.Dataset):
-                _check_dataset(item, name, path)
+                _check_dataset(item, name, path, error)
 
 
-def _check_dataset(dataset, name: str, path: str) -> None:
+def _check_dataset(dataset, name: str, path: str, error: type[Exception]) -> None:
     if dataset.external:
-        raise ModelLoadError(
+        raise error(
             f"{path} stores the dataset {name} in another file ({dataset.external[0][0]!r}): reading it "
-            "would read that file into the weights; a saved model has none: refusing the file"
+            "would read that file; deadrelu does not follow it: save the arrays into the file itself"
         )
     if dataset.is_virtual:
-        raise ModelLoadError(
-            f"{path} holds a virtual dataset at {name}, which reads other files; a saved model has none: "
-            "refusing the file"
+        raise error(
+            f"{path} holds a virtual dataset at {name}, which reads other files; deadrelu does not follow "
+            "it: save the arrays into the file itself"
         )
     declared = math.prod(dataset.shape or ()) * dataset.dtype.itemsize
     stored = dataset.id.get_storage_size()
     if declared > _BOMB_FLOOR_BYTES and declared > _MAX_EXPANSION * stored:
-        raise ModelLoadError(
+        raise error(
             f"{path} declares {declared:,} bytes for the dataset {name} but stores {stored:,}: the file is "
             "damaged or built to exhaust memory; refusing it"
         )

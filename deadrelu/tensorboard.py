@@ -4,7 +4,8 @@ Written with `tf.summary` into `<logdir>/deadrelu`: a run of its own beside the 
 `validation` runs that `keras.callbacks.TensorBoard(logdir)` writes, so `tensorboard --logdir`
 shows deadrelu's charts next to the training curves. Tags, at each step:
 
-- `deadrelu/dead_fraction`, `deadrelu/dying_fraction`: scalars, over the model's units;
+- `deadrelu/dead_fraction`, `deadrelu/dying_fraction`, `deadrelu/non_finite_fraction`: scalars,
+  over the model's units (the last: units whose outputs or own weights are NaN or ±inf);
 - `deadrelu/<site path>/dead_fraction`: a scalar per site;
 - `deadrelu/<site path>/active_rate`: a histogram of the active rates of the site's units (sites
   the data reached);
@@ -86,6 +87,7 @@ class SummaryWriter:
         with self._writer.as_default(step=int(step)):
             tf.summary.scalar(f"{RUN}/dead_fraction", summary["dead_fraction"])
             tf.summary.scalar(f"{RUN}/dying_fraction", summary["dying"] / units if units else 0.0)
+            tf.summary.scalar(f"{RUN}/non_finite_fraction", summary["non_finite"] / units if units else 0.0)
             for site in report.sites:
                 tf.summary.scalar(site_tag(site.path, "dead_fraction"), site.dead_fraction)
                 if site.reached and site.units:

@@ -26,6 +26,11 @@ class Check:
         persistence: Share of the previous check's dead units still dead (None at the first check).
         action: What the monitor did after this check: "stop", "revive" or None. Defaults to
             `None`.
+        non_finite: Per site path, the units whose outputs or own weights are NaN or ±inf (sites
+            without any are left out). Defaults to `{}`.
+        non_finite_fraction: Non-finite units / all units. Defaults to `0.0`.
+        diverged: Whether a weight or a site output of the model was NaN or ±inf at this check
+            (`Report.summary["diverged"]`). Defaults to `False`.
 
     `repr(check)` is one line, e.g. `<Check epoch 2, step 24: 25.0% dead, +6 dead, 0 revived>`.
     """
@@ -40,6 +45,9 @@ class Check:
     revived: dict[str, list[int]]
     persistence: float | None
     action: str | None = None
+    non_finite: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    non_finite_fraction: float = 0.0
+    diverged: bool = False
 
     def __repr__(self) -> str:
         changes = ""
@@ -47,8 +55,11 @@ class Check:
             changes = (
                 f", +{sum(map(len, self.newly_dead.values())):,} dead, {sum(map(len, self.revived.values())):,} revived"
             )
+        diverged = f", DIVERGED ({self.non_finite_fraction:.1%} non-finite)" if self.diverged else ""
         action = f", action {self.action}" if self.action else ""
-        return f"<Check epoch {self.epoch}, step {self.step:,}: {self.dead_fraction:.1%} dead{changes}{action}>"
+        return (
+            f"<Check epoch {self.epoch}, step {self.step:,}: {self.dead_fraction:.1%} dead{changes}{diverged}{action}>"
+        )
 
     def site_dead_fraction(self, path: str) -> float:
         """Dead share of one site (0.0 for an unknown site)."""
@@ -109,4 +120,7 @@ def make_check(report, previous: Check | None, *, epoch: int, step: int) -> Chec
         newly_dead=newly_dead,
         revived=revived,
         persistence=persistence,
+        non_finite={site.path: list(site.non_finite) for site in report.sites if site.non_finite},
+        non_finite_fraction=summary["non_finite"] / summary["units"] if summary["units"] else 0.0,
+        diverged=summary["diverged"],
     )

@@ -11,12 +11,22 @@ angles (the class), with random position, thickness and noise, values in [0, 1].
 - `probe.npz`: 1,000 held-out images `x` (float32, (N, 16, 16, 1)) and their labels `y` (int).
 
 Training runs on the CPU with fixed seeds, in about a minute.
+
+The shipped models are saved by the oldest Keras deadrelu supports (Keras 3.3.3, TensorFlow 2.16.2),
+because every later Keras opens a file an earlier one wrote, not the other way round.
+`--resave` re-saves the existing models with the Keras that runs it, keeping their weights and
+optimizer state; run it in the floor environment that `tests/compat/run_compat.py` builds:
+
+    ~/.cache/deadrelu-compat/tf2.16.2-keras3.3.3-py3.11/bin/python samples/make_samples.py --resave
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +95,46 @@ def train(model, lr: float, x, y, epochs: int):
     return model
 
 
+def resave(out: Path) -> None:
+    """Re-saves the sample models with the installed Keras: same weights, same optimizer state.
+
+    A file from a newer Keras is first fitted to the installed one (settings it lacks, at their
+    default, are dropped: `deadrelu.legacy.newer_keras`); Keras then restores the optimizer too.
+    """
+    import keras
+
+    from deadrelu.legacy import newer_keras
+
+    for name in ("healthy_cnn", "dying_mlp"):
+        path = out / f"{name}.keras"
+        with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as tmp:
+            config = json.loads(archive.read("config.json"))
+            written_by = json.loads(archive.read("metadata.json")).get("keras_version")
+            newer_keras.fit_to_installed(config, path=str(path), written_by=written_by, objects={})
+            fitted = Path(tmp) / path.name
+            with zipfile.ZipFile(fitted, "w") as copy:
+                for info in archive.infolist():
+                    data = json.dumps(config).encode() if info.filename == "config.json" else archive.read(info)
+                    copy.writestr(info, data)
+            model = keras.models.load_model(fitted)
+        for ext in (".keras", ".h5"):
+            model.save(out / f"{name}{ext}")
+        print(f"{name}: re-saved with Keras {keras.__version__} (was {written_by})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(HERE), help="folder to write to (default: this folder)")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--resave", action="store_true", help="re-save the models with this Keras")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     out = Path(args.out)
+    if args.resave:
+        resave(out)
+        return
     x_train, y_train = make_bars(6000, seed=1)
     x_probe, y_probe = make_bars(1000, seed=2)
     np.savez_compressed(out / "probe.npz", x=x_probe, y=y_probe)

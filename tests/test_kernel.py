@@ -1,7 +1,8 @@
 """deadrelu's fused statistics kernel (deadrelu/kernel.py, deadrelu/site_stats.cc) on TensorFlow.
 
 1. The two ops against numpy on arrays with planted values: dead units, units at their cap,
-   subnormal outputs and gradients, -0.0, padding rows left out by `valid`, one position to
+   subnormal outputs and gradients, -0.0, NaN and ±inf outputs and gradients (counted in
+   `non_finite`, read as zero by the rest), padding rows left out by `valid`, one position to
    hundreds, unit counts that are no multiple of a vector width, an empty batch; and their
    refusal of malformed inputs.
 2. Scans with the kernel equal scans on TensorFlow's own ops (`DEADRELU_KERNEL=off`), counts
@@ -78,6 +79,13 @@ def planted(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndar
         a[..., 4] = -0.0
         g[: n // 2, :, 3] = np.float32(1e-41)  # subnormal gradients count as zero
     g[rng.random(shape) < 0.1] = 0.0
+    # A diverged model's values: NaN and ±inf among the units past the planted ones, and in gradients.
+    wild = np.array([np.nan, np.inf, -np.inf], np.float32)
+    spots = rng.random(shape) < 0.05
+    spots[..., : min(u, 5)] = False
+    a[spots] = rng.choice(wild, int(spots.sum()))
+    spots = rng.random(shape) < 0.05
+    g[spots] = rng.choice(wild, int(spots.sum()))
     return a, g
 
 
@@ -85,20 +93,24 @@ def numpy_stats(a, g, valid, cap) -> dict:
     """The kernel's outputs by definition (DESIGN.md), in float64."""
     if valid is not None:
         a, g = a[valid == 1], g[valid == 1]
-    fires = np.abs(a) >= TINY
-    passes = fires & (a < (np.inf if cap is None else cap)) & (np.abs(g) >= TINY)
+    finite = np.isfinite(a)  # NaN and ±inf: counted apart, read as zero by every other number
+    fires = finite & (np.abs(a) >= TINY)
+    passes = fires & (a < (np.inf if cap is None else cap)) & (np.abs(g) >= TINY) & np.isfinite(g)
     return {
         "fires": fires.sum(axis=(0, 1)),
         "sample_fires": fires.any(axis=1).sum(axis=0),
         "sum_abs": np.where(fires, np.abs(a), 0).astype(np.float64).sum(axis=(0, 1)),
         "max": np.where(fires, a, 0).max(axis=(0, 1)) if len(a) else np.full(a.shape[2], -np.inf, np.float32),
-        "saturated": (a >= cap).sum(axis=(0, 1)) if cap is not None else np.zeros(a.shape[2], np.int64),
+        "saturated": (finite & (a >= cap)).sum(axis=(0, 1)) if cap is not None else np.zeros(a.shape[2], np.int64),
+        "non_finite": (~finite).sum(axis=(0, 1)),
         "grad_abs": np.where(passes, np.abs(g), 0).astype(np.float64).sum(axis=(0, 1)),
         "grad_nonzero": passes.sum(axis=(0, 1)),
     }
 
 
-@pytest.mark.parametrize("shape", [(7, 5, 6), (3, 1, 9), (1, 300, 5), (40, 33, 17), (64, 49, 130), (0, 4, 6)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(7, 5, 6), (3, 1, 9), (1, 300, 5), (3, 200, 9), (40, 33, 17), (64, 49, 130), (0, 4, 6)], ids=str
+)
 @pytest.mark.parametrize("capped", [False, True], ids=["uncapped", "capped"])
 @pytest.mark.parametrize("masked", [False, True], ids=["all-rows", "padding"])
 def test_ops_match_numpy(ops, shape, capped, masked):
@@ -109,13 +121,16 @@ def test_ops_match_numpy(ops, shape, capped, masked):
     cap = CAP if capped else None
     attrs = {"cap": CAP, "capped": True} if capped else {}
     valid_t = tf.constant(valid if valid is not None else np.zeros(0, np.float32))
-    fires, sample_fires, sum_abs, maxima, saturated = ops.deadrelu_site_stats(tf.constant(a), valid_t, **attrs)
+    fires, sample_fires, sum_abs, maxima, saturated, non_finite = ops.deadrelu_site_stats(
+        tf.constant(a), valid_t, **attrs
+    )
     grad_abs, grad_nonzero = ops.deadrelu_grad_stats(tf.constant(a), tf.constant(g), valid_t, **attrs)
     want = numpy_stats(a, g, valid, cap)
     for name, got in [
         ("fires", fires),
         ("sample_fires", sample_fires),
         ("saturated", saturated),
+        ("non_finite", non_finite),
         ("grad_nonzero", grad_nonzero),
     ]:
         assert got.dtype == tf.int64
@@ -124,11 +139,14 @@ def test_ops_match_numpy(ops, shape, capped, masked):
     # Per-sample sums are float32 (as TensorFlow's path), added in float64.
     np.testing.assert_allclose(sum_abs.numpy(), want["sum_abs"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(grad_abs.numpy(), want["grad_abs"], rtol=1e-6, atol=1e-6)
+    assert np.isfinite(sum_abs.numpy()).all() and np.isfinite(grad_abs.numpy()).all()
     if shape[2] >= 5 and shape[0]:
         f = fires.numpy()
         assert f[0] == f[1] == f[4] == 0 and (f[3] == 1) == (not masked or valid[0] == 1)
         if capped:
             assert saturated.numpy()[2] == want["fires"][2] > 0 and grad_nonzero.numpy()[2] == 0
+    if shape[0] * shape[1] >= 40 and shape[2] > 5:  # enough values for the planted NaN/inf to land
+        assert non_finite.numpy().sum() > 0 and non_finite.numpy()[:5].sum() == 0
 
 
 def test_sums_stay_accurate_over_many_positions(ops):

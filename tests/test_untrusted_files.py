@@ -179,16 +179,27 @@ def _build(folder: Path) -> Files:
         ),
     )
     # CVE-2024-3660: a Lambda's Python code (Keras 3 form, and Keras 2 bytecode in .h5).
-    from keras.src.utils import python_utils
+    import keras
 
     touch = eval(f"lambda x: (__import__('pathlib').Path({marker!r}).touch(), x)[1]")  # the payload, as Keras stores it
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Lambda(touch)(inputs))).save(folder / "lambda.keras")
+    files.add("Lambda code (.keras)", folder / "lambda.keras")
+    # CVE-2025-9905: a Keras 2 .h5 Lambda (marshalled bytecode), which Keras's legacy loader ran.
+    import tf_keras
+
+    keras2 = tf_keras.Sequential([tf_keras.layers.InputLayer((4,)), tf_keras.layers.Lambda(touch)])
+    keras2.save(folder / "lambda_keras2.h5")
+    files.marker.unlink()  # Keras and tf_keras ran the payload while building the models: it is real
+    files.add("Lambda bytecode (Keras 2 .h5)", folder / "lambda_keras2.h5")
+
+    def named_function(config):
+        lambda_cfg = next(e for e in config["config"]["layers"] if e["class_name"] == "Lambda")["config"]
+        lambda_cfg.update(function="system", function_type="function", module="os")
+
     files.add(
-        "Lambda code (.keras)",
-        _rewrite_keras(
-            good_keras,
-            folder / "lambda.keras",
-            _set_activation({"class_name": "__lambda__", "config": {"value": python_utils.func_dump(touch)}}),
-        ),
+        "Lambda naming os.system (Keras 2 .h5)",
+        _rewrite_h5(folder / "lambda_keras2.h5", folder / "lambda_named.h5", named_function),
     )
     # CVE-2025-1550: a config naming any module.
     files.add(
@@ -217,10 +228,14 @@ def _build(folder: Path) -> Files:
         ),
     )
     files.add(
-        "gadget get_file (.keras)",
+        "gadget load_model (.keras)",
         _rewrite_keras(
-            good_keras, folder / "get_file.keras", _set_activation(_function("keras.utils", "get_file"))
+            good_keras, folder / "load_model.keras", _set_activation(_function("keras.models", "load_model"))
         ),
+    )
+    files.add(
+        "gadget get_file (.keras)",
+        _rewrite_keras(good_keras, folder / "get_file.keras", _set_activation(_function("keras.utils", "get_file"))),
     )
     files.add(
         "gadget set_global_attribute (.keras)",
@@ -266,6 +281,17 @@ def _build(folder: Path) -> Files:
         "registered_name": None,
     }
     files.add("TFSMLayer (.keras)", _rewrite_keras(good_keras, folder / "tfsm.keras", lambda c: _insert_layer(c, tfsm)))
+    # A pickled PyTorch module: torch.load runs the pickle's code (on the torch backend).
+    torch_module = {
+        "module": "keras.layers",
+        "class_name": "TorchModuleWrapper",
+        "config": {"name": "torch", "module": "gASVAAAAAAAAAAA="},
+        "registered_name": None,
+    }
+    files.add(
+        "TorchModuleWrapper pickle (.keras)",
+        _rewrite_keras(good_keras, folder / "torch.keras", lambda c: _insert_layer(c, torch_module)),
+    )
 
     # CVE-2026-1669: HDF5 external storage reads any local file into the weights (deadrelu's reader too).
     external = folder / "external.h5"
@@ -326,15 +352,19 @@ MECHANISMS = [
     "tf op io.gfile.copy (.h5)",
     "tf op keras load_model (.keras)",
     "Lambda code (.keras)",
+    "Lambda bytecode (Keras 2 .h5)",
+    "Lambda naming os.system (Keras 2 .h5)",
     "module os.system (.keras)",
     "module builtins.exec (.h5)",
     "top-level subprocess.Popen (.h5)",
     "gadget enable_unsafe_deserialization (.keras)",
+    "gadget load_model (.keras)",
     "gadget get_file (.keras)",
     "gadget set_global_attribute (.keras)",
     "gadget SafeModeScope class (.keras)",
     "StringLookup vocabulary path (.keras)",
     "TFSMLayer (.keras)",
+    "TorchModuleWrapper pickle (.keras)",
     "HDF5 external storage (.h5)",
     "HDF5 external storage (.keras weights)",
     "HDF5 external link (.h5)",
@@ -344,7 +374,14 @@ MECHANISMS = [
     "zip bomb entry (.keras)",
 ]
 # Mechanisms that `--unsafe` does not open: no model needs them (the rule in docs/cli.md, "Security").
-ALWAYS_REFUSED = [m for m in MECHANISMS if not m.startswith(("Lambda", "StringLookup", "TFSMLayer"))]
+UNSAFE_OPENS = {
+    "Lambda code (.keras)",
+    "Lambda bytecode (Keras 2 .h5)",
+    "StringLookup vocabulary path (.keras)",
+    "TFSMLayer (.keras)",
+    "TorchModuleWrapper pickle (.keras)",
+}
+ALWAYS_REFUSED = [m for m in MECHANISMS if m not in UNSAFE_OPENS]
 
 
 def _commands(files: Files, model: Path, out: Path) -> list[list[str]]:
@@ -478,3 +515,28 @@ def test_allowed_tf_ops_cover_what_tf_keras_stores():
 def test_no_mechanism_is_left_without_a_file(files):
     assert sorted(files.paths) == sorted(MECHANISMS)
     assert all(os.path.exists(p) for p in files.paths.values())
+
+
+def test_a_data_file_reading_another_file_is_refused(files, capfd, tmp_path):
+    """--data is read as HDF5 by deadrelu too: its datasets may not live in, or link to, other files."""
+    data = tmp_path / "data.h5"
+    with h5py.File(data, "w") as f:
+        f.create_dataset("x", (12, 4), "float32", external=[(str(files.secret), 0, 192)])
+    assert main(["scan", str(files.good_keras), "--data", f"{data}:x"]) == 2
+    err = capfd.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "another file" in err and SECRET not in err
+
+
+def test_hostile_structure_is_bad_input_not_a_crash(files, tmp_path, capfd):
+    """Nesting deeper than Python's recursion limit, and an HDF5 group that contains itself."""
+    deep = _rewrite_keras(files.good_keras, tmp_path / "deep.keras")
+    with zipfile.ZipFile(deep, "a") as archive:
+        archive.writestr("config.json", '{"class_name": "Sequential", "config": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    cyclic = tmp_path / "cyclic.h5"
+    shutil.copy(files.good_h5, cyclic)
+    with h5py.File(cyclic, "r+") as f:
+        f["model_weights"]["loop"] = f["model_weights"]  # a hard link back to its parent
+    for path in (deep, cyclic):
+        code = main(["inspect", str(path)])
+        err = capfd.readouterr().err
+        assert code in (0, 2) and "internal error" not in err and "Traceback" not in err, err

@@ -247,7 +247,11 @@ def parent_parsers() -> dict[str, argparse.ArgumentParser]:
     model.add_argument(
         "--architecture", type=INPUT_FILE, metavar="MODEL.json", help="a Keras JSON config, for a weights-only .h5"
     )
-    model.add_argument("--unsafe", action="store_true", help="allow Lambda layers (runs Python code from the file)")
+    model.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="run code stored in the file (Lambda layers) and read files it names; only for files you trust",
+    )
     model.add_argument("--input-shape", type=shape, metavar="H,W,C", help="input shape, when the file lacks one")
 
     data = argparse.ArgumentParser(add_help=False)
@@ -464,6 +468,11 @@ def emit(report, args, output) -> int:
         if path:
             output.note(f"wrote {what} {path}", style="dim")
     fail_on = getattr(args, "fail_on", None)
+    if fail_on is not None and report.diverged:
+        # A diverged model fails the gate whatever FRACTION: its non-finite units are not dead,
+        # so its dead fraction says nothing of it (`--fail-on 1` gates on divergence alone).
+        output.note("the model has diverged (NaN/inf): it fails --fail-on whatever the fraction", style="bold red")
+        return EXIT_GATE
     if fail_on is not None and report.dead_fraction > fail_on:
         output.note(f"dead fraction {report.dead_fraction:.1%} exceeds --fail-on {fail_on:.1%}", style="bold red")
         return EXIT_GATE

@@ -37,7 +37,8 @@ def register(subparsers, parents):
         help="remove dead units: a smaller model, same outputs",
         description="Remove the dead ReLU units of MODEL: their incoming weights, bias and BatchNormalization "
         "channel, and the inputs through which every later layer read them. The outputs are compared "
-        "on the data and nothing is written unless they agree (exit 2 otherwise). Prints what was "
+        "on the data and nothing is written unless they agree (exit 2 otherwise, or 3 when they "
+        "differ on the data this run found the units dead on: a bug). Prints what was "
         "removed, what stayed and why, and what it saves: parameters, file size, predict time.",
     )
     parser.add_argument(
@@ -162,29 +163,37 @@ def make_prune(args, output, out_path: str = "", strategy=None) -> PruneRun:
     """Loads MODEL, scans it (or reads --report), and prunes a copy of it (the check included).
 
     Raises:
-        PruneCheckError: The outputs differ beyond the tolerance (exit 2; nothing is written).
+        PruneCheckError: The outputs differ beyond the tolerance, with units from --report (of other
+            data?) or a layer Keras computes wrongly (exit 2; nothing is written).
+        PruneSelfCheckError: They differ on the data this run found the units dead on: a bug (exit 3).
     """
-    from deadrelu.pruner import prune
+    from deadrelu.pruner import PruneCheckError, check_failure, prune
 
     loaded = load_from_args(args, output)
     report = report_from_args(args, output, loaded, strategy)
     options = {"batch_size": args.batch_size, **data_options(args)}
-    with output.progress("pruning"):
-        result = prune(
-            loaded.model,
-            report,
-            data=args.data,
-            labels=args.labels,
-            dormant=args.dormant,
-            layers=args.layers,
-            only=args.only,
-            validation_data=args.validation_data,
-            validation_labels=args.validation_labels,
-            loss=args.loss,
-            tolerance=args.tolerance,
-            strategy=strategy,
-            **options,
-        )
+    try:
+        with output.progress("pruning"):
+            result = prune(
+                loaded.model,
+                report,
+                data=args.data,
+                labels=args.labels,
+                dormant=args.dormant,
+                layers=args.layers,
+                only=args.only,
+                validation_data=args.validation_data,
+                validation_labels=args.validation_labels,
+                loss=args.loss,
+                tolerance=args.tolerance,
+                strategy=strategy,
+                **options,
+            )
+    except PruneCheckError as error:
+        if args.report or error.cause != "data":
+            raise
+        # The units come from this run's scan of this very data, where they output 0.
+        raise check_failure(error.result, same_data=True) from None
     return PruneRun(loaded=loaded, result=result, output=out_path, notes=list(result.notes))
 
 

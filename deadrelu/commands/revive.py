@@ -162,23 +162,44 @@ def make_revival(args, output, out_path: str = "", strategy=None) -> ReviveRun:
 
 
 def check_outputs(revived: ReviveRun, args) -> None:
-    """Compares the outputs of MODEL and the revived model on --data (inference mode)."""
+    """Compares the outputs of MODEL and the revived model on --data (inference mode).
+
+    Raises:
+        UnsupportedModelError: They differ, and Keras misplaces a bias in the model (exit 2).
+        UsageError: They differ on --data, and the units came from --report (exit 2).
+        InternalError: They differ on the data the units were found dead on, in this run (exit 3).
+    """
     if not args.data:
         revived.notes.append("no --data: the outputs were not compared")
         return
+    from deadrelu.bias_axis import compare_as_scanned, describe
     from deadrelu.data import load_data
-    from deadrelu.model_utils import output_difference
+    from deadrelu.errors import InternalError, UnsupportedModelError, UsageError
 
     samples = min(filter(None, (args.samples, args.check_samples)), default=None)
     data = load_data(args.data, revived.loaded.model, **{**data_options(args), "samples": samples})
-    revived.max_diff, revived.samples = output_difference(
-        revived.loaded.model, revived.model, data.batches(args.batch_size)
+    check, affected = compare_as_scanned(revived.loaded.model, revived.model, data.batches(args.batch_size))
+    revived.max_diff, revived.samples = check.max_abs_diff, check.samples
+    if affected:
+        revived.notes.append(f"{describe(affected)}: the outputs were compared as the scan ran the model")
+    if revived.max_diff <= TOLERANCE:
+        return
+    differ = (
+        f"the revival changed the outputs (max |Δ| = {revived.max_diff:.3g} on {revived.samples} samples, "
+        f"tolerance {TOLERANCE:g})"
     )
-    if revived.max_diff > TOLERANCE:  # a bug, not the user's fault: exit 3 and write nothing
-        raise RuntimeError(
-            f"the revival changed the outputs (max |Δ| = {revived.max_diff:.3g} on "
-            f"{revived.samples} samples, tolerance {TOLERANCE:g}); nothing was written"
+    if affected:
+        raise UnsupportedModelError(
+            f"{differ}: {describe(affected)}, and new weights there change what such a layer computes; revive only "
+            "other sites (--site PATH) or revive on another backend (KERAS_BACKEND=jax); nothing was written"
         )
+    if args.report:
+        raise UsageError(
+            f"{differ}: the units of --report are not all dead on --data (was it made on other data?); revive from "
+            "a scan of --data (leave out --report); nothing was written"
+        )
+    # Units dead on this very data output 0 on it: cutting them off cannot change the outputs.
+    raise InternalError(f"{differ} on the data the units were found dead on: a bug in deadrelu; nothing was written")
 
 
 def rescan(revived: ReviveRun, args, output) -> None:

@@ -34,7 +34,8 @@ def register(subparsers, parents):
         "--fail-on",
         type=fraction,
         metavar="FRACTION",
-        help="exit 1 when the model's dead fraction exceeds FRACTION (a CI gate)",
+        help="exit 1 when the model's dead fraction exceeds FRACTION, or when it has diverged (NaN/inf "
+        "weights or outputs) whatever FRACTION: a CI gate (--fail-on 1 gates on divergence alone)",
     )
     parser.add_argument(
         "--dying-threshold",
@@ -125,6 +126,12 @@ def next_step(report, args, model=None) -> str | None:
     from deadrelu.op_fixes import actions
     from deadrelu.rewriter import rebuildable
 
+    if report.diverged:
+        # Re-initialising or rewriting units cannot repair NaN/inf weights.
+        return (
+            "next: the model has diverged; revive and patch cannot repair NaN/inf weights: retrain from a "
+            "checkpoint before the divergence (a lower learning rate, gradient clipping)"
+        )
     flagged = [s for s in report.sites if s.flagged]
     if not flagged or report.data.get("synthetic") or not args.data:
         return None

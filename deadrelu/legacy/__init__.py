@@ -3,6 +3,8 @@
 * `config_repairs`: rewrites a stored model config so that Keras 3 can rebuild it;
 * `h5_weights`: copies stored weights onto the rebuilt model, by layer name;
 * `lambda_bytecode`: rebuilds the Python functions of Lambda layers, from other Python versions;
+* `newer_keras`: fits a config saved by a newer Keras 3 to the installed one (settings it lacks);
+* `savedmodel`: reads tf.keras SavedModel directories as data, into the legacy HDF5 layout;
 * `tf_ops`: rebuilds the TensorFlow ops tf.keras stored as `TFOpLambda` layers;
 * `training_config`: compiles the model from the training configuration stored with it.
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import collections
 import copy
 import importlib.util
-import inspect
 import json
 import re
 from collections.abc import Callable, Iterator
 
+import deadrelu.safety as safety
 from deadrelu.errors import ModelLoadError
-from deadrelu.legacy import lambda_bytecode
+from deadrelu.legacy import lambda_bytecode, newer_keras
 
 _MODEL_CLASSES = ("Functional", "Model", "Sequential")
 
@@ -73,14 +73,25 @@ class ConfigRepair:
         unsafe: Whether Python code stored in Lambda layers may be rebuilt and run.
         input_shape: Input shape without the batch axis (`input_shape` of `load`), for a Sequential model
             saved without one; or None.
+        written_by: The Keras version recorded in the file: a file from a newer Keras 3 is first fitted
+            to the installed one (`deadrelu.legacy.newer_keras`).
 
     Attributes:
         original_names: Keras 3 layer name -> the name stored in the file (for renamed layers).
         functions: Functions rebuilt from Lambda bytecode, passed to Keras as custom objects.
     """
 
-    def __init__(self, path: str, objects: dict, *, unsafe: bool = False, input_shape: tuple | None = None):
+    def __init__(
+        self,
+        path: str,
+        objects: dict,
+        *,
+        unsafe: bool = False,
+        input_shape: tuple | None = None,
+        written_by: str | None = None,
+    ):
         self.path = path
+        self.written_by = written_by
         self.objects = objects
         self.unsafe = unsafe
         self.input_shape = input_shape
@@ -117,6 +128,9 @@ class ConfigRepair:
                 `unsafe` is False.
         """
         config = copy.deepcopy(config)
+        fitted = newer_keras.fit_to_installed(config, path=self.path, written_by=self.written_by, objects=self.objects)
+        for note in fitted:  # a file from a newer Keras 3: settings the installed one lacks
+            self._note(note)
         self._all_names = set(_all_names(config))
         _check_classes(config, self.objects, self.path)
         self._entry(config, top_level=True)
@@ -200,7 +214,8 @@ class ConfigRepair:
                 cfg[key] = self._refs(cfg[key], shift_outputs)
                 # Keras 2 wrote one input or output as a list of one; Keras 3 then passes a list
                 # on, which breaks a Sequential holding this model and warns on every call.
-                if _is_single_ref_list(cfg[key]):
+                # (Keras before ~3.4 reads only that form, and gives a single tensor.)
+                if _is_single_ref_list(cfg[key]) and newer_keras.writes_flat_single_refs():
                     cfg[key] = cfg[key][0]
                     if key == "output_layers" and in_sequential:
                         self._note("unwrapped the single output of {n} model{s} nested in a Sequential")
@@ -219,6 +234,7 @@ class ConfigRepair:
             self._note(self._lambda(entry))
         for wrapped in _wrapped_layers(cfg):
             self._entry(wrapped)
+            self._note(_wrapped_module(wrapped))
         self._note(_inert_settings(entry, self.objects))
 
     # -- repairs that need the walk's state
@@ -460,18 +476,9 @@ def _is_inert(key: str, value) -> bool:
 
 
 def _accepted_arguments(cls) -> set[str]:
-    """Keyword arguments a Keras 3 layer class accepts, following `**kwargs` up to `Layer`."""
-    import keras
-
-    accepted = {"input_shape", "input_dim", "batch_input_shape", "batch_shape"}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        accepted.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-        if klass is keras.layers.Layer or not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return accepted
+    """Keyword arguments a Keras 3 layer class accepts (`newer_keras.accepted_arguments`), and the
+    input shapes Keras 2 stored on layers, which `ConfigRepair` moves to an input layer."""
+    return newer_keras.accepted_arguments(cls) | {"input_shape", "input_dim", "batch_input_shape", "batch_shape"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,11 +537,14 @@ def _is_keras2_class(obj) -> bool:
 
 
 def _importable_package(module) -> bool:
-    """Whether a config names a module of an installed package other than Keras (keras_hub...)."""
+    """Whether a config names a module of an installed Keras package other than Keras (keras_hub...).
+
+    Only Keras's own family: `deadrelu.safety` refuses every other module before this runs.
+    """
     if not isinstance(module, str) or not module:
         return False
     top = module.split(".")[0]
-    return top not in ("keras", "builtins", "__main__") and importlib.util.find_spec(top) is not None
+    return top in safety.KERAS_PACKAGES - {"keras", "tf_keras"} and importlib.util.find_spec(top) is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,6 +554,17 @@ def _importable_package(module) -> bool:
 def _looks_functional(cfg) -> bool:
     """A custom Model subclass saved with a functional config (layers and input/output refs)."""
     return isinstance(cfg, dict) and "layers" in cfg and "input_layers" in cfg and "output_layers" in cfg
+
+
+def _wrapped_module(entry: dict) -> str | None:
+    """Names Keras 3's module in a wrapped layer's entry that has none (Keras ≤ 2.12 files, SavedModel
+    metadata): a wrapper's `from_config` looks a module-less class up among registered objects only."""
+    import keras
+
+    if "module" in entry or not isinstance(vars(keras.layers).get(entry.get("class_name")), type):
+        return None
+    entry.update(module="keras.layers", registered_name=None)
+    return "named the module of {n} layer{s} inside Bidirectional or TimeDistributed (Keras 2 wrote none)"
 
 
 def _wrapped_layers(cfg: dict) -> list[dict]:

@@ -27,9 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from deadrelu.report import Report, SiteReport
 
-COLORS = {"dead": "#c0392b", "dying": "#e67e22", "saturated": "#8e44ad", "healthy": "#27ae60"}
+COLORS = {"dead": "#c0392b", "dying": "#e67e22", "saturated": "#8e44ad", "healthy": "#27ae60", "non_finite": "#17202a"}
 GREY, DARK = "#7f8c8d", "#2c3e50"
-STATUSES = ("dead", "dying", "saturated", "healthy")
+STATUSES = ("dead", "dying", "saturated", "healthy", "non_finite")
 DPI = 100
 MAX_HEIGHT = 36.0
 """Tallest figure, in inches (3,600 pixels at `DPI`): 300 sites still get a readable row each."""

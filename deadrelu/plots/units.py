@@ -92,9 +92,9 @@ def _rate_colorbar(
 
 
 def _status_array(site: SiteReport) -> np.ndarray:
-    """Each unit's verdict as a string array (dead wins over saturated over dying, as in the report)."""
+    """Each unit's verdict as a string array (non-finite wins over dead over saturated over dying, as in the report)."""
     status = np.full(site.units, "healthy", dtype=object)
-    for name in ("dying", "saturated", "dead"):
+    for name in ("dying", "saturated", "dead", "non_finite"):
         members = np.asarray(getattr(site, name), dtype=int)
         status[members] = name
     return status
