@@ -91,8 +91,9 @@ def load(
             defines them (the CLI's --custom-objects module.py).
         architecture: Path of a Keras JSON model config (`model.to_json()`), used to rebuild the model
             when `path` is an HDF5 file holding weights only (the CLI's --architecture).
-        unsafe: Run Python code stored in the file (Lambda layers); only for files you trust
-            (the CLI's --unsafe).
+        unsafe: Run Python code stored in the file (Lambda layers, TFSMLayer) and read files its
+            configuration names (lookup vocabularies); only for files you trust (the CLI's
+            --unsafe). Modules outside Keras stay refused (`deadrelu.safety`).
         compile: Compile the model from the training configuration stored in the file, when possible.
         input_shape: Input shape without the batch axis (a tuple, or a string such as "28,28,1"),
             for Sequential models saved without one (the CLI's --input-shape).

@@ -65,7 +65,7 @@ COMBOS = {
     "tf2.19": Combo("tf2.19.1-keras3.10.0", ("tensorflow==2.19.1", "keras==3.10.0")),
 }
 DEFAULT = ("floor", "middle")
-QUICK_CHECKS = ("scan .keras", "patch", "revive", "prune", "newer .keras")
+QUICK_CHECKS = ("scan .keras", "patch", "revive", "prune", "newer .keras", "untrusted files")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,7 +89,10 @@ def environment(combo: Combo, cache: Path, python: str, log) -> Path:
     # Every run: the checkout (its path changes between CI clones) with the pins, so pip resolves
     # deadrelu's own requirements against them as a user's install would.
     try:
-        _run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *combo.pins, "-e", str(ROOT)])
+        tf_minor = ".".join(combo.pins[0].split("==")[1].split(".")[:2])
+        # pytest and the matching tf_keras run tests/test_untrusted_files.py there ("untrusted files").
+        extras = ["pytest", f"tf_keras~={tf_minor}.0"]
+        _run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *combo.pins, *extras, "-e", str(ROOT)])
     except subprocess.CalledProcessError:
         shutil.rmtree(folder, ignore_errors=True)  # half-built: build anew next time
         raise
@@ -255,6 +258,13 @@ def check_legacy(ctx):
     return _python(ctx, _LEGACY.format(folder=str(SHARED_MODELS)), "legacy ok")
 
 
+def check_untrusted(ctx):
+    """The malicious-file suite on this Keras: its own guards (older releases lack several) are not
+    what keeps the payloads from running, deadrelu's are."""
+    argv = [str(ctx.venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    return _process(ctx, [*argv, "tests/test_untrusted_files.py"], " passed", timeout=900)
+
+
 CHECKS = {
     "scan .keras": check_scan_keras,
     "scan .h5": check_scan_h5,
@@ -265,6 +275,7 @@ CHECKS = {
     "monitor": check_monitor,
     "newer .keras": check_newer,
     "legacy .h5": check_legacy,
+    "untrusted files": check_untrusted,
 }
 DESCRIPTIONS = {
     "scan .keras": "`deadrelu scan samples/dying_mlp.keras --data samples/probe.npz` (104 of 192 dead)",
@@ -276,6 +287,7 @@ DESCRIPTIONS = {
     "monitor": '`DeadReluMonitor(on_dead="revive")` during a 2-epoch `fit`',
     "newer .keras": "`.keras` and `.h5` saved by a newer Keras load, same outputs",
     "legacy .h5": "every whole-model `.h5` in `../shared/models` loads and runs",
+    "untrusted files": "`pytest tests/test_untrusted_files.py`: no payload runs or leaks (docs/cli.md, Security)",
 }
 
 
