@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 COLORS = {"dead": "#c0392b", "dying": "#e67e22", "saturated": "#8e44ad", "healthy": "#27ae60", "non_finite": "#17202a"}
 GREY, DARK = "#7f8c8d", "#2c3e50"
 STATUSES = ("dead", "dying", "saturated", "healthy", "non_finite")
+LABELS = {"non_finite": "NaN/inf"}  # legend words where a status name is not one
 DPI = 100
 MAX_HEIGHT = 36.0
 """Tallest figure, in inches (3,600 pixels at `DPI`): 300 sites still get a readable row each."""
@@ -197,6 +198,8 @@ def _summary_title(report: Report) -> tuple[str, str]:
         f"{name}: {s['dead']:,}/{s['units']:,} units dead ({s['dead_fraction']:.1%}), {s['dying']:,} dying, "
         f"{s['saturated']:,} saturated; {s['flagged_sites']}/{s['sites']} sites flagged"
     )
+    if s.get("non_finite"):  # the one fact that overrides the rest (see report-format.md)
+        first = f"DIVERGED ({s['non_finite']:,} NaN/inf units) — {first}"
     samples = report.data.get("samples")
     samples = f"{samples:,}" if isinstance(samples, int) else "?"
     source = os.path.basename(str(report.data.get("source") or "")) or "?"

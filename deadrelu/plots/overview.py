@@ -10,6 +10,7 @@ from deadrelu.plots._layout import (
     COLORS,
     DARK,
     GREY,
+    LABELS,
     STATUSES,
     RowLayout,
     _bars,
@@ -110,7 +111,7 @@ def _share_panel(ax: Axes, report: Report, layout: RowLayout) -> list:
         shares = np.array([_count(s, name) / s.units if s.units else 0.0 for s in sites])
         if shares.any():
             _bars(ax, rows, left, left + shares, COLORS[name])
-            entries.append((f"{name} ({totals[name]:,})", {"facecolor": COLORS[name]}))
+            entries.append((f"{LABELS.get(name, name)} ({totals[name]:,})", {"facecolor": COLORS[name]}))
         left += shares
     flag = float(report.settings.get("flag_threshold", 0.1))
     ax.axvline(flag, color="black", lw=0.8, ls="--")

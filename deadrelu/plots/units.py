@@ -12,6 +12,7 @@ import numpy as np
 from deadrelu.plots._layout import (
     COLORS,
     DARK,
+    LABELS,
     RATE_FLOOR,
     STATUSES,
     _bars,
@@ -283,7 +284,7 @@ def _sorted_rates_panel(ax: Axes, site: SiteReport, order: np.ndarray, dying: fl
         if mask.any():
             _bars(
                 ax, x[mask], floor, np.clip(rates[mask], floor, 1.0), COLORS[name], thickness=1.0, horizontal=False
-            ).set_label(f"{name} ({mask.sum():,})")
+            ).set_label(f"{LABELS.get(name, name)} ({mask.sum():,})")
     ax.axhline(dying, color="black", lw=0.8, ls="--", label=f"dying threshold {dying:g}")
     ax.set_yscale("log")
     ax.set_ylim(floor, 1.5)
