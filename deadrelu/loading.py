@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import re
@@ -473,8 +472,6 @@ def _load_zip(ctx: _Context):
     Returns:
         (model, compile_config or None).
     """
-    import h5py
-
     try:
         archive = zipfile.ZipFile(ctx.path)
     except zipfile.BadZipFile as exc:
@@ -502,9 +499,6 @@ def _load_zip(ctx: _Context):
         ctx.keras_version = _zip_metadata(archive).get("keras_version")
         fixed, repair = _repair(config, ctx)
         training = fixed.get("compile_config")  # as fitted to the installed Keras (legacy.newer_keras)
-        if "model.weights.h5" in names:
-            with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
-                safety.check_hdf5(weights, path=f"{ctx.path} (model.weights.h5)")
         written_by_keras3 = str(ctx.keras_version or "3").startswith("3")
         if written_by_keras3 and not repair.changed:
             model = _try_plain_keras(ctx)

@@ -408,7 +408,7 @@ def _check_dataset(dataset, name: str, path: str, error: type[Exception]) -> Non
 
 
 def check_zip(archive, *, path: str) -> None:
-    """Refuses a zip archive whose entries would inflate far beyond their stored size.
+    """Refuses a `.keras` archive that would exhaust memory, read other files or unpickle code.
 
     Args:
         archive: An open `zipfile.ZipFile`.
@@ -416,11 +416,43 @@ def check_zip(archive, *, path: str) -> None:
 
     Raises:
         ModelLoadError: An entry declares more than `_MAX_EXPANSION` × its compressed size (and more
-            than 64 MiB).
+            than 64 MiB); an HDF5 entry fails `check_hdf5`; an `.npz` entry holds pickled objects
+            (Keras before 3.15 loads `model.weights.npz` with `allow_pickle=True`: code, even with
+            `unsafe`, since no weights are Python objects).
     """
+    import io
+
     for info in archive.infolist():
         if info.file_size > _BOMB_FLOOR_BYTES and info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
             raise ModelLoadError(
                 f"{path}: the entry {info.filename} inflates from {info.compress_size:,} to "
                 f"{info.file_size:,} bytes; the archive is damaged or built to exhaust memory: refusing it"
             )
+    for info in archive.infolist():
+        if info.filename.endswith(".h5"):
+            import h5py
+
+            with h5py.File(io.BytesIO(archive.read(info)), "r") as inner:
+                check_hdf5(inner, path=f"{path} ({info.filename})")
+        elif info.filename.endswith(".npz"):
+            _check_npz(archive.read(info), f"{path} ({info.filename})")
+
+
+def _check_npz(data: bytes, where: str) -> None:
+    import io
+
+    import numpy as np
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            for key in arrays.files:
+                arrays[key]
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise ModelLoadError(f"{where} is not a readable .npz ({exc})") from exc
+        raise ModelLoadError(
+            f"{where} holds pickled Python objects, which run code when loaded; model weights are arrays "
+            "of numbers: refusing the file (even with `unsafe`)"
+        ) from None
+    except (OSError, EOFError) as exc:
+        raise ModelLoadError(f"{where} is not a readable .npz ({exc})") from exc

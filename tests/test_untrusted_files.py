@@ -10,6 +10,7 @@ in no output and no written file.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -122,6 +123,16 @@ class Files:
             if path.is_file() and path not in sources and needle in path.read_bytes():
                 found.append(str(path))
         return found
+
+
+class _OpenOnUnpickle:
+    """Unpickling it creates the file at `path` (pickle calls `open(path, "w")`)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def _tf_op_entry(function: str, args: list) -> dict:
@@ -334,6 +345,16 @@ def _build(folder: Path) -> Files:
     shutil.copy(good_h5, bomb)
     _replace_dataset(bomb, lambda g, n, shape, dtype: g.create_dataset(n, (1 << 17, 1 << 17), "float32", chunks=True))
     files.add("HDF5 shape bomb (.h5)", bomb)
+    # Keras before 3.15 reads a `.keras` archive's model.weights.npz with allow_pickle=True.
+    pickled = folder / "pickled.keras"
+    payload = io.BytesIO()
+    np.savez(payload, **{"0": np.array([_OpenOnUnpickle(marker)], dtype=object)})
+    with zipfile.ZipFile(good_keras) as archive, zipfile.ZipFile(pickled, "w") as out:
+        for info in archive.infolist():
+            if info.filename != "model.weights.h5":
+                out.writestr(info.filename, archive.read(info))
+        out.writestr("model.weights.npz", payload.getvalue())
+    files.add("pickle in model.weights.npz (.keras)", pickled)
     # A zip entry that inflates 1000-fold (a zip bomb's first step).
     files.add(
         "zip bomb entry (.keras)",
@@ -372,6 +393,7 @@ MECHANISMS = [
     "HDF5 virtual dataset (.h5)",
     "HDF5 shape bomb (.h5)",
     "zip bomb entry (.keras)",
+    "pickle in model.weights.npz (.keras)",
 ]
 # Mechanisms that `--unsafe` does not open: no model needs them (the rule in docs/cli.md, "Security").
 UNSAFE_OPENS = {
