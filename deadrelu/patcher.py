@@ -3,7 +3,7 @@
 Every trained weight is carried over, and the result is built from Keras's own layers only, so it
 loads with plain `keras.models.load_model` (no custom objects).
 
-How each site kind (DESIGN.md) is rewritten:
+How each site kind (docs/report-format.md, "Site kinds and paths") is rewritten:
 
 * **fused** (`Dense(..., activation='relu')`): the same layer with `activation='linear'`, followed
   by a new activation layer named after it (`dense_1_leaky`, `dense_1_prelu`). A layer called

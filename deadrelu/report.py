@@ -1,4 +1,4 @@
-"""Probe statistics → verdicts per unit and per site → the JSON report of DESIGN.md."""
+"""Probe statistics → verdicts per unit and per site → the JSON report of docs/report-format.md."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class Report:
     """The result of a scan: what was measured, on what, and the verdicts.
 
     Returned by `deadrelu.scan`, or read back with `Report.from_json`. The fields are those of the
-    JSON report (DESIGN.md); `summary` and `dead_fraction` are computed from `sites`.
+    JSON report (docs/report-format.md); `summary` and `dead_fraction` are computed from `sites`.
 
     Attributes:
         model: Provenance of the model: `path`, `name`, `sha256`, `format` (and `repairs` when
@@ -349,7 +349,7 @@ class Report:
         raise KeyError(f"no site {path!r}; sites are {[s.path for s in self.sites]}")
 
     def to_dict(self) -> dict:
-        """The report as the JSON document of DESIGN.md (schema `deadrelu/report@1`)."""
+        """The report as the JSON document of docs/report-format.md (schema `deadrelu/report@1`)."""
         out = {
             "schema": SCHEMA,
             "tool": self.tool,

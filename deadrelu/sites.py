@@ -1,6 +1,6 @@
 """Model → sites: every place where a ReLU-family nonlinearity that can die is applied.
 
-A *site* (DESIGN.md) is a fused `activation='relu'|'relu6'`, an `Activation('relu'|'relu6')`
+A *site* (docs/how-it-works.md, "Sites") is a fused `activation='relu'|'relu6'`, an `Activation('relu'|'relu6')`
 layer, or a `ReLU` layer with `negative_slope == 0`: a *layer-level* site, found here by walking
 the model. A ReLU applied as a function call inside a layer's or a model's `call`
 (`keras.ops.relu(x)`, `tf.nn.relu`, a custom activation function, a `Lambda`) is an *op-level*
