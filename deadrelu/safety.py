@@ -244,15 +244,24 @@ def _resolve_class(entry: dict):
         return None
     if module.split(".")[0] == "tf_keras":  # repaired to the Keras 3 class of the same name
         return _keras3_class_named(name) or False
-    if module.split(".")[0] not in KERAS_PACKAGES or importlib.util.find_spec(module.split(".")[0]) is None:
-        return None
-    try:
-        found = vars(importlib.import_module(module)).get(name)
-    except ImportError:
-        return None
+    found = _keras_module_member(module, name)
     if found is None:
         return None
     return found if isinstance(found, type) and issubclass(found, _modelling_bases()) else False
+
+
+def _keras_module_member(module: str, name) -> object | None:
+    """`module.name` when `module` is an installed module of a Keras package, else None.
+
+    Only Keras's own (trusted, installed) modules are ever imported for a stored name.
+    """
+    top = module.split(".")[0]
+    if top not in KERAS_PACKAGES or importlib.util.find_spec(top) is None:
+        return None
+    try:
+        return vars(importlib.import_module(module)).get(name)
+    except ImportError:
+        return None
 
 
 def _keras3_class_named(name) -> type | None:
@@ -338,12 +347,7 @@ def _modelling_function(module, name: str) -> bool:
         return False
     if not module or module == "builtins":  # Keras looks such names up among its built-ins
         return any(id(getattr(space, name, None)) in _modelling_functions() for space in _function_namespaces())
-    if module.split(".")[0] not in KERAS_PACKAGES or importlib.util.find_spec(module.split(".")[0]) is None:
-        return False
-    try:
-        value = vars(importlib.import_module(module)).get(name)
-    except ImportError:
-        return False
+    value = _keras_module_member(module, name)
     return value is not None and id(value) in _modelling_functions()
 
 
