@@ -16,30 +16,37 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from deadrelu._version import __version__
-from deadrelu.errors import DataError, DeadReluError, ModelLoadError, UnsupportedModelError, UsageError
+from deadrelu.errors import (
+    DataError,
+    DeadReluError,
+    ModelLoadError,
+    OutputCheckError,
+    UnsupportedModelError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from deadrelu.callbacks import DeadReluMonitor
-    from deadrelu.loading import load_model
-    from deadrelu.patcher import PatchResult, SelfCheckError, patch, patch_model, patch_self_check
-    from deadrelu.pruner import PruneCheckError, PruneResult, prune
+    from deadrelu.engine.scanner import scan
+    from deadrelu.engine.sites import Site, find_sites
+    from deadrelu.fixes.check import OutputCheck
+    from deadrelu.fixes.patch import PatchResult, patch, patch_model
+    from deadrelu.fixes.prune import PruneResult, prune, prune_model
+    from deadrelu.fixes.revive import ReviveResult, revive, revive_model
+    from deadrelu.io.loading import load_model
     from deadrelu.report import Report, SiteReport, Thresholds
-    from deadrelu.reviver import ReviveResult, revive, revive_in_place, revive_model, revive_with_result
-    from deadrelu.scanner import scan
-    from deadrelu.sites import Site, find_sites
 
 # Public name → the module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "DeadReluMonitor": "deadrelu.callbacks",
-    "load_model": "deadrelu.loading",
-    **dict.fromkeys(["PatchResult", "SelfCheckError", "patch", "patch_model", "patch_self_check"], "deadrelu.patcher"),
-    **dict.fromkeys(["PruneCheckError", "PruneResult", "prune"], "deadrelu.pruner"),
+    "load_model": "deadrelu.io.loading",
+    "OutputCheck": "deadrelu.fixes.check",
+    **dict.fromkeys(["PatchResult", "patch", "patch_model"], "deadrelu.fixes.patch"),
+    **dict.fromkeys(["PruneResult", "prune", "prune_model"], "deadrelu.fixes.prune"),
     **dict.fromkeys(["Report", "SiteReport", "Thresholds"], "deadrelu.report"),
-    **dict.fromkeys(
-        ["ReviveResult", "revive", "revive_in_place", "revive_model", "revive_with_result"], "deadrelu.reviver"
-    ),
-    "scan": "deadrelu.scanner",
-    **dict.fromkeys(["Site", "find_sites"], "deadrelu.sites"),
+    **dict.fromkeys(["ReviveResult", "revive", "revive_model"], "deadrelu.fixes.revive"),
+    "scan": "deadrelu.engine.scanner",
+    **dict.fromkeys(["Site", "find_sites"], "deadrelu.engine.sites"),
 }
 
 
@@ -63,12 +70,12 @@ __all__ = [
     "DeadReluError",
     "DeadReluMonitor",
     "ModelLoadError",
+    "OutputCheck",
+    "OutputCheckError",
     "PatchResult",
-    "PruneCheckError",
     "PruneResult",
     "Report",
     "ReviveResult",
-    "SelfCheckError",
     "Site",
     "SiteReport",
     "Thresholds",
@@ -79,11 +86,9 @@ __all__ = [
     "load_model",
     "patch",
     "patch_model",
-    "patch_self_check",
     "prune",
+    "prune_model",
     "revive",
-    "revive_in_place",
     "revive_model",
-    "revive_with_result",
     "scan",
 ]

@@ -11,6 +11,7 @@ Importing this module is cheap: Keras is imported only inside the functions that
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 
@@ -159,19 +160,40 @@ def relu_functions() -> list[tuple[Any, str]]:
     return [(backend.nn, "relu"), (backend.nn, "relu6"), (activations.ReLU, "static_call")]
 
 
-def add_tf_op_callback(callback) -> None:
-    """Registers a TensorFlow op-creation callback (thread-local; `op_callbacks`, TensorFlow's own
-    private module, as used by `tf.debugging.enable_check_numerics`)."""
-    from tensorflow.python.framework import op_callbacks
+# TensorFlow keeps op callbacks per thread, but runs eager ops through them only while
+# `execute.execute` is its `execute_with_callbacks`, a process-wide switch: its
+# `remove_op_callback` turns it off whenever the calling thread has none left, also under
+# another thread's callbacks. Ours keep it on while any thread has one registered.
+_tf_eager = {"lock": threading.Lock(), "users": 0, "saved": None}
 
-    op_callbacks.add_op_callback(callback)
+
+def add_tf_op_callback(callback) -> None:
+    """Registers a TensorFlow op callback for the calling thread: it sees the ops this thread
+    creates in a graph or runs eagerly (the private `context` list and `execute.execute` switch
+    behind TensorFlow's `op_callbacks` module, which `tf.debugging.enable_check_numerics` uses).
+    Eager execution keeps calling op callbacks until the last callback registered here is
+    removed, whichever thread removes its own first."""
+    from tensorflow.python.eager import context, execute
+
+    with _tf_eager["lock"]:
+        context.context().add_op_callback(callback)
+        if _tf_eager["users"] == 0:
+            _tf_eager["saved"] = execute.execute
+            execute.execute = execute.execute_with_callbacks
+        _tf_eager["users"] += 1
 
 
 def remove_tf_op_callback(callback) -> None:
-    """Removes a callback registered with `add_tf_op_callback`."""
-    from tensorflow.python.framework import op_callbacks
+    """Removes a callback the calling thread registered with `add_tf_op_callback`."""
+    from tensorflow.python.eager import context, execute
 
-    op_callbacks.remove_op_callback(callback)
+    with _tf_eager["lock"]:
+        context.context().remove_op_callback(callback)
+        _tf_eager["users"] -= 1
+        if _tf_eager["users"] == 0:
+            if execute.execute is execute.execute_with_callbacks and not context.context().op_callbacks:
+                execute.execute = _tf_eager["saved"]
+            _tf_eager["saved"] = None
 
 
 def fit_callbacks(callback: Any, *, depth: int = 8) -> list:

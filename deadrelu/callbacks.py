@@ -9,18 +9,16 @@ from __future__ import annotations
 import numbers
 import os
 import sys
-import warnings
 from typing import Any
 
 import keras
-import numpy as np
 
 import deadrelu.validation as validation
-from deadrelu._keras_compat import fit_callbacks, optimizer_average_variables, optimizer_tracked_variables
+from deadrelu._keras_compat import fit_callbacks
 from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
-from deadrelu.tensorboard import SummaryWriter, require_tensorboard
 from deadrelu.timeline import Check, Timeline, make_check
+from deadrelu.views.tensorboard import SummaryWriter, require_tensorboard
 
 _ACTIONS = (None, "warn", "stop", "revive")
 
@@ -46,7 +44,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
     `tensorboard="logs"`, the monitor also writes at each check, into the run `<logdir>/deadrelu`:
     the dead and dying fractions (model and per site), a histogram of each site's unit active
     rates (`deadrelu/<path>/active_rate`) and the unit map image (`deadrelu/unit_map`) — whatever
-    the order of the callbacks (see `deadrelu.tensorboard`).
+    the order of the callbacks (see `deadrelu.views.tensorboard`).
 
     One monitor can serve several `fit` calls: everything it records about a fit (timeline,
     warnings already given, patience, revivals) starts afresh at each `on_train_begin`.
@@ -62,10 +60,13 @@ class DeadReluMonitor(keras.callbacks.Callback):
         batch_size: Probe batch size. Defaults to `256`.
         samples: Use only the first `samples` probe samples; `None` uses them all. Defaults to
             `None`.
+        rescale: Multiply the probe inputs by this factor (e.g. `1/255`), as `deadrelu.scan`
+            does: for data stored unscaled that the model is trained on scaled. Defaults to `None`.
         on_dead: What to do when units die: `None` (only record), `"warn"` (one line per newly
             flagged site), `"stop"` (end training, like `EarlyStopping`) or `"revive"`
-            (re-initialise the dead units in place — ReDo — and reset the optimizer's moment
-            slots for the re-initialised entries). Whatever it is, a check that finds NaN or ±inf
+            (re-initialise the dead units in place — ReDo, `deadrelu.revive_model(model, report,
+            in_place=True)`, checked on the probe data — and reset the optimizer's moment slots
+            for the re-initialised entries). Whatever it is, a check that finds NaN or ±inf
             in the weights or the site outputs says once that the model has diverged, and where
             (verbose 1); then `"stop"` ends training at once, and `"revive"` revives nothing while
             the model holds them. Defaults to `"warn"`.
@@ -85,9 +86,6 @@ class DeadReluMonitor(keras.callbacks.Callback):
             or `False` for none. Steps are epochs with `check_freq="epoch"`, training steps
             otherwise. Needs the `tensorboard` package (`pip install 'deadrelu[tensorboard]'`).
             Defaults to `None`.
-        every: Deprecated: use `check_freq`. `every=1` is `check_freq="epoch"`; a larger value
-            still checks every this many epochs in this release.
-        every_steps: Deprecated: use `check_freq=every_steps`.
         strategy: A `tf.distribute.Strategy` to check on all its replicas (each worker reads its
             shard of `data`; every worker gets the same check, so `"stop"` stops them all at the
             same epoch and `"revive"` draws the same new weights on every worker — with
@@ -122,6 +120,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         check_freq: str | int = "epoch",
         batch_size: int = 256,
         samples: int | None = None,
+        rescale: float | None = None,
         on_dead: str | None = "warn",
         max_dead_fraction: float = 0.10,
         patience: int = 0,
@@ -130,17 +129,15 @@ class DeadReluMonitor(keras.callbacks.Callback):
         seed: int | None = None,
         verbose: int | bool = 1,
         tensorboard: str | os.PathLike[str] | bool | None = None,
-        every: int | None = None,
-        every_steps: int | None = None,
         strategy: Any = None,
     ) -> None:
         super().__init__()
         on_dead = validation.one_of(on_dead, "on_dead", _ACTIONS)
-        check_freq, self._epoch_interval = _resolve_frequency(check_freq, every, every_steps)
         self.data = data
         self.check_freq = check_freq
         self.batch_size = validation.positive_int(batch_size, "batch_size")
         self.samples = validation.positive_int(samples, "samples", optional=True)
+        self.rescale = validation.positive_number(rescale, "rescale", optional=True, example="1/255")
         self.on_dead = on_dead
         self.max_dead_fraction = validation.fraction(max_dead_fraction, "max_dead_fraction")
         self.patience = validation.non_negative_int(patience, "patience")
@@ -196,11 +193,13 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def _prepare(self) -> None:
         """Loads the probe data for the model, and traces the probe unless it is this model's already."""
         from deadrelu.data import load_data
-        from deadrelu.distribute import resolve_strategy
-        from deadrelu.probe import Probe
+        from deadrelu.engine.distribute import resolve_strategy
+        from deadrelu.engine.probe import Probe
 
         strategy = resolve_strategy(self.strategy, self.model)
-        self._probe_data = load_data(self.data, self.model, samples=self.samples, strategy=strategy)
+        self._probe_data = load_data(
+            self.data, self.model, samples=self.samples, rescale=self.rescale, strategy=strategy
+        )
         if self._probe is None or self._probe.model is not self.model or strategy is not self._strategy:
             self._probe = Probe(self.model, strategy=strategy)
         self._strategy = strategy
@@ -242,7 +241,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         return int(iterations.numpy()) if iterations is not None else 0
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self._check_freq == "epoch" and (epoch + 1) % self._epoch_interval == 0:
+        if self._check_freq == "epoch":
             self.check()
         if logs is not None and self.timeline:
             logs.update(self._log_values(self.timeline[-1]))
@@ -331,7 +330,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def _on_divergence(self, check: Check, report: Report) -> Check:
         """A check that found NaN or ±inf: said once per fit whatever `on_dead`; "stop" ends training;
         "revive" does not act (re-initialising dead units cannot repair non-finite weights)."""
-        from deadrelu.non_finite import divergence_text
+        from deadrelu.engine.non_finite import divergence_text
 
         if self.on_dead == "stop":
             check.action = "stop"
@@ -344,21 +343,26 @@ class DeadReluMonitor(keras.callbacks.Callback):
         return check
 
     def _revive(self, report: Report) -> None:
-        from deadrelu.reviver import revive_in_place
+        from deadrelu.fixes.revive import revive_model
 
-        result = revive_in_place(
+        # In place, on the probe data the report was measured on: a second draw for units that
+        # still do not fire, the outputs checked, the optimizer's slots of the changed entries reset.
+        result = revive_model(
             self.model,
             report,
-            seed=self.seed,
             data=self.data,
+            seed=self.seed,
+            in_place=True,
             batch_size=self.batch_size,
-            scan_options={"samples": self.samples},
+            samples=self.samples,
+            rescale=self.rescale,
             strategy=self._strategy,
         )
-        reset = reset_optimizer_slots(getattr(self.model, "optimizer", None), result.reinitialized, result.variables)
         self.revivals += 1
-        revived = sum(len(units) for units in result.revived.values())
-        self._say(f"epoch {self._epoch + 1}: revived {revived} dead units (ReDo); reset {reset} optimizer slot entries")
+        self._say(
+            f"epoch {self._epoch + 1}: revived {result.units_revived} dead units (ReDo); reset "
+            f"{result.optimizer_entries_reset} optimizer slot entries"
+        )
 
     def _log_values(self, check: Check) -> dict:
         values = {
@@ -382,7 +386,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         Args:
             path: Where to write the figure; the format follows the extension (PNG by default).
         """
-        from deadrelu.plots.curves import plot_timeline  # matplotlib only when a figure is asked for
+        from deadrelu.views.plots.curves import plot_timeline  # matplotlib only when a figure is asked for
 
         plot_timeline(self.timeline, path, title=f"{self.model.name}: dead units during training")
 
@@ -416,109 +420,3 @@ def _verbosity(value: Any) -> int:
     if isinstance(value, numbers.Integral) and value >= 0:  # bools too: True is 1, False is 0
         return int(value)
     raise UsageError(f"`verbose` must be an int, 0 (silent) or 1 (one line per event), got {value!r}")
-
-
-def _resolve_frequency(check_freq: Any, every: Any, every_steps: Any) -> tuple[Any, int]:
-    """Folds the deprecated `every`/`every_steps` into `check_freq`.
-
-    Returns:
-        `check_freq` (validated later, by the property) and the epoch interval: 1, or the
-        deprecated `every` when it is larger.
-    """
-    if every is not None and every_steps is not None:
-        raise UsageError(
-            f"`every={every!r}` and `every_steps={every_steps!r}` conflict: both are deprecated, and "
-            f"`every_steps` used to override `every` silently; pass `check_freq` alone "
-            f'(`check_freq="epoch"` or `check_freq=<number of batches>`)'
-        )
-    if every_steps is not None:
-        if check_freq != "epoch" and check_freq != every_steps:
-            raise UsageError(
-                f"`check_freq={check_freq!r}` and `every_steps={every_steps!r}` conflict; `every_steps` "
-                f"is deprecated: pass `check_freq` alone"
-            )
-        warnings.warn(
-            f"DeadReluMonitor(every_steps=...) is deprecated and will be removed in the next release; "
-            f"use check_freq={every_steps!r}",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return every_steps, 1
-    if every is not None:
-        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise UsageError(
-                f"`every` must be a positive number of epochs, got {every!r}; `every` is deprecated: "
-                f'pass `check_freq="epoch"` instead'
-            )
-        if check_freq != "epoch":
-            raise UsageError(
-                f"`check_freq={check_freq!r}` and `every={every!r}` conflict (`every` counts epochs, "
-                f"`check_freq` batches); `every` is deprecated: pass `check_freq` alone"
-            )
-        replacement = (
-            'use check_freq="epoch" (the default)'
-            if every == 1
-            else f'use check_freq="epoch" (every epoch) or check_freq=<number of batches>; checking every '
-            f"{every} epochs works in this release only"
-        )
-        warnings.warn(
-            f"DeadReluMonitor(every=...) is deprecated and will be removed in the next release; {replacement}",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return check_freq, int(every)
-    return check_freq, 1
-
-
-def reset_optimizer_slots(optimizer, masks: dict[str, np.ndarray], variables: dict[str, object]) -> int:
-    """Zeroes the optimizer's per-variable slots (moments, velocities) where `masks` is True.
-
-    A re-initialised weight must not inherit the running moments of the dead unit it replaces:
-    Adam would otherwise keep stepping it with stale statistics. The moving averages of an
-    optimizer with `use_ema=True` get the new values instead: Keras writes the averages into the
-    model at the end of `fit`, and a zeroed or stale average would undo the revival there.
-
-    Args:
-        optimizer: A Keras 3 optimizer (or None: nothing to do).
-        masks: Key → boolean mask of the entries to reset.
-        variables: Key → the model variable the mask belongs to (`ReviveResult.variables`).
-
-    Returns:
-        How many slot entries were reset.
-    """
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    tracked = optimizer_tracked_variables(optimizer)
-    if not tracked or not masks:
-        return 0
-    index = {id(v): i for i, v in enumerate(tracked)}  # by identity: paths can repeat
-    averages = optimizer_average_variables(optimizer)
-    # Slots are lists aligned with the trainable variables (Adam: _momentums, _velocities, ...).
-    slot_lists = [
-        value
-        for name, value in vars(optimizer).items()
-        if value is not tracked
-        and value is not averages
-        and isinstance(value, list)
-        and len(value) == len(tracked)
-        and all(hasattr(slot, "assign") for slot in value)
-    ]
-    reset = 0
-    for key, mask in masks.items():
-        i = index.get(id(variables.get(key)))
-        if i is None:
-            continue
-        for slots in slot_lists:
-            slot = slots[i]
-            if tuple(slot.shape) != tuple(mask.shape):
-                continue
-            value = np.array(slot.numpy())
-            value[mask] = 0
-            slot.assign(value)
-            reset += int(mask.sum())
-        average = averages[i] if averages is not None and len(averages) == len(tracked) else None
-        if average is not None and tuple(average.shape) == tuple(mask.shape):
-            value = np.array(average.numpy())
-            value[mask] = np.asarray(variables[key].numpy())[mask]
-            average.assign(value)
-            reset += int(mask.sum())
-    return reset

@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
 
                 traceback.print_exc()
             sys.stderr.write(f"deadrelu: error: {flag_names(str(exc), args.command_parser)}\n")
-            return EXIT_INPUT
+            return exc.exit_code
         except KeyboardInterrupt as exc:
             if isinstance(exc, Terminated):
                 sys.stderr.write("deadrelu: terminated; no partial output was left\n")

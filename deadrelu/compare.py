@@ -2,6 +2,7 @@
 
 Typical use is two checkpoints of one model scanned on the same data. Sites are matched by path;
 units by index within a site, so a site whose unit count changed is listed but not diffed unit by unit.
+The views show a diff: `views.terminal` (`diff_summary`, `diff_table`, `diff_markdown`), `views.html`.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class ReportDiff:
 
     def to_json(self, path: str) -> None:
         """Writes the diff as JSON (atomically)."""
-        from deadrelu.files import write_json
+        from deadrelu.io.files import write_json
 
         write_json(path, self.to_dict())
 
@@ -228,89 +229,3 @@ def compress_indices(indices: list[int], limit: int = 60) -> str:
         shown += b - a + 1
     text = ", ".join(parts)
     return text if shown == len(indices) else f"{text}, … (+{len(indices) - shown})"
-
-
-# -- terminal -------------------------------------------------------------------------------
-
-
-def diff_summary(diff: ReportDiff) -> str:
-    """One line: dead before → after, newly dead, revived, unmatched sites."""
-    s = diff.summary
-    text = (
-        f"{diff.new.get('name') or diff.new.get('model') or 'new'} vs "
-        f"{diff.old.get('name') or diff.old.get('model') or 'old'}: dead {s['dead_before']:,} → {s['dead_after']:,} "
-        f"over {s['matched_sites']} matched sites; {s['newly_dead']:,} newly dead, {s['revived']:,} revived"
-    )
-    if s["only_new"] or s["only_old"]:
-        text += f"; {s['only_new']} site(s) only in the new report, {s['only_old']} only in the old"
-    return text
-
-
-def diff_table(diff: ReportDiff, *, limit: int | None = None):
-    """The diff as a rich Table: one row per matched site, then the unmatched sites.
-
-    Args:
-        diff: The `ReportDiff`.
-        limit: Show at most this many matched sites, changed ones first kept in model order.
-
-    Returns:
-        A `rich.table.Table`.
-    """
-    from rich.table import Table
-    from rich.text import Text
-
-    from deadrelu.render import shorten
-
-    table = Table(title="dead units: old → new", title_justify="left", header_style="bold")
-    for name, justify in (
-        ("site path", "left"),
-        ("units", "right"),
-        ("dead before", "right"),
-        ("dead after", "right"),
-        ("Δ", "right"),
-        ("newly dead", "left"),
-        ("revived", "left"),
-    ):
-        table.add_column(name, justify=justify, overflow="fold")
-    rows = diff.sites
-    if limit is not None and len(rows) > limit:
-        keep = {id(s) for s in sorted(rows, key=lambda s: -(len(s.newly_dead) + len(s.revived)))[:limit]}
-        rows = [s for s in rows if id(s) in keep]
-    for site in rows:
-        delta = site.dead_after - site.dead_before
-        style = "bold red" if delta > 0 else ("green" if delta < 0 else "dim")
-        units = f"{site.units:,}" if site.comparable else f"{site.units_before:,} → {site.units:,}"
-        table.add_row(
-            shorten(site.path),
-            units,
-            f"{site.dead_before:,}",
-            f"{site.dead_after:,}",
-            Text(f"{delta:+,}", style=style),
-            Text(compress_indices(site.newly_dead), style="red" if site.newly_dead else "dim"),
-            Text(compress_indices(site.revived), style="green" if site.revived else "dim"),
-        )
-    for path in diff.only_new:
-        table.add_row(shorten(path), "", "", "", "", Text("only in the new report", style="yellow"), "")
-    for path in diff.only_old:
-        table.add_row(shorten(path), "", "", "", "", Text("only in the old report", style="yellow"), "")
-    if len(rows) < len(diff.sites):
-        table.caption = f"{len(diff.sites) - len(rows)} unchanged or less changed sites not shown (--top)"
-    return table
-
-
-def diff_markdown(diff: ReportDiff) -> str:
-    """The diff as GitHub markdown: the summary line, then one row per site."""
-    lines = [
-        diff_summary(diff),
-        "",
-        "| site | units | dead before | dead after | newly dead | revived |",
-        "|---|---:|---:|---:|---|---|",
-    ]
-    for site in diff.sites:
-        lines.append(
-            f"| `{site.path}` | {site.units} | {site.dead_before} | {site.dead_after} | "
-            f"{compress_indices(site.newly_dead)} | {compress_indices(site.revived)} |"
-        )
-    lines += [f"| `{path}` | | | | only in the new report | |" for path in diff.only_new]
-    lines += [f"| `{path}` | | | | only in the old report | |" for path in diff.only_old]
-    return "\n".join(lines) + "\n"

@@ -1,9 +1,10 @@
 """User-facing errors.
 
 Every error a user can fix by changing their input derives from `DeadReluError`. The command
-line prints such an error as one line (`deadrelu: error: ...`) and exits with code 2; anything
-else is an internal error (exit code 3), `InternalError` among them: one of deadrelu's own
-checks failed where the input cannot be the cause.
+line prints such an error as one line (`deadrelu: error: ...`) and exits with its `exit_code`: 2,
+or 4 for an `OutputCheckError` (a fix failed its output check). Anything else is an internal
+error (exit code 3), `InternalError` among them: one of deadrelu's own checks failed where the
+input cannot be the cause.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ class DeadReluError(Exception):
     """Base class of the errors caused by the user's input.
 
     The message must say what is wrong and how to fix it, in one sentence or two.
+
+    Attributes:
+        exit_code: The command line's exit status for the error: 2 (bad input), 4 for an
+            `OutputCheckError`.
     """
+
+    exit_code = 2
 
 
 class ModelLoadError(DeadReluError):
@@ -45,3 +52,29 @@ class InternalError(RuntimeError):
     were measured on. The command line exits with code 3 and asks for a report; the message says
     what was compared and that nothing was written.
     """
+
+
+class OutputCheckError(DeadReluError):
+    """A fixed model's outputs differ from the original's where the fix promised they would not.
+
+    `patch` (its slope-0 twin), `revive` and `prune` (of dead units) each promise a model that
+    computes what the original computed on the data its units were measured on; every one checks
+    that promise with the same policy (`deadrelu.fixes.check`) and raises this error when it
+    fails. Nothing is written; the command line exits with code 4.
+
+    Attributes:
+        check: The failed `OutputCheck` (max |Δ|, samples, tolerance).
+        cause: Why the outputs moved: "data" (the units came from a report of other data, where
+            they may fire), "keras" (Keras computes a layer of the model wrongly, see
+            `deadrelu.fixes.bias_axis`), or "deadrelu" (on the very data its units were found dead
+            on: a bug in deadrelu, please report it).
+        result: The fix's result (`PatchResult`, `ReviveResult`, `PruneResult`), or None.
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, check, cause: str, result=None):
+        super().__init__(message)
+        self.check = check
+        self.cause = cause
+        self.result = result

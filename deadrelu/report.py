@@ -87,7 +87,7 @@ class SiteReport:
         reached: Whether the forward pass ran the site at all (an unused branch is not dead).
             Defaults to `True`.
         non_finite: Indices of the units whose output was NaN or ±inf on some (sample, position)
-            pair, or whose own weights hold NaN or ±inf (`deadrelu.non_finite`): a verdict of their
+            pair, or whose own weights hold NaN or ±inf (`deadrelu.engine.non_finite`): a verdict of their
             own, never also dead, dying or saturated. Defaults to `[]`.
         non_finite_weights: Indices of the units whose own weights hold NaN or ±inf (a subset of
             `non_finite`). Defaults to `[]`.
@@ -280,12 +280,12 @@ class Report:
         )
 
     def _repr_html_(self) -> str:
-        from deadrelu.display import report_html
+        from deadrelu.views.notebook import report_html
 
         return report_html(self)
 
     def __rich__(self):
-        from deadrelu.display import report_renderable
+        from deadrelu.views.notebook import report_renderable
 
         return report_renderable(self)
 
@@ -294,8 +294,8 @@ class Report:
         """Counts over the sites: sites, units, dead, dying, saturated, non_finite, healthy,
         dead_fraction, flagged_sites, unreached_sites (units of unreached sites are left out);
         whether the model `diverged` (NaN or ±inf in a weight or a site output) and where
-        (`first_non_finite`, see `deadrelu.non_finite.first_non_finite`)."""
-        from deadrelu.non_finite import first_non_finite
+        (`first_non_finite`, see `deadrelu.engine.non_finite.first_non_finite`)."""
+        from deadrelu.engine.non_finite import first_non_finite
 
         units = sum(s.units for s in self.sites if s.reached)
         dead = sum(len(s.dead) for s in self.sites)
@@ -370,7 +370,7 @@ class Report:
 
     def to_json(self, path: str) -> None:
         """Writes the report as JSON (atomically: a temporary file renamed into place)."""
-        from deadrelu.files import write_json
+        from deadrelu.io.files import write_json
 
         write_json(path, self.to_dict())
 

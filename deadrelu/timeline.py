@@ -1,7 +1,7 @@
 """A timeline of scans during training: which units are dead at each check, and what changed.
 
-The figure of a timeline is drawn by `deadrelu.plots.timeline_figure`; notebooks and rich consoles
-show it with `deadrelu.display`.
+The figure of a timeline is drawn by `deadrelu.views.plots.timeline_figure`; notebooks and rich consoles
+show it with `deadrelu.views.notebook`.
 """
 
 from __future__ import annotations
@@ -78,17 +78,17 @@ class Timeline(list):
     """
 
     def __repr__(self) -> str:
-        from deadrelu.display import timeline_summary
+        from deadrelu.views.notebook import timeline_summary
 
         return f"<Timeline {timeline_summary(self)}>"
 
     def _repr_html_(self) -> str:
-        from deadrelu.display import timeline_html
+        from deadrelu.views.notebook import timeline_html
 
         return timeline_html(self)
 
     def __rich__(self):
-        from deadrelu.display import timeline_renderable
+        from deadrelu.views.notebook import timeline_renderable
 
         return timeline_renderable(self)
 

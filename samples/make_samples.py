@@ -99,11 +99,11 @@ def resave(out: Path) -> None:
     """Re-saves the sample models with the installed Keras: same weights, same optimizer state.
 
     A file from a newer Keras is first fitted to the installed one (settings it lacks, at their
-    default, are dropped: `deadrelu.legacy.newer_keras`); Keras then restores the optimizer too.
+    default, are dropped: `deadrelu.io.legacy.newer_keras`); Keras then restores the optimizer too.
     """
     import keras
 
-    from deadrelu.legacy import newer_keras
+    from deadrelu.io.legacy import newer_keras
 
     for name in ("healthy_cnn", "dying_mlp"):
         path = out / f"{name}.keras"

@@ -1,4 +1,4 @@
-"""DESIGN.md's reference experiment: ReLU vs LeakyReLU vs PReLU on the MNIST CNN, dead units beside accuracy.
+"""The reference experiment: ReLU vs LeakyReLU vs PReLU on the MNIST CNN, dead units beside accuracy.
 
     python samples/reference_experiment.py --mnist ../shared/data/mnist.npz [--epochs 25]
 

@@ -31,8 +31,8 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     import deadrelu
-    from deadrelu.model_utils import copy_model
-    from deadrelu.retrain import retrain
+    from deadrelu.fixes.model_utils import copy_model
+    from deadrelu.fixes.retrain import retrain
 
     with np.load(args.mnist) as f:
         x_train = (f["x_train"][: args.train_samples].astype(np.float32) / 255)[..., None]

@@ -2,7 +2,8 @@
 
 - `run_cli`: runs the command line in-process and returns (exit code, stdout, stderr).
 - `shared`: a path inside `../shared`, or a clean skip when it is absent (a user's clone).
-- `statistics_kernel` (automatic): deadrelu's fused kernel is built before the first test.
+- `statistics_kernel` (automatic): deadrelu's fused kernel is built before the first test (also
+  where TensorFlow sees a GPU and scans do not use it: the tests of its ops run there too).
 
 Helper modules (`models`, `keras2_files`, `paths`) import directly: pyproject.toml puts tests/ on
 sys.path (`pythonpath = ["tests"]`).
@@ -10,6 +11,7 @@ sys.path (`pythonpath = ["tests"]`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,8 +25,11 @@ from paths import SHARED
 def statistics_kernel() -> str:
     """Builds (or loads) deadrelu's fused statistics kernel once, before any test runs: its one-time
     "building" line on stderr then lands in no test's captured output."""
-    from deadrelu import kernel
+    import deadrelu.kernel as kernel
 
+    if kernel.enabled() and kernel.gpu_visible():  # scans do not build it there; the ops' tests do
+        with contextlib.suppress(kernel.BuildError):  # they skip, saying why
+            kernel.load()
     return kernel.status()
 
 

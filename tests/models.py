@@ -2,7 +2,7 @@
 
 Nothing here imports deadrelu's internals: the reference numbers are computed from tensors
 materialised with plain Keras (sub-models, direct layer calls) and reduced with numpy, following
-the definitions of DESIGN.md, so that the engine can be checked against them.
+the definitions of docs/report-format.md, so that the engine can be checked against them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ RTOL, ATOL = 1e-5, 1e-6
 L = keras.layers
 
 
-# -- reference statistics (DESIGN.md, "Per-unit statistics") ------------------------------------
+# -- reference statistics (docs/report-format.md, "Words") ------------------------------------
 
 
 @dataclasses.dataclass

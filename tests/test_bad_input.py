@@ -677,10 +677,6 @@ def test_the_monitor_reads_a_generator_at_every_check(models):
 # -- keyword arguments of every public function -------------------------------------------------
 
 
-def _report(models):
-    return deadrelu.scan(models["mlp"][0], X)
-
-
 BAD_KEYWORDS = [
     # (function, keyword, bad value)
     *[("scan", "batch_size", v) for v in (0, -1, 2.5, "8", True, None)],
@@ -692,24 +688,28 @@ BAD_KEYWORDS = [
     ("scan", "gradients", "yes"),
     ("scan", "skip_bad_images", "no"),
     ("scan", "model", None),
+    *[(f, "seed", v) for f in ("revive", "revive_model") for v in (-1, 1.5, "0", True)],
+    *[(f, "scale", "big") for f in ("revive", "revive_model")],
+    *[(f, "batch_size", 0) for f in ("revive", "revive_model", "patch_model")],
+    *[(f, "only", "some") for f in ("revive_model", "patch", "patch_model")],
     *[
-        (f, "seed", v)
-        for f in ("revive", "revive_model", "revive_with_result", "revive_in_place")
-        for v in (-1, 1.5, "0", True)
+        ("revive_model", k, v)
+        for k, v in (
+            ("data", X),
+            ("layers", "("),
+            ("in_place", "yes"),
+            ("samples", 0),
+            ("check_samples", 0),
+            ("rescale", 0),
+            ("tolerance", -1),
+        )
     ],
-    *[(f, "scale", "big") for f in ("revive", "revive_model", "revive_with_result", "revive_in_place")],
-    *[(f, "batch_size", 0) for f in ("revive", "revive_model", "revive_in_place", "patch_model")],
-    *[(f, "only", "some") for f in ("revive_model", "revive_in_place", "patch", "patch_model")],
-    ("revive_in_place", "report", X),
     *[(f, "to", v) for f in ("patch", "patch_model") for v in ("relu", None, 3)],
     *[("patch", "alpha", v) for v in (-1, float("nan"), "0.1", True)],
     ("patch", "alpha_init", float("inf")),
     ("patch", "prelu_shared_axes", "batch"),
     ("patch", "layers", "("),
-    *[
-        ("patch_self_check", k, v)
-        for k, v in (("batch_size", 0), ("samples", 0), ("synthetic_samples", 0), ("tolerance", -1), ("rescale", 0))
-    ],
+    *[("patch_model", k, v) for k, v in (("samples", 0), ("tolerance", -1), ("rescale", 0), ("skip_bad_images", "no"))],
     *[
         ("DeadReluMonitor", k, v)
         for k, v in (
@@ -723,6 +723,7 @@ BAD_KEYWORDS = [
             ("seed", -1),
             ("verbose", "loud"),
             ("check_freq", 0),
+            ("rescale", 0),
         )
     ],
 ]
@@ -734,18 +735,12 @@ def _call(function, keyword, value, models):
         if keyword == "model":
             return deadrelu.scan(value, X)
         return deadrelu.scan(model, X, **{keyword: value})
-    if function == "revive_in_place":
-        report = value if keyword == "report" else _report(models)
-        options = {} if keyword == "report" else {keyword: value}
-        return deadrelu.revive_in_place(model, report, **options)
     if function.startswith("revive"):
         return getattr(deadrelu, function)(model, X, **{keyword: value})
     if function in ("patch", "patch_model"):
         if keyword == "to":
             return getattr(deadrelu, function)(model, value)
         return getattr(deadrelu, function)(model, **{keyword: value})
-    if function == "patch_self_check":
-        return deadrelu.patch_self_check(model, X, **{keyword: value})
     return deadrelu.DeadReluMonitor(X, **{keyword: value})
 
 

@@ -1,11 +1,10 @@
 """DeadReluMonitor during a real `fit`: logs reach History, CSVLogger and TensorBoard; the timeline
 records deaths planted mid-training; stop ends training; the probe is traced once; one monitor serves
-several fits; its arguments are checked and the deprecated ones still work."""
+several fits; its arguments are checked; `rescale` scales the probe data."""
 
 from __future__ import annotations
 
 import csv
-import warnings
 
 import numpy as np
 import pytest
@@ -190,7 +189,10 @@ def test_revive_in_training_keeps_outputs_revives_units_and_resets_moments(xy):
     assert set(KILLED) <= set(watcher.timeline[-1].dead["hidden"])
 
     # Act now, as the monitor would at an epoch end: outputs unchanged at that moment.
-    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="revive", max_dead_fraction=0.05, seed=0, verbose=0)
+    # The probe data stored ×4, scaled back by `rescale` (for the check and for the revival alike).
+    monitor = deadrelu.DeadReluMonitor(
+        x[:100] * 4, rescale=0.25, on_dead="revive", max_dead_fraction=0.05, seed=0, verbose=0
+    )
     monitor.set_model(model)
     monitor.on_train_begin()
     before = model.predict(x, verbose=0)
@@ -302,38 +304,23 @@ def test_verbose_is_an_int_and_accepts_bools(xy):
         deadrelu.DeadReluMonitor(x, verbose="loud")
 
 
-def test_deprecated_every_and_every_steps_still_work_and_warn(xy):
+def test_rescale_scales_the_probe_data_as_scan_does(xy):
     x, y = xy
-    with pytest.warns(DeprecationWarning, match=r"every_steps=\.\.\.\) is deprecated.*use check_freq=4"):
-        monitor = deadrelu.DeadReluMonitor(x[:64], every_steps=4, on_dead=None, verbose=0)
-    assert monitor.check_freq == 4
-    _model().fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
-    assert [c.step for c in monitor.timeline] == [4, 8]
-
-    with pytest.warns(DeprecationWarning, match=r'every=\.\.\.\) is deprecated.*use check_freq="epoch"'):
-        monitor = deadrelu.DeadReluMonitor(x[:64], every=2, on_dead=None, verbose=0)
-    assert monitor.check_freq == "epoch"
-    _model().fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[monitor])
-    assert [c.epoch for c in monitor.timeline] == [1, 3]
-
-    with pytest.warns(DeprecationWarning, match=r'use check_freq="epoch" \(the default\)'):
-        assert deadrelu.DeadReluMonitor(x[:64], every=1).check_freq == "epoch"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the new keyword alone: no warning
-        deadrelu.DeadReluMonitor(x[:64], check_freq=4)
-
-
-@pytest.mark.parametrize(
-    "kwargs, names",
-    [
-        ({"every": 1, "every_steps": 4}, "`every=1` and `every_steps=4`"),
-        ({"check_freq": 8, "every_steps": 4}, "`check_freq=8` and `every_steps=4`"),
-        ({"check_freq": 8, "every": 2}, "`check_freq=8` and `every=2`"),
-    ],
-)
-def test_conflicting_frequencies_raise(xy, kwargs, names):
-    with pytest.raises(ValueError, match=names):
-        deadrelu.DeadReluMonitor(xy[0][:64], **kwargs)
+    model = _model()
+    killer, kill = _killer()
+    kill.model = model
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[killer])
+    plain = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=0).check(model=model)
+    scaled = deadrelu.DeadReluMonitor(x[:100] * 255, rescale=1 / 255, on_dead=None, verbose=0)
+    assert scaled.check(model=model).dead == plain.dead == _reference_dead(model, x[:100])
+    expected = deadrelu.scan(model, x[:100]).site("second").mean_abs
+    np.testing.assert_allclose(scaled.last_report.site("second").mean_abs, expected, rtol=1e-5)
+    # Unscaled, the same data measures other activations: the factor was applied.
+    unscaled = deadrelu.DeadReluMonitor(x[:100] * 255, on_dead=None, verbose=0)
+    unscaled.check(model=model)
+    assert unscaled.last_report.site("second").mean_abs.sum() > 50 * expected.sum() > 0
+    with pytest.raises(deadrelu.UsageError, match="`rescale`"):
+        deadrelu.DeadReluMonitor(x[:100], rescale=0)
 
 
 def test_check_repr_is_one_short_line(xy):

@@ -94,7 +94,7 @@ def test_table_and_markdown_outputs(model_file, data_file, run_cli):
     assert code == 0
     table_rows = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(table_rows) == 1 + 2  # header + two sites
-    assert "**flagged**" in out
+    assert "**✗ flagged**" in out
 
 
 def test_next_step_hint_is_a_command_that_works(tmp_path, run_cli):
@@ -234,7 +234,13 @@ def test_help_does_not_import_tensorflow():
     assert "deadrelu.cli" in imported  # the import-time listing is what we think it is
     heavy = [name for name in imported if name.split(".")[0] in ("tensorflow", "keras", "jax", "torch", "numpy")]
     assert not heavy, heavy
-    engine = {"deadrelu.probe", "deadrelu.loading", "deadrelu.data", "deadrelu.patcher", "deadrelu.reviver"}
+    engine = {
+        "deadrelu.engine.probe",
+        "deadrelu.io.loading",
+        "deadrelu.data",
+        "deadrelu.fixes.patch",
+        "deadrelu.fixes.revive",
+    }
     assert not engine & set(imported), engine & set(imported)
 
 
@@ -259,3 +265,146 @@ def test_outputs_get_ordinary_permissions(model_file, data_file, tmp_path, run_c
     umask = os.umask(0)
     os.umask(umask)
     assert report_path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- revive: the command is revive_model's shell ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def revive_files(tmp_path_factory):
+    """A Dense model with dead units planted at three sites, and its data.
+
+    h1: 3 of 6 units dead (flagged), h2: 1 of 32 (dead, under the 10 % flag threshold), h3: 2 of 8
+    (flagged). Non-negative inputs and kernels: every unit not planted fires.
+    """
+    import keras
+
+    keras.utils.set_random_seed(12)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(6, activation="relu", name="h1"),
+            keras.layers.Dense(32, activation="relu", name="h2"),
+            keras.layers.Dense(8, activation="relu", name="h3"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="three_sites",
+    )
+    for name, dead in (("h1", [0, 2, 4]), ("h2", [7]), ("h3", [1, 5])):
+        kernel, bias = model.get_layer(name).get_weights()
+        bias[:] = 1.0
+        bias[dead] = -100.0
+        model.get_layer(name).set_weights([np.abs(kernel), bias])
+    folder = tmp_path_factory.mktemp("revive")
+    model.save(folder / "three.keras")
+    x = np.random.default_rng(12).uniform(0, 1, (40, 5)).astype(np.float32)
+    np.savez(folder / "x.npz", x=x)
+    np.savez(folder / "x400.npz", x=x * 400)  # the planted units fire here
+    return folder
+
+
+def test_revive_json_is_revive_model_to_dict_under_the_header(revive_files, tmp_path, run_cli):
+    import deadrelu
+
+    model_path, data = revive_files / "three.keras", revive_files / "x.npz"
+    out, summary = tmp_path / "revived.keras", tmp_path / "revive.json"
+    code, stdout, err = run_cli(["revive", model_path, "--data", data, "--seed", "0", "-o", out, "--json", summary])
+    assert code == 0, err
+    document = json.loads(summary.read_text())
+    expected = deadrelu.revive_model(deadrelu.load_model(str(model_path)), str(data), seed=0).to_dict()
+    assert {key: document[key] for key in expected} == json.loads(json.dumps(expected))
+    assert expected["revived"] == {"h1": [0, 2, 4], "h2": [7], "h3": [1, 5]} and expected["check"]["passed"]
+    assert document["schema"] == "deadrelu/revive@2" and document["tool"]["name"] == "deadrelu"
+    assert document["model"]["path"] == str(model_path) and document["output"] == {"path": str(out), "format": "keras"}
+    # What only the command adds: the rescan of the revived model.
+    assert set(document) == {"schema", "tool", "model", "output", *expected, "summary_after", "dead_after"}
+    assert document["summary_after"]["dead"] == 0 and document["dead_after"] == {"h1": 0, "h2": 0, "h3": 0}
+    # The terminal shows the library's view: the same table a notebook shows, with "dead after".
+    assert "three_sites: 6 dead units revived (ReDo) in 3 sites, 0 sites skipped" in stdout
+    assert "dead after" in stdout and "dead units: 6 of 46 (13.0%) → 0 (0.0%); 6 revived" in stdout
+
+
+def test_revive_outputs_near_1e3_pass_the_scaled_check(tmp_path, run_cli):
+    """BatchNormalization holds a revived channel at its old constant, to float rounding: 1 ulp of an
+    output near 5e3 is 5e-4, which an absolute 1e-4 would fail; 1e-5 × the output scale does not."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu", name="h"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    kernel, bias = model.get_layer("h").get_weights()
+    bias[:] = 1.0
+    bias[[1, 4]] = -100.0
+    model.get_layer("h").set_weights([np.abs(kernel), bias])
+    rng = np.random.default_rng(0)
+    model.get_layer("bn").set_weights(
+        [rng.uniform(*bounds, 8).astype(np.float32) for bounds in ((0.5, 2), (-3, 3), (-3, 3), (0.1, 3))]
+    )
+    kernel, bias = model.get_layer("out").get_weights()
+    model.get_layer("out").set_weights([kernel * 1000, bias])  # outputs in the thousands
+    model.save(tmp_path / "big.keras")
+    np.savez(tmp_path / "x.npz", x=rng.uniform(0, 1, (64, 6)).astype(np.float32))
+    summary = tmp_path / "r.json"
+    argv = ["revive", tmp_path / "big.keras", "--data", tmp_path / "x.npz", "--seed", "0", "--json", summary]
+    code, _out, err = run_cli(argv)
+    assert code == 0, err
+    check = json.loads(summary.read_text())["check"]
+    assert check["scale"] > 1e3 and check["passed"] and check["limit"] == pytest.approx(1e-5 * check["scale"])
+    assert 1e-4 < check["max_abs_diff"] <= check["limit"]
+
+
+def test_revive_failed_check_raises_output_check_error_and_exits_4_writing_nothing(
+    revive_files, tmp_path, run_cli, monkeypatch
+):
+    import deadrelu
+    import deadrelu.fixes.revive as revive_module
+    from deadrelu.errors import OutputCheckError
+    from deadrelu.fixes.check import OutputCheck
+
+    model_path = revive_files / "three.keras"
+    out, summary = tmp_path / "revived.keras", tmp_path / "revive.json"
+    report = tmp_path / "scan.json"
+    assert run_cli(["scan", model_path, "--data", revive_files / "x.npz", "--json", report, "--quiet"])[0] == 0
+    # A real failure: the units of a report made on x fire on 400·x.
+    argv = ["revive", model_path, "--report", report, "--data", revive_files / "x400.npz", "-o", out, "--json", summary]
+    code, stdout, err = run_cli(argv)
+    assert code == 4, err
+    assert "not all dead on this data" in err and "nothing was written" in err
+    assert not out.exists() and not summary.exists() and "wrote" not in stdout
+    # An injected one, on the very data the units were found dead on: deadrelu's bug, said so.
+    bad = OutputCheck(max_abs_diff=0.5, samples=40, scale=1.0)
+    monkeypatch.setattr(revive_module, "compare_outputs", lambda *args, **kwargs: bad)
+    with pytest.raises(OutputCheckError) as raised:
+        deadrelu.revive_model(deadrelu.load_model(str(model_path)), revive_files / "x.npz", seed=0)
+    assert raised.value.cause == "deadrelu" and raised.value.check is bad
+    code, stdout, err = run_cli(["revive", model_path, "--data", revive_files / "x.npz", "-o", out, "--json", summary])
+    assert code == 4 and "a bug in deadrelu" in err and "max |Δ| = 0.5 on 40 samples" in err
+    assert not out.exists() and not summary.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--layers", "h[12]"], {"h1": [0, 2, 4], "h2": [7]}),
+        (["--only", "flagged"], {"h1": [0, 2, 4], "h3": [1, 5]}),
+        (["--site", "h2", "--site", "h3"], {"h2": [7], "h3": [1, 5]}),
+        (["--site", "h3", "--only", "flagged", "--layers", "^h"], {"h3": [1, 5]}),
+    ],
+)
+def test_revive_selection_flags_choose_exactly_these_sites(revive_files, tmp_path, run_cli, flags, expected):
+    model_path, data = revive_files / "three.keras", revive_files / "x.npz"
+    summary = tmp_path / "revive.json"
+    argv = ["revive", model_path, "--data", data, "-o", tmp_path / "r.keras", "--json", summary, *flags]
+    code, stdout, err = run_cli(argv)
+    assert code == 0, err
+    document = json.loads(summary.read_text())
+    assert document["revived"] == expected and document["skipped"] == {}
+    left = {"h1": 3, "h2": 1, "h3": 2}
+    assert document["dead_after"] == {path: 0 if path in expected else dead for path, dead in left.items()}
+    assert stdout.count("not selected") == 3 - len(expected)

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 import deadrelu
-import deadrelu.distribute as distribute
+import deadrelu.engine.distribute as distribute
 from cluster import run_cluster
 from deadrelu.data import load_data
 
@@ -303,4 +303,7 @@ def test_two_worker_cluster_same_report_and_same_revival(cluster_files):
     for line in lines:
         _same_statistics(line["report"], reference.to_dict())
     assert lines[0]["revived"] == lines[1]["revived"] and lines[0]["revived"]
+    # The output check ran on the whole of the report's data file in each worker.
+    assert lines[0]["check"] == lines[1]["check"] and lines[0]["check"]["samples"] == 77
+    assert lines[0]["check"]["passed"]
     assert lines[0]["digest"] == lines[1]["digest"]  # seed=None: the same new weights on both workers

@@ -96,10 +96,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_function_level_and_relative_imports():
     graph = import_graph()
-    assert "deadrelu.errors" in graph["deadrelu.files"]  # module level
-    assert "deadrelu.loading" in graph["deadrelu.scanner"]  # inside a function
+    assert "deadrelu.errors" in graph["deadrelu.io.files"]  # module level
+    assert "deadrelu.io.loading" in graph["deadrelu.engine.scanner"]  # inside a function
     assert {"deadrelu.commands", "deadrelu.commands.scan"} <= graph["deadrelu.cli"]  # importlib
-    assert "deadrelu.report" not in graph["deadrelu.patcher"]  # under `if TYPE_CHECKING:` only
+    assert "deadrelu.report" not in graph["deadrelu.fixes.patch"]  # under `if TYPE_CHECKING:` only
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -119,7 +119,7 @@ def test_siblings_import_submodules_not_the_package():
 
 
 def test_retrain_summary_with_nan_losses_is_valid_json(tmp_path):
-    from deadrelu.retrain import Comparison, VariantResult
+    from deadrelu.fixes.retrain import Comparison, VariantResult
 
     diverged = VariantResult(
         name="patched",
@@ -143,7 +143,7 @@ def test_retrain_summary_with_nan_losses_is_valid_json(tmp_path):
 
 
 def test_write_json_leaves_the_target_alone_on_failure(tmp_path):
-    from deadrelu.files import write_json
+    from deadrelu.io.files import write_json
 
     target = tmp_path / "r.json"
     target.write_text("old", encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 from html.parser import HTMLParser
 
@@ -11,20 +12,37 @@ from PIL import Image
 
 from deadrelu.cli import main
 from deadrelu.compare import compare_reports
-from deadrelu.html import render_html
+from deadrelu.views.html import render_html
 from test_plots import make_report, planted_pair
 
 
+@dataclasses.dataclass
+class HtmlCell:
+    """A `<th>` or `<td>` as a browser shows it: its text (a `<details>` shows its summary only),
+    its class names and its inline style."""
+
+    text: str = ""
+    classes: set[str] = dataclasses.field(default_factory=set)
+    style: str = ""
+    title: str = ""
+
+
 class Page(HTMLParser):
-    """Collects what the tests look at: text, tags, image sources, table rows and their classes."""
+    """Collects what the tests look at: text (a `<wbr>` joins, as in a browser), tags, image sources,
+    attribute values and every table as rows of `HtmlCell`s (header row first)."""
 
     def __init__(self, text: str):
         super().__init__(convert_charrefs=True)
         self.tags: list[str] = []
         self.images: list[str] = []
-        self.row_classes: list[str] = []
         self.chunks: list[str] = []
         self.attribute_values: list[str] = []
+        self.tables: list[list[list[HtmlCell]]] = []
+        self.captions: list[str] = []
+        self._glue = False
+        self._cell: HtmlCell | None = None
+        self._hidden = 0  # inside a <details> but outside its <summary>
+        self._caption: list[str] | None = None
         self.feed(text)
         self.close()
         self.text = " ".join(self.chunks)
@@ -35,11 +53,50 @@ class Page(HTMLParser):
         self.attribute_values += [v or "" for v in attrs.values()]
         if tag == "img":
             self.images.append(attrs.get("src", ""))
-        if tag == "tr":
-            self.row_classes.append(attrs.get("class") or "")
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = HtmlCell(
+                classes=set((attrs.get("class") or "").split()),
+                style=attrs.get("style") or "",
+                title=attrs.get("title") or "",
+            )
+            self.tables[-1][-1].append(self._cell)
+        elif tag == "details":
+            self._hidden += 1
+        elif tag == "summary":
+            self._hidden -= 1
+        elif tag == "caption":
+            self._caption = []
+        self._glue = tag == "wbr"
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._cell = None
+        elif tag == "summary":
+            self._hidden += 1
+        elif tag == "details":
+            self._hidden -= 1
+        elif tag == "caption" and self._caption is not None:
+            self.captions.append("".join(self._caption))
+            self._caption = None
 
     def handle_data(self, data):
-        self.chunks.append(data)
+        if self._glue and self.chunks:
+            self.chunks[-1] += data
+        else:
+            self.chunks.append(data)
+        self._glue = False
+        if self._cell is not None and not self._hidden:
+            self._cell.text += data
+        if self._caption is not None:
+            self._caption.append(data)
+
+    def table(self, first_header: str) -> list[list[HtmlCell]]:
+        """The first table whose header row starts with this title."""
+        return next(t for t in self.tables if t and t[0] and t[0][0].text == first_header)
 
 
 def assert_self_contained(text: str, page: Page) -> None:
@@ -70,8 +127,13 @@ def test_html_is_self_contained_and_lists_every_site(tricky_report):
         assert site.path in page.text
     # overview, unit map, histogram, then the 2 worst sites' unit figures
     assert len(page.images) == 3 + 2
-    flagged = sum(site.flagged for site in tricky_report.sites)
-    assert flagged and page.row_classes.count("flagged") >= flagged
+    # Every site in model order, flagged ones with a red flag cell.
+    rows = page.table("#")[1:]
+    assert [row[1].text for row in rows] == [site.path for site in tricky_report.sites]
+    flags = [row[-1] for row in rows]
+    assert [flag.text for flag in flags] == ["✗ flagged" if s.flagged else "ok" for s in tricky_report.sites]
+    assert ["bad" in flag.classes for flag in flags] == [site.flagged for site in tricky_report.sites]
+    assert any(site.flagged for site in tricky_report.sites) and not all(s.flagged for s in tricky_report.sites)
     for needle in (
         "Settings",
         "Provenance",

@@ -1,4 +1,4 @@
-"""Tests for `deadrelu.loading`: the Keras files people really have.
+"""Tests for `deadrelu.io.loading`: the Keras files people really have.
 
 Unit tests: small Keras 2 files written by tf_keras (`keras2_files.py`); each loaded model must give
 the original model's outputs (so every weight arrived) and leave the file's bytes untouched.
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import deadrelu
-from deadrelu import loading
 from deadrelu.errors import ModelLoadError
+from deadrelu.io import loading
 from paths import SHARED, synthetic_inputs
 
 MODELS = SHARED / "models"
@@ -44,7 +44,7 @@ def outputs(model, x) -> np.ndarray:
 
 
 def load_checked(path: str, **options) -> loading.LoadedModel:
-    """Loads with `deadrelu.loading.load` and checks that the file or folder is unchanged."""
+    """Loads with `deadrelu.io.loading.load` and checks that the file or folder is unchanged."""
     before = tree_sha256(path)
     loaded = loading.load(path, **options)
     assert tree_sha256(path) == before
@@ -323,7 +323,7 @@ def test_tensorflow_op_layers_are_rebuilt_and_relu_ops_are_sites(tf_ops, tmp_pat
     assert "max |Δ| = 0" in capfd.readouterr().out
     import keras
 
-    from deadrelu.legacy.tf_ops import TFOpLambda
+    from deadrelu.io.legacy.tf_ops import TFOpLambda
 
     with pytest.raises(TypeError, match="TFOpLambda"):
         keras.models.load_model(out)

@@ -1,4 +1,4 @@
-"""Files saved by a newer Keras 3 than the installed one (`deadrelu.legacy.newer_keras`).
+"""Files saved by a newer Keras 3 than the installed one (`deadrelu.io.legacy.newer_keras`).
 
 A small model (a TimeDistributed Dense with a regularizer and a constraint, a nested Sequential, a
 compiled Adam) is saved by the installed Keras, then forged to look saved by "Keras 3.99.0": its
@@ -20,9 +20,9 @@ import h5py
 import numpy as np
 import pytest
 
-from deadrelu import loading
 from deadrelu.errors import ModelLoadError
-from deadrelu.legacy import newer_keras
+from deadrelu.io import loading
+from deadrelu.io.legacy import newer_keras
 
 FUTURE = "3.99.0"
 X = np.random.default_rng(5).normal(size=(8, 4, 6)).astype("float32")

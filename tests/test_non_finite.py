@@ -164,7 +164,7 @@ import pytest  # noqa: E402
 
 import deadrelu  # noqa: E402
 from deadrelu import kernel  # noqa: E402
-from deadrelu.probe import probe_for  # noqa: E402
+from deadrelu.engine.probe import probe_for  # noqa: E402
 from paths import ROOT  # noqa: E402
 
 # Seconds a JAX or PyTorch subprocess may take (under 20 s on 2 cores) before it is killed.
@@ -374,9 +374,9 @@ def test_summary_json_and_views_say_the_model_diverged(report, tmp_path):
     again = deadrelu.Report.from_json(str(path))
     assert again.summary == summary and [s.non_finite for s in again.sites] == [s.non_finite for s in report.sites]
 
-    from deadrelu.display import report_html
-    from deadrelu.html import render_html
-    from deadrelu.render import markdown_table, summary_text
+    from deadrelu.views.html import render_html
+    from deadrelu.views.notebook import report_html
+    from deadrelu.views.terminal import markdown_table, summary_text
 
     line = summary_text(report).plain
     assert "7 non-finite" in line and "the model has diverged" in line
@@ -460,7 +460,7 @@ def test_a_healthy_model_has_no_non_finite_unit_anywhere(model_files):
     for site in report.sites:
         assert site.non_finite == [] and site.non_finite_weights == []
         assert not site.non_finite_outputs.any()
-    from deadrelu.render import summary_text
+    from deadrelu.views.terminal import summary_text
 
     assert "diverged" not in summary_text(report).plain and "non-finite" not in summary_text(report).plain
 

@@ -174,15 +174,17 @@ def test_patch_revive_and_timeline_views(report):
 
 
 def test_prune_views(report):
-    from deadrelu.display import prune_html, prune_renderable, prune_summary
-    from deadrelu.pruner import prune
+    from deadrelu.fixes.prune import prune_model
+    from deadrelu.views.notebook import prune_html, prune_renderable, prune_summary
 
-    result = prune(deadrelu.load_model(MODEL), report)
+    result = prune_model(deadrelu.load_model(MODEL), report)
     text, _ = prune_summary(result)
     assert text.startswith("dying_mlp: 104 units removed at 3 sites, params 25,418 → ")
     html = prune_html(result)
-    assert html.count("<tr>") == 4 and "1–6, 9, 11–14" in html
-    assert "hidden_2" in _rich_text(prune_renderable(result))
+    assert html.count("<tr>") == 4 + 5 and "1–6, 9, 11–14" in html  # 3 sites, 4 layers changed, 2 headers
+    assert "64 → 16" in html and "outputs unchanged: max |Δ| = 0" in html
+    shown = _rich_text(prune_renderable(result))
+    assert "hidden_2" in shown and "parameters: 25,418 → 6,419" in shown and "outputs unchanged" in shown
 
 
 def test_progress_views_without_a_terminal(monkeypatch):

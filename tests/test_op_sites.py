@@ -22,8 +22,8 @@ import tensorflow as tf
 from keras import ops
 
 import deadrelu
-from deadrelu.probe import find_all_sites
-from deadrelu.sites import UNKNOWN_REASON
+from deadrelu.engine.probe import find_all_sites
+from deadrelu.engine.sites import UNKNOWN_REASON
 from models import (
     L,
     assert_reports_equal,
@@ -620,12 +620,12 @@ def test_patch_rewrites_an_exact_relu_callable(name, tmp_path):
 
 @pytest.mark.parametrize("name", REVIVABLE)
 def test_revive_reinitialises_op_level_dead_units_outputs_unchanged(name, tmp_path):
-    from deadrelu.reviver import revive_in_place
+    from deadrelu.fixes.revive import revive_model
 
     case = CASES[name](tmp_path)
     before = to_numpy(case.model(case.x, training=False))
     report = deadrelu.scan(case.model, case.x, batch_size=BATCH)
-    result = revive_in_place(case.model, report, seed=0, data=case.x)  # in place: lambdas do not copy
+    result = revive_model(case.model, report, seed=0, data=case.x, in_place=True)  # lambdas do not copy
     assert result.revived == case.dead and result.skipped == {}
     np.testing.assert_allclose(to_numpy(case.model(case.x, training=False)), before, rtol=0, atol=1e-6)
     after = deadrelu.scan(case.model, case.x, batch_size=BATCH)

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import deadrelu
-from deadrelu.errors import UnsupportedModelError, UsageError
-from deadrelu.patcher import SelfCheck, patch, patch_model, patch_self_check
-from deadrelu.saving import save_model
+from deadrelu.errors import OutputCheckError, UnsupportedModelError, UsageError
+from deadrelu.fixes.check import OutputCheck
+from deadrelu.fixes.patch import patch, patch_model
+from deadrelu.io.saving import save_model
 from paths import SAMPLES
 
 L = keras.layers
@@ -462,7 +463,7 @@ def test_only_dead_and_flagged(planted):
     assert [s.path for s in deadrelu.find_sites(dead.model)] == ["alive"]
     flagged = patch_model(model, "prelu", only="flagged", report=report)
     assert [r.path for r in flagged.rewrites] == ["half_dead"]
-    check = patch_self_check(model, x, to="prelu", only="dead", report=report)
+    check = patch_model(model, "prelu", only="dead", report=report, data=x).check
     assert check.passed and float(check) <= ATOL and check.samples == 64 and not check.synthetic
     assert_weights_carried(model, dead.model)
 
@@ -495,11 +496,18 @@ def test_patch_model_result_carries_the_check_and_selects_by_sites(planted):
     assert max_diff(result.model, model, x) > 1.0
     # The check: the slope-0 patch of the same selection, on the data given.
     check = result.check
-    assert isinstance(check, SelfCheck) and check.passed and not check.synthetic and check.samples == len(x)
-    assert float(check) <= ATOL
-    assert float(check) == float(patch_self_check(model, x, to="leaky", sites=["few_dead", "alive"]))
-    assert result.to_dict()["check"]["passed"] is True
-    assert patch_model(model, "leaky").check is None and "check" not in patch_model(model, "leaky").to_dict()
+    assert isinstance(check, OutputCheck) and check.passed and not check.synthetic and check.samples == len(x)
+    assert (
+        float(check) <= ATOL
+        and check.tolerance == 1e-5
+        and check.scale == pytest.approx(np.abs(outputs(model, x)[0]).max())
+    )
+    assert result.to_dict()["check"] == check.to_dict() and result.to_dict()["check"]["passed"] is True
+    # Without data: 256 synthetic samples; `samples` and `tolerance` are the check's.
+    synthetic = patch_model(model, "leaky").check
+    assert synthetic.synthetic and synthetic.samples == 256 and synthetic.passed
+    few = patch_model(model, "leaky", data=x, samples=10, batch_size=4, tolerance=0.0).check
+    assert (few.samples, few.tolerance, few.synthetic) == (10, 0.0, False) and few.passed
     # `sites` and `only` combine; `patch` is the same selection, returned as a bare model.
     both = patch_model(model, "prelu", sites=["few_dead", "alive"], only="dead", report=report)
     assert [r.path for r in both.rewrites] == ["few_dead"] and both.kept == ["half_dead", "alive"]
@@ -509,6 +517,25 @@ def test_patch_model_result_carries_the_check_and_selects_by_sites(planted):
         patch_model(model, "leaky", sites=["nope"])
     with pytest.raises(UsageError, match="no site 'nope' in the report"):
         patch_model(model, "leaky", sites=["nope"], only="dead", report=report)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute needs the TensorFlow backend")
+def test_strategy_builds_the_patched_model_in_its_scope():
+    import tensorflow as tf
+
+    from deadrelu.engine.distribute import resolve_strategy
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = build_nested()
+    x = inputs_for(model, 8)
+    for given in (None, strategy):  # None: the strategy the model was built under
+        result = patch_model(model, "prelu", alpha_init=0.0, data=x, strategy=given)
+        assert resolve_strategy(None, result.model) is strategy  # its variables (PReLU alphas too) are the strategy's
+        assert result.check.passed and max_diff(model, result.model, x) <= ATOL
+        assert resolve_strategy(None, patch(model, "leaky", strategy=given)) is strategy
+    with pytest.raises(UsageError, match=r"strategy\.scope\(\)"):
+        patch(build_nested(), "leaky", strategy=strategy)  # a model built outside the strategy's scope
 
 
 # -- the command line -------------------------------------------------------------------------
@@ -534,13 +561,14 @@ def test_cli_dying_mlp_prelu(tmp_path, run_cli):
     )
     assert code == 0, err
     assert "hidden_1" in stdout and "PReLU" in stdout
-    assert "self-check: slope-0 patch reproduces the original outputs (max |Δ| = " in stdout
-    assert "on 1000 samples)" in stdout
+    assert "slope-0 check: outputs unchanged: max |Δ| = " in stdout and "on 1,000 samples" in stdout
+    assert f"wrote {out}" in stdout
     loaded = keras.models.load_model(out)
     original = deadrelu.load_model(SAMPLES / "dying_mlp.keras")
     assert_weights_carried(original, loaded)
     data = json.loads(summary.read_text())
-    assert data["schema"] == "deadrelu/patch@1" and data["self_check"]["passed"]
+    assert data["schema"] == "deadrelu/patch@2" and data["check"]["passed"] and data["check"]["samples"] == 1000
+    assert data["output"] == {"path": str(out), "format": "keras"} and data["model"]["name"] == "dying_mlp"
     assert {r["path"] for r in data["rewrites"]} <= {"hidden_1", "hidden_2", "hidden_3"}
     assert all(r["dead"] > 0 for r in data["rewrites"])
 
@@ -600,18 +628,83 @@ def test_cli_refusals(tmp_path, run_cli):
     keras.models.load_model(existing)
 
 
-def test_cli_self_check_failure_is_internal(tmp_path, run_cli, monkeypatch):
-    import importlib
-
-    patch_module = importlib.import_module("deadrelu.patcher")  # the module, not deadrelu.patch()
-
-    monkeypatch.setattr(
-        patch_module, "patch_self_check", lambda *a, **k: SelfCheck(max_abs_diff=0.5, samples=8, synthetic=True)
+def test_cli_json_is_the_library_result(tmp_path, run_cli):
+    """--json is `patch_model(...).to_dict()` under the header, for the same model and options."""
+    out, summary = tmp_path / "fixed.keras", tmp_path / "patch.json"
+    data = SAMPLES / "probe.npz"
+    argv = ["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "--alpha", "0.2", "--data", data]
+    argv += ["--only", "dead", "--site", "hidden_1", "--site", "hidden_3", "--samples", "300", "-o", out]
+    code, _, err = run_cli([*argv, "--json", summary])
+    assert code == 0, err
+    written = json.loads(summary.read_text())
+    model = deadrelu.load_model(SAMPLES / "dying_mlp.keras")
+    report = deadrelu.scan(model, str(data), samples=300)
+    result = patch_model(
+        model,
+        "leaky",
+        alpha=0.2,
+        only="dead",
+        report=report,
+        sites=["hidden_1", "hidden_3"],
+        data=str(data),
+        samples=300,
     )
-    out = tmp_path / "never.keras"
-    code, _, err = run_cli(["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out])
-    assert code == 3 and "does NOT reproduce" in err
+    header = {"schema", "tool", "model", "output"}
+    assert {k: v for k, v in written.items() if k not in header} == json.loads(json.dumps(result.to_dict()))
+    assert written["schema"] == "deadrelu/patch@2" and written["tool"]["name"] == "deadrelu"
+    assert written["model"]["sha256"] == sha256(SAMPLES / "dying_mlp.keras")
+    assert written["output"] == {"path": str(out), "format": "keras"}
+    assert [r["path"] for r in written["rewrites"]] == ["hidden_1", "hidden_3"] and written["kept"] == ["hidden_2"]
+    assert written["check"]["samples"] == 300 and written["check"]["passed"]
+
+
+def test_cli_site_selects_exact_paths(tmp_path, run_cli):
+    model = SAMPLES / "dying_mlp.keras"
+    out = tmp_path / "one.keras"
+    code, stdout, err = run_cli(["patch", model, "--to", "leaky", "--site", "hidden_2", "-o", out])
+    assert code == 0, err
+    assert [s.path for s in deadrelu.find_sites(keras.models.load_model(out))] == ["hidden_1", "hidden_3"]
+    assert "1 site rewritten" in stdout and "kept as they were: 2 sites (hidden_1, hidden_3)" in stdout
+    out = tmp_path / "two.keras"
+    code, _, err = run_cli(["patch", model, "--to", "prelu", "--site", "hidden_1", "--site", "hidden_3", "-o", out])
+    assert code == 0, err
+    assert [s.path for s in deadrelu.find_sites(keras.models.load_model(out))] == ["hidden_2"]
+    out = tmp_path / "none.keras"
+    code, _, err = run_cli(["patch", model, "--to", "leaky", "--site", "hidden", "-o", out])  # a prefix is no path
+    assert code == 2 and "no site 'hidden' in the model" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.fixture
+def broken_check(monkeypatch):
+    """Every slope-0 twin gets +1 on the bias of `hidden_1` before the comparison: its outputs really move."""
+    import deadrelu.fixes.check as check_module
+
+    real = check_module.compare_outputs
+
+    def compare_outputs(original, fixed, batches, **options):
+        layer = fixed.get_layer("hidden_1")
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, bias + 1.0])
+        return real(original, fixed, batches, **options)
+
+    monkeypatch.setattr(check_module, "compare_outputs", compare_outputs)
+
+
+def test_failed_check_raises_and_the_cli_writes_nothing(tmp_path, run_cli, broken_check):
+    model = deadrelu.load_model(SAMPLES / "dying_mlp.keras")
+    x = np.load(SAMPLES / "probe.npz")["x"][:64]
+    with pytest.raises(OutputCheckError, match=r"slope-0 patched model's outputs differ .* on 64 samples") as raised:
+        patch_model(model, "prelu", data=x)
+    error = raised.value
+    assert error.cause == "deadrelu" and error.exit_code == 4
+    assert not error.check.passed and error.check.max_abs_diff > 1e-3 and error.check.samples == 64
+    assert error.result.check is error.check and len(error.result.rewrites) == 3
+    out, summary = tmp_path / "never.keras", tmp_path / "never.json"
+    argv = ["patch", SAMPLES / "dying_mlp.keras", "--to", "leaky", "-o", out, "--json", summary]
+    code, stdout, err = run_cli(argv)
+    assert code == 4 and "outputs differ" in err and "nothing was written" in err
+    assert not out.exists() and not summary.exists() and "wrote" not in stdout
 
 
 # -- real models written by other people --------------------------------------------------------
@@ -630,7 +723,7 @@ def test_real_models(name, tmp_path, shared):
     low, high = REAL[name]
     x = np.random.default_rng(0).uniform(low, high, (4, *model.input_shape[1:])).astype("float32")
     for to in ("leaky", "prelu"):
-        check = patch_self_check(model, x, to=to)
+        check = patch_model(model, to, data=x).check
         assert check.passed and check.max_abs_diff <= ATOL, check.describe()
     result = patch_model(model, "prelu")
     assert len(result.rewrites) == len(deadrelu.find_sites(model).sites) and not result.skipped

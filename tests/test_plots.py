@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deadrelu import plots
 from deadrelu.compare import compare_reports, compress_indices
 from deadrelu.report import Report, SiteReport
+from deadrelu.views import plots
 from paths import SAMPLES
 
 # -- synthetic reports ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`deadrelu.prune` and `deadrelu prune`: dead units go, the outputs stay.
+"""`deadrelu.prune`, `deadrelu.prune_model` and `deadrelu prune`: dead units go, the outputs stay.
 
 Every model here has dead units planted by construction (a bias of -100, or a BatchNormalization
 beta of -50, on chosen units; +1 on the others, so they surely fire). For each: exactly the planted
@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 import deadrelu
-from deadrelu.pruner import PruneCheckError, PruneResult, prune
+from deadrelu.errors import OutputCheckError
+from deadrelu.fixes.check import OutputCheck
+from deadrelu.fixes.prune import PruneResult, prune, prune_model
 from paths import SAMPLES
 
 L = keras.layers
@@ -66,7 +68,7 @@ def outputs(model, x) -> list[np.ndarray]:
 def check(model, x, *, removed: dict, params: int, atol: float = EXACT, **options) -> PruneResult:
     """Prunes; checks what went, the outputs, the parameter count, the names, and that `model` is untouched."""
     before = [np.array(w) for w in model.get_weights()]
-    result = prune(model, x, **options)
+    result = prune_model(model, x, **options)
     assert result.removed == removed, (result.removed, result.skipped)
     assert result.model is not None and result.passed
     for a, b in zip(outputs(model, x), outputs(result.model, x)):
@@ -182,7 +184,7 @@ def test_constant_seen_unequally_at_the_borders_is_kept(images):
     h = L.BatchNormalization(name="bn", beta_initializer="ones")(h)
     model = keras.Model(inputs, L.Conv2D(2, 3, padding="same", name="c2")(h))
     plant(model, "c1", [1])
-    result = prune(model, images)
+    result = prune_model(model, images)
     assert result.removed == {} and result.model is None
     assert result.kept == {"c1": [1]} and "padding" in result.skipped["c1"]
 
@@ -235,7 +237,7 @@ def test_unit_dead_in_only_one_call_of_a_shared_layer_is_kept():
     first, second = -rng.uniform(0.1, 1, (32, 2)), rng.uniform(0.1, 1, (32, 2))
     report = deadrelu.scan(model, [first.astype(np.float32), second.astype(np.float32)])
     assert report.site("shared").dead == []
-    result = prune(model, report, data=[first.astype(np.float32), second.astype(np.float32)])
+    result = prune_model(model, report, data=[first.astype(np.float32), second.astype(np.float32)])
     assert result.model is None and result.removed == {} and result.candidates == {}
 
 
@@ -286,7 +288,7 @@ def test_depthwise_units_of_their_own_are_kept_with_the_reason(images):
         [keras.Input((9, 9, 3)), L.DepthwiseConv2D(3, activation="relu", name="dw"), L.Conv2D(2, 1, name="pw")]
     )
     plant(model, "dw", [1])
-    result = prune(model, images)
+    result = prune_model(model, images)
     assert result.model is None and result.kept == {"dw": [1]}
     assert "follow its input channels" in result.skipped["dw"]
 
@@ -386,7 +388,7 @@ def test_reshape_that_scatters_the_units_keeps_them(vectors):
         ]
     )
     plant(model, "h", [5])
-    result = prune(model, vectors)
+    result = prune_model(model, vectors)
     assert result.model is None and result.kept == {"h": [5]}
     assert "Reshape 'reshape'" in result.skipped["h"] and "rectangular" in result.skipped["h"]
 
@@ -403,7 +405,7 @@ def test_merge_drops_a_channel_only_when_it_is_dead_in_every_input(merge, vector
     model = keras.Model(inputs, L.Dense(2, name="out")(getattr(L, merge)(name="merge")([a, b])))
     plant(model, "a", [1])
     plant(model, "b", [])
-    result = prune(model, vectors)
+    result = prune_model(model, vectors)
     assert result.model is None and result.kept == {"a": [1]}
     assert f"{merge} 'merge'" in result.skipped["a"] and "every input" in result.skipped["a"]
     plant(model, "b", [1])
@@ -419,7 +421,7 @@ def test_model_output_units_are_never_pruned(vectors):
     plant(model, "out", [1])
     out = model.get_layer("out")
     out.kernel.assign(np.abs(out.kernel.numpy()))
-    result = prune(model, vectors)
+    result = prune_model(model, vectors)
     assert result.model is None and result.kept == {"out": [1]}
     assert "model output" in result.skipped["out"]
 
@@ -428,7 +430,7 @@ def test_nothing_dead(vectors):
     keras.utils.set_random_seed(15)
     model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
     plant(model, "h", [])
-    result = prune(model, vectors)
+    result = prune_model(model, vectors)
     assert result.model is None and result.removed == {} and result.candidates == {}
     assert result.params_after == result.params_before == model.count_params()
 
@@ -456,7 +458,7 @@ def test_dormant_units_go_with_their_mean_and_the_metrics_are_measured(vectors):
     report = deadrelu.scan(model, vectors)
     dormant = {int(u) for u in np.flatnonzero(report.site("h").dormancy <= 0.5)}
     assert dormant - set(report.site("h").dead)  # some units that still fire are dormant
-    result = prune(model, vectors, labels=labels, dormant=0.5)
+    result = prune_model(model, vectors, labels=labels, dormant=0.5)
     assert set(result.removed["h"]) == dormant and result.dormant == 0.5
     assert set(result.metrics_before) == set(result.metrics_after) == {"loss", "accuracy"}
     assert result.metrics_data == "data" and result.check.max_abs_diff > 0  # reported, not refused
@@ -470,21 +472,73 @@ def test_report_without_data_needs_data(vectors):
     report = deadrelu.scan(model, vectors)
     with pytest.raises(deadrelu.UsageError, match="data="):
         prune(model, report)
-    result = prune(model, report, data=vectors, validation_data=vectors[:16] * 0.5)
+    result = prune_model(model, report, data=vectors, validation_data=vectors[:16] * 0.5)
     assert result.removed == {"h": [3]} and result.validation_check.samples == 16
     assert result.validation_check.max_abs_diff <= EXACT
 
 
-def test_check_failure_raises_with_the_result(vectors):
-    """Units dead on one set of data fire on another: the proof on that data fails."""
+def test_units_from_a_report_of_other_data_fail_the_check_with_cause_data(vectors):
+    """Units dead on one set of data fire on another: the proof on that data fails, and says why."""
     keras.utils.set_random_seed(19)
     model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
     plant(model, "h", [3], value=-5.0)
     report = deadrelu.scan(model, vectors)
     assert report.site("h").dead == [3]
-    with pytest.raises(PruneCheckError, match="not all dead") as raised:
-        prune(model, report, data=vectors * 100)
-    assert not raised.value.result.passed and raised.value.result.model is not None
+    assert deadrelu.scan(model, vectors * 100).site("h").dead == []  # unit 3 fires on the other data
+    with pytest.raises(OutputCheckError, match="not all dead on this data") as raised:
+        prune_model(model, report, data=vectors * 100)
+    error = raised.value
+    assert error.cause == "data" and error.exit_code == 4 and "nothing was written" in str(error)
+    assert isinstance(error.check, OutputCheck) and error.check.max_abs_diff > error.check.limit
+    assert error.result.check is error.check and not error.result.passed and error.result.model is not None
+    with pytest.raises(OutputCheckError):
+        prune(model, report, data=vectors * 100)  # the plain verb refuses alike
+
+
+def test_report_sites_the_model_lacks_are_selected_alike_and_kept_with_the_reason(vectors):
+    """A report of another model: its site "x" is not in this model; `sites`, `layers`, `only` select it
+    like any other, and its units stay, with the reason."""
+    keras.utils.set_random_seed(28)
+    other = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(8, activation="relu", name="h"),
+            L.Dense(4, activation="relu", name="x"),
+            L.Dense(3, name="out"),
+        ]
+    )
+    plant(other, "h", [3])
+    plant(other, "x", [1])
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
+    model.get_layer("h").set_weights(other.get_layer("h").get_weights())
+    report = deadrelu.scan(other, vectors)
+    assert report.site("h").dead == [3] and report.site("x").dead == [1]
+    result = prune_model(model, report, data=vectors)
+    assert result.removed == {"h": [3]} and result.kept == {"x": [1]}
+    assert "not found in this model" in result.skipped["x"]
+    assert prune_model(model, report, data=vectors, sites=["h"]).candidates == {"h": [3]}
+    only_x = prune_model(model, report, data=vectors, layers="^x$")
+    assert only_x.model is None and only_x.candidates == {"x": [1]} and only_x.removed == {}
+
+
+def test_prune_returns_the_model_and_prune_model_the_result(vectors):
+    keras.utils.set_random_seed(26)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
+    plant(model, "h", [2, 5])
+    smaller, result = prune(model, vectors), prune_model(model, vectors)
+    assert isinstance(smaller, keras.Model) and isinstance(result, PruneResult)
+    assert smaller.count_params() == result.params_after == (6 + 1) * 6 + (6 + 1) * 3
+    for a, b in zip(smaller.get_weights(), result.model.get_weights()):
+        assert np.array_equal(a, b)
+    assert result.removed == {"h": [2, 5]} and result.check.passed and result.check.samples == len(vectors)
+    # Nothing to remove: `prune` gives an unchanged copy (never the model itself), `prune_model` no model.
+    plant(model, "h", [])
+    same = prune(model, vectors)
+    assert same is not model and same.count_params() == model.count_params()
+    assert np.array_equal(outputs(same, vectors)[0], outputs(model, vectors)[0])
+    assert prune_model(model, vectors).model is None
+    with pytest.raises(deadrelu.UsageError, match="`data` is the data to prove a report"):
+        prune_model(model, vectors, data=vectors)
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -512,10 +566,11 @@ def test_cli_prunes_dying_mlp_to_a_plain_keras_file(run_cli, tmp_path):
     assert "parameters: 25,418 → 6,419" in stdout and "outputs unchanged: max |Δ| = 0" in stdout
     assert "predict on 1,000 samples" in stdout and f"wrote {out}" in stdout
     data = json.loads(summary.read_text())
-    assert data["schema"] == "deadrelu/prune@1" and data["params_before"] == 25418 and data["params_after"] == 6419
-    assert data["check"]["max_abs_diff"] == 0 and data["passed"]
+    assert data["schema"] == "deadrelu/prune@2" and data["params_before"] == 25418 and data["params_after"] == 6419
+    assert data["check"]["max_abs_diff"] == 0 and data["check"]["passed"] and data["passed"]
     assert data["summary_after"]["dead"] == 0 and data["units_removed"] == 104
-    assert [site["dead_after"] for site in data["sites"]] == [0, 0, 0]
+    assert [data["dead_after"][site["path"]] for site in data["sites"]] == [0, 0, 0]
+    assert data["cost"]["params"] == [25418, 6419] and data["cost"]["predict_rounds"] == 1
     # Plain Keras opens it, without deadrelu, with the layer names and training config of the original.
     script = (
         "import os, sys, json; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'; import keras; "
@@ -544,18 +599,57 @@ def test_cli_prunes_dying_mlp_to_a_plain_keras_file(run_cli, tmp_path):
     assert rescan.summary["dead"] == 0
 
 
-def test_cli_refuses_to_write_when_the_check_fails(run_cli, tmp_path, monkeypatch):
-    from deadrelu import pruner
-    from deadrelu.model_utils import OutputComparison
-
-    monkeypatch.setattr(pruner, "_compare", lambda *args: (OutputComparison(0.5, 1000, 1.0), {}))
-    out = tmp_path / "pruned.keras"
+def test_cli_json_is_prune_model_to_dict_plus_the_header(run_cli, tmp_path):
+    model_path, data_path = SAMPLES / "dying_mlp.keras", str(SAMPLES / "probe.npz")
+    out, summary = tmp_path / "pruned.keras", tmp_path / "prune.json"
     code, _, stderr = run_cli(
-        ["prune", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "-o", out, "--no-timing"]
+        ["prune", model_path, "--data", data_path, "-o", out, "--json", summary, "--no-timing", "--quiet"]
     )
-    # The units come from this run's scan of this data: a difference there is deadrelu's bug.
-    assert code == 3 and "max |Δ| = 0.5" in stderr and "internal error" in stderr and "please report" in stderr
-    assert not out.exists() and not list(tmp_path.iterdir())
+    assert code == 0, stderr
+    written = json.loads(summary.read_text())
+    result = prune_model(deadrelu.load_model(model_path), data_path)
+    header = {"schema", "tool", "model", "output"}
+    rescan = {"summary_after", "units_after", "dead_after"}  # the command's rescan of OUT
+    assert set(written) == header | rescan | set(result.to_dict())  # no cost: --no-timing
+    assert {key: written[key] for key in result.to_dict()} == json.loads(json.dumps(result.to_dict()))
+    assert written["schema"] == "deadrelu/prune@2" and written["output"] == {"path": str(out), "format": "keras"}
+    assert written["model"]["path"] == str(model_path) and written["tool"]["name"] == "deadrelu"
+    assert written["units_after"] == {"hidden_1": 16, "hidden_2": 43, "hidden_3": 29}
+    assert keras.models.load_model(out).count_params() == written["params_after"] == 6419
+
+
+def test_cli_check_failure_of_a_bug_exits_4_and_writes_nothing(run_cli, tmp_path, monkeypatch):
+    from deadrelu.fixes import prune as pruner
+
+    failed = OutputCheck(max_abs_diff=0.5, samples=1000, scale=1.0)
+    monkeypatch.setattr(pruner, "_compare", lambda *args: failed)
+    out, summary = tmp_path / "pruned.keras", tmp_path / "prune.json"
+    code, _, stderr = run_cli(
+        ["prune", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "-o", out, "--json", summary]
+    )
+    # The units come from this run's scan of this data, where they output 0: a difference there is deadrelu's bug.
+    assert code == 4 and "max |Δ| = 0.5" in stderr and "please report" in stderr and "nothing was written" in stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_report_of_other_data_exits_4_and_writes_nothing(run_cli, tmp_path, vectors):
+    """A real failed check: units dead on the scanned data fire on --data, so removing them changes the outputs."""
+    keras.utils.set_random_seed(19)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(8, activation="relu", name="h"), L.Dense(3, name="out")])
+    plant(model, "h", [3], value=-5.0)
+    path, scanned, other = tmp_path / "m.keras", tmp_path / "a.npy", tmp_path / "b.npy"
+    model.save(path)
+    np.save(scanned, vectors)
+    np.save(other, vectors * 100)
+    scan_json, out, summary = tmp_path / "scan.json", tmp_path / "pruned.keras", tmp_path / "prune.json"
+    code, _, stderr = run_cli(["scan", path, "--data", scanned, "--json", scan_json, "--quiet"])
+    assert code == 0, stderr
+    assert json.loads(scan_json.read_text())["summary"]["dead"] == 1
+    code, _, stderr = run_cli(
+        ["prune", path, "--report", scan_json, "--data", other, "-o", out, "--json", summary, "--no-timing"]
+    )
+    assert code == 4 and "not all dead on this data" in stderr and "nothing was written" in stderr, stderr
+    assert not out.exists() and not summary.exists()
 
 
 def test_cli_nothing_dead_writes_nothing(run_cli, tmp_path, vectors):
@@ -566,7 +660,8 @@ def test_cli_nothing_dead_writes_nothing(run_cli, tmp_path, vectors):
     model.save(path)
     np.save(data, vectors)
     code, stdout, _ = run_cli(["prune", path, "--data", data, "-o", out])
-    assert code == 0 and "no dead units: nothing to prune; nothing written" in stdout and not out.exists()
+    assert code == 0 and "no dead units: nothing to prune" in stdout and "nothing written" in stdout
+    assert not out.exists()
     code, _, _ = run_cli(["prune", path, "--data", data, "-o", out, "--fail-if-nothing"])
     assert code == 1 and not out.exists()
 
@@ -581,7 +676,7 @@ def test_cli_dead_units_that_cannot_go_exit_2(run_cli, tmp_path, vectors):
     np.save(data, vectors)
     code, stdout, stderr = run_cli(["prune", path, "--data", data, "-o", out])
     assert code == 2 and "none of the 1 selected units can be removed" in stderr and "model output" in stderr
-    assert "model output" in stdout and not out.exists()
+    assert "model output" in stdout.replace("\n", " ").replace("│", " ") and not out.exists()
 
 
 def test_cli_needs_data_or_report(run_cli, tmp_path):
@@ -589,9 +684,9 @@ def test_cli_needs_data_or_report(run_cli, tmp_path):
     assert code == 2 and "--data" in stderr
 
 
-def test_cli_report_dormant_and_site(run_cli, tmp_path):
+def test_cli_report_dormant_and_layers(run_cli, tmp_path):
     """--report takes the units from a scan and proves on the data file the report names; --dormant
-    reports the loss and metrics before and after; --site limits the sites."""
+    reports the loss and metrics before and after; --layers (a regular expression) limits the sites."""
     scan_json, out, summary = tmp_path / "scan.json", tmp_path / "pruned.h5", tmp_path / "prune.json"
     code, _, stderr = run_cli(
         ["scan", SAMPLES / "dying_mlp.keras", "--data", SAMPLES / "probe.npz", "--json", scan_json, "--quiet"]
@@ -605,7 +700,7 @@ def test_cli_report_dormant_and_site(run_cli, tmp_path):
             scan_json,
             "-o",
             out,
-            "--site",
+            "--layers",
             "hidden_[12]",
             "--dormant",
             "0.2",
@@ -620,8 +715,44 @@ def test_cli_report_dormant_and_site(run_cli, tmp_path):
     data = json.loads(summary.read_text())
     assert [site["path"] for site in data["sites"]] == ["hidden_1", "hidden_2"]
     assert data["dormant"] == 0.2 and set(data["metrics_before"]) == set(data["metrics_after"]) == {"loss", "accuracy"}
-    assert all(len(site["removed"]) >= site["dead_before"] for site in data["sites"])
+    assert all(len(site["removed"]) >= site["dead"] for site in data["sites"])
+    assert not data["passed"] and data["check"]["max_abs_diff"] > 0  # by design with --dormant: reported
     assert keras.models.load_model(out).count_params() == data["params_after"]
+
+
+def test_cli_site_is_an_exact_path_and_only_selects_flagged_sites(run_cli, tmp_path, vectors):
+    """h1 has 1 dead unit of 16 (under the 10% flag), h2 4 of 8 (flagged)."""
+    keras.utils.set_random_seed(27)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(16, activation="relu", name="h1"),
+            L.Dense(8, activation="relu", name="h2"),
+            L.Dense(3, name="out"),
+        ]
+    )
+    plant(model, "h1", [4])
+    plant(model, "h2", [0, 1, 2, 3])
+    model.get_layer("h2").kernel.assign(np.abs(model.get_layer("h2").kernel.numpy()))
+    path, data = tmp_path / "m.keras", tmp_path / "x.npy"
+    model.save(path)
+    np.save(data, vectors)
+
+    def pruned(*flags) -> dict:
+        out, summary = tmp_path / "p.keras", tmp_path / "p.json"
+        code, _, stderr = run_cli(
+            ["prune", path, "--data", data, "-o", out, "--force", "--json", summary, "--no-timing", *flags]
+        )
+        assert code == 0, stderr
+        return json.loads(summary.read_text())["sites"]
+
+    assert [(s["path"], s["removed"]) for s in pruned()] == [("h1", [4]), ("h2", [0, 1, 2, 3])]
+    assert [(s["path"], s["removed"]) for s in pruned("--only", "flagged")] == [("h2", [0, 1, 2, 3])]
+    assert [s["path"] for s in pruned("--site", "h1")] == ["h1"]
+    assert [s["path"] for s in pruned("--layers", "h[12]", "--site", "h2", "--site", "h1")] == ["h1", "h2"]
+    # --site is a path, not a pattern: "h[12]" names no site (it was a regular expression before).
+    code, _, stderr = run_cli(["prune", path, "--data", data, "-o", tmp_path / "q.keras", "--site", "h[12]"])
+    assert code == 2 and "no site 'h[12]'" in stderr and not (tmp_path / "q.keras").exists()
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Reference tests: every statistic of `deadrelu.scan` checked against plain numpy.
 
 Each test builds a tiny Keras model with a fixed seed, materialises the outputs of its ReLU sites
-with separate Keras models or direct layer calls, computes DESIGN.md's per-unit statistics with
+with separate Keras models or direct layer calls, computes the per-unit statistics of docs/report-format.md with
 numpy (tests/models.py) and compares them with the report: counts exactly, rates to rtol 1e-5 /
 atol 1e-6. Gradient statistics are checked against `tf.GradientTape` on the model split by hand at
 the site. No expected number comes from the engine itself.
@@ -262,7 +262,7 @@ def _fully_convolutional(seed=9):
 
 
 def test_repeated_scans_reuse_the_trace_and_start_from_zero():
-    from deadrelu.probe import probe_for
+    from deadrelu.engine.probe import probe_for
 
     model, c1 = _fully_convolutional()
     x = random_x((6, 6, 2), 30, 1, scale=2.0)
@@ -292,7 +292,7 @@ def test_probe_cache_does_not_keep_models_alive():
     import gc
     import weakref
 
-    from deadrelu import probe
+    from deadrelu.engine import probe
 
     model, _ = _fully_convolutional()
     deadrelu.scan(model, random_x((4, 4, 2), 5, 3), gradients=False)
@@ -985,8 +985,8 @@ def _masked_steps(x, kernel, recurrent, bias):
 
 
 def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave_it():
-    from deadrelu.patcher import patch_model
-    from deadrelu.reviver import revive_in_place
+    from deadrelu.fixes.patch import patch_model
+    from deadrelu.fixes.revive import revive_model
 
     variable = keras.Model(inp := keras.Input((None, 3)), L.SimpleRNN(4, activation="relu", name="rnn")(inp))
     site_map = deadrelu.find_sites(variable)
@@ -1002,7 +1002,7 @@ def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave
     result = patch_model(model, "leaky")
     assert not result.rewrites and "inside the recurrence" in result.skipped["rnn"]
     report = deadrelu.scan(model, x)
-    assert "recurrent unit" in revive_in_place(model, report).skipped["rnn"]
+    assert "recurrent unit" in revive_model(model, report, in_place=True).skipped["rnn"]
 
 
 def test_time_distributed_dense_time_steps_are_positions():

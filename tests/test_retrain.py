@@ -7,7 +7,7 @@ import pytest
 
 import deadrelu
 from deadrelu.errors import UsageError
-from deadrelu.retrain import compile_like, retrain
+from deadrelu.fixes.retrain import compile_like, retrain
 from paths import SAMPLES
 
 

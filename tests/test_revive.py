@@ -3,7 +3,8 @@
 Every model here has dead units planted by construction (a bias of -100, or a BatchNormalization
 beta of -50, on chosen units). For each: the revived copy gives the same outputs (≤ 1e-5), the
 revived units fire on a rescan, every changed entry is in `reinitialized`, and the user's model
-is left as it was.
+is left as it was (unless revived in place). The command line's own tests (its --json against
+`revive_model`, exit 4 on a failed check, the selection flags) are in tests/test_cli.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pytest
 
 import deadrelu
 from deadrelu.cli import main
-from deadrelu.model_utils import output_difference
-from deadrelu.reviver import ReviveResult, revive, revive_in_place, revive_with_result
+from deadrelu.errors import OutputCheckError
+from deadrelu.fixes.check import compare_outputs
+from deadrelu.fixes.revive import ReviveResult, revive, revive_model
 from paths import SAMPLES
 
 L = keras.layers
@@ -42,6 +44,12 @@ def plant(model, name: str, units, value: float = -100.0, weight: int = -1) -> N
     layer.set_weights(weights)
 
 
+def largest_difference(model_a, model_b, x) -> tuple[float, int]:
+    """Largest |Δ| between two models' outputs on `x`, and the samples compared (the library's check)."""
+    check = compare_outputs(model_a, model_b, [x])
+    return check.max_abs_diff, check.samples
+
+
 def snapshot(model) -> dict[str, np.ndarray]:
     return {v.path: np.array(v.numpy()) for v in model.weights}
 
@@ -62,7 +70,8 @@ def check(model, x, *, planted: dict, expect_skipped=()) -> tuple:
     before = snapshot(model)
     old_values = [np.array(v.numpy()) for v in model.weights]
     report = deadrelu.scan(model, x)
-    revived, result = revive_with_result(model, x, seed=0)
+    result = revive_model(model, x, seed=0)
+    revived = result.model
     assert [v.path for v in revived.weights] == [v.path for v in model.weights]
     for path, units in planted.items():
         assert set(units) <= set(result.revived.get(path, [])), (path, result.skipped)
@@ -73,8 +82,9 @@ def check(model, x, *, planted: dict, expect_skipped=()) -> tuple:
     # The user's model is left exactly as it was.
     assert all(np.array_equal(before[p], v.numpy()) for p, v in ((v.path, v) for v in model.weights))
     # Same outputs on the scan data.
-    diff, samples = output_difference(model, revived, [x])
+    diff, samples = largest_difference(model, revived, x)
     assert diff <= ATOL and samples == len(x)
+    assert result.check.passed and result.check.max_abs_diff == diff and result.check.samples == len(x)
     # The revived units fire; nothing else dies.
     after = deadrelu.scan(revived, x)
     for site in after.sites:
@@ -300,9 +310,9 @@ def test_shared_submodel_called_twice():
     plant(tower, "t", [3])
     rng = np.random.default_rng(12)
     x = [rng.uniform(0, 1, (30, 6)).astype(np.float32), rng.uniform(0, 1, (30, 6)).astype(np.float32)]
-    revived, result = revive_with_result(model, x, seed=0)
+    result = revive_model(model, x, seed=0)
     assert result.revived == {"tower/t": [3]}
-    assert output_difference(model, revived, [x])[0] <= ATOL
+    assert largest_difference(model, result.model, x)[0] <= ATOL
     assert set(np.flatnonzero(short(result.reinitialized)["out/kernel"].any(axis=1))) == {3, 8}
 
 
@@ -324,12 +334,12 @@ def test_unfollowable_sites_are_skipped_with_a_reason(images):
     report = deadrelu.scan(model, images)
     assert {s.path for s in report.sites if s.dead} == {"relu_after_add", "into_softmax", "at_output"}
     copy = revive(model, report, seed=0)
-    result = revive_in_place(copy, report, seed=0)
-    assert result.revived == {}
+    result = revive_model(copy, report, seed=0, in_place=True)
+    assert result.revived == {} and result.model is copy
     assert "Add 'sum'" in result.skipped["relu_after_add"]
     assert "Softmax 'mixer'" in result.skipped["into_softmax"]
     assert "model output" in result.skipped["at_output"]
-    assert output_difference(model, copy, [images])[0] == 0.0
+    assert largest_difference(model, copy, images)[0] == 0.0
 
 
 def test_user_model_unchanged_and_seed_is_reproducible():
@@ -344,7 +354,7 @@ def test_user_model_unchanged_and_seed_is_reproducible():
     assert one is not model and all(np.array_equal(before[v.path], v.numpy()) for v in model.weights)
     assert all(np.array_equal(a, b) for a, b in zip(one.get_weights(), two.get_weights()))
     assert one.compiled and one.loss == "mse"  # compiled like the original, fresh optimizer
-    assert isinstance(revive_with_result(model, deadrelu.scan(model, x))[1], ReviveResult)
+    assert isinstance(revive_model(model, deadrelu.scan(model, x)), ReviveResult)
 
 
 def test_sites_option_and_unknown_site():
@@ -361,10 +371,10 @@ def test_sites_option_and_unknown_site():
     plant(model, "h2", [1])
     x = np.random.default_rng(11).uniform(0, 1, (30, 5)).astype(np.float32)
     report = deadrelu.scan(model, x)
-    result = revive_in_place(model, report, seed=0, sites=["h2"])
-    assert result.revived == {"h2": [1]}
+    result = revive_model(model, report, seed=0, sites=["h2"], in_place=True)
+    assert result.revived == {"h2": [1]} and result.model is model
     with pytest.raises(deadrelu.UsageError, match="no site 'nope'"):
-        revive_in_place(model, report, sites=["nope"])
+        revive_model(model, report, sites=["nope"], in_place=True)
 
 
 # -- revive_model: the twin of patch_model --------------------------------------------------------
@@ -397,20 +407,27 @@ def test_revive_model_result_carries_the_model_the_changes_and_the_check():
     assert isinstance(result, ReviveResult) and isinstance(result.model, keras.Model) and result.model is not model
     assert result.revived == {"h1": [0, 2, 4], "h2": [7]} and result.skipped == {}
     assert all(np.array_equal(before[v.path], v.numpy()) for v in model.weights)  # the input is left as it was
-    # The check compares the outputs before and after on the data: the same number output_difference finds.
-    assert result.check.samples == len(x)
-    assert float(result.check) == output_difference(model, result.model, [x])[0] <= ATOL
+    # The check compares the outputs before and after on the data: the same number largest_difference finds.
+    assert result.check.samples == len(x) and result.check.passed
+    assert float(result.check) == largest_difference(model, result.model, x)[0] <= ATOL
     assert result.to_dict()["check"]["samples"] == len(x)
+    assert result.report.site("h1").dead == [0, 2, 4] and result.to_dict()["summary_before"]["dead"] == 4
     after = deadrelu.scan(result.model, x)
     assert after.site("h1").dead == [] and after.site("h2").dead == []
-    # `revive` is the same revival, returned as a bare model; `revive_with_result` its older pair form.
+    # `revive` is the same revival, returned as a bare model.
     plain = revive(model, x, seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(plain.get_weights(), result.model.get_weights()))
-    older, older_result = revive_with_result(model, x, seed=0)
-    assert older is older_result.model and older_result.revived == result.revived and older_result.check is None
-    # From a report there is no data to compare on.
-    from_report = deadrelu.revive_model(model, deadrelu.scan(model, x), seed=0)
+    # From a report of in-memory data there is no data to compare on, unless `data` gives it.
+    report = deadrelu.scan(model, x)
+    from_report = deadrelu.revive_model(model, report, seed=0)
     assert from_report.check is None and from_report.revived == result.revived
+    assert any("the outputs were not compared" in note for note in from_report.notes)
+    checked = deadrelu.revive_model(model, report, data=x, seed=0)
+    assert checked.check.passed and checked.check.samples == len(x) and checked.revived == result.revived
+    with pytest.raises(deadrelu.UsageError, match="`data` is the data to check a report's units on"):
+        deadrelu.revive_model(model, x, data=x)
+    with pytest.raises(deadrelu.UsageError, match="`report_or_data` is None: revive needs the data"):
+        deadrelu.revive_model(model, None)  # units dead on random inputs say nothing
 
 
 def test_revive_model_skipped_site_reports_its_reason_and_the_outputs_keep():
@@ -428,7 +445,7 @@ def test_revive_model_skipped_site_reports_its_reason_and_the_outputs_keep():
 
 
 def test_revive_model_selects_sites_as_patch_model_does():
-    from deadrelu.patcher import select_sites
+    from deadrelu.fixes.selection import select_sites
 
     model, x = two_sites()
     report = deadrelu.scan(model, x)
@@ -452,6 +469,48 @@ def test_revive_model_selects_sites_as_patch_model_does():
         deadrelu.revive_model(model, report, sites=["nope"])
     with pytest.raises(deadrelu.UsageError, match="`only` must be one of"):
         deadrelu.revive_model(model, report, only="some")
+
+
+def test_in_place_changes_the_model_itself_and_resets_its_optimizer_slots():
+    model, x = two_sites()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.fit(x, np.ones((len(x), 2), "float32"), epochs=1, batch_size=8, verbose=0)  # Adam's moments ≠ 0
+    before = model.predict(x, verbose=0)
+    kernel = model.get_layer("h1").kernel
+    index = [id(v) for v in model.optimizer._trainable_variables].index(id(kernel))
+    result = revive_model(model, x, seed=0, in_place=True)
+    assert result.model is model and result.in_place and result.revived == {"h1": [0, 2, 4], "h2": [7]}
+    assert model.get_layer("h1").kernel is kernel  # the same variables, new values
+    assert result.check.passed and result.check.samples == len(x)
+    np.testing.assert_allclose(model.predict(x, verbose=0), before, rtol=0, atol=1e-5)
+    after = deadrelu.scan(model, x)
+    assert after.site("h1").dead == [] and after.site("h2").dead == []
+    # The moments of the re-initialised kernel columns start again from zero; the others are kept.
+    mask = result.reinitialized[next(key for key, v in result.variables.items() if v is kernel)]
+    for slots in (model.optimizer._momentums, model.optimizer._velocities):
+        value = np.asarray(slots[index].numpy())
+        assert not value[mask].any() and value[~mask].any()
+    assert result.optimizer_entries_reset >= 2 * int(mask.sum())
+    assert result.to_dict()["optimizer_entries_reset"] == result.optimizer_entries_reset
+    other, x2 = two_sites()
+    assert revive(other, x2, seed=0, in_place=True) is other
+
+
+def test_units_from_a_report_of_other_data_fail_the_check_and_in_place_restores_the_model():
+    model, x = two_sites()
+    report = deadrelu.scan(model, x)
+    other = x * 400  # beats the bias of -100: the units dead on x fire here
+    assert deadrelu.scan(model, other).site("h1").dead == []
+    with pytest.raises(OutputCheckError) as raised:
+        revive_model(model, report, data=other, seed=0)
+    error = raised.value
+    assert error.cause == "data" and error.exit_code == 4 and "not all dead on this data" in str(error)
+    assert not error.check.passed and error.check.max_abs_diff > error.check.limit
+    assert error.result.units_revived == 4 and error.result.check is error.check
+    before = snapshot(model)
+    with pytest.raises(OutputCheckError):
+        revive_model(model, report, data=other, seed=0, in_place=True)
+    assert all(np.array_equal(before[v.path], v.numpy()) for v in model.weights)  # put back as it was
 
 
 # Every weighted layer kind, as the revived layer (its units re-initialised) and as the layer after
@@ -520,7 +579,7 @@ def test_every_weighted_kind_through_batchnorm_and_relu_layer(kind):
 def test_keras_applications_mobilenetv2_patch_and_revive_are_exact():
     """An architecture people fine-tune: ReLU(max_value=6) layers after BatchNorm, depthwise
     convolutions and Add; every site rewritten exactly, every revivable dead unit revived exactly."""
-    from deadrelu.patcher import patch_self_check
+    from deadrelu.fixes.patch import patch_model
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=0.35, classes=5)
@@ -528,12 +587,13 @@ def test_keras_applications_mobilenetv2_patch_and_revive_are_exact():
     sites = deadrelu.find_sites(model).sites
     assert len(sites) == 35 and all(s.kind == "relu_layer" and s.max_value == 6.0 for s in sites)
     for to in ("leaky", "prelu"):
-        check = patch_self_check(model, x, to=to)
+        check = patch_model(model, to, data=x).check
         assert check.passed and check.max_abs_diff == 0.0, check.describe()
     report = deadrelu.scan(model, x)
     assert report.summary["dead"] > 0  # random weights on noise: some units never fire
-    revived, result = revive_with_result(model, x, seed=0)
-    assert output_difference(model, revived, [x])[0] <= ATOL
+    result = revive_model(model, x, seed=0)
+    revived = result.model
+    assert largest_difference(model, revived, x)[0] <= ATOL
     skipped_dead = sum(len(report.site(path).dead) for path in result.skipped)
     assert result.units_revived + skipped_dead == report.summary["dead"]
     assert result.units_revived > 0 and result.revived  # the loop below checks something
@@ -557,11 +617,11 @@ def test_cli_revives_dying_mlp(tmp_path, capfd):
     assert "→ 0 (0.0%)" in stdout and "hidden_1" in stdout
     data = json.loads(summary.read_text())
     assert data["summary_before"]["dead_fraction"] > 0.5 and data["summary_after"]["dead"] == 0
-    assert data["outputs_check"]["max_abs_diff"] <= ATOL
+    assert data["check"]["max_abs_diff"] <= ATOL and data["check"]["passed"] and data["schema"] == "deadrelu/revive@2"
     # The file loads with plain Keras and computes what the input computes.
     x = np.load(SAMPLES / "probe.npz")["x"][:200]
     original = keras.models.load_model(model_path)
-    assert output_difference(original, keras.models.load_model(out), [x])[0] <= ATOL
+    assert largest_difference(original, keras.models.load_model(out), x)[0] <= ATOL
     # An existing OUT is refused without --force (one line, exit 2); the input never becomes OUT.
     assert main([str(a) for a in argv]) == 2
     assert "exists" in capfd.readouterr().err
@@ -571,33 +631,28 @@ def test_cli_revives_dying_mlp(tmp_path, capfd):
     assert "is the input model" in capfd.readouterr().err
 
 
-def test_cli_with_a_saved_report_and_no_data(tmp_path, capfd):
-    model_path = tmp_path / "dying_mlp.keras"
+def test_cli_with_a_saved_report_checks_on_its_data_file_while_it_is_there(tmp_path, capfd):
+    model_path, probe = tmp_path / "dying_mlp.keras", tmp_path / "probe.npz"
     model_path.write_bytes((SAMPLES / "dying_mlp.keras").read_bytes())
+    probe.write_bytes((SAMPLES / "probe.npz").read_bytes())
     report_path = tmp_path / "scan.json"
-    assert (
-        main(
-            [
-                "scan",
-                str(model_path),
-                "--data",
-                str(SAMPLES / "probe.npz"),
-                "--samples",
-                "200",
-                "--json",
-                str(report_path),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    scan_argv = ["scan", model_path, "--data", probe, "--samples", "200", "--json", report_path, "--quiet"]
+    assert main([str(a) for a in scan_argv]) == 0
     capfd.readouterr()
+    # The report names its data file (and its 200-sample limit): the outputs are checked there.
     assert main(["revive", str(model_path), "--report", str(report_path), "--seed", "1"]) == 0
-    _out, err = capfd.readouterr()
-    assert (tmp_path / "dying_mlp_revived.keras").exists() and "outputs were not compared" in err
-    x = np.load(SAMPLES / "probe.npz")["x"][:200]
+    out, _err = capfd.readouterr()
+    assert "outputs unchanged: max |Δ| = 0 ≤ 1e-05 on 200 samples" in out
+    x = np.load(probe)["x"][:200]
     revived = keras.models.load_model(tmp_path / "dying_mlp_revived.keras")
-    assert output_difference(keras.models.load_model(model_path), revived, [x])[0] <= ATOL
+    assert largest_difference(keras.models.load_model(model_path), revived, x)[0] <= ATOL
+    # Without the file, nothing to compare on: revived all the same, and said.
+    probe.unlink()
+    second = tmp_path / "second.keras"
+    assert main(["revive", str(model_path), "--report", str(report_path), "-o", str(second), "--seed", "1"]) == 0
+    out, err = capfd.readouterr()
+    assert second.exists() and "the outputs were not compared: no data" in err and "pass --data" in err
+    assert "outputs unchanged" not in out and "revived (ReDo) in 3 sites" in out
 
 
 # -- a real model ---------------------------------------------------------------------------
@@ -611,7 +666,8 @@ def test_stuck_real_model_outputs_unchanged_and_units_fire(shared):
     model = deadrelu.load_model(stuck)
     report = deadrelu.scan(model, x)
     assert report.summary["dead_fraction"] > 0.5
-    revived, result = revive_with_result(model, x, seed=0)
+    result = revive_model(model, x, seed=0)
+    revived = result.model
     assert result.units_revived == report.summary["dead"] and not result.skipped
-    assert output_difference(model, revived, [x])[0] <= ATOL
+    assert largest_difference(model, revived, x)[0] <= ATOL
     assert deadrelu.scan(revived, x).summary["dead"] <= 0.01 * report.summary["units"]

@@ -411,7 +411,7 @@ def test_every_flag_that_takes_a_path_is_declared():
 
 
 def test_the_plot_dir_names_are_those_plot_site_dir_writes():
-    from deadrelu.plots.units import site_file_name
+    from deadrelu.views.plots.units import site_file_name
 
     for name in (
         "overview.png",
@@ -617,7 +617,7 @@ def test_the_second_writer_of_out_is_refused_at_the_rename(tmp_path, monkeypatch
 @pytest.mark.parametrize("force", [False, True])
 def test_atomic_output_decides_at_the_rename(force, tmp_path):
     from deadrelu.errors import UsageError
-    from deadrelu.files import atomic_output
+    from deadrelu.io.files import atomic_output
 
     target = tmp_path / "r.json"
     refused = contextlib.nullcontext() if force else pytest.raises(UsageError, match="exists")

@@ -1,4 +1,4 @@
-"""SavedModel directories are read as data (`deadrelu.legacy.savedmodel`): nothing stored in them runs.
+"""SavedModel directories are read as data (`deadrelu.io.legacy.savedmodel`): nothing stored in them runs.
 
 The directories are written by tf_keras, the Keras 2 that writes them in the wild. A loaded model
 must give the outputs of tf_keras's own load of the same directory; a directory whose Lambda would
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 import deadrelu
-from deadrelu import loading
 from deadrelu.errors import ModelLoadError
+from deadrelu.io import loading
 
 tk = pytest.importorskip("tf_keras", reason="writing SavedModels needs tf_keras (pip install 'deadrelu[legacy]')")
 
@@ -121,7 +121,7 @@ def test_the_weights_are_laid_out_as_tf_keras_saves_them_in_h5(zoo, tmp_path):
     weight names in Keras 2's order (a nested model with a frozen layer: trainable ones first), the values."""
     import h5py
 
-    from deadrelu.legacy import h5_weights, savedmodel
+    from deadrelu.io.legacy import h5_weights, savedmodel
 
     folder, _ = zoo
     tk.models.load_model(str(folder), compile=False).save(str(tmp_path / "reference.h5"), save_format="h5")
@@ -434,7 +434,7 @@ def test_long_name_lists_are_stored_in_chunks_as_keras_2_does():
     """An HDF5 attribute holds at most 64 KiB: thousands of weight names go in `weight_names0`, `1`, ..."""
     import h5py
 
-    from deadrelu.legacy import h5_weights, savedmodel
+    from deadrelu.io.legacy import h5_weights, savedmodel
 
     names = [f"block_{k}/some_long_sublayer_name/kernel:0" for k in range(3000)]  # ~130 kB
     with h5py.File(io.BytesIO(), "w") as f:

@@ -1,11 +1,11 @@
 """The smaller trust faults of issue 23, each proven on real models, real fits and real processes.
 
 - Channels-first convolutions: Keras's TensorFlow backend adds the bias of a channels_first layer
-  with as many channels as its last spatial size along that last axis (`deadrelu.bias_axis`).
+  with as many channels as its last spatial size along that last axis (`deadrelu.fixes.bias_axis`).
   `prune` and `revive` still prove their result on such models, against a numpy computation of the
   model (bias per channel, Flatten of NCHW channel-major), and never create such a layer.
-- A failed proof on the very data the units were found dead on is deadrelu's bug (exit 3); on
-  other data it is the data's (exit 2).
+- A failed proof is an `OutputCheckError` (exit 4) whose cause says whose fault it is: deadrelu's
+  on the very data the units were found dead on, the data's on other data.
 - A revival keeps an optimizer's moving averages (`use_ema=True`) on the revived weights.
 - `retrain` leaves the process's global random state as it found it.
 - `DeadReluMonitor.check()` without a model says what to do.
@@ -27,9 +27,9 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 import deadrelu
-from deadrelu.bias_axis import misplaced_biases
-from deadrelu.errors import DeadReluError, InternalError
-from deadrelu.pruner import PruneCheckError, PruneSelfCheckError, prune
+from deadrelu.errors import OutputCheckError
+from deadrelu.fixes.bias_axis import misplaced_biases
+from deadrelu.fixes.prune import prune_model
 
 L = keras.layers
 RELATIVE = 1e-5
@@ -114,7 +114,7 @@ def test_prune_and_revive_channels_first_keep_the_outputs(rank, filters, size, a
     if not hit:  # Keras computes these as documented, on every path
         assert_close(np.asarray(model(x)), expected)
 
-    result = prune(model, x)
+    result = prune_model(model, x)
     assert result.removed == {"conv": DEAD} and result.passed
     assert result.model.get_layer("conv").filters == filters - len(DEAD)
     assert misplaced_biases(result.model) == {}
@@ -132,7 +132,7 @@ def test_prune_never_leaves_as_many_channels_as_columns():
     """8 channels, 6 columns, 2 dead: removing both would leave a layer Keras computes wrongly."""
     model = channels_first_model(2, 8, 8, "flatten")
     x = probe_inputs(model)
-    result = prune(model, x)
+    result = prune_model(model, x)
     assert result.removed == {"conv": [1]} and result.kept == {"conv": [3]}
     assert "as many channels as its last axis" in result.skipped["conv"]
     assert result.model.get_layer("conv").filters == 7 and misplaced_biases(result.model) == {}
@@ -147,7 +147,7 @@ def test_prune_keeps_the_units_of_a_layer_keras_computes_wrongly_everywhere():
     x = probe_inputs(model, 12)
     assert misplaced_biases(model) == {"conv": 5}
     assert np.max(np.abs(model.predict(x, verbose=0) - numpy_outputs(model, x))) > 1e-3  # Keras's bug, measured
-    result = prune(model, x)
+    result = prune_model(model, x)
     assert result.model is None and result.kept == {"conv": DEAD}
     assert "Keras" in result.skipped["conv"]
 
@@ -168,7 +168,7 @@ def dense_model(seed: int = 3) -> keras.Model:
 @pytest.fixture
 def broken_surgery(monkeypatch):
     """Makes prune's weight surgery wrong (the head's kernel off by one): a bug inside deadrelu."""
-    import deadrelu.edits as edits
+    import deadrelu.fixes.edits as edits
 
     real = edits.shrunk_weights
 
@@ -188,14 +188,15 @@ def vectors():
 
 def test_a_failed_proof_on_the_scanned_data_is_deadrelus_bug(broken_surgery, vectors):
     model = dense_model()
-    with pytest.raises(PruneSelfCheckError, match="a bug in deadrelu") as raised:
-        prune(model, vectors)
-    assert isinstance(raised.value, InternalError) and not isinstance(raised.value, DeadReluError)
+    with pytest.raises(OutputCheckError, match="a bug in deadrelu") as raised:
+        prune_model(model, vectors)
+    assert raised.value.cause == "deadrelu" and raised.value.exit_code == 4
     assert raised.value.result.removed == {"h": [2, 5]} and not raised.value.result.passed
     # The same failure with units from a report: the report may be of other data.
     report = deadrelu.scan(model, vectors)
-    with pytest.raises(PruneCheckError, match="report was made on other data"):
-        prune(model, report, data=vectors)
+    with pytest.raises(OutputCheckError, match="report was made on other data") as raised:
+        prune_model(model, report, data=vectors)
+    assert raised.value.cause == "data"
 
 
 def test_cli_exit_codes_of_a_failed_proof(broken_surgery, vectors, run_cli, tmp_path):
@@ -204,19 +205,19 @@ def test_cli_exit_codes_of_a_failed_proof(broken_surgery, vectors, run_cli, tmp_
     np.save(data_path, vectors)
     out = tmp_path / "pruned.keras"
     code, _, stderr = run_cli(["prune", model_path, "--data", data_path, "-o", out, "--no-timing"])
-    assert code == 3, stderr
-    assert "internal error" in stderr and "please report" in stderr and "a bug in deadrelu" in stderr
+    assert code == 4, stderr
+    assert "please report" in stderr and "a bug in deadrelu" in stderr
     assert not out.exists()
     assert run_cli(["scan", model_path, "--data", data_path, "--json", report_path, "--quiet"])[0] == 0
     code, _, stderr = run_cli(
         ["prune", model_path, "--report", report_path, "--data", data_path, "-o", out, "--no-timing"]
     )
-    assert code == 2 and "deadrelu: error:" in stderr and "scan of this data" in stderr
+    assert code == 4 and "deadrelu: error:" in stderr and "scan of this data" in stderr
     assert not out.exists()
 
 
 def test_cli_revive_exit_codes_of_a_failed_proof(monkeypatch, vectors, run_cli, tmp_path):
-    import deadrelu.reviver as reviver
+    import deadrelu.fixes.revive as reviver
 
     monkeypatch.setattr(reviver, "cut_inputs", lambda *args, **kwargs: None)  # outgoing weights not cut: a bug
     model_path, data_path, report_path = tmp_path / "m.keras", tmp_path / "x.npy", tmp_path / "scan.json"
@@ -224,12 +225,12 @@ def test_cli_revive_exit_codes_of_a_failed_proof(monkeypatch, vectors, run_cli, 
     np.save(data_path, vectors)
     out = tmp_path / "revived.keras"
     code, _, stderr = run_cli(["revive", model_path, "--data", data_path, "-o", out, "--seed", "0"])
-    assert code == 3 and "internal error" in stderr and "please report" in stderr, stderr
+    assert code == 4 and "a bug in deadrelu" in stderr and "please report" in stderr, stderr
     assert run_cli(["scan", model_path, "--data", data_path, "--json", report_path, "--quiet"])[0] == 0
     code, _, stderr = run_cli(
         ["revive", model_path, "--report", report_path, "--data", data_path, "-o", out, "--seed", "0"]
     )
-    assert code == 2 and "--report" in stderr, stderr
+    assert code == 4 and "not all dead on this data" in stderr, stderr
     assert not out.exists()
 
 
@@ -271,7 +272,7 @@ def test_monitor_revival_keeps_the_moving_averages_on_the_new_weights():
 
 
 def test_retrain_leaves_the_global_random_state_alone():
-    from deadrelu.retrain import retrain
+    from deadrelu.fixes.retrain import retrain
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(40, 6)).astype(np.float32)

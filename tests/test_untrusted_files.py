@@ -137,7 +137,7 @@ class _OpenOnUnpickle:
 
 def _tf_op_entry(function: str, args: list) -> dict:
     return {
-        "module": "deadrelu.legacy.tf_ops",
+        "module": "deadrelu.io.legacy.tf_ops",
         "class_name": "TFOpLambda",
         "name": "op",
         "config": {"name": "op", "function": function, "trainable": True, "dtype": "float32"},
@@ -492,7 +492,7 @@ def test_real_files_still_load(files):
 
 def test_allowed_tf_ops_cover_what_tf_keras_stores():
     """Ops that tf.keras files hold resolve; private, I/O, printing and Python ops do not."""
-    from deadrelu.legacy.tf_ops import resolve_tf_op
+    from deadrelu.io.legacy.tf_ops import resolve_tf_op
 
     for name in [
         "nn.relu",

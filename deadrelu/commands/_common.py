@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 
-EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_CHECK = 0, 1, 2, 3, 4
 # Ended by Ctrl-C (SIGINT) or by SIGTERM: 128 + the signal's number, as shells report it.
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
@@ -117,14 +117,14 @@ def output_model(suffix: Callable[[argparse.Namespace], str]) -> PathArg:
     """The type of `-o/--output`: a model file, by default `<model>_<suffix(args)>.keras` beside MODEL."""
 
     def default(args: argparse.Namespace) -> str:
-        from deadrelu.saving import default_output_path
+        from deadrelu.io.saving import default_output_path
 
         return default_output_path(args.model, suffix(args))
 
     return PathArg(output=True, kind="model", default=default)
 
 
-# The names of the figures --plot-dir writes (`deadrelu.plots.plot_site_dir`, `site_file_name`).
+# The names of the figures --plot-dir writes (`deadrelu.views.plots.plot_site_dir`, `site_file_name`).
 PLOT_DIR_FIGURES = re.compile(r"(overview|unit_map|active_rates)\.png|site-\d{3,}-[A-Za-z0-9._-]*\.png")
 
 
@@ -154,10 +154,10 @@ def check_paths(args: argparse.Namespace) -> None:
     * two outputs that are the same file;
     * an input that is a FIFO, a socket or a device (reading it could block forever);
     * an output that is a folder or a special file, in a folder that does not exist or takes no
-      new files, or that exists (OUT without --force) — see `deadrelu.files.check_output_path`.
+      new files, or that exists (OUT without --force) — see `deadrelu.io.files.check_output_path`.
     """
     from deadrelu.errors import UsageError
-    from deadrelu.files import check_output_folder, check_output_path, data_file, file_kind
+    from deadrelu.io.files import check_output_folder, check_output_path, data_file, file_kind
 
     inputs, outputs = [], []
     # argparse has no public list of a parser's options; `_actions` includes the parents' ones.
@@ -199,7 +199,7 @@ def check_paths(args: argparse.Namespace) -> None:
 def _refuse_overlap(out: _Path, other: _Path, *, to_input: bool) -> None:
     """Raises UsageError when writing `out` would replace, or write into, `other`."""
     from deadrelu.errors import UsageError
-    from deadrelu.files import is_inside, same_file
+    from deadrelu.io.files import is_inside, same_file
 
     if to_input:
         fix = "deadrelu never writes over its inputs, not even with --force: choose another path"
@@ -279,6 +279,52 @@ def data_options(args: argparse.Namespace) -> dict:
     return {"samples": args.samples, "rescale": args.rescale, "skip_bad_images": args.skip_bad_images}
 
 
+def add_selection_flags(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--site, --layers and --only: which sites `verb` changes (the same three on patch, revive, prune)."""
+    group = parser.add_argument_group("which sites")
+    group.add_argument(
+        "--site",
+        dest="sites",
+        action="append",
+        metavar="PATH",
+        help=f"only {verb} this site (its exact path, as the scan table shows it); repeatable",
+    )
+    group.add_argument("--layers", metavar="REGEX", help=f"only {verb} sites whose path matches REGEX (re.search)")
+    group.add_argument(
+        "--only",
+        choices=("all", "dead", "flagged"),
+        help=f"{verb} every selected site, only those with dead units, or only flagged ones",
+    )
+
+
+def selection_options(args: argparse.Namespace) -> dict:
+    """--site, --layers and --only as the keyword arguments `sites`, `layers`, `only` of the fixing verbs."""
+    return {"sites": args.sites, "layers": args.layers, "only": args.only}
+
+
+def result_document(command: str, loaded, result, *, output_path: str | None = None, **extra) -> dict:
+    """A fixing command's --json: its header (schema, tool, model, output) + `result.to_dict()` + `extra`.
+
+    Args:
+        command: "patch", "revive" or "prune" (the schema is `deadrelu/<command>@2`).
+        loaded: The `LoadedModel` of MODEL.
+        result: The library's result (`PatchResult`, `ReviveResult`, `PruneResult`).
+        output_path: Where the fixed model was written, if it was.
+        **extra: More top-level fields (e.g. `retrain`), each documented in docs/cli.md.
+    """
+    from deadrelu.report import tool_info
+
+    header = {
+        "schema": f"deadrelu/{command}@2",
+        "tool": tool_info(),
+        "model": {"path": loaded.path, "name": loaded.model.name, "sha256": loaded.sha256, "format": loaded.format},
+        "output": None
+        if output_path is None
+        else {"path": output_path, "format": "keras" if output_path.endswith(".keras") else "h5"},
+    }
+    return {**header, **result.to_dict(), **{key: value for key, value in extra.items() if value is not None}}
+
+
 def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     """--strategy and --devices: run on several devices or machines (tf.distribute); scan, revive, prune."""
     group = parser.add_argument_group("several devices and machines (tf.distribute)")
@@ -318,7 +364,7 @@ def strategy_scope(args, output) -> Iterator:
     if name is None:
         yield None
         return
-    from deadrelu.distribute import describe, scope, strategy_from_flags
+    from deadrelu.engine.distribute import describe, scope, strategy_from_flags
 
     strategy = strategy_from_flags(name, devices)
     output.note(describe(strategy), style="dim")
@@ -332,7 +378,7 @@ def writes_here(strategy, args, output, flags: tuple[str, ...]) -> bool:
     On a non-chief worker, says so in one line naming the outputs given (`flags`: dests such as
     "json", "output") and clears them, so that nothing is written there.
     """
-    from deadrelu.distribute import is_chief, worker_index
+    from deadrelu.engine.distribute import is_chief, worker_index
 
     if strategy is None or is_chief(strategy):
         return True
@@ -378,7 +424,7 @@ def load_from_args(args, output=None):
 
     With `output`, each repair made while loading is said in one dim note.
     """
-    from deadrelu.loading import load
+    from deadrelu.io.loading import load
 
     options = {
         "custom_objects": args.custom_objects,
@@ -410,8 +456,8 @@ def report_from_args(args, output, loaded, strategy=None):
     A report made on another file is used (its sites are matched by path) and said in a note; the
     scan's own notes (adaptations, synthetic data) are said too.
     """
+    from deadrelu.engine.scanner import describe_loaded, scan
     from deadrelu.report import Report
-    from deadrelu.scanner import describe_loaded, scan
 
     if args.report:
         report = Report.from_json(args.report)
@@ -440,11 +486,11 @@ def emit(report, args, output) -> int:
     if getattr(args, "json", None):
         report.to_json(args.json)
     if args.plot:
-        from deadrelu.plots import plot_overview
+        from deadrelu.views.plots import plot_overview
 
         plot_overview(report, args.plot)
     if getattr(args, "plot_dir", None):
-        from deadrelu.plots import plot_site_dir
+        from deadrelu.views.plots import plot_site_dir
 
         output.note(f"wrote {len(plot_site_dir(report, args.plot_dir))} figures into {args.plot_dir}", style="dim")
     if args.format == "json":
@@ -452,11 +498,11 @@ def emit(report, args, output) -> int:
 
         sys.stdout.write(json.dumps(report.to_dict(), indent=1) + "\n")
     elif args.format == "markdown":
-        from deadrelu.render import markdown_table
+        from deadrelu.views.terminal import markdown_table
 
         sys.stdout.write(markdown_table(report))
     else:
-        from deadrelu.render import layer_gradient_table, site_table, summary_text
+        from deadrelu.views.terminal import layer_gradient_table, site_table, summary_text
 
         if report.sites:
             output.out.print(site_table(report, sort=args.sort, limit=args.top))

@@ -55,13 +55,13 @@ def retrain_from_args(args, output, source, variants: dict):
         variants: Label → transformed model.
 
     Returns:
-        A `deadrelu.retrain.Comparison`.
+        A `deadrelu.fixes.retrain.Comparison`.
     """
     from deadrelu.data import load_data
     from deadrelu.errors import UsageError
-    from deadrelu.model_utils import copy_model
-    from deadrelu.plots import plot_curves
-    from deadrelu.retrain import retrain
+    from deadrelu.fixes.model_utils import copy_model
+    from deadrelu.fixes.retrain import retrain
+    from deadrelu.views.plots import plot_curves
 
     check_retrain_flags(args)
     train = load_data(args.data, source, labels=args.labels, **data_options(args))
@@ -103,7 +103,7 @@ def retrain_from_args(args, output, source, variants: dict):
 
 def show_comparison(comparison, args, output) -> None:
     """Prints what retraining measured (after the command's own table: cause before effect)."""
-    from deadrelu.render import comparison_table
+    from deadrelu.views.terminal import comparison_table
 
     output.out.print(comparison_table(comparison))
     if args.curves:

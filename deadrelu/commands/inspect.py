@@ -2,7 +2,7 @@
 
 ReLUs applied as function calls (op-level sites) are found while the model runs: when the model
 runs code of its own, inspect runs one synthetic sample through it and traces the scan's step,
-as a scan's first batch does (`deadrelu.probe.find_all_sites`), and says when it cannot.
+as a scan's first batch does (`deadrelu.engine.probe.find_all_sites`), and says when it cannot.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def register(subparsers, parents):
 
 
 def run(args, output) -> int:
-    from deadrelu.op_fixes import with_op_sites
-    from deadrelu.render import inspect_table
-    from deadrelu.sites import find_sites
+    from deadrelu.engine.sites import find_sites
+    from deadrelu.fixes.op_fixes import with_op_sites
+    from deadrelu.views.terminal import inspect_table
 
     loaded = load_from_args(args)
     site_map, notes = with_op_sites(loaded.model, find_sites(loaded.model))

@@ -54,13 +54,14 @@ def _compare(report, old, args, output) -> int:
     import json
     import sys
 
-    from deadrelu.compare import compare_reports, diff_markdown, diff_summary, diff_table
+    from deadrelu.compare import compare_reports
+    from deadrelu.views.terminal import diff_markdown, diff_summary, diff_table
 
     diff = compare_reports(report, old)
     if args.json:
         diff.to_json(args.json)
     if args.plot:
-        from deadrelu.plots import plot_diff
+        from deadrelu.views.plots import plot_diff
 
         plot_diff(diff, args.plot)
     if args.plot_dir:
@@ -85,14 +86,14 @@ def _compare(report, old, args, output) -> int:
 
 
 def _write_plot_dir(report, args, output) -> None:
-    from deadrelu.plots import plot_site_dir
+    from deadrelu.views.plots import plot_site_dir
 
     written = plot_site_dir(report, args.plot_dir)
     output.note(f"wrote {len(written)} figures into {args.plot_dir}", style="dim")
 
 
 def _write_html(report, args, output, diff=None) -> None:
-    from deadrelu.html import write_html
+    from deadrelu.views.html import write_html
 
     write_html(report, args.html, diff=diff)
     output.note(f"wrote HTML report {args.html}", style="dim")

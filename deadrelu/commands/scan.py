@@ -74,10 +74,10 @@ def run(args, output) -> int:
 
 
 def _run(args, output, strategy) -> int:
-    from deadrelu.scanner import describe_loaded, scan
+    from deadrelu.engine.scanner import describe_loaded, scan
 
     if args.tensorboard:
-        from deadrelu.tensorboard import require_tensorboard
+        from deadrelu.views.tensorboard import require_tensorboard
 
         require_tensorboard("--tensorboard")
     writes_here(strategy, args, output, ("json", "plot", "plot_dir", "tensorboard"))
@@ -103,7 +103,7 @@ def _run(args, output, strategy) -> int:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
     code = emit(report, args, output)
     if args.tensorboard:
-        from deadrelu.tensorboard import SummaryWriter
+        from deadrelu.views.tensorboard import SummaryWriter
 
         with SummaryWriter(args.tensorboard) as writer:
             writer.write(report, step=args.tensorboard_step)
@@ -117,14 +117,14 @@ def _run(args, output, strategy) -> int:
 def next_step(report, args, model=None) -> str | None:
     """One line saying which command fixes what the scan found (only for flagged sites on real data).
 
-    It names only the commands that can act on the flagged sites (`deadrelu.op_fixes.actions`):
+    It names only the commands that can act on the flagged sites (`deadrelu.fixes.op_fixes.actions`):
     none for a subclassed model or ReLUs inside layer code, `revive` alone where `patch` cannot
     rewrite, and says so when neither can.
     """
     import shlex
 
-    from deadrelu.op_fixes import actions
-    from deadrelu.rewriter import rebuildable
+    from deadrelu.fixes.op_fixes import actions
+    from deadrelu.fixes.rewriter import rebuildable
 
     if report.diverged:
         # Re-initialising or rewriting units cannot repair NaN/inf weights.

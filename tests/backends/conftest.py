@@ -70,8 +70,8 @@ def measured_report(model, x: np.ndarray, source: str = "in-memory"):
     Returns:
         A `deadrelu.report.Report`.
     """
+    from deadrelu.engine.sites import find_sites
     from deadrelu.report import Report, Thresholds, site_report
-    from deadrelu.sites import find_sites
 
     sites = [site for site in find_sites(model).sites if not site.op_level and "/" not in site.path]
     probe = keras.Model(model.inputs, [site.layer.output for site in sites])

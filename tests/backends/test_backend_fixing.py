@@ -73,7 +73,7 @@ def test_patch_keeps_the_weights_and_changes_only_negative_inputs(mlp, probe_x, 
     assert not original[negative].any()
 
 
-def test_patch_self_check_reproduces_the_outputs(mlp, probe_x):
+def test_patch_slope_zero_check_reproduces_the_outputs(mlp, probe_x):
     result = deadrelu.patch_model(mlp, "prelu", data=probe_x)
     assert len(result.rewrites) == 3
     assert result.check.max_abs_diff <= 1e-6 and result.check.samples == 1000
@@ -89,27 +89,37 @@ def test_patch_cli_writes_a_plain_keras_file(run_cli, dying_mlp, probe_npz, prob
         np.testing.assert_array_equal(_numpy(fixed.get_layer(name).kernel), _numpy(mlp.get_layer(name).kernel))
     written = json.loads(summary.read_text())
     assert written["tool"]["backend"] == backend
-    assert written["self_check"]["passed"] and written["self_check"]["max_abs_diff"] <= 1e-6
+    assert written["schema"] == "deadrelu/patch@2" and written["check"]["samples"] == 1000
+    assert written["check"]["passed"] and written["check"]["max_abs_diff"] <= 1e-6
 
 
 def test_prune_from_a_report_keeps_the_outputs(mlp, mlp_report, probe_x, tmp_path):
-    result = deadrelu.prune(mlp, mlp_report)  # the data: probe.npz, named by the report
+    result = deadrelu.prune_model(mlp, mlp_report)  # the data: probe.npz, named by the report
     assert result.params_after == 6419
     assert sum(len(units) for units in result.removed.values()) == 104
-    assert result.check.max_abs_diff <= 1e-5 and result.check.samples == 1000
+    assert result.check.max_abs_diff <= 1e-5 and result.check.samples == 1000 and result.check.passed
     smaller = result.model
     assert [smaller.get_layer(name).units for name in HIDDEN] == [16, 43, 29]
+    plain = deadrelu.prune(mlp, mlp_report)  # the plain verb: the model itself, the same weights
+    assert isinstance(plain, keras.Model) and plain.count_params() == 6419
+    for a, b in zip(plain.get_weights(), smaller.get_weights()):
+        np.testing.assert_array_equal(_numpy(a), _numpy(b))
     np.testing.assert_allclose(_outputs(smaller, probe_x), _outputs(mlp, probe_x), atol=1e-5)
     path = tmp_path / "smaller.keras"
     smaller.save(path)
     np.testing.assert_allclose(_outputs(keras.models.load_model(path), probe_x), _outputs(mlp, probe_x), atol=1e-5)
 
 
-def test_prune_cli_from_a_report(run_cli, dying_mlp, mlp_report_file, probe_x, mlp, tmp_path):
-    out = tmp_path / "smaller.keras"
-    code, stdout, err = run_cli(["prune", dying_mlp, "--report", mlp_report_file, "-o", out, "--no-timing"])
+def test_prune_cli_from_a_report(run_cli, dying_mlp, mlp_report_file, probe_x, mlp, tmp_path, backend):
+    out, summary = tmp_path / "smaller.keras", tmp_path / "prune.json"
+    code, stdout, err = run_cli(
+        ["prune", dying_mlp, "--report", mlp_report_file, "-o", out, "--no-timing", "--json", summary]
+    )
     assert code == 0, err
-    assert "25,418 → 6,419" in stdout.replace("\n", " ") or "6,419" in stdout
+    assert "parameters: 25,418 → 6,419" in stdout
+    written = json.loads(summary.read_text())
+    assert written["schema"] == "deadrelu/prune@2" and written["tool"]["backend"] == backend
+    assert written["check"]["passed"] and written["units_removed"] == 104 and written["summary_after"]["dead"] == 0
     np.testing.assert_allclose(_outputs(keras.models.load_model(out), probe_x), _outputs(mlp, probe_x), atol=1e-5)
 
 
@@ -151,18 +161,14 @@ def test_revive_cli_from_a_report(run_cli, dying_mlp, mlp_report_file, probe_x, 
     assert np.all(np.any(kernel[:, dead] != _numpy(mlp.get_layer("hidden_1").kernel)[:, dead], axis=0))
 
 
-def test_optimizer_slots_of_revived_weights_are_reset(mlp_report, probe_npz):
-    from deadrelu.callbacks import reset_optimizer_slots
-    from deadrelu.reviver import revive_in_place
-
+def test_revived_in_place_the_optimizer_slots_of_revived_weights_are_reset(mlp_report, probe_npz):
     model = deadrelu.load_model(probe_npz.parent / "dying_mlp.keras")
     with np.load(probe_npz) as f:
         x, y = f["x"][:64], f["y"][:64]
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # Adam's moments become non-zero
-    result = revive_in_place(model, mlp_report, seed=0)
-    reset = reset_optimizer_slots(model.optimizer, result.reinitialized, result.variables)
-    assert reset > 0
+    result = deadrelu.revive_model(model, mlp_report, seed=0, in_place=True)
+    assert result.model is model and result.optimizer_entries_reset > 0
     kernel = model.get_layer("hidden_1").kernel
     mask = result.reinitialized[next(k for k, v in result.variables.items() if v is kernel)]
     index = [id(v) for v in model.optimizer._trainable_variables].index(id(kernel))

@@ -13,7 +13,7 @@ import pytest
 
 import deadrelu
 from deadrelu.errors import ModelLoadError
-from deadrelu.loading import load
+from deadrelu.io.loading import load
 
 pytest.importorskip("tf_keras", reason="writing Keras 2 files needs tf_keras (pip install 'deadrelu[legacy]')")
 

@@ -1,4 +1,4 @@
-"""`deadrelu.losses.per_sample_loss` on this backend: each sample's loss, eagerly and compiled.
+"""`deadrelu.engine.losses.per_sample_loss` on this backend: each sample's loss, eagerly and compiled.
 
 Expected values are computed in numpy from the losses' formulas, so a wrong label conversion
 (sparse ↔ one-hot), a wrong reduction axis or a loss weight left out shows as a wrong number.
@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from deadrelu.losses import per_sample_loss
+from deadrelu.engine.losses import per_sample_loss
 
 N, CLASSES = 6, 4
 

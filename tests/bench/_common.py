@@ -28,7 +28,7 @@ SEED = 0
 
 
 def mnist_cnn(seed: int = SEED):
-    """DESIGN.md's reference "MNIST CNN" with ReLU (untrained: weights from a fixed seed)."""
+    """The reference "MNIST CNN" of docs/benchmarks.md with ReLU (untrained: weights from a fixed seed)."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -89,7 +89,7 @@ def forward_loop(model, x: np.ndarray, batch_size: int) -> Callable[[], None]:
 def site_outputs(model) -> list:
     """The symbolic outputs of every ReLU site deadrelu finds in `model` (layer-level sites of the
     top model: fused activations, `Activation` and `ReLU` layers — all the benchmark models have)."""
-    from deadrelu.sites import find_sites
+    from deadrelu.engine.sites import find_sites
 
     sites = list(find_sites(model))
     nested = [site.path for site in sites if site.op_level or "/" in site.path]

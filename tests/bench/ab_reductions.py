@@ -34,8 +34,8 @@ args = p.parse_args()
 
 import tensorflow as tf  # noqa: E402
 
-import deadrelu.probe as probe_module  # noqa: E402
-import deadrelu.reductions as R  # noqa: E402
+import deadrelu.engine.probe as probe_module  # noqa: E402
+import deadrelu.engine.reductions as R  # noqa: E402
 
 real = probe_module.site_batch_stats
 

@@ -1,7 +1,7 @@
 """Scan / predict on every Keras backend (a script, not a pytest test).
 
 For each backend (TensorFlow, JAX, PyTorch; those installed), a child process with KERAS_BACKEND
-set builds DESIGN.md's reference MNIST CNN and times, side by side in that one process,
+set builds the reference MNIST CNN of docs/benchmarks.md and times, side by side in that one process,
 `model.predict(x, batch_size=B)` and `deadrelu.scan(model, x, batch_size=B)` — and, with labels,
 `deadrelu.scan(..., gradients=True)` — on the same MNIST images: each warmed up once (tracing and
 compilation not counted), then timed `--repeats` times interleaved; the verdict uses the paired

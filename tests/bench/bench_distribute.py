@@ -2,7 +2,7 @@
 
     python tests/bench/bench_distribute.py [--samples 4096] [--batch-size 256] [--repeats 7]
 
-Splits the CPU into 2 logical devices first (before TensorFlow starts), then scans DESIGN.md's
+Splits the CPU into 2 logical devices first (before TensorFlow starts), then scans the
 MNIST CNN on `--samples` images three ways, side by side in one process: the plain path (a model
 built outside any strategy), the distributed path on 1 replica (`MirroredStrategy(["/cpu:0"])`)
 and on 2 replicas (`MirroredStrategy(["/cpu:0", "/cpu:1"])`), every model holding the same
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from deadrelu.distribute import split_cpu
+from deadrelu.engine.distribute import split_cpu
 
 split_cpu(2)  # first: logical devices exist only if made before TensorFlow starts its devices
 

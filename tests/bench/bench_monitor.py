@@ -2,7 +2,7 @@
 
     python tests/bench/bench_monitor.py [--samples 20000] [--probe 1000] [--epochs 2] [--repeats 3]
 
-Fits DESIGN.md's MNIST CNN (batch 250, Adam) for `--epochs` epochs on `--samples` images, with and
+Fits the MNIST CNN of docs/benchmarks.md (batch 250, Adam) for `--epochs` epochs on `--samples` images, with and
 without a monitor probing `--probe` images per epoch, from the same start each time. Runs are
 interleaved (without, with, without, with, ...) and the median of each is compared, because this
 machine is noisy. Every run builds, compiles and traces afresh, so the monitor's one-time probe

@@ -3,7 +3,7 @@
 Op-level sites are ReLUs applied as function calls inside a layer's or a model's `call`. Three ways
 to find them were weighed:
 
-  keras   wrap the functions every Keras spelling ends in (`deadrelu.op_sites`; any backend);
+  keras   wrap the functions every Keras spelling ends in (`deadrelu.engine.interception`; any backend);
   tf-ops  a TensorFlow op-creation callback that sees every `Relu` / `Relu6` op (TensorFlow only);
   graph   trace, then look for `Relu` / `Relu6` ops in the traced graph (TensorFlow only).
 
@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 @contextlib.contextmanager
 def mode(name: str):
     """Switches the engine to one way of finding op-level sites (monkeypatched, put back after)."""
-    import deadrelu.op_sites as op_sites
-    import deadrelu.probe as probe
+    import deadrelu.engine.interception as op_sites
+    import deadrelu.engine.probe as probe
 
     saved = (
         probe.intercept_relus,
@@ -182,7 +182,7 @@ def relu_ops(probe) -> int:
 def coverage() -> list[tuple]:
     import numpy as np
 
-    from deadrelu.probe import Probe
+    from deadrelu.engine.probe import Probe
 
     x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
     rows = []
@@ -208,7 +208,7 @@ def first_pass_seconds(model, x, repeats: int) -> tuple[dict, dict, dict, float]
     CPU time (all threads of this process), not wall time: the machine may be shared, and the
     other processes' load inflates wall times at random.
     """
-    from deadrelu.probe import Probe
+    from deadrelu.engine.probe import Probe
 
     def once(name: str) -> tuple[float, int]:
         with mode(name):
@@ -240,7 +240,7 @@ def first_pass_seconds(model, x, repeats: int) -> tuple[dict, dict, dict, float]
 
 def step_ops(model, x, name: str) -> list[str]:
     """The sorted op types of the traced step: equal lists mean the same work on every batch."""
-    from deadrelu.probe import Probe
+    from deadrelu.engine.probe import Probe
 
     with mode(name):
         probe = Probe(model)
@@ -315,7 +315,7 @@ def main(argv=None) -> None:
         f"\n## The same residual network measured through op-level and through layer-level sites, once traced "
         f"({args.samples} samples, batch 250; CPU seconds, median of {args.repeats} interleaved rounds)\n"
     )
-    from deadrelu.probe import Probe
+    from deadrelu.engine.probe import Probe
 
     runs = {}
     for label, (model, x) in models.items():

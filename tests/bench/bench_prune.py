@@ -1,6 +1,6 @@
-"""Benchmark of `deadrelu.prune` (a script, not a pytest test): what removing dead units saves.
+"""Benchmark of `deadrelu.prune_model` (a script, not a pytest test): what removing dead units saves.
 
-In one run, for each model: scan it on its data, prune it (`deadrelu.prune(model, report,
+In one run, for each model: scan it on its data, prune it (`deadrelu.prune_model(model, report,
 data=x)`), and measure side by side
 
   - parameters before → after;
@@ -163,7 +163,8 @@ def short_reason(text: str) -> str:
 
 def run_case(name: str, loader, rounds: int, wait_idle: float = 0) -> dict:
     import deadrelu
-    from deadrelu.model_utils import compare_cost
+    from deadrelu.errors import OutputCheckError
+    from deadrelu.fixes.model_utils import compare_cost
 
     loaded = loader()
     if isinstance(loaded, str):
@@ -182,8 +183,8 @@ def run_case(name: str, loader, rounds: int, wait_idle: float = 0) -> dict:
         "sites_dead": sum(1 for s in report.sites if s.dead),
     }
     try:
-        result = deadrelu.prune(model, report, data=x, batch_size=64)
-    except deadrelu.PruneCheckError as error:  # the proof failed: nothing would be written
+        result = deadrelu.prune_model(model, report, data=x, batch_size=64)
+    except OutputCheckError as error:  # the proof failed: nothing would be written
         result = error.result
         row["refused"] = str(error)
     except deadrelu.DeadReluError as error:
@@ -197,7 +198,7 @@ def run_case(name: str, loader, rounds: int, wait_idle: float = 0) -> dict:
         sites_pruned=len(result.removed),
         check=result.check,
         passed=result.passed,
-        limit=result.check.limit(result.tolerance) if result.check is not None else None,
+        limit=result.check.limit if result.check is not None else None,
         reasons=collections.Counter(short_reason(r) for r in result.skipped.values()),
     )
     if result.model is not None:

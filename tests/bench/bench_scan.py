@@ -11,7 +11,7 @@ In one run, side by side, on the same models and the same batches, it measures:
   3a. the floor of observing ("materialise"): the same compiled loop over a multi-output model that
      also returns `tf.reduce_sum` of every ReLU site's output (one read of each activation; see
      `_common.materialise_loop`), so scan / materialise is what the statistics cost beyond reading;
-  on DESIGN.md's reference MNIST CNN (10,000 MNIST images, batch 500) and on MobileNetV2 and
+  on the reference MNIST CNN of docs/benchmarks.md (10,000 MNIST images, batch 500) and on MobileNetV2 and
   DenseNet121 (`keras.applications`, weights=None, 512 uniform images of 96×96×3, batch 64);
   and on the CNN also
   4. `deadrelu.scan(..., labels=y, gradients=True)` against its floor, a compiled train step

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     import deadrelu
-    import deadrelu.probe as probe_module
+    import deadrelu.engine.probe as probe_module
 
     tf.get_logger().setLevel("ERROR")
     if args.model == "cnn":

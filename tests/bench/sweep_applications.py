@@ -11,7 +11,7 @@ weights are Keras's random initialisation, seed 0) and small inputs. For each, i
   `--batch-size` (default 32), warm, medians of `--repeats` interleaved rounds, and the paired
   ratios scan / predict (target ≤ 1, from 256 images) and scan / forward;
 * `patch_model(..., "leaky", alpha=0)`: rewritten sites and the largest output difference, which must be 0;
-* `revive_with_result`: revived units, skipped sites, and the largest output difference on the scan data.
+* `revive_model`: revived units, skipped sites, and the largest output difference on the scan data (its check).
 
 Usage (from the repository root):
     python tests/bench/sweep_applications.py                # every architecture
@@ -65,9 +65,9 @@ def sweep(name: str, repeats: int, images: int, batch_size: int) -> dict:
     import numpy as np
 
     import deadrelu
-    from deadrelu.model_utils import output_difference
-    from deadrelu.patcher import patch_model
-    from deadrelu.reviver import revive_with_result
+    from deadrelu.errors import OutputCheckError
+    from deadrelu.fixes.patch import patch_model
+    from deadrelu.fixes.revive import revive_model
 
     model = build(name)
     x = np.random.default_rng(0).uniform(0, 1, (images, *model.input_shape[1:])).astype("float32")
@@ -91,8 +91,11 @@ def sweep(name: str, repeats: int, images: int, batch_size: int) -> dict:
     patch_diff = max_difference(
         keras.tree.flatten(patched.model(x[:16], training=False)), keras.tree.flatten(model(x[:16], training=False))
     )
-    revived, result = revive_with_result(model, x, seed=0)
-    revive_diff, _ = output_difference(model, revived, [x])
+    try:
+        result = revive_model(model, x, seed=0)
+    except OutputCheckError as error:  # the sweep records the difference either way
+        result = error.result
+    revive_diff = result.check.max_abs_diff
     return {
         "model": name,
         "params": model.count_params(),

@@ -16,7 +16,7 @@ runs as a new process there, from the checkout:
   `revive` and `prune` of the sample;
 * `monitor`: `deadrelu.DeadReluMonitor` reviving units during a short `fit`;
 * `newer .keras`: a `.keras` and an `.h5` written by the Keras running this script (when it is newer
-  than the combination's) load there with the same outputs (`deadrelu.legacy.newer_keras`);
+  than the combination's) load there with the same outputs (`deadrelu.io.legacy.newer_keras`);
 * `legacy .h5`: every whole-model `.h5` in `../shared/models` (Keras 2.2 to 3.1 files) loads and
   runs, when that folder exists.
 
@@ -207,7 +207,7 @@ def check_monitor(ctx):
 
 _NEWER = """
 import numpy as np
-from deadrelu import loading
+from deadrelu.io import loading
 folder = {folder!r}
 data = np.load(folder + "/expected.npz")
 for name in ("functional.keras", "functional.h5", "dying_mlp.keras"):

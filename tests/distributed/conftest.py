@@ -14,7 +14,7 @@ LOGICAL_CPUS = 3
 INNER = os.environ.get("DEADRELU_DISTRIBUTED_TESTS") == "1"
 
 if INNER:
-    from deadrelu.distribute import split_cpu
+    from deadrelu.engine.distribute import split_cpu
 
     split_cpu(LOGICAL_CPUS)
 else:

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import deadrelu
-from deadrelu.distribute import describe, resolve_strategy
+from deadrelu.engine.distribute import describe, resolve_strategy
 
 L = keras.layers
 N = 101  # no batch size below divides it, and 101 = 3·33 + 2 leaves replicas uneven
@@ -255,7 +255,9 @@ def test_prune_under_a_strategy_equals_one_device():
     strategy = mirrored(2)
     plain, model = make_pair(cnn, strategy, seed=8)
     x, _ = data(8)
-    result, expected = deadrelu.prune(model, x), deadrelu.prune(plain, x)
+    result, expected = deadrelu.prune_model(model, x), deadrelu.prune_model(plain, x)
     assert result.removed == expected.removed and result.units_removed > 0
-    assert result.params_after == expected.params_after
+    assert result.params_after == expected.params_after and result.check.passed
     assert resolve_strategy(None, result.model) is strategy
+    smaller = deadrelu.prune(model, x)  # the plain verb: the model, built on the replicas too
+    assert smaller.count_params() == result.params_after and resolve_strategy(None, smaller) is strategy

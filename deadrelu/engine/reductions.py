@@ -1,0 +1,375 @@
+"""Per-batch reductions of site outputs, traced into the probe's step, and the totals they add to.
+
+A site output of shape [batch, ..., units] is reduced to per-unit numbers right where it is
+produced (`site_batch_stats`, written with `keras.ops`, so the same code runs inside a
+`tf.function`, under `jax.jit` and eagerly on PyTorch). `Totals.pack` lays one batch's numbers of
+every site back to back, one vector per statistic, which the step returns; `Totals.add` adds them
+on the host into numpy totals of size O(units). Nothing of size samples × units is ever kept.
+
+Every total is a plain sum or maximum, so batches, replicas and workers combine by adding or taking
+the maximum, in any order. The totals are int64 counts and float64 sums, so they stay exact (or
+accurate) past 2**24 observations; within a batch, counts are int32 and sums float64 where the
+backend has it (JAX without `jax_enable_x64` sums a batch in float32).
+
+Importing this module is cheap: Keras is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from deadrelu.engine.sites import Site
+
+
+def wide_dtypes() -> tuple[str, str]:
+    """(count dtype, sum dtype) of one batch's numbers on the active Keras backend."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "int32", "float32"
+    return "int64", "float64"
+
+
+def site_batch_stats(
+    site: Site,
+    output: Any,
+    grad: Any = None,
+    *,
+    positions: int | None = None,
+    units: int | None = None,
+    valid: Any = None,
+    kernel: Any = None,
+) -> dict:
+    """Reduces one site output (and its gradient) to per-unit sums over batch and positions.
+
+    Args:
+        site: The site the output belongs to (its channel axis and cap).
+        output: The site's output for one batch, [batch, ..., units] (units on `site.channel_axis`).
+        grad: ∂(summed loss)/∂output, same shape, or None without gradients.
+        positions, units: Given together for op-level sites: the output holds, per sample,
+            `positions` × `units` values (units last once the channel axis is moved there), but
+            not necessarily with the batch first (time steps folded into the batch); it is
+            reshaped to [samples, positions, units]. By default the batch is the first axis.
+        valid: None, or a float32 [samples] vector of 1 (a real sample) and 0 (padding: a copy of
+            a real sample that fills a batch to the compiled size, counted nowhere).
+        kernel: TensorFlow only: the fused ops of `deadrelu.kernel.ops()`, which compute the same
+            numbers in one pass over the output. Defaults to None (TensorFlow's own ops).
+
+    Returns:
+        Tensors of shape [units], keyed as the statistics of `Totals` ("saturated" for capped
+        sites only, "grad_abs" and "grad_zero" with a gradient only). A NaN or ±inf output is
+        counted in "non_finite" and read as zero by every other statistic; a NaN or ±inf gradient
+        is read as zero.
+    """
+    from keras import ops
+
+    count, wide = wide_dtypes()
+    a = ops.cast(output, "float32")
+    rank = len(a.shape)
+    if units is None and rank > 2 and not _tensorflow() and all(d is not None for d in a.shape[1:]):
+        # JAX and PyTorch: reduce over the position axes where they are, without moving the
+        # units last (PyTorch's convolutions hand back channels-first memory behind a
+        # channels-last view, which a reshape would copy).
+        axis = site.channel_axis % rank
+        position_axes = tuple(i for i in range(1, rank) if i != axis)
+        positions = int(np.prod([a.shape[i] for i in position_axes], dtype=np.int64))
+        flat = a
+
+        def sum_positions(x):
+            return ops.sum(x, axis=position_axes)
+
+        def max_positions(x):
+            return ops.max(x, axis=position_axes)
+
+    else:
+        if site.channel_axis != -1 and rank > 2:
+            axis = site.channel_axis % rank
+            perm = [0] + [i for i in range(1, rank) if i != axis] + [axis]
+            a = ops.transpose(a, perm)
+            if grad is not None:
+                grad = ops.transpose(grad, perm)
+        if units is None:
+            units = a.shape[-1]
+            inner = a.shape[1:-1]
+            # Keep the position count static when it is known: the fast reductions below need it.
+            positions = int(np.prod(inner, dtype=np.int64)) if all(d is not None for d in inner) else None
+        shape = (ops.shape(a)[0], -1, units) if positions is None else (-1, positions, units)
+        flat = ops.reshape(a, shape)
+        if kernel is not None:
+            return _fused_stats(kernel, site, flat, grad, valid)
+        sum_positions, max_positions = _sum_positions, _max_positions
+
+    def batch_total(per_sample, dtype):  # [batch, units] → [units], padding left out
+        if valid is not None:
+            per_sample = per_sample * valid[:, None]
+        return ops.sum(ops.cast(per_sample, dtype), axis=0)
+
+    def measure(values, g) -> dict:
+        """The statistics of one batch of outputs `values` and their gradient `g` (or None)."""
+        # Site outputs are ≥ 0 (Keras rejects negative ReLU thresholds): "fires" is sign(a) and
+        # |a| is a. Per-sample counts (≤ positions) are exact in float32.
+        fires = ops.sign(values)
+        per_sample_fires = sum_positions(fires)  # [batch, units]
+        stats = {
+            "fires": batch_total(per_sample_fires, count),
+            "sample_fires": batch_total(ops.sign(per_sample_fires), count),
+            "sum_abs": batch_total(sum_positions(values), wide),
+            # Padding repeats real samples, so it cannot raise a maximum.
+            "max": ops.max(max_positions(values), axis=0),
+        }
+        passes = fires
+        if site.capped:
+            # Counting the entries at the cap takes three more passes over the output (compare,
+            # cast, product); a batch whose maximum stays below the cap has none, and skips them.
+            reached = ops.max(stats["max"]) >= site.max_value
+
+            def at_cap():
+                return ops.cast(ops.greater_equal(values, site.max_value), "float32")
+
+            stats["saturated"] = ops.cond(
+                reached,
+                lambda: batch_total(sum_positions(at_cap()), count),
+                lambda: ops.zeros_like(stats["fires"]),
+            )
+            if g is not None:
+                passes = ops.cond(reached, lambda: fires * (1.0 - at_cap()), lambda: fires)
+        if g is not None:
+            # ∂ℓ/∂z = ∂ℓ/∂a · f'(z): the ReLU passes gradient where it fires and is below its cap.
+            g = ops.abs(g * passes)
+            nonzero = batch_total(sum_positions(ops.sign(g)), count)
+            stats["grad_abs"] = batch_total(sum_positions(g), wide)
+            samples = ops.shape(values)[0] if valid is None else ops.sum(valid)
+            per_sample = positions if positions is not None else ops.shape(values)[1]
+            observed = ops.cast(samples, count) * ops.cast(per_sample, count)
+            stats["grad_zero"] = observed - nonzero
+        return stats
+
+    g = None if grad is None else ops.reshape(ops.cast(grad, "float32"), ops.shape(flat))
+    stats = measure(flat, g)
+    # A NaN or ±inf output (a diverged model) must not become a garbage count: it is counted in
+    # "non_finite" and read as zero by every other statistic (a non-finite gradient as no
+    # gradient), as the fused kernel does. NaN and inf carry into the sums, so a batch whose sums
+    # are finite holds none and keeps the numbers above; only a batch that holds some is measured
+    # again (a float32 sum of finite values that overflows is too, and counts none). One
+    # conditional per site, not per batch: the site's output is released as soon as its own sums
+    # are checked (one conditional over every site keeps all of a batch's outputs alive: the scan of
+    # the benchmark's MNIST CNN took 8–11 % longer).
+    finite = ops.all(ops.isfinite(stats["sum_abs"]))
+    if g is not None:
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(stats["grad_abs"])))
+
+    def as_measured() -> dict:
+        return {**stats, "non_finite": ops.zeros_like(stats["fires"])}
+
+    def with_non_finite_as_zero() -> dict:
+        bad = ops.logical_not(ops.isfinite(flat))
+        clean = measure(ops.where(bad, 0.0, flat), None if g is None else ops.where(ops.isfinite(g), g, 0.0))
+        clean["non_finite"] = batch_total(sum_positions(ops.cast(bad, "float32")), count)
+        return clean
+
+    return ops.cond(finite, as_measured, with_non_finite_as_zero)
+
+
+def _fused_stats(kernel, site: Site, flat, grad, valid) -> dict:
+    """`site_batch_stats` of a [samples, positions, units] output by deadrelu's fused kernel."""
+    import tensorflow as tf
+
+    valid = tf.zeros((0,), tf.float32) if valid is None else valid
+    cap = {"cap": float(site.max_value), "capped": True} if site.capped else {}
+    fires, sample_fires, sum_abs, maxima, saturated, non_finite = kernel.deadrelu_site_stats(flat, valid, **cap)
+    stats = {"fires": fires, "sample_fires": sample_fires, "sum_abs": sum_abs, "max": maxima, "non_finite": non_finite}
+    if site.capped:
+        stats["saturated"] = saturated
+    if grad is not None:
+        grad = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
+        stats["grad_abs"], nonzero = kernel.deadrelu_grad_stats(flat, grad, valid, **cap)
+        samples = tf.shape(flat, out_type=tf.int64)[0] if valid.shape[0] == 0 else tf.reduce_sum(valid)
+        observed = tf.cast(samples, tf.int64) * tf.shape(flat, out_type=tf.int64)[1]
+        stats["grad_zero"] = observed - nonzero
+    return stats
+
+
+# Up to this many positions per sample, plain reductions over the middle axis are as fast as the
+# batched product and the max-pool below (which win by several times on large feature maps).
+_FEW_POSITIONS = 16
+
+
+def _tensorflow() -> bool:
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+def _sum_positions(x):
+    """[batch, positions, units] → [batch, units]; on TensorFlow as one batched matrix product
+    (oneDNN's fast kernels) unless the positions are few."""
+    from keras import ops
+
+    positions = x.shape[1]
+    if positions == 1:  # Dense sites: nothing to reduce
+        return x[:, 0, :]
+    if positions is None or positions <= _FEW_POSITIONS or not _tensorflow():
+        return ops.sum(x, axis=1)
+    # One row of ones broadcast over the batch (measured 1–5 % faster per scan than a [batch, 1,
+    # positions] block of ones, which is filled for every batch).
+    ones = ops.ones((1, 1, positions), x.dtype)
+    return ops.matmul(ones, x)[:, 0, :]
+
+
+def _max_positions(x):
+    """[batch, positions, units] → [batch, units] maxima; on TensorFlow as a global max-pool."""
+    from keras import ops
+
+    positions = x.shape[1]
+    if positions == 1:
+        return x[:, 0, :]
+    if positions is None or positions <= _FEW_POSITIONS or not _tensorflow():
+        return ops.max(x, axis=1)
+    pooled = ops.max_pool(x[:, :, None, :], pool_size=(positions, 1), strides=(positions, 1), padding="valid")
+    return pooled[:, 0, 0, :]
+
+
+# Per statistic: how totals combine, the dtype of the total and the value a site without output
+# adds.
+_TOTALS = {
+    "fires": ("sum", np.int64, 0),
+    "sample_fires": ("sum", np.int64, 0),
+    "sum_abs": ("sum", np.float64, 0.0),
+    "max": ("max", np.float32, -np.inf),  # -inf keeps negative thresholds right
+    "non_finite": ("sum", np.int64, 0),
+    "saturated": ("sum", np.int64, 0),
+    "grad_abs": ("sum", np.float64, 0.0),
+    "grad_zero": ("sum", np.int64, 0),
+    "loss": ("sum", np.float64, 0.0),
+}
+
+
+class Totals:
+    """The probe's running totals: what the step returns per batch, and the host-side sums.
+
+    One vector per statistic holds every site's units back to back (site `i` owns the slice
+    `offsets[i]:offsets[i + 1]`), so a step returns a handful of tensors whatever the number of
+    sites. Per unit the statistics are:
+
+        fires: (sample, position) pairs with a finite non-zero output.
+        sample_fires: Samples in which the unit fired at least once.
+        sum_abs: Sum of the finite |output|.
+        max: The largest finite output (-inf until reached, read as 0).
+        non_finite: Pairs whose output is NaN or ±inf (read as zero by the other statistics).
+        saturated: Pairs at the cap (capped sites such as relu6 only, their units alone).
+        grad_abs: Sum of |∂ℓₙ/∂z| (with gradients only).
+        grad_zero: Pairs whose ∂ℓₙ/∂z is exactly zero (with gradients only).
+
+    With gradients also "loss", the summed per-sample loss (a scalar).
+
+    Args:
+        sites: The sites measured, in model order.
+        layout: Per site `(calls, positions, units)`; only `units` is used here.
+        gradients: Whether the gradient statistics (and the loss) are kept.
+    """
+
+    def __init__(self, sites: list[Site], layout: list[tuple[int, int, int]], gradients: bool):
+        self._units = [units for _, _, units in layout]
+        self._capped = [site.capped for site in sites]
+        self.names = ["fires", "sample_fires", "sum_abs", "max", "non_finite"]
+        if gradients:
+            self.names += ["grad_abs", "grad_zero", "loss"]
+        if any(self._capped):
+            self.names.append("saturated")
+        self._totals: dict[str, np.ndarray] = {}
+        self.reset()
+
+    def _size(self, name: str) -> int:
+        if name == "loss":
+            return 1
+        return sum(u for u, capped in zip(self._units, self._capped) if capped or name != "saturated")
+
+    def reset(self) -> None:
+        """Zeroes every total (maxima start at -inf) before a new pass over the data."""
+        self._totals = {name: np.full(self._size(name), _TOTALS[name][2], _TOTALS[name][1]) for name in self.names}
+
+    def pack(self, records: list[tuple[int, dict]], loss: Any = None) -> dict:
+        """One batch's `site_batch_stats`, laid back to back: traced into the step.
+
+        Args:
+            records: One `(site index, stats)` per recorded output. A site recorded several times
+                in one batch (a layer called twice) adds up its records (maxima by maximum); a
+                site not recorded adds nothing.
+            loss: With gradients, the batch's summed per-sample loss.
+
+        Returns:
+            `{statistic: tensor}` for the step to return.
+        """
+        from keras import ops
+
+        count, wide = wide_dtypes()
+        dtypes = {"sum_abs": wide, "grad_abs": wide, "max": "float32"}
+        by_site: dict[int, list[dict]] = {}
+        for index, stats in records:
+            by_site.setdefault(index, []).append(stats)
+        packed = {}
+        for name in self.names:
+            if name == "loss":
+                packed[name] = ops.reshape(ops.cast(loss, wide), (1,))
+                continue
+            neutral = _TOTALS[name][2]
+            parts = []
+            for index, units in enumerate(self._units):
+                if name == "saturated" and not self._capped[index]:
+                    continue
+                values = [stats[name] for stats in by_site.get(index, [])]
+                if not values:
+                    parts.append(ops.full((units,), neutral, dtype=dtypes.get(name, count)))
+                elif len(values) == 1:
+                    parts.append(values[0])
+                else:
+                    stacked = ops.stack(values)
+                    parts.append(ops.max(stacked, axis=0) if name == "max" else ops.sum(stacked, axis=0))
+            if parts:  # none: a model without sites
+                packed[name] = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        return packed
+
+    def add(self, batch: dict) -> None:
+        """Adds one batch's packed numbers (numpy arrays, as `pack` laid them out)."""
+        for name, values in batch.items():
+            total = self._totals[name]
+            if _TOTALS[name][0] == "max":
+                np.maximum(total, values, out=total)
+            else:
+                total += np.asarray(values).astype(total.dtype, copy=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The raw totals (to combine across workers: sums add, "max" by maximum)."""
+        return self._totals
+
+    @staticmethod
+    def combines_by_max(name: str) -> bool:
+        return _TOTALS[name][0] == "max"
+
+    def read(self) -> dict:
+        """The totals per site.
+
+        Returns:
+            `{"sites": [per site {statistic: array}]}`, plus `"loss"` (the summed loss) with
+            gradients. A maximum never reached reads 0.
+        """
+        totals = dict(self._totals)
+        # An empty replica's batch reduces to the lowest float, not -inf.
+        never = totals["max"] <= np.finfo(np.float32).min
+        totals["max"] = np.where(never, 0.0, totals["max"]).astype(np.float32)
+        loss = totals.pop("loss", None)
+        sites: list[dict] = [{} for _ in self._units]
+        for name, values in totals.items():
+            owners = [i for i in range(len(self._units)) if name != "saturated" or self._capped[i]]
+            bounds = np.cumsum([self._units[i] for i in owners])[:-1]
+            for index, part in zip(owners, np.split(values, bounds)):
+                sites[index][name] = part
+        values: dict = {"sites": sites}
+        if loss is not None:
+            values["loss"] = float(loss[0])
+        return values

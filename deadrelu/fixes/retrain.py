@@ -1,0 +1,290 @@
+"""Retrain model variants the same way and compare them: what helped?
+
+Each variant (e.g. "as is", "patched to PReLU", "revived") is recompiled like the original file
+(its loss, metrics and optimizer class and configuration, with fresh optimizer state), fitted with
+the same data, epochs and seed, and scanned before and after on the validation data. The seed is
+set for each fit (`keras.utils.set_random_seed`), and the process's global random state — Python's
+`random`, NumPy's, Keras's and the backend's — is put back afterwards (`preserved_random_state`),
+so a caller's own draws go on as if `retrain` had not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from deadrelu._keras_compat import child_layers
+from deadrelu.data import count_samples, map_arrays
+from deadrelu.engine.losses import compile_config, match_labels
+from deadrelu.errors import UsageError
+
+
+@dataclasses.dataclass
+class VariantResult:
+    """Before/after numbers of one retrained variant.
+
+    Attributes:
+        name: The variant's label.
+        units: ReLU units in the model.
+        dead_before, dying_before, dead_after, dying_after: Unit counts from scans of the
+            validation data before and after training.
+        before, after: Validation loss and each compiled metric (`model.evaluate`).
+        history: Per-epoch training curves (`History.history`).
+    """
+
+    name: str
+    units: int
+    dead_before: int
+    dying_before: int
+    dead_after: int
+    dying_after: int
+    before: dict[str, float]
+    after: dict[str, float]
+    history: dict[str, list[float]]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The retraining of several variants under one budget."""
+
+    variants: list[VariantResult]
+    settings: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": "deadrelu/retrain@1",
+            "settings": self.settings,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+    def to_json(self, path: str) -> None:
+        from deadrelu.io.files import write_json
+
+        write_json(path, self.to_dict())
+
+
+def compile_like(model, source, *, loss=None, optimizer: str | None = None, learning_rate: float | None = None) -> None:
+    """Compiles `model` as `source` was compiled, with fresh optimizer state.
+
+    Args:
+        model: The model to compile.
+        source: The original model (its compile configuration is reused when it has one).
+        loss: Overrides the loss (a Keras loss name).
+        optimizer: Overrides the optimizer class (a Keras optimizer name such as "adam").
+        learning_rate: Overrides the learning rate.
+
+    Raises:
+        UsageError: Neither `source` nor the arguments give a loss.
+    """
+    import keras
+
+    config = compile_config(source)
+    if loss is None and not config.get("loss"):
+        raise UsageError(
+            'the model file stores no loss; pass one with `loss=` (e.g. `loss="categorical_crossentropy"`)'
+        )
+    if optimizer is not None:
+        opt = keras.optimizers.get(optimizer)
+    elif config.get("optimizer") is not None:
+        opt = keras.optimizers.deserialize(config["optimizer"])
+    else:
+        opt = keras.optimizers.Adam()
+    if learning_rate is not None:
+        opt.learning_rate = learning_rate
+    model.compile(
+        optimizer=opt,
+        loss=loss if loss is not None else _deserialize(config["loss"]),
+        metrics=_deserialize(config.get("metrics")),
+        loss_weights=config.get("loss_weights"),
+    )
+
+
+def _deserialize(value):
+    """Turns the serialised objects of a compile config (dicts with "class_name") back into objects."""
+    import keras
+
+    if isinstance(value, dict) and "class_name" in value:
+        return keras.saving.deserialize_keras_object(value)
+    if isinstance(value, list):
+        return [_deserialize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _deserialize(v) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Puts back the process's global random state when the block ends.
+
+    `keras.utils.set_random_seed` seeds Python's `random`, NumPy's global generator, TensorFlow
+    (whenever it is installed), PyTorch on its backend, and drops Keras's global `SeedGenerator`.
+    This saves each of them and restores it, as far as each library allows: TensorFlow's eager
+    seed and the generator of its operation seeds are restored, but the state of a stateful
+    random op compiled in the block is not.
+
+    Example:
+        >>> with preserved_random_state():
+        ...     keras.utils.set_random_seed(0)
+        >>> np.random.rand()  # as if the seed had not been set
+    """
+    import random
+
+    import keras
+
+    from deadrelu._keras_compat import global_random_state, set_global_random_state
+
+    python_state, numpy_state, global_state = random.getstate(), np.random.get_state(), global_random_state()
+    torch_state = None
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch_state = torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        set_global_random_state(global_state)
+        if torch_state is not None:
+            import torch
+
+            torch.set_rng_state(torch_state)
+
+
+@preserved_random_state()  # the caller's draws go on as if retrain had not run
+def retrain(
+    variants: dict,
+    source,
+    x,
+    y,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    validation_data=None,
+    validation_split: float | None = None,
+    seed: int = 0,
+    loss=None,
+    optimizer: str | None = None,
+    learning_rate: float | None = None,
+    probe_samples: int = 2000,
+    on_epoch: Callable[[str, int, dict], None] | None = None,
+    strategy=None,
+) -> Comparison:
+    """Fits every variant with the same data, epochs and seed, and scans each before and after.
+
+    Args:
+        variants: Label → `keras.Model` (each is compiled here; pass copies you can spare).
+        source: The original model, whose compile configuration the variants inherit.
+        x, y: Training data (numpy arrays).
+        epochs: Epochs per variant.
+        batch_size: Training batch size.
+        validation_data: `(x_val, y_val)`; else the last `validation_split` of `x`, `y` is held out.
+        validation_split: Share of the training data held out when `validation_data` is None.
+        seed: Seed set before each fit, so every variant sees the same shuffles and dropout.
+        loss, optimizer, learning_rate: Overrides of the stored compile configuration.
+        probe_samples: Validation samples used for the dead-unit scans.
+        on_epoch: Called with (variant, epoch, logs) after each epoch (progress).
+        strategy: A `tf.distribute.Strategy` whose scope holds every variant's variables: the
+            scans before and after run on all its replicas (`fit` follows the models' own strategy).
+            Defaults to None: the strategy each variant was built under, if any.
+
+    Returns:
+        A `Comparison`.
+
+    Example:
+        >>> comparison = retrain({"as is": clone, "prelu": patched}, model, x, y, epochs=2,
+        ...                      validation_split=0.2)
+    """
+    import keras
+
+    from deadrelu.engine.scanner import scan
+
+    x_train, y_train, x_val, y_val = _split(x, y, validation_data, validation_split)
+    probe = map_arrays(lambda a: a[:probe_samples], x_val)
+    results = []
+    for name, model in variants.items():
+        compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
+        fit_y, val_y = match_labels(y_train, model), match_labels(y_val, model)
+        scan_before = scan(model, probe, strategy=strategy)
+        before = _evaluate(model, x_val, val_y, batch_size)
+        keras.utils.set_random_seed(seed)
+        reseed_layers(model, seed)
+        callbacks = (
+            [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, name=name: on_epoch(name, epoch, logs))]
+            if on_epoch
+            else []
+        )
+        history = model.fit(
+            x_train,
+            fit_y,
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=0,
+            validation_data=(x_val, val_y),
+            callbacks=callbacks,
+        )
+        scan_after = scan(model, probe, strategy=strategy)
+        after = _evaluate(model, x_val, val_y, batch_size)
+        results.append(
+            VariantResult(
+                name=name,
+                units=scan_before.summary["units"],
+                dead_before=scan_before.summary["dead"],
+                dying_before=scan_before.summary["dying"],
+                dead_after=scan_after.summary["dead"],
+                dying_after=scan_after.summary["dying"],
+                before=before,
+                after=after,
+                history={k: [float(v) for v in values] for k, values in history.history.items()},
+            )
+        )
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "train_samples": count_samples(x_train),
+        "validation_samples": count_samples(x_val),
+        "probe_samples": count_samples(probe),
+        "validation": "given" if validation_data is not None else f"last {validation_split:g} of the data",
+    }
+    return Comparison(variants=results, settings=settings)
+
+
+def reseed_layers(model, seed: int) -> None:
+    """Resets the random state of every layer (Dropout, noise) from `seed`.
+
+    Keras layers draw their own seeds when they are built, so a clone or a patched copy would
+    drop different units than the original even under the same global seed. The i-th generator of
+    every variant gets the same state, so all variants train under identical randomness.
+    """
+    import keras
+
+    generators = []
+    for layer in child_layers(model, recursive=True):
+        generators += [value for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)]
+    for i, generator in enumerate(generators):
+        generator.state.assign(np.array([seed + i, 0], dtype=generator.state.dtype))
+
+
+def _split(x, y, validation_data, validation_split):
+    if validation_data is not None:
+        x_val, y_val = validation_data
+        return x, y, x_val, y_val
+    if not validation_split or not 0 < validation_split < 1:
+        raise UsageError("retraining needs validation data: pass `validation_data=` or `validation_split=0.2`")
+    cut = round(count_samples(x) * (1 - validation_split))
+    if cut < 1 or cut >= count_samples(x):
+        raise UsageError(f"`validation_split={validation_split:g}` leaves no training or no validation samples")
+    head, tail = (lambda a: a[:cut]), (lambda a: a[cut:])
+    return map_arrays(head, x), map_arrays(head, y), map_arrays(tail, x), map_arrays(tail, y)
+
+
+def _evaluate(model, x, y, batch_size: int) -> dict[str, float]:
+    values = model.evaluate(x, y, batch_size=max(batch_size, 256), verbose=0, return_dict=True)
+    return {k: float(v) for k, v in values.items()}
