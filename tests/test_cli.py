@@ -86,6 +86,30 @@ def test_scan_writes_json_equal_to_printed_json_and_finds_planted_units(model_fi
     assert written["data"]["samples"] == 50
 
 
+def test_scan_json_is_the_library_reports_to_dict(model_file, data_file, tmp_path, run_cli):
+    """The command's --json is `deadrelu.scan(...).to_dict()`: the same numbers, only provenance differs."""
+    import deadrelu
+
+    report_path = tmp_path / "scan.json"
+    code, _, err = run_cli(["scan", model_file, "--data", data_file, "--json", report_path, "--batch-size", "7"])
+    assert code == 0, err
+    written = json.loads(report_path.read_text())
+    library = deadrelu.scan(deadrelu.load_model(str(model_file)), str(data_file), batch_size=7, verbose=0)
+    expected = json.loads(json.dumps(library.to_dict()))
+    assert set(written) == set(expected)
+    # The CLI records the file it loaded (path, sha256, repairs); the library an in-memory model.
+    assert written["model"]["sha256"] == sha256(model_file) and expected["model"]["format"] == "in-memory"
+    for key in set(expected) - {"model", "tool", "sites", "summary"}:
+        assert written[key] == expected[key], key
+    assert written["summary"] == pytest.approx(expected["summary"])
+    for ours, theirs in zip(written["sites"], expected["sites"], strict=True):
+        assert ours.keys() == theirs.keys()
+        assert {k: v for k, v in ours.items() if not isinstance(v, (float, list))} == {
+            k: v for k, v in theirs.items() if not isinstance(v, (float, list))
+        }
+        assert ours["dead"] == theirs["dead"] and ours["active_rate"] == pytest.approx(theirs["active_rate"])
+
+
 def test_table_and_markdown_outputs(model_file, data_file, run_cli):
     code, out, _ = run_cli(["scan", model_file, "--data", data_file, "--quiet"])
     assert code == 0

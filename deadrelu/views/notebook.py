@@ -228,9 +228,15 @@ def revive_table(
         table_model.Column("revived", numeric=True),
     ]
     columns += [table_model.Column("dead after", numeric=True)] if dead_after is not None else []
-    columns += [table_model.Column("revived units"), table_model.Column("skipped: why", style="warn")]
+    shown_sites = sites if rows is None else sites[:rows]
+    reasons = {
+        path: result.skipped.get(path) or ("" if result.revived.get(path) else "not selected")
+        for path, _, _ in shown_sites
+    }
+    columns += [table_model.Column("revived units")]
+    columns += [table_model.Column("skipped: why", style="warn")] if any(reasons.values()) else []
     table = table_model.Table("revived units (ReDo)", columns)
-    for path, units, dead in sites if rows is None else sites[:rows]:
+    for path, units, dead in shown_sites:
         revived = result.revived.get(path, [])
         cells = [
             path,
@@ -243,8 +249,8 @@ def revive_table(
             cells.append(table_model.Cell(_count(now), "warn" if now else "good"))
         shown = compress_indices(revived)
         cells.append(table_model.Cell(shown, full=compress_indices(revived, limit=10**9)))
-        reason = result.skipped.get(path) or ("" if revived else "not selected")
-        cells.append(table_model.Cell(reason, "muted" if reason == "not selected" else ""))
+        if any(reasons.values()):
+            cells.append(table_model.Cell(reasons[path], "muted" if reasons[path] == "not selected" else ""))
         table.add_row(*cells)
     if rows is not None and len(sites) > rows:
         table.caption = f"{len(sites) - rows:,} more sites with dead units (result.report.sites)"
@@ -520,7 +526,7 @@ def _figure(draw, alt: str) -> str:
 
 
 def _png(fig, *, dpi: int = 72) -> bytes:
-    from deadrelu.views.plots._layout import figure_png
+    from deadrelu.views.plots.layout import figure_png
 
     return figure_png(fig, dpi=dpi)
 

@@ -42,10 +42,12 @@ def prune_table(result: PruneResult, *, rows: int | None = None, after: Report |
     columns += [Column("removed", numeric=True)]
     if now is not None:
         columns += [Column("units after", numeric=True), Column("dead after", numeric=True)]
-    columns += [Column("removed units"), Column("kept: reason", style="warn")]
+    shown = sites if rows is None else sites[:rows]
+    reasons = any(site["reason"] for site in shown)  # the column only where a unit stayed
+    columns += [Column("removed units")] + ([Column("kept: reason", style="warn")] if reasons else [])
     title = "pruned units" + (f" (dead, and dormant ≤ {result.dormant:g})" if dormant else "")
     table = Table(title, columns)
-    for site in sites if rows is None else sites[:rows]:
+    for site in shown:
         removed = site["removed"]
         cells = [
             site["path"],
@@ -62,7 +64,7 @@ def prune_table(result: PruneResult, *, rows: int | None = None, after: Report |
                 Cell(_count(dead), "warn" if dead else "good"),
             ]
         cells.append(Cell(compress_indices(removed), full=compress_indices(removed, limit=10**9)))
-        cells.append(site["reason"] or "")
+        cells += [site["reason"] or ""] if reasons else []
         table.add_row(*cells)
     if rows is not None and len(sites) > rows:
         table.caption = f"{len(sites) - rows:,} more sites (result.site_rows())"
@@ -71,22 +73,20 @@ def prune_table(result: PruneResult, *, rows: int | None = None, after: Report |
 
 def prune_layers_table(result: PruneResult, *, rows: int | None = None) -> Table:
     """Every layer that changed (`result.layers`): its units and inputs before → after, a folded bias."""
-    table = Table(
-        "layers changed",
-        [
-            Column("layer", code=True, fit=40),
-            Column("class"),
-            Column("units", numeric=True),
-            Column("inputs", numeric=True),
-            Column("bias", long_title="constants of removed units folded into the bias"),
-        ],
-    )
     changes = result.layers if rows is None else result.layers[:rows]
+    folded = any(change.folded for change in changes)  # the column only where a bias took constants
+    columns = [
+        Column("layer", code=True, fit=40),
+        Column("class"),
+        Column("units", numeric=True),
+        Column("inputs", numeric=True),
+    ]
+    columns += [Column("bias", long_title="constants of removed units folded into the bias")] if folded else []
+    table = Table("layers changed", columns)
     arrow = lambda pair: "–" if pair is None else f"{pair[0]:,} → {pair[1]:,}"  # noqa: E731
     for change in changes:
-        table.add_row(
-            change.name, change.layer, arrow(change.units), arrow(change.inputs), "folded" if change.folded else ""
-        )
+        cells = [change.name, change.layer, arrow(change.units), arrow(change.inputs)]
+        table.add_row(*cells, *(["folded" if change.folded else ""] if folded else []))
     if rows is not None and len(result.layers) > rows:
         table.caption = f"{len(result.layers) - rows:,} more layers (result.layers)"
     return table

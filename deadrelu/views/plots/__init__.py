@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from deadrelu.views.plots._layout import (
+from deadrelu.views.plots.layout import (
     COLORS,
     DPI,
     MAX_HEIGHT,

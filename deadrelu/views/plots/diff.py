@@ -6,18 +6,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deadrelu.views.plots._layout import (
+from deadrelu.views.plots.layout import (
     COLORS,
     DARK,
     GREY,
-    _abs_formatter,
-    _bars,
-    _figure,
-    _header,
-    _integer_ticks,
-    _legend_handles,
-    _row_ticks,
+    abs_formatter,
+    draw_bars,
+    draw_header,
+    integer_ticks,
+    legend_handles,
+    new_figure,
     row_layout,
+    row_ticks,
     save_figure,
 )
 from deadrelu.views.terminal import shorten
@@ -44,21 +44,21 @@ def diff_figure(diff: ReportDiff) -> Figure:
     labels += [shorten(p, 40) + "  (only new)" for p in diff.only_new]
     labels += [shorten(p, 40) + "  (only old)" for p in diff.only_old]
     layout = row_layout(len(labels))
-    fig = _figure(12.0, layout.height)
+    fig = new_figure(12.0, layout.height)
     grid = fig.add_gridspec(1, 2, width_ratios=[3, 2])
     ax = fig.add_subplot(grid[0, 0])
     rows = np.arange(len(sites))
     died = np.array([len(s.newly_dead) for s in sites], dtype=float)
     revived = np.array([len(s.revived) for s in sites], dtype=float)
     if died.any():
-        _bars(ax, rows, 0.0, died, COLORS["dead"])
+        draw_bars(ax, rows, 0.0, died, COLORS["dead"])
     if revived.any():
-        _bars(ax, rows, 0.0, -revived, COLORS["healthy"])
+        draw_bars(ax, rows, 0.0, -revived, COLORS["healthy"])
     ax.axvline(0, color="black", lw=0.8)
     reach = max(float(died.max()) if died.size else 0.0, float(revived.max()) if revived.size else 0.0, 1.0)
     ax.set_xlim(-reach * 1.15, reach * 1.15)
-    ax.xaxis.set_major_formatter(_abs_formatter())
-    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.xaxis.set_major_formatter(abs_formatter())
+    ax.xaxis.set_major_locator(integer_ticks())
     if len(labels) <= 60:
         for row, (d, r) in enumerate(zip(died, revived)):
             if d:
@@ -82,7 +82,7 @@ def diff_figure(diff: ReportDiff) -> Figure:
                     color=COLORS["healthy"],
                 )
     colors = ["black"] * len(sites) + [GREY] * (len(diff.only_new) + len(diff.only_old))
-    _row_ticks(ax, labels, layout, colors=colors)
+    row_ticks(ax, labels, layout, colors=colors)
     ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel("units   ← revived | newly dead →", fontsize=8)
     ax.set_title("units that changed, per site (model order of the new report)", fontsize=9, loc="left")
@@ -110,13 +110,13 @@ def diff_figure(diff: ReportDiff) -> Figure:
         (f"newly dead ({s['newly_dead']:,})", {"facecolor": COLORS["dead"]}),
         (f"revived ({s['revived']:,})", {"facecolor": COLORS["healthy"]}),
     ]
-    _header(
+    draw_header(
         fig,
         f"{diff.new.get('name') or 'new'} vs {diff.old.get('name') or 'old'}: dead units "
         f"{s['dead_before']:,} → {s['dead_after']:,}; {s['newly_dead']:,} newly dead, "
         f"{s['revived']:,} revived",
         f"new: {shorten(str(diff.new.get('model')), 60)}   old: {shorten(str(diff.old.get('model')), 60)}",
-        _legend_handles(entries),
+        legend_handles(entries),
     )
     if not labels:
         ax.text(0.5, 0.5, "no site in either report", ha="center", va="center", transform=ax.transAxes)

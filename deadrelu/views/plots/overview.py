@@ -6,23 +6,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deadrelu.views.plots._layout import (
+from deadrelu.views.plots.layout import (
     COLORS,
     DARK,
     GREY,
     LABELS,
     STATUSES,
     RowLayout,
-    _bars,
-    _figure,
-    _header,
-    _legend_handles,
-    _log_axis,
-    _row_ticks,
-    _site_labels,
-    _summary_title,
+    draw_bars,
+    draw_header,
+    legend_handles,
+    log_axis,
+    new_figure,
     row_layout,
+    row_ticks,
     save_figure,
+    site_labels,
+    summary_title,
 )
 from deadrelu.views.terminal import shorten
 
@@ -52,7 +52,7 @@ def overview_figure(report: Report) -> Figure:
     site_gradients = any(s.grad_mean_abs is not None for s in sites)
     layer_gradients = bool(report.layer_gradients)
     ratios = [3.0] + [2.0] * site_gradients + [2.0] * layer_gradients
-    fig = _figure(8.5 + 3.2 * (len(ratios) - 1), layout.height)
+    fig = new_figure(8.5 + 3.2 * (len(ratios) - 1), layout.height)
     grid = fig.add_gridspec(1, len(ratios), width_ratios=ratios)
     ax = fig.add_subplot(grid[0, 0])
     handles = _share_panel(ax, report, layout)
@@ -61,7 +61,7 @@ def overview_figure(report: Report) -> Figure:
         handles += _site_gradient_panel(gx, sites)
     if layer_gradients:
         _layer_gradient_panel(fig.add_subplot(grid[0, len(ratios) - 1]), report.layer_gradients)
-    _header(fig, *_summary_title(report), handles)
+    draw_header(fig, *summary_title(report), handles)
     return fig
 
 
@@ -110,7 +110,7 @@ def _share_panel(ax: Axes, report: Report, layout: RowLayout) -> list:
     for name in STATUSES:
         shares = np.array([_count(s, name) / s.units if s.units else 0.0 for s in sites])
         if shares.any():
-            _bars(ax, rows, left, left + shares, COLORS[name])
+            draw_bars(ax, rows, left, left + shares, COLORS[name])
             entries.append((f"{LABELS.get(name, name)} ({totals[name]:,})", {"facecolor": COLORS[name]}))
         left += shares
     flag = float(report.settings.get("flag_threshold", 0.1))
@@ -135,8 +135,8 @@ def _share_panel(ax: Axes, report: Report, layout: RowLayout) -> list:
         entries.append(
             ("flagged site (◀, red label)", {"kind": "line", "color": COLORS["dead"], "marker": "<", "ls": "none"})
         )
-    labels = _site_labels(sites)
-    _row_ticks(ax, labels, layout, colors=[COLORS["dead"] if s.flagged else "black" for s in sites])
+    labels = site_labels(sites)
+    row_ticks(ax, labels, layout, colors=[COLORS["dead"] if s.flagged else "black" for s in sites])
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter("{x:.0%}")
     ax.set_xlabel("share of the site's units (label: dead / units)", fontsize=8)
@@ -152,7 +152,7 @@ def _share_panel(ax: Axes, report: Report, layout: RowLayout) -> list:
             0.5, 0.5, "no ReLU site: nothing here can die this way", ha="center", va="center", transform=ax.transAxes
         )
         ax.set_ylim(0.5, -0.5)
-    return _legend_handles(entries)
+    return legend_handles(entries)
 
 
 def _site_gradient_panel(ax: Axes, sites: list[SiteReport]) -> list:
@@ -169,9 +169,9 @@ def _site_gradient_panel(ax: Axes, sites: list[SiteReport]) -> list:
     measured = np.array([s.grad_mean_abs is not None and s.units > 0 for s in sites])
     means = np.array([float(np.mean(s.grad_mean_abs)) if m else np.nan for s, m in zip(sites, measured)])
     live = np.array([_live_gradient(s) if m else np.nan for s, m in zip(sites, measured)])
-    floor = _log_axis(ax, "x", np.concatenate([means, live]))
+    floor = log_axis(ax, "x", np.concatenate([means, live]))
     positive = measured & (means > 0)
-    _bars(ax, rows[positive], ax.get_xlim()[0], np.maximum(means[positive], floor), GREY)
+    draw_bars(ax, rows[positive], ax.get_xlim()[0], np.maximum(means[positive], floor), GREY)
     ax.scatter(np.maximum(live[positive], floor), rows[positive], s=9, color=DARK, zorder=3, linewidths=0)
     zero = measured & ~(means > 0)
     entries = [
@@ -187,7 +187,7 @@ def _site_gradient_panel(ax: Axes, sites: list[SiteReport]) -> list:
     ax.set_xlabel("mean |∂ℓ/∂z| per unit (log)", fontsize=8)
     ax.set_title("gradient flow per site", fontsize=9, loc="left")
     ax.grid(axis="x", which="major", lw=0.4, alpha=0.5)
-    return _legend_handles(entries)
+    return legend_handles(entries)
 
 
 def _live_gradient(site: SiteReport) -> float:
@@ -206,14 +206,14 @@ def _layer_gradient_panel(ax: Axes, layer_gradients: list[dict]) -> None:
     """
     norms = np.array([float(g.get("grad_norm") or 0.0) for g in layer_gradients])
     rows = np.arange(len(norms))
-    floor = _log_axis(ax, "x", norms)
-    _bars(ax, rows[norms > 0], ax.get_xlim()[0], np.maximum(norms[norms > 0], floor), "#2980b9")
+    floor = log_axis(ax, "x", norms)
+    draw_bars(ax, rows[norms > 0], ax.get_xlim()[0], np.maximum(norms[norms > 0], floor), "#2980b9")
     if (norms <= 0).any():
         ax.scatter(
             np.full((norms <= 0).sum(), floor), rows[norms <= 0], marker="x", color=COLORS["dead"], s=25, zorder=3
         )
     layout = row_layout(len(norms))
-    _row_ticks(
+    row_ticks(
         ax,
         [shorten(str(g.get("path", "?")), 32) for g in layer_gradients],
         layout,

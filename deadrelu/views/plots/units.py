@@ -9,22 +9,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deadrelu.views.plots._layout import (
+from deadrelu.views.plots.layout import (
     COLORS,
     DARK,
     LABELS,
     RATE_FLOOR,
     STATUSES,
-    _bars,
-    _figure,
-    _header,
-    _log_axis,
-    _no_ticks,
-    _row_ticks,
-    _site_labels,
-    _summary_title,
+    draw_bars,
+    draw_header,
+    log_axis,
+    new_figure,
+    no_ticks,
     row_layout,
+    row_ticks,
     save_figure,
+    site_labels,
+    summary_title,
 )
 from deadrelu.views.plots.overview import overview_figure
 from deadrelu.views.terminal import shorten
@@ -126,7 +126,7 @@ def unit_map_figure(report: Report, *, columns: int = 240) -> Figure:
     """
     sites = report.sites
     layout = row_layout(len(sites), header=1.7)
-    fig = _figure(10.0, layout.height)
+    fig = new_figure(10.0, layout.height)
     ax = fig.add_subplot()
     image = np.ones((max(len(sites), 1), columns, 4))
     quantiles = (np.arange(columns) + 0.5) / columns
@@ -140,12 +140,12 @@ def unit_map_figure(report: Report, *, columns: int = 240) -> Figure:
     if len(sites) > 1:
         row_points = (layout.height - 1.7) * 72.0 / len(sites)
         ax.hlines(np.arange(len(sites) - 1) + 0.5, 0.0, 1.0, color="white", lw=min(2.0, 0.15 * row_points))
-    _row_ticks(ax, _site_labels(sites), layout, colors=[COLORS["dead"] if s.flagged else "black" for s in sites])
+    row_ticks(ax, site_labels(sites), layout, colors=[COLORS["dead"] if s.flagged else "black" for s in sites])
     ax.xaxis.set_major_formatter("{x:.0%}")
     ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel("units of each site, sorted by active rate (share of the site's units)", fontsize=8)
     _rate_colorbar(fig, ax, location="top")
-    _header(fig, "unit map: every unit's active rate, one row per site (model order)", _summary_title(report)[0])
+    draw_header(fig, "unit map: every unit's active rate, one row per site (model order)", summary_title(report)[0])
     return fig
 
 
@@ -162,7 +162,7 @@ def histogram_figure(report: Report, *, bins: int = 25) -> Figure:
     rates = np.concatenate([s.active_rate for s in report.sites]) if report.sites else np.zeros(0)
     dead = np.concatenate([_dead_mask(s) for s in report.sites]) if report.sites else np.zeros(0, dtype=bool)
     dying = float(report.settings.get("dying_threshold", 0.01))
-    fig = _figure(8.0, 4.2)
+    fig = new_figure(8.0, 4.2)
     ax = fig.add_subplot()
     edges = np.geomspace(RATE_FLOOR, 1.0, bins + 1)
     counts, _ = np.histogram(np.clip(rates[~dead], RATE_FLOOR, 1.0), bins=edges)
@@ -194,7 +194,7 @@ def histogram_figure(report: Report, *, bins: int = 25) -> Figure:
     ax.set_xlim(zero_at / 2, 1.3)
     ticks = [zero_at + zero_width / 2] + [10.0**k for k in range(int(math.log10(RATE_FLOOR)), 1)]
     ax.set_xticks(ticks, ["0\n(dead)"] + [f"$10^{{{k}}}$" for k in range(int(math.log10(RATE_FLOOR)), 1)], fontsize=8)
-    ax.xaxis.set_minor_locator(_no_ticks())
+    ax.xaxis.set_minor_locator(no_ticks())
     top = max(int(counts.max()) if counts.size else 0, int(dead.sum()), 1)
     if top > 50:
         ax.set_yscale("log")
@@ -204,7 +204,7 @@ def histogram_figure(report: Report, *, bins: int = 25) -> Figure:
     ax.tick_params(axis="y", labelsize=8)
     ax.set_xlabel("active rate (share of sample × position pairs where the unit fires; log bins)", fontsize=8)
     ax.set_ylabel("units", fontsize=8)
-    _header(fig, f"active rates of all {rates.size:,} units", _summary_title(report)[0])
+    draw_header(fig, f"active rates of all {rates.size:,} units", summary_title(report)[0])
     return fig
 
 
@@ -224,7 +224,7 @@ def site_figure(site: SiteReport, settings: dict | None = None, *, index: int | 
     """
     settings = settings or {}
     gradients = site.grad_mean_abs is not None
-    fig = _figure(11.0, 5.6 if gradients else 4.4)
+    fig = new_figure(11.0, 5.6 if gradients else 4.4)
     grid = fig.add_gridspec(
         2 if gradients else 1, 2, width_ratios=[1.6, 1.0], height_ratios=[2.0, 1.0] if gradients else None
     )
@@ -245,7 +245,7 @@ def site_figure(site: SiteReport, settings: dict | None = None, *, index: int | 
         f"{site.units:,} units{positions}: {len(site.dead):,} dead ({site.dead_fraction:.1%}), "
         f"{len(site.dying):,} dying, {len(site.saturated):,} saturated" + ("  — FLAGGED" if site.flagged else "")
     )
-    _header(fig, first, second)
+    draw_header(fig, first, second)
     return fig
 
 
@@ -265,7 +265,7 @@ def _sorted_rates_panel(ax: Axes, site: SiteReport, order: np.ndarray, dying: fl
     dead = int((status == "dead").sum())
     if dead:  # sorted first; no height on a log scale, so a red band, a red floor bar and a count
         ax.axvspan(-0.5, dead - 0.5, color=COLORS["dead"], alpha=0.3, linewidth=0)
-        _bars(ax, x[:dead], floor, floor * 3.0, COLORS["dead"], thickness=1.0, horizontal=False).set_label(
+        draw_bars(ax, x[:dead], floor, floor * 3.0, COLORS["dead"], thickness=1.0, horizontal=False).set_label(
             f"dead ({dead:,}): never fire"
         )
         ax.text(
@@ -282,7 +282,7 @@ def _sorted_rates_panel(ax: Axes, site: SiteReport, order: np.ndarray, dying: fl
     for name in STATUSES[1:]:
         mask = status == name
         if mask.any():
-            _bars(
+            draw_bars(
                 ax, x[mask], floor, np.clip(rates[mask], floor, 1.0), COLORS[name], thickness=1.0, horizontal=False
             ).set_label(f"{LABELS.get(name, name)} ({mask.sum():,})")
     ax.axhline(dying, color="black", lw=0.8, ls="--", label=f"dying threshold {dying:g}")
@@ -315,7 +315,7 @@ def _sorted_gradient_panel(ax: Axes, site: SiteReport, order: np.ndarray) -> Non
     """
     grads = site.grad_mean_abs[order]
     x = np.arange(site.units)
-    floor = _log_axis(ax, "y", grads)
+    floor = log_axis(ax, "y", grads)
     positive = grads > 0
     ax.scatter(x[positive], np.maximum(grads[positive], floor), s=6, color=DARK, linewidths=0)
     if (~positive).any():

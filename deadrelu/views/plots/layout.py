@@ -85,8 +85,8 @@ def row_layout(
     return RowLayout(height=height, fontsize=fontsize, step=step)
 
 
-def _figure(width: float, height: float) -> Figure:
-    """A figure laid out by constrained layout (`_header` later keeps a band at its top free).
+def new_figure(width: float, height: float) -> Figure:
+    """A figure laid out by constrained layout (`draw_header` later keeps a band at its top free).
 
     Args:
         width: Width in inches.
@@ -122,17 +122,17 @@ def _legend_columns(labels: list[str], width: float) -> int:
     return 1
 
 
-def _header(fig: Figure, first: str, second: str, handles: list | None = None) -> None:
+def draw_header(fig: Figure, first: str, second: str, handles: list | None = None) -> None:
     """Writes two title lines and a legend row (or more) in a band at the top, above all axes.
 
     The band's height is taken from the constrained layout (its `rect`), so the legend never
     covers a bar and the titles never collide with it.
 
     Args:
-        fig: The figure (made by `_figure`).
+        fig: The figure (made by `new_figure`).
         first: The bold first title line.
         second: The smaller second line.
-        handles: Legend handles (`_legend_handles`); none: no legend row.
+        handles: Legend handles (`legend_handles`); none: no legend row.
     """
     from matplotlib.layout_engine import ConstrainedLayoutEngine
 
@@ -161,7 +161,7 @@ def _header(fig: Figure, first: str, second: str, handles: list | None = None) -
         )
 
 
-def _legend_handles(entries: list[tuple[str, dict]]) -> list:
+def legend_handles(entries: list[tuple[str, dict]]) -> list:
     """Legend handles from (label, style) pairs.
 
     Args:
@@ -169,7 +169,7 @@ def _legend_handles(entries: list[tuple[str, dict]]) -> list:
             or of `Line2D` when the style has `"kind": "line"`.
 
     Returns:
-        The handles, in order, for `_header`.
+        The handles, in order, for `draw_header`.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -183,7 +183,7 @@ def _legend_handles(entries: list[tuple[str, dict]]) -> list:
     return handles
 
 
-def _summary_title(report: Report) -> tuple[str, str]:
+def summary_title(report: Report) -> tuple[str, str]:
     """Two title lines: the verdict, then what it was measured on and with which thresholds.
 
     Args:
@@ -217,7 +217,7 @@ def _summary_title(report: Report) -> tuple[str, str]:
 # -- rows and bars --------------------------------------------------------------------------
 
 
-def _site_labels(sites: list[SiteReport], width: int = 40) -> list[str]:
+def site_labels(sites: list[SiteReport], width: int = 40) -> list[str]:
     """Row labels "path  dead/units", prefixed with the model-order index when there are many rows.
 
     Args:
@@ -234,7 +234,7 @@ def _site_labels(sites: list[SiteReport], width: int = 40) -> list[str]:
     ]
 
 
-def _row_ticks(
+def row_ticks(
     ax: Axes, labels: list[str], layout: RowLayout, *, colors: list[str] | None = None, side: str = "left"
 ) -> None:
     """Labels every row (every `layout.step`-th) beside the axes, top row first.
@@ -300,7 +300,7 @@ def _row_ticks(
     )
 
 
-def _bars(ax: Axes, at, start, end, color, *, thickness: float = 0.86, horizontal: bool = True) -> PolyCollection:
+def draw_bars(ax: Axes, at, start, end, color, *, thickness: float = 0.86, horizontal: bool = True) -> PolyCollection:
     """Many bars as one PolyCollection (much faster than `barh` with hundreds of rows).
 
     Args:
@@ -354,7 +354,7 @@ def _log_floor(values: np.ndarray, span: float = 1e8) -> float:
     return max(float(positive.min()) / 10.0, float(positive.max()) / span)
 
 
-def _log_axis(ax: Axes, which: str, values: np.ndarray) -> float:
+def log_axis(ax: Axes, which: str, values: np.ndarray) -> float:
     """Puts `which` ("x" or "y") on a log scale spanning the values and their zero floor.
 
     The range spans at least two decades so there are labelled decade ticks, and minor ticks carry
@@ -382,21 +382,21 @@ def _log_axis(ax: Axes, which: str, values: np.ndarray) -> float:
     return floor
 
 
-def _no_ticks() -> Locator:
+def no_ticks() -> Locator:
     """A locator that places no ticks (for minor ticks that would clutter an axis)."""
     from matplotlib.ticker import NullLocator
 
     return NullLocator()
 
 
-def _integer_ticks() -> Locator:
+def integer_ticks() -> Locator:
     """At most 8 whole-number ticks, symmetric around zero (for counts drawn both ways from zero)."""
     from matplotlib.ticker import MaxNLocator
 
     return MaxNLocator(nbins=8, integer=True, symmetric=True)
 
 
-def _abs_formatter() -> FuncFormatter:
+def abs_formatter() -> FuncFormatter:
     """Tick labels without a sign: a count drawn leftwards (negative) still reads as a count."""
     from matplotlib.ticker import FuncFormatter
 
