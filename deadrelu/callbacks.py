@@ -288,7 +288,11 @@ class DeadReluMonitor(keras.callbacks.Callback):
             result,
             thresholds=self.thresholds,
             model={"path": None, "name": self.model.name, "sha256": None, "format": "in-memory"},
-            data={"source": self._probe_data.source, "samples": result.samples},
+            data={
+                "source": self._probe_data.source,
+                "samples": result.samples,
+                "inputs": self._probe_data.input_ranges(),
+            },
             settings={"batch_size": self.batch_size},
             notes=result.notes,
         )

@@ -44,6 +44,10 @@ class Thresholds:
 
 _UNIT_ARRAYS = ("active_rate", "sample_active_rate", "mean_abs", "dormancy", "max_output")
 _OPTIONAL_ARRAYS = ("saturated_rate", "grad_mean_abs", "grad_zero_rate")
+_CAUSE_FIELDS = ("dead_causes", "causes", "cause_evidence")  # filled by `scan(..., why=True)`
+# Per unit, from the pre-activation z; in the JSON always present, one entry per unit, null where
+# not measured (an unreached site, a z that cannot be observed).
+_PREACT_ARRAYS = ("margin", "preact_mean", "preact_std", "preact_min")
 
 
 @dataclasses.dataclass(repr=False)
@@ -94,6 +98,24 @@ class SiteReport:
         non_finite_outputs: Per unit, how many (sample, position) pairs gave a NaN or ±inf output
             (read as zero by every other statistic); `None` in reports written before it was
             measured. Defaults to `None`.
+        margin: Per unit, the largest pre-activation z (what the ReLU is applied to: a fused
+            layer's linear output, an `Activation`/`ReLU` layer's input, an op's input) minus the
+            site's threshold (0 for a plain ReLU): ≤ 0 for a dead unit. `None` when z was not
+            measured (an unreached site; a site whose z cannot be observed; an older report).
+            NaN and ±inf z are read as 0, as everywhere. Defaults to `None`.
+        preact_mean: Per unit, the mean of z over (sample, position) pairs; `None` as `margin`.
+            Defaults to `None`.
+        preact_std: Per unit, the standard deviation of z (population: sqrt(max(0, E[z²] −
+            E[z]²))), exactly 0.0 when z never varied; `None` as `margin`. Defaults to `None`.
+        preact_min: Per unit, the smallest z; `None` as `margin`. Defaults to `None`.
+        dead_causes: Per entry of `dead`, in the same order, why that unit died: "starved",
+            "output_relu", "born_dead", "killed_in_training" or "data_dependent"
+            (`deadrelu.diagnosis.causes`); `None` unless the scan ran with `why=True`. Defaults
+            to `None`.
+        causes: `{cause: dead units}` for the causes present; `None` without `why`. Defaults to
+            `None`.
+        cause_evidence: `{cause: {...numbers...}}` for the causes present (docs/report-format.md);
+            `None` without `why`. Defaults to `None`.
 
     `repr(site)` is one line, e.g. `<SiteReport hidden_1 (Dense, fused): 48/64 units dead (75.0%), flagged>`.
     """
@@ -122,6 +144,13 @@ class SiteReport:
     non_finite: list[int] = dataclasses.field(default_factory=list)
     non_finite_weights: list[int] = dataclasses.field(default_factory=list)
     non_finite_outputs: np.ndarray | None = None
+    margin: np.ndarray | None = None
+    preact_mean: np.ndarray | None = None
+    preact_std: np.ndarray | None = None
+    preact_min: np.ndarray | None = None
+    dead_causes: list[str] | None = None
+    causes: dict[str, int] | None = None
+    cause_evidence: dict[str, dict] | None = None
 
     @property
     def dead_fraction(self) -> float:
@@ -183,6 +212,12 @@ class SiteReport:
             value = getattr(self, name)
             if value is not None:
                 out[name] = [float(v) for v in value]
+        for name in _PREACT_ARRAYS:
+            value = getattr(self, name)
+            out[name] = [None] * self.units if value is None else [_finite_or_none(v) for v in value]
+        for name in _CAUSE_FIELDS:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -212,6 +247,8 @@ class SiteReport:
                 np.asarray(d["non_finite_outputs"], dtype=np.int64) if d.get("non_finite_outputs") is not None else None
             ),
             **arrays,
+            **{name: _preact_array(d.get(name)) for name in _PREACT_ARRAYS},
+            **{name: d.get(name) for name in _CAUSE_FIELDS},
         )
 
 
@@ -240,6 +277,11 @@ class Report:
         non_finite_layers: The layers whose weights hold NaN or ±inf, in model order, each
             `{"path", "layer", "values", "size"}` (the diverged model's weights, sites or not).
             Defaults to `[]`.
+        why: The cause analysis of `scan(..., why=True)`: `init_baseline` (the dead fraction of
+            every site in freshly initialised copies of the model, per seed), `training` (the
+            training configuration stored with the model, or None), `findings` (model-level,
+            each with its numbers) and `recommendations` (one per cause); `None` without `why`
+            (docs/report-format.md). Defaults to `None`.
 
     `repr(report)` is one line, e.g.
     `<Report dying_mlp: 104/192 units dead (54.2%) in 3 sites, 1,000 samples>`. A notebook shows
@@ -266,6 +308,7 @@ class Report:
     tool: dict = dataclasses.field(default_factory=lambda: tool_info())
     loss: float | None = None
     non_finite_layers: list[dict] = dataclasses.field(default_factory=list)
+    why: dict | None = None
 
     def __repr__(self) -> str:
         summary = self.summary
@@ -294,14 +337,15 @@ class Report:
         """Counts over the sites: sites, units, dead, dying, saturated, non_finite, healthy,
         dead_fraction, flagged_sites, unreached_sites (units of unreached sites are left out);
         whether the model `diverged` (NaN or ±inf in a weight or a site output) and where
-        (`first_non_finite`, see `deadrelu.engine.non_finite.first_non_finite`)."""
+        (`first_non_finite`, see `deadrelu.engine.non_finite.first_non_finite`); with `why`,
+        `causes`: dead units per cause over the model."""
         from deadrelu.engine.non_finite import first_non_finite
 
         units = sum(s.units for s in self.sites if s.reached)
         dead = sum(len(s.dead) for s in self.sites)
         non_finite = sum(len(s.non_finite) for s in self.sites if s.reached)
         first = first_non_finite(self.sites, self.non_finite_layers)
-        return {
+        summary = {
             "sites": len(self.sites),
             "units": units,
             "dead": dead,
@@ -315,6 +359,12 @@ class Report:
             "diverged": bool(non_finite or first is not None),
             "first_non_finite": first,
         }
+        if any(s.causes is not None for s in self.sites):
+            from deadrelu.diagnosis.causes import KINDS
+
+            totals = {kind: sum((s.causes or {}).get(kind, 0) for s in self.sites) for kind in KINDS}
+            summary["causes"] = {kind: count for kind, count in totals.items() if count}
+        return summary
 
     @property
     def diverged(self) -> bool:
@@ -366,6 +416,8 @@ class Report:
             out["layer_gradients"] = self.layer_gradients
         if self.loss is not None:
             out["loss"] = self.loss
+        if self.why is not None:
+            out["why"] = self.why
         return out
 
     def to_json(self, path: str) -> None:
@@ -394,6 +446,7 @@ class Report:
             tool=d.get("tool", {}),
             loss=d.get("loss"),
             non_finite_layers=list(d.get("non_finite_layers", [])),
+            why=d.get("why"),
         )
 
     @classmethod
@@ -523,7 +576,20 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
         non_finite=_indices(non_finite),
         non_finite_weights=[] if weights is None else _indices(np.asarray(weights, bool) & reached),
         non_finite_outputs=None if outputs is None else np.asarray(outputs, dtype=np.int64),
+        **{name: getattr(stats, name, None) for name in _PREACT_ARRAYS},
     )
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _preact_array(values) -> np.ndarray | None:
+    """A per-unit pre-activation list of the JSON → float64 array (null → NaN); None when absent or all null."""
+    if values is None or all(v is None for v in values):
+        return None
+    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _clip(text: str, width: int = 80) -> str:

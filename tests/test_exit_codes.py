@@ -106,6 +106,7 @@ def test_a_bug_in_the_statistics_traced_into_the_step_is_exit_3(error, files, ru
         raise error("planted bug")
 
     monkeypatch.setattr(probe, "site_batch_stats", broken)
+    monkeypatch.setattr(probe, "fused_relu_stats", broken)  # the kernel's one-pass path, where it applies
     code, _, err = run_cli(["scan", files / "reshape.keras", "--data", files / "x4.npy", "--quiet"])
     _internal_error(code, err, "InternalError", error.__name__, "planted bug")
 

@@ -1,10 +1,17 @@
 """deadrelu's fused statistics kernel (deadrelu/kernel/__init__.py, deadrelu/kernel/site_stats.cc) on TensorFlow.
 
-1. The two ops against numpy on arrays with planted values: dead units, units at their cap,
-   subnormal outputs and gradients, -0.0, NaN and ±inf outputs and gradients (counted in
-   `non_finite`, read as zero by the rest), padding rows left out by `valid`, one position to
+1. The site and gradient ops against numpy on arrays with planted values: dead units, units at
+   their cap, subnormal outputs and gradients, -0.0, NaN and ±inf outputs and gradients (counted
+   in `non_finite`, read as zero by the rest), padding rows left out by `valid`, one position to
    hundreds, unit counts that are no multiple of a vector width, an empty batch; and their
-   refusal of malformed inputs.
+   refusal of malformed inputs. The pre-activation op (`deadrelu_preact_stats`) against numpy
+   with exact (`math.fsum`) sums: maxima and minima bit for bit, float64 sums within 1e-12, on
+   all-negative, constant, subnormal and huge units, NaN and ±inf read as zero, padding, one unit
+   to 2048, one sample, no rows; the same bits on every run and with one thread. The fused ReLU op
+   (`deadrelu_relu_site_stats`): its output equal, bit for bit, to Keras's relu, relu6 and
+   ReLU(threshold, max_value) on TensorFlow and to numpy's maximum/clip semantics (NaN passes without a
+   threshold, is 0 with one; -0.0 and subnormals give +0; +inf gives the cap), written over z inside a
+   traced function too; its statistics equal to the site and pre-activation ops' on the same values.
 2. Scans with the kernel equal scans on TensorFlow's own ops (`DEADRELU_KERNEL=off`), counts
    exactly, on models that take every path of the engine (fused, channels-first, capped and
    threshold ReLUs, op-level ReLUs on reshaped tensors, a layer called twice, gradients). The
@@ -24,6 +31,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -212,6 +220,14 @@ def test_ops_run_inside_a_traced_function_with_unknown_shapes(ops):
     np.testing.assert_array_equal(fires.numpy(), want["fires"])
     np.testing.assert_array_equal(nonzero.numpy(), want["grad_nonzero"])
 
+    # The shape function gives the pre-activation op's outputs their static [units] too.
+    z = preact_planted((9, 12, 7), seed=3)
+    unknown = [tf.TensorSpec((None, None, 7)), tf.TensorSpec((None,))]
+    traced = tf.function(ops.deadrelu_preact_stats, input_signature=unknown)
+    outputs = traced.get_concrete_function().structured_outputs
+    assert [(t.shape, t.dtype) for t in outputs] == [((7,), tf.float32)] * 2 + [((7,), tf.float64)] * 2
+    assert_preact_equal(traced(z, tf.zeros((0,))), preact_reference(z, None))
+
 
 @pytest.mark.parametrize(
     "call, message",
@@ -219,12 +235,286 @@ def test_ops_run_inside_a_traced_function_with_unknown_shapes(ops):
         (lambda ops: ops.deadrelu_site_stats(tf.zeros((4, 3)), tf.zeros((0,))), "rank"),
         (lambda ops: ops.deadrelu_site_stats(tf.zeros((4, 2, 3)), tf.zeros((3,))), "valid"),
         (lambda ops: ops.deadrelu_grad_stats(tf.zeros((4, 2, 3)), tf.zeros((4, 2, 2)), tf.zeros((0,))), "grad"),
+        (lambda ops: ops.deadrelu_preact_stats(tf.zeros((4, 3)), tf.zeros((0,))), "rank"),
+        (lambda ops: ops.deadrelu_preact_stats(tf.zeros((4, 2, 3)), tf.zeros((5,))), "valid"),
     ],
-    ids=["rank-2 output", "valid of another length", "gradient of another shape"],
+    ids=[
+        "rank-2 output",
+        "valid of another length",
+        "gradient of another shape",
+        "rank-2 pre-activation",
+        "pre-activation's valid of another length",
+    ],
 )
 def test_ops_refuse_malformed_inputs(ops, call, message):
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=message):
         call(ops)
+
+
+# -- the pre-activation op against numpy ---------------------------------------------------------
+
+BIG = np.finfo(np.float32).max
+
+
+def preact_planted(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """Pre-activations [samples, positions, units] of both signs, planted units first, then NaN, ±inf, -0.0."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.2, 3.0, shape).astype(np.float32)
+    n, _, u = shape
+    if u >= 6 and n:
+        z[..., 0] = -np.abs(z[..., 0]) - 0.5  # all negative: a dead unit, its margin below zero
+        z[..., 1] = -1.75  # constant: max == min, no spread (a starved unit)
+        z[..., 2] = np.float32(1e-40)  # subnormal only: read as zero
+        z[..., 3] = z[..., 3] * 1e4 + 3e4  # large values: their squares need float64's digits
+        z[..., 4] = -np.abs(z[..., 4]) - 1.0
+        z[0, 0, 4], z[-1, -1, 4] = np.nan, np.inf  # the only non-negative entries: NaN and inf, read as 0
+        z[..., 5] = -np.inf  # nothing finite: every entry read as 0
+    wild = np.array([np.nan, np.inf, -np.inf, -0.0], np.float32)
+    spots = rng.random(shape) < 0.05
+    spots[..., : min(u, 6)] = False
+    z[spots] = rng.choice(wild, int(spots.sum()))
+    return z
+
+
+def preact_reference(z: np.ndarray, valid: np.ndarray | None) -> dict:
+    """`deadrelu_preact_stats` by its definition: max and min of z with NaN, ±inf and subnormals read
+    as +0, and EXACT sums (`math.fsum`; numpy's float64 sum over axes (0, 1) adds naively and errs by
+    up to ~1e-13 on these sizes)."""
+    if valid is not None:
+        z = z[valid == 1]
+    u = z.shape[2]
+    x = np.where(np.isfinite(z), z, np.float32(0))
+    x = np.where(np.abs(x) >= TINY, x, np.float32(0)).reshape(-1, u)
+    if not len(x):
+        return {"max": np.full(u, -np.inf, np.float32), "min": np.full(u, np.inf, np.float32), "n": 0}
+    wide = x.astype(np.float64)
+    return {
+        "max": x.max(axis=0),
+        "min": x.min(axis=0),
+        "sum": np.array([math.fsum(wide[:, k]) for k in range(u)]),
+        "sumsq": np.array([math.fsum(wide[:, k] ** 2) for k in range(u)]),  # squares of float32: exact
+        "sum_abs": np.array([math.fsum(np.abs(wide[:, k])) for k in range(u)]),
+        "n": len(x),
+    }
+
+
+def assert_preact_equal(got, want: dict, rtol: float = 1e-12) -> None:
+    pre_max, pre_min, pre_sum, pre_sumsq = (t.numpy() for t in got)
+    assert [t.dtype for t in (pre_max, pre_min, pre_sum, pre_sumsq)] == [np.float32] * 2 + [np.float64] * 2
+    # Bit for bit (so -0.0 for +0 or a NaN would fail).
+    np.testing.assert_array_equal(pre_max.view(np.uint32), want["max"].view(np.uint32), err_msg="pre_max")
+    np.testing.assert_array_equal(pre_min.view(np.uint32), want["min"].view(np.uint32), err_msg="pre_min")
+    if not want["n"]:
+        assert not pre_sum.any() and not pre_sumsq.any()
+        return
+    # The sum of z may cancel: its error is measured against the sum of |z| it came from.
+    assert (np.abs(pre_sum - want["sum"]) <= rtol * want["sum_abs"]).all(), (pre_sum, want["sum"])
+    np.testing.assert_allclose(pre_sumsq, want["sumsq"], rtol=rtol, atol=0, err_msg="pre_sumsq")
+
+
+PREACT_SHAPES = [
+    (7, 5, 6),
+    (1, 300, 6),  # one sample: one chunk
+    (3, 4, 1),  # a single unit
+    (9, 2, 2048),  # a wide layer
+    (200, 1, 7),  # Dense: one position, blocks of rows across samples
+    (40, 33, 17),
+    (300, 40, 24),  # several chunks, of unequal numbers of samples
+    (64, 49, 130),
+    (0, 4, 6),  # an empty batch
+]
+
+
+@pytest.mark.parametrize("shape", PREACT_SHAPES, ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["all-rows", "padding"])
+def test_preact_op_matches_numpy(ops, shape, masked):
+    z = preact_planted(shape, seed=sum(shape))
+    valid = (np.arange(shape[0]) % 3 != 1).astype(np.float32) if masked else None
+    got = ops.deadrelu_preact_stats(tf.constant(z), tf.constant(valid if masked else np.zeros(0, np.float32)))
+    want = preact_reference(z, valid)
+    assert_preact_equal(got, want)
+    pre_max, pre_min = got[0].numpy(), got[1].numpy()
+    if shape[2] >= 6 and want["n"]:  # the planted units, by name
+        assert pre_max[0] < -0.5 and pre_min[0] < pre_max[0]
+        assert pre_max[1] == pre_min[1] == np.float32(-1.75)
+        assert got[2].numpy()[1] == -1.75 * want["n"] and got[3].numpy()[1] == 1.75**2 * want["n"]
+        assert pre_max[2] == pre_min[2] == 0.0 and got[3].numpy()[2] == 0.0
+        assert pre_max[4] == 0.0 and pre_min[4] < -1.0  # its NaN (row 0, never padding) read as 0
+        assert pre_max[5] == pre_min[5] == 0.0 and got[2].numpy()[5] == 0.0
+    for value in (pre_max, pre_min, got[2].numpy(), got[3].numpy()):
+        assert not np.isnan(value).any()
+    if shape[0] * shape[1] >= 40 and shape[2] > 6:  # enough values for the planted NaN/±inf to land
+        assert not np.isfinite(z[..., 6:]).all() and np.isfinite(pre_max).all() and np.isfinite(pre_min).all()
+
+
+def test_preact_op_without_counted_rows_gives_the_identities(ops):
+    """Every row padding: nothing counted, so the totals over batches start from -inf, +inf, 0, 0."""
+    z = preact_planted((4, 3, 6), seed=1)
+    pre_max, pre_min, pre_sum, pre_sumsq = (t.numpy() for t in ops.deadrelu_preact_stats(z, tf.zeros((4,))))
+    assert (pre_max == -np.inf).all() and (pre_min == np.inf).all()
+    assert (pre_sum == 0).all() and (pre_sumsq == 0).all()
+
+
+def test_preact_sums_are_float64_throughout(ops):
+    """Values near 1000 over a 500×500 feature map: float32 sums (even per block of positions) would be
+    off by ~1e-7; the op's are within 1e-12 of the exact sums."""
+    rng = np.random.default_rng(8)
+    z = rng.uniform(1000.0, 1001.0, (2, 250_000, 3)).astype(np.float32)
+    z[1, :, 2] *= -1.0  # one unit whose sum cancels
+    assert_preact_equal(ops.deadrelu_preact_stats(z, tf.zeros((0,))), preact_reference(z, None), rtol=1e-12)
+
+
+PREACT_BITS = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+ops = tf.load_op_library(sys.argv[1])
+z = np.load(sys.argv[2])
+outputs = ops.deadrelu_preact_stats(z, tf.zeros((0,)))
+print(np.concatenate([t.numpy().view(np.uint8) for t in outputs]).tobytes().hex())
+"""
+
+
+def preact_bits(ops, z) -> np.ndarray:
+    return np.concatenate([t.numpy().view(np.uint8) for t in ops.deadrelu_preact_stats(z, tf.zeros((0,)))])
+
+
+def test_preact_op_gives_the_same_bits_on_every_run(ops):
+    z = preact_planted((300, 40, 24), seed=11)  # 9 chunks over this process's threads
+    first = preact_bits(ops, z)
+    for _ in range(3):
+        np.testing.assert_array_equal(preact_bits(ops, z), first)
+
+
+def test_preact_op_gives_the_same_bits_with_one_thread(ops, library, tmp_path):
+    """The samples are summed in chunks fixed by the shape, added in order: the thread count does not matter."""
+    z = preact_planted((300, 40, 24), seed=11)
+    first = preact_bits(ops, z)
+    np.save(tmp_path / "z.npy", z)
+    done = subprocess.run(
+        [sys.executable, "-c", PREACT_BITS, str(library.path), str(tmp_path / "z.npy")],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"},
+        capture_output=True,
+        text=True,
+        timeout=HELPER_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == first.tobytes().hex(), "one thread summed otherwise"
+
+
+def test_scans_find_the_preact_op_on_the_kernel(scans_use_the_kernel):
+    """The engine asks `getattr(kernel.ops(), "deadrelu_preact_stats", None)`: there when scans use the kernel."""
+    assert callable(getattr(kernel.ops(), "deadrelu_preact_stats", None))
+
+
+# -- the fused ReLU op: Keras's ReLU and every statistic, from one read of z ---------------------------
+
+RELUS = {  # name: (threshold, cap, Keras's own function of that site)
+    "relu": (0.0, None, lambda z: keras.activations.relu(z)),
+    "relu6": (0.0, 6.0, lambda z: keras.activations.relu6(z)),
+    "ReLU(max_value=0.4)": (0.0, 0.4, L.ReLU(max_value=0.4)),
+    "ReLU(threshold=0.5)": (0.5, None, L.ReLU(threshold=0.5)),
+    "ReLU(threshold=0.5, max_value=6)": (0.5, 6.0, L.ReLU(threshold=0.5, max_value=6.0)),
+    "ReLU(threshold=1, max_value=2)": (1.0, 2.0, L.ReLU(threshold=1.0, max_value=2.0)),
+}
+WILD = np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-40, -1e-40, 0.4, 0.5, 1.0, 2.0, 6.0, 7.0, 1e30, -3.0])
+
+
+def numpy_relu(z: np.ndarray, threshold: float, cap: float | None) -> np.ndarray:
+    """Keras's ReLU on TensorFlow's CPU, by numpy: NaN passes (unless a threshold zeroes it), -0.0,
+    subnormals and everything at or below the threshold give +0, the cap clips (+inf too)."""
+    if threshold:
+        a = np.where(z > np.float32(threshold), z, np.float32(0))
+    else:
+        a = np.where(np.isnan(z), z, np.maximum(np.where(np.abs(z) >= TINY, z, np.float32(0)), np.float32(0)))
+    if cap is not None:
+        a = np.where(np.isnan(a), a, np.clip(a, np.float32(0), np.float32(cap)))
+    return np.where(a == 0, np.float32(0), a).astype(np.float32)  # +0, never -0
+
+
+def relu_attrs(threshold: float, cap: float | None) -> dict:
+    return {"threshold": threshold, **({"cap": cap, "capped": True} if cap is not None else {})}
+
+
+def relu_planted(shape: tuple, seed: int) -> np.ndarray:
+    """`preact_planted` values, shaped [samples, ..., units], with every kind of value planted in them."""
+    n, u = shape[0], shape[-1]
+    z = preact_planted((n, int(np.prod(shape[1:-1], dtype=np.int64)), u), seed).reshape(shape)
+    flat = z.reshape(-1)
+    flat[: min(flat.size, 5 * len(WILD))] = np.resize(WILD.astype(np.float32), min(flat.size, 5 * len(WILD)))
+    return z
+
+
+@pytest.mark.parametrize("name", list(RELUS))
+@pytest.mark.parametrize("shape", [(5, 37), (4, 3, 16), (3, 5, 4, 19)], ids=str)
+def test_relu_op_output_is_keras_relu_bit_for_bit(ops, name, shape):
+    threshold, cap, keras_relu = RELUS[name]
+    z = relu_planted(shape, seed=len(name) + len(shape))
+    got = ops.deadrelu_relu_site_stats(z, tf.zeros((0,)), **relu_attrs(threshold, cap))[0].numpy()
+    assert got.shape == z.shape and got.dtype == np.float32
+    want = np.asarray(keras_relu(tf.constant(z)))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"{name} vs Keras")
+    np.testing.assert_array_equal(got.view(np.uint32), numpy_relu(z, threshold, cap).view(np.uint32))
+    # The planted values, by name (the first row holds WILD, in order, for shapes wide enough).
+    first = got.reshape(-1)[: len(WILD)]
+    nan_passes = not threshold
+    assert np.isnan(first[0]) == nan_passes and np.isnan(first[1]) == nan_passes
+    assert first[2] == (np.inf if cap is None else np.float32(cap))
+    assert (first[3:8].view(np.uint32) == 0).all()  # -inf, ±0 and ±subnormals: +0 bit for bit
+
+
+@pytest.mark.parametrize("name", list(RELUS))
+def test_relu_op_is_keras_relu_when_it_writes_over_z_in_a_traced_function(ops, name):
+    """Inside a `tf.function` z feeds nothing else, so the op writes `a` over it: still Keras's relu,
+    and the statistics are those of the values of z, read before they were overwritten."""
+    threshold, cap, keras_relu = RELUS[name]
+    z = relu_planted((6, 7, 5, 24), seed=3)
+    empty = tf.zeros((0,))
+    attrs = relu_attrs(threshold, cap)
+    traced = tf.function(lambda x: ops.deadrelu_relu_site_stats(x * 1.0, empty, **attrs), autograph=False)
+    got = traced(tf.constant(z))
+    eager = ops.deadrelu_relu_site_stats(z, empty, **attrs)
+    np.testing.assert_array_equal(got[0].numpy().view(np.uint32), np.asarray(keras_relu(z)).view(np.uint32))
+    for traced_value, eager_value in zip(got[1:], eager[1:]):
+        np.testing.assert_array_equal(traced_value.numpy(), eager_value.numpy())
+
+
+@pytest.mark.parametrize("name", ["relu", "relu6", "ReLU(threshold=0.5)", "ReLU(threshold=1, max_value=2)"])
+@pytest.mark.parametrize("shape", [(7, 5, 6), (200, 1, 7), (40, 33, 17), (300, 40, 24), (64, 49, 130), (0, 4, 6)])
+@pytest.mark.parametrize("masked", [False, True], ids=["all-rows", "padding"])
+def test_relu_op_statistics_equal_the_site_and_preact_ops(ops, name, shape, masked):
+    threshold, cap, _ = RELUS[name]
+    z = relu_planted(shape, seed=sum(shape))
+    valid = (np.arange(shape[0]) % 3 != 1).astype(np.float32) if masked else None
+    valid_t = tf.constant(valid if masked else np.zeros(0, np.float32))
+    a, *stats = ops.deadrelu_relu_site_stats(z, valid_t, **relu_attrs(threshold, cap))
+    want_a = numpy_relu(z, threshold, cap)
+    np.testing.assert_array_equal(a.numpy().view(np.uint32), want_a.view(np.uint32))  # padding rows too
+    site_attrs = {"cap": cap, "capped": True} if cap is not None else {}
+    site = ops.deadrelu_site_stats(want_a, valid_t, **site_attrs)
+    names = ["fires", "sample_fires", "sum_abs", "max", "saturated", "non_finite"]
+    for label, got, expected in zip(names, stats[:6], site):
+        assert got.dtype == expected.dtype, label
+        if label == "sum_abs":  # the same float32 block sums, added in float64 in another grouping
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12, atol=0, err_msg=label)
+        else:
+            np.testing.assert_array_equal(got.numpy(), expected.numpy(), err_msg=label)
+    pre = ops.deadrelu_preact_stats(z, valid_t)
+    for got, expected in zip(stats[6:], pre):
+        assert got.dtype == expected.dtype
+    assert_preact_equal(stats[6:], preact_reference(z, valid))
+    counted = want_a if valid is None else want_a[valid == 1]
+    assert stats[5].numpy().sum() == (~np.isfinite(counted)).sum()
+    if shape[0] * shape[1] >= 40 and not threshold:  # the planted NaN landed, passed, and were counted
+        assert stats[5].numpy().sum() > 0
+
+
+def test_relu_op_refuses_malformed_inputs(ops):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rank 1"):
+        ops.deadrelu_relu_site_stats(tf.zeros((4,)), tf.zeros((0,)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="valid must be"):
+        ops.deadrelu_relu_site_stats(tf.zeros((4, 3)), tf.zeros((3,)))
 
 
 # -- scans with and without the kernel ---------------------------------------------------------------
@@ -267,6 +557,27 @@ def channels_first_thresholds():
     )
 
 
+def relu_layers():
+    """Channels-last `ReLU` layers with a threshold and a cap, an `Activation`, BN → ReLU: the kernel
+    applies each of them (and the fused relu of the last conv) in the forward step."""
+    keras.utils.set_random_seed(5)
+    return keras.Sequential(
+        [
+            keras.Input((7, 8, 3)),
+            L.Conv2D(4, 3),
+            L.ReLU(threshold=0.3, name="threshold"),
+            L.Conv2D(5, 2),
+            L.BatchNormalization(),
+            L.ReLU(max_value=0.4, name="capped"),
+            L.Conv2D(6, 2, activation="relu", name="fused"),
+            L.Flatten(),
+            L.Dense(7),
+            L.Activation("relu", name="activation"),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
 def op_level_shared():
     keras.utils.set_random_seed(3)
     inputs = keras.Input((24,))
@@ -290,6 +601,7 @@ def unknown_sizes():
 MODELS = {
     "capped CNN": (capped_cnn, (10, 9, 3), 4),
     "channels-first thresholds": (channels_first_thresholds, (3, 7, 8), 3),
+    "ReLU layers, Activation, BN": (relu_layers, (7, 8, 3), 3),
     "op-level ReLUs, a layer called twice": (op_level_shared, (24,), 3),
     "unknown spatial sizes": (unknown_sizes, (8, 7, 3), 3),
 }
@@ -322,6 +634,32 @@ def test_scans_with_and_without_the_kernel_agree(scans_use_the_kernel, monkeypat
         by_path = {site.path: site for site in fast.sites}
         assert 1 in by_path["first_conv"].dead and 5 in by_path["depthwise"].dead
         assert 2 in by_path["depthwise"].saturated
+
+
+# Per model: the sites the forward step hands to `deadrelu_relu_site_stats` (channels-first sites,
+# op-level ReLUs and the gradient step keep the other path).
+FUSED_SITES = {
+    "capped CNN": 3,
+    "channels-first thresholds": 0,
+    "ReLU layers, Activation, BN": 4,
+    "op-level ReLUs, a layer called twice": 2,  # the shared Dense, called twice
+    "unknown spatial sizes": 2,
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_forward_step_applies_plain_relus_with_the_fused_op(scans_use_the_kernel, name):
+    build, shape, classes = MODELS[name]
+    model = build()
+    model.compile(loss="categorical_crossentropy")
+    x = random_x(shape, 8, seed=1)
+    deadrelu.scan(model, data=x, batch_size=8)
+    graph = probe_for(model)._step._fn.get_concrete_function().graph
+    kinds = [op.type for op in graph.get_operations()]
+    assert kinds.count("DeadreluReluSiteStats") == FUSED_SITES[name]
+    deadrelu.scan(model, data=x, labels=one_hot(np.arange(8) % classes, classes), gradients=True, batch_size=8)
+    graph = probe_for(model, gradients=True)._step._fn.get_concrete_function().graph
+    assert "DeadreluReluSiteStats" not in [op.type for op in graph.get_operations()]
 
 
 # -- building, loading, falling back (subprocesses with their own cache) --------------------------

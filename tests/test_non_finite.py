@@ -104,12 +104,15 @@ def diverged_data(n: int = 40) -> np.ndarray:
 def numpy_reference(model, x) -> dict:
     """Per site, from the activations this backend materialises: fires and non-finite counts per unit.
 
-    `predict` runs the graph the scan runs (on TensorFlow, its graph optimiser fuses a Dense's
-    product, bias and ReLU into one kernel, which maps NaN to 0, as in `model.predict`).
+    The layers run eagerly, each op on its own, as Keras defines them: a ReLU passes NaN through
+    (a threshold zeroes it). The scan computes the same: it records each site's pre-activation, so
+    TensorFlow's graph optimiser no longer fuses a Dense's product, bias and ReLU into the one
+    kernel `model.predict` runs, which maps NaN to 0.
     """
     names = list(SITE_LAYERS)
     extractor = keras.Model(model.inputs, [model.get_layer(SITE_LAYERS[name]).output for name in names])
-    outputs = extractor.predict(x, verbose=0, batch_size=16)
+    batches = [extractor(x[i : i + 16], training=False) for i in range(0, len(x), 16)]
+    outputs = [np.concatenate([keras.ops.convert_to_numpy(b[k]) for b in batches]) for k in range(len(names))]
     reference = {}
     for name, out in zip(names, outputs):
         out = np.asarray(out, np.float64).reshape(len(x), -1, out.shape[-1])  # (sample, position, unit)

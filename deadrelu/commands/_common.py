@@ -502,14 +502,14 @@ def emit(report, args, output) -> int:
 
         sys.stdout.write(markdown_table(report))
     else:
-        from deadrelu.views.terminal import layer_gradient_table, site_table, summary_text
+        from deadrelu.views.terminal import layer_gradient_table, site_table, summary_block
 
         if report.sites:
             output.out.print(site_table(report, sort=args.sort, limit=args.top))
         gradient_table = layer_gradient_table(report)
         if gradient_table is not None:
             output.out.print(gradient_table)
-        output.out.print(summary_text(report))
+        output.out.print(summary_block(report))  # the findings of --why, then the summary line
     for path, what in ((getattr(args, "json", None), "report"), (args.plot, "figure")):
         if path:
             output.note(f"wrote {what} {path}", style="dim")

@@ -28,6 +28,12 @@ def register(subparsers, parents):
     )
     parser.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
     parser.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
+    parser.add_argument(
+        "--why",
+        action="store_true",
+        help="also say why each dead unit died (starved, output_relu, born_dead, killed_in_training, "
+        "data_dependent), with its evidence: adds scans of freshly initialised copies of the model",
+    )
     add_output_flags(parser)
     add_plot_dir_flag(parser)
     parser.add_argument(
@@ -89,6 +95,7 @@ def _run(args, output, strategy) -> int:
             args.labels,
             batch_size=args.batch_size,
             gradients=args.gradients,
+            why=args.why,
             loss=args.loss,
             **data_options(args),
             dying_threshold=args.dying_threshold,
@@ -115,16 +122,24 @@ def _run(args, output, strategy) -> int:
 
 
 def next_step(report, args, model=None) -> str | None:
-    """One line saying which command fixes what the scan found (only for flagged sites on real data).
+    """One line saying which command to run next on what the scan found (real data only).
 
-    It names only the commands that can act on the flagged sites (`deadrelu.fixes.op_fixes.actions`):
-    none for a subclassed model or ReLUs inside layer code, `revive` alone where `patch` cannot
-    rewrite, and says so when neither can.
+    Without the cause analysis: for flagged sites, the `revive` and `patch` commands that can act on
+    them (`deadrelu.fixes.op_fixes.actions`: none for a subclassed model or ReLUs inside layer
+    code, `revive` alone where `patch` cannot rewrite, and it says so when neither can), and that
+    `--why` says why the dead units died. With it (`--why`): the recommendation of the
+    dominant cause, as a command that reads the model and the data as this scan did (the model's
+    flags, `--data`, `--samples`, `--batch-size`, `--rescale`, `--skip-bad-images`).
+
+    Args:
+        report: The scan's `Report`.
+        args: The scan's parsed arguments.
+        model: The loaded model (whether `patch` and `revive` can rebuild it); None: assume they can.
+
+    Returns:
+        The line, starting "next: ", or None when there is nothing to suggest.
     """
-    import shlex
-
-    from deadrelu.fixes.op_fixes import actions
-    from deadrelu.fixes.rewriter import rebuildable
+    import deadrelu.views.why as why
 
     if report.diverged:
         # Re-initialising or rewriting units cannot repair NaN/inf weights.
@@ -132,20 +147,37 @@ def next_step(report, args, model=None) -> str | None:
             "next: the model has diverged; revive and patch cannot repair NaN/inf weights: retrain from a "
             "checkpoint before the divergence (a lower learning rate, gradient clipping)"
         )
-    flagged = [s for s in report.sites if s.flagged]
-    if not flagged or report.data.get("synthetic") or not args.data:
+    if report.data.get("synthetic") or not args.data:
         return None
-    can = {s.path: actions(s, model is None or rebuildable(model)) for s in report.sites}
+    can = _actions(report, model)
+    if why.has_causes(report):
+        return _cause_step(report, args, can) or _fix_step(report, args, can)
+    hint = _fix_step(report, args, can)
+    return f"{hint}; add --why to see why they died" if hint and report.summary["dead"] else hint
+
+
+def _actions(report, model) -> dict[str, set[str]]:
+    """Per site path, which of "revive" and "patch" can act on it."""
+    from deadrelu.fixes.op_fixes import actions
+    from deadrelu.fixes.rewriter import rebuildable
+
+    editable = model is None or rebuildable(model)
+    return {s.path: actions(s, editable) for s in report.sites}
+
+
+def _fix_step(report, args, can: dict[str, set[str]]) -> str | None:
+    """The revive and patch commands for the flagged sites (a scan without causes)."""
+    flagged = [s for s in report.sites if s.flagged]
+    if not flagged:
+        return None
     revivable = sum(len(s.dead) for s in report.sites if "revive" in can[s.path])
     parts = []
     if any("revive" in can[s.path] for s in flagged):
-        revive = ["deadrelu", "revive", args.model, "--data", args.data]
         dead = report.summary["dead"]
         which = f"{dead:,}" if revivable == dead else f"{revivable:,} of the {dead:,}"
-        parts.append(f"`{shlex.join(revive)}` re-initialises the {which} dead units (ReDo)")
+        parts.append(f"{_command('revive', args, data=True)} re-initialises the {which} dead units (ReDo)")
     if any("patch" in can[s.path] for s in flagged):
-        patch = ["deadrelu", "patch", args.model, "--to", "leaky"]
-        parts.append(f"`{shlex.join(patch)}` rewrites the ReLUs so units cannot die again")
+        parts.append(f"{_command('patch', args, '--to', 'leaky')} rewrites the ReLUs so units cannot die again")
     if not parts:
         where = ", ".join(s.path for s in flagged[:3]) + (", ..." if len(flagged) > 3 else "")
         return (
@@ -154,3 +186,119 @@ def next_step(report, args, model=None) -> str | None:
             "(keras.ops.leaky_relu) and retrain"
         )
     return "next: " + "; ".join(parts) + "; add --retrain to compare"
+
+
+def _cause_step(report, args, can: dict[str, set[str]]) -> str | None:
+    """The recommendation of the dominant cause as a command (`deadrelu.views.why` reads the causes)."""
+    import deadrelu.views.why as why
+
+    top = why.dominant_cause(report)
+    if top is None:
+        return None
+    kind, count = top
+    dead = sum(why.cause_counts(report).values())
+    who = f"the {dead:,} dead units" if count == dead else f"{count:,} of the {dead:,} dead units"
+    sites = [s for s in report.sites if why.site_causes(s).get(kind)]
+    revivable = [s for s in sites if "revive" in can[s.path]]
+    patchable = [s for s in sites if "patch" in can[s.path]]
+    if kind == "killed_in_training" and revivable:
+        return (
+            f"next: {who} were killed in training: {_command('revive', args, data=True)} re-initialises them "
+            f"(ReDo); then train on with a lower learning rate{_learning_rate(why.why_of(report))}"
+        )
+    if kind == "born_dead" and patchable:
+        return (
+            f"next: {who} were born dead (dead at initialisation): {_command('patch', args, '--to', 'leaky')} "
+            "rewrites the ReLUs so they cannot die; or change the initialiser or the architecture"
+        )
+    if kind == "output_relu" and patchable:
+        chosen = [word for s in patchable for word in ("--site", s.path)]
+        return (
+            f"next: {who} sit behind a ReLU on a model output, which then predicts a constant: "
+            f"{_command('patch', args, '--to', 'leaky', *chosen)} removes it"
+        )
+    if kind == "starved":
+        upstream = _upstream(report, sites)
+        if upstream is None:
+            return f"next: {who} are starved (their input is constant): fix the layers before them first"
+        if "revive" in can.get(upstream, set()):
+            fix = _command("revive", args, "--site", upstream, data=True)
+            return f"next: {who} are starved by dead units upstream: fix {upstream} first, {fix}; then scan again"
+        return f"next: {who} are starved by dead units upstream: fix {upstream} first, then scan again"
+    if kind == "data_dependent":
+        if args.samples:  # more of the same data
+            return (
+                f"next: {who} may fire on data the scan did not see: scan more data before acting, "
+                f"{_command('scan', args, '--why', data=True, samples=False)} reads all of it"
+            )
+        more = _command("scan", args, "--why", data=True, data_path="MORE_DATA")
+        return (
+            f"next: {who} may fire on data the scan did not see: scan more data before acting, {more} "
+            f"(MORE_DATA: more than the {report.data.get('samples', 0):,} samples scanned)"
+        )
+    return None  # a cause that neither command can act on: the summary line says what to do
+
+
+def _upstream(report, sites) -> str | None:
+    """The upstream site to fix first for these starved sites (from their evidence): the earliest, in
+    model order, of those whose own dead units are not all starved too (where a chain of starved
+    sites begins); else the earliest named."""
+    import deadrelu.views.why as why
+
+    named = {
+        entry.get("path")
+        for site in sites
+        for entry in ((getattr(site, "cause_evidence", None) or {}).get("starved") or {}).get("upstream") or []
+    }
+    order = [s for s in report.sites if s.path in named]
+    roots = [s for s in order if why.site_causes(s).get("starved", 0) < len(s.dead)]
+    chosen = roots or order
+    return chosen[0].path if chosen else next(iter(sorted(p for p in named if p)), None)
+
+
+def _learning_rate(why: dict | None) -> str:
+    """ " (it was 0.05, 50× Adam's default 0.001)", from the training configuration stored in the file."""
+    from deadrelu.views.why import is_number
+
+    training = (why or {}).get("training") or {}
+    rate, ratio, default = (training.get(k) for k in ("learning_rate", "learning_rate_ratio", "default_learning_rate"))
+    if not is_number(rate):
+        return ""
+    if not is_number(ratio):
+        return f" (it was {float(rate):g})"
+    optimizer = training.get("optimizer") or "the optimizer"
+    default_text = f" {float(default):g}" if is_number(default) else ""
+    return f" (it was {float(rate):g}, {float(ratio):.3g}× {optimizer}'s default{default_text})"
+
+
+def _command(verb: str, args, *extra: str, data: bool = False, samples: bool = True, data_path: str = "") -> str:
+    """`deadrelu VERB MODEL ...` in backquotes, reading the model (and the data) as the scan did."""
+    import shlex
+
+    words = ["deadrelu", verb, args.model]
+    if getattr(args, "custom_objects", None):
+        words += ["--custom-objects", args.custom_objects]
+    if getattr(args, "architecture", None):
+        words += ["--architecture", args.architecture]
+    if getattr(args, "unsafe", False):
+        words.append("--unsafe")
+    if getattr(args, "input_shape", None):
+        words += ["--input-shape", ",".join(str(d) for d in args.input_shape)]
+    if data:
+        words += ["--data", data_path or args.data]
+        if samples and args.samples:
+            words += ["--samples", str(args.samples)]
+        parser = getattr(args, "command_parser", None)
+        if parser is None or args.batch_size != parser.get_default("batch_size"):
+            words += ["--batch-size", str(args.batch_size)]
+        if args.rescale is not None:
+            words += ["--rescale", _number(args.rescale)]
+        if args.skip_bad_images:
+            words.append("--skip-bad-images")
+    return f"`{shlex.join([*words, *extra])}`"
+
+
+def _number(value: float) -> str:
+    """A float as `--rescale` reads it back exactly: "1/255" when it is one, else its repr."""
+    whole = round(1 / value) if value else 0
+    return f"1/{whole}" if whole > 1 and 1.0 / whole == value else repr(value)

@@ -18,6 +18,7 @@ import deadrelu.validation as validation
 from deadrelu.data.adaptation import Inputs, adapter, model_output_names
 from deadrelu.data.arrays import count_samples, leaves, map_arrays
 from deadrelu.data.checks import check_finite, check_kind, checked_count
+from deadrelu.data.ranges import InputRanges
 from deadrelu.data.readers import Unreadable, as_arrays, read_images, read_path
 from deadrelu.data.streams import as_stream, is_distributed_dataset, is_tf_dataset, keep_shard, kind_name, split_element
 from deadrelu.errors import DataError, UsageError
@@ -63,13 +64,15 @@ class ProbeData:
     _label_problem: str | None = dataclasses.field(default=None, repr=False)
     # The stream reads its shard itself (`tf.data`'s `shard`): `batches` keeps every batch it yields.
     _sharded_stream: bool = dataclasses.field(default=False, repr=False)
+    # The range and scale of each input over the batches of the last pass of `batches`.
+    _ranges: InputRanges | None = dataclasses.field(default=None, repr=False)
 
     def batches(self, batch_size: int, *, labels: bool = False) -> Iterator:
         """Yields batches (`x`, or `(x, y)` with `labels=True`) as float arrays, checked for NaN/inf.
 
         A stream yields its own batches, cut at `samples`; arrays are sliced `batch_size` at a time.
         With a `shard`, only this worker's batches are yielded; a distributed dataset's batches are
-        yielded as they are.
+        yielded as they are. Each pass measures the range of every input anew (`input_ranges`).
         """
         batch_size = validation.positive_int(batch_size, "batch_size")
         if labels and self._label_problem:
@@ -81,6 +84,7 @@ class ProbeData:
         if self.shard is not None and self.stream is not None and not self._sharded_stream:
             pairs = keep_shard(pairs, *self.shard)
         seen = 0
+        self._ranges = ranges = InputRanges(self._inputs.names if self._inputs is not None else None)
         for index, (x, y) in enumerate(pairs):
             if self.stream is not None:
                 check_kind(x, "data")
@@ -88,6 +92,7 @@ class ProbeData:
                 self._transform = adapter(x, self._inputs or Inputs(), self._rescale, self.notes)
             x = self._transform(x)
             check_finite(x, "data", seen)
+            ranges.add(x)
             if index == 0:
                 self._check_scale(x)
             if labels:
@@ -130,6 +135,27 @@ class ProbeData:
                     "`gradients=True` needs labels: the distributed dataset must yield (inputs, labels) pairs"
                 )
             yield (x, y) if labels else x
+
+    def input_ranges(self) -> list[dict]:
+        """The range and scale of each input over the batches the last pass of `batches` yielded.
+
+        Measured on the data as the model receives it (after conversion to float and `rescale`),
+        in float64, NaN and ±inf left out and counted. Under several workers none: each worker
+        reads its own share, and every worker must return the same report.
+
+        Returns:
+            One dict per input, in input order: `name`, `min`, `max`, `mean`, `std`,
+            `integer_valued`, `values`, `non_finite` (see `deadrelu.data.ranges.InputRanges.to_list`);
+            `[]` before any batch was read, for a distributed dataset (its batches stay on the
+            replicas) and under several workers.
+
+        Example:
+            >>> probe_data.input_ranges()[0]["max"]
+            255.0
+        """
+        if self._ranges is None or (self.shard is not None and self.shard[1] > 1):
+            return []
+        return self._ranges.to_list()
 
     def local_samples(self, batch_size: int) -> int | None:
         """Samples this process reads: `samples`, or its shard's part of them (None: unknown)."""
@@ -199,7 +225,7 @@ def load_data(
     shard = shard_of(strategy)
     if data is None:
         return dataclasses.replace(
-            _synthetic(inputs.shapes, synthetic_samples if samples is None else samples), shard=shard
+            _synthetic(inputs.shapes, synthetic_samples if samples is None else samples), shard=shard, _inputs=inputs
         )
 
     if is_distributed_dataset(data):

@@ -3,9 +3,11 @@
 For the duration of one call of the model (or of the step that traces it):
 
 - `hooked` wraps every layer-level site's nonlinearity — the layer's `activation` attribute, or the
-  `call` of a `ReLU` layer (`Site.hook`) — so that its output is handed to a `Recorder`; the
-  attributes are set on the instance with `object.__setattr__` (bypassing Keras's attribute
-  tracking) and put back exactly as they were, even when the call raises;
+  `call` of a `ReLU` layer (`Site.hook`) — so that its output, and its input (the pre-activation z),
+  are handed to a `Recorder`; the attributes are set on the instance with `object.__setattr__`
+  (bypassing Keras's attribute tracking) and put back exactly as they were, even when the call
+  raises. Inside `TimeDistributed` the wrapper's output is recorded and the inner layer's
+  nonlinearity gives z, one time step per call (`_TimeSteps`);
 - `capturing_input` does the same to the model's output softmax or sigmoid, to keep its input
   (the logits a crossentropy is computed from);
 - ReLUs applied as function calls are intercepted by `deadrelu.engine.interception`, which names
@@ -22,17 +24,39 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import weakref
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from deadrelu._keras_compat import keras_history
 from deadrelu.engine.interception import Application, op_site_path
-from deadrelu.engine.sites import Site, SiteMap
+from deadrelu.engine.sites import KIND_RELU_LAYER, Site, SiteMap
 from deadrelu.errors import DeadReluError, InternalError
 
 _MISSING = object()
+
+
+def unwrapped(error: InternalError) -> InternalError:
+    """`error` as `own_code` raised it, when a layer's call re-raised it under its own first line.
+
+    Keras re-raises an exception from a layer's `call` as the same type whose message starts
+    "Exception encountered when calling Dense.call()." and holds the original further down; the
+    command line prints the first line, so the line `own_code` wrote is brought back to the top.
+
+    Args:
+        error: An `InternalError` caught around the model's call.
+
+    Returns:
+        `error` itself, or a new `InternalError` with `own_code`'s line first.
+    """
+    lines = [line.strip() for line in str(error).splitlines()]
+    ours = next((line for line in lines if "this is a bug in deadrelu" in line), None)
+    if ours is None or lines[0] == ours:
+        return error
+    return InternalError(re.sub(r"\x1b\[[0-9;]*m", "", ours))
 
 
 def own_code(what: str) -> Callable[[Callable], Callable]:
@@ -71,19 +95,41 @@ def own_code(what: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+class Record(NamedTuple):
+    """One recorded application of a site.
+
+    Attributes:
+        index: The site's index among the probe's sites.
+        output: What the nonlinearity returned (the site's output).
+        preact: What it was applied to (the pre-activation z, the output's shape), or None when it
+            cannot be observed (see `preact_of`).
+        stats: The site's statistics for this application when the kernel computed them with the
+            output (`Recorder.fused`), else None (the step reduces output and z itself).
+    """
+
+    index: int
+    output: Any
+    preact: Any = None
+    stats: Any = None
+
+
 class Recorder:
     """Receives site outputs from the hooks while a step is being traced (or run eagerly).
 
     Attributes:
-        records: While `recording`: the `(site index, output)` pairs recorded so far; else None.
+        records: While `recording`: the `Record`s (site index, output, pre-activation) so far; else None.
         quiet: Greater than 0 while a layer-level site's own activation runs: a ReLU it applies is
             no op-level site.
+        fuse: While `recording` with one: `fuse(site index, fn, z)` → `(output, stats)`, the site's
+            ReLU applied to z and its statistics in one op (TensorFlow's forward step with the
+            kernel), or None when that site's `fn` must run as it is.
     """
 
     def __init__(self):
         self.records: list[tuple[int, object]] | None = None
         self.watch = None
         self.perturb = None
+        self.fuse = None
         self.quiet = 0
 
     def is_quiet(self) -> bool:
@@ -91,29 +137,57 @@ class Recorder:
         return self.quiet > 0
 
     @own_code("recording a site's output")
-    def record(self, site_index: int, output):
-        """Records `output` as site `site_index`'s (while `recording`); returns what the model goes on with."""
+    def record(self, site_index: int, output, preact=None):
+        """Records `output` as site `site_index`'s (while `recording`); returns what the model goes on with.
+
+        Args:
+            site_index: The site's index.
+            output: The site's output.
+            preact: The nonlinearity's input, z; kept only when it has the output's shape.
+        """
         if self.records is not None:
             if self.watch is not None:
                 self.watch(output)
             if self.perturb is not None:  # JAX: ∂ℓ/∂z is the gradient of a zero added to z
                 output = output + self.perturb[len(self.records)]
-            self.records.append((site_index, output))
+            self.records.append(Record(site_index, output, preact_of(preact, output)))
+        return output
+
+    @own_code("applying a site's ReLU with the kernel")
+    def fused(self, site_index: int, fn: Callable, args: tuple, kwargs: dict):
+        """Site `site_index`'s output and statistics from `fuse`, recorded; None when `fn` must run.
+
+        Args:
+            site_index: The site's index.
+            fn: The nonlinearity the site's hook wraps.
+            args, kwargs: What it was called with (only a call on z alone is fused).
+
+        Returns:
+            The output the model goes on with, or None (then the caller runs `fn` and `record`s).
+        """
+        if self.records is None or self.fuse is None or kwargs or len(args) != 1:
+            return None
+        done = self.fuse(site_index, fn, args[0])
+        if done is None:
+            return None
+        output, stats = done
+        self.records.append(Record(site_index, output, args[0], stats))
         return output
 
     @contextlib.contextmanager
-    def recording(self, *, watch=None, perturb=None):
+    def recording(self, *, watch=None, perturb=None, fuse=None):
         """Records for the duration of the block; yields the list the records go to.
 
         Args:
             watch: Called on each recorded output (TensorFlow: `GradientTape.watch`).
             perturb: Zeros added to the recorded outputs, in order (JAX gradients).
+            fuse: Applies a site's ReLU and reduces it in one op (see the class), or None.
         """
-        self.records, self.watch, self.perturb = [], watch, perturb
+        self.records, self.watch, self.perturb, self.fuse = [], watch, perturb, fuse
         try:
             yield self.records
         finally:
-            self.records, self.watch, self.perturb = None, None, None
+            self.records, self.watch, self.perturb, self.fuse = None, None, None, None
 
 
 @contextlib.contextmanager
@@ -134,7 +208,13 @@ def hooked(site_map: SiteMap, recorder: Recorder):
             if not site.hook:
                 continue  # an op-level site: intercepted while the model runs, nothing to wrap
             layer, name = site.hook
-            saved.append(_set(layer, name, _wrap(getattr(layer, name), site.index, recorder)))
+            steps = None
+            if layer is not site.layer and site.recurrent is None:
+                # Inside TimeDistributed: z is the inner layer's, one time step per call.
+                inner = "call" if site.kind == KIND_RELU_LAYER else "activation"
+                steps = _TimeSteps()
+                saved.append(_set(site.layer, inner, steps.wrap(getattr(site.layer, inner))))
+            saved.append(_set(layer, name, _wrap(getattr(layer, name), site.index, recorder, steps)))
             if site.recurrent is not None:
                 saved.append(_set(site.recurrent, "unroll", True))
         yield
@@ -179,18 +259,136 @@ def _restore(layer, name: str, before) -> None:
         object.__setattr__(layer, name, before)
 
 
-def _wrap(fn: Callable, site_index: int, recorder: Recorder) -> Callable:
+def _wrap(fn: Callable, site_index: int, recorder: Recorder, steps: _TimeSteps | None = None) -> Callable:
+    """`fn` (a site's nonlinearity, or the `call` of a `ReLU` layer or `TimeDistributed` wrapper) with
+    its output and input recorded; `steps` collects the pre-activation of a `TimeDistributed` site."""
+
     def wrapped(*args, **kwargs):
+        if steps is None and recorder.fuse is not None:
+            fused = recorder.fused(site_index, fn, args, kwargs)
+            if fused is not None:  # the kernel applied the ReLU and measured it: `fn` does not run
+                return fused
         recorder.quiet += 1
+        if steps is not None:
+            steps.start()
         try:
             output = fn(*args, **kwargs)
         finally:
             recorder.quiet -= 1
-        return recorder.record(site_index, output)
+        preact = _first_argument(args, kwargs) if steps is None else steps.stacked(output)
+        return recorder.record(site_index, output, preact)
 
     wrapped.__name__ = getattr(fn, "__name__", "wrapped")
     wrapped.__deadrelu_wrapped__ = fn
     return wrapped
+
+
+def _first_argument(args: tuple, kwargs: dict):
+    """The tensor a nonlinearity (or a `ReLU` layer's `call`) was applied to."""
+    if args:
+        return args[0]
+    return kwargs.get("inputs", kwargs.get("x"))
+
+
+class _TimeSteps:
+    """The pre-activations of a site inside `TimeDistributed`, one per time step.
+
+    Keras's `TimeDistributed` calls its inner layer once per time step (a Python loop, when the
+    number of steps is fixed), then stacks the outputs on axis 1: z is stacked the same way. With
+    a number of steps not fixed it maps the layer over the steps (`vectorized_map`), whose inner
+    tensors cannot be used outside: z is not observed then (`stacked` gives None).
+    """
+
+    def __init__(self):
+        self.values: list = []
+
+    def start(self) -> None:
+        self.values = []
+
+    def wrap(self, fn: Callable) -> Callable:
+        def captured(*args, **kwargs):
+            self.values.append(_first_argument(args, kwargs))
+            return fn(*args, **kwargs)
+
+        captured.__name__ = getattr(fn, "__name__", "captured")
+        captured.__deadrelu_wrapped__ = fn
+        return captured
+
+    def stacked(self, output):
+        """The steps' pre-activations stacked like `output`, [batch, steps, ...], or None."""
+        values, self.values = self.values, []
+        steps = (_dims(output) or [None, None])[1:2]
+        if not steps or steps[0] is None or len(values) != steps[0] or any(v is None for v in values):
+            return None  # not one call per time step of a fixed number (a vectorized map)
+        from keras import ops
+
+        return ops.stack(values, axis=1)
+
+
+def plain_relu(site: Site, fn: Callable) -> bool:
+    """Whether `fn`, which a layer-level site's hook wraps, is Keras's own zero-slope ReLU of the site.
+
+    Such a ReLU is what the kernel's `deadrelu_relu_site_stats` computes, bit for bit, so the
+    forward step may apply it there (`Recorder.fused`): a fused or `Activation` site whose function
+    is `keras.activations.relu` or `relu6` itself, or a `ReLU` layer (not a subclass) whose `call`
+    is Keras's own. Recurrent sites and sites inside `TimeDistributed` run as they are.
+
+    Args:
+        site: The site.
+        fn: The function its hook wraps (an `activation`, or a `ReLU` layer's bound `call`).
+
+    Returns:
+        True when the kernel may apply it.
+    """
+    import keras
+
+    if site.op_level or site.recurrent is not None or not site.hook or site.hook[0] is not site.layer:
+        return False
+    if site.kind == KIND_RELU_LAYER:
+        layer = site.layer
+        return (
+            type(layer) is keras.layers.ReLU
+            and getattr(fn, "__self__", None) is layer
+            and getattr(fn, "__func__", None) is keras.layers.ReLU.call
+            and not layer.negative_slope
+        )
+    if site.threshold:
+        return False
+    if fn is keras.activations.relu:
+        return site.max_value is None
+    return fn is keras.activations.relu6 and site.max_value == 6.0
+
+
+def preact_of(preact, output):
+    """`preact` when it has `output`'s shape (z of an elementwise nonlinearity), else None.
+
+    Args:
+        preact: What a site's nonlinearity was applied to, or None.
+        output: The site's output.
+
+    Returns:
+        `preact`, or None when it is missing or shaped otherwise (then the site's pre-activation
+        statistics are not measured).
+    """
+    shape = getattr(preact, "shape", None)
+    if shape is None:
+        return None
+    theirs, ours = _dims(output), _dims(preact)
+    if theirs is None or ours is None or len(theirs) != len(ours):
+        return None
+    if any(a is not None and b is not None and a != b for a, b in zip(theirs, ours)):
+        return None
+    return preact
+
+
+def _dims(tensor) -> list | None:
+    try:
+        shape = tensor.shape
+        if getattr(shape, "rank", 0) is None:  # a TensorFlow shape of unknown rank
+            return None
+        return [None if d is None else int(d) for d in shape]
+    except (AttributeError, TypeError, ValueError):  # no shape to compare
+        return None
 
 
 def output_activation(model):

@@ -1,11 +1,12 @@
 """Sites + batches → per-unit statistics: the one engine shared by scan, retrain and the callback.
 
 How it works: for the duration of each step call, every layer-level site's nonlinearity is
-wrapped so that its output is handed to a recorder, and ReLUs applied as function calls are
-intercepted too and become op-level sites (`deadrelu.engine.instrumentation`,
-`deadrelu.engine.interception`). The step (`deadrelu.engine.steps`: a `tf.function`, a `jax.jit`
-or eager PyTorch) runs the model in inference mode and reduces every site output to per-unit sums
-and maxima (`keras.ops`, in `deadrelu.engine.reductions`), which the host adds to its totals batch
+wrapped so that its output, and its input (the pre-activation z), are handed to a recorder, and
+ReLUs applied as function calls are intercepted too and become op-level sites
+(`deadrelu.engine.instrumentation`, `deadrelu.engine.interception`). The step
+(`deadrelu.engine.steps`: a `tf.function`, a `jax.jit` or eager PyTorch) runs the model in
+inference mode and reduces every site output and its z to per-unit sums, maxima and minima
+(`keras.ops`, in `deadrelu.engine.reductions`), which the host adds to its totals batch
 after batch; at the end of the pass they become a `ProbeResult` (`deadrelu.engine.statistics`).
 Nothing of size samples × units is ever kept, so memory is O(units). The wrappers are removed
 after every call — a compiled step keeps the recording, the user's model object is left exactly
@@ -41,6 +42,7 @@ import numpy as np
 import deadrelu.kernel as kernel
 from deadrelu._keras_compat import child_layers, inputs_structure
 from deadrelu.engine.instrumentation import (
+    Record,
     Recorder,
     capturing_input,
     hooked,
@@ -49,10 +51,12 @@ from deadrelu.engine.instrumentation import (
     op_site,
     output_activation,
     own_code,
+    plain_relu,
+    unwrapped,
 )
 from deadrelu.engine.interception import Application, intercept_relus
 from deadrelu.engine.losses import per_sample_loss
-from deadrelu.engine.reductions import Totals, site_batch_stats
+from deadrelu.engine.reductions import Totals, fused_relu_stats, site_batch_stats
 from deadrelu.engine.sites import UNKNOWN_REASON, OtherActivation, Site, SiteMap, find_sites
 from deadrelu.engine.statistics import (
     ProbeResult,
@@ -154,6 +158,7 @@ class Probe:
         self._output_activation_name = ""
         self._logits = None
         self._kernel = None  # deadrelu.kernel's fused ops, or None for the backend's own (set by `_build`)
+        self._no_preact: set[int] = set()  # sites recorded without their pre-activation (see `measure`)
 
     @property
     def model(self):
@@ -242,8 +247,8 @@ class Probe:
             with hooked(self.site_map, self._recorder):
                 try:
                     stats = self._step(x, y)
-                except InternalError:
-                    raise  # a bug of deadrelu's own code in the step (`own_code`), not the data
+                except InternalError as exc:  # a bug of deadrelu's own code in the step (`own_code`), not the data
+                    raise unwrapped(exc) from exc
                 except self._step.data_errors as exc:
                     raise DataError(
                         f"the model failed on the data ({_first_line(exc)}); check the shape and "
@@ -297,6 +302,7 @@ class Probe:
         self._step = make_step(self, self.strategy)  # first: it knows what errors bad data raises
         self._layout = self._discover_layout(x)
         self._traced_calls, self._unmeasured, self._strays, self._found = {}, {}, {}, None
+        self._no_preact = set()
         self._calls_known = False
         self._totals = Totals(self._sites, self._layout, self.gradients)
         if self.gradients:
@@ -323,7 +329,7 @@ class Probe:
             if index is None:
                 index = self._op_keys[key] = len(layer_level) + len(op_sites)
                 op_sites.append(op_site(application, index, self.site_map, taken))
-            return self._recorder.record(index, output)
+            return self._recorder.record(index, output, application.input)
 
         try:
             # Unhooked first if the model is not built yet: building it traces `call` symbolically,
@@ -336,8 +342,8 @@ class Probe:
                 self._intercepting(discovered) as interception,
             ):
                 self.model(one, training=False)
-        except InternalError:
-            raise  # a bug of deadrelu's own code inside the call (`own_code`), not the data
+        except InternalError as exc:  # a bug of deadrelu's own code inside the call (`own_code`), not the data
+            raise unwrapped(exc) from exc
         except self._step.data_errors as exc:  # what Keras and the backend raise for data that does not fit
             raise DataError(
                 f"the model cannot run on this data ({_first_line(exc)}); "
@@ -346,7 +352,7 @@ class Probe:
         self._sites = layer_level + [how_applied(site, interception, self.site_map) for site in op_sites]
         layout = []
         for site in self._sites:
-            outputs = [out for index, out in records if index == site.index]
+            outputs = [record.output for record in records if record.index == site.index]
             if not outputs:
                 # A site the forward pass never reaches (e.g. an unused branch).
                 layout.append((0, 1, _units_from_layer(site)))
@@ -388,7 +394,9 @@ class Probe:
         def traced(application: Application, output):
             index = self._op_keys.get((id(application.layer), application.index))
             if self._calls_known:
-                return output if index is None or index in self._unmeasured else self._recorder.record(index, output)
+                if index is None or index in self._unmeasured:
+                    return output
+                return self._recorder.record(index, output, application.input)
             if index is None:
                 # Ran when traced but not in the eager pass (code that branches on the mode).
                 site = op_site(application, -1, self.site_map, set())
@@ -405,7 +413,7 @@ class Probe:
                 self._unmeasured[index] = reason
                 return output
             self._traced_calls[index] = self._traced_calls.get(index, 0) + 1
-            return self._recorder.record(index, output)
+            return self._recorder.record(index, output, application.input)
 
         return traced
 
@@ -440,7 +448,9 @@ class Probe:
 
     # -- what the steps call while their body runs -------------------------------------------
 
-    def recorded_call(self, call: Callable[[], object], *, anchor, watch=None, perturb=None) -> tuple:
+    def recorded_call(
+        self, call: Callable[[], object], *, anchor, watch=None, perturb=None, fuse: bool = False, valid=None
+    ) -> tuple:
         """Runs `call()` (the model on a batch) with every site's output recorded.
 
         Args:
@@ -448,13 +458,24 @@ class Probe:
             anchor: The batch's inputs (where the step's graph or trace is read from).
             watch: Called on each recorded output (TensorFlow: `GradientTape.watch`).
             perturb: Zeros added to the recorded outputs, in order (JAX gradients).
+            fuse: TensorFlow's forward step: where the kernel has `deadrelu_relu_site_stats`, a
+                layer-level site's plain ReLU is applied and measured by it in one read of z
+                (`deadrelu.engine.reductions.fused_relu_stats`); its record carries its statistics.
+            valid: With `fuse`, the batch's `valid` vector (None: every row counts).
 
         Returns:
-            `(call(), [(site index, output), ...])`.
+            `(call(), [Record(site index, output, pre-activation, statistics or None), ...])`.
         """
         self._logits = None
+        fuser = None
+        if fuse and getattr(self._kernel, "deadrelu_relu_site_stats", None) is not None:
+
+            def fuser(index: int, fn, z):
+                site = self._sites[index]
+                return fused_relu_stats(self._kernel, site, z, valid) if plain_relu(site, fn) else None
+
         with (
-            self._recorder.recording(watch=watch, perturb=perturb) as records,
+            self._recorder.recording(watch=watch, perturb=perturb, fuse=fuser) as records,
             self._intercepting(self._traced_op(anchor)),
             self._capturing_logits(),
         ):
@@ -484,22 +505,27 @@ class Probe:
 
     @own_code("reducing a batch's site outputs")
     def measure(self, records: list, grads: list | None = None, *, valid=None, loss=None) -> dict:
-        """One batch's packed statistics (`Totals.pack`) from the recorded outputs (and gradients)."""
+        """One batch's packed statistics (`Totals.pack`) from the recorded `Record`s (and gradients)."""
         grads = grads if grads is not None else [None] * len(records)
-        return self._totals.pack(
-            [
-                (site_index, self._site_stats(site_index, output, grad, valid))
-                for (site_index, output), grad in zip(records, grads)
-            ],
-            loss=loss,
-        )
+        stats = []
+        for record, grad in zip(records, grads):
+            if record.preact is None:  # z not observed: the site's pre-activation statistics are None
+                self._no_preact.add(record.index)
+            if record.stats is not None:  # measured by the kernel as it applied the ReLU
+                stats.append((record.index, record.stats))
+                continue
+            stats.append((record.index, self._site_stats(record, grad, valid)))
+        return self._totals.pack(stats, loss=loss)
 
-    def _site_stats(self, site_index: int, output, grad, valid) -> dict:
-        site = self._sites[site_index]
-        if not site.op_level:
-            return site_batch_stats(site, output, grad, valid=valid, kernel=self._kernel)
-        _, positions, units = self._layout[site_index]  # ReLUs on reshaped tensors: per sample, as found
-        return site_batch_stats(site, output, grad, positions=positions, units=units, valid=valid, kernel=self._kernel)
+    def _site_stats(self, record: Record, grad, valid) -> dict:
+        site = self._sites[record.index]
+        shape = {}
+        if site.op_level:  # ReLUs on reshaped tensors: per sample, as found
+            _, positions, units = self._layout[record.index]
+            shape = {"positions": positions, "units": units}
+        return site_batch_stats(
+            site, record.output, grad, preact=record.preact, valid=valid, kernel=self._kernel, **shape
+        )
 
     # -- results --------------------------------------------------------------------------
 
@@ -516,6 +542,7 @@ class Probe:
             skip=self._unmeasured,
             op_calls=self._traced_calls,
             non_finite_units=bad_units,
+            no_preact=self._no_preact,
         )
         result = ProbeResult(
             sites=stats, samples=samples, others=found.others, notes=list(found.notes), non_finite_layers=bad_layers

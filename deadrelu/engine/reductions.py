@@ -1,22 +1,25 @@
 """Per-batch reductions of site outputs, traced into the probe's step, and the totals they add to.
 
-A site output of shape [batch, ..., units] is reduced to per-unit numbers right where it is
-produced (`site_batch_stats`, written with `keras.ops`, so the same code runs inside a
-`tf.function`, under `jax.jit` and eagerly on PyTorch). `Totals.pack` lays one batch's numbers of
-every site back to back, one vector per statistic, which the step returns; `Totals.add` adds them
-on the host into numpy totals of size O(units). Nothing of size samples × units is ever kept.
+A site output of shape [batch, ..., units], and its pre-activation z (what the ReLU was applied
+to, same shape), are reduced to per-unit numbers right where they are produced
+(`site_batch_stats`, written with `keras.ops`, so the same code runs inside a `tf.function`, under
+`jax.jit` and eagerly on PyTorch; on TensorFlow's CPU, deadrelu's fused kernel when it is built).
+`Totals.pack` lays one batch's numbers of every site back to back, one vector per statistic, which
+the step returns; `Totals.add` adds them on the host into numpy totals of size O(units). Nothing of
+size samples × units is ever kept.
 
-Every total is a plain sum or maximum, so batches, replicas and workers combine by adding or taking
-the maximum, in any order. The totals are int64 counts and float64 sums, so they stay exact (or
-accurate) past 2**24 observations; within a batch, counts are int32 and sums float64 where the
-backend has it (JAX without `jax_enable_x64` sums a batch in float32).
+Every total is a plain sum, maximum or minimum, so batches, replicas and workers combine by adding
+or taking the maximum or minimum, in any order. The totals are int64 counts and float64 sums, so
+they stay exact (or accurate) past 2**24 observations; within a batch, counts are int32 and sums
+float64 where the backend has it (JAX without `jax_enable_x64` sums a batch in float32).
 
 Importing this module is cheap: Keras is imported inside the functions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,6 +43,7 @@ def site_batch_stats(
     output: Any,
     grad: Any = None,
     *,
+    preact: Any = None,
     positions: int | None = None,
     units: int | None = None,
     valid: Any = None,
@@ -51,6 +55,8 @@ def site_batch_stats(
         site: The site the output belongs to (its channel axis and cap).
         output: The site's output for one batch, [batch, ..., units] (units on `site.channel_axis`).
         grad: ∂(summed loss)/∂output, same shape, or None without gradients.
+        preact: The pre-activation z the output was computed from, same shape, or None when it
+            is not observed (then no "pre_*" statistic is returned).
         positions, units: Given together for op-level sites: the output holds, per sample,
             `positions` × `units` values (units last once the channel axis is moved there), but
             not necessarily with the batch first (time steps folded into the batch); it is
@@ -62,14 +68,16 @@ def site_batch_stats(
 
     Returns:
         Tensors of shape [units], keyed as the statistics of `Totals` ("saturated" for capped
-        sites only, "grad_abs" and "grad_zero" with a gradient only). A NaN or ±inf output is
-        counted in "non_finite" and read as zero by every other statistic; a NaN or ±inf gradient
-        is read as zero.
+        sites only, "grad_abs" and "grad_zero" with a gradient only, "pre_max", "pre_min",
+        "pre_sum", "pre_sumsq" with a pre-activation only). A NaN or ±inf output is counted in
+        "non_finite" and read as zero by every other statistic; a NaN or ±inf gradient or
+        pre-activation is read as zero.
     """
     from keras import ops
 
     count, wide = wide_dtypes()
     a = ops.cast(output, "float32")
+    z = None if preact is None else ops.cast(preact, "float32")
     rank = len(a.shape)
     if units is None and rank > 2 and not _tensorflow() and all(d is not None for d in a.shape[1:]):
         # JAX and PyTorch: reduce over the position axes where they are, without moving the
@@ -86,6 +94,13 @@ def site_batch_stats(
         def max_positions(x):
             return ops.max(x, axis=position_axes)
 
+        def min_positions(x):
+            return ops.min(x, axis=position_axes)
+
+        def unit(v):  # [units] → units on the channel axis
+            return ops.reshape(v, [-1 if i == axis else 1 for i in range(rank)])
+
+        z_flat, per_sample_count = z, positions
     else:
         if site.channel_axis != -1 and rank > 2:
             axis = site.channel_axis % rank
@@ -93,6 +108,8 @@ def site_batch_stats(
             a = ops.transpose(a, perm)
             if grad is not None:
                 grad = ops.transpose(grad, perm)
+            if z is not None:
+                z = ops.transpose(z, perm)
         if units is None:
             units = a.shape[-1]
             inner = a.shape[1:-1]
@@ -100,9 +117,14 @@ def site_batch_stats(
             positions = int(np.prod(inner, dtype=np.int64)) if all(d is not None for d in inner) else None
         shape = (ops.shape(a)[0], -1, units) if positions is None else (-1, positions, units)
         flat = ops.reshape(a, shape)
+        z_flat = None if z is None else ops.reshape(z, ops.shape(flat))
         if kernel is not None:
-            return _fused_stats(kernel, site, flat, grad, valid)
-        sum_positions, max_positions = _sum_positions, _max_positions
+            return _fused_stats(kernel, site, flat, grad, valid, z_flat)
+        sum_positions, max_positions, min_positions = _sum_positions, _max_positions, _min_positions
+        per_sample_count = positions if positions is not None else ops.shape(flat)[1]
+
+        def unit(v):
+            return v
 
     def batch_total(per_sample, dtype):  # [batch, units] → [units], padding left out
         if valid is not None:
@@ -172,14 +194,90 @@ def site_batch_stats(
         clean["non_finite"] = batch_total(sum_positions(ops.cast(bad, "float32")), count)
         return clean
 
-    return ops.cond(finite, as_measured, with_non_finite_as_zero)
+    stats = ops.cond(finite, as_measured, with_non_finite_as_zero)
+    if z_flat is not None:
+        reducers = Positions(sum_positions, max_positions, min_positions, per_sample_count, unit)
+        stats.update(preact_stats(z_flat, valid, reducers))
+    return stats
 
 
-def _fused_stats(kernel, site: Site, flat, grad, valid) -> dict:
-    """`site_batch_stats` of a [samples, positions, units] output by deadrelu's fused kernel."""
+class Positions(NamedTuple):
+    """How a batch of values is reduced over the positions of each sample, for `preact_stats`.
+
+    Attributes:
+        sum, max, min: Values → [samples, units]: per sample, over its positions.
+        count: Positions per sample (an int, or a scalar tensor when not static).
+        unit: A [units] vector → a tensor that broadcasts against the values (units on their axis).
+    """
+
+    sum: Callable
+    max: Callable
+    min: Callable
+    count: Any
+    unit: Callable = lambda v: v  # units last: a [units] vector broadcasts as it is
+
+
+def preact_stats(z, valid, positions: Positions) -> dict:
+    """One batch's per-unit "pre_max", "pre_min", "pre_sum", "pre_sumsq" of the pre-activations `z`.
+
+    The sums are taken of z − c, c each unit's midrange in the batch, and c added back in the wide
+    float: per sample (over its positions) they are float32 sums, which keep the digits of a unit's
+    spread, not of its offset (the float32 sum of z² of a unit at −100 ± 1 loses its variance).
+    Like every other statistic, a NaN or ±inf z is read as zero: the sums of a batch that holds
+    none are finite, and only a batch that holds some is measured again (its own conditional, so z
+    is released as soon as its sums are checked).
+
+    Args:
+        z: One batch's pre-activations, float32.
+        valid: None, or a float32 [samples] vector of 1 (a real sample) and 0 (padding, left out
+            of the sums; a copy of a real sample, so it cannot change a maximum or minimum).
+        positions: How `z` is reduced over the positions of each sample.
+
+    Returns:
+        The four statistics, [units] each: float32 extremes, sums in the backend's wide float.
+    """
+    from keras import ops
+
+    _, wide = wide_dtypes()
+    rows = ops.shape(z)[0] if valid is None else ops.sum(valid)
+    pairs = ops.cast(rows, wide) * ops.cast(positions.count, wide)
+
+    def batch_total(per_sample):  # [batch, units] → [units], padding left out
+        if valid is not None:
+            per_sample = per_sample * valid[:, None]
+        return ops.sum(ops.cast(per_sample, wide), axis=0)
+
+    def measure(values) -> dict:
+        highest = ops.max(positions.max(values), axis=0)
+        lowest = ops.min(positions.min(values), axis=0)
+        shift = 0.5 * highest + 0.5 * lowest  # halves first: no overflow
+        d = values - positions.unit(shift)
+        s1, s2 = batch_total(positions.sum(d)), batch_total(positions.sum(d * d))
+        c = ops.cast(shift, wide)
+        return {
+            "pre_max": highest,
+            "pre_min": lowest,
+            "pre_sum": s1 + pairs * c,
+            "pre_sumsq": s2 + c * (2 * s1 + pairs * c),
+        }
+
+    stats = measure(z)
+    finite = ops.logical_and(ops.all(ops.isfinite(stats["pre_sum"])), ops.all(ops.isfinite(stats["pre_sumsq"])))
+    return ops.cond(finite, lambda: stats, lambda: measure(ops.where(ops.isfinite(z), z, 0.0)))
+
+
+def _fused_stats(kernel, site: Site, flat, grad, valid, z=None) -> dict:
+    """`site_batch_stats` of a [samples, positions, units] output (and pre-activation `z`) by deadrelu's
+    fused kernel; z by its `deadrelu_preact_stats` op when the built library has it, else by TensorFlow's ops."""
     import tensorflow as tf
 
+    if z is not None:
+        fused = getattr(kernel, "deadrelu_preact_stats", None)  # None where the library has no such op
+        if fused is None:
+            pre = preact_stats(z, valid, _flat_positions(z))
     valid = tf.zeros((0,), tf.float32) if valid is None else valid
+    if z is not None and fused is not None:
+        pre = dict(zip(("pre_max", "pre_min", "pre_sum", "pre_sumsq"), fused(z, valid)))
     cap = {"cap": float(site.max_value), "capped": True} if site.capped else {}
     fires, sample_fires, sum_abs, maxima, saturated, non_finite = kernel.deadrelu_site_stats(flat, valid, **cap)
     stats = {"fires": fires, "sample_fires": sample_fires, "sum_abs": sum_abs, "max": maxima, "non_finite": non_finite}
@@ -191,7 +289,58 @@ def _fused_stats(kernel, site: Site, flat, grad, valid) -> dict:
         samples = tf.shape(flat, out_type=tf.int64)[0] if valid.shape[0] == 0 else tf.reduce_sum(valid)
         observed = tf.cast(samples, tf.int64) * tf.shape(flat, out_type=tf.int64)[1]
         stats["grad_zero"] = observed - nonzero
+    if z is not None:
+        stats.update(pre)
     return stats
+
+
+def fused_relu_stats(kernel, site: Site, z, valid=None) -> tuple | None:
+    """A layer-level site's ReLU applied to `z` and its statistics, by the kernel's `deadrelu_relu_site_stats`.
+
+    On TensorFlow's CPU the scan's forward step hands the model this op's output instead of running
+    Keras's ReLU (see `deadrelu.engine.instrumentation.plain_relu`): z is read once, for the output
+    and every statistic of `site_batch_stats` (output and pre-activation), where measuring z beside
+    the output took two more passes and TensorFlow's fusion of the layer's bias and ReLU.
+
+    Args:
+        kernel: The op module of `deadrelu.kernel.ops()`.
+        site: The site (its threshold and cap).
+        z: One batch's pre-activations, [samples, ..., units].
+        valid: None, or a float32 [samples] vector of 1 (a real sample) and 0 (padding, given an
+            output and counted nowhere).
+
+    Returns:
+        `(output, stats)`: the ReLU's output (z's shape, what Keras's relu computes, NaN and ±inf
+        included) and the statistics `site_batch_stats` returns for it; or None where the op does
+        not apply (no such op in the library, z not float32 or of unknown rank or units, the units
+        not last, a threshold below the smallest normal float), and the site's ReLU runs as usual.
+    """
+    import tensorflow as tf
+
+    op = getattr(kernel, "deadrelu_relu_site_stats", None)
+    if op is None or not isinstance(z, tf.Tensor) or z.dtype != tf.float32:
+        return None
+    rank = z.shape.rank
+    if rank is None or rank < 2 or z.shape[-1] is None or site.channel_axis % rank != rank - 1:
+        return None  # channels-first sites keep the transposing path of `site_batch_stats`
+    if 0.0 < site.threshold < float(np.finfo(np.float32).tiny):
+        return None
+    valid = tf.zeros((0,), tf.float32) if valid is None else valid
+    cap = {"cap": float(site.max_value), "capped": True} if site.capped else {}
+    output, *values = op(z, valid, threshold=float(site.threshold), **cap)
+    names = ("fires", "sample_fires", "sum_abs", "max", "saturated", "non_finite", *_PREACT)
+    stats = dict(zip(names, values))
+    if not site.capped:
+        del stats["saturated"]
+    return output, stats
+
+
+def _flat_positions(x) -> Positions:
+    """How a [samples, positions, units] tensor is reduced over positions (TensorFlow's fast forms)."""
+    from keras import ops
+
+    count = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+    return Positions(_sum_positions, _max_positions, _min_positions, count)
 
 
 # Up to this many positions per sample, plain reductions over the middle axis are as fast as the
@@ -234,6 +383,16 @@ def _max_positions(x):
     return pooled[:, 0, 0, :]
 
 
+def _min_positions(x):
+    """[batch, positions, units] → [batch, units] minima (a plain reduction: on TensorFlow, faster than
+    the max-pool of −x, whose negation is a pass of its own)."""
+    from keras import ops
+
+    if x.shape[1] == 1:
+        return x[:, 0, :]
+    return ops.min(x, axis=1)
+
+
 # Per statistic: how totals combine, the dtype of the total and the value a site without output
 # adds.
 _TOTALS = {
@@ -246,7 +405,12 @@ _TOTALS = {
     "grad_abs": ("sum", np.float64, 0.0),
     "grad_zero": ("sum", np.int64, 0),
     "loss": ("sum", np.float64, 0.0),
+    "pre_max": ("max", np.float32, -np.inf),
+    "pre_min": ("min", np.float32, np.inf),
+    "pre_sum": ("sum", np.float64, 0.0),
+    "pre_sumsq": ("sum", np.float64, 0.0),
 }
+_PREACT = ("pre_max", "pre_min", "pre_sum", "pre_sumsq")
 
 
 class Totals:
@@ -264,6 +428,8 @@ class Totals:
         saturated: Pairs at the cap (capped sites such as relu6 only, their units alone).
         grad_abs: Sum of |∂ℓₙ/∂z| (with gradients only).
         grad_zero: Pairs whose ∂ℓₙ/∂z is exactly zero (with gradients only).
+        pre_max, pre_min: The largest and smallest finite pre-activation z (±inf until reached).
+        pre_sum, pre_sumsq: Sums of the finite z and z² (non-finite z read as zero by all four).
 
     With gradients also "loss", the summed per-sample loss (a scalar).
 
@@ -276,7 +442,7 @@ class Totals:
     def __init__(self, sites: list[Site], layout: list[tuple[int, int, int]], gradients: bool):
         self._units = [units for _, _, units in layout]
         self._capped = [site.capped for site in sites]
-        self.names = ["fires", "sample_fires", "sum_abs", "max", "non_finite"]
+        self.names = ["fires", "sample_fires", "sum_abs", "max", "non_finite", *_PREACT]
         if gradients:
             self.names += ["grad_abs", "grad_zero", "loss"]
         if any(self._capped):
@@ -308,7 +474,8 @@ class Totals:
         from keras import ops
 
         count, wide = wide_dtypes()
-        dtypes = {"sum_abs": wide, "grad_abs": wide, "max": "float32"}
+        dtypes = {"sum_abs": wide, "grad_abs": wide, "max": "float32", "pre_max": "float32", "pre_min": "float32"}
+        dtypes.update(pre_sum=wide, pre_sumsq=wide)
         by_site: dict[int, list[dict]] = {}
         for index, stats in records:
             by_site.setdefault(index, []).append(stats)
@@ -322,14 +489,15 @@ class Totals:
             for index, units in enumerate(self._units):
                 if name == "saturated" and not self._capped[index]:
                     continue
-                values = [stats[name] for stats in by_site.get(index, [])]
+                values = [stats[name] for stats in by_site.get(index, []) if name in stats]
                 if not values:
                     parts.append(ops.full((units,), neutral, dtype=dtypes.get(name, count)))
                 elif len(values) == 1:
                     parts.append(values[0])
                 else:
                     stacked = ops.stack(values)
-                    parts.append(ops.max(stacked, axis=0) if name == "max" else ops.sum(stacked, axis=0))
+                    reduce = {"max": ops.max, "min": ops.min}.get(_TOTALS[name][0], ops.sum)
+                    parts.append(reduce(stacked, axis=0))
             if parts:  # none: a model without sites
                 packed[name] = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         return packed
@@ -340,28 +508,40 @@ class Totals:
             total = self._totals[name]
             if _TOTALS[name][0] == "max":
                 np.maximum(total, values, out=total)
+            elif _TOTALS[name][0] == "min":
+                np.minimum(total, values, out=total)
             else:
                 total += np.asarray(values).astype(total.dtype, copy=False)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The raw totals (to combine across workers: sums add, "max" by maximum)."""
+        """The raw totals (to combine across workers with `combine`)."""
         return self._totals
 
     @staticmethod
-    def combines_by_max(name: str) -> bool:
-        return _TOTALS[name][0] == "max"
+    def neutral(name: str):
+        """What adds nothing to statistic `name`'s total: 0, -inf for a maximum, +inf for a minimum."""
+        return _TOTALS[name][2]
+
+    @staticmethod
+    def combine(name: str, gathered: np.ndarray) -> np.ndarray:
+        """Statistic `name`'s totals of several workers, [workers, n], combined into one: [n]."""
+        how = _TOTALS[name][0]
+        return gathered.max(0) if how == "max" else gathered.min(0) if how == "min" else gathered.sum(0)
 
     def read(self) -> dict:
         """The totals per site.
 
         Returns:
             `{"sites": [per site {statistic: array}]}`, plus `"loss"` (the summed loss) with
-            gradients. A maximum never reached reads 0.
+            gradients. A maximum of the outputs never reached reads 0; of the pre-activations, -inf
+            (and their minimum +inf).
         """
         totals = dict(self._totals)
         # An empty replica's batch reduces to the lowest float, not -inf.
         never = totals["max"] <= np.finfo(np.float32).min
         totals["max"] = np.where(never, 0.0, totals["max"]).astype(np.float32)
+        totals["pre_max"] = np.where(totals["pre_max"] <= np.finfo(np.float32).min, -np.inf, totals["pre_max"])
+        totals["pre_min"] = np.where(totals["pre_min"] >= np.finfo(np.float32).max, np.inf, totals["pre_min"])
         loss = totals.pop("loss", None)
         sites: list[dict] = [{} for _ in self._units]
         for name, values in totals.items():

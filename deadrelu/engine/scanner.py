@@ -20,6 +20,7 @@ def scan(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     gradients: bool = False,
+    why: bool = False,
     loss=None,
     samples: int | None = None,
     rescale: float | None = None,
@@ -47,6 +48,12 @@ def scan(
             (a dataset or generator yields `(inputs, labels)` pairs instead).
         batch_size: Samples per step; results do not depend on it.
         gradients: Also measure ∂ℓₙ/∂z per unit and the weight gradient per layer.
+        why: Also say why each dead unit died (`deadrelu.diagnosis`): its cause (starved,
+            output_relu, born_dead, killed_in_training or data_dependent) with the evidence,
+            in the sites' `dead_causes`, `causes` and `cause_evidence` and the report's `why`
+            (findings, training configuration, recommendations). Scans freshly initialised
+            copies of the model on the first 512 samples for 3 seeds (the copy and its traced
+            step are kept while the model lives). Defaults to False.
         loss: Loss for gradients (Keras name, function or `Loss`); default the model's compiled loss.
         samples: Use only the first `samples` samples; a stream stops there (an infinite dataset
             needs it).
@@ -91,6 +98,7 @@ def scan(
     samples = validation.positive_int(samples, "samples", optional=True)
     rescale = validation.positive_number(rescale, "rescale", optional=True, example="1/255")
     gradients = validation.boolean(gradients, "gradients")
+    why = validation.boolean(why, "why")
     thresholds = Thresholds(
         dying=validation.fraction(dying_threshold, "dying_threshold"),
         flag=validation.fraction(flag_threshold, "flag_threshold"),
@@ -145,7 +153,8 @@ def scan(
     if strategy is not None:
         settings["strategy"] = strategy_settings(strategy)
     data_info = {"source": probe_data.source, "samples": result.samples, "synthetic": probe_data.synthetic}
-    return build_report(
+    data_info["inputs"] = probe_data.input_ranges()
+    report = build_report(
         result,
         thresholds=thresholds,
         model=model_info or {"path": None, "name": model.name, "sha256": None, "format": "in-memory"},
@@ -153,6 +162,11 @@ def scan(
         settings=settings,
         notes=notes,
     )
+    if why:
+        from deadrelu.diagnosis.analyse import analyse
+
+        analyse(report, model, probe_data, batch_size=batch_size)
+    return report
 
 
 def describe_loaded(loaded) -> dict:

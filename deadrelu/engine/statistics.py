@@ -4,8 +4,9 @@ The step adds each batch's numbers into `deadrelu.engine.reductions.Totals` (raw
 maxima, O(units)); once the pass is over, this module turns those totals into the results every
 caller reads:
 
-- `SiteStatistics`: one site's raw sums, with the rates (`active_rate`, `dormancy`, ...) derived
-  from them; `site_statistics` builds them from the totals, in the probe's site order;
+- `SiteStatistics`: one site's raw sums, with the rates (`active_rate`, `dormancy`, ...) and the
+  pre-activation statistics (`margin`, `preact_mean`, `preact_std`, `preact_min`) derived from
+  them; `site_statistics` builds them from the totals, in the probe's site order;
 - `LayerGradient`: the weight-gradient magnitude of one layer (with gradients); `WeightGroup` /
   `weight_groups` say which weights each layer owns (a container's exclude its sublayers');
 - `non_finite_weights`: which layers, and which units of each site, hold NaN or ±inf weights
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 
 import numpy as np
 
@@ -46,6 +47,10 @@ class SiteStatistics:
             above). None when not measured.
         non_finite_weights: Per unit, whether its own weights hold NaN or ±inf
             (`deadrelu.engine.non_finite`); None when no weight the site's units own does.
+        pre_max, pre_min: Per unit, the largest and smallest pre-activation z seen (what the
+            nonlinearity was applied to; NaN and ±inf read as 0). None when not measured: the
+            site was not reached, or its z cannot be observed.
+        pre_sum, pre_sumsq: Per unit, the sums of z and z² (float64); None with `pre_max`.
     """
 
     site: Site
@@ -61,6 +66,10 @@ class SiteStatistics:
     grad_zero: np.ndarray | None = None
     non_finite: np.ndarray | None = None
     non_finite_weights: np.ndarray | None = None
+    pre_max: np.ndarray | None = None
+    pre_min: np.ndarray | None = None
+    pre_sum: np.ndarray | None = None
+    pre_sumsq: np.ndarray | None = None
 
     @property
     def units(self) -> int:
@@ -101,6 +110,38 @@ class SiteStatistics:
     @property
     def grad_zero_rate(self) -> np.ndarray | None:
         return None if self.grad_zero is None else self.grad_zero / max(self.observations, 1)
+
+    @property
+    def margin(self) -> np.ndarray | None:
+        """Per unit, the largest pre-activation relative to the site's threshold: max(z) − threshold
+        (≤ 0 for a dead unit); None when z was not measured."""
+        if self.pre_max is None:
+            return None
+        return np.asarray(self.pre_max, np.float64) - float(self.site.threshold)
+
+    @property
+    def preact_min(self) -> np.ndarray | None:
+        """Per unit, the smallest pre-activation; None when z was not measured."""
+        return None if self.pre_min is None else np.asarray(self.pre_min, np.float64)
+
+    @property
+    def preact_mean(self) -> np.ndarray | None:
+        """Per unit, the mean pre-activation over (sample, position) pairs; None when z was not measured."""
+        if self.pre_sum is None:
+            return None
+        return np.asarray(self.pre_sum, np.float64) / max(self.observations, 1)
+
+    @property
+    def preact_std(self) -> np.ndarray | None:
+        """Per unit, the standard deviation of the pre-activation over (sample, position) pairs
+        (population: sqrt(max(0, E[z²] − E[z]²))); exactly 0.0 for a unit whose z never varied
+        (`pre_max == pre_min`); None when z was not measured."""
+        if self.pre_sum is None or self.pre_sumsq is None:
+            return None
+        mean = self.preact_mean
+        variance = np.asarray(self.pre_sumsq, np.float64) / max(self.observations, 1) - mean * mean
+        std = np.sqrt(np.maximum(variance, 0.0))
+        return np.where(np.asarray(self.pre_max) == np.asarray(self.pre_min), 0.0, std)
 
 
 @dataclasses.dataclass
@@ -156,6 +197,7 @@ def site_statistics(
     skip: Mapping[int, object],
     op_calls: Mapping[int, int],
     non_finite_units: Mapping[int, np.ndarray],
+    no_preact: Set[int] = frozenset(),
 ) -> list[SiteStatistics]:
     """The statistics of every measured site, from the totals of one pass.
 
@@ -168,6 +210,7 @@ def site_statistics(
         op_calls: Per op-level site index, its calls per forward pass as the trace counted them
             (an op-level site's eager count may differ: a loop run eagerly).
         non_finite_units: Per site index, its units whose own weights hold NaN or ±inf.
+        no_preact: Site indices recorded without their pre-activation (its statistics are None).
 
     Returns:
         The `SiteStatistics` of every site not in `skip`, in order.
@@ -178,6 +221,8 @@ def site_statistics(
             continue
         if site.op_level:
             calls = op_calls.get(site.index, 0)
+        measured = calls > 0 and site.index not in no_preact
+        preact = {name: totals[name] if measured else None for name in ("pre_max", "pre_min", "pre_sum", "pre_sumsq")}
         stats.append(
             SiteStatistics(
                 site=site,
@@ -193,6 +238,7 @@ def site_statistics(
                 grad_zero=totals.get("grad_zero"),
                 non_finite=totals["non_finite"],
                 non_finite_weights=non_finite_units.get(site.index),
+                **preact,
             )
         )
     return stats

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from deadrelu.engine.instrumentation import Record
 from deadrelu.errors import UsageError
 
 
@@ -180,7 +181,12 @@ class TensorFlowStep(_Step):
 
     def _forward(self, x, valid=None):
         self.traces += 1
-        _, records = self.probe.recorded_call(lambda: self.probe.model(x, training=False), anchor=x)
+        # One read of z per plain layer-level ReLU: the kernel applies it and measures it (`fuse`).
+        # Not under a strategy: its replicas may see batches of different (even zero) sizes, traced
+        # apart, and their statistics must line up site by site.
+        _, records = self.probe.recorded_call(
+            lambda: self.probe.model(x, training=False), anchor=x, fuse=self.strategy is None, valid=valid
+        )
         return self.probe.measure(records, valid=valid)
 
     def _gradient(self, weight_sums, x, y, valid=None):
@@ -194,7 +200,7 @@ class TensorFlowStep(_Step):
             )
             per_sample = self.probe.per_sample_loss(y, y_pred)
             total = tf.reduce_sum(per_sample if valid is None else per_sample * valid)
-        outputs = [output for _, output in records]
+        outputs = [record.output for record in records]
         grads = tape.gradient(total, outputs + variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         stats = self.probe.measure(records, grads[: len(outputs)], valid=valid, loss=total)
         # IndexedSlices (embeddings) → dense.
@@ -294,27 +300,23 @@ class TensorFlowStep(_Step):
         # identically on every worker.
         arrays = totals.arrays()
         for name in list(arrays):
-            gathered = self._gather(arrays[name])
-            arrays[name][...] = gathered.max(0) if totals.combines_by_max(name) else gathered.sum(0)
-        return int(self._gather(np.array([samples], np.int64)).sum())
+            arrays[name][...] = totals.combine(name, self._gather(arrays[name], totals.neutral(name)))
+        return int(self._gather(np.array([samples], np.int64), 0).sum())
 
-    def _gather(self, array: np.ndarray) -> np.ndarray:
-        """[n] on this worker → [replicas in sync, n]: the first local replica carries the array."""
+    def _gather(self, array: np.ndarray, neutral) -> np.ndarray:
+        """[n] on this worker → [replicas in sync, n]: the first local replica carries the array, the
+        others `neutral` (what adds nothing to the total: 0, -inf for a maximum, +inf for a minimum)."""
         import tensorflow as tf
 
-        neutral = np.full_like(array, -np.inf if array.dtype.kind == "f" else 0)[None]
+        placeholder = np.full_like(array, neutral)[None]
         replicas = self._replicas
 
         def value_for(context):
             first = context.replica_id_in_sync_group % replicas == 0
-            return tf.constant(array[None] if first else neutral)
+            return tf.constant(array[None] if first else placeholder)
 
         values = self.strategy.experimental_distribute_values_from_function(value_for)
-        gathered = self.strategy.gather(values, axis=0).numpy()
-        if array.dtype.kind == "f":
-            # Sums: the other replicas' -inf placeholders count as nothing.
-            gathered = np.where(np.isneginf(gathered) & ~np.isneginf(array)[None], 0, gathered)
-        return gathered
+        return self.strategy.gather(values, axis=0).numpy()
 
     def unmeasurable(self, output, anchor, per_sample: int) -> str | None:
         """Why an op-level site's traced output cannot be measured, or None when it can."""
@@ -415,20 +417,22 @@ class JaxStep(_Step):
         self.traces += 1
         # A plain pass tells the site outputs' shapes (XLA drops its computation: only shapes are used).
         _, plain = self.probe.recorded_call(self._call(trainable, non_trainable, x), anchor=x)
-        indices = [index for index, _ in plain]
-        zeros = [jnp.zeros(output.shape, output.dtype) for _, output in plain]
+        indices = [record.index for record in plain]
+        zeros = [jnp.zeros(record.output.shape, record.output.dtype) for record in plain]
 
         def loss(perturbations, weights):
             y_pred, records = self.probe.recorded_call(
                 self._call(weights, non_trainable, x), anchor=x, perturb=perturbations
             )
             per_sample = self.probe.per_sample_loss(y, y_pred)
-            return jnp.sum(per_sample * valid), [output for _, output in records]
+            # The site outputs and pre-activations leave the differentiated function as its aux.
+            return jnp.sum(per_sample * valid), [(record.output, record.preact) for record in records]
 
-        (total, outputs), (site_grads, weight_grads) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        (total, recorded), (site_grads, weight_grads) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
             zeros, trainable
         )
-        stats = self.probe.measure(list(zip(indices, outputs)), site_grads, valid=valid, loss=total)
+        records = [Record(index, output, preact) for index, (output, preact) in zip(indices, recorded)]
+        stats = self.probe.measure(records, site_grads, valid=valid, loss=total)
         sums = [s + weight_grads[k] for s, k in zip(weight_sums, self._positions)]
         return stats, sums
 
@@ -512,7 +516,7 @@ class TorchStep(_Step):
         # autograd's graph until asked for, like a tape's `watch`.
         y_pred, records = self.probe.recorded_call(lambda: model(x, training=False), anchor=x, watch=_track)
         total = torch.sum(self.probe.per_sample_loss(y, y_pred))
-        targets = [output for _, output in records] + variables
+        targets = [record.output for record in records] + variables
         wanted = [t for t in targets if t.requires_grad]
         found = iter(torch.autograd.grad(total, wanted, allow_unused=True) if wanted else [])
         grads = [next(found) if t.requires_grad else None for t in targets]
@@ -522,7 +526,10 @@ class TorchStep(_Step):
             # A subnormal gradient computed on one of PyTorch's worker threads is the zero it is
             # on the other backends.
             grads[:k] = [g.masked_fill(g.abs() < _SMALLEST_NORMAL, 0.0) for g in grads[:k]]
-            stats = self.probe.measure([(i, o.detach()) for i, o in records], grads[:k], loss=total.detach())
+            detached = [
+                Record(r.index, r.output.detach(), None if r.preact is None else r.preact.detach()) for r in records
+            ]
+            stats = self.probe.measure(detached, grads[:k], loss=total.detach())
             self._weight_sums = [g if s is None else s + g for s, g in zip(self._weight_sums, grads[k:])]
         return stats
 

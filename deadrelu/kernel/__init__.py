@@ -3,11 +3,15 @@
 On TensorFlow, a site's per-unit statistics written with TensorFlow's ops take four or five passes
 over the activations (a sign, two sums over positions, a max-pool; more for gradients), and on a
 CPU those passes cost a scan about a third of a forward pass. `site_stats.cc` computes them all in
-one pass. It is compiled against the installed TensorFlow with the machine's C++ compiler the
-first time a scan needs it (once: about 10 s on 2 cores), then loaded from the cache;
-`deadrelu.kernel.build` holds the compiler, the cache key, the lock between two processes building
-at once and the record of a failed build. `python -m deadrelu.kernel build` builds it ahead of
-time (for images and CI), `python -m deadrelu.kernel status` says where it stands.
+one pass, and a site's pre-activation statistics (`deadrelu_preact_stats`: per unit the maximum,
+minimum, and float64 sums of z and z²) in another. In the forward step, a layer-level site whose
+ReLU is Keras's own (channels last) is applied by `deadrelu_relu_site_stats`, which reads z once for
+the ReLU's output and both sets of statistics (reading z beside the output took two passes more and
+TensorFlow's fusion of the layer's bias and ReLU). It is compiled against the installed TensorFlow
+with the machine's C++ compiler the first time a scan needs it (once: about 10 s on 2 cores), then
+loaded from the cache; `deadrelu.kernel.build` holds the compiler, the cache key, the lock between
+two processes building at once and the record of a failed build. `python -m deadrelu.kernel build`
+builds it ahead of time (for images and CI), `python -m deadrelu.kernel status` says where it stands.
 
 Without a compiler, or when the build fails, deadrelu says so once (a `RuntimeWarning`; the command
 line prints it after its work) and uses TensorFlow's ops: the same numbers, slower — a NaN or ±inf
@@ -88,7 +92,18 @@ def gpu_visible() -> bool:
 
 
 def ops() -> Any | None:
-    """The loaded op module (`deadrelu_site_stats`, `deadrelu_grad_stats`), or None.
+    """The loaded op module, or None.
+
+    Its ops, all on float32 `[samples, positions, units]` (units last) and `valid` (`[samples]` of 1
+    and 0 for padding rows, or an empty tensor: every row counts), one number per unit out:
+    `deadrelu_site_stats(output, valid, cap=, capped=)` → (fires, sample_fires, sum_abs, max,
+    saturated, non_finite); `deadrelu_grad_stats(output, grad, valid, cap=, capped=)` → (grad_abs,
+    grad_nonzero); `deadrelu_preact_stats(z, valid)` → (pre_max float32, pre_min float32, pre_sum
+    float64, pre_sumsq float64), NaN, ±inf and subnormal z read as 0, -inf/+inf/0/0 without rows,
+    the same bits on every run and thread count; `deadrelu_relu_site_stats(z, valid, threshold=,
+    cap=, capped=)` on z [samples, ..., units] → (a, then the six of `deadrelu_site_stats` on a, then
+    the four of `deadrelu_preact_stats` on z), a being Keras's relu of z (z's shape, bit for bit as
+    TensorFlow computes it, NaN and ±inf included; padding rows get theirs too).
 
     None when `enabled()` is false, when TensorFlow sees a GPU (the ops are CPU ops), or when
     the kernel could not be built (`status()` says why; a `RuntimeWarning` says it once).

@@ -12,6 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 import deadrelu.views.report_tables as tables
+import deadrelu.views.why as why
 from deadrelu.views.report_tables import percent
 from deadrelu.views.table import escape_html as _e
 from deadrelu.views.table import to_html
@@ -59,11 +60,18 @@ def _key_values(mapping: dict) -> str:
     rows = []
     for key, value in mapping.items():
         if isinstance(value, (list, tuple)):
-            value = "; ".join(str(v) for v in value) if value else "none"
+            value = "; ".join(_flat(v) for v in value) if value else "none"
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "–"
         rows.append(f"<tr><th>{_e(key)}</th><td><code>{_e('–' if value is None else value)}</code></td></tr>")
     return f'<table class="kv"><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _flat(value: object) -> str:
+    """One entry of a listed value: a dict as "key=value, ..." (e.g. one input's data range)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -111,6 +119,18 @@ def _sites_section(report: Report) -> str:
         f'<h2>Sites</h2><p class="muted">All {len(report.sites):,} sites in model order; flagged sites '
         f"(≥ {percent(flag)} dead) and sites with non-finite (NaN/inf) units in red.</p>"
         + to_html(tables.site_table(report, detail=True))
+    )
+
+
+def _why_section(report: Report) -> str:
+    """The cause analysis (`scan(..., why=True)`): findings, causes per site with their evidence,
+    recommendations, training configuration; nothing for a scan without it."""
+    content = why.why_html(report)
+    if not content:
+        return ""
+    return (
+        '<h2 id="why">Why they died</h2><p class="muted">Each dead unit\'s cause, first match wins: starved, '
+        'output ReLU, born dead, killed in training, data-dependent (docs/fixing.md, "Why units die").</p>' + content
     )
 
 
@@ -268,6 +288,7 @@ def render_html(report: Report, *, diff: ReportDiff | None = None, site_figures:
     body += [
         _figures_section(report),
         _sites_section(report),
+        _why_section(report),
         _non_finite_section(report),
         _layer_gradient_section(report),
         _site_figures_section(report, site_figures),

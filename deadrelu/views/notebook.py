@@ -23,6 +23,7 @@ from rich.text import Text
 import deadrelu.views.prune_tables as prune_tables
 import deadrelu.views.report_tables as report_tables
 import deadrelu.views.table as table_model
+import deadrelu.views.why as why
 from deadrelu.views.table import CELL_CSS, GREEN, GREY, MONO_CSS, ORANGE, RED, to_html, to_rich
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +44,8 @@ _MONO, _CELL = MONO_CSS, CELL_CSS
 
 
 def report_html(report: Report, *, rows: int = MAX_ROWS, figure: bool = True) -> str:
-    """The report as an HTML fragment: summary line, worst sites first, flags in red, overview figure.
+    """The report as an HTML fragment: summary line, worst sites first, flags in red, overview figure;
+    with causes (`scan(..., why=True)`), the findings and a "why" section (causes per site, recommendations).
 
     Args:
         report: The scan report.
@@ -61,6 +63,11 @@ def report_html(report: Report, *, rows: int = MAX_ROWS, figure: bool = True) ->
         parts.append(_line("Measured on synthetic inputs: not a real verdict; scan again with real data.", RED))
     if report.sites:
         parts.append(to_html(report_sites(report, rows=rows), inline=True))
+    parts += [
+        f'<p style="margin:0 0 .3em;color:{_COLORS.get(style, "inherit")}">{_e(line)}</p>'
+        for line, style in why.finding_lines(report)
+    ]
+    parts.append(_why_section(report, rows))
     parts.append(_notes(report.notes))
     if figure and report.sites:
         parts.append(_figure(lambda: _overview_png(report), "overview: unit status per site"))
@@ -68,10 +75,12 @@ def report_html(report: Report, *, rows: int = MAX_ROWS, figure: bool = True) ->
 
 
 def report_renderable(report: Report, *, rows: int = MAX_ROWS) -> Group:
-    """The report for a rich console: the site table (worst first) and the summary line."""
-    from deadrelu.views.terminal import summary_text
+    """The report for a rich console: the site table (worst first), the findings of the cause analysis
+    and the summary line."""
+    from deadrelu.views.terminal import finding_texts, summary_text
 
     parts: list = [to_rich(report_sites(report, rows=rows))] if report.sites else []
+    parts += finding_texts(report)
     parts.append(summary_text(report))
     parts += [Text(f"note: {note}", style="yellow") for note in report.notes]
     return Group(*parts)
@@ -84,6 +93,16 @@ def report_sites(report: Report, *, rows: int = MAX_ROWS) -> table_model.Table:
     if more > 0:
         table.caption = f"{more:,} more sites with a smaller dead share (report.sites has them all)"
     return table
+
+
+_COLORS = {"bad": RED, "warn": ORANGE, "good": GREEN, "muted": GREY}
+
+
+def _why_section(report: Report, rows: int) -> str:
+    """The cause analysis (its findings are lines above): causes per site with evidence, recommendations, training."""
+    content = why.why_html(report, inline=True, rows=rows, with_findings=False)
+    title = '<p style="margin:.6em 0 0;font-size:1.05em;font-weight:600">Why they died</p>'
+    return f'<div style="margin:.3em 0 .5em">{title}{content}</div>' if content else ""
 
 
 def _overview_png(report: Report) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import deadrelu.views.why as why
 from deadrelu.views.table import Cell, Column, Style, Table
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only: the report's display methods import the views
@@ -68,7 +69,7 @@ def indices_cell(indices: list[int], style: Style = "") -> Cell:
 
 
 def site_table(report: Report, *, sort: str = "model", limit: int | None = None, detail: bool = False) -> Table:
-    """The main table: one row per site; flagged and non-finite sites in red.
+    """The main table: one row per site; flagged and non-finite sites in red; with causes, a "cause" column.
 
     Args:
         report: The scan report.
@@ -95,6 +96,9 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None,
         Column("sat.", numeric=True, long_title="saturated"),
         Column("dead %", numeric=True),
     ]
+    causes = why.has_causes(report)
+    if causes:  # `scan(..., why=True)`: the dead units by cause
+        columns.append(Column("cause", long_title="dead units by cause", nowrap=True))
     if diverged:
         columns.append(Column("NaN/inf", numeric=True, long_title="non-finite"))
     if gradients:
@@ -120,6 +124,8 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None,
             Cell(f"{len(site.saturated):,}"),
             Cell(percent(site.dead_fraction), dead),
         ]
+        if causes:
+            cells.append(why.causes_cell(site))
         if diverged:
             cells.append(Cell(f"{len(site.non_finite):,}", "bad" if site.non_finite else ""))
         if gradients:

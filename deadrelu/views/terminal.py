@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 
 import deadrelu.views.report_tables as tables
+import deadrelu.views.why as why
 from deadrelu.views.report_tables import percent
-from deadrelu.views.table import Cell, Column, Table, to_markdown, to_rich
+from deadrelu.views.table import RICH_STYLES, Cell, Column, Table, to_markdown, to_rich
 from deadrelu.views.table import shorten as shorten
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only: the report's display methods import this module
     import rich.table
+    from rich.console import Group
 
     from deadrelu.compare import ReportDiff
     from deadrelu.fixes.retrain import Comparison
@@ -27,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only: the report's display m
 
 def summary_text(report: Report) -> Text:
     """One line: how many sites and units, how many dead / dying / saturated / non-finite, what is
-    flagged, and whether (and where) the model has diverged."""
+    flagged, and whether (and where) the model has diverged; with causes (`scan(..., why=True)`),
+    the dominant cause and its recommendation."""
     from deadrelu.engine.non_finite import divergence_text
 
     s = report.summary
@@ -54,7 +57,22 @@ def summary_text(report: Report) -> Text:
     text.append(f" — measured on {report.data.get('samples', '?'):,} samples")
     if report.data.get("synthetic"):
         text.append(" (SYNTHETIC)", style="bold yellow")
+    clause, clause_style = why.summary_clause(report)
+    if clause:
+        text.append(clause, style=RICH_STYLES.get(clause_style, ""))
     return text
+
+
+def finding_texts(report: Report) -> list[Text]:
+    """One coloured line per model-level finding of the cause analysis (none without it)."""
+    return [Text(line, style=RICH_STYLES.get(style, "")) for line, style in why.finding_lines(report)]
+
+
+def summary_block(report: Report) -> Group:
+    """What follows the tables in a terminal: one line per model-level finding, then the summary line."""
+    from rich.console import Group
+
+    return Group(*finding_texts(report), summary_text(report))
 
 
 def site_table(report: Report, *, sort: str = "model", limit: int | None = None) -> rich.table.Table:
@@ -81,8 +99,11 @@ def layer_gradient_table(report: Report) -> rich.table.Table | None:
 
 
 def markdown_table(report: Report) -> str:
-    """The site table as GitHub markdown, with the summary line above it."""
-    return summary_text(report).plain + "\n\n" + to_markdown(tables.site_table(report))
+    """The site table as GitHub markdown, with the summary line above it; with causes, the
+    findings table below it."""
+    text = summary_text(report).plain + "\n\n" + to_markdown(tables.site_table(report))
+    found = why.findings_table(report)
+    return text if found is None else text + "\n" + to_markdown(found)
 
 
 def diff_summary(diff: ReportDiff) -> str:

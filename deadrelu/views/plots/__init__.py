@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+from deadrelu.views.plots.curves import plot_curves, plot_timeline, timeline_figure
+from deadrelu.views.plots.diff import diff_figure, plot_diff
 from deadrelu.views.plots.layout import (
     COLORS,
     DPI,
@@ -31,8 +33,6 @@ from deadrelu.views.plots.layout import (
     row_layout,
     save_figure,
 )
-from deadrelu.views.plots.curves import plot_curves, plot_timeline, timeline_figure
-from deadrelu.views.plots.diff import diff_figure, plot_diff
 from deadrelu.views.plots.overview import overview_figure, plot_overview
 from deadrelu.views.plots.units import histogram_figure, plot_site_dir, site_figure, site_file_name, unit_map_figure
 
