@@ -126,6 +126,7 @@ def test_born_dead_deep_narrow_mlp():
         "init_dead_fraction_min": 1.0,
         "init_dead_fraction_max": 1.0,
         "dead_fraction_now": 1.0,
+        "dead_fraction_now_on_baseline_samples": 1.0,
         "seeds": [0, 1, 2],
     }
     assert report.why["init_baseline"]["dead_fraction"]["d0"] == [1.0, 1.0, 1.0]

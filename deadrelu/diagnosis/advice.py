@@ -60,8 +60,35 @@ def recommendations(report) -> list[dict]:
         sites = sorted(per_site[kind], key=lambda path: -per_site[kind][path])
         entry = {"cause": kind, "units": totals[kind], "sites": sites}
         evidence = [_evidence(report, path, kind) for path in sites]
+        if kind == "starved":
+            evidence = _chain_starts(report, evidence)
         entry.update(_ADVICE.get(kind, _other)(entry, evidence, why))
         out.append(entry)
+    return out
+
+
+def _chain_starts(report, evidence: list[dict]) -> list[dict]:
+    """Starved evidence naming where each chain of starved sites starts, in model order.
+
+    A starved site's upstream site may be starved itself (a stack of layers after one dead layer):
+    the fix belongs where the chain starts, the first upstream site whose own dead units are not
+    all starved. Upstream sites that are wholly starved are left out when a start is named.
+    """
+    order = {site.path: index for index, site in enumerate(report.sites)}
+
+    def starts_chain(path: str) -> bool:
+        try:
+            causes = report.site(path).causes or {}
+        except KeyError:
+            return True
+        return set(causes) != {"starved"}
+
+    union = [item for ev in evidence for item in ev.get("upstream") or []]
+    named = any(item.get("dead") and starts_chain(item.get("path")) for item in union)
+    out = []
+    for ev in evidence:
+        items = sorted(ev.get("upstream") or [], key=lambda item: order.get(item.get("path"), len(order)))
+        out.append({**ev, "upstream": [item for item in items if starts_chain(item.get("path"))] if named else items})
     return out
 
 
@@ -85,8 +112,8 @@ def _starved(entry: dict, evidence: list[dict], why: dict) -> dict:
     return {
         "upstream": list(upstream),
         "action": (
-            f"{first}: {_units(entry)} read nothing but dead or constant values, so patching or reviving them "
-            "alone changes nothing"
+            f"{first}: {_units(entry)} {_verb(entry, 'read', 'reads')} nothing but dead or constant values, so "
+            f"patching or reviving {_verb(entry, 'them', 'it')} alone changes nothing"
         ),
     }
 
@@ -108,13 +135,14 @@ def _output_relu(entry: dict, evidence: list[dict], why: dict) -> dict:
 def _born_dead(entry: dict, evidence: list[dict], why: dict) -> dict:
     fractions = [ev["init_dead_fraction_mean"] for ev in evidence if ev.get("init_dead_fraction_mean") is not None]
     init = statistics.fmean(fractions) if fractions else None
-    numbers = f" ({init:.0%} of their site's units, mean over the seeds)" if init is not None else ""
+    whose = _verb(entry, "their", "its")
+    numbers = f" ({init:.0%} of {whose} site's units, mean over the seeds)" if init is not None else ""
     return {
         "init_dead_fraction": init,
         "action": (
             "change the initialiser or the architecture (He initialisation, no negative bias initialiser, fewer "
-            f"or wider layers), or `deadrelu patch --to leaky` so that they cannot die: {_units(entry)} are dead "
-            f"at initialisation already{numbers}"
+            f"or wider layers), or `deadrelu patch --to leaky` so that {_verb(entry, 'they', 'it')} cannot die: "
+            f"{_units(entry)} {_verb(entry, 'are', 'is')} dead at initialisation already{numbers}"
         ),
     }
 
@@ -153,8 +181,8 @@ def _data_dependent(entry: dict, evidence: list[dict], why: dict) -> dict:
     return {
         "margin_in_spread_median": median,
         "action": (
-            f"scan more data before acting: {_units(entry)} miss firing by a small margin{numbers} and may fire "
-            "on inputs the scan did not see"
+            f"scan more data before acting: {_units(entry)} {_verb(entry, 'miss', 'misses')} firing by a small "
+            f"margin{numbers} and may fire on inputs the scan did not see"
         ),
     }
 
@@ -170,6 +198,11 @@ _ADVICE = {
     "killed_in_training": _killed,
     "data_dependent": _data_dependent,
 }
+
+
+def _verb(entry: dict, plural: str, singular: str) -> str:
+    """`plural` or `singular`, agreeing with the entry's unit count."""
+    return singular if entry["units"] == 1 else plural
 
 
 def _units(entry: dict) -> str:

@@ -26,7 +26,7 @@ def analyse(report, model, probe_data, *, batch_size: int = 256, seeds=SEEDS, sa
         probe_data: The scan's `deadrelu.data.ProbeData` (the baseline reads its first samples).
         batch_size: Samples per step of the baseline's passes. Defaults to `256`.
         seeds: Seeds of the baseline. Defaults to `(0, 1, 2)`.
-        samples: Samples per baseline pass, at most. Defaults to `512`.
+        samples: Samples per baseline pass, at most. Defaults to `256`.
 
     Returns:
         `report`, with `why`, `summary["causes"]` and every site's `dead_causes`, `causes` and

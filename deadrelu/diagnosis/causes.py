@@ -253,7 +253,9 @@ def site_causes(site, context: ModelContext, baseline) -> tuple[list[str], dict[
         kinds[kinds == ""] = "output_relu"
     init = baseline.dead_fraction.get(site.path) if baseline is not None else None
     now = site.dead_fraction
-    born = bool(init) and float(np.mean(init)) >= BORN_DEAD_SHARE * now
+    # Compared on the baseline's own samples: fewer samples leave more units silent on both sides.
+    now_there = baseline.trained_dead_fraction.get(site.path, now) if baseline is not None else now
+    born = bool(init) and float(np.mean(init)) >= BORN_DEAD_SHARE * now_there
     if born:
         kinds[kinds == ""] = "born_dead"
     if margin is not None and site_spread is not None:
@@ -276,6 +278,7 @@ def site_causes(site, context: ModelContext, baseline) -> tuple[list[str], dict[
             "init_dead_fraction_min": float(np.min(init)),
             "init_dead_fraction_max": float(np.max(init)),
             "dead_fraction_now": float(now),
+            "dead_fraction_now_on_baseline_samples": float(now_there),
             "seeds": list(baseline.seeds),
         }
     if "killed_in_training" in causes:
