@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from deadrelu.fixes.propagation import IDENTITIES, STRUCTURAL
+
 SCALE_LIMIT = 10.0
 """An input whose standard deviation or |mean| exceeds this is far from unit scale (`input_scale`)."""
 
@@ -44,52 +46,22 @@ _SCALERS = (
     "StringLookup",
     "TextVectorization",
 )
-# Layers that move, drop or pool values without changing their scale: followed downstream.
+# Layers that move, drop or pool values without changing their scale: followed downstream (the unit
+# walk's structural layers and inference-time identities, and preprocessing that keeps the scale).
 _PASS_THROUGH = (
-    "InputLayer",
-    "Reshape",
-    "Flatten",
-    "Permute",
-    "RepeatVector",
-    "Masking",
-    "Identity",
-    "ActivityRegularization",
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianDropout",
-    "GaussianNoise",
-    "AlphaDropout",
-    "Cropping1D",
-    "Cropping2D",
-    "Cropping3D",
-    "ZeroPadding1D",
-    "ZeroPadding2D",
-    "ZeroPadding3D",
-    "UpSampling1D",
-    "UpSampling2D",
-    "UpSampling3D",
-    "MaxPooling1D",
-    "MaxPooling2D",
-    "MaxPooling3D",
-    "AveragePooling1D",
-    "AveragePooling2D",
-    "AveragePooling3D",
-    "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D",
-    "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D",
-    "Concatenate",
-    "Resizing",
-    "CenterCrop",
-    "RandomCrop",
-    "RandomFlip",
-    "RandomRotation",
-    "RandomTranslation",
-    "RandomZoom",
+    STRUCTURAL
+    | IDENTITIES
+    | {
+        "CenterCrop",
+        "InputLayer",
+        "Masking",
+        "RandomCrop",
+        "RandomFlip",
+        "RandomRotation",
+        "RandomTranslation",
+        "RandomZoom",
+        "Resizing",
+    }
 )
 
 
@@ -247,7 +219,7 @@ def _unscaled_readers(graph, key) -> list[str]:
             names = {cls.__name__ for cls in type(layer).__mro__}
             if names & set(_SCALERS) or not type(layer).__module__.startswith("keras"):
                 continue  # scaled, or a layer of the user's own, which may scale
-            if names & set(_PASS_THROUGH):
+            if names & _PASS_THROUGH:
                 frontier.extend(node.outputs)
             elif getattr(layer, "weights", None) and layer.name not in readers:
                 readers.append(layer.name)
