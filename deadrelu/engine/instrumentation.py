@@ -171,6 +171,8 @@ class Recorder:
         if done is None:
             return None
         output, stats = done
+        if self.watch is not None:
+            self.watch(output)
         self.records.append(Record(site_index, output, args[0], stats))
         return output
 
@@ -203,11 +205,15 @@ def hooked(site_map: SiteMap, recorder: Recorder):
         recorder: Where the outputs go.
     """
     saved = []
+    cells: dict[int, list[Site]] = {}  # an LSTM's cell: its two sites share one `activation`
     try:
         for site in site_map.sites:
             if not site.hook:
                 continue  # an op-level site: intercepted while the model runs, nothing to wrap
             layer, name = site.hook
+            if site.role is not None:
+                cells.setdefault(id(layer), []).append(site)
+                continue
             steps = None
             if layer is not site.layer and site.recurrent is None:
                 # Inside TimeDistributed: z is the inner layer's, one time step per call.
@@ -217,6 +223,10 @@ def hooked(site_map: SiteMap, recorder: Recorder):
             saved.append(_set(layer, name, _wrap(getattr(layer, name), site.index, recorder, steps)))
             if site.recurrent is not None:
                 saved.append(_set(site.recurrent, "unroll", True))
+        for roles in cells.values():
+            layer, name = roles[0].hook
+            saved.append(_set(layer, name, _wrap_in_turn(getattr(layer, name), [s.index for s in roles], recorder)))
+            saved.append(_set(roles[0].recurrent, "unroll", True))
         yield
     finally:
         for layer, name, before in reversed(saved):
@@ -283,6 +293,32 @@ def _wrap(fn: Callable, site_index: int, recorder: Recorder, steps: _TimeSteps |
     return wrapped
 
 
+def _wrap_in_turn(fn: Callable, site_indices: list[int], recorder: Recorder) -> Callable:
+    """A recurrent cell's `activation` recorded as its sites in turn: a GRU's one (the candidate),
+    an LSTM's two (the candidate, then the new cell state), once per time step each.
+
+    The cell applies its activation in that order at every step of the unrolled layer, so the
+    k-th call is site `site_indices[k % len(site_indices)]`.
+    """
+    turn = {"records": None, "calls": 0}  # counted per recording: a pass that raised leaves no offset
+
+    def wrapped(*args, **kwargs):
+        if turn["records"] is not recorder.records:
+            turn["records"], turn["calls"] = recorder.records, 0
+        site_index = site_indices[turn["calls"] % len(site_indices)]
+        turn["calls"] += 1
+        recorder.quiet += 1
+        try:
+            output = fn(*args, **kwargs)
+        finally:
+            recorder.quiet -= 1
+        return recorder.record(site_index, output, _first_argument(args, kwargs))
+
+    wrapped.__name__ = getattr(fn, "__name__", "wrapped")
+    wrapped.__deadrelu_wrapped__ = fn
+    return wrapped
+
+
 def _first_argument(args: tuple, kwargs: dict):
     """The tensor a nonlinearity (or a `ReLU` layer's `call`) was applied to."""
     if args:
@@ -325,7 +361,7 @@ class _TimeSteps:
         return ops.stack(values, axis=1)
 
 
-def plain_relu(site: Site, fn: Callable) -> bool:
+def plain_relu(site: Site, fn: Callable, *, under_tape: bool = False) -> bool:
     """Whether `fn`, which a layer-level site's hook wraps, is Keras's own zero-slope ReLU of the site.
 
     Such a ReLU is what the kernel's `deadrelu_relu_site_stats` computes, bit for bit, so the
@@ -336,6 +372,8 @@ def plain_relu(site: Site, fn: Callable) -> bool:
     Args:
         site: The site.
         fn: The function its hook wraps (an `activation`, or a `ReLU` layer's bound `call`).
+        under_tape: The step takes gradients through it: only a ReLU without threshold or cap,
+            whose derivative the op's registered gradient (TensorFlow's `ReluGrad`) is exactly.
 
     Returns:
         True when the kernel may apply it.
@@ -343,6 +381,8 @@ def plain_relu(site: Site, fn: Callable) -> bool:
     import keras
 
     if site.op_level or site.recurrent is not None or not site.hook or site.hook[0] is not site.layer:
+        return False
+    if under_tape and (site.threshold or site.capped):
         return False
     if site.kind == KIND_RELU_LAYER:
         layer = site.layer
@@ -423,7 +463,7 @@ def op_site(application: Application, index: int, site_map: SiteMap, taken: set[
         The `Site`.
     """
     layer = application.layer
-    base = op_site_path(site_map.layer_paths[id(layer)], application.index)
+    base = op_site_path(site_map.layer_paths[id(layer)], application.index, application.relu.spelling)
     path, k = base, 2
     while path in taken:  # a layer path that already ends in ":relu_<k>" (never in practice)
         path, k = f"{base}#{k}", k + 1

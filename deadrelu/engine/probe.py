@@ -56,7 +56,7 @@ from deadrelu.engine.instrumentation import (
 )
 from deadrelu.engine.interception import Application, intercept_relus
 from deadrelu.engine.losses import per_sample_loss
-from deadrelu.engine.reductions import Totals, fused_relu_stats, site_batch_stats
+from deadrelu.engine.reductions import Totals, fused_grad_stats, fused_relu_stats, site_batch_stats
 from deadrelu.engine.sites import UNKNOWN_REASON, OtherActivation, Site, SiteMap, find_sites
 from deadrelu.engine.statistics import (
     ProbeResult,
@@ -458,9 +458,10 @@ class Probe:
             anchor: The batch's inputs (where the step's graph or trace is read from).
             watch: Called on each recorded output (TensorFlow: `GradientTape.watch`).
             perturb: Zeros added to the recorded outputs, in order (JAX gradients).
-            fuse: TensorFlow's forward step: where the kernel has `deadrelu_relu_site_stats`, a
+            fuse: TensorFlow's steps: where the kernel has `deadrelu_relu_site_stats`, a
                 layer-level site's plain ReLU is applied and measured by it in one read of z
                 (`deadrelu.engine.reductions.fused_relu_stats`); its record carries its statistics.
+                Under a tape (`watch`) only ReLUs without threshold or cap are (see `plain_relu`).
             valid: With `fuse`, the batch's `valid` vector (None: every row counts).
 
         Returns:
@@ -472,7 +473,9 @@ class Probe:
 
             def fuser(index: int, fn, z):
                 site = self._sites[index]
-                return fused_relu_stats(self._kernel, site, z, valid) if plain_relu(site, fn) else None
+                if not plain_relu(site, fn, under_tape=watch is not None):
+                    return None
+                return fused_relu_stats(self._kernel, site, z, valid)
 
         with (
             self._recorder.recording(watch=watch, perturb=perturb, fuse=fuser) as records,
@@ -512,7 +515,12 @@ class Probe:
             if record.preact is None:  # z not observed: the site's pre-activation statistics are None
                 self._no_preact.add(record.index)
             if record.stats is not None:  # measured by the kernel as it applied the ReLU
-                stats.append((record.index, record.stats))
+                site_stats = dict(record.stats)
+                if grad is not None:
+                    site_stats.update(
+                        fused_grad_stats(self._kernel, self._sites[record.index], record.output, grad, valid)
+                    )
+                stats.append((record.index, site_stats))
                 continue
             stats.append((record.index, self._site_stats(record, grad, valid)))
         return self._totals.pack(stats, loss=loss)

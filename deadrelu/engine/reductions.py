@@ -284,14 +284,43 @@ def _fused_stats(kernel, site: Site, flat, grad, valid, z=None) -> dict:
     if site.capped:
         stats["saturated"] = saturated
     if grad is not None:
-        grad = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
-        stats["grad_abs"], nonzero = kernel.deadrelu_grad_stats(flat, grad, valid, **cap)
-        samples = tf.shape(flat, out_type=tf.int64)[0] if valid.shape[0] == 0 else tf.reduce_sum(valid)
-        observed = tf.cast(samples, tf.int64) * tf.shape(flat, out_type=tf.int64)[1]
-        stats["grad_zero"] = observed - nonzero
+        stats.update(_kernel_grad_stats(kernel, flat, grad, valid, cap))
     if z is not None:
         stats.update(pre)
     return stats
+
+
+def _kernel_grad_stats(kernel, flat, grad, valid, cap: dict) -> dict:
+    """ "grad_abs" and "grad_zero" of a [samples, positions, units] output by the kernel (`valid`: a
+    [samples] vector or an empty one)."""
+    import tensorflow as tf
+
+    grad = tf.reshape(tf.cast(grad, tf.float32), tf.shape(flat))
+    grad_abs, nonzero = kernel.deadrelu_grad_stats(flat, grad, valid, **cap)
+    samples = tf.shape(flat, out_type=tf.int64)[0] if valid.shape[0] == 0 else tf.reduce_sum(valid)
+    observed = tf.cast(samples, tf.int64) * tf.shape(flat, out_type=tf.int64)[1]
+    return {"grad_abs": grad_abs, "grad_zero": observed - nonzero}
+
+
+def fused_grad_stats(kernel, site: Site, output, grad, valid=None) -> dict:
+    """The gradient statistics of a site the kernel applied (`fused_relu_stats`): "grad_abs", "grad_zero".
+
+    Args:
+        kernel: The op module of `deadrelu.kernel.ops()`.
+        site: The site.
+        output: The op's output a, [samples, ..., units] (units last).
+        grad: ∂loss/∂a, a's shape.
+        valid: None, or the batch's float32 [samples] vector of real rows.
+
+    Returns:
+        The two statistics `site_batch_stats` gives for them.
+    """
+    import tensorflow as tf
+
+    flat = tf.reshape(output, (tf.shape(output)[0], -1, output.shape[-1]))
+    valid = tf.zeros((0,), tf.float32) if valid is None else valid
+    cap = {"cap": float(site.max_value), "capped": True} if site.capped else {}
+    return _kernel_grad_stats(kernel, flat, grad, valid, cap)
 
 
 def fused_relu_stats(kernel, site: Site, z, valid=None) -> tuple | None:

@@ -196,7 +196,11 @@ class TensorFlowStep(_Step):
         variables = self._weight_variables()
         with tf.GradientTape() as tape:
             y_pred, records = self.probe.recorded_call(
-                lambda: self.probe.model(x, training=False), anchor=x, watch=tape.watch
+                lambda: self.probe.model(x, training=False),
+                anchor=x,
+                watch=tape.watch,
+                fuse=self.strategy is None,
+                valid=valid,
             )
             per_sample = self.probe.per_sample_loss(y, y_pred)
             total = tf.reduce_sum(per_sample if valid is None else per_sample * valid)
@@ -441,11 +445,15 @@ class JaxStep(_Step):
 
         n = _batch_size(x)
         size = max(self._size, n)
+        shards = data_parallel_degree()
+        size = -(-size // shards) * shards  # a whole slice per device of the batch axis
         valid = (np.arange(size) < n).astype(np.float32)
         if n < size:  # fill up with copies of the batch's own samples (a maximum cannot change)
             rows = np.arange(size) % n
             x = jax.tree_util.tree_map(lambda a: np.asarray(a)[rows], x)
             y = None if y is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[rows], y)
+        if shards > 1 or keras_distribution() is not None:
+            x, y, valid = _on_the_mesh((x, y, valid))
         model = self.probe.model
         trainable = [v.value for v in model.trainable_variables]
         non_trainable = [v.value for v in model.non_trainable_variables]
@@ -467,6 +475,61 @@ class JaxStep(_Step):
         if int(np.prod(output.shape)) != _batch_size(anchor) * per_sample:
             return _INPUT_INDEPENDENT
         return None
+
+
+def keras_distribution():
+    """The `keras.distribution` set for this process (JAX: `DataParallel`, `ModelParallel`), or None."""
+    import keras
+
+    try:
+        return keras.distribution.distribution()
+    except (AttributeError, NotImplementedError):  # a Keras or backend without the API
+        return None
+
+
+def data_parallel_degree() -> int:
+    """How many devices the batch axis of the active `keras.distribution` is split over (1 without one)."""
+    distribution = keras_distribution()
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    name = getattr(distribution, "batch_dim_name", None)
+    if name is None or name not in mesh.axis_names:
+        return 1
+    return int(mesh.shape[list(mesh.axis_names).index(name)])
+
+
+def _on_the_mesh(arrays):
+    """A batch's arrays placed as the active `keras.distribution` lays data out: split along the
+    batch axis over the mesh's batch dimension (what Keras's JAX trainer does in `fit`), so the
+    compiled step runs on every device and XLA sums the statistics across them."""
+    import jax
+    import keras
+    from keras.src.backend.jax import distribution_lib
+
+    distribution = keras_distribution()
+
+    def place(a):
+        if a is None:
+            return None
+        layout = distribution.get_data_layout(np.shape(a))
+        return distribution_lib.distribute_data_input(np.asarray(a), layout, distribution.batch_dim_name)
+
+    return keras.tree.map_structure(place, arrays) if distribution is not None else jax.device_put(arrays)
+
+
+def distribution_settings() -> dict | None:
+    """The report's `settings.distribution`: the active `keras.distribution` (JAX), or None."""
+    distribution = keras_distribution()
+    if distribution is None:
+        return None
+    mesh = distribution.device_mesh
+    return {
+        "name": type(distribution).__name__,
+        "mesh": dict(zip(mesh.axis_names, (int(d) for d in mesh.shape))),
+        "batch_axis": getattr(distribution, "batch_dim_name", None),
+        "devices": int(np.prod(mesh.shape)),
+    }
 
 
 class TorchStep(_Step):

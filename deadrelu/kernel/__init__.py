@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -179,7 +180,26 @@ def load(*, retry: bool = False) -> Loaded:
 @functools.cache
 def _load_library(tf, path: Path) -> Any:
     # TensorFlow registers the ops process-wide: one load per file and process.
-    return tf.load_op_library(str(path))
+    library = tf.load_op_library(str(path))
+    _register_relu_gradient(tf)
+    return library
+
+
+def _register_relu_gradient(tf) -> None:
+    """Gives `deadrelu_relu_site_stats` the gradient of the ReLU it applies (once per process).
+
+    Its output `a` is Keras's ReLU of z, so ∂a/∂z is TensorFlow's own `ReluGrad` on `a` (1 where
+    a > 0): the gradient step may then apply a plain ReLU site by the kernel under a tape, and the
+    weights' gradients are those of the model's own ReLU, bit for bit. The statistics outputs have
+    no gradient. Only sites without a threshold or cap are fused under a tape (see
+    `deadrelu.engine.instrumentation.plain_relu`), where this is the exact derivative.
+    """
+
+    def relu_site_stats_grad(op, grad_a, *_):
+        return tf.raw_ops.ReluGrad(gradients=grad_a, features=op.outputs[0]), None
+
+    with contextlib.suppress(KeyError):  # registered already (another cached library path in this process)
+        tf.RegisterGradient("DeadreluReluSiteStats")(relu_site_stats_grad)
 
 
 # Once per process: the first scan that needs the kernel builds or loads it, later ones reuse it.

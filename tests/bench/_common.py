@@ -132,6 +132,79 @@ def materialise_loop(model, x: np.ndarray, batch_size: int) -> Callable[[], None
     return run
 
 
+def materialise_preact_loop(model, x: np.ndarray, batch_size: int, y: np.ndarray | None = None) -> Callable[[], None]:
+    """The floor of observing pre-activations: the compiled forward loop (with one-hot labels `y`:
+    the train step of `train_step_loop`) that also reads every ReLU site's input z and output once.
+
+    Like `materialise_loop`, but each site's nonlinearity (a fused or `Activation` layer's
+    `activation`, a `ReLU` layer's `call`) is wrapped while the step is traced so that its input z
+    and its output are kept, and the step returns `tf.reduce_sum` of each. z is then a tensor of its
+    own: for a fused Conv2D/Dense + ReLU this breaks TensorFlow's fusion of the bias and ReLU into
+    the convolution, as any exact per-unit statistic of z must (margins, pre-activation mean and
+    std). What this loop costs over the bare forward loop is what observing z and the output costs.
+    """
+    import contextlib
+
+    import tensorflow as tf
+
+    from deadrelu.engine.sites import KIND_RELU_LAYER, find_sites
+
+    sites = list(find_sites(model))
+    if any(site.op_level or "/" in site.path for site in sites):
+        raise ValueError("materialise_preact_loop: layer-level sites of the top model only")
+    seen: list = []
+
+    def keeping(fn):
+        def kept(z, *args, **kwargs):
+            out = fn(z, *args, **kwargs)
+            seen.extend([z, out])
+            return out
+
+        return kept
+
+    @contextlib.contextmanager
+    def hooks():
+        saved = []
+        for site in sites:
+            name = "call" if site.kind == KIND_RELU_LAYER else "activation"
+            saved.append((site.layer, name, site.layer.__dict__.get(name)))
+            object.__setattr__(site.layer, name, keeping(getattr(site.layer, name)))
+        try:
+            yield
+        finally:
+            for layer, name, before in saved:
+                if before is None:
+                    layer.__dict__.pop(name, None)
+                else:
+                    object.__setattr__(layer, name, before)
+
+    def step(batch):
+        seen.clear()
+        out = model(batch, training=False)
+        return out, [tf.reduce_sum(t) for t in seen]
+
+    def train_step(batch, labels):
+        import keras
+
+        seen.clear()
+        with tf.GradientTape() as tape:
+            total = keras.losses.CategoricalCrossentropy(reduction="sum")(labels, model(batch, training=False))
+        return tape.gradient(total, model.trainable_variables), [tf.reduce_sum(t) for t in seen]
+
+    specs = [tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))]
+    if y is not None:
+        specs.append(tf.TensorSpec((None, *y.shape[1:]), tf.as_dtype(y.dtype)))
+    with hooks():  # only while tracing: the graph keeps the reads, the model is left as it was
+        concrete = tf.function(step if y is None else train_step).get_concrete_function(*specs)
+
+    def run() -> None:
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            concrete(*[tf.constant(a[rows]) for a in ((x,) if y is None else (x, y))])
+
+    return run
+
+
 def train_step_loop(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> Callable[[], None]:
     """The floor of a gradient scan: a compiled train step without optimizer over the batches.
 

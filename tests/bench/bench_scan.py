@@ -11,6 +11,11 @@ In one run, side by side, on the same models and the same batches, it measures:
   3a. the floor of observing ("materialise"): the same compiled loop over a multi-output model that
      also returns `tf.reduce_sum` of every ReLU site's output (one read of each activation; see
      `_common.materialise_loop`), so scan / materialise is what the statistics cost beyond reading;
+  3b. the floor of observing pre-activations ("materialise_z", `_common.materialise_preact_loop`):
+     the forward loop that also reads every site's input z and output once — what the per-unit
+     margins and pre-activation statistics of every scan must at least cost (z then exists as a
+     tensor of its own, which undoes TensorFlow's fusion of bias and ReLU into a convolution);
+     and for the gradient scan the train step with z observed ("train_step_z");
   on the reference MNIST CNN of docs/benchmarks.md (10,000 MNIST images, batch 500) and on MobileNetV2 and
   DenseNet121 (`keras.applications`, weights=None, 512 uniform images of 96×96×3, batch 64);
   and on the CNN also
@@ -218,6 +223,8 @@ FORWARD_RATIOS = [
     ("predict", "forward"),
     ("materialise", "forward"),
     ("scan", "materialise"),
+    ("materialise_z", "forward"),
+    ("scan", "materialise_z"),
     ("scan_ops", "forward"),
 ]
 
@@ -289,7 +296,9 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
         "predict": lambda: model.predict(x, batch_size=batch, verbose=0),
         "scan": lambda: deadrelu.scan(model, x, batch_size=batch),
         "materialise": C.materialise_loop(model, x, batch),
+        "materialise_z": C.materialise_preact_loop(model, x, batch),
         "train_step": C.train_step_loop(model, x, y, batch),
+        "train_step_z": C.materialise_preact_loop(model, x, batch, y),
         "scan_grad": lambda: deadrelu.scan(
             model, x, labels=y, gradients=True, batch_size=batch, loss="categorical_crossentropy"
         ),
@@ -298,8 +307,8 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
     contenders["scan_ops"] = without_kernel(contenders["scan"])
     contenders["scan_grad_ops"] = without_kernel(contenders["scan_grad"])
     groups = [
-        ["forward", "predict", "scan", "materialise", "scan_ops"],
-        ["train_step", "scan_grad", "train_on_batch", "scan_grad_ops"],
+        ["forward", "predict", "scan", "materialise", "materialise_z", "scan_ops"],
+        ["train_step", "train_step_z", "scan_grad", "train_on_batch", "scan_grad_ops"],
     ]
     if not args.no_naive:
         contenders["naive"] = lambda: naive_stats(model, x, batch)
@@ -326,6 +335,8 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
     for a, b in [
         *FORWARD_RATIOS,
         ("scan_grad", "train_step"),
+        ("train_step_z", "train_step"),
+        ("scan_grad", "train_step_z"),
         ("scan_grad", "train_on_batch"),
         ("scan_grad_ops", "train_step"),
     ] + ([("naive", "predict")] if not args.no_naive else []):
@@ -341,6 +352,7 @@ def bench_cnn(args, rows: list, grad_rows: list) -> None:
             grad_ratio,
             C.paired_ratio(t["scan_grad"], t["train_on_batch"]),
             C.paired_ratio(t["scan_grad_ops"], t["train_step"]),
+            C.paired_ratio(t["scan_grad"], t["train_step_z"]),
         )
     )
     args.cnn_extra = {
@@ -367,12 +379,13 @@ def bench_application(name: str, args, rows: list) -> None:
         "predict": lambda: model.predict(x, batch_size=batch, verbose=0),
         "scan": lambda: deadrelu.scan(model, x, batch_size=batch),
         "materialise": C.materialise_loop(model, x, batch),
+        "materialise_z": C.materialise_preact_loop(model, x, batch),
     }
     contenders["scan_ops"] = without_kernel(contenders["scan"])
     t = time_model(
         f"{name}, {n} × {'×'.join(map(str, shape))}, batch {batch}",
         contenders,
-        [["forward", "predict", "scan", "materialise", "scan_ops"]],
+        [["forward", "predict", "scan", "materialise", "materialise_z", "scan_ops"]],
         args,
     )
     for a, b in FORWARD_RATIOS:
@@ -392,6 +405,7 @@ def model_row(label: str, t: dict) -> tuple:
         t["materialise"].median,
         C.paired_ratio(t["materialise"], t["forward"]),
         C.paired_ratio(t["scan"], t["materialise"]),
+        C.paired_ratio(t["scan"], t["materialise_z"]),
         C.paired_ratio(t["scan_ops"], t["forward"]),
     )
 
@@ -466,27 +480,28 @@ def main(argv=None) -> int:
     print(
         "| model, data | compiled forward loop | `predict` | `deadrelu.scan` | materialise "
         "| scan / forward (paired) | target | met? | scan / predict (paired) | scan / forward, CPU "
-        "| materialise / forward (paired) | scan / materialise (paired) | without the kernel: scan / forward |"
+        "| materialise / forward (paired) | scan / materialise (paired) | scan / materialise with z (paired) "
+        "| without the kernel: scan / forward |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|")
-    for label, forward, predict, scan, to_forward, to_predict, cpu, mat, mat_forward, scan_mat, ops in rows:
+    print("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    for label, forward, predict, scan, to_forward, to_predict, cpu, mat, mat_forward, scan_mat, scan_z, ops in rows:
         met = C.verdict(to_forward <= SCAN_VS_FORWARD)
         print(
             f"| {label} | {forward:.3f} s | {predict:.3f} s | {scan:.3f} s | {mat:.3f} s | {to_forward:.2f}× "
             f"| ≤ {SCAN_VS_FORWARD}× | {met} | {to_predict:.2f}× | {cpu:.2f}× | {mat_forward:.2f}× | {scan_mat:.2f}× "
-            f"| {ops:.2f}× |"
+            f"| {scan_z:.2f}× | {ops:.2f}× |"
         )
     if grad_rows:
         print(
             "\n| gradients: model, data | compiled train step | `train_on_batch` (Adam) | `scan(gradients=True)` "
             "| scan / train step (paired) | target | met? | scan / train_on_batch (paired) "
-            "| without the kernel: scan / train step |\n"
-            "|---|---:|---:|---:|---:|---|---|---:|---:|"
+            "| without the kernel: scan / train step | scan / train step with z observed (paired) |\n"
+            "|---|---:|---:|---:|---:|---|---|---:|---:|---:|"
         )
-        for label, step, tob, scan, to_step, to_tob, ops in grad_rows:
+        for label, step, tob, scan, to_step, to_tob, ops, to_step_z in grad_rows:
             print(
                 f"| {label} | {step:.3f} s | {tob:.3f} s | {scan:.3f} s | {to_step:.2f}× | ≤ {GRAD_VS_TRAIN_STEP}× "
-                f"| {C.verdict(to_step <= GRAD_VS_TRAIN_STEP)} | {to_tob:.2f}× | {ops:.2f}× |"
+                f"| {C.verdict(to_step <= GRAD_VS_TRAIN_STEP)} | {to_tob:.2f}× | {ops:.2f}× | {to_step_z:.2f}× |"
             )
 
     extra = getattr(args, "cnn_extra", None)
