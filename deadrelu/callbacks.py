@@ -15,6 +15,7 @@ import keras
 
 import deadrelu.validation as validation
 from deadrelu._keras_compat import fit_callbacks
+from deadrelu.engine.scanner import dormant_threshold
 from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
 from deadrelu.timeline import Check, Timeline, make_check
@@ -36,7 +37,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
     `deadrelu/dying_fraction`, `deadrelu/non_finite_fraction` (units whose outputs or own weights
     are NaN or ±inf) and `deadrelu/<path>/dead_fraction` for every site (for models with
     more than 32 sites: for each site from its first flag on, and `CSVLogger` only keeps the
-    columns of the first epoch) — so `History`, `CSVLogger` and `TensorBoard` record them with no
+    columns of the first epoch), and with `dormant=τ` `deadrelu/dormant_fraction` (ReDo's τ-dormant
+    units, dead ones included, over all units) — so `History`, `CSVLogger` and `TensorBoard` record them with no
     extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
     callbacks in order, and those read the logs when their turn comes.
 
@@ -75,6 +77,13 @@ class DeadReluMonitor(keras.callbacks.Callback):
         patience: Checks over `max_dead_fraction` to tolerate before acting. Defaults to `0`.
         dying_threshold: Active rate under which a live unit is dying. Defaults to `0.01`.
         flag_threshold: Dead share from which a site is flagged. Defaults to `0.10`.
+        dormant: ReDo's τ. With a number, `on_dead` acts on the τ-dormant units (dormancy ≤ τ,
+            dead units included: `deadrelu.engine.dormancy.dormant_units`) instead of the dead ones:
+            `"warn"` flags a site whose dormant share reaches `flag_threshold`, `"stop"` and
+            `"revive"` compare the model's dormant fraction with `max_dead_fraction`, and
+            `"revive"` re-initialises the dormant units (`revive_model(..., dormant=τ)`; the
+            outputs then change by their contribution, which is measured and not refused). The
+            logs also get `deadrelu/dormant_fraction`. Defaults to `None` (dead units only).
         seed: Seed for the re-initialisation of revived units; `None` draws a fresh one.
             Defaults to `None`.
         verbose: Verbosity mode, 0 or 1. Mode 0 is silent, mode 1 prints one line per event
@@ -126,6 +135,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         patience: int = 0,
         dying_threshold: float = 0.01,
         flag_threshold: float = 0.10,
+        dormant: float | None = None,
         seed: int | None = None,
         verbose: int | bool = 1,
         tensorboard: str | os.PathLike[str] | bool | None = None,
@@ -141,9 +151,11 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.on_dead = on_dead
         self.max_dead_fraction = validation.fraction(max_dead_fraction, "max_dead_fraction")
         self.patience = validation.non_negative_int(patience, "patience")
+        self.dormant = dormant_threshold(dormant)
         self.thresholds = Thresholds(
             dying=validation.fraction(dying_threshold, "dying_threshold"),
             flag=validation.fraction(flag_threshold, "flag_threshold"),
+            dormant=self.dormant,
         )
         self.seed = validation.seed(seed)
         self.verbose = _verbosity(verbose)
@@ -298,7 +310,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         )
         previous = self.timeline[-1] if self.timeline else None
         check = make_check(report, previous, epoch=self._epoch, step=self._steps())
-        newly_flagged = [s.path for s in report.sites if s.flagged and s.path not in self._flagged]
+        newly_flagged = [s.path for s in report.sites if self._site_flagged(s) and s.path not in self._flagged]
         self._flagged.update(newly_flagged)
         if not self._logged_sites and len(report.sites) <= LOG_EVERY_SITE_UP_TO:
             self._logged_sites = [s.path for s in report.sites]  # fixed columns from the first check
@@ -308,21 +320,22 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.last_report = report
         if self._summaries is not None:
             self._summaries.write(report, step=check.epoch if self._check_freq == "epoch" else check.step)
+        which = "dead" if self.dormant is None else f"dormant (≤ {self.dormant:g})"
         if self.on_dead == "warn":
             for path in newly_flagged:
                 site = report.site(path)
-                self._say(
-                    f"epoch {self._epoch + 1}: {path} flagged, {len(site.dead)}/{site.units} units dead "
-                    f"({site.dead_fraction:.0%})"
-                )
+                count = len(site.dead) if self.dormant is None else len(site.dormant or ())
+                share = count / site.units if site.units else 0.0
+                self._say(f"epoch {self._epoch + 1}: {path} flagged, {count}/{site.units} units {which} ({share:.0%})")
         if check.diverged:
             return self._on_divergence(check, report)
-        self._strikes = self._strikes + 1 if check.dead_fraction > self.max_dead_fraction else 0
+        fraction = check.dead_fraction if self.dormant is None else (check.dormant_fraction or 0.0)
+        self._strikes = self._strikes + 1 if fraction > self.max_dead_fraction else 0
         if self._strikes > self.patience and self.on_dead in ("stop", "revive"):
             check.action = self.on_dead
             if self.on_dead == "stop":
                 self._say(
-                    f"epoch {self._epoch + 1}: {check.dead_fraction:.1%} of units dead "
+                    f"epoch {self._epoch + 1}: {fraction:.1%} of units {which} "
                     f"(> {self.max_dead_fraction:.0%}); stopping training"
                 )
                 self.model.stop_training = True
@@ -330,6 +343,12 @@ class DeadReluMonitor(keras.callbacks.Callback):
                 self._revive(report)
             self._strikes = 0
         return check
+
+    def _site_flagged(self, site) -> bool:
+        """A site's flag for the monitor: the report's (dead share), or with `dormant` its dormant share."""
+        if self.dormant is None:
+            return site.flagged
+        return bool(site.units) and len(site.dormant or ()) / site.units >= self.thresholds.flag
 
     def _on_divergence(self, check: Check, report: Report) -> Check:
         """A check that found NaN or ±inf: said once per fit whatever `on_dead`; "stop" ends training;
@@ -356,6 +375,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
             report,
             data=self.data,
             seed=self.seed,
+            dormant=self.dormant,
             in_place=True,
             batch_size=self.batch_size,
             samples=self.samples,
@@ -363,9 +383,13 @@ class DeadReluMonitor(keras.callbacks.Callback):
             strategy=self._strategy,
         )
         self.revivals += 1
+        which = "dead" if self.dormant is None else f"dormant (≤ {self.dormant:g})"
+        changed = ""
+        if self.dormant is not None and result.check is not None:
+            changed = f"; outputs changed by max |Δ| = {result.check.max_abs_diff:.2g}"
         self._say(
-            f"epoch {self._epoch + 1}: revived {result.units_revived} dead units (ReDo); reset "
-            f"{result.optimizer_entries_reset} optimizer slot entries"
+            f"epoch {self._epoch + 1}: revived {result.units_revived} {which} units (ReDo); reset "
+            f"{result.optimizer_entries_reset} optimizer slot entries{changed}"
         )
 
     def _log_values(self, check: Check) -> dict:
@@ -374,6 +398,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
             "deadrelu/dying_fraction": check.dying_fraction,
             "deadrelu/non_finite_fraction": check.non_finite_fraction,
         }
+        if check.dormant_fraction is not None:
+            values["deadrelu/dormant_fraction"] = check.dormant_fraction
         for path in self._logged_sites:
             values[f"deadrelu/{path}/dead_fraction"] = check.site_dead_fraction(path)
         return values

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from deadrelu.engine.dormancy import dormant_units
 from deadrelu.errors import DataError
 
 SCHEMA = "deadrelu/report@1"
@@ -28,6 +29,8 @@ class Thresholds:
         flag: A site whose dead share is at least this is flagged. Defaults to `0.10`.
         saturated: A capped unit (ReLU6, `max_value`) at its cap on at least this share of pairs
             is saturated. Defaults to `0.99`.
+        dormant: ReDo's τ: with a number, each site also lists its τ-dormant units
+            (`deadrelu.engine.dormancy.dormant_units`). Defaults to `None` (not listed).
 
     Example:
 
@@ -40,6 +43,7 @@ class Thresholds:
     dying: float = 0.01
     flag: float = 0.10
     saturated: float = 0.99
+    dormant: float | None = None
 
 
 _UNIT_ARRAYS = ("active_rate", "sample_active_rate", "mean_abs", "dormancy", "max_output")
@@ -65,7 +69,7 @@ class SiteReport:
             op-level site, of the innermost layer whose `call` applied it).
         kind: How the activation is applied: "fused" (a layer's `activation=`), "activation" (an
             `Activation` layer), "relu_layer" (a `ReLU` layer), or for a ReLU applied as a
-            function call "op:relu", "op:relu6" or "op:relu(threshold=…, max_value=…)".
+            function call "op:relu", "op:relu6", "op:relu(threshold=…, max_value=…)" or "op:maximum".
         params: The activation's parameters (e.g. `max_value`, `negative_slope`, `time_steps`).
         units: Number of units.
         positions: Non-batch, non-channel positions per call (1 for Dense).
@@ -116,6 +120,9 @@ class SiteReport:
             `None`.
         cause_evidence: `{cause: {...numbers...}}` for the causes present (docs/report-format.md);
             `None` without `why`. Defaults to `None`.
+        dormant: Indices of the τ-dormant units (`deadrelu.engine.dormancy`: dormancy ≤ τ, dead units
+            included, non-finite ones not); `None` unless the scan ran with `dormant=τ`. Defaults
+            to `None`.
 
     `repr(site)` is one line, e.g. `<SiteReport hidden_1 (Dense, fused): 48/64 units dead (75.0%), flagged>`.
     """
@@ -151,6 +158,7 @@ class SiteReport:
     dead_causes: list[str] | None = None
     causes: dict[str, int] | None = None
     cause_evidence: dict[str, dict] | None = None
+    dormant: list[int] | None = None
 
     @property
     def dead_fraction(self) -> float:
@@ -218,6 +226,8 @@ class SiteReport:
         for name in _CAUSE_FIELDS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.dormant is not None:
+            out["dormant"] = list(self.dormant)
         return out
 
     @classmethod
@@ -249,6 +259,7 @@ class SiteReport:
             **arrays,
             **{name: _preact_array(d.get(name)) for name in _PREACT_ARRAYS},
             **{name: d.get(name) for name in _CAUSE_FIELDS},
+            dormant=None if d.get("dormant") is None else [int(u) for u in d["dormant"]],
         )
 
 
@@ -338,7 +349,8 @@ class Report:
         dead_fraction, flagged_sites, unreached_sites (units of unreached sites are left out);
         whether the model `diverged` (NaN or ±inf in a weight or a site output) and where
         (`first_non_finite`, see `deadrelu.engine.non_finite.first_non_finite`); with `why`,
-        `causes`: dead units per cause over the model."""
+        `causes`: dead units per cause over the model; with `dormant`, `dormant` (τ-dormant
+        units) and `dormant_fraction`."""
         from deadrelu.engine.non_finite import first_non_finite
 
         units = sum(s.units for s in self.sites if s.reached)
@@ -364,6 +376,10 @@ class Report:
 
             totals = {kind: sum((s.causes or {}).get(kind, 0) for s in self.sites) for kind in KINDS}
             summary["causes"] = {kind: count for kind, count in totals.items() if count}
+        if any(s.dormant is not None for s in self.sites):
+            dormant = sum(len(s.dormant or ()) for s in self.sites)
+            summary["dormant"] = dormant
+            summary["dormant_fraction"] = dormant / units if units else 0.0
         return summary
 
     @property
@@ -497,6 +513,8 @@ def build_report(
         flag_threshold=thresholds.flag,
         saturated_threshold=thresholds.saturated,
     )
+    if thresholds.dormant is not None:
+        settings["dormant_threshold"] = thresholds.dormant
     others = [dataclasses.asdict(other) for other in result.others]
     layer_gradients = None
     if result.layer_gradients is not None:
@@ -551,7 +569,7 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
         saturated = ~non_finite & ~dead & (stats.saturated_rate >= thresholds.saturated)
     dying = ~non_finite & ~dead & ~saturated & (active < thresholds.dying) & reached
     units = stats.units
-    return SiteReport(
+    site = SiteReport(
         path=stats.site.path,
         layer=stats.site.layer_class,
         kind=stats.site.kind,
@@ -578,6 +596,9 @@ def site_report(stats, thresholds: Thresholds) -> SiteReport:
         non_finite_outputs=None if outputs is None else np.asarray(outputs, dtype=np.int64),
         **{name: getattr(stats, name, None) for name in _PREACT_ARRAYS},
     )
+    if thresholds.dormant is not None:
+        site.dormant = dormant_units(site, thresholds.dormant)
+    return site
 
 
 def _finite_or_none(value) -> float | None:

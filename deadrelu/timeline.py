@@ -31,6 +31,10 @@ class Check:
         non_finite_fraction: Non-finite units / all units. Defaults to `0.0`.
         diverged: Whether a weight or a site output of the model was NaN or ±inf at this check
             (`Report.summary["diverged"]`). Defaults to `False`.
+        dormant: Per site path, the τ-dormant units (`deadrelu.engine.dormancy.dormant_units`, dead ones
+            included) when the monitor has `dormant=τ`; `{}` otherwise. Defaults to `{}`.
+        dormant_fraction: τ-dormant units / all units, or None without `dormant=τ`. Defaults to
+            `None`.
 
     `repr(check)` is one line, e.g. `<Check epoch 2, step 24: 25.0% dead, +6 dead, 0 revived>`.
     """
@@ -48,6 +52,8 @@ class Check:
     non_finite: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     non_finite_fraction: float = 0.0
     diverged: bool = False
+    dormant: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    dormant_fraction: float | None = None
 
     def __repr__(self) -> str:
         changes = ""
@@ -64,6 +70,10 @@ class Check:
     def site_dead_fraction(self, path: str) -> float:
         """Dead share of one site (0.0 for an unknown site)."""
         return len(self.dead.get(path, ())) / self.units[path] if self.units.get(path) else 0.0
+
+    def site_dormant_fraction(self, path: str) -> float:
+        """τ-dormant share of one site (0.0 for an unknown site, or without `dormant=τ`)."""
+        return len(self.dormant.get(path, ())) / self.units[path] if self.units.get(path) else 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,4 +133,6 @@ def make_check(report, previous: Check | None, *, epoch: int, step: int) -> Chec
         non_finite={site.path: list(site.non_finite) for site in report.sites if site.non_finite},
         non_finite_fraction=summary["non_finite"] / summary["units"] if summary["units"] else 0.0,
         diverged=summary["diverged"],
+        dormant={site.path: list(site.dormant) for site in report.sites if site.dormant is not None},
+        dormant_fraction=summary.get("dormant_fraction"),
     )

@@ -491,7 +491,7 @@ def test_a_fifo_as_model_is_refused_not_waited_on(tmp_path):
 
 def test_no_command_is_one_line_exit_2(capfd):
     code, err = run([], capfd)
-    assert code == 2 and "give a command (scan, inspect, report, patch, revive, prune)" in one_error_line(err)
+    assert code == 2 and "give a command (scan, inspect, report, patch, revive, prune, fix)" in one_error_line(err)
 
 
 # -- kills and concurrent writers ------------------------------------------------------------

@@ -57,25 +57,12 @@ def retrain_from_args(args, output, source, variants: dict):
     Returns:
         A `deadrelu.fixes.retrain.Comparison`.
     """
-    from deadrelu.data import load_data
-    from deadrelu.errors import UsageError
     from deadrelu.fixes.model_utils import copy_model
     from deadrelu.fixes.retrain import retrain
     from deadrelu.views.plots import plot_curves
 
     check_retrain_flags(args)
-    train = load_data(args.data, source, labels=args.labels, **data_options(args))
-    if not train.has_labels:
-        raise UsageError("--retrain needs labels: pass --labels y.npy (or a data file with a 'y' array)")
-    x, y = _materialize(train)
-    validation = None
-    if args.validation_data:
-        held_out = load_data(
-            args.validation_data, source, labels=args.validation_labels, **{**data_options(args), "samples": None}
-        )
-        if not held_out.has_labels:
-            raise UsageError("--validation-data needs labels: a file with a 'y' array, or --validation-labels")
-        validation = _materialize(held_out)
+    x, y, validation = training_data(args, source, "--retrain")
     if args.baseline:
         variants = {"as is (baseline)": copy_model(source), **variants}
     total = args.epochs * len(variants)
@@ -99,6 +86,38 @@ def retrain_from_args(args, output, source, variants: dict):
     if args.curves:
         plot_curves(comparison, args.curves)
     return comparison
+
+
+def training_data(args, source, command: str) -> tuple:
+    """`(x, y, validation)` from --data/--labels and --validation-data/--validation-labels, as arrays.
+
+    Args:
+        args: Parsed flags (the "data" parent flags and --validation-data/--validation-labels).
+        source: The model the data is adapted to (its input shapes and dtypes).
+        command: How messages name what needs the data ("--retrain", "fix").
+
+    Returns:
+        Training inputs and labels, and `(x_val, y_val)` or None (then --validation-split holds out).
+
+    Raises:
+        UsageError: The training or validation data has no labels.
+    """
+    from deadrelu.data import load_data
+    from deadrelu.errors import UsageError
+
+    train = load_data(args.data, source, labels=args.labels, **data_options(args))
+    if not train.has_labels:
+        raise UsageError(f"{command} needs labels: pass --labels y.npy (or a data file with a 'y' array)")
+    x, y = _materialize(train)
+    validation = None
+    if args.validation_data:
+        held_out = load_data(
+            args.validation_data, source, labels=args.validation_labels, **{**data_options(args), "samples": None}
+        )
+        if not held_out.has_labels:
+            raise UsageError("--validation-data needs labels: a file with a 'y' array, or --validation-labels")
+        validation = _materialize(held_out)
+    return x, y, validation
 
 
 def show_comparison(comparison, args, output) -> None:

@@ -3,7 +3,8 @@
 A shell over `deadrelu.revive_model`: the flags become its keywords, its result is printed
 (`deadrelu.views.notebook.revive_renderable`, the view a notebook shows) and written as `--json`
 (`ReviveResult.to_dict()` under the header). Its output check is the library's: a failure is an
-`OutputCheckError`, exit 4, and nothing is written. The command adds what only it does: a rescan
+`OutputCheckError`, exit 4, and nothing is written; with `--dormant TAU` the outputs change by
+design and the check reports by how much instead. The command adds what only it does: a rescan
 of the revived model, `--retrain`, and writing OUT (on the chief only, under several workers).
 """
 
@@ -28,6 +29,7 @@ from deadrelu.commands._common import (
     writes_here,
 )
 from deadrelu.commands._retrain import add_retrain_flags, check_retrain_flags, retrain_from_args, show_comparison
+from deadrelu.commands.scan import add_dormant_flag
 
 ORDER = 50
 
@@ -56,6 +58,12 @@ def register(subparsers, parents):
         default="initializer",
         help="new weights as the layer's initializer draws them (default, as in ReDo), or "
         "rescaled to the norm of the layer's live units",
+    )
+    add_dormant_flag(
+        parser,
+        "ReDo proper: re-initialise the τ-dormant units (mean |output| / the site's mean ≤ TAU, dead units "
+        "included), e.g. 0.1; the outputs then change by their removed contribution, which is measured "
+        "and reported (max |Δ|, share of changed predictions), not refused",
     )
     parser.add_argument(
         "--report",
@@ -126,6 +134,7 @@ def make_revival(args, output, loaded, strategy=None):
     options = {
         "seed": args.seed,
         "scale": args.scale,
+        "dormant": args.dormant,
         **selection_options(args),
         "batch_size": args.batch_size,
         **data_options(args),
@@ -152,6 +161,7 @@ def rescan(result, args, output):
             args.data,
             batch_size=args.batch_size,
             **data_options(args),
+            dormant=args.dormant,
             on_start=on_start,
             on_batch=on_batch,
         )
@@ -178,7 +188,8 @@ def nothing_revived(result, args, output) -> int:
             "nothing was written"
         )
     selected = args.sites or args.layers or args.only not in (None, "all")
-    which = "the selected sites have no dead units" if selected else "no dead units"
+    kind = "dead" if args.dormant is None else f"dead or dormant (≤ {args.dormant:g})"
+    which = f"the selected sites have no {kind} units" if selected else f"no {kind} units"
     output.out.print(f"nothing revived: {which}; nothing was written", markup=False)
     return EXIT_OK
 

@@ -28,6 +28,7 @@ def scan(
     dying_threshold: float = 0.01,
     flag_threshold: float = 0.10,
     saturated_threshold: float = 0.99,
+    dormant: float | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_start: Callable[[int | None], None] | None = None,
     model_info: dict | None = None,
@@ -63,6 +64,9 @@ def scan(
         dying_threshold: Active rate under which a live unit is dying.
         flag_threshold: Dead share at which a site is flagged.
         saturated_threshold: Share of outputs at the cap from which a capped unit is saturated.
+        dormant: ReDo's τ: also list each site's τ-dormant units (dormancy ≤ τ, dead units
+            included; `deadrelu.engine.dormancy.dormant_units`) in its `dormant`, and count them in the
+            summary (`dormant`, `dormant_fraction`). Defaults to None (not listed).
         on_batch: Called with each batch's sample count (progress).
         on_start: Called once with the number of samples to come (None if unknown).
         model_info: Provenance to record instead of the in-memory description.
@@ -93,6 +97,7 @@ def scan(
     from deadrelu.engine.distribute import resolve_strategy
     from deadrelu.engine.distribute import settings as strategy_settings
     from deadrelu.engine.probe import probe_for
+    from deadrelu.engine.steps import distribution_settings
 
     batch_size = validation.positive_int(batch_size, "batch_size")
     samples = validation.positive_int(samples, "samples", optional=True)
@@ -103,6 +108,7 @@ def scan(
         dying=validation.fraction(dying_threshold, "dying_threshold"),
         flag=validation.fraction(flag_threshold, "flag_threshold"),
         saturated=validation.fraction(saturated_threshold, "saturated_threshold"),
+        dormant=dormant_threshold(dormant),
     )
     verbose = resolve_verbose(verbose)
     if isinstance(model, (str, os.PathLike)):
@@ -152,6 +158,8 @@ def scan(
         settings["loss"] = _loss_name(loss, model)
     if strategy is not None:
         settings["strategy"] = strategy_settings(strategy)
+    if (distribution := distribution_settings()) is not None and _backend() == "jax":
+        settings["distribution"] = distribution
     data_info = {"source": probe_data.source, "samples": result.samples, "synthetic": probe_data.synthetic}
     data_info["inputs"] = probe_data.input_ranges()
     report = build_report(
@@ -167,6 +175,13 @@ def scan(
 
         analyse(report, model, probe_data, batch_size=batch_size)
     return report
+
+
+def dormant_threshold(value) -> float | None:
+    """`dormant=` checked: None, or a finite number ≥ 0 (UsageError naming `dormant` otherwise)."""
+    if value is None:
+        return None
+    return validation.finite_number(value, "dormant", minimum=0.0, example="0.1")
 
 
 def describe_loaded(loaded) -> dict:
@@ -190,3 +205,9 @@ def _loss_name(loss, model) -> str:
     if isinstance(loss, str):
         return loss
     return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence, Set
 
 import numpy as np
 
+from deadrelu.engine.dormancy import dormancy_scores
 from deadrelu.engine.non_finite import non_finite_layers, owners, unit_mask
 from deadrelu.engine.sites import Site, children
 from deadrelu.fixes.graph import LayerGraph
@@ -94,10 +95,9 @@ class SiteStatistics:
 
     @property
     def dormancy(self) -> np.ndarray:
-        """ReDo score: each unit's mean |output| relative to the site's average unit."""
-        mean_abs = self.mean_abs
-        scale = mean_abs.mean() if mean_abs.size else 0.0
-        return mean_abs / scale if scale > 0 else np.zeros_like(mean_abs)
+        """ReDo score: each unit's mean |output| relative to the site's average unit
+        (`deadrelu.engine.dormancy.dormancy_scores`)."""
+        return dormancy_scores(self.mean_abs)
 
     @property
     def saturated_rate(self) -> np.ndarray | None:

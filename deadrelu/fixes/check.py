@@ -8,6 +8,11 @@ of the original, so a model whose outputs are near 1e3 is not failed by float ro
 strict (NaN on one side only fails, NaN on both sides is equal). A failure raises
 `OutputCheckError`, naming why the outputs moved.
 
+A fix that changes the outputs by design (`revive(dormant=τ)`, `prune(dormant=τ)`: the units it
+removes still fired) runs the same comparison with `enforced=False`: the difference is measured
+and reported — the largest |Δ| and the share of samples whose predicted class changed
+(`changed_predictions`) — and nothing is refused.
+
 Importing this module is cheap: Keras is imported inside the functions.
 """
 
@@ -41,6 +46,11 @@ class OutputCheck:
         synthetic: True when the inputs were random stand-ins (no data was given).
         keras_bug_layers: Layers (name → channels) whose bias Keras adds on the wrong axis
             (`deadrelu.fixes.bias_axis`); the models were then compared as the scan ran them.
+        changed_predictions: Share of the compared samples whose predicted class (the argmax
+            over the last axis of an output with several entries there, at any position, of any
+            such output) differs between the two models; None when no output has classes.
+        enforced: Whether a difference beyond `limit` is a failure (the fix promised unchanged
+            outputs); False when the change is by design and only reported (`describe`).
     """
 
     max_abs_diff: float
@@ -49,6 +59,8 @@ class OutputCheck:
     tolerance: float = DEFAULT_TOLERANCE
     synthetic: bool = False
     keras_bug_layers: dict[str, int] = dataclasses.field(default_factory=dict)
+    changed_predictions: float | None = None
+    enforced: bool = True
 
     @property
     def limit(self) -> float:
@@ -64,8 +76,17 @@ class OutputCheck:
         return float(self.max_abs_diff)
 
     def describe(self) -> str:
-        """One line, e.g. "outputs unchanged: max |Δ| = 3.1e-07 ≤ 1e-05 on 500 samples"."""
+        """One line, e.g. "outputs unchanged: max |Δ| = 3.1e-07 ≤ 1e-05 on 500 samples"; for a change
+        by design (`enforced=False`) e.g. "outputs changed by design: max |Δ| = 0.031 on 500
+        samples, predictions changed on 0.4% (reported, not enforced)"."""
         what = "synthetic samples" if self.synthetic else "samples"
+        if not self.enforced and not self.passed:
+            share = self.changed_predictions
+            changed = f", predictions changed on {share:.1%}" if share is not None else ""
+            return (
+                f"outputs changed by design: max |Δ| = {self.max_abs_diff:.2g} on {self.samples:,} {what}{changed} "
+                "(reported, not enforced)"
+            )
         verdict = "unchanged" if self.passed else "CHANGED"
         sign = "≤" if self.passed else ">"
         diff = f"max |Δ| = {self.max_abs_diff:.2g} {sign} {self.limit:.2g}"
@@ -82,6 +103,8 @@ class OutputCheck:
             "passed": self.passed,
             "synthetic": self.synthetic,
             "keras_bug_layers": dict(self.keras_bug_layers),
+            "changed_predictions": self.changed_predictions,
+            "enforced": self.enforced,
         }
 
 
@@ -93,6 +116,7 @@ def compare_outputs(
     samples: int | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     synthetic: bool = False,
+    enforced: bool = True,
 ) -> OutputCheck:
     """Runs both models on the same batches (inference mode) and measures their outputs' distance.
 
@@ -108,6 +132,8 @@ def compare_outputs(
             None (every batch).
         tolerance: Accepted |Δ| before scaling. Defaults to `1e-5`.
         synthetic: Whether the batches are random stand-ins (said in `describe`). Defaults to False.
+        enforced: Whether a difference beyond the limit is a failure (see `OutputCheck.enforced`).
+            Defaults to True.
 
     Returns:
         An `OutputCheck`.
@@ -122,28 +148,38 @@ def compare_outputs(
 
     affected = {**misplaced_biases(original), **misplaced_biases(fixed)}
     run_a, run_b = as_scanned(original, affected), as_scanned(fixed, affected)
-    worst, scale, seen = 0.0, 0.0, 0
+    worst, scale, seen, changed, classified = 0.0, 0.0, 0, 0, False
     for x in batches:
         if samples is not None and seen >= samples:
             break
         outputs_a = flat_numpy(run_a(x, training=False))
         outputs_b = flat_numpy(run_b(x, training=False))
+        moved = None  # per sample of the batch: whether a predicted class changed
         for a, b in zip(outputs_a, outputs_b):
             if samples is not None and seen + len(a) > samples:
                 a, b = a[: samples - seen], b[: samples - seen]
+            if a.ndim >= 2 and a.shape[-1] > 1:
+                flips = np.argmax(a, axis=-1) != np.argmax(b, axis=-1)
+                flips = flips.reshape(len(flips), -1).any(axis=1)
+                moved = flips if moved is None else (moved | flips)
             # NaN on both sides is the same output; NaN on one side only is a difference.
             diff = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
             largest = float(np.max(diff, initial=0.0))
             worst = math.nan if math.isnan(largest) or math.isnan(worst) else max(worst, largest)
             scale = max(scale, float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0)))
+        if moved is not None:
+            changed, classified = changed + int(moved.sum()), True
         seen += int(keras.tree.flatten(x)[0].shape[0])
+    compared = seen if samples is None else min(seen, samples)
     return OutputCheck(
         max_abs_diff=worst,
-        samples=seen if samples is None else min(seen, samples),
+        samples=compared,
         scale=scale,
         tolerance=tolerance,
         synthetic=synthetic,
         keras_bug_layers=affected,
+        changed_predictions=changed / compared if classified and compared else None,
+        enforced=enforced,
     )
 
 

@@ -435,6 +435,8 @@ def prune_model(
         if metrics_data is not None:
             result.metrics_data = result.metrics_data or "data"
             result.metrics_before, result.metrics_after = _metrics(model, result.model, metrics_data, batch_size, loss)
+    if dormant is not None:  # dormant units still fired: the change is reported, not enforced
+        result.check = dataclasses.replace(result.check, enforced=False)
     if result.check.keras_bug_layers:
         from deadrelu.fixes.bias_axis import describe
 

@@ -91,7 +91,8 @@ def plan_pruning(
     Args:
         model: A Sequential or Functional `keras.Model`.
         report: A scan of `model` (its sites matched by path).
-        dormant: Also select the units whose dormancy is at most this. Defaults to None.
+        dormant: Also select the τ-dormant units for this τ (`deadrelu.engine.dormancy.dormant_units`).
+            Defaults to None.
         sites, layers, only: The selection (`deadrelu.fixes.selection.select_sites`).
         spare: Names of layers whose units stay (Keras misplaces their bias, `deadrelu.fixes.bias_axis`).
 
@@ -101,6 +102,7 @@ def plan_pruning(
     Raises:
         UsageError: The selection is invalid (`select_sites`).
     """
+    from deadrelu.engine.dormancy import dormant_units
     from deadrelu.engine.sites import find_sites
     from deadrelu.fixes.selection import select_sites
 
@@ -122,8 +124,8 @@ def plan_pruning(
         if site is not None and entry.dead:
             dead[id(site.layer)] = (site, np.asarray(sorted(entry.dead), np.int64))
         units = set(entry.dead)
-        if dormant is not None and entry.units:
-            units |= {int(u) for u in np.flatnonzero(np.asarray(entry.dormancy) <= dormant)}
+        if dormant is not None:
+            units |= set(dormant_units(entry, dormant))  # the one definition of τ-dormancy
         if not units or entry.path not in wanted:
             continue
         units = sorted(units)
@@ -205,7 +207,7 @@ def owner_reason(graph: LayerGraph, target: UnitTarget) -> str | None:
     """Finds the layer the units are removed from (sets `target.producer`), or says why there is none."""
     site = target.site
     if site.recurrent is not None:
-        return "a recurrent unit (SimpleRNN): its step reads its own output, so it cannot be removed"
+        return f"a recurrent unit ({site.layer_class}): its step reads its own output, so it cannot be removed"
     reason = graph.find_owner(target)
     if reason:
         return reason.replace("re-initialising units", "removing units").replace("revive needs", "prune needs")

@@ -69,7 +69,15 @@ class Comparison:
         write_json(path, self.to_dict())
 
 
-def compile_like(model, source, *, loss=None, optimizer: str | None = None, learning_rate: float | None = None) -> None:
+def compile_like(
+    model,
+    source,
+    *,
+    loss=None,
+    optimizer: str | None = None,
+    learning_rate: float | None = None,
+    learning_rate_scale: float = 1.0,
+) -> None:
     """Compiles `model` as `source` was compiled, with fresh optimizer state.
 
     Args:
@@ -78,9 +86,12 @@ def compile_like(model, source, *, loss=None, optimizer: str | None = None, lear
         loss: Overrides the loss (a Keras loss name).
         optimizer: Overrides the optimizer class (a Keras optimizer name such as "adam").
         learning_rate: Overrides the learning rate.
+        learning_rate_scale: Multiplies the learning rate (the stored one, or `learning_rate`);
+            `deadrelu.fix`'s `lr` candidates use 0.1.
 
     Raises:
-        UsageError: Neither `source` nor the arguments give a loss.
+        UsageError: Neither `source` nor the arguments give a loss; `learning_rate_scale` is not 1
+            and the optimizer's learning rate is a schedule (not a number to scale).
     """
     import keras
 
@@ -97,6 +108,14 @@ def compile_like(model, source, *, loss=None, optimizer: str | None = None, lear
         opt = keras.optimizers.Adam()
     if learning_rate is not None:
         opt.learning_rate = learning_rate
+    if learning_rate_scale != 1.0:
+        rate = base_learning_rate(opt)
+        if rate is None:
+            raise UsageError(
+                f"the optimizer's learning rate is a schedule ({type(opt._learning_rate).__name__}); it cannot be "
+                "scaled: pass a number with `learning_rate=`"
+            )
+        opt.learning_rate = rate * learning_rate_scale
     model.compile(
         optimizer=opt,
         loss=loss if loss is not None else _deserialize(config["loss"]),
@@ -116,6 +135,17 @@ def _deserialize(value):
     if isinstance(value, dict):
         return {k: _deserialize(v) for k, v in value.items()}
     return value
+
+
+def base_learning_rate(optimizer) -> float | None:
+    """The optimizer's learning rate as a number, or None when it is a schedule."""
+    import keras
+
+    # `learning_rate` evaluates a schedule at the current step; `_learning_rate` is what was set.
+    rate = getattr(optimizer, "_learning_rate", optimizer.learning_rate)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) or callable(rate):
+        return None
+    return float(np.asarray(rate))
 
 
 @contextlib.contextmanager
@@ -201,36 +231,28 @@ def retrain(
         >>> comparison = retrain({"as is": clone, "prelu": patched}, model, x, y, epochs=2,
         ...                      validation_split=0.2)
     """
-    import keras
-
     from deadrelu.engine.scanner import scan
 
-    x_train, y_train, x_val, y_val = _split(x, y, validation_data, validation_split)
+    x_train, y_train, x_val, y_val = split_data(x, y, validation_data, validation_split)
     probe = map_arrays(lambda a: a[:probe_samples], x_val)
     results = []
     for name, model in variants.items():
         compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
         fit_y, val_y = match_labels(y_train, model), match_labels(y_val, model)
         scan_before = scan(model, probe, strategy=strategy)
-        before = _evaluate(model, x_val, val_y, batch_size)
-        keras.utils.set_random_seed(seed)
-        reseed_layers(model, seed)
-        callbacks = (
-            [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, name=name: on_epoch(name, epoch, logs))]
-            if on_epoch
-            else []
-        )
-        history = model.fit(
+        before = evaluate(model, x_val, val_y, batch_size)
+        fitted = fit_variant(
+            model,
             x_train,
             fit_y,
+            validation_data=(x_val, val_y),
             epochs=epochs,
             batch_size=batch_size,
-            verbose=0,
-            validation_data=(x_val, val_y),
-            callbacks=callbacks,
+            seed=seed,
+            on_epoch=None if on_epoch is None else (lambda epoch, logs, name=name: on_epoch(name, epoch, logs)),
         )
         scan_after = scan(model, probe, strategy=strategy)
-        after = _evaluate(model, x_val, val_y, batch_size)
+        after = evaluate(model, x_val, val_y, batch_size)
         results.append(
             VariantResult(
                 name=name,
@@ -241,7 +263,7 @@ def retrain(
                 dying_after=scan_after.summary["dying"],
                 before=before,
                 after=after,
-                history={k: [float(v) for v in values] for k, values in history.history.items()},
+                history=fitted.history,
             )
         )
     settings = {
@@ -254,6 +276,89 @@ def retrain(
         "validation": "given" if validation_data is not None else f"last {validation_split:g} of the data",
     }
     return Comparison(variants=results, settings=settings)
+
+
+@dataclasses.dataclass
+class Fitted:
+    """What one `fit_variant` call measured.
+
+    Attributes:
+        history: Per-epoch curves (`History.history`), as floats.
+        seconds: Wall time of `model.fit` alone (tracing, training and its per-epoch validation).
+    """
+
+    history: dict[str, list[float]]
+    seconds: float
+
+
+def fit_variant(
+    model,
+    x,
+    y,
+    *,
+    validation_data: tuple,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    steps: int | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> Fitted:
+    """Fits one compiled variant under the shared budget: the one training loop of every comparison.
+
+    The global seed is set and every layer's random state reset from `seed` first, so that each
+    variant given the same data sees the same shuffles and the same dropout masks
+    (`reseed_layers`). Call it inside `preserved_random_state()` to keep the caller's draws.
+
+    Args:
+        model: A compiled `keras.Model` (e.g. by `compile_like`).
+        x, y: Training data, labels already matched to the model (`match_labels`).
+        validation_data: `(x_val, y_val)`, evaluated after each epoch.
+        epochs: Epochs (ignored when `steps` is given).
+        batch_size: Training batch size.
+        seed: The seed of the shuffles and of every random layer.
+        steps: Train exactly this many batches instead of `epochs` epochs: one pass cut short
+            (`steps_per_epoch`), validated once at the end. At most one epoch's batches.
+        on_epoch: Called with (epoch, logs) after each epoch (progress); it may raise
+            `KeyboardInterrupt` to stop.
+
+    Returns:
+        A `Fitted`.
+
+    Raises:
+        UsageError: `steps` is more than one pass over `x` (use `epochs`).
+
+    Example:
+        >>> compile_like(copy, model)
+        >>> fit_variant(copy, x, y, validation_data=(xv, yv), epochs=2, batch_size=32, seed=0).history
+    """
+    import time
+
+    import keras
+
+    options = {"epochs": epochs}
+    if steps is not None:
+        batches = -(-count_samples(x) // batch_size)
+        if steps > batches:
+            raise UsageError(
+                f"`steps={steps}` is more than one pass over the training data ({batches} batches of "
+                f"{batch_size}): pass `epochs=` for longer budgets"
+            )
+        options = {"epochs": 1, "steps_per_epoch": steps}
+    keras.utils.set_random_seed(seed)
+    reseed_layers(model, seed)
+    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch)] if on_epoch else []
+    start = time.perf_counter()
+    history = model.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        verbose=0,
+        validation_data=validation_data,
+        callbacks=callbacks,
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    return Fitted({k: [float(v) for v in values] for k, values in history.history.items()}, seconds)
 
 
 def reseed_layers(model, seed: int) -> None:
@@ -272,7 +377,12 @@ def reseed_layers(model, seed: int) -> None:
         generator.state.assign(np.array([seed + i, 0], dtype=generator.state.dtype))
 
 
-def _split(x, y, validation_data, validation_split):
+def split_data(x, y, validation_data, validation_split) -> tuple:
+    """`(x_train, y_train, x_val, y_val)`: `validation_data`, else the last `validation_split` of `x`, `y`.
+
+    Raises:
+        UsageError: Neither is given, or the split leaves one side empty.
+    """
     if validation_data is not None:
         x_val, y_val = validation_data
         return x, y, x_val, y_val
@@ -285,6 +395,7 @@ def _split(x, y, validation_data, validation_split):
     return map_arrays(head, x), map_arrays(head, y), map_arrays(tail, x), map_arrays(tail, y)
 
 
-def _evaluate(model, x, y, batch_size: int) -> dict[str, float]:
+def evaluate(model, x, y, batch_size: int) -> dict[str, float]:
+    """`model.evaluate` as a dict of floats (batches of at least 256: the numbers do not depend on it)."""
     values = model.evaluate(x, y, batch_size=max(batch_size, 256), verbose=0, return_dict=True)
     return {k: float(v) for k, v in values.items()}

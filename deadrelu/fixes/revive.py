@@ -63,6 +63,11 @@ the scan data may fire on other inputs, and those contributions are cut off by t
 `revive_model` checks it on the data, as every fix does (`deadrelu.fixes.check`): the outputs of
 the model before and after must agree within `tolerance × max(1, largest |output|)`, else
 `OutputCheckError`.
+
+With `dormant=τ` (ReDo proper) the τ-dormant units are revived, not only the dead ones
+(`deadrelu.engine.dormancy`); those that still fired contributed to the outputs, so the outputs
+change by that contribution: the check measures it (max |Δ|, the share of changed predictions)
+and reports it instead of raising.
 """
 
 from __future__ import annotations
@@ -80,10 +85,10 @@ from deadrelu.engine.sites import KIND_OP_PREFIX
 from deadrelu.errors import UsageError
 from deadrelu.fixes.check import DEFAULT_TOLERANCE, OutputCheck, check_failure, compare_outputs
 from deadrelu.fixes.edits import Edits, cut_inputs, reinitialize
-from deadrelu.fixes.graph import LayerGraph, UnitTarget
+from deadrelu.fixes.graph import LayerGraph
 from deadrelu.fixes.model_utils import copy_model
-from deadrelu.fixes.op_fixes import revive_twin, with_op_sites
-from deadrelu.fixes.revive_plan import fed_owner, merge_targets, plan, second_chance
+from deadrelu.fixes.op_fixes import with_op_sites
+from deadrelu.fixes.revive_plan import choose_targets, merge_targets, plan, revived_units, second_chance
 from deadrelu.fixes.selection import check_only, select_sites
 
 if TYPE_CHECKING:
@@ -119,6 +124,8 @@ class ReviveResult:
         report: The scan the dead units were taken from (made here, or given).
         seed: The seed the new weights were drawn from (None: a fresh draw).
         scale: How the new weights were scaled: "initializer" or "live".
+        dormant: ReDo's τ when the τ-dormant units were revived (the outputs then change by
+            their contribution, measured in `check`), else None (dead units only).
         in_place: Whether `model` is the input model itself, changed in place.
         optimizer_entries_reset: With `in_place=True`: how many entries of the optimizer's slots
             (moments, moving averages) were reset for the changed weights.
@@ -139,6 +146,7 @@ class ReviveResult:
     scale: str = "initializer"
     in_place: bool = False
     optimizer_entries_reset: int = 0
+    dormant: float | None = None
 
     @property
     def units_revived(self) -> int:
@@ -165,7 +173,7 @@ class ReviveResult:
 
         Returns:
             `revived`, `skipped`, `units_revived`, `modified_entries`, `optimizer_entries_reset`,
-            `in_place`, `seed`, `scale`, `data` and `summary_before` (the report's data provenance
+            `in_place`, `seed`, `scale`, `dormant`, `data` and `summary_before` (the report's data provenance
             and summary, or None), `check` (`OutputCheck.to_dict()`, or None) and `notes`
             (docs/cli.md describes each).
         """
@@ -178,6 +186,7 @@ class ReviveResult:
             "in_place": self.in_place,
             "seed": self.seed,
             "scale": self.scale,
+            "dormant": self.dormant,
             "data": dict(self.report.data) if self.report is not None else None,
             "summary_before": dict(self.report.summary) if self.report is not None else None,
             "check": self.check.to_dict() if self.check is not None else None,
@@ -195,6 +204,7 @@ def revive(
     data: str | os.PathLike | Any = None,
     seed: int | None = None,
     scale: str = "initializer",
+    dormant: float | None = None,
     sites: Iterable[str] | None = None,
     layers: str | None = None,
     only: str | None = None,
@@ -226,6 +236,11 @@ def revive(
         scale: "initializer" (new weights as the layer's initializer draws them, as in ReDo) or
             "live" (rescaled to the mean norm of the layer's live units' incoming weights).
             Defaults to `"initializer"`.
+        dormant: ReDo proper: re-initialise the τ-dormant units for this τ (dormancy ≤ τ, dead
+            units included: `deadrelu.engine.dormancy.dormant_units`), e.g. 0.1. Their outgoing weights
+            are zeroed too, so the outputs change by the contribution the live-but-dormant units
+            made: the check measures it and reports it (`check.max_abs_diff`,
+            `check.changed_predictions`) instead of refusing. Defaults to None (dead units only).
         sites: Only revive these site paths (exact). Defaults to None (every site).
         layers: Only revive sites whose path matches this regular expression (`re.search`).
             Defaults to None (every site).
@@ -260,8 +275,9 @@ def revive(
         `model` was compiled), or `model` itself with `in_place=True`.
 
     Raises:
-        OutputCheckError: The outputs before and after differ on the data beyond the tolerance;
-            nothing is returned (with `in_place=True`, `model` is restored first).
+        OutputCheckError: The outputs before and after differ on the data beyond the tolerance
+            (not raised with `dormant`); nothing is returned (with `in_place=True`, `model` is
+            restored first).
         UsageError: An option is invalid, `sites` names a path that is not in the report, or
             `data` is given beside data to scan.
         UnsupportedModelError: The model cannot be copied (pass `in_place=True`).
@@ -276,6 +292,7 @@ def revive(
         data=data,
         seed=seed,
         scale=scale,
+        dormant=dormant,
         sites=sites,
         layers=layers,
         only=only,
@@ -299,6 +316,7 @@ def revive_model(
     data: str | os.PathLike | Any = None,
     seed: int | None = None,
     scale: str = "initializer",
+    dormant: float | None = None,
     sites: Iterable[str] | None = None,
     layers: str | None = None,
     only: str | None = None,
@@ -328,6 +346,8 @@ def revive_model(
         data: With a report: the data to check on (see `revive`). Defaults to None.
         seed: Seed of the new weights. Defaults to None (a fresh draw every time).
         scale: "initializer" or "live" (see `revive`). Defaults to `"initializer"`.
+        dormant: Re-initialise the τ-dormant units for this τ (see `revive`); the outputs then
+            change and the check reports by how much. Defaults to None (dead units only).
         sites: Only revive these site paths (exact). Defaults to None (every site).
         layers: Only revive sites whose path matches this regular expression. Defaults to None.
         only: "all", "dead" or "flagged". Defaults to None ("all").
@@ -349,7 +369,7 @@ def revive_model(
         `check` is the output comparison on the data (None without data to compare on).
 
     Raises:
-        OutputCheckError: The outputs differ on the data beyond the tolerance (its `cause` says
+        OutputCheckError: Without `dormant`, the outputs differ on the data beyond the tolerance (its `cause` says
             why: "data" for units from a report of other data, "keras" for a layer Keras computes
             wrongly, "deadrelu" for a bug); with `in_place=True`, `model` is restored first.
         UsageError: An option is invalid, `sites` names a path that is not in the report,
@@ -364,6 +384,7 @@ def revive_model(
     from deadrelu.data import load_data
     from deadrelu.engine.distribute import resolve_strategy
     from deadrelu.engine.distribute import scope as strategy_scope
+    from deadrelu.engine.scanner import dormant_threshold
     from deadrelu.report import Report
 
     seed, scale, batch_size = _check_options(seed, scale, batch_size)
@@ -372,6 +393,7 @@ def revive_model(
     rescale = validation.positive_number(rescale, "rescale", optional=True, example="1/255")
     tolerance = validation.finite_number(tolerance, "tolerance", minimum=0.0, example="1e-5")
     in_place = validation.boolean(in_place, "in_place")
+    dormant = dormant_threshold(dormant)
     skip_bad_images = validation.boolean(skip_bad_images, "skip_bad_images")
     validation.model(model)
     strategy = resolve_strategy(strategy, model)
@@ -422,6 +444,7 @@ def revive_model(
         report,
         seed=seed,
         scale=scale,
+        dormant=dormant,
         sites=sites,
         layers=layers,
         only=only,
@@ -443,7 +466,12 @@ def revive_model(
         check_data = load_data(data, model, **{**options, "samples": limit})
         original = model if before is None else _AsItWas(model, before)
         result.check = compare_outputs(
-            original, target, check_data.batches(batch_size), samples=limit, tolerance=tolerance
+            original,
+            target,
+            check_data.batches(batch_size),
+            samples=limit,
+            tolerance=tolerance,
+            enforced=dormant is None,  # dormant units still fired: their contribution is gone
         )
         if result.check.keras_bug_layers:
             from deadrelu.fixes.bias_axis import describe
@@ -451,7 +479,7 @@ def revive_model(
             result.notes.append(
                 f"{describe(result.check.keras_bug_layers)}: the outputs were compared as the scan ran the model"
             )
-        if not result.check.passed:
+        if not result.check.passed and result.check.enforced:
             if before is not None:
                 original.restore()  # in place: the model is left as it was
             raise check_failure(result.check, fix="revived", from_report=from_report, result=result)
@@ -466,9 +494,9 @@ def revive_model(
 
 
 def _revive(
-    model, report: Report, *, seed, scale, sites, layers, only, data, options, batch_size, strategy, notes
+    model, report: Report, *, seed, scale, dormant, sites, layers, only, data, options, batch_size, strategy, notes
 ) -> ReviveResult:
-    """Re-initialises the dead units of `report` in `model` itself (a copy, or the model in place).
+    """Re-initialises the dead (or τ-dormant) units of `report` in `model` itself (a copy, or the model in place).
 
     With `data`, the revived units that still never fire on it get a second draw
     (`deadrelu.fixes.revive_plan.second_chance`).
@@ -480,7 +508,7 @@ def _revive(
         seed = shared_seed(report, model)
     only = check_only(only, report)
     site_map, found_notes = find_sites(model), []
-    if any(entry.kind.startswith(KIND_OP_PREFIX) and entry.dead for entry in report.sites):
+    if any(entry.kind.startswith(KIND_OP_PREFIX) and revived_units(entry, dormant) for entry in report.sites):
         site_map, found_notes = with_op_sites(model, site_map, data)
     selected, _, selection_notes = select_sites(
         site_map, sites=sites, only=only, report=report, layers=layers, action="revive"
@@ -490,39 +518,10 @@ def _revive(
     result = ReviveResult(
         notes=notes + found_notes + selection_notes, model=model, report=report, seed=seed, scale=scale
     )
+    result.dormant = dormant
     graph = LayerGraph.build(model)
 
-    # Units known to be zero on the data: every dead unit the report names, targeted or not.
-    zero_units: dict[int, tuple[object, np.ndarray]] = {}
-    targets: list[UnitTarget] = []
-    for entry in report.sites:
-        site = by_path.get(entry.path)
-        if not entry.dead:
-            continue
-        if site is None:
-            result.skipped[entry.path] = "not found in this model (is the report from another model?)"
-            continue
-        producer = None
-        if site.op_level:  # only where its units' weights are known (`deadrelu.fixes.op_fixes`)
-            twin, producer, reason = revive_twin(site)
-            if twin is None:
-                if entry.path in wanted:
-                    result.skipped[entry.path] = reason
-                continue
-            site = twin
-        units = np.asarray(sorted(entry.dead), dtype=np.int64)
-        zero_units[id(site.layer)] = (site, units)
-        if entry.path not in wanted:
-            continue
-        target = UnitTarget(site=site, units=units, live=np.setdiff1d(np.arange(entry.units), units))
-        reason = graph.find_owner(target) if producer is None else fed_owner(graph, target, producer)
-        if not reason and site.op_level:
-            target.threshold = float(site.threshold or 0.0)
-        if reason:
-            result.skipped[entry.path] = reason
-        else:
-            targets.append(target)
-
+    zero_units, targets = choose_targets(graph, report, by_path, wanted, dormant=dormant, skipped=result.skipped)
     if graph.problem and targets:
         for target in targets:
             result.skipped[target.site.path] = graph.problem

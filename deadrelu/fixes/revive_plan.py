@@ -1,9 +1,11 @@
 """How `revive` decides what to change: which footprints can be cut off, and a second draw for units
 that still do not fire.
 
-`deadrelu.fixes.revive` finds the dead units' owners (the layers whose weights make them); this
-module plans the rest:
+`deadrelu.fixes.revive` applies the plan; this module makes it:
 
+- `choose_targets` takes the report's dead units (with `dormant=τ`, its τ-dormant units:
+  `deadrelu.engine.dormancy.dormant_units`) of the selected sites and finds their owners (the layers whose
+  weights make them);
 - `plan` walks each revived unit's footprint through the graph (`deadrelu.fixes.propagation`)
   and keeps the units whose footprint can be cut off without touching live signal: a site whose
   footprint conflicts is split into single units and walked again, and units that still conflict
@@ -21,10 +23,74 @@ from typing import Any
 
 import numpy as np
 
+from deadrelu.engine.dormancy import dormant_units
 from deadrelu.fixes.edits import draw_columns, kernel_of, unit_index
 from deadrelu.fixes.graph import LayerGraph, UnitTarget, is_batchnorm, weighted_kind
+from deadrelu.fixes.op_fixes import revive_twin
 from deadrelu.fixes.propagation import Propagation
 from deadrelu.fixes.selection import units_text
+
+# -- the units ---------------------------------------------------------------------------------
+
+
+def revived_units(entry, dormant: float | None) -> list[int]:
+    """The units of a report's site that revive re-initialises: its dead units, or with `dormant`
+    its τ-dormant units (`deadrelu.engine.dormancy.dormant_units`: dead ones included), ascending."""
+    if dormant is None:
+        return sorted(entry.dead)
+    return sorted(set(entry.dead) | set(dormant_units(entry, dormant)))
+
+
+def choose_targets(
+    graph: LayerGraph, report, by_path: dict, wanted: set[str], *, dormant: float | None, skipped: dict[str, str]
+) -> tuple[dict, list[UnitTarget]]:
+    """The units to re-initialise, one target per selected site whose owner is found.
+
+    Args:
+        graph: The model's `LayerGraph`.
+        report: The scan the units come from.
+        by_path: The model's sites by path (op-level ones included when the report has some).
+        wanted: The paths of the selected sites.
+        dormant: ReDo's τ, or None (dead units only).
+        skipped: Per site path, why its units are left; filled here.
+
+    Returns:
+        `(zero_units, targets)`: per `id(site layer)`, the units whose outputs are taken as zero by
+        the walk — every dead unit of the report, targeted or not, and the targeted dormant ones
+        (their contribution is cut off with them) — and the targets.
+    """
+    zero_units: dict[int, tuple[object, np.ndarray]] = {}
+    targets: list[UnitTarget] = []
+    for entry in report.sites:
+        site = by_path.get(entry.path)
+        chosen = revived_units(entry, dormant) if entry.path in wanted else sorted(entry.dead)
+        if not chosen:
+            continue
+        if site is None:
+            skipped[entry.path] = "not found in this model (is the report from another model?)"
+            continue
+        producer = None
+        if site.op_level:  # only where its units' weights are known (`deadrelu.fixes.op_fixes`)
+            twin, producer, reason = revive_twin(site)
+            if twin is None:
+                if entry.path in wanted:
+                    skipped[entry.path] = reason
+                continue
+            site = twin
+        units = np.asarray(chosen, dtype=np.int64)
+        zero_units[id(site.layer)] = (site, units)
+        if entry.path not in wanted:
+            continue
+        target = UnitTarget(site=site, units=units, live=np.setdiff1d(np.arange(entry.units), units))
+        reason = graph.find_owner(target) if producer is None else fed_owner(graph, target, producer)
+        if not reason and site.op_level:
+            target.threshold = float(site.threshold or 0.0)
+        if reason:
+            skipped[entry.path] = reason
+        else:
+            targets.append(target)
+    return zero_units, targets
+
 
 # -- the plan ----------------------------------------------------------------------------------
 

@@ -210,18 +210,20 @@ def revive_summary(result: ReviveResult) -> tuple[str, str]:
     """One line on what `revive_model` did, and its colour (red when the output check failed)."""
     name = getattr(result.model, "name", None) or "model"
     sites = sum(1 for units in result.revived.values() if units)
+    which = "dead" if result.dormant is None else f"dormant (≤ {result.dormant:g})"
     text = (
-        f"{name}: {result.units_revived:,} dead unit{_s(result.units_revived)} revived (ReDo) in {sites} "
+        f"{name}: {result.units_revived:,} {which} unit{_s(result.units_revived)} revived (ReDo) in {sites} "
         f"site{_s(sites)}, {len(result.skipped)} site{_s(len(result.skipped))} skipped"
     )
-    failed = result.check is not None and not result.check.passed
+    failed = result.check is not None and not result.check.passed and result.check.enforced
     return text, RED if failed else (ORANGE if result.skipped else GREEN)
 
 
 def revive_table(
     result: ReviveResult, *, rows: int | None = MAX_ROWS, after: Report | None = None
 ) -> table_model.Table:
-    """The sites with dead units as one table for every view: units, dead before, revived, why not.
+    """The sites with dead units (with `dormant`: dormant units) as one table for every view: units,
+    dead before (and dormant), revived, why not.
 
     Args:
         result: The `ReviveResult`.
@@ -233,36 +235,40 @@ def revive_table(
         or per revived and skipped site when the result has no report.
     """
     from deadrelu.compare import compress_indices
+    from deadrelu.fixes.revive_plan import revived_units
 
-    report = result.report
+    report, dormant = result.report, result.dormant
     if report is not None:
-        sites = [(site.path, site.units, len(site.dead)) for site in report.sites if site.dead]
+        chosen = [(site, revived_units(site, dormant)) for site in report.sites]
+        sites = [(site.path, site.units, len(site.dead), len(units)) for site, units in chosen if units]
     else:
-        sites = [(path, None, None) for path in dict.fromkeys([*result.revived, *result.skipped])]
+        sites = [(path, None, None, None) for path in dict.fromkeys([*result.revived, *result.skipped])]
     dead_after = {site.path: len(site.dead) for site in after.sites} if after is not None else None
     columns = [
         table_model.Column("site path", code=True, fit=48),
         table_model.Column("units", numeric=True),
         table_model.Column("dead before", numeric=True),
+        *(
+            []
+            if dormant is None
+            else [table_model.Column("dormant", numeric=True, long_title=f"dormant (≤ {dormant:g})")]
+        ),
         table_model.Column("revived", numeric=True),
     ]
     columns += [table_model.Column("dead after", numeric=True)] if dead_after is not None else []
     shown_sites = sites if rows is None else sites[:rows]
     reasons = {
         path: result.skipped.get(path) or ("" if result.revived.get(path) else "not selected")
-        for path, _, _ in shown_sites
+        for path, *_ in shown_sites
     }
     columns += [table_model.Column("revived units")]
     columns += [table_model.Column("skipped: why", style="warn")] if any(reasons.values()) else []
     table = table_model.Table("revived units (ReDo)", columns)
-    for path, units, dead in shown_sites:
+    for path, units, dead, selected in shown_sites:
         revived = result.revived.get(path, [])
-        cells = [
-            path,
-            _count(units),
-            table_model.Cell(_count(dead), "bad" if dead else ""),
-            table_model.Cell(f"{len(revived):,}", "good" if revived else "muted"),
-        ]
+        cells = [path, _count(units), table_model.Cell(_count(dead), "bad" if dead else "")]
+        cells += [table_model.Cell(_count(selected), "warn" if selected else "")] if dormant is not None else []
+        cells.append(table_model.Cell(f"{len(revived):,}", "good" if revived else "muted"))
         if dead_after is not None:
             now = dead_after.get(path)
             cells.append(table_model.Cell(_count(now), "warn" if now else "good"))
@@ -272,7 +278,8 @@ def revive_table(
             cells.append(table_model.Cell(reasons[path], "muted" if reasons[path] == "not selected" else ""))
         table.add_row(*cells)
     if rows is not None and len(sites) > rows:
-        table.caption = f"{len(sites) - rows:,} more sites with dead units (result.report.sites)"
+        more = "dead" if dormant is None else "dormant"
+        table.caption = f"{len(sites) - rows:,} more sites with {more} units (result.report.sites)"
     return table
 
 
@@ -280,7 +287,8 @@ def revive_lines(result: ReviveResult, *, after: Report | None = None) -> list[t
     """The lines under the table, each with its colour: the output check, and the dead units before → after."""
     lines = []
     if result.check is not None:
-        lines.append((result.check.describe(), GREEN if result.check.passed else RED))
+        check = result.check
+        lines.append((check.describe(), GREEN if check.passed else (RED if check.enforced else ORANGE)))
     if result.report is not None:
         s = result.report.summary
         line = f"dead units: {s['dead']:,} of {s['units']:,} ({s['dead_fraction']:.1%})"

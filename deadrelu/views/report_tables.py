@@ -69,14 +69,15 @@ def indices_cell(indices: list[int], style: Style = "") -> Cell:
 
 
 def site_table(report: Report, *, sort: str = "model", limit: int | None = None, detail: bool = False) -> Table:
-    """The main table: one row per site; flagged and non-finite sites in red; with causes, a "cause" column.
+    """The main table: one row per site; flagged and non-finite sites in red; with causes, a "cause" column;
+    with `dormant` (`scan(..., dormant=τ)`), a "dormant" column (yellow where units that fire are dormant).
 
     Args:
         report: The scan report.
         sort: "model" (model order) or "dead" (worst first, `order_sites`).
         limit: Most rows; the caller says in the caption how many more there are.
         detail: Add the columns a page has room for: the site's parameters, positions per sample,
-            and its dead (and non-finite) unit indices.
+            and its dead (and non-finite, and dormant) unit indices.
 
     Returns:
         The `Table`, titled "dead ReLU scan".
@@ -96,6 +97,11 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None,
         Column("sat.", numeric=True, long_title="saturated"),
         Column("dead %", numeric=True),
     ]
+    tau = report.settings.get("dormant_threshold")
+    dormant = any(site.dormant is not None for site in report.sites)
+    if dormant:  # `scan(..., dormant=τ)`: ReDo's τ-dormant units, dead ones included
+        title = f"dormant (≤ {tau:g})" if isinstance(tau, (int, float)) else "dormant"
+        columns.append(Column("dormant", numeric=True, long_title=title))
     causes = why.has_causes(report)
     if causes:  # `scan(..., why=True)`: the dead units by cause
         columns.append(Column("cause", long_title="dead units by cause", nowrap=True))
@@ -108,6 +114,7 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None,
         ]
     if detail:
         columns += [Column("dead units")] + ([Column("non-finite units")] if diverged else [])
+        columns += [Column("dormant units")] if dormant else []
     table = Table("dead ReLU scan", [*columns, Column("flag", nowrap=True)])
     rows = order_sites(report, sort)
     for index, site in rows if limit is None else rows[:limit]:
@@ -124,6 +131,9 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None,
             Cell(f"{len(site.saturated):,}"),
             Cell(percent(site.dead_fraction), dead),
         ]
+        if dormant:
+            count = len(site.dormant or ())
+            cells.append(Cell(f"{count:,}", "warn" if count > len(site.dead) else ""))
         if causes:
             cells.append(why.causes_cell(site))
         if diverged:
@@ -134,6 +144,8 @@ def site_table(report: Report, *, sort: str = "model", limit: int | None = None,
             cells.append(indices_cell(site.dead))
             if diverged:
                 cells.append(indices_cell(site.non_finite, "bad" if site.non_finite else ""))
+            if dormant:
+                cells.append(indices_cell(site.dormant or []))
         table.add_row(*cells, _flag_cell(site))
     return table
 

@@ -6,6 +6,8 @@ shows deadrelu's charts next to the training curves. Tags, at each step:
 
 - `deadrelu/dead_fraction`, `deadrelu/dying_fraction`, `deadrelu/non_finite_fraction`: scalars,
   over the model's units (the last: units whose outputs or own weights are NaN or ±inf);
+- `deadrelu/dormant_fraction`: a scalar, for a report scanned with `dormant=τ` (the monitor's
+  `dormant=`, `deadrelu scan --dormant`);
 - `deadrelu/<site path>/dead_fraction`: a scalar per site;
 - `deadrelu/<site path>/active_rate`: a histogram of the active rates of the site's units (sites
   the data reached);
@@ -88,6 +90,8 @@ class SummaryWriter:
             tf.summary.scalar(f"{RUN}/dead_fraction", summary["dead_fraction"])
             tf.summary.scalar(f"{RUN}/dying_fraction", summary["dying"] / units if units else 0.0)
             tf.summary.scalar(f"{RUN}/non_finite_fraction", summary["non_finite"] / units if units else 0.0)
+            if "dormant_fraction" in summary:  # scanned with `dormant=τ`
+                tf.summary.scalar(f"{RUN}/dormant_fraction", summary["dormant_fraction"])
             for site in report.sites:
                 tf.summary.scalar(site_tag(site.path, "dead_fraction"), site.dead_fraction)
                 if site.reached and site.units:
