@@ -27,24 +27,28 @@ from deadrelu.errors import (
 
 if TYPE_CHECKING:
     from deadrelu.callbacks import DeadReluMonitor
+    from deadrelu.checkpoints import Checkpoint, CheckpointScan, scan_checkpoints
     from deadrelu.engine.scanner import scan
     from deadrelu.engine.sites import Site, find_sites
     from deadrelu.fixes.check import OutputCheck
     from deadrelu.fixes.patch import PatchResult, patch, patch_model
     from deadrelu.fixes.prune import PruneResult, prune, prune_model
     from deadrelu.fixes.revive import ReviveResult, revive, revive_model
+    from deadrelu.fixes.tournament import FixResult, fix
     from deadrelu.io.loading import load_model
     from deadrelu.report import Report, SiteReport, Thresholds
 
 # Public name → the module that defines it, imported on first access (PEP 562).
 _LAZY = {
     "DeadReluMonitor": "deadrelu.callbacks",
+    **dict.fromkeys(["Checkpoint", "CheckpointScan", "scan_checkpoints"], "deadrelu.checkpoints"),
     "load_model": "deadrelu.io.loading",
     "OutputCheck": "deadrelu.fixes.check",
     **dict.fromkeys(["PatchResult", "patch", "patch_model"], "deadrelu.fixes.patch"),
     **dict.fromkeys(["PruneResult", "prune", "prune_model"], "deadrelu.fixes.prune"),
     **dict.fromkeys(["Report", "SiteReport", "Thresholds"], "deadrelu.report"),
     **dict.fromkeys(["ReviveResult", "revive", "revive_model"], "deadrelu.fixes.revive"),
+    **dict.fromkeys(["FixResult", "fix"], "deadrelu.fixes.tournament"),
     "scan": "deadrelu.engine.scanner",
     **dict.fromkeys(["Site", "find_sites"], "deadrelu.engine.sites"),
 }
@@ -66,9 +70,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointScan",
     "DataError",
     "DeadReluError",
     "DeadReluMonitor",
+    "FixResult",
     "ModelLoadError",
     "OutputCheck",
     "OutputCheckError",
@@ -83,6 +90,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "find_sites",
+    "fix",
     "load_model",
     "patch",
     "patch_model",
@@ -91,4 +99,5 @@ __all__ = [
     "revive",
     "revive_model",
     "scan",
+    "scan_checkpoints",
 ]

@@ -152,12 +152,18 @@ def relu_functions() -> list[tuple[Any, str]]:
     - `keras.src.backend.nn.relu` / `relu6`: the active backend's functions, called by
       `keras.ops.relu`, `keras.ops.relu6`, `keras.ops.nn.*` and `keras.activations.relu6`;
     - `keras.src.activations.activations.ReLU.static_call`: what `keras.activations.relu` runs
-      (its `threshold` and `max_value` variants do not call the backend's `relu` at all).
+      (its `threshold` and `max_value` variants do not call the backend's `relu` at all);
+    - `keras.src.backend.numpy.maximum`: what `keras.ops.maximum` runs (`maximum(x, 0)` is a ReLU).
     """
     from keras.src import backend
     from keras.src.activations import activations
 
-    return [(backend.nn, "relu"), (backend.nn, "relu6"), (activations.ReLU, "static_call")]
+    return [
+        (backend.nn, "relu"),
+        (backend.nn, "relu6"),
+        (activations.ReLU, "static_call"),
+        (backend.numpy, "maximum"),
+    ]
 
 
 # TensorFlow keeps op callbacks per thread, but runs eager ops through them only while

@@ -52,7 +52,12 @@ RELUS: dict[str, Callable] = {
     "ops.relu6": ops.relu6,
     "activations.relu6": keras.activations.relu6,
     "tf.nn.relu6": tf.nn.relu6,
+    # The maximum-with-zero spellings (their sites are named "…:maximum_<k>", kind "op:maximum").
+    "ops.maximum": lambda t: ops.maximum(t, 0.0),
+    "ops.maximum(0, x)": lambda t: ops.maximum(0, t),
+    "tf.maximum": lambda t: tf.maximum(t, 0),
 }
+MAXIMUM = ("ops.maximum", "ops.maximum(0, x)", "tf.maximum")
 try:  # tf.keras 2's backend function, where installed: it reaches TensorFlow's Relu op directly
     import tf_keras
 
@@ -66,6 +71,7 @@ KINDS = {
     "ops.relu6": "op:relu6",
     "activations.relu6": "op:relu6",
     "tf.nn.relu6": "op:relu6",
+    **dict.fromkeys(MAXIMUM, "op:maximum"),
 }
 
 
@@ -161,7 +167,7 @@ def _custom_layer(spelling: str = "ops.relu") -> Case:
     if CAPS.get(spelling) == 6.0:
         saturated = [2, 6]
         plant_bias(block.gate, dict.fromkeys(saturated, 100.0))
-    path = "block_2:relu_0"
+    path = "block_2:maximum_0" if spelling in MAXIMUM else "block_2:relu_0"
     return Case(
         model,
         random_x((5,), N, 1, 2.0),
@@ -204,21 +210,27 @@ def _subclassed() -> Case:
     )
 
 
-def _fused_callable(activation, name: str) -> Case:
+def _fused_callable(activation, name: str, spelling: str = "relu") -> Case:
     keras.utils.set_random_seed(3)
     dense = L.Dense(8, activation=activation, name=name)
     inp = keras.Input((5,))
     head = _head()
     model = keras.Model(inp, head(dense(inp)))
     plant_bias(dense, {2: -100.0, 6: -100.0})
-    path = f"{name}:relu_0"
+    path = f"{name}:{spelling}_0"
 
     def forward(x, relu):
         z = ops.matmul(x, dense.kernel) + dense.bias
         return head(relu(path, z, ops.relu))
 
     return Case(
-        model, random_x((5,), N, 3, 2.0), forward, {path: [2, 6]}, {path: None}, {path: "op:relu"}, {path: "Dense"}
+        model,
+        random_x((5,), N, 3, 2.0),
+        forward,
+        {path: [2, 6]},
+        {path: None},
+        {path: f"op:{spelling}"},
+        {path: "Dense"},
     )
 
 
@@ -366,6 +378,8 @@ CASES = {
     "tf.nn.relu6-saturated": lambda tmp: _custom_layer("tf.nn.relu6"),
     "activation=lambda": lambda tmp: _fused_callable(lambda t: ops.relu(t), "lam_dense"),
     "activation=named-function": lambda tmp: _fused_callable(named_relu, "named"),
+    "activation=lambda-maximum": lambda tmp: _fused_callable(lambda t: ops.maximum(t, 0.0), "max_dense", "maximum"),
+    **{f"custom-layer-{spelling}": (lambda tmp, s=spelling: _custom_layer(s)) for spelling in MAXIMUM},
     "Lambda-unsafe": _lambda_unsafe,
     "custom-layer-used-twice": lambda tmp: _shared_layer(),
     "nested-model": lambda tmp: _nested(),
@@ -461,7 +475,7 @@ def _layer_level_model():
     h = L.LeakyReLU(name="leaky")(h)
     h = L.TimeDistributed(L.Dense(4, activation="relu", name="inner"), name="td")(h)
     h = L.SimpleRNN(4, activation="relu", return_sequences=True, name="rnn")(h)
-    h = L.LSTM(3, activation="relu", name="lstm")(h)  # listed, not measured
+    h = L.LSTM(3, activation="relu", name="lstm")(h)  # two sites: its candidate and its cell state
     return keras.Model(inp, L.Dense(CLASSES, activation="softmax", name="out")(h))
 
 
@@ -473,7 +487,7 @@ def test_layer_level_sites_are_not_counted_twice():
     assert (
         [s.path for s in report.sites]
         == [s.path for s in site_map.sites]
-        == ["fused", "fused_fn", "relu_layer", "act", "td/inner", "rnn"]
+        == ["fused", "fused_fn", "relu_layer", "act", "td/inner", "rnn", "lstm:candidate", "lstm:state"]
     )
     assert [o["path"] for o in report.others] == [o.path for o in site_map.others]
     assert report.notes == []
@@ -588,9 +602,11 @@ def test_json_report_compare_plots_html_monitor_and_inspect(tmp_path, capfd):
 
 # -- patch and revive: fixes where they can be done, reasons where they cannot --------------------
 
-REWRITABLE = ["activation=lambda", "activation=named-function", "Lambda-unsafe"]
+REWRITABLE = ["activation=lambda", "activation=named-function", "Lambda-unsafe", "activation=lambda-maximum"]
 REVIVABLE = REWRITABLE + [
     "custom-layer-ops.relu",
+    "custom-layer-ops.maximum",
+    "custom-layer-tf.maximum",
     "custom-layer-tf.nn.relu",
     "activations.relu-threshold",
     "custom-layer-used-twice",
@@ -611,7 +627,8 @@ def test_patch_rewrites_an_exact_relu_callable(name, tmp_path):
     result = deadrelu.patch_model(case.model, "prelu", data=case.x)
     assert result.changed and result.skipped == {}
     [rewrite] = result.rewrites
-    assert rewrite.path == path and rewrite.kind == "op:relu" and rewrite.old.endswith(": op:relu")
+    kind = case.kinds[path]
+    assert rewrite.path == path and rewrite.kind == kind and rewrite.old.endswith(f": {kind}")
     assert result.check.passed and result.check.max_abs_diff == 0.0  # alpha 0 is the original function
     patched = deadrelu.scan(result.model, case.x)
     assert not [s for s in patched.sites if s.kind.startswith("op:")]  # the ReLU became a PReLU layer
@@ -682,3 +699,30 @@ def test_cli_writes_nothing_when_nothing_changed_and_hints_only_what_can_act(tmp
     code, (out, _) = run(["revive", tmp_path / "healthy.keras", "--data", data, "-o", tmp_path / "r3.keras"])
     assert code == 0 and "nothing revived: no dead units; nothing was written" in out
     assert not (tmp_path / "r3.keras").exists()
+
+
+def celu(t):
+    """A custom activation calling Keras's CELU (so the model runs code of its own)."""
+    return keras.activations.celu(t)
+
+
+class NotAReLU(L.Layer):
+    """`maximum` against something that is not a scalar zero: no ReLU."""
+
+    def call(self, x):
+        return ops.maximum(x, 0.5) + ops.maximum(x, ops.zeros_like(x)) + tf.maximum(x, -1.0)
+
+
+def test_maximum_is_a_site_only_against_zero_and_only_in_the_users_code():
+    # Keras's own code also takes maxima with 0 (the TensorFlow backend's CELU is
+    # `tf.maximum(x, 0.0) + …`): those are not ReLU sites, nor are maxima against other values.
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((6,))
+    h = L.Dense(8, activation=celu, name="celu_dense")(inp)
+    h = L.LayerNormalization()(h)
+    h = L.BatchNormalization()(h)
+    h = NotAReLU(name="not_relu")(h)
+    model = keras.Model(inp, _head()(h))
+    report = deadrelu.scan(model, random_x((6,), N, 2, 2.0), batch_size=BATCH)
+    assert [s.path for s in report.sites if s.kind.startswith("op:")] == []
+    assert not [note for note in report.notes if "no site covers" in note]

@@ -984,7 +984,7 @@ def _masked_steps(x, kernel, recurrent, bias):
     return [np.maximum(x[:, t] @ kernel + h @ recurrent + bias, 0) for t in (4, 5)]
 
 
-def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave_it():
+def test_simple_rnn_that_cannot_be_unrolled_is_listed_patch_makes_a_measured_one_leaky_and_revive_leaves_it():
     from deadrelu.fixes.patch import patch_model
     from deadrelu.fixes.revive import revive_model
 
@@ -992,6 +992,7 @@ def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave
     site_map = deadrelu.find_sites(variable)
     assert not site_map.sites and [o.path for o in site_map.others] == ["rnn"]
     assert "not fixed or not known here" in site_map.others[0].reason
+    assert not patch_model(variable, "leaky").changed  # not a site: nothing selected
 
     keras.utils.set_random_seed(18)
     model = keras.Model(inp := keras.Input((5, 3)), L.Dense(2)(L.SimpleRNN(4, activation="relu", name="rnn")(inp)))
@@ -1000,7 +1001,9 @@ def test_simple_rnn_that_cannot_be_unrolled_is_listed_and_patch_and_revive_leave
     model.get_layer("rnn").set_weights([kernel, recurrent, bias])
     x = random_x((5, 3), 12, 18)
     result = patch_model(model, "leaky")
-    assert not result.rewrites and "inside the recurrence" in result.skipped["rnn"]
+    assert [(r.path, r.new) for r in result.rewrites] == [
+        ("rnn", "SimpleRNN(activation=LeakyReLU(negative_slope=0.01))")
+    ]
     report = deadrelu.scan(model, x)
     assert "recurrent unit" in revive_model(model, report, in_place=True).skipped["rnn"]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+
+from deadrelu.commands._checkpoints import add_checkpoint_flags, run_checkpoints
 from deadrelu.commands._common import (
     LOG_FOLDER,
     add_output_flags,
@@ -12,6 +15,7 @@ from deadrelu.commands._common import (
     fraction,
     load_from_args,
     non_negative_int,
+    number,
     strategy_scope,
     writes_here,
 )
@@ -24,7 +28,9 @@ def register(subparsers, parents):
         "scan",
         parents=[parents["model"], parents["data"], parents["common"]],
         help="measure every ReLU unit on data",
-        description="Measure every ReLU unit of MODEL on data and report dead, dying and saturated units.",
+        description="Measure every ReLU unit of MODEL on data and report dead, dying and saturated units. Given "
+        "several checkpoints (files, a folder of them, or a quoted pattern such as 'ckpt/*.keras'), scan each on "
+        "the same data and say when units died: a timeline as DeadReluMonitor records it.",
     )
     parser.add_argument("--gradients", action="store_true", help="also measure gradient flow (needs labels)")
     parser.add_argument("--loss", metavar="NAME", help="loss for --gradients (default: the model's stored loss)")
@@ -57,6 +63,11 @@ def register(subparsers, parents):
         metavar="F",
         help="dead share from which a site is flagged (default 0.10)",
     )
+    add_dormant_flag(
+        parser,
+        "also list each site's τ-dormant units (ReDo: mean |output| / the site's mean ≤ TAU, dead units "
+        "included), e.g. 0.1: a column of the table, counts in the summary, `dormant` in the JSON",
+    )
     parser.add_argument(
         "--tensorboard",
         type=LOG_FOLDER,
@@ -70,8 +81,22 @@ def register(subparsers, parents):
         metavar="N",
         help="the step of those summaries (default 0), e.g. the checkpoint's epoch",
     )
+    add_checkpoint_flags(parser)
     add_strategy_flags(parser)
     return parser
+
+
+def dormancy_threshold(text: str) -> float:
+    """ReDo's τ for `--dormant`: a finite number ≥ 0 (`deadrelu.engine.scanner.dormant_threshold`)."""
+    value = number(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a dormancy threshold ≥ 0 such as 0.1, got {text!r}")
+    return value
+
+
+def add_dormant_flag(parser, help_text: str) -> None:
+    """`--dormant TAU`, as `scan` and `revive` take it."""
+    parser.add_argument("--dormant", type=dormancy_threshold, metavar="TAU", help=help_text)
 
 
 def run(args, output) -> int:
@@ -81,12 +106,16 @@ def run(args, output) -> int:
 
 def _run(args, output, strategy) -> int:
     from deadrelu.engine.scanner import describe_loaded, scan
+    from deadrelu.io.checkpoints import is_checkpoint_set
+
+    if is_checkpoint_set([args.model, *args.more_models]):
+        return run_checkpoints(args, output, strategy)
 
     if args.tensorboard:
         from deadrelu.views.tensorboard import require_tensorboard
 
         require_tensorboard("--tensorboard")
-    writes_here(strategy, args, output, ("json", "plot", "plot_dir", "tensorboard"))
+    writes_here(strategy, args, output, ("json", "plot", "plot_dir", "tensorboard", "html"))
     loaded = load_from_args(args, output)
     with output.progress("scanning", unit="samples") as (on_start, on_batch):
         report = scan(
@@ -100,6 +129,7 @@ def _run(args, output, strategy) -> int:
             **data_options(args),
             dying_threshold=args.dying_threshold,
             flag_threshold=args.flag_threshold,
+            dormant=args.dormant,
             on_start=on_start,
             on_batch=on_batch,
             model_info=describe_loaded(loaded),
@@ -109,6 +139,11 @@ def _run(args, output, strategy) -> int:
     for note in report.notes:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
     code = emit(report, args, output)
+    if args.html:
+        from deadrelu.views.html import write_html
+
+        write_html(report, args.html)
+        output.note(f"wrote HTML report {args.html}", style="dim")
     if args.tensorboard:
         from deadrelu.views.tensorboard import SummaryWriter
 

@@ -6,10 +6,15 @@ activation function is no layer that walking the model can find: it is found whi
 
 - on every backend, it wraps the functions every Keras spelling ends in (`keras.ops.relu`,
   `keras.ops.relu6`, `keras.ops.nn.*`, `keras.activations.relu` with any `threshold` and
-  `max_value`, `keras.activations.relu6`; see `_keras_compat.relu_functions`). They are looked up
-  at call time, so a name imported before the scan is caught too;
-- on TensorFlow, it also watches the creation of `Relu` and `Relu6` ops (an op callback), which
-  catches what does not go through Keras: `tf.nn.relu`, `tf.nn.relu6`, tf.keras's `K.relu`.
+  `max_value`, `keras.activations.relu6`, and `keras.ops.maximum` against a scalar zero; see
+  `_keras_compat.relu_functions`). They are looked up at call time, so a name imported before the
+  scan is caught too;
+- on TensorFlow, it also watches the creation of `Relu`, `Relu6` and `Maximum`-with-zero ops (an
+  op callback), which catches what does not go through Keras: `tf.nn.relu`, `tf.nn.relu6`,
+  `tf.maximum(x, 0)`, tf.keras's `K.relu`.
+
+A maximum with zero is a ReLU only when the model's own code takes it: Keras's code takes some too
+(its TensorFlow CELU), so the first caller outside TensorFlow and `keras.ops` must not be in Keras.
 
 Each application is handed over with the innermost layer whose `call` applied it and its
 position among the ReLUs applied during that call of that layer, so a layer called twice applies
@@ -46,6 +51,9 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import importlib.util
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -64,15 +72,21 @@ class ReluSpec:
         activation: "relu" or "relu6".
         max_value: The cap (6.0 for relu6), or None.
         threshold: Values at or below it are zeroed (0.0 for a plain ReLU).
+        spelling: How the code wrote it: "relu" (a ReLU function or op) or "maximum"
+            (`keras.ops.maximum(x, 0)`, `tf.maximum(x, 0)`: a plain ReLU; names the site's path).
     """
 
     activation: str
     max_value: float | None = None
     threshold: float = 0.0
+    spelling: str = "relu"
 
     @property
     def kind(self) -> str:
-        """The site kind: "op:relu", "op:relu6", or "op:relu(threshold=0.5, max_value=2)"."""
+        """The site kind: "op:relu", "op:relu6", "op:relu(threshold=0.5, max_value=2)", or "op:maximum"
+        (a plain ReLU written as the maximum of a tensor and zero)."""
+        if self.spelling != "relu":
+            return f"op:{self.spelling}"
         if self.activation == "relu6" or (self.max_value == 6.0 and not self.threshold):
             return "op:relu6"
         extras = []
@@ -232,10 +246,16 @@ class Interception:
     def on_tf_op(self, op_type, inputs, attrs, outputs, op_name=None, graph=None):
         if isinstance(op_type, bytes):  # eager ops run through `execute.execute` name their type in bytes
             op_type = op_type.decode()
+        if self.depth or not self.stack:
+            return None
         activation = _TF_RELU_OPS.get(op_type)
-        if activation is not None and not self.depth:
+        if activation is not None:
             relu = ReluSpec(activation, 6.0 if activation == "relu6" else None)
             self.apply(relu, inputs[0] if inputs else None, outputs[0], "tf")
+        elif op_type == "Maximum" and len(inputs) == 2:
+            x = _other_than_zero(*inputs, static=True)
+            if x is not None and not _called_from_keras():
+                self.apply(_MAX_WITH_ZERO, x, outputs[0], "tf")
         return None  # the op's outputs are left as they are
 
 
@@ -259,6 +279,111 @@ def _wrap_backend(original: Callable, activation: str) -> Callable:
         return state.apply(relu, x, output, "keras")
 
     return wrapped
+
+
+_MAX_WITH_ZERO = ReluSpec("relu", spelling="maximum")
+
+
+def _wrap_maximum(original: Callable) -> Callable:
+    """`keras.src.backend.numpy.maximum` (what `keras.ops.maximum` runs): `maximum(x, 0)` written in
+    user code is a ReLU; with anything but a zero, or called by Keras's own code, it is not."""
+
+    @functools.wraps(original)
+    def wrapped(x1, x2, *args, **kwargs):
+        state = _ACTIVE.get()
+        x = None if state is None or state.depth or not state.stack else _other_than_zero(x1, x2)
+        if x is None or _called_from_keras():
+            return original(x1, x2, *args, **kwargs)
+        state.depth += 1
+        try:
+            output = original(x1, x2, *args, **kwargs)
+        finally:
+            state.depth -= 1
+        return state.apply(_MAX_WITH_ZERO, x, output, "keras")
+
+    return wrapped
+
+
+def _other_than_zero(a, b, *, static: bool = False):
+    """Of `maximum(a, b)`: the tensor when the other operand is a scalar zero, else None.
+
+    A zero is a Python or NumPy number or a one-element array equal to 0 (with `static`, also a
+    TensorFlow constant: what `tf.maximum(x, 0)` turns the 0 into).
+    """
+    for tensor, other in ((a, b), (b, a)):
+        if _is_zero(other, static) and not _is_zero(tensor, static) and _is_tensor(tensor):
+            return tensor
+    return None
+
+
+def _is_tensor(value) -> bool:
+    import numpy as np
+
+    return not isinstance(value, (int, float, complex, np.number, np.ndarray)) and hasattr(value, "shape")
+
+
+def _is_zero(value, static: bool) -> bool:
+    import numpy as np
+
+    if isinstance(value, bool):
+        return False
+    if _is_tensor(value) and _elements(value) != 1:
+        return False  # the ReLU's input, or a tensor of zeros the size of it (not read: no copy)
+    if static and _is_tensor(value):
+        import tensorflow as tf
+
+        try:
+            value = tf.get_static_value(value)
+        except (TypeError, ValueError):  # a symbolic tensor of another graph
+            return False
+        if value is None:
+            return False
+    if isinstance(value, (int, float, np.number)):
+        return value == 0
+    if isinstance(value, np.ndarray):
+        return value.size == 1 and value.dtype.kind in "iuf" and float(value.reshape(())) == 0.0
+    return False
+
+
+def _elements(value) -> int | None:
+    """A tensor's number of elements, when its shape is known while tracing; else None."""
+    import numpy as np
+
+    try:
+        dims = tuple(value.shape)
+        return None if any(d is None for d in dims) else int(np.prod(dims, dtype=np.int64))
+    except (TypeError, ValueError):  # a shape of unknown rank
+        return None
+
+
+def _called_from_keras() -> bool:
+    """True when the code that called `maximum` is Keras's own (its TensorFlow CELU, tf.keras's
+    capped `relu`): the first frame outside TensorFlow, Keras's `ops` front end and this module is
+    in Keras or tf.keras."""
+    keras_sources, pass_through = _source_prefixes()
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (filename.startswith(pass_through) or filename == __file__):
+            return filename.startswith(keras_sources)
+        frame = frame.f_back
+    return False
+
+
+@functools.cache
+def _source_prefixes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(Keras's and tf.keras's source folders, the folders of the frames between user code and a
+    `maximum`: TensorFlow and Keras's `ops` front end), found without importing any of them."""
+    keras = _package_dir("keras")
+    sources = (keras + "src" + os.sep if keras else None, _package_dir("tf_keras"))
+    through = (_package_dir("tensorflow"), keras + os.path.join("src", "ops") + os.sep if keras else None)
+    return tuple(p for p in sources if p), tuple(p for p in through if p)
+
+
+def _package_dir(name: str) -> str | None:
+    """An installed top-level package's folder (with a trailing separator), or None."""
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) + os.sep if spec is not None and spec.origin else None
 
 
 def _wrap_static_call(original: Callable) -> Callable:
@@ -318,6 +443,8 @@ class _Installed:
                 original = owner.__dict__[name]
                 if isinstance(original, staticmethod):
                     installed = staticmethod(_wrap_static_call(original.__func__))
+                elif name == "maximum":
+                    installed = _wrap_maximum(original)
                 else:
                     installed = _wrap_backend(original, name)
                 setattr(owner, name, installed)
@@ -418,6 +545,7 @@ def _put_back(layer, attribute: str, before) -> None:
         object.__setattr__(layer, attribute, before)
 
 
-def op_site_path(layer_path: str, index: int) -> str:
-    """The path of the `index`-th ReLU applied during a call of the layer at `layer_path`."""
-    return f"{layer_path}:relu_{index}"
+def op_site_path(layer_path: str, index: int, spelling: str = "relu") -> str:
+    """The path of the `index`-th ReLU applied during a call of the layer at `layer_path`
+    ("block:relu_0"; "block:maximum_1" for one written `maximum(x, 0)`)."""
+    return f"{layer_path}:{spelling}_{index}"

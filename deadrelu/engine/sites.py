@@ -32,7 +32,7 @@ MAX_UNROLLED_STEPS = 256
 KIND_FUSED = "fused"
 KIND_ACTIVATION = "activation"
 KIND_RELU_LAYER = "relu_layer"
-KIND_OP_PREFIX = "op:"  # op-level sites: "op:relu", "op:relu6", "op:relu(threshold=0.5)", ...
+KIND_OP_PREFIX = "op:"  # op-level sites: "op:relu", "op:relu6", "op:relu(threshold=0.5)", "op:maximum", ...
 
 UNKNOWN_REASON = "unknown activation (not measured)"
 
@@ -46,8 +46,8 @@ class Site:
         layer: The Keras layer object that applies the nonlinearity (for an op-level site, the
             innermost layer or model whose `call` applied it).
         kind: "fused" (a layer's `activation`), "activation" (`Activation` layer),
-            "relu_layer" (`ReLU` layer), or for an op-level site "op:relu", "op:relu6" or
-            "op:relu(threshold=..., max_value=...)".
+            "relu_layer" (`ReLU` layer), or for an op-level site "op:relu", "op:relu6",
+            "op:relu(threshold=..., max_value=...)" or "op:maximum" (`maximum(x, 0)`).
         activation: "relu" or "relu6" (for `ReLU` layers: "relu").
         max_value: The cap, or None when the site is not capped.
         threshold: Values at or below it are zeroed (0 for a plain ReLU).
@@ -56,8 +56,13 @@ class Site:
         hook: The object whose attribute the probe wraps to observe the site's output, and the
             attribute's name: `(layer, "activation")`, `(layer, "call")`, or for a layer inside
             `TimeDistributed` the wrapper's `call`, so time steps count as positions.
-        recurrent: For a `SimpleRNN` site, the layer itself: the probe unrolls it while it runs,
-            so the cell's activation is observed once per time step (each step a call); else None.
+        recurrent: For a recurrent site (`SimpleRNN`, `GRU`, `LSTM`), the layer itself: the probe
+            unrolls it while it runs, so the cell's activation is observed once per time step (each
+            step a call); else None.
+        role: For a `GRU` or `LSTM` site, which application of the cell's activation it is:
+            "candidate" (the candidate state), or for an LSTM "state" (the new cell state on its
+            way to the output); None otherwise.
+        time_steps: For a recurrent site, the fixed number of time steps it runs over.
         call_index: For an op-level site, its position among the ReLUs applied during one call of
             `layer` (the `k` of the path `<layer path>:relu_<k>`); None for layer-level sites.
         applied_in: For an op-level site: "activation" (the layer's custom `activation` is exactly
@@ -77,6 +82,8 @@ class Site:
     index: int
     hook: tuple = dataclasses.field(compare=False, repr=False, default=())
     recurrent: object = dataclasses.field(compare=False, repr=False, default=None)
+    role: str | None = None
+    time_steps: int | None = None
     call_index: int | None = None
     applied_in: str | None = None
     fed_by: object = dataclasses.field(compare=False, repr=False, default=None)
@@ -106,7 +113,9 @@ class Site:
         if self.channel_axis != -1:
             params["channel_axis"] = self.channel_axis
         if self.recurrent is not None:
-            params["time_steps"] = _time_steps(self.recurrent)  # each step is one call of the site
+            params["time_steps"] = self.time_steps  # each step is one call of the site
+        if self.role is not None:
+            params["role"] = self.role
         if self.applied_in is not None:
             params["applied_in"] = self.applied_in
         if self.fed_by_path is not None:
@@ -217,7 +226,7 @@ def find_sites(model) -> SiteMap:
         sublayers = children(layer)
         if sublayers:
             # Nested models and container layers prefix their children's paths.
-            inner_wrapper = layer if _is_time_distributed(layer) else None
+            inner_wrapper = layer if _is_time_distributed(layer) or _is_bidirectional(layer) else None
             prev = None
             for child in sublayers:
                 visit(child, f"{path}/", prev, inner_wrapper)
@@ -282,7 +291,7 @@ def _classify(
     def hook(attribute: str) -> tuple:
         # Inside TimeDistributed the inner layer runs once per time step; observing the
         # wrapper's output instead counts time steps as positions of one call.
-        return (wrapper, "call") if wrapper is not None else (layer, attribute)
+        return (wrapper, "call") if wrapper is not None and _is_time_distributed(wrapper) else (layer, attribute)
 
     if isinstance(layer, keras.layers.ReLU):
         slope = float(layer.negative_slope or 0.0)
@@ -320,29 +329,33 @@ def _classify(
         return
     is_activation_layer = isinstance(layer, keras.layers.Activation)
     if name in _SITE_ACTIVATIONS:
-        if isinstance(layer, keras.layers.SimpleRNN) and wrapper is None:
-            steps = _time_steps(layer)
+        roles = _recurrent_roles(layer)
+        if roles is not None and (wrapper is None or _is_bidirectional(wrapper)):
+            steps = _time_steps(layer if wrapper is None else wrapper)
             if steps is not None and steps <= MAX_UNROLLED_STEPS:
-                sites.append(
-                    Site(
-                        path,
-                        layer,
-                        KIND_FUSED,
-                        name,
-                        _SITE_ACTIVATIONS[name],
-                        0.0,
-                        -1,
-                        index,
-                        (layer.cell, "activation"),
-                        recurrent=layer,
+                for k, role in enumerate(roles):
+                    sites.append(
+                        Site(
+                            path if role is None else f"{path}:{role}",
+                            layer,
+                            KIND_FUSED,
+                            name,
+                            _SITE_ACTIVATIONS[name],
+                            0.0,
+                            -1,
+                            index + k,
+                            (layer.cell, "activation"),
+                            recurrent=layer,
+                            role=role,
+                            time_steps=steps,
+                        )
                     )
-                )
                 return
             reason = (
                 f"recurrent activation over {steps} time steps: measured for up to {MAX_UNROLLED_STEPS} only"
                 if steps is not None
-                else "recurrent activation over a number of time steps that is not fixed "
-                "or not known here (e.g. inside Bidirectional): not measured"
+                else "recurrent activation over a number of time steps that is not fixed or not known here: "
+                "not measured"
             )
             others.append(OtherActivation(path, cls, name, reason))
             quiet.add(id(layer))
@@ -354,7 +367,7 @@ def _classify(
                     cls,
                     name,
                     "recurrent activation: runs inside a loop, not measured "
-                    "(SimpleRNN is measured; LSTM and GRU apply it twice or mix it per step)",
+                    "(SimpleRNN, LSTM and GRU layers are; a custom RNN cell or a cell used alone is not)",
                 )
             )
             quiet.add(id(layer))
@@ -364,6 +377,30 @@ def _classify(
         sites.append(Site(path, layer, kind, name, _SITE_ACTIVATIONS[name], 0.0, axis, index, hook("activation")))
     elif name != "linear":
         others.append(OtherActivation(path, cls, name, "cannot die (not a zero-slope ReLU)"))
+
+
+def _recurrent_roles(layer) -> tuple | None:
+    """The sites a recurrent layer's `activation` makes, in the order its cell applies it per step.
+
+    A `SimpleRNN` applies it once per step (one site, named after the layer); a `GRU` once, to its
+    candidate state (`<layer>:candidate`); an `LSTM` twice, to its candidate cell input, then to
+    the new cell state on the way to the output (`<layer>:candidate`, `<layer>:state`). Keras's own
+    classes only (a subclass may apply it otherwise); None for any other layer.
+    """
+    import keras
+
+    cls = type(layer)
+    if cls is keras.layers.SimpleRNN:
+        return (None,)
+    if cls is keras.layers.GRU:
+        return ("candidate",)
+    if cls is keras.layers.LSTM:
+        return ("candidate", "state")
+    return None
+
+
+def _is_bidirectional(layer) -> bool:
+    return type(layer).__name__ == "Bidirectional"
 
 
 def _is_keras_activation(fn, name: str | None) -> bool:

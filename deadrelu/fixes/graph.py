@@ -338,7 +338,7 @@ class LayerGraph:
             )
         if site.recurrent is not None:
             return (
-                "a recurrent unit (SimpleRNN): its step reads its own last output, which ReDo's "
+                f"a recurrent unit ({site.layer_class}): its step reads its own last output, which ReDo's "
                 "re-initialisation does not cover"
             )
         if site.kind == KIND_FUSED:

@@ -433,7 +433,7 @@ def _result(plan: _Plan, patched, rewriter: Rewriter, report) -> PatchResult:
     for site in plan.rewritable:
         if site.path in rewriter.skipped:
             continue
-        rewrite = Rewrite(**rewriter.rewrites[id(site.layer)])
+        rewrite = Rewrite(**{**rewriter.rewrites[id(site.layer)], "path": site.path})  # an LSTM's two sites
         if site.path in plan.op_sites:
             rewrite.kind, rewrite.old = plan.op_sites[site.path].kind, old_text(plan.op_sites[site.path])
         if report is not None:

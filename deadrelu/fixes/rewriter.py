@@ -239,12 +239,18 @@ class Rewriter(Rebuilder):
         self.rewrites: dict[int, dict] = {}
         self.skipped: dict[str, str] = {}
         self.taken = set(_all_names(model))
+        # Recurrent layers (and the Bidirectional wrappers holding them) whose cell activation becomes leaky.
+        self.recurrent: dict[int, list[Site]] = {}
         for site in selected:
-            if site.recurrent is not None:
+            if site.recurrent is None:
+                continue
+            if to != LEAKY:
                 self.skipped[site.path] = (
-                    "a SimpleRNN's activation runs inside the recurrence, where no layer can follow it; "
-                    "rebuild it with activation=keras.layers.LeakyReLU(negative_slope=0.01) by hand"
+                    f"the {site.layer_class} layer's activation runs inside its cell, where no layer can follow "
+                    "it, so it cannot learn a slope per unit (PReLU); --to leaky sets it to LeakyReLU"
                 )
+                continue
+            self.recurrent.setdefault(id(_recurrent_owner(model, site.layer)), []).append(site)
 
     def run(self):
         """Rebuilds the model and copies its weights.
@@ -260,11 +266,54 @@ class Rewriter(Rebuilder):
         return new
 
     def new_layer(self, layer):
+        if id(layer) in self.recurrent:
+            return self._rewrite_recurrent(layer, self.recurrent[id(layer)])
         site = self.sites.get(id(layer))
         return self.plain_clone(layer) if site is None else self._rewrite(layer, site)
 
     def changes(self, model) -> bool:
-        return any(_contains(model, site.layer) for site in self.sites.values())
+        sites = [*self.sites.values(), *(site for sites in self.recurrent.values() for site in sites)]
+        return any(_contains(model, site.layer) for site in sites)
+
+    def _rewrite_recurrent(self, layer, sites: list[Site]):
+        """A SimpleRNN, GRU or LSTM (or the Bidirectional holding it) whose cell activation is
+        `LeakyReLU(negative_slope=alpha)`: the cell applies it where it applied the ReLU (an LSTM to
+        its candidate and its cell state alike), with the same weights; it loads in plain Keras."""
+        import keras
+
+        leaky = keras.layers.LeakyReLU(negative_slope=self.alpha, name=self._unique(f"{sites[0].layer.name}_leaky"))
+        config = layer.get_config()
+        if layer is sites[0].layer:
+            config["activation"] = leaky
+        else:  # Bidirectional: both directions run the wrapped layer's config (or the given backward one)
+            for key in ("layer", "backward_layer"):
+                if isinstance(config.get(key), dict):
+                    config[key]["config"]["activation"] = keras.saving.serialize_keras_object(leaky)
+            wrapped = {s.layer.name for s in sites}
+            both = {layer.forward_layer.name, layer.backward_layer.name}
+            if wrapped != both:
+                self.notes.append(
+                    f"{layer.name}: both directions of the Bidirectional layer were made leaky "
+                    "(they share one activation setting)"
+                )
+        new = self.plain_clone(layer, config)
+        for site in sites:
+            inner = site.layer
+            self.rewrites[id(inner)] = {
+                "path": site.path,
+                "kind": site.kind,
+                "layer": site.layer_class,
+                "old": f"{site.layer_class}(activation={site.activation!r})",
+                "new": f"{site.layer_class}(activation=LeakyReLU(negative_slope={self.alpha:g}))",
+                "new_layers": [new.name],
+            }
+        roles = {site.role for site in sites if site.role is not None}
+        if "candidate" in roles and "state" not in roles and isinstance(sites[0].layer, keras.layers.LSTM):
+            self.notes.append(
+                f"{sites[0].layer.name}: an LSTM applies one activation to its candidate and its cell state, "
+                "so both are leaky now"
+            )
+        return new
 
     def unchanged_message(self, model) -> str:
         return subclassed_message(model).replace("is a subclassed model", "(a sub-model) is a subclassed model", 1)
@@ -360,6 +409,15 @@ class Rewriter(Rebuilder):
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _recurrent_owner(model, layer):
+    """The layer of the model's graph that holds a recurrent site's layer: itself, or the
+    `Bidirectional` wrapper whose forward or backward layer it is."""
+    for candidate in child_layers(model, recursive=True):
+        if type(candidate).__name__ == "Bidirectional" and layer in (candidate.forward_layer, candidate.backward_layer):
+            return candidate
+    return layer
 
 
 def rebuildable(model) -> bool:

@@ -92,6 +92,8 @@ def _summary_section(report: Report) -> str:
         ("non-finite", s["non_finite"]),
         ("flagged sites", s["flagged_sites"]),
     ]
+    if "dormant" in s:  # `scan(..., dormant=τ)`
+        counts.insert(5, (f"dormant (≤ {report.settings.get('dormant_threshold', 0):g})", s["dormant"]))
     spans = "".join(f"<span><b>{v:,}</b> {_e(k)}</span>" for k, v in counts)
     parts = [
         f'<p class="summary {css}">{_e(summary_text(report).plain)}</p>',

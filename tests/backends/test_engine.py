@@ -61,14 +61,17 @@ def _cnn(seed: int = 1):
 
 
 class OpRelu(L.Layer):
-    """A custom layer that applies ReLU as a function call (an op-level site)."""
+    """A custom layer that applies ReLU as a function call (an op-level site), spelled
+    `ops.relu(z)` or `ops.maximum(z, 0)`."""
 
-    def __init__(self, units: int, **kwargs):
+    def __init__(self, units: int, maximum: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.dense = L.Dense(units)
+        self.maximum = maximum
 
     def call(self, x):
-        return ops.relu(self.dense(x) - 0.5)
+        z = self.dense(x) - 0.5
+        return ops.maximum(z, 0.0) if self.maximum else ops.relu(z)
 
 
 def test_scan_matches_numpy_on_a_planted_mlp():
@@ -100,16 +103,19 @@ def test_scan_matches_numpy_on_a_nested_cnn_with_batch_sizes_that_do_not_divide(
     assert_reports_equal(report, deadrelu.scan(model, x, batch_size=37))
 
 
-def test_op_level_site_is_found_and_measured():
+@pytest.mark.parametrize("maximum", [False, True], ids=["ops.relu", "ops.maximum"])
+def test_op_level_site_is_found_and_measured(maximum):
     keras.utils.set_random_seed(5)
     inputs = keras.Input((4,))
-    layer = OpRelu(7, name="op_relu")
+    layer = OpRelu(7, maximum, name="op_relu")
     model = keras.Model(inputs, L.Dense(1)(layer(inputs)))
     plant_bias(layer.dense, {3: -40.0})
     x = random_x((4,), 64, seed=6)
     report = deadrelu.scan(model, x, batch_size=20)
     sites = [s for s in report.sites if s.path.startswith("op_relu")]
-    assert len(sites) == 1 and sites[0].kind.startswith("op:")
+    assert [(s.path, s.kind) for s in sites] == (
+        [("op_relu:maximum_0", "op:maximum")] if maximum else [("op_relu:relu_0", "op:relu")]
+    )
     expected = np.maximum(to_numpy(layer.dense(x)) - 0.5, 0)
     assert_site_matches(sites[0], reference_stats([expected]))
     assert 3 in sites[0].dead
@@ -239,3 +245,34 @@ def test_monitor_checks_between_batches_and_revives():
     assert monitor.timeline[0].dead_fraction == 1.0 and monitor.timeline[0].action == "revive"
     assert monitor.timeline[1].dead_fraction < 0.5  # the revived weights went on training
     assert deadrelu.scan(model, x[:128]).dead_fraction == pytest.approx(monitor.timeline[-1].dead_fraction)
+
+
+def test_lstm_and_gru_sites_match_a_step_by_step_reference():
+    from preact_reference import assert_preact_matches, reference_preact
+    from recurrent_reference import gru_steps, lstm_steps, plant_candidate
+
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((4, 3))
+    lstm = L.LSTM(5, activation="relu", return_sequences=True, name="lstm")
+    gru = L.GRU(4, activation="relu", go_backwards=True, name="gru")
+    model = keras.Model(inputs, L.Dense(2)(gru(lstm(inputs))))
+    # -20, not -100: on JAX without x64 the sums are float32, and a unit's preact_std loses about
+    # (mean / std)² × 1e-7 of its digits (docs/backends.md); -20 keeps that under the 1e-4 compared.
+    plant_candidate(lstm, [1], 4, 2, -20.0)
+    plant_candidate(gru, [3], 3, 2, -20.0)
+    x = random_x((4, 3), 29, seed=9, scale=1.5)
+    report = deadrelu.scan(model, x, batch_size=10)
+    assert [s.path for s in report.sites] == ["lstm:candidate", "lstm:state", "gru:candidate"]
+    candidates, states = lstm_steps(lstm, x)
+    [lstm_out] = outputs_of(model.inputs, [lstm.output], x)
+    expected = {
+        "lstm:candidate": candidates,
+        "lstm:state": states,
+        "gru:candidate": gru_steps(gru, lstm_out, backwards=True),
+    }
+    for path, zs in expected.items():
+        site = report.site(path)
+        assert_site_matches(site, reference_stats([np.maximum(z, 0.0).astype(np.float32) for z in zs]))
+        assert_preact_matches(site, reference_preact(zs))
+    # The planted units (others may be dead at this initialisation too, as the reference says).
+    assert 1 in report.site("lstm:candidate").dead and 3 in report.site("gru:candidate").dead

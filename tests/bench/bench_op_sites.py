@@ -175,7 +175,7 @@ def mobilenet():
 
 def relu_ops(probe) -> int:
     """Relu / Relu6 ops in the traced step (what a graph inspection sees)."""
-    graph = probe._step.get_concrete_function().graph
+    graph = probe._step._fn.get_concrete_function().graph
     return sum(op.type in ("Relu", "Relu6") for op in graph.get_operations())
 
 
@@ -245,7 +245,7 @@ def step_ops(model, x, name: str) -> list[str]:
     with mode(name):
         probe = Probe(model)
         probe.trace(x[:1])
-    graph = probe._step.get_concrete_function().graph
+    graph = probe._step._fn.get_concrete_function().graph
     return sorted(op.type for op in graph.get_operations())
 
 
