@@ -145,6 +145,32 @@ def test_next_step_hint_is_a_command_that_works(tmp_path, run_cli):
         assert "next:" not in run_cli(argv)[2]
 
 
+def test_the_suggested_revive_reads_the_data_as_the_scan_did(tmp_path, run_cli):
+    """`--rescale` and `--samples` change which units are dead: the suggestion carries them, so the
+    revive it names re-initialises exactly the units the scan found dead."""
+    import json
+    import re
+    import shlex
+
+    data = str(SAMPLES / "probe.npz")
+    scan_json = tmp_path / "scan.json"
+    argv = ["scan", str(SAMPLES / "dying_mlp.keras"), "--data", data, "--rescale", "1/2", "--samples", "300"]
+    code, _, err = run_cli([*argv, "--json", str(scan_json)])
+    [hint] = [line for line in err.splitlines() if line.startswith("deadrelu: next:")]
+    [revive] = [shlex.split(c) for c in re.findall(r"`([^`]+)`", hint) if c.startswith("deadrelu revive")]
+    assert (
+        code == 0 and revive[revive.index("--rescale") + 1] == "1/2" and revive[revive.index("--samples") + 1] == "300"
+    )
+    revive_json = tmp_path / "revive.json"
+    assert run_cli([*revive[1:], "-o", str(tmp_path / "r.keras"), "--json", str(revive_json), "--quiet"])[0] == 0
+    dead = {site["path"]: site["dead"] for site in json.loads(scan_json.read_text())["sites"] if site["dead"]}
+    assert json.loads(revive_json.read_text())["revived"] == dead
+    # Without the flags the same data gives other dead units: the flags matter.
+    plain = tmp_path / "plain.json"
+    run_cli(["scan", str(SAMPLES / "dying_mlp.keras"), "--data", data, "--json", str(plain), "--quiet"])
+    assert {site["path"]: site["dead"] for site in json.loads(plain.read_text())["sites"] if site["dead"]} != dead
+
+
 def test_fail_on_gate_exit_codes(model_file, data_file, run_cli):
     assert run_cli(["scan", model_file, "--data", data_file, "--fail-on", "0.01", "--quiet"])[0] == 1
     assert run_cli(["scan", model_file, "--data", data_file, "--fail-on", "0.99", "--quiet"])[0] == 0

@@ -337,7 +337,7 @@ def test_site_inside_a_wrapper_layer_is_left_and_said():
     model = keras.Sequential(
         [
             keras.Input((5, 4)),
-            L.TimeDistributed(L.Dense(3, activation="relu", name="inner")),
+            L.TimeDistributed(L.Dense(3, activation="relu", name="inner"), name="time_distributed"),
             L.Dense(2, activation="relu", name="d"),
         ]
     )
