@@ -393,6 +393,12 @@ class Report:
         return self.summary["dead_fraction"]
 
     @property
+    def collapsed(self) -> list[str]:
+        """Paths of the sites that are 100% dead: every unit silent on the data, so the site's output
+        is 0 for every input and no gradient flows back through it."""
+        return [s.path for s in self.sites if s.reached and s.units and len(s.dead) == s.units]
+
+    @property
     def has_gradients(self) -> bool:
         """Whether the scan measured gradients."""
         return any(s.grad_mean_abs is not None for s in self.sites) or bool(self.layer_gradients)

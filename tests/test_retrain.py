@@ -230,3 +230,41 @@ def test_cli_retrain_of_a_two_output_model(tmp_path, capfd):
     retrained = keras.models.load_model(out)
     evaluated = retrained.evaluate(x[90:], {"cls": np.eye(3)[cls[90:]], "reg": reg[90:]}, verbose=0, return_dict=True)
     assert evaluated["loss"] == pytest.approx(after["loss"], rel=1e-4)
+
+
+def test_before_after_loss_is_the_data_loss_with_the_penalty_beside_it(xy):
+    """A revived model predicts what the original does, but its weights are others (fresh incoming,
+    zeroed outgoing), so their L2 penalty is another: the data loss is the same before training, the
+    penalty is not (what made a revived model's 'loss' look worse before it had changed an output)."""
+    import keras
+
+    from deadrelu.fixes.retrain import split_loss
+    from deadrelu.fixes.revive import revive
+
+    x, y = xy
+    keras.utils.set_random_seed(5)
+    l2 = keras.regularizers.L2(0.01)
+    source = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(12, activation="relu", name="h", kernel_regularizer=l2),
+            keras.layers.Dense(3, activation="softmax", name="out", kernel_regularizer=l2),
+        ]
+    )
+    source.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    kernel, bias = source.get_layer("h").get_weights()
+    bias[:6] = -1e3  # six dead units, whose revival draws fresh weights
+    source.get_layer("h").set_weights([kernel, bias])
+    revived = revive(source, deadrelu.scan(source, x), seed=0, data=x)
+    comparison = retrain(
+        {"baseline": _copy(source), "revived": revived}, source, x, y, epochs=1, validation_split=0.25, seed=0
+    )
+    base, rev = comparison.variants
+    assert base.before["loss"] == pytest.approx(rev.before["loss"], rel=1e-6)  # the same predictions
+    assert base.before["penalty"] > 0 and abs(rev.before["penalty"] - base.before["penalty"]) > 1e-3
+    # Keras's own loss is their sum: the split takes out exactly the weights' penalties.
+    keras_loss = source.evaluate(x[225:], y[225:], verbose=0, return_dict=True)["loss"]
+    assert base.before["loss"] + base.before["penalty"] == pytest.approx(keras_loss, rel=1e-5)
+    # Without regularisers nothing is split.
+    plain = _model()
+    assert set(split_loss(plain, {"loss": 1.0, "accuracy": 0.5})) == {"loss", "accuracy"}

@@ -158,21 +158,24 @@ def test_cause_cells_are_coloured_by_the_dominant_kind():
 
 def test_terminal_findings_lines_then_summary_with_the_dominant_cause():
     report = why_report()
-    lines = printed(terminal.summary_block(report)).splitlines()
-    assert lines[: len(FINDINGS)] == [f"finding: {f['message']}" for f in FINDINGS]
-    summary = lines[len(FINDINGS)]
+    lines = printed(terminal.summary_block(report), width=400).splitlines()
+    assert lines[0] == terminal.collapse_line(report)  # 'head' is 100% dead: the headline comes first
+    assert lines[1 : 1 + len(FINDINGS)] == [f"finding: {f['message']}" for f in FINDINGS]
+    summary = lines[1 + len(FINDINGS)]
     assert summary.startswith("net: 59 of ")
     assert summary.endswith(
         "; dominant cause: killed in training (48 of 59 dead) — revive them and lower the learning rate (50× Adam's)"
     )
     # Colours: non-finite and dead-site findings red, the input scale yellow.
     styles = [text.style for text in terminal.finding_texts(report)]
-    assert styles == ["bold red", "bold red", "yellow", "bold red", "bold red"]
+    assert styles == ["bold red", "bold red", "bold red", "yellow", "bold red", "bold red"]
 
 
 def test_markdown_has_the_cause_column_and_the_findings():
-    text = terminal.markdown_table(why_report())
-    tables = text.split("\n\n")
+    report = why_report()
+    text = terminal.markdown_table(report)
+    assert text.startswith(f"**{terminal.collapse_line(report)}**\n\n")
+    tables = text.split("\n\n")[1:]  # after the collapse headline
     sites = markdown_rows(tables[1])
     header = sites[0]
     assert "dead units by cause" in header
@@ -295,8 +298,11 @@ PLAIN_MARKDOWN = (
 def test_without_why_the_views_are_unchanged():
     report = plain_report()
     assert not why_view.has_causes(report)
-    assert terminal.markdown_table(report) == PLAIN_MARKDOWN
-    assert printed(terminal.summary_block(report)) == printed(terminal.summary_text(report))
+    headline = terminal.collapse_line(report)  # 'head' is 100% dead, with or without causes
+    assert terminal.markdown_table(report) == f"**{headline}**\n\n" + PLAIN_MARKDOWN
+    assert printed(terminal.summary_block(report), width=400) == headline + "\n" + printed(
+        terminal.summary_text(report), width=400
+    )
     assert "cause" not in rich_rows(terminal.site_table(report))[0]
 
 

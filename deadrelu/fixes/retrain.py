@@ -240,7 +240,7 @@ def retrain(
         compile_like(model, source, loss=loss, optimizer=optimizer, learning_rate=learning_rate)
         fit_y, val_y = match_labels(y_train, model), match_labels(y_val, model)
         scan_before = scan(model, probe, strategy=strategy)
-        before = evaluate(model, x_val, val_y, batch_size)
+        before = split_loss(model, evaluate(model, x_val, val_y, batch_size))
         fitted = fit_variant(
             model,
             x_train,
@@ -252,7 +252,7 @@ def retrain(
             on_epoch=None if on_epoch is None else (lambda epoch, logs, name=name: on_epoch(name, epoch, logs)),
         )
         scan_after = scan(model, probe, strategy=strategy)
-        after = evaluate(model, x_val, val_y, batch_size)
+        after = split_loss(model, evaluate(model, x_val, val_y, batch_size))
         results.append(
             VariantResult(
                 name=name,
@@ -393,6 +393,53 @@ def split_data(x, y, validation_data, validation_split) -> tuple:
         raise UsageError(f"`validation_split={validation_split:g}` leaves no training or no validation samples")
     head, tail = (lambda a: a[:cut]), (lambda a: a[cut:])
     return map_arrays(head, x), map_arrays(head, y), map_arrays(tail, x), map_arrays(tail, y)
+
+
+def weight_penalty(model) -> float | None:
+    """The sum of the weights' regularisation penalties (L1/L2 on kernels…), as Keras adds them to
+    the loss it reports; None when a layer has an activity regulariser (its penalty depends on the data).
+
+    Args:
+        model: A `keras.Model`.
+
+    Returns:
+        The penalty (0.0 without regularisers), or None.
+    """
+    from deadrelu._keras_compat import child_layers
+
+    if any(getattr(layer, "activity_regularizer", None) is not None for layer in child_layers(model, recursive=True)):
+        return None
+    total = 0.0
+    for variable in model.trainable_weights:
+        regularizer = getattr(variable, "regularizer", None)
+        if regularizer is not None:
+            total += float(np.asarray(regularizer(variable)))
+    return total
+
+
+def split_loss(model, values: dict[str, float]) -> dict[str, float]:
+    """`evaluate`'s numbers with the loss split: `loss` the data loss, `penalty` beside it.
+
+    The loss Keras reports adds the weights' regularisation penalties, which depend on the weights
+    and not on the fit: a revived unit's fresh weights add theirs before a single output has
+    changed. For a model with weight regularisers, `loss` here is Keras's loss minus the penalty
+    and `penalty` is the penalty; without any (or with an activity regulariser, whose penalty
+    depends on the data and cannot be taken out), the numbers are Keras's as they are.
+
+    Args:
+        model: The evaluated model.
+        values: What `evaluate` returned for it.
+
+    Returns:
+        A new dict.
+    """
+    penalty = weight_penalty(model)
+    if not penalty or "loss" not in values:
+        return dict(values)
+    out = dict(values)
+    out["loss"] = values["loss"] - penalty
+    out["penalty"] = penalty
+    return out
 
 
 def evaluate(model, x, y, batch_size: int) -> dict[str, float]:

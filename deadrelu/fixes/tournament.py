@@ -512,7 +512,9 @@ class _Tournament:
         """`values` with `data_loss`: `loss` minus the weights' regularisation penalties (None
         when an activity regulariser adds a penalty that depends on the data)."""
         out = dict(values)
-        penalty = _weight_penalty(model)
+        from deadrelu.fixes.retrain import weight_penalty
+
+        penalty = weight_penalty(model)
         out[DATA_LOSS] = None if penalty is None or "loss" not in values else values["loss"] - penalty
         return out
 
@@ -558,21 +560,6 @@ def _metric_name(metric: str | None) -> str:
         raise UsageError(f'`metric` must be a metric name such as "accuracy" or "loss", got {metric!r}')
     metric = metric.strip()
     return metric[4:] if metric.startswith("val_") else metric
-
-
-def _weight_penalty(model) -> float | None:
-    """The sum of the weights' regularisation penalties, as Keras adds them to the loss; None when
-    a layer has an activity regulariser (its penalty depends on the data)."""
-    from deadrelu._keras_compat import child_layers
-
-    if any(getattr(layer, "activity_regularizer", None) is not None for layer in child_layers(model, recursive=True)):
-        return None
-    total = 0.0
-    for variable in model.trainable_weights:
-        regularizer = getattr(variable, "regularizer", None)
-        if regularizer is not None:
-            total += float(np.asarray(regularizer(variable)))
-    return total
 
 
 def _arrays(x, y, model, *, what: str = "x") -> tuple:

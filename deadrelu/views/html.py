@@ -79,7 +79,7 @@ def _flat(value: object) -> str:
 
 def _summary_section(report: Report) -> str:
     from deadrelu.engine.non_finite import divergence_text
-    from deadrelu.views.terminal import summary_text
+    from deadrelu.views.terminal import collapse_line, summary_text
 
     s = report.summary
     css = "bad" if s["flagged_sites"] or s["diverged"] else ("warn" if s["dead"] else "ok")
@@ -95,7 +95,9 @@ def _summary_section(report: Report) -> str:
     if "dormant" in s:  # `scan(..., dormant=τ)`
         counts.insert(5, (f"dormant (≤ {report.settings.get('dormant_threshold', 0):g})", s["dormant"]))
     spans = "".join(f"<span><b>{v:,}</b> {_e(k)}</span>" for k, v in counts)
-    parts = [
+    headline = collapse_line(report)
+    parts = [f'<p class="bad"><b>{_e(headline)}</b></p>'] if headline else []
+    parts += [
         f'<p class="summary {css}">{_e(summary_text(report).plain)}</p>',
         f'<div class="counts">{spans}<span><b>{percent(s["dead_fraction"])}</b> of units dead</span></div>',
     ]

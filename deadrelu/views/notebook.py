@@ -55,10 +55,12 @@ def report_html(report: Report, *, rows: int = MAX_ROWS, figure: bool = True) ->
     Returns:
         The HTML text.
     """
-    from deadrelu.views.terminal import summary_text
+    from deadrelu.views.terminal import collapse_line, summary_text
 
     s = report.summary
-    parts = [_line(summary_text(report).plain, RED if s["diverged"] else _severity(s["flagged_sites"], s["dead"]))]
+    headline = collapse_line(report)
+    parts = [_line(headline, RED)] if headline else []
+    parts.append(_line(summary_text(report).plain, RED if s["diverged"] else _severity(s["flagged_sites"], s["dead"])))
     if report.data.get("synthetic"):
         parts.append(_line("Measured on synthetic inputs: not a real verdict; scan again with real data.", RED))
     if report.sites:
@@ -80,7 +82,7 @@ def report_renderable(report: Report, *, rows: int = MAX_ROWS) -> Group:
     from deadrelu.views.terminal import finding_texts, summary_text
 
     parts: list = [to_rich(report_sites(report, rows=rows))] if report.sites else []
-    parts += finding_texts(report)
+    parts += finding_texts(report)  # the collapse headline first
     parts.append(summary_text(report))
     parts += [Text(f"note: {note}", style="yellow") for note in report.notes]
     return Group(*parts)

@@ -63,13 +63,40 @@ def summary_text(report: Report) -> Text:
     return text
 
 
+def collapse_line(report: Report) -> str | None:
+    """The headline of a collapsed model — one or more sites 100% dead — or None.
+
+    Said before anything else in every view: such a site's output is 0 for every input, so what
+    reads only it is constant and no gradient reaches the layers before it through it; that decides
+    what a fix can do (revive then retrain, or patch so gradient flows), more than any count.
+    """
+    paths = report.collapsed
+    if not paths:
+        return None
+    samples = report.data.get("samples")
+    on = f" on {samples:,} samples" if isinstance(samples, int) else ""
+    named = ", ".join(repr(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    which = f"site {named} is" if len(paths) == 1 else f"{len(paths)} sites are"
+    listed = "" if len(paths) == 1 else f" ({named})"
+    return (
+        f"collapsed: {which} 100% dead{listed}{on}: the output is 0 for every input, so whatever reads only "
+        "it is constant and no gradient reaches the layers before it through it; training alone will not "
+        "bring it back — revive re-initialises the units (outputs unchanged, then retrain), patch --to leaky "
+        "lets gradient through"
+    )
+
+
 def finding_texts(report: Report) -> list[Text]:
-    """One coloured line per model-level finding of the cause analysis (none without it)."""
-    return [Text(line, style=RICH_STYLES.get(style, "")) for line, style in why.finding_lines(report)]
+    """The collapse headline (if any), then one coloured line per model-level finding of the cause
+    analysis (none without it)."""
+    headline = collapse_line(report)
+    texts = [Text(headline, style="bold red")] if headline else []
+    return texts + [Text(line, style=RICH_STYLES.get(style, "")) for line, style in why.finding_lines(report)]
 
 
 def summary_block(report: Report) -> Group:
-    """What follows the tables in a terminal: one line per model-level finding, then the summary line."""
+    """What follows the tables in a terminal: the collapse headline and one line per model-level
+    finding, then the summary line."""
     from rich.console import Group
 
     return Group(*finding_texts(report), summary_text(report))
@@ -101,7 +128,9 @@ def layer_gradient_table(report: Report) -> rich.table.Table | None:
 def markdown_table(report: Report) -> str:
     """The site table as GitHub markdown, with the summary line above it; with causes, the
     findings table below it."""
-    text = summary_text(report).plain + "\n\n" + to_markdown(tables.site_table(report))
+    headline = collapse_line(report)
+    text = (f"**{headline}**\n\n" if headline else "") + summary_text(report).plain
+    text += "\n\n" + to_markdown(tables.site_table(report))
     found = why.findings_table(report)
     return text if found is None else text + "\n" + to_markdown(found)
 
@@ -183,7 +212,12 @@ def comparison_table(comparison: Comparison) -> rich.table.Table:
         f"retrained {comparison.settings.get('epochs')} epochs, same data and seed",
         columns + [Column(f"val {metric}", numeric=True) for metric in metrics],
     )
-    best = {m: _best(comparison, m) for m in metrics}
+    best = {m: _best(comparison, m) for m in metrics if m != "penalty"}  # a penalty is no score
+    if "penalty" in metrics:
+        table.caption = (
+            "val loss: the data loss; val penalty: the weights' regularisation penalty "
+            "(Keras reports their sum as its loss)"
+        )
     for v in comparison.variants:
         if v.units:
             cells = [Cell(v.name), Cell(f"{v.dead_before} → {v.dead_after}")]
@@ -192,7 +226,7 @@ def comparison_table(comparison: Comparison) -> rich.table.Table:
             cells = [Cell(v.name), Cell("no ReLU left", "muted"), Cell("–", "muted")]
         for metric in metrics:
             text = f"{v.before.get(metric, float('nan')):.4f} → {v.after[metric]:.4f}"
-            winner = len(comparison.variants) > 1 and v.name == best[metric]
+            winner = len(comparison.variants) > 1 and v.name == best.get(metric)
             cells.append(Cell(text, "best" if winner else ""))
         table.add_row(*cells)
     return to_rich(table)
