@@ -153,6 +153,10 @@ def test_cli_patch_retrain_writes_the_retrained_model_and_prints_cause_before_ef
     retrained = json.loads(summary.read_text())["retrain"]
     assert [v["name"] for v in retrained["variants"]] == ["as is (baseline)", "patched (leaky)"]
     assert all(len(v["history"]["loss"]) == 2 for v in retrained["variants"])
+    # The verdict is printed under the table, computed from the numbers in the JSON.
+    [verdict] = retrained["verdicts"]
+    assert verdict.startswith("patched (leaky): ") and "than the baseline on val " in verdict
+    assert verdict in " ".join(stdout.split())
     # OUT holds the retrained model: evaluating it on the held-out quarter gives the "after" numbers.
     data = np.load(SAMPLES / "probe.npz")
     x_val, y_val = data["x"][300:400], data["y"][300:400]
@@ -268,3 +272,41 @@ def test_before_after_loss_is_the_data_loss_with_the_penalty_beside_it(xy):
     # Without regularisers nothing is split.
     plain = _model()
     assert set(split_loss(plain, {"loss": 1.0, "accuracy": 0.5})) == {"loss", "accuracy"}
+
+
+def test_the_verdict_is_computed_against_the_baseline():
+    from deadrelu.fixes.retrain import Comparison, VariantResult
+
+    def variant(name, accuracy, loss, dead_before=10, dead_after=3):
+        return VariantResult(
+            name=name,
+            units=64,
+            dead_before=dead_before,
+            dying_before=0,
+            dead_after=dead_after,
+            dying_after=0,
+            before={},
+            after={"loss": loss, "accuracy": accuracy},
+            history={},
+        )
+
+    comparison = Comparison(
+        [
+            variant("as is (baseline)", 0.9000, 0.40, 10, 10),
+            variant("revived", 0.9325, 0.31, 10, 3),
+            variant("leaky", 0.9000, 0.40),
+            variant("pruned", 0.8500, 0.52),
+        ],
+        settings={},
+    )
+    assert comparison.verdicts() == [
+        "revived: better than the baseline on val accuracy (0.9325 vs 0.9000), +3.2 points; dead units 10 → 3",
+        "leaky: no better than the baseline on val accuracy (0.9000 vs 0.9000); dead units 10 → 3",
+        "pruned: worse than the baseline on val accuracy (0.8500 vs 0.9000), -5.0 points; dead units 10 → 3",
+    ]
+    # By the loss: lower is better.
+    assert comparison.verdicts("loss")[0] == (
+        "revived: better than the baseline on val loss (0.3100 vs 0.4000), -0.09; dead units 10 → 3"
+    )
+    assert comparison.to_dict()["verdicts"] == comparison.verdicts()
+    assert Comparison(comparison.variants[1:], settings={}).verdicts() == []  # no baseline: nothing to say

@@ -125,6 +125,8 @@ def show_comparison(comparison, args, output) -> None:
     from deadrelu.views.terminal import comparison_table
 
     output.out.print(comparison_table(comparison))
+    for line in comparison.verdicts():  # computed: better / no better / worse than the baseline, by how much
+        output.out.print(line, style="bold")
     if args.curves:
         output.note(f"wrote training curves {args.curves}", style="dim")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -61,7 +62,52 @@ class Comparison:
             "schema": "deadrelu/retrain@1",
             "settings": self.settings,
             "variants": [v.to_dict() for v in self.variants],
+            "verdicts": self.verdicts(),
         }
+
+    def verdicts(self, metric: str | None = None) -> list[str]:
+        """One computed sentence per variant against the baseline (a variant named "baseline" or
+        "… (baseline)"): better, no better or worse, on which validation metric, by how much, and
+        its dead units before → after training (revived units that die again show here).
+
+        Args:
+            metric: The metric to judge by; defaults to the first compiled metric (e.g. accuracy),
+                else the (data) loss.
+
+        Returns:
+            The sentences; empty without a baseline among the variants.
+
+        Example:
+            >>> comparison.verdicts()  # schematic
+            ["revived: better than the baseline on val accuracy (A vs B), +3.2 points; dead units D → D'"]
+        """
+        from deadrelu.fixes.fix_rules import lower_is_better
+
+        base = next((v for v in self.variants if "baseline" in v.name), None)
+        if base is None or not base.after:
+            return []
+        metric = metric or next((m for m in base.after if m not in ("loss", "penalty")), "loss")
+        if metric not in base.after:
+            return []
+        lower = lower_is_better(metric)
+        out = []
+        for v in self.variants:
+            if v is base or metric not in v.after:
+                continue
+            mine, theirs = v.after[metric], base.after[metric]
+            gap = mine - theirs
+            shown = f"val {metric} ({mine:.4f} vs {theirs:.4f})"
+            if not (math.isfinite(mine) and math.isfinite(theirs)):
+                judged = f"not comparable with the baseline on {shown}"
+            elif abs(gap) <= 1e-9 * max(1.0, abs(theirs)):
+                judged = f"no better than the baseline on {shown}"
+            else:
+                better = gap < 0 if lower else gap > 0
+                amount = f"{gap * 100:+.1f} points" if "acc" in metric else f"{gap:+.4g}"
+                judged = f"{'better' if better else 'worse'} than the baseline on {shown}, {amount}"
+            dead = f"; dead units {v.dead_before:,} → {v.dead_after:,}" if v.units else ""
+            out.append(f"{v.name}: {judged}{dead}")
+        return out
 
     def to_json(self, path: str) -> None:
         from deadrelu.io.files import write_json
