@@ -92,6 +92,31 @@ class ReportDiff:
             "revived": sum(len(s.revived) for s in self.sites),
         }
 
+    @property
+    def verdict(self) -> str:
+        """One computed sentence: is the new model better, no better or worse than the old one on
+        its matched sites' dead units, and by how much (their dead share before → after).
+
+        Example:
+            >>> diff.verdict  # schematic
+            'better: B → A dead units on the N matched sites (A − B; B% → A% of their units)'
+        """
+        s = self.summary
+        before, after = s["dead_before"], s["dead_after"]
+        units_before = sum(site.units_before for site in self.sites)
+        units_after = sum(site.units for site in self.sites)
+        share = (
+            f"{before / units_before:.1%} → {after / units_after:.1%} of their units"
+            if units_before and units_after
+            else "no units matched"
+        )
+        where = f"on the {s['matched_sites']} matched site{'s' if s['matched_sites'] != 1 else ''}"
+        if not self.sites:
+            return "not comparable: no site is in both reports"
+        word = "better" if after < before else "worse" if after > before else "no better"
+        change = f"{after - before:+,}".replace("-", "−") + "; " if after != before else ""
+        return f"{word}: {before:,} → {after:,} dead units {where} ({change}{share})"
+
     def site(self, path: str) -> SiteDiff:
         """The diff of the site with this path."""
         for site in self.sites:
@@ -105,6 +130,7 @@ class ReportDiff:
             "new": self.new,
             "old": self.old,
             "summary": self.summary,
+            "verdict": self.verdict,
             "sites": [site.to_dict() for site in self.sites],
             "only_new": self.only_new,
             "only_old": self.only_old,

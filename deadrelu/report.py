@@ -403,18 +403,25 @@ class Report:
         """Whether the scan measured gradients."""
         return any(s.grad_mean_abs is not None for s in self.sites) or bool(self.layer_gradients)
 
-    def site(self, path: str) -> SiteReport:
-        """The site with this path.
+    def site(self, path: str | int) -> SiteReport:
+        """The site with this path, or at this index of `report.sites` (0-based, as in Python:
+        `report.site(0)` is the first; the table's "#" column counts from 1).
 
         Args:
-            path: A site path, as in `report.sites[i].path`.
+            path: A site path, as in `report.sites[i].path`; or an index into `report.sites`.
 
         Returns:
             Its `SiteReport`.
 
         Raises:
-            KeyError: No site has this path (the message lists the paths).
+            KeyError: No site has this path, or the index is out of range (the message lists the paths).
         """
+        if isinstance(path, int) and not isinstance(path, bool):
+            if -len(self.sites) <= path < len(self.sites):
+                return self.sites[path]
+            raise KeyError(
+                f"no site at index {path}: the report has {len(self.sites)} sites (0 to {len(self.sites) - 1})"
+            )
         for site in self.sites:
             if site.path == path:
                 return site

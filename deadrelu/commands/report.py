@@ -75,6 +75,7 @@ def _compare(report, old, args, output) -> int:
         output.out.print(
             diff_summary(diff), style="bold red" if diff.summary["newly_dead"] else None, markup=False, highlight=False
         )
+        output.out.print(diff.verdict, style="bold", markup=False, highlight=False)  # computed from the counts
     for note in diff.notes:
         output.note(note)
     if args.html:

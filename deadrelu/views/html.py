@@ -250,6 +250,7 @@ def _diff_section(diff: ReportDiff) -> str:
     parts = [
         "<h2>Compared with an earlier report</h2>",
         f'<p class="summary {css}">{_e(diff_summary(diff))}</p>',
+        f"<p><b>{_e(diff.verdict)}</b></p>",
     ]
     if diff.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in diff.notes) + "</ul>")

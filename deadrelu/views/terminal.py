@@ -163,7 +163,7 @@ def diff_table(diff: ReportDiff, *, limit: int | None = None) -> rich.table.Tabl
 
 def diff_markdown(diff: ReportDiff) -> str:
     """The diff as GitHub markdown: the summary line, then one row per site."""
-    return diff_summary(diff) + "\n\n" + to_markdown(tables.diff_table(diff))
+    return diff_summary(diff) + "\n\n" + diff.verdict + "\n\n" + to_markdown(tables.diff_table(diff))
 
 
 def inspect_table(site_map, repairs: list[str] | None = None) -> rich.table.Table:

@@ -1,4 +1,5 @@
-"""A collapsed model is the headline (issue 29): a site 100% dead is said first in every view."""
+"""Output that explains itself: a collapsed model (a site 100% dead) is the headline of every view,
+`report --compare` ends in a computed verdict, and a site is found by path or by index."""
 
 from __future__ import annotations
 
@@ -64,3 +65,31 @@ def test_no_headline_while_a_unit_of_every_site_fires(x):
     report = deadrelu.scan(_model(0.0), x)
     assert report.collapsed == [] and collapse_line(report) is None
     assert "collapsed" not in markdown_table(report) and "collapsed:" not in report._repr_html_()
+
+
+def test_report_compare_ends_in_a_computed_verdict(x):
+    from deadrelu.compare import compare_reports
+
+    worse = deadrelu.scan(_model(-100.0), x)  # h2 all dead
+    better = deadrelu.scan(_model(0.0), x)
+    dead_worse = sum(len(s.dead) for s in worse.sites)
+    dead_better = sum(len(s.dead) for s in better.sites)
+    assert dead_worse > dead_better
+    diff = compare_reports(better, worse)
+    total = sum(s.units for s in better.sites)
+    assert diff.verdict == (
+        f"better: {dead_worse:,} → {dead_better:,} dead units on the {len(better.sites)} matched sites "
+        f"(−{dead_worse - dead_better:,}; {dead_worse / total:.1%} → {dead_better / total:.1%} of their units)"
+    )
+    assert compare_reports(worse, better).verdict.startswith(f"worse: {dead_better:,} → {dead_worse:,} dead units")
+    assert compare_reports(worse, worse).verdict.startswith("no better: ")
+    assert diff.to_dict()["verdict"] == diff.verdict
+
+
+def test_a_site_is_found_by_path_or_by_index(x):
+    report = deadrelu.scan(_model(-100.0), x)
+    assert report.site(1) is report.site("h2") is report.sites[1] and report.site(-1) is report.sites[-1]
+    with pytest.raises(KeyError, match="no site at index 5: the report has 2 sites"):
+        report.site(5)
+    with pytest.raises(KeyError, match="no site 'h9'"):
+        report.site("h9")
