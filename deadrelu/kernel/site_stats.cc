@@ -215,29 +215,7 @@ class SiteStatsOp : public OpKernel {
       }
     });
 
-    Tensor* out[6];
-    for (int i = 0; i < 6; ++i) {
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, TensorShape({u}), &out[i]));
-    }
-    auto f = out[0]->flat<int64_t>();
-    auto sf = out[1]->flat<int64_t>();
-    auto s = out[2]->flat<double>();
-    auto m = out[3]->flat<float>();
-    auto sat = out[4]->flat<int64_t>();
-    auto nf = out[5]->flat<int64_t>();
-    for (int64_t k = 0; k < u; ++k) {
-      f(k) = sf(k) = sat(k) = nf(k) = 0;
-      s(k) = 0.0;
-      m(k) = -std::numeric_limits<float>::infinity();
-      for (int shard = 0; shard < shards; ++shard) {
-        f(k) += totals.fires[shard * u + k];
-        sf(k) += totals.sample_fires[shard * u + k];
-        s(k) += totals.sums[shard * u + k];
-        m(k) = std::max(m(k), totals.maxima[shard * u + k]);
-        sat(k) += totals.saturated[shard * u + k];
-        nf(k) += totals.non_finite[shard * u + k];
-      }
-    }
+    EmitTotals(ctx, totals, shards, u, 0);
   }
 
  protected:  // shared with ReluSiteStatsOp, which derives from this op
@@ -272,6 +250,35 @@ class SiteStatsOp : public OpKernel {
     std::vector<double> sums;
     std::vector<float> maxima;
   };
+
+  // The six statistics of `SiteStats` as outputs `first` … `first + 5`: per unit, the totals of the
+  // first `parts` slices of `totals`, summed in slice order (the same sums on every run).
+  static void EmitTotals(OpKernelContext* ctx, const Totals& totals, int64_t parts, int64_t u, int first) {
+    Tensor* out[6];
+    for (int i = 0; i < 6; ++i) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(first + i, TensorShape({u}), &out[i]));
+    }
+    auto f = out[0]->flat<int64_t>();
+    auto sf = out[1]->flat<int64_t>();
+    auto s = out[2]->flat<double>();
+    auto m = out[3]->flat<float>();
+    auto sat = out[4]->flat<int64_t>();
+    auto nf = out[5]->flat<int64_t>();
+    for (int64_t k = 0; k < u; ++k) {
+      f(k) = sf(k) = sat(k) = nf(k) = 0;
+      s(k) = 0.0;
+      m(k) = -std::numeric_limits<float>::infinity();
+      for (int64_t part = 0; part < parts; ++part) {
+        const int64_t at = part * u + k;
+        f(k) += totals.fires[at];
+        sf(k) += totals.sample_fires[at];
+        s(k) += totals.sums[at];
+        m(k) = std::max(m(k), totals.maxima[at]);
+        sat(k) += totals.saturated[at];
+        nf(k) += totals.non_finite[at];
+      }
+    }
+  }
 
   // One position of one sample into its block: a loop over contiguous units, without branches, so
   // that it vectorizes. `v < FLT_MIN` (zero, or subnormal: read as zero whatever the thread's mode)
@@ -650,34 +657,21 @@ class ReluSiteStatsOp : public SiteStatsOp {
     const int64_t cost = std::max<int64_t>(1, n * p * u / chunks);
     ::tensorflow::Shard(threads, ctx->device()->tensorflow_cpu_worker_threads()->workers, chunks, cost, work);
 
-    Tensor* out[10];
-    for (int i = 0; i < 10; ++i) {
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(i + 1, TensorShape({u}), &out[i]));
+    EmitTotals(ctx, totals, chunks, u, 1);  // outputs 1–6; 0 is `a`
+    if (!ctx->status().ok()) return;
+    Tensor* out[4];
+    for (int i = 0; i < 4; ++i) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(7 + i, TensorShape({u}), &out[i]));
     }
-    auto f = out[0]->flat<int64_t>();
-    auto sf = out[1]->flat<int64_t>();
-    auto s = out[2]->flat<double>();
-    auto m = out[3]->flat<float>();
-    auto sat = out[4]->flat<int64_t>();
-    auto nf = out[5]->flat<int64_t>();
-    auto pre_max = out[6]->flat<float>();
-    auto pre_min = out[7]->flat<float>();
-    auto pre_sum = out[8]->flat<double>();
-    auto pre_sumsq = out[9]->flat<double>();
+    auto pre_max = out[0]->flat<float>();
+    auto pre_min = out[1]->flat<float>();
+    auto pre_sum = out[2]->flat<double>();
+    auto pre_sumsq = out[3]->flat<double>();
     for (int64_t k = 0; k < u; ++k) {
-      f(k) = sf(k) = sat(k) = nf(k) = 0;
-      s(k) = 0.0;
-      m(k) = -kInf;
       float hi = -kInf, lo = kInf;
       double zs1 = 0.0, zs2 = 0.0;
       for (int64_t chunk = 0; chunk < chunks; ++chunk) {  // in chunk order: the same sums on every run
         const int64_t at = chunk * u + k;
-        f(k) += totals.fires[at];
-        sf(k) += totals.sample_fires[at];
-        s(k) += totals.sums[at];
-        m(k) = std::max(m(k), totals.maxima[at]);
-        sat(k) += totals.saturated[at];
-        nf(k) += totals.non_finite[at];
         hi = std::max(hi, highest[at]);
         lo = std::min(lo, lowest[at]);
         zs1 += sums[at];
