@@ -452,7 +452,7 @@ class JaxStep(_Step):
             rows = np.arange(size) % n
             x = jax.tree_util.tree_map(lambda a: np.asarray(a)[rows], x)
             y = None if y is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[rows], y)
-        if shards > 1 or keras_distribution() is not None:
+        if keras_distribution() is not None:
             x, y, valid = _on_the_mesh((x, y, valid))
         model = self.probe.model
         trainable = [v.value for v in model.trainable_variables]
@@ -503,7 +503,6 @@ def _on_the_mesh(arrays):
     """A batch's arrays placed as the active `keras.distribution` lays data out: split along the
     batch axis over the mesh's batch dimension (what Keras's JAX trainer does in `fit`), so the
     compiled step runs on every device and XLA sums the statistics across them."""
-    import jax
     import keras
     from keras.src.backend.jax import distribution_lib
 
@@ -515,7 +514,7 @@ def _on_the_mesh(arrays):
         layout = distribution.get_data_layout(np.shape(a))
         return distribution_lib.distribute_data_input(np.asarray(a), layout, distribution.batch_dim_name)
 
-    return keras.tree.map_structure(place, arrays) if distribution is not None else jax.device_put(arrays)
+    return keras.tree.map_structure(place, arrays)
 
 
 def distribution_settings() -> dict | None:
