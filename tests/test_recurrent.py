@@ -178,7 +178,7 @@ def test_patch_to_leaky_rewrites_the_cell_activation_and_the_file_loads_in_plain
     assert not refused.changed and "cannot learn a slope per unit (PReLU)" in refused.skipped["lstm:candidate"]
 
 
-def test_revive_and_prune_leave_recurrent_sites_and_say_why():
+def test_prune_keeps_recurrent_units():  # revive revives them: tests/test_revive_recurrent.py
     keras.utils.set_random_seed(5)
     inputs = keras.Input((T, F))
     lstm = L.LSTM(4, activation="relu", return_sequences=True, name="lstm")
@@ -186,7 +186,5 @@ def test_revive_and_prune_leave_recurrent_sites_and_say_why():
     plant_candidate(lstm, [0], 4, 2)
     x = data(5)
     report = deadrelu.scan(model, x)
-    revived = deadrelu.revive_model(model, report, data=x)
-    assert revived.revived == {} and "a recurrent unit (LSTM)" in revived.skipped["lstm:candidate"]
     pruned = deadrelu.prune_model(model, report, data=x)
     assert pruned.kept["lstm:candidate"] == [0] and pruned.kept["lstm:state"] == [0]

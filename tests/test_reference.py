@@ -984,7 +984,7 @@ def _masked_steps(x, kernel, recurrent, bias):
     return [np.maximum(x[:, t] @ kernel + h @ recurrent + bias, 0) for t in (4, 5)]
 
 
-def test_simple_rnn_that_cannot_be_unrolled_is_listed_patch_makes_a_measured_one_leaky_and_revive_leaves_it():
+def test_simple_rnn_that_cannot_be_unrolled_is_listed_patch_makes_a_measured_one_leaky_and_revive_revives_it():
     from deadrelu.fixes.patch import patch_model
     from deadrelu.fixes.revive import revive_model
 
@@ -1005,7 +1005,11 @@ def test_simple_rnn_that_cannot_be_unrolled_is_listed_patch_makes_a_measured_one
         ("rnn", "SimpleRNN(activation=LeakyReLU(negative_slope=0.01))")
     ]
     report = deadrelu.scan(model, x)
-    assert "recurrent unit" in revive_model(model, report, in_place=True).skipped["rnn"]
+    assert list(report.site("rnn").dead) == [0]
+    before = np.asarray(model(x))
+    revived = revive_model(model, report, seed=0)
+    assert revived.revived == {"rnn": [0]} and not revived.skipped
+    np.testing.assert_allclose(np.asarray(revived.model(x)), before, atol=1e-6)  # unit 0's output read by nothing
 
 
 def test_time_distributed_dense_time_steps_are_positions():

@@ -321,9 +321,9 @@ def test_unfollowable_sites_are_skipped_with_a_reason(images):
     inputs = keras.Input((8, 8, 3))
     h = L.Conv2D(4, 3, name="conv")(inputs)
     skip = L.Conv2D(4, 3, name="skip")(inputs)
-    h = L.Add(name="sum")([h, skip])
-    h = L.Activation("relu", name="relu_after_add")(h)  # fed by an Add: no own weights
-    g = L.Dense(4, activation="relu", name="into_softmax")(L.Flatten()(h))
+    total = L.Add(name="sum")([h, skip])
+    h = L.Activation("relu", name="relu_after_add")(total)  # fed by an Add whose sum is read elsewhere too
+    g = L.Dense(4, activation="relu", name="into_softmax")(L.Concatenate()([L.Flatten()(h), L.Flatten()(total)]))
     g = L.Softmax(name="mixer")(g)  # mixes units without weights
     out = L.Dense(2, activation="relu", name="at_output")(g)  # the model output itself
     model = keras.Model(inputs, out)

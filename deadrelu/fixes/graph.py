@@ -146,6 +146,12 @@ class UnitTarget:
             weights (see `deadrelu.fixes.edits.reinitialize`).
         constants: Per unit, the constant a carrying walk gives its output (prune replaces a
             dormant unit by its mean output); None for zeros (dead units).
+        via: For a ReLU fed by `Add`, which branch owns the units, in words (revive's notes), or None.
+        start: For a ReLU fed by `Add` (prune): the layer ending one branch of the Add, whose output
+            starts the footprint too (zeros), so that the channel leaves the Add from that input.
+        offset: For a unit of one direction of a `Bidirectional` layer, where that direction's
+            units start in the layer's output: `units` count from the output, the site's own
+            numbering is `units - offset` (`deadrelu.fixes.revive_recurrent`).
     """
 
     site: object
@@ -156,6 +162,9 @@ class UnitTarget:
     threshold: float = 0.0
     norm: float | None = None
     constants: np.ndarray | None = None
+    via: str | None = None
+    start: object = None
+    offset: int = 0
 
 
 # -- the graph ---------------------------------------------------------------------------------
@@ -336,7 +345,7 @@ class LayerGraph:
                 "not part of a functional graph deadrelu can follow (inside a subclassed model?); "
                 "its dead units are left as they are"
             )
-        if site.recurrent is not None:
+        if site.recurrent is not None:  # revive asks `deadrelu.fixes.revive_recurrent.recurrent_owner` instead
             return (
                 f"a recurrent unit ({site.layer_class}): its step reads its own last output, which ReDo's "
                 "re-initialisation does not cover"

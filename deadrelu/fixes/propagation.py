@@ -11,9 +11,13 @@ what only they feed). Layer by layer:
 - inference-time identities (Dropout & co.) and elementwise activations with f(0) = 0 pass the
   flow on unchanged;
 - merges (Add, Subtract, Average, Maximum, Minimum) take the union of their inputs;
+- a target with a `start` (prune, a ReLU fed by `Add`: `deadrelu.fixes.residual`) also starts its
+  footprint at that layer's output, the end of one branch of the Add, holding zeros;
 - layers with per-channel weights (Dense, Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose,
   BatchNormalization) *read* the footprint and stop it: the walk records a `Read` — per slot, the
   rows (Dense) or input channels of the kernel that see it — and their outputs start clean;
+  a walk that does not carry (revive) reads `SimpleRNN` / `GRU` / `LSTM` (and `Bidirectional`) alike,
+  through their input kernel's rows (`deadrelu.fixes.revive_recurrent.reads_inputs`);
 - any other layer (Lambda, Softmax, LayerNormalization, custom layers) mixes entries in ways the
   walk cannot follow, and a footprint may reach a model output: both are recorded as `Escape`s.
 
@@ -66,6 +70,7 @@ from deadrelu.fixes.graph import (
     site_axis,
     weighted_kind,
 )
+from deadrelu.fixes.revive_recurrent import reads_inputs
 
 # Layer classes the walk follows (matched by class name, so subclasses of other classes stay out).
 _WINDOWED = ("ZeroPadding", "Cropping", "UpSampling")
@@ -265,6 +270,8 @@ class Propagation:
         removed: Carrying walk: per tensor key, the union of the footprints reaching it.
         values: Carrying walk: per tensor key in `removed`, the known values on those entries.
         touched: Carrying walk: per tensor key in `removed`, the slots reaching it.
+        summed: Per slot, the first merge (Add, ...) where its footprint meets entries that may be
+            non-zero: past it, the footprint and live signal share entries.
 
     Example:
         >>> walk = Propagation(graph, targets).run()
@@ -286,13 +293,17 @@ class Propagation:
         self.zero_units = zero_units
         self.carry = carry
         self.sources: dict[int, list[int]] = {}
+        self.starts: dict[int, list[int]] = {}  # a ReLU after Add (prune): the branches it leaves
         for slot, target in enumerate(self.targets):
             self.sources.setdefault(id(target.site.layer), []).append(slot)
+            if target.start is not None:
+                self.starts.setdefault(id(target.start), []).append(slot)
         self.reads: list[Read] = []
         self.escapes: list[Escape] = []
         self.removed: dict[tuple, np.ndarray] = {}
         self.values: dict[tuple, np.ndarray] = {}
         self.touched: dict[tuple, set[int]] = {}
+        self.summed: dict[int, FlatNode] = {}
 
     def run(self) -> Propagation:
         """Walks the graph once.
@@ -374,6 +385,8 @@ class Propagation:
                 outputs = self._carry(step, node, inputs, shapes)
             else:
                 outputs = self._read(step, node, inputs, shapes)
+        elif not self.carry and reads_inputs(layer, inputs):  # SimpleRNN/GRU/LSTM: input kernel rows
+            outputs = self._read(step, node, inputs, shapes)
         elif _is_elementwise(layer, inputs, shapes):
             flow = inputs[0]
             outputs = [Flow(dict(flow.footprint), flow.live.copy(), self._apply(node, inputs))]
@@ -387,6 +400,15 @@ class Propagation:
             for flow in inputs:
                 self._escape(step, node, [s for s, m in flow.footprint.items() if m.any()], "mixes")
             outputs = [Flow({}, np.ones(shape, bool)) for shape in shapes]
+        # The last layer of an Add's branch whose channels go with a ReLU after the Add (`target.start`).
+        for slot in self.starts.get(id(layer), []) if len(outputs) == 1 else []:
+            flow = outputs[0]
+            mask = np.zeros(flow.live.shape, bool)
+            set_channels(mask, site_axis(self.targets[slot].site, mask.ndim), self.targets[slot].units, True)
+            flow.footprint[slot] = flow.footprint[slot] | mask if slot in flow.footprint else mask
+            flow.live &= ~mask
+            if flow.values is not None:
+                flow.values = np.where(mask, 0.0, flow.values).astype(np.float32)
         # A site's output: its zero units are not live, its targeted units start a footprint.
         zero = self.zero_units.get(id(layer))
         if zero is not None and len(outputs) == 1:
@@ -402,6 +424,8 @@ class Propagation:
                 if self.carry:
                     if flow.values is None:
                         flow.values = np.zeros(flow.live.shape, np.float32)
+                    elif not flow.values.flags.writeable:  # a layer's output (a ReLU after Add)
+                        flow.values = np.array(flow.values)
                     constants = target.constants if target.constants is not None else np.zeros(len(target.units))
                     set_channels(flow.values, axis, target.units, np.asarray(constants, np.float32))
         return outputs
@@ -458,6 +482,9 @@ class Propagation:
 
     def _merge(self, step: int, node: FlatNode, inputs: list[Flow], shape) -> Flow:
         out = _merge(inputs, shape)
+        for slot, mask in out.footprint.items():  # an identity shortcut into a live sum
+            if slot not in self.summed and (mask & out.live).any():
+                self.summed[slot] = node
         if not self.carry or not out.footprint:
             return out
         # Dropping an entry of a sum or product drops it from every input: each must lose it too.

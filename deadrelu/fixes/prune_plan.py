@@ -13,6 +13,9 @@ exactly. Units that cannot, stay with their reason:
   every position of the consumer, so it cannot go into its bias (`folds`);
 - they have no layer of their own, belong to a DepthwiseConv*, a SimpleRNN or a ReLU inside a
   layer's `call` (`owner_reason`), or are the last unit of a layer (a layer keeps one);
+- they follow an `Add` none of whose inputs ends in a Dense/Conv (and BatchNormalization) of its own
+  (`deadrelu.fixes.residual.prune_targets`: a ReLU after `Add` loses the channel from every branch
+  that owns it, one target per branch, and from the other inputs through other removed units);
 - they would leave a channels-first layer with as many channels as its last axis, where Keras's
   TensorFlow backend misplaces the bias (`spare_misplaced_bias`, `deadrelu.fixes.bias_axis`).
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from deadrelu.fixes.graph import LayerGraph, UnitTarget, is_batchnorm, site_axis, weighted_kind
 from deadrelu.fixes.propagation import Escape, Propagation, grouped
+from deadrelu.fixes.residual import prune_targets
 
 if TYPE_CHECKING:
     from deadrelu.report import Report
@@ -144,16 +148,11 @@ def plan_pruning(
         target = UnitTarget(site=site, units=array, live=np.setdiff1d(np.arange(entry.units), array))
         if dormant is not None and len(means) == entry.units:
             target.constants = means[array]  # ReLU outputs are ≥ 0: the mean |output| is the mean output
-        reason = owner_reason(graph, target)
-        if not reason and target.producer is not None and target.producer.name in spare:
-            reason = (
-                f"Keras's TensorFlow backend adds the bias of '{target.producer.name}' along the wrong axis (a Keras "
-                "bug: a channels_first layer with as many channels as its last axis), and removing units changes that"
-            )
+        owned, reason = _owned(graph, target, spare)
         if reason:
             reasons.setdefault(entry.path, {}).setdefault(reason, []).extend(units)
         else:
-            targets.append(target)
+            targets.extend(owned)
     if graph.problem and targets:
         for target in targets:
             reasons.setdefault(target.site.path, {}).setdefault(graph.problem, []).extend(target.units.tolist())
@@ -225,6 +224,22 @@ def owner_reason(graph: LayerGraph, target: UnitTarget) -> str | None:
     if grouped(producer):
         return f"'{producer.name}' is a grouped convolution (groups={producer.groups}), whose groups must stay equal"
     return None
+
+
+def _owned(graph: LayerGraph, target: UnitTarget, spare: frozenset[str]) -> tuple[list[UnitTarget], str | None]:
+    """The target with its owner found — one per branch for a ReLU fed by `Add` — or why it has none."""
+    split = prune_targets(graph, target)  # a ReLU after Add: every branch that owns the channel
+    if split is None:
+        reason = owner_reason(graph, target)
+        split = ([], reason) if reason else ([target], None)
+    owned, reason = split
+    for each in owned:
+        if not reason and each.producer is not None and each.producer.name in spare:
+            reason = (
+                f"Keras's TensorFlow backend adds the bias of '{each.producer.name}' along the wrong axis (a Keras "
+                "bug: a channels_first layer with as many channels as its last axis), and removing units changes that"
+            )
+    return ([], reason) if reason else (owned, None)
 
 
 def spare_misplaced_bias(graph: LayerGraph, targets: list[UnitTarget], reasons: dict) -> list[UnitTarget] | None:
@@ -368,9 +383,14 @@ def escape_reason(escape: Escape) -> str:
     layer = escape.node.layer
     name = f"{type(layer).__name__} '{layer.name}'"
     if escape.why == "partial":
+        shortcut = (
+            "; an identity shortcut loses it only with the same unit of the block before"
+            if type(layer).__name__ == "Add"
+            else ""
+        )
         return (
             f"they reach {name}, whose other inputs keep these channels (a channel leaves a sum or "
-            "product only when it goes from every input)"
+            f"product only when it goes from every input{shortcut})"
         )
     if escape.why == "shape":
         return (

@@ -33,7 +33,10 @@ reason recorded.
 
 Sites that are standalone `Activation('relu')` / `ReLU` layers are revived through the layer
 that feeds them: `Dense/Conv → ReLU` or `Dense/Conv → BatchNormalization → ReLU`, when the
-producing layer has a linear activation and nothing else reads its output. When a
+producing layer has a linear activation and nothing else reads its output. A ReLU fed by `Add`
+(ResNet v1) is revived through one branch of the sum: the first input of the Add that ends in such
+a Dense/Conv (and BatchNormalization) read by the Add alone (`deadrelu.fixes.residual`; a note
+names it). When a
 BatchNormalization read by nothing else feeds the ReLU but no such Dense/Conv feeds it (`Add → BN →
 ReLU` in pre-activation ResNets, `Concatenate → BN → ReLU` in DenseNets), the unit's own
 parameters are its BatchNormalization channel: `gamma` is set as below, `beta` to the ReLU's
@@ -45,6 +48,9 @@ threshold for a thresholded ReLU), `moving_mean` = 0, `moving_variance` = mean m
 of the live channels. Keeping the old statistics would keep the unit dead (they are what
 pushed it below zero); with the fresh ones the unit fires where its new pre-activation is
 positive, about half of the inputs, in inference and in training mode alike.
+
+Recurrent units (`SimpleRNN`, `GRU`, `LSTM` with `activation='relu'`, `Bidirectional` included) are
+revived gate by gate, their row of the recurrent kernel zeroed (`deadrelu.fixes.revive_recurrent`).
 
 Scale of the new weights (`scale=`): "initializer" (the default, as in ReDo) keeps the draw as
 the initializer makes it; "live" rescales each new unit's incoming weights to the mean norm of
@@ -89,7 +95,8 @@ from deadrelu.fixes.graph import LayerGraph
 from deadrelu.fixes.model_utils import copy_model
 from deadrelu.fixes.op_fixes import with_op_sites
 from deadrelu.fixes.revive_plan import choose_targets, merge_targets, plan, revived_units, second_chance
-from deadrelu.fixes.selection import check_only, select_sites
+from deadrelu.fixes.revive_recurrent import cut_recurrent_inputs, is_recurrent, reinitialize_recurrent, site_units
+from deadrelu.fixes.selection import check_only, select_sites, units_text
 
 if TYPE_CHECKING:
     import keras
@@ -536,17 +543,24 @@ def _revive(
     edits = Edits()
     merged = merge_targets(targets)
     for target in merged:
-        reinitialize(target, int(rng.integers(0, 2**31 - 1)), scale, edits, result.notes)
+        fresh = reinitialize if target.site.recurrent is None else reinitialize_recurrent  # every gate
+        fresh(target, int(rng.integers(0, 2**31 - 1)), scale, edits, result.notes)
     for layer, rows_by_slot in cuts.blocks.items():
         rows = np.any(np.stack(list(rows_by_slot.values())), axis=0)
-        cut_inputs(layer, rows, cuts.revived_out.get(id(layer)), edits)
+        cut = cut_recurrent_inputs if is_recurrent(layer) else cut_inputs  # an RNN: its input kernel's rows
+        cut(layer, rows, cuts.revived_out.get(id(layer)), edits)
     for path, key in edits.apply(result.reinitialized, result.variables):
         result.notes.append(
             f"several modified variables share the path {path!r}; "
             f"this one is keyed {key!r} (see ReviveResult.variables)"
         )
     for target in merged:
-        result.revived[target.site.path] = [int(u) for u in target.units]
+        result.revived[target.site.path] = [int(u) for u in site_units(target)]
+        if target.via:  # a ReLU after Add: say which branch took the new weights
+            result.notes.append(
+                f"{target.site.path}: {units_text([int(u) for u in target.units])} revived through {target.via} "
+                "(the other inputs of the sum are left as they are)"
+            )
     if data is not None:
         from deadrelu.data import load_data
 

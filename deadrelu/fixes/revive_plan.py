@@ -5,7 +5,7 @@ that still do not fire.
 
 - `choose_targets` takes the report's dead units (with `dormant=τ`, its τ-dormant units:
   `deadrelu.engine.dormancy.dormant_units`) of the selected sites and finds their owners (the layers whose
-  weights make them);
+  weights make them; for a ReLU right after `Add`, one branch of the sum: `deadrelu.fixes.residual`);
 - `plan` walks each revived unit's footprint through the graph (`deadrelu.fixes.propagation`)
   and keeps the units whose footprint can be cut off without touching live signal: a site whose
   footprint conflicts is split into single units and walked again, and units that still conflict
@@ -28,6 +28,8 @@ from deadrelu.fixes.edits import draw_columns, kernel_of, unit_index
 from deadrelu.fixes.graph import LayerGraph, UnitTarget, is_batchnorm, weighted_kind
 from deadrelu.fixes.op_fixes import revive_twin
 from deadrelu.fixes.propagation import Propagation
+from deadrelu.fixes.residual import add_feeding, revive_owner
+from deadrelu.fixes.revive_recurrent import output_site, recurrent_owner, retry_recurrent, site_units
 from deadrelu.fixes.selection import units_text
 
 # -- the units ---------------------------------------------------------------------------------
@@ -78,11 +80,22 @@ def choose_targets(
                 continue
             site = twin
         units = np.asarray(chosen, dtype=np.int64)
-        zero_units[id(site.layer)] = (site, units)
+        live, offset = np.setdiff1d(np.arange(entry.units), units), 0
+        if site.recurrent is not None:  # as the graph's layer outputs them; an LSTM's two sites share it
+            site, offset = output_site(graph, site)
+            units = units + offset
+            zeros = np.union1d(zero_units.get(id(site.layer), (site, units))[1], units)
+        zero_units[id(site.layer)] = (site, units if site.recurrent is None else zeros)
         if entry.path not in wanted:
             continue
-        target = UnitTarget(site=site, units=units, live=np.setdiff1d(np.arange(entry.units), units))
-        reason = graph.find_owner(target) if producer is None else fed_owner(graph, target, producer)
+        target = UnitTarget(site=site, units=units, live=live, offset=offset)
+        after_add = add_feeding(graph, site) if producer is None and site.recurrent is None else None
+        if site.recurrent is not None:  # every gate of the unit (`deadrelu.fixes.revive_recurrent`)
+            reason = recurrent_owner(target, graph.nodes_of.get(id(site.layer), []))
+        elif after_add is not None:  # ResNet v1: one branch of the sum owns the units
+            reason = revive_owner(graph, target, *after_add)
+        else:
+            reason = graph.find_owner(target) if producer is None else fed_owner(graph, target, producer)
         if not reason and site.op_level:
             target.threshold = float(site.threshold or 0.0)
         if reason:
@@ -145,7 +158,7 @@ def plan(
                 )
             else:
                 by_reason = reasons.setdefault(target.site.path, {})
-                by_reason.setdefault(conflicts[slot], []).append(int(target.units[0]))
+                by_reason.setdefault(conflicts[slot], []).append(int(site_units(target)[0]))
         targets = kept
         if not targets:
             break
@@ -202,6 +215,15 @@ def _conflicts(walk: Propagation) -> dict[int, str]:
         )
         for slot, rows in consumer.rows.items():
             if (rows & consumer.live).any():
+                merge = walk.summed.get(slot)
+                if merge is not None:  # e.g. an identity shortcut into the next block's Add
+                    conflicts.setdefault(
+                        slot,
+                        f"its revived units are summed with live signal by {type(merge.layer).__name__} "
+                        f"'{merge.layer.name}' (an identity shortcut into a unit that is alive, or a live "
+                        f"branch), so cutting them off at {type(layer).__name__} '{layer.name}' would cut that "
+                        "signal too",
+                    )
                 conflicts.setdefault(
                     slot, f"its revived units share the {where}, so cutting them off would change the outputs"
                 )
@@ -294,6 +316,9 @@ def second_chance(
     dead = dead_units()
     for target in sorted(targets, key=lambda t: t.site.index):
         path = target.site.path
+        if target.site.recurrent is not None:  # every gate of the unit: `deadrelu.fixes.revive_recurrent`
+            dead = retry_recurrent(target, dead, dead_units, tries, rng)
+            continue
         if target.producer is None:  # BatchNormalization only: fire on the other side of the mean
             todo = sorted(dead[path] & {int(u) for u in target.units})
             if todo and target.batchnorm.scale:
@@ -322,7 +347,7 @@ def second_chance(
             kernel.assign(value)
             dead = dead_units()
     for target in targets:
-        still = sorted(dead[target.site.path] & {int(u) for u in target.units})
+        still = sorted(dead[target.site.path] & {int(u) for u in site_units(target)})
         if still:
             notes.append(
                 f"{target.site.path}: {units_text(still)} revived but still not firing on the "
