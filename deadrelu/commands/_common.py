@@ -326,19 +326,30 @@ def result_document(command: str, loaded, result, *, output_path: str | None = N
 
 
 def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
-    """--strategy and --devices: run on several devices or machines (tf.distribute); scan, revive, prune."""
-    group = parser.add_argument_group("several devices and machines (tf.distribute)")
+    """--strategy, --distribution and --devices: run on several devices or machines; scan, revive, prune.
+
+    --strategy is TensorFlow's (tf.distribute), --distribution JAX's (keras.distribution); --devices
+    says how many devices either uses.
+    """
+    group = parser.add_argument_group("several devices and machines (tf.distribute; keras.distribution on JAX)")
     group.add_argument(
         "--strategy",
         choices=("mirrored", "multi-worker"),
-        help="mirrored: every local GPU (with --devices N on a CPU-only machine, the CPU split into N devices); "
-        "multi-worker: the cluster TF_CONFIG describes, run this command on every worker (only the chief writes)",
+        help="TensorFlow: mirrored: every local GPU (with --devices N on a CPU-only machine, the CPU split into N "
+        "devices); multi-worker: the cluster TF_CONFIG describes, run this command on every worker (only the "
+        "chief writes)",
+    )
+    group.add_argument(
+        "--distribution",
+        choices=("data-parallel",),
+        help="JAX (KERAS_BACKEND=jax): keras.distribution.DataParallel over every JAX device (--devices N: the "
+        "first N; on a CPU deadrelu starts JAX with N host devices), each batch split across them",
     )
     group.add_argument(
         "--devices",
         type=positive_int,
         metavar="N",
-        help="with --strategy mirrored: use N devices (GPUs, or logical CPUs)",
+        help="with --strategy mirrored or --distribution data-parallel: use N devices (GPUs, or CPU devices)",
     )
 
 
@@ -347,20 +358,43 @@ def strategy_scope(args, output) -> Iterator:
     """Makes the `tf.distribute.Strategy` of --strategy/--devices (None without), says it in one
     line, and enters its scope: the model is then loaded, copied and scanned on its devices.
 
+    With --distribution (JAX), makes the `keras.distribution` instead, says it in one line, and
+    makes it the active distribution until the command ends; it yields None (no strategy).
+
     Enter it first thing in a command's run: logical CPU devices (--devices) can only be made before
-    TensorFlow starts its devices, and a multi-worker strategy before any other TensorFlow work.
+    TensorFlow starts its devices, host devices of JAX before JAX starts, and a multi-worker
+    strategy before any other TensorFlow work.
 
     Yields:
         The strategy, or None.
 
     Raises:
-        UsageError: --devices without --strategy mirrored; multi-worker without a valid TF_CONFIG.
+        UsageError: --devices without --strategy mirrored or --distribution; --strategy with
+            --distribution; --distribution on another backend than JAX, or with more devices than
+            JAX has; multi-worker without a valid TF_CONFIG.
     """
     from deadrelu.errors import UsageError
 
     name, devices = getattr(args, "strategy", None), getattr(args, "devices", None)
+    distribution = getattr(args, "distribution", None)
+    if name is not None and distribution is not None:
+        raise UsageError(
+            f"--strategy {name} is TensorFlow's tf.distribute and --distribution {distribution} JAX's "
+            "keras.distribution: give the one of the backend Keras runs on"
+        )
+    if distribution is not None:
+        from deadrelu.engine.mesh import describe as describe_distribution
+        from deadrelu.engine.mesh import distribution_from_flags
+
+        with distribution_from_flags(distribution, devices).scope():
+            output.note(describe_distribution(), style="dim")
+            yield None
+        return
     if devices is not None and name != "mirrored":
-        raise UsageError(f"--devices {devices} needs --strategy mirrored (it says how many devices to mirror on)")
+        raise UsageError(
+            f"--devices {devices} needs --strategy mirrored (TensorFlow) or --distribution data-parallel (JAX): "
+            "it says how many devices to run on"
+        )
     if name is None:
         yield None
         return

@@ -2,6 +2,6 @@
 
 `sites` finds where ReLUs are applied, `interception` catches op-level ReLUs as they run, `probe`
 streams the data through the model (`steps` builds the compiled step, `reductions` and the fused
-`deadrelu.kernel` reduce each batch), `losses` and `distribute` cover gradients and strategies,
-`scanner` turns one pass into a `Report`.
+`deadrelu.kernel` reduce each batch), `losses` and `distribute` cover gradients and strategies
+(`mesh`: JAX's `keras.distribution`), `scanner` turns one pass into a `Report`.
 """

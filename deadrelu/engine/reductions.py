@@ -64,7 +64,8 @@ def site_batch_stats(
         valid: None, or a float32 [samples] vector of 1 (a real sample) and 0 (padding: a copy of
             a real sample that fills a batch to the compiled size, counted nowhere).
         kernel: TensorFlow only: the fused ops of `deadrelu.kernel.ops()`, which compute the same
-            numbers in one pass over the output. Defaults to None (TensorFlow's own ops).
+            numbers in one pass over the output. Defaults to None (TensorFlow's own ops). On
+            PyTorch the numbers come from `deadrelu.engine.reductions_torch` (blocks of samples).
 
     Returns:
         Tensors of shape [units], keyed as the statistics of `Totals` ("saturated" for capped
@@ -75,6 +76,10 @@ def site_batch_stats(
     """
     from keras import ops
 
+    if _backend() == "torch":  # eager: in blocks of samples, see the module
+        from deadrelu.engine.reductions_torch import torch_site_stats
+
+        return torch_site_stats(site, output, grad, preact=preact, positions=positions, units=units, valid=valid)
     count, wide = wide_dtypes()
     a = ops.cast(output, "float32")
     z = None if preact is None else ops.cast(preact, "float32")
@@ -377,10 +382,14 @@ def _flat_positions(x) -> Positions:
 _FEW_POSITIONS = 16
 
 
-def _tensorflow() -> bool:
+def _backend() -> str:
     import keras
 
-    return keras.backend.backend() == "tensorflow"
+    return keras.backend.backend()
+
+
+def _tensorflow() -> bool:
+    return _backend() == "tensorflow"
 
 
 def _sum_positions(x):

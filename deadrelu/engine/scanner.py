@@ -96,8 +96,8 @@ def scan(
     from deadrelu.data import load_data
     from deadrelu.engine.distribute import resolve_strategy
     from deadrelu.engine.distribute import settings as strategy_settings
+    from deadrelu.engine.mesh import settings as distribution_settings
     from deadrelu.engine.probe import probe_for
-    from deadrelu.engine.steps import distribution_settings
 
     batch_size = validation.positive_int(batch_size, "batch_size")
     samples = validation.positive_int(samples, "samples", optional=True)
@@ -158,8 +158,8 @@ def scan(
         settings["loss"] = _loss_name(loss, model)
     if strategy is not None:
         settings["strategy"] = strategy_settings(strategy)
-    if (distribution := distribution_settings()) is not None and _backend() == "jax":
-        settings["distribution"] = distribution
+    if _backend() == "jax":  # keras.distribution: "distribution": "DataParallel", "devices": 2, ...
+        settings.update(distribution_settings())
     data_info = {"source": probe_data.source, "samples": result.samples, "synthetic": probe_data.synthetic}
     data_info["inputs"] = probe_data.input_ranges()
     report = build_report(

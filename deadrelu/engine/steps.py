@@ -443,17 +443,19 @@ class JaxStep(_Step):
     def __call__(self, x, y):
         import jax
 
+        from deadrelu.engine import mesh
+
         n = _batch_size(x)
         size = max(self._size, n)
-        shards = data_parallel_degree()
+        shards = mesh.batch_shards()
         size = -(-size // shards) * shards  # a whole slice per device of the batch axis
         valid = (np.arange(size) < n).astype(np.float32)
         if n < size:  # fill up with copies of the batch's own samples (a maximum cannot change)
             rows = np.arange(size) % n
             x = jax.tree_util.tree_map(lambda a: np.asarray(a)[rows], x)
             y = None if y is None else jax.tree_util.tree_map(lambda a: np.asarray(a)[rows], y)
-        if keras_distribution() is not None:
-            x, y, valid = _on_the_mesh((x, y, valid))
+        if mesh.active() is not None:  # keras.distribution: split over the mesh as Keras's trainer does
+            x, y, valid = mesh.place((x, y, valid))
         model = self.probe.model
         trainable = [v.value for v in model.trainable_variables]
         non_trainable = [v.value for v in model.non_trainable_variables]
@@ -477,60 +479,6 @@ class JaxStep(_Step):
         return None
 
 
-def keras_distribution():
-    """The `keras.distribution` set for this process (JAX: `DataParallel`, `ModelParallel`), or None."""
-    import keras
-
-    try:
-        return keras.distribution.distribution()
-    except (AttributeError, NotImplementedError):  # a Keras or backend without the API
-        return None
-
-
-def data_parallel_degree() -> int:
-    """How many devices the batch axis of the active `keras.distribution` is split over (1 without one)."""
-    distribution = keras_distribution()
-    if distribution is None:
-        return 1
-    mesh = distribution.device_mesh
-    name = getattr(distribution, "batch_dim_name", None)
-    if name is None or name not in mesh.axis_names:
-        return 1
-    return int(mesh.shape[list(mesh.axis_names).index(name)])
-
-
-def _on_the_mesh(arrays):
-    """A batch's arrays placed as the active `keras.distribution` lays data out: split along the
-    batch axis over the mesh's batch dimension (what Keras's JAX trainer does in `fit`), so the
-    compiled step runs on every device and XLA sums the statistics across them."""
-    import keras
-    from keras.src.backend.jax import distribution_lib
-
-    distribution = keras_distribution()
-
-    def place(a):
-        if a is None:
-            return None
-        layout = distribution.get_data_layout(np.shape(a))
-        return distribution_lib.distribute_data_input(np.asarray(a), layout, distribution.batch_dim_name)
-
-    return keras.tree.map_structure(place, arrays)
-
-
-def distribution_settings() -> dict | None:
-    """The report's `settings.distribution`: the active `keras.distribution` (JAX), or None."""
-    distribution = keras_distribution()
-    if distribution is None:
-        return None
-    mesh = distribution.device_mesh
-    return {
-        "name": type(distribution).__name__,
-        "mesh": dict(zip(mesh.axis_names, (int(d) for d in mesh.shape))),
-        "batch_axis": getattr(distribution, "batch_dim_name", None),
-        "devices": int(np.prod(mesh.shape)),
-    }
-
-
 class TorchStep(_Step):
     """The step run eagerly on PyTorch."""
 
@@ -552,7 +500,7 @@ class TorchStep(_Step):
         # TensorFlow and XLA flush subnormal floats to zero on the CPU; PyTorch does so only on the
         # thread that asks (`set_flush_denormal`, put back after the batch), so gradients that vanish
         # on the other backends would keep a trace of 1e-40 here. Work on PyTorch's other threads
-        # is covered by the threshold in `_gradient`.
+        # is covered by `deadrelu.engine.reductions_torch`, which reads a subnormal gradient as zero.
         flushed_before = _flushes_subnormals()
         torch.set_flush_denormal(True)
         try:
@@ -585,9 +533,8 @@ class TorchStep(_Step):
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
         with torch.no_grad():
             k = len(records)
-            # A subnormal gradient computed on one of PyTorch's worker threads is the zero it is
-            # on the other backends.
-            grads[:k] = [g.masked_fill(g.abs() < _SMALLEST_NORMAL, 0.0) for g in grads[:k]]
+            # (A subnormal gradient computed on one of PyTorch's worker threads is read as the zero
+            # it is on the other backends by `deadrelu.engine.reductions_torch`.)
             detached = [
                 Record(r.index, r.output.detach(), None if r.preact is None else r.preact.detach()) for r in records
             ]
@@ -614,9 +561,6 @@ class TorchStep(_Step):
         if int(np.prod(tuple(output.shape))) != _batch_size(anchor) * per_sample:
             return _INPUT_INDEPENDENT
         return None
-
-
-_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
 
 
 def _flushes_subnormals() -> bool:

@@ -144,6 +144,7 @@ def compare_outputs(
     """
     import keras
 
+    from deadrelu.engine.mesh import call_placed
     from deadrelu.fixes.bias_axis import as_scanned, misplaced_biases
 
     affected = {**misplaced_biases(original), **misplaced_biases(fixed)}
@@ -152,8 +153,9 @@ def compare_outputs(
     for x in batches:
         if samples is not None and seen >= samples:
             break
-        outputs_a = flat_numpy(run_a(x, training=False))
-        outputs_b = flat_numpy(run_b(x, training=False))
+        # Under a keras.distribution (JAX), each batch split over the mesh as the scan splits it.
+        outputs_a = flat_numpy(call_placed(lambda batch: run_a(batch, training=False), x))
+        outputs_b = flat_numpy(call_placed(lambda batch: run_b(batch, training=False), x))
         moved = None  # per sample of the batch: whether a predicted class changed
         for a, b in zip(outputs_a, outputs_b):
             if samples is not None and seen + len(a) > samples:

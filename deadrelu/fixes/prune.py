@@ -16,7 +16,10 @@ Three modules share the work:
   gamma / sqrt(moving_variance + epsilon)`): its channel goes and the constant is folded into the
   bias of the layer that reads it next, when that layer sees it equally at every position. A
   DepthwiseConv* channel reading only a deleted channel goes too; a channel leaves `Add`,
-  `Multiply`, ... only when it goes from every input. Units that cannot go exactly stay, with the
+  `Multiply`, ... only when it goes from every input. A dead unit of a ReLU right after `Add`
+  (ResNet v1) goes from every branch of the sum that ends in a Dense/Conv (and BatchNormalization)
+  of its own, and from an identity shortcut only with the same dead unit of the block before
+  (`deadrelu.fixes.residual`). Units that cannot go exactly stay, with the
   reason: they reach a model output or a layer the walk cannot follow, have no layer of their own,
   belong to a DepthwiseConv*, a grouped convolution, a SimpleRNN or a ReLU inside a layer's `call`,
   or are the last unit of a layer.
@@ -354,6 +357,7 @@ def prune_model(
     from deadrelu.engine.distribute import resolve_strategy
     from deadrelu.engine.distribute import scope as strategy_scope
     from deadrelu.engine.losses import compile_config
+    from deadrelu.engine.mesh import keras_batches_split
     from deadrelu.fixes.check import check_failure
     from deadrelu.fixes.selection import check_only
     from deadrelu.report import Report
@@ -434,7 +438,10 @@ def prune_model(
                 metrics_data, result.metrics_data = held_out, "validation data"
         if metrics_data is not None:
             result.metrics_data = result.metrics_data or "data"
-            result.metrics_before, result.metrics_after = _metrics(model, result.model, metrics_data, batch_size, loss)
+            # Under a keras.distribution, Keras's evaluate takes only batches that split over the devices.
+            with keras_batches_split("Keras's `evaluate` of the loss and metrics before and after"):
+                before_after = _metrics(model, result.model, metrics_data, batch_size, loss)
+            result.metrics_before, result.metrics_after = before_after
     if dormant is not None:  # dormant units still fired: the change is reported, not enforced
         result.check = dataclasses.replace(result.check, enforced=False)
     if result.check.keras_bug_layers:
@@ -492,6 +499,7 @@ def _build(
 
     The units of the layers named in `spare` stay (their bias is misplaced by Keras, `deadrelu.fixes.bias_axis`).
     """
+    from deadrelu.engine.mesh import layouts_fit
     from deadrelu.fixes.prune_plan import plan_pruning
     from deadrelu.fixes.shrink import Shrinker
 
@@ -513,7 +521,8 @@ def _build(
     if decided.plan is None:
         return result
     shrinker = Shrinker(model, decided.graph, decided.plan)
-    result.model = shrinker.run()
+    with layouts_fit("the pruned model"):  # a ModelParallel layout may not split the smaller weights
+        result.model = shrinker.run()
     _compile_like_original(result.model, model, result.notes)
     result.notes.extend(shrinker.notes)
     result.layers = shrinker.changes_made()
