@@ -18,7 +18,7 @@ from deadrelu._keras_compat import fit_callbacks
 from deadrelu.engine.scanner import dormant_threshold
 from deadrelu.errors import UsageError
 from deadrelu.report import Report, Thresholds, build_report
-from deadrelu.timeline import Check, Timeline, make_check
+from deadrelu.timeline import Check, FitSummary, Timeline, count, make_check, summarize_fit
 from deadrelu.views.tensorboard import SummaryWriter, require_tensorboard
 
 _ACTIONS = (None, "warn", "stop", "revive")
@@ -33,13 +33,16 @@ class DeadReluMonitor(keras.callbacks.Callback):
     """Scans the model on probe data during training and acts when units die.
 
     At the end of every epoch (or every `check_freq` batches) the monitor measures the probe data
-    in inference mode and writes into the epoch's `logs`: `deadrelu/dead_fraction`,
-    `deadrelu/dying_fraction`, `deadrelu/non_finite_fraction` (units whose outputs or own weights
-    are NaN or ±inf) and `deadrelu/<path>/dead_fraction` for every site (for models with
-    more than 32 sites: for each site from its first flag on, and `CSVLogger` only keeps the
-    columns of the first epoch), and with `dormant=τ` `deadrelu/dormant_fraction` (ReDo's τ-dormant
-    units, dead ones included, over all units) — so `History`, `CSVLogger` and `TensorBoard` record them with no
-    extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
+    in inference mode and writes into the epoch's `logs`: `deadrelu/dead_fraction`; with
+    `dormant=τ` `deadrelu/dormant_fraction` (ReDo's τ-dormant units, dead ones included, over all
+    units); with `on_dead="revive"` `deadrelu/revived` (units re-initialised at the check),
+    `deadrelu/revived_alive` and `deadrelu/revived_alive_fraction` (of the units revived at the
+    previous check, how many and which share are alive at this one; NaN when it revived none); and
+    with `log_details=True` also `deadrelu/dying_fraction`, `deadrelu/non_finite_fraction` (units
+    whose outputs or own weights are NaN or ±inf) and `deadrelu/<path>/dead_fraction` for every
+    site (for models with more than 32 sites: for each site from its first flag on, and `CSVLogger`
+    only keeps the columns of the first epoch) — so `History`, `CSVLogger` and `TensorBoard`
+    record them with no extra code. List the monitor before `TensorBoard`/`CSVLogger` in `callbacks=[...]`: Keras runs
     callbacks in order, and those read the logs when their turn comes.
 
     With a `keras.callbacks.TensorBoard` in the same `callbacks` list (in any order), or with
@@ -48,8 +51,18 @@ class DeadReluMonitor(keras.callbacks.Callback):
     rates (`deadrelu/<path>/active_rate`) and the unit map image (`deadrelu/unit_map`) — whatever
     the order of the callbacks (see `deadrelu.views.tensorboard`).
 
+    When a fit ends after two checks or more (or after an action), the monitor keeps a computed
+    verdict in `summary` (a `deadrelu.timeline.FitSummary`) and, with `verbose=1`, prints its line:
+    the dead share at the first and the last check, better / no better / worse, the revivals and
+    how many revived units were alive at the next check, and the validation loss when the logs
+    have one. When most units revived at a check are dead again at the next one, it says so once
+    per fit, with the likely reason and what to try.
+
+    Epochs are counted from 1 in everything the monitor prints and records (`Check.epoch`, the
+    lines, tables and figures); TensorBoard steps are Keras's, from 0 (see `tensorboard`).
+
     One monitor can serve several `fit` calls: everything it records about a fit (timeline,
-    warnings already given, patience, revivals) starts afresh at each `on_train_begin`.
+    warnings already given, patience, revivals, summary) starts afresh at each `on_train_begin`.
 
     Args:
         data: Probe inputs: anything `deadrelu.scan` accepts (array, path, `tf.data.Dataset`,
@@ -94,13 +107,19 @@ class DeadReluMonitor(keras.callbacks.Callback):
             folder of a `keras.callbacks.TensorBoard` in the fit's callbacks (none without one),
             or `False` for none. Steps are epochs with `check_freq="epoch"`, training steps
             otherwise. Needs the `tensorboard` package (`pip install 'deadrelu[tensorboard]'`).
-            Defaults to `None`.
+            The epoch steps are Keras's own (from 0: a check at the end of epoch `Check.epoch` is
+            written at step `Check.epoch - 1`, Keras's step for that epoch's `epoch_loss`), so the
+            curves line up. Defaults to `None`.
         strategy: A `tf.distribute.Strategy` to check on all its replicas (each worker reads its
             shard of `data`; every worker gets the same check, so `"stop"` stops them all at the
             same epoch and `"revive"` draws the same new weights on every worker — with
             `seed=None`, from a seed derived from the dead units and the weights — and assigns
             them, and resets the optimizer slots, on every replica). Defaults to None: the
             strategy the model was built under, if any.
+        log_details: Also write the dying and non-finite fractions and each site's dead fraction
+            into the epoch logs (the progress bar, `History`, `CSVLogger`). Defaults to `False`:
+            the model's dead fraction only (and the dormant and revival keys), so Keras's
+            progress line stays short.
 
     Attributes:
         timeline: The checks of the current (or last) `fit`, in order: one `Check` per scan,
@@ -108,6 +127,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
             and the action taken. Emptied when a new `fit` begins.
         last_report: The `Report` of the latest check, or `None` before the first one.
         revivals: How many times the monitor revived units during the current (or last) `fit`.
+        summary: The `deadrelu.timeline.FitSummary` of the last `fit` that ran two checks or more
+            (or acted); None before, or after a fit with fewer checks.
 
     Example:
 
@@ -140,6 +161,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         verbose: int | bool = 1,
         tensorboard: str | os.PathLike[str] | bool | None = None,
         strategy: Any = None,
+        log_details: bool = False,
     ) -> None:
         super().__init__()
         on_dead = validation.one_of(on_dead, "on_dead", _ACTIONS)
@@ -161,6 +183,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.verbose = _verbosity(verbose)
         self.tensorboard = _tensorboard_option(tensorboard)
         self.strategy = strategy
+        self.log_details = validation.boolean(log_details, "log_details")
         self._strategy = None  # resolved against the model of the fit
         self._probe = None  # kept across fits of the same model: traced once
         self._probe_data = None
@@ -187,6 +210,9 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.timeline = Timeline()
         self.last_report: Report | None = None
         self.revivals = 0
+        self.summary: FitSummary | None = None
+        self._relapse_warning: str | None = None  # said once per fit: revived units died again
+        self._val_losses: list[float] = []  # the epoch logs' `val_loss`, in order
         self._logged_sites: list[str] = []  # sites with a per-site series in the logs
         self._flagged: set[str] = set()  # sites flagged at any check of this fit (warned once)
         self._diverged = False  # whether a check of this fit found NaN/inf (said once)
@@ -220,6 +246,14 @@ class DeadReluMonitor(keras.callbacks.Callback):
         if self._summaries is not None:
             self._summaries.close()
             self._summaries = None
+        if len(self.timeline) >= 2 or any(c.action for c in self.timeline):
+            self.summary = summarize_fit(
+                self.timeline,
+                val_losses=self._val_losses,
+                measure="dead" if self.dormant is None else "dormant",
+                warning=self._relapse_warning,
+            )
+            self._say(self.summary.line)
 
     def _open_summaries(self) -> None:
         """Opens the TensorBoard writer: `tensorboard`'s folder, or a TensorBoard callback's."""
@@ -257,6 +291,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
             self.check()
         if logs is not None and self.timeline:
             logs.update(self._log_values(self.timeline[-1]))
+        if logs is not None and isinstance(logs.get("val_loss"), numbers.Real):
+            self._val_losses.append(float(logs["val_loss"]))
 
     # -- the check ------------------------------------------------------------------------
 
@@ -309,7 +345,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
             notes=result.notes,
         )
         previous = self.timeline[-1] if self.timeline else None
-        check = make_check(report, previous, epoch=self._epoch, step=self._steps())
+        check = make_check(report, previous, epoch=self._epoch + 1, step=self._steps())
         newly_flagged = [s.path for s in report.sites if self._site_flagged(s) and s.path not in self._flagged]
         self._flagged.update(newly_flagged)
         if not self._logged_sites and len(report.sites) <= LOG_EVERY_SITE_UP_TO:
@@ -318,31 +354,38 @@ class DeadReluMonitor(keras.callbacks.Callback):
             self._logged_sites += [path for path in newly_flagged if path not in self._logged_sites]
         self.timeline.append(check)
         self.last_report = report
-        if self._summaries is not None:
-            self._summaries.write(report, step=check.epoch if self._check_freq == "epoch" else check.step)
+        self._check_relapse(check)
         which = "dead" if self.dormant is None else f"dormant (≤ {self.dormant:g})"
         if self.on_dead == "warn":
             for path in newly_flagged:
                 site = report.site(path)
-                count = len(site.dead) if self.dormant is None else len(site.dormant or ())
-                share = count / site.units if site.units else 0.0
-                self._say(f"epoch {self._epoch + 1}: {path} flagged, {count}/{site.units} units {which} ({share:.0%})")
+                n = len(site.dead) if self.dormant is None else len(site.dormant or ())
+                share = n / site.units if site.units else 0.0
+                self._say(f"epoch {check.epoch}: {path} flagged, {n}/{site.units} units {which} ({share:.0%})")
         if check.diverged:
-            return self._on_divergence(check, report)
+            self._on_divergence(check, report)
+        else:
+            self._act(check, report, which)
+        if self._summaries is not None:  # after the action: the revival scalars are the check's
+            step = check.epoch - 1 if self._check_freq == "epoch" else check.step
+            self._summaries.write(report, step=step, check=check if self.on_dead == "revive" else None)
+        return check
+
+    def _act(self, check: Check, report: Report, which: str) -> None:
+        """`"stop"` or `"revive"` once the dead (dormant) share has been over the limit long enough."""
         fraction = check.dead_fraction if self.dormant is None else (check.dormant_fraction or 0.0)
         self._strikes = self._strikes + 1 if fraction > self.max_dead_fraction else 0
         if self._strikes > self.patience and self.on_dead in ("stop", "revive"):
             check.action = self.on_dead
             if self.on_dead == "stop":
                 self._say(
-                    f"epoch {self._epoch + 1}: {fraction:.1%} of units {which} "
+                    f"epoch {check.epoch}: {fraction:.1%} of units {which} "
                     f"(> {self.max_dead_fraction:.0%}); stopping training"
                 )
                 self.model.stop_training = True
             else:
-                self._revive(report)
+                self._revive(check, report)
             self._strikes = 0
-        return check
 
     def _site_flagged(self, site) -> bool:
         """A site's flag for the monitor: the report's (dead share), or with `dormant` its dormant share."""
@@ -350,7 +393,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
             return site.flagged
         return bool(site.units) and len(site.dormant or ()) / site.units >= self.thresholds.flag
 
-    def _on_divergence(self, check: Check, report: Report) -> Check:
+    def _on_divergence(self, check: Check, report: Report) -> None:
         """A check that found NaN or ±inf: said once per fit whatever `on_dead`; "stop" ends training;
         "revive" does not act (re-initialising dead units cannot repair non-finite weights)."""
         from deadrelu.engine.non_finite import divergence_text
@@ -363,9 +406,8 @@ class DeadReluMonitor(keras.callbacks.Callback):
             self._say(f"epoch {self._epoch + 1}: {divergence_text(report.summary)}{then.get(self.on_dead, '')}")
         self._diverged = True
         self._strikes = 0
-        return check
 
-    def _revive(self, report: Report) -> None:
+    def _revive(self, check: Check, report: Report) -> None:
         from deadrelu.fixes.revive import revive_model
 
         # In place, on the probe data the report was measured on: a second draw for units that
@@ -383,6 +425,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
             strategy=self._strategy,
         )
         self.revivals += 1
+        check.revived = {path: list(units) for path, units in result.revived.items() if units}
         which = "dead" if self.dormant is None else f"dormant (≤ {self.dormant:g})"
         changed = ""
         if self.dormant is not None and result.check is not None:
@@ -392,16 +435,36 @@ class DeadReluMonitor(keras.callbacks.Callback):
             f"{result.optimizer_entries_reset} optimizer slot entries{changed}"
         )
 
+    def _check_relapse(self, check: Check) -> None:
+        """Says once per fit when most units revived at the previous check are dead again at this one."""
+        share = check.revived_alive_fraction
+        if share is None or share >= 0.5 or self._relapse_warning is not None:
+            return
+        revived = count(self.timeline[-2].revived)
+        again = revived - count(check.revived_alive)
+        self._relapse_warning = (
+            f"epoch {check.epoch}: {again:,} of the {revived:,} units revived at epoch {self.timeline[-2].epoch} "
+            f"are dead again ({again / revived:.0%}): reviving does not stick. Training kills them again "
+            f"(the why-analysis's killed_in_training), most often with a learning rate too high"
+            f"{_learning_rate_text(self.model)}. Try a lower learning rate, `deadrelu patch --to leaky` "
+            "(leaky units cannot die), or `deadrelu fix` to compare the fixes"
+        )
+        self._say(self._relapse_warning)
+
     def _log_values(self, check: Check) -> dict:
-        values = {
-            "deadrelu/dead_fraction": check.dead_fraction,
-            "deadrelu/dying_fraction": check.dying_fraction,
-            "deadrelu/non_finite_fraction": check.non_finite_fraction,
-        }
+        values = {"deadrelu/dead_fraction": check.dead_fraction}
         if check.dormant_fraction is not None:
             values["deadrelu/dormant_fraction"] = check.dormant_fraction
-        for path in self._logged_sites:
-            values[f"deadrelu/{path}/dead_fraction"] = check.site_dead_fraction(path)
+        if self.on_dead == "revive":
+            share = check.revived_alive_fraction
+            values["deadrelu/revived"] = count(check.revived)
+            values["deadrelu/revived_alive"] = count(check.revived_alive)
+            values["deadrelu/revived_alive_fraction"] = float("nan") if share is None else share
+        if self.log_details:
+            values["deadrelu/dying_fraction"] = check.dying_fraction
+            values["deadrelu/non_finite_fraction"] = check.non_finite_fraction
+            for path in self._logged_sites:
+                values[f"deadrelu/{path}/dead_fraction"] = check.site_dead_fraction(path)
         return values
 
     def _say(self, message: str) -> None:
@@ -413,12 +476,40 @@ class DeadReluMonitor(keras.callbacks.Callback):
     def plot(self, path: str | os.PathLike[str]) -> None:
         """Saves a figure of each site's dead share over the checks of the last `fit`.
 
+        The figure has a dashed line at `max_dead_fraction` (with `on_dead="stop"` or `"revive"`;
+        else at `flag_threshold`), and a y axis from 0 to a little above the largest share.
+
         Args:
             path: Where to write the figure; the format follows the extension (PNG by default).
         """
         from deadrelu.views.plots.curves import plot_timeline  # matplotlib only when a figure is asked for
 
-        plot_timeline(self.timeline, path, title=f"{self.model.name}: dead units during training")
+        acts = self.on_dead in ("stop", "revive")
+        plot_timeline(
+            self.timeline,
+            path,
+            title=f"{self.model.name}: dead units during training",
+            threshold=self.max_dead_fraction if acts else self.thresholds.flag,
+            threshold_label=f"max_dead_fraction: {self.on_dead} above"
+            if acts
+            else "flag_threshold: a site flagged from",
+        )
+
+
+def _learning_rate_text(model) -> str:
+    """ " (this model's: SGD at 0.5, 50× its default 0.01)", or "" when the optimizer does not say."""
+    from deadrelu.diagnosis.training import training_config
+
+    try:
+        config = training_config(model)
+    except Exception:  # noqa: BLE001 — a hint only: an optimizer we cannot read gives none
+        return ""
+    if not config or config.get("learning_rate") is None:
+        return ""
+    text = f" (this model's: {config['optimizer']} at {config['learning_rate']:g}"
+    if config.get("learning_rate_ratio"):
+        text += f", {config['learning_rate_ratio']:g}× its default {config['default_learning_rate']:g}"
+    return text + ")"
 
 
 def _validate_check_freq(value: Any) -> str | int:

@@ -3,7 +3,7 @@
 `scan_checkpoints` scans every checkpoint of a training run (`keras.callbacks.ModelCheckpoint`'s
 folder, a glob pattern, or files) on the same data, in epoch order (`deadrelu.io.checkpoints`),
 and builds the timeline `DeadReluMonitor` would have recorded had it watched the training: the same
-`deadrelu.timeline.Check`s, made by the same `make_check`, so `newly_dead` and `revived` per epoch
+`deadrelu.timeline.Check`s, made by the same `make_check`, so `newly_dead` and `recovered` per epoch
 are those of the monitor, unit for unit.
 
 Every file is opened by `deadrelu.io.loading.load`, with its checks of untrusted files
@@ -12,7 +12,7 @@ previous one's has its weights copied into the model already scanned, so the sca
 is reused: one trace for a whole run. A file with another architecture is said in
 `Checkpoint.changes` (which layers were added, removed or changed) and scanned as a new model; at
 that check the timeline compares only the sites found in both files with the same number of units
-(matched by path), and `newly_dead` / `revived` leave out the others.
+(matched by path), and `newly_dead` / `recovered` leave out the others.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from deadrelu.timeline import Check, Timeline, make_check
 if TYPE_CHECKING:
     from deadrelu.report import Report
 
-SCHEMA = "deadrelu/checkpoints@1"
+SCHEMA = "deadrelu/checkpoints@2"
 
 
 @dataclasses.dataclass(repr=False)
@@ -43,8 +43,8 @@ class Checkpoint:
         epoch: The epoch its name says, or its position (1-based) when the name holds no number
             (`deadrelu.io.checkpoints`).
         report: Its scan `Report`, as `deadrelu.scan` (and `deadrelu scan FILE --json`) gives it.
-        check: Its entry of the timeline (`Check.epoch` is `epoch - 1`: Keras counts epochs from 0
-            and names checkpoints from 1, and tables and figures show `Check.epoch + 1`).
+        check: Its entry of the timeline (`Check.epoch` is `epoch`: both count from 1, as
+            `ModelCheckpoint` names its files).
         changes: What differs in its architecture from the previous checkpoint's, one line per
             difference; None when it is the same (or for the first checkpoint).
 
@@ -83,7 +83,7 @@ class CheckpointScan:
     Attributes:
         checkpoints: One `Checkpoint` per file, in the order scanned.
         timeline: The monitor's timeline of those scans (`deadrelu.timeline.Timeline`: one `Check`
-            per checkpoint, with `newly_dead`, `revived` and `persistence` against the previous one).
+            per checkpoint, with `newly_dead`, `recovered` and `persistence` against the previous one).
         notes: One-line remarks: architecture changes, files named alike.
         traces: How many times a scan step was traced: 1 when every file has the same architecture
             (on PyTorch, which runs eagerly: 1 per architecture as well).
@@ -132,7 +132,7 @@ class CheckpointScan:
         return checkpoints_fragment(self)
 
     def to_dict(self) -> dict:
-        """The JSON document of `deadrelu scan FOLDER --json` (schema `deadrelu/checkpoints@1`).
+        """The JSON document of `deadrelu scan FOLDER --json` (schema `deadrelu/checkpoints@2`).
 
         Returns:
             `{"schema", "tool", "checkpoints": [one `Checkpoint.to_dict()` per file, in order],
@@ -290,7 +290,7 @@ def scan_checkpoints(
         loaded = None  # its weights are in `model` now (or it is `model`)
         report = scan(model, data, labels, model_info=info, **scan_options)
         previous = timeline[-1] if timeline else None
-        check = _check(report, previous, epoch=file.epoch - 1, step=stored_step(file.path), changed=changes is not None)
+        check = _check(report, previous, epoch=file.epoch, step=stored_step(file.path), changed=changes is not None)
         timeline.append(check)
         checkpoint = Checkpoint(file.path, file.epoch, report, check, changes)
         checkpoints.append(checkpoint)
@@ -337,7 +337,7 @@ def _check(report, previous: Check | None, *, epoch: int, step: int, changed: bo
     )
     check = make_check(report, kept, epoch=epoch, step=step)
     check.newly_dead = {path: units for path, units in check.newly_dead.items() if path in alike}
-    check.revived = {path: units for path, units in check.revived.items() if path in alike}
+    check.recovered = {path: units for path, units in check.recovered.items() if path in alike}
     return check
 
 

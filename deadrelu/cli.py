@@ -1,8 +1,8 @@
 """The `deadrelu` command line.
 
 Start-up stays light: argparse and the standard library only. The Keras backend is chosen first
-(`deadrelu.backends.select`: `KERAS_BACKEND`, else TensorFlow; a note names JAX or PyTorch when
-one runs), then Keras is imported inside the commands, after TensorFlow's own log noise has been
+(`deadrelu.backends.select`: `KERAS_BACKEND`, else TensorFlow; on JAX or PyTorch the first line on
+stderr names it), then Keras is imported inside the commands, after TensorFlow's own log noise has been
 routed away from the user's terminal (`deadrelu.native_log`: kept, and shown if the process
 crashes in native code).
 
@@ -132,7 +132,7 @@ def _silence_python_logs() -> None:
 class Output:
     """Where a command writes: the table to stdout, notes and progress to stderr."""
 
-    def __init__(self, args):
+    def __init__(self, args, first: str | None = None):
         from rich.console import Console
 
         from deadrelu.progress import notebook_shell
@@ -140,10 +140,18 @@ class Output:
         # In a pipe (or a notebook's `!deadrelu`, an 80-column pseudo-terminal) rich would fold the
         # table at 80 columns; give it room instead.
         width = None if sys.stdout.isatty() and not notebook_shell() else 160
-        self.out = Console(highlight=False, width=width)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.quiet = getattr(args, "quiet", False)
+        self.out = Console(highlight=False, width=width)
+        # `first` (the backend on JAX/PyTorch) is the first line on stderr: written just before
+        # whatever the command writes there first, or at the end (`say_first`); an error that comes
+        # before anything else (written to sys.stderr itself) so stays the one line it is.
+        self._stderr = _FirstLine(sys.stderr, None if self.quiet or not first else f"deadrelu: {first}\n")
+        self.err = Console(file=self._stderr, highlight=False, soft_wrap=True)
         self.parser = getattr(args, "command_parser", None)
+
+    def say_first(self) -> None:
+        """Writes the first line now, unless something on stderr already brought it (or --quiet)."""
+        self._stderr.write("")
 
     def note(self, message: str, style: str = "yellow") -> None:
         if not self.quiet:
@@ -168,6 +176,22 @@ class Output:
             prefix="deadrelu: ",
         ) as bar:
             yield bar.start, bar.advance
+
+
+class _FirstLine:
+    """A text stream that writes one line before the first thing written to it (then passes all through)."""
+
+    def __init__(self, stream, line: str | None):
+        self._stream, self._line = stream, line
+
+    def write(self, text: str) -> int:
+        if self._line is not None:
+            line, self._line = self._line, None
+            self._stream.write(line)
+        return self._stream.write(text) if text else 0
+
+    def __getattr__(self, name: str):  # isatty, flush, fileno, encoding: the stream's own
+        return getattr(self._stream, name)
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -221,11 +245,12 @@ def _run(args: argparse.Namespace) -> int:
             check_paths(args)  # before any work: nothing is loaded, nothing written
             if not args.verbose:
                 _silence_python_logs()
-            output = Output(args)
+            # The backend is the first line on stderr — written before whatever the command writes there
+            # first, so an error before anything else stays the one line it is on every backend.
+            named = backend != DEFAULT and args.uses_keras
+            output = Output(args, first=f"backend: {backend} (KERAS_BACKEND)" if named else None)
             code = args.handler(args, output)
-            # Said after the work, so that an error stays the one line it is on every backend.
-            if backend != DEFAULT and args.uses_keras:
-                output.note(f"backend: {backend} (KERAS_BACKEND)", style="dim")
+            output.say_first()  # a command that said nothing else on stderr
             if args.uses_keras:
                 import deadrelu.kernel as kernel
 

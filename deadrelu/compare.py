@@ -1,4 +1,7 @@
-"""Two reports → what changed: which units died and which revived between two scans.
+"""Two reports → what changed: which units died and which recovered between two scans.
+
+Units *recovered* are dead in the old report and alive in the new one (whatever brought them back;
+`deadrelu revive` calls the units it re-initialises *revived*).
 
 Typical use is two checkpoints of one model scanned on the same data. Sites are matched by path;
 units by index within a site, so a site whose unit count changed is listed but not diffed unit by unit.
@@ -8,12 +11,13 @@ The views show a diff: `views.terminal` (`diff_summary`, `diff_table`, `diff_mar
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from deadrelu.report import Report
 
-DIFF_SCHEMA = "deadrelu/diff@1"
+DIFF_SCHEMA = "deadrelu/diff@2"
 
 
 @dataclasses.dataclass
@@ -28,7 +32,7 @@ class SiteDiff:
         dead_before: Dead units in the old report.
         dead_after: Dead units in the new report.
         newly_dead: Indices dead in the new report but not in the old one.
-        revived: Indices dead in the old report but not in the new one.
+        recovered: Indices dead in the old report but not in the new one.
         flagged_before: Whether the site was flagged in the old report.
         flagged_after: Whether the site is flagged in the new report.
     """
@@ -40,7 +44,7 @@ class SiteDiff:
     dead_before: int
     dead_after: int
     newly_dead: list[int]
-    revived: list[int]
+    recovered: list[int]
     flagged_before: bool
     flagged_after: bool
 
@@ -51,7 +55,7 @@ class SiteDiff:
 
     @property
     def changed(self) -> bool:
-        return bool(self.newly_dead or self.revived) or self.dead_before != self.dead_after or not self.comparable
+        return bool(self.newly_dead or self.recovered) or self.dead_before != self.dead_after or not self.comparable
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -89,7 +93,7 @@ class ReportDiff:
             "dead_before": sum(s.dead_before for s in self.sites),
             "dead_after": sum(s.dead_after for s in self.sites),
             "newly_dead": sum(len(s.newly_dead) for s in self.sites),
-            "revived": sum(len(s.revived) for s in self.sites),
+            "recovered": sum(len(s.recovered) for s in self.sites),
         }
 
     @property
@@ -113,7 +117,7 @@ class ReportDiff:
         where = f"on the {s['matched_sites']} matched site{'s' if s['matched_sites'] != 1 else ''}"
         if not self.sites:
             return "not comparable: no site is in both reports"
-        word = "better" if after < before else "worse" if after > before else "no better"
+        word = judge(before, after)
         change = f"{after - before:+,}".replace("-", "−") + "; " if after != before else ""
         return f"{word}: {before:,} → {after:,} dead units {where} ({change}{share})"
 
@@ -144,6 +148,29 @@ class ReportDiff:
         write_json(path, self.to_dict())
 
 
+def judge(before: float, after: float, *, lower_is_better: bool = True) -> str:
+    """The word of a computed verdict: `after` against `before`.
+
+    Args:
+        before: The value of the baseline (the old report, the first check).
+        after: The value to judge.
+        lower_is_better: Whether a lower value is better (dead units, a loss). Defaults to `True`.
+
+    Returns:
+        "better", "no better" (equal up to 1e-9 relative) or "worse"; "not comparable" when a
+        value is not finite.
+
+    Example:
+        >>> judge(0.25, 0.20)
+        'better'
+    """
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return "not comparable"
+    if abs(after - before) <= 1e-9 * max(1.0, abs(before)):
+        return "no better"
+    return "better" if (after < before) == lower_is_better else "worse"
+
+
 def compare_reports(new: Report, old: Report) -> ReportDiff:
     """Compares two reports site by site and unit by unit.
 
@@ -152,7 +179,7 @@ def compare_reports(new: Report, old: Report) -> ReportDiff:
         old: The earlier report.
 
     Returns:
-        A `ReportDiff`: per matched site, dead counts before and after, newly dead and revived
+        A `ReportDiff`: per matched site, dead counts before and after, newly dead and recovered
         unit indices; the sites found in only one report; caveats.
     """
     old_sites = {site.path: site for site in old.sites}
@@ -173,7 +200,7 @@ def compare_reports(new: Report, old: Report) -> ReportDiff:
                 dead_before=len(before.dead),
                 dead_after=len(site.dead),
                 newly_dead=sorted(dead_now - dead_then) if comparable else [],
-                revived=sorted(dead_then - dead_now) if comparable else [],
+                recovered=sorted(dead_then - dead_now) if comparable else [],
                 flagged_before=before.flagged,
                 flagged_after=site.flagged,
             )

@@ -124,7 +124,9 @@ class SiteReport:
             included, non-finite ones not); `None` unless the scan ran with `dormant=τ`. Defaults
             to `None`.
 
-    `repr(site)` is one line, e.g. `<SiteReport hidden_1 (Dense, fused): 48/64 units dead (75.0%), flagged>`.
+    `repr(site)` is one line, e.g. `<SiteReport hidden_1 (Dense, fused): 48/64 units dead (75.0%), flagged>`;
+    a notebook shows the summary line, every unit's numbers (dead ones in red) and the site's unit
+    figure (`_repr_html_`).
     """
 
     path: str
@@ -178,6 +180,11 @@ class SiteReport:
             f"<SiteReport {_clip(self.path)} ({self.layer}, {self.kind}): {len(self.dead):,}/{self.units:,} "
             f"units dead ({self.dead_fraction:.1%}){state}>"
         )
+
+    def _repr_html_(self) -> str:
+        from deadrelu.views.site_view import site_html
+
+        return site_html(self)
 
     def status(self, unit: int) -> str:
         """The verdict of one unit.

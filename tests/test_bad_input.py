@@ -669,7 +669,7 @@ def test_the_monitor_reads_a_generator_at_every_check(models):
     model = _cnn()
     monitor = deadrelu.DeadReluMonitor(_images_generator(), samples=30, verbose=0, on_dead=None)
     model.fit(IMAGES, CLASSES, epochs=2, batch_size=25, verbose=0, callbacks=[monitor])
-    assert [check.epoch for check in monitor.timeline] == [0, 1]
+    assert [check.epoch for check in monitor.timeline] == [1, 2]
     assert monitor.last_report.data["samples"] == 30
     assert isinstance(model, keras.Model)
 

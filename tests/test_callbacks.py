@@ -72,7 +72,7 @@ def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
     model = _model()
     killer, kill = _killer()
     kill.model = model
-    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=0)
+    monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=0, log_details=True)
     logdir = tmp_path / "tb"
     csv_path = tmp_path / "log.csv"
     history = model.fit(
@@ -120,7 +120,7 @@ def test_logs_reach_history_csv_and_tensorboard(xy, tmp_path):
     assert monitor._probe._step.traces == 1
 
 
-def test_timeline_newly_dead_revived_and_persistence(xy):
+def test_timeline_newly_dead_recovered_and_persistence(xy):
     x, y = xy
     model = _model()
     killer, kill = _killer()
@@ -132,7 +132,8 @@ def test_timeline_newly_dead_revived_and_persistence(xy):
     before = set(first.dead["hidden"])
     assert set(second.newly_dead["hidden"]) == set(second.dead["hidden"]) - before
     assert set(KILLED) - before <= set(second.newly_dead["hidden"])
-    assert set(second.revived["hidden"]) == before - set(second.dead["hidden"])
+    assert set(second.recovered["hidden"]) == before - set(second.dead["hidden"])
+    assert second.revived == {} and second.revived_alive == {} and second.revived_alive_fraction is None
     dead_then = sum(len(v) for v in second.dead.values())
     still = sum(len(set(second.dead[p]) & set(third.dead[p])) for p in second.dead)
     assert third.persistence == pytest.approx(still / dead_then)
@@ -219,12 +220,12 @@ def test_one_monitor_serves_two_fits(xy, capsys):
     kill.model = model
     monitor = deadrelu.DeadReluMonitor(x[:100], on_dead="warn", verbose=1)
     model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[killer, monitor])
-    assert [c.epoch for c in monitor.timeline] == [0, 1, 2]
+    assert [c.epoch for c in monitor.timeline] == [1, 2, 3]  # counted from 1
     assert sum("hidden flagged" in line for line in _flag_lines(capsys)) == 1
 
     # The killed units stay dead: the second fit sees "hidden" flagged from its first check.
     history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
-    assert [c.epoch for c in monitor.timeline] == [0, 1]
+    assert [c.epoch for c in monitor.timeline] == [1, 2]
     assert monitor.timeline[0].persistence is None and monitor.timeline[0].newly_dead == {}
     assert history.history["deadrelu/dead_fraction"] == pytest.approx([c.dead_fraction for c in monitor.timeline])
     assert monitor.last_report is not None and monitor.last_report.dead_fraction == monitor.timeline[-1].dead_fraction
@@ -331,7 +332,7 @@ def test_check_repr_is_one_short_line(xy):
     monitor = deadrelu.DeadReluMonitor(x[:100], on_dead=None, verbose=0)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[killer, monitor])
     first, second = map(repr, monitor.timeline)
-    assert first.startswith("<Check epoch 0, step 8: ") and "revived" not in first
+    assert first.startswith("<Check epoch 1, step 8: ") and "recovered" not in first
     newly = sum(map(len, monitor.timeline[1].newly_dead.values()))
-    assert second.startswith("<Check epoch 1, step 16: ") and f"+{newly} dead" in second
+    assert second.startswith("<Check epoch 2, step 16: ") and f"+{newly} dead" in second
     assert all(len(text) < 200 and "\n" not in text for text in (first, second))

@@ -4,7 +4,7 @@ One real training run of the sample's recipe (samples/make_samples.py: the MLP o
 Dense(64, relu) under Adam at lr 0.05, on the bars data) saves a checkpoint every epoch with
 `keras.callbacks.ModelCheckpoint` (`.keras` in one folder, `.h5` in another) while a
 `DeadReluMonitor` on the same fit watches the same probe data. Scanning the folder afterwards must
-give the monitor's checks exactly: epochs, steps, dead units, newly dead and revived units.
+give the monitor's checks exactly: epochs, steps, dead units, newly dead and recovered units.
 Then: epoch order from names, explicit order, globs, a change of architecture, and refusals.
 """
 
@@ -66,9 +66,10 @@ def test_the_folder_scan_is_the_monitors_timeline_unit_for_unit(run):
     keras_dir, _, _, probe, monitor = run
     # The run must have units dying and coming back, or the comparison proves little.
     assert sum(len(units) for check in monitor[1:] for units in check.newly_dead.values()) > 0
-    assert sum(len(units) for check in monitor[1:] for units in check.revived.values()) > 0
+    assert sum(len(units) for check in monitor[1:] for units in check.recovered.values()) > 0
     result = scan_checkpoints(keras_dir, probe)
     assert [c.epoch for c in result] == list(range(1, EPOCHS + 1))
+    assert [c.check.epoch for c in result] == list(range(1, EPOCHS + 1))  # both counted from 1
     assert [Path(c.file).name for c in result] == [f"epoch_{e}.keras" for e in range(1, EPOCHS + 1)]
     _same_checks(result.timeline, monitor)
     assert result.traces == 1  # one architecture: the weights were copied in, the step reused
@@ -159,10 +160,10 @@ def test_a_change_of_architecture_is_said_and_sites_are_matched_by_path(run, tmp
     assert any("epoch_3.keras" in note and "epoch_2.keras" in note and "64 → 32" in note for note in result.notes)
     assert result.traces == 2
     check, before = result.timeline[2], result.timeline[1]
-    assert set(check.newly_dead) == set(check.revived) == {"hidden_1", "hidden_3"}  # same path, same units
+    assert set(check.newly_dead) == set(check.recovered) == {"hidden_1", "hidden_3"}  # same path, same units
     now = set(result[2].report.site("hidden_1").dead)
     assert check.newly_dead["hidden_1"] == sorted(now - set(before.dead["hidden_1"]))
-    assert check.revived["hidden_1"] == sorted(set(before.dead["hidden_1"]) - now)
+    assert check.recovered["hidden_1"] == sorted(set(before.dead["hidden_1"]) - now)
     assert check.units["hidden_2"] == 32
 
 
@@ -186,7 +187,7 @@ def test_cli_folder_glob_json_html_and_plot(run, run_cli, tmp_path):
     assert code == 0, err
     assert "epoch_4.keras" in stdout and "newly dead" in stdout
     document = json.loads(out.read_text())
-    assert document["schema"] == "deadrelu/checkpoints@1"
+    assert document["schema"] == "deadrelu/checkpoints@2"
     assert [Path(c["file"]).name for c in document["checkpoints"]] == [f"epoch_{e}.keras" for e in range(1, 5)]
     assert document["timeline"] == json.loads(json.dumps([c.to_dict() for c in monitor]))
     # Each entry's report is what `deadrelu scan FILE --json` writes for that file.

@@ -135,8 +135,7 @@ def test_html_is_self_contained_and_lists_every_site(tricky_report):
     assert ["bad" in flag.classes for flag in flags] == [site.flagged for site in tricky_report.sites]
     assert any(site.flagged for site in tricky_report.sites) and not all(s.flagged for s in tricky_report.sites)
     for needle in (
-        "Settings",
-        "Provenance",
+        "Settings and provenance",
         "sha256",
         tricky_report.model["sha256"],
         "data/x.npz",

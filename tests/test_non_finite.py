@@ -481,7 +481,7 @@ def _diverging_fit(on_dead: str, epochs: int):
         [keras.Input((6,)), L.Dense(12, activation="relu", name="hidden"), L.Dense(1, name="out")], name="blowup"
     )
     model.compile(optimizer=keras.optimizers.SGD(1e12), loss="mse")
-    monitor = deadrelu.DeadReluMonitor(x[:64], on_dead=on_dead)
+    monitor = deadrelu.DeadReluMonitor(x[:64], on_dead=on_dead, log_details=True)
     history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[monitor])
     return monitor, history
 

@@ -166,8 +166,8 @@ def test_patch_revive_and_timeline_views(report):
     assert repr(revived) == "<ReviveResult dying_mlp: 104 dead units revived (ReDo) in 3 sites, 0 sites skipped>"
     assert "1–6, 9, 11–14" in revived._repr_html_() and "hidden_3" in _rich_text(revived)
 
-    first = make_check(report, None, epoch=0, step=10)
-    timeline = Timeline([first, make_check(report, first, epoch=1, step=20)])
+    first = make_check(report, None, epoch=1, step=10)
+    timeline = Timeline([first, make_check(report, first, epoch=2, step=20)])
     assert repr(timeline) == "<Timeline 2 checks (epochs 1–2): dead 54.2% → 54.2%, dying 1.6% at the last>"
     assert timeline._repr_html_().count("<tr>") == 3 and "│     2 │   20 │" in _rich_text(timeline)
     assert repr(Timeline()) == "<Timeline no checks yet: the monitor checks during fit>"

@@ -228,7 +228,7 @@ def test_plot_dir_refuses_a_file(tmp_path):
 
 
 def planted_pair():
-    """(new, old, planted): old and new reports with known newly dead and revived units.
+    """(new, old, planted): old and new reports with known newly dead and recovered units.
 
     Site 0 gains three dead units and loses one; every dead unit of site 1 revives; site 2 is renamed
     (only in one report each); site 3 changes its unit count (not compared unit by unit).
@@ -239,10 +239,10 @@ def planted_pair():
     site = new.sites[0]
     alive = [u for u in range(site.units) if u not in site.dead]
     newly = sorted(alive[:3])
-    revived = sorted(site.dead[:1])
-    site.dead = sorted(set(site.dead) - set(revived) | set(newly))
+    recovered = sorted(site.dead[:1])
+    site.dead = sorted(set(site.dead) - set(recovered) | set(newly))
     new.sites[1].dead = []
-    planted = {old.sites[0].path: (newly, revived), old.sites[1].path: ([], sorted(old.sites[1].dead))}
+    planted = {old.sites[0].path: (newly, recovered), old.sites[1].path: ([], sorted(old.sites[1].dead))}
     new.sites[2] = dataclasses.replace(new.sites[2], path="decoder/new_layer")
     new.sites[3] = make_site(np.random.default_rng(1), old.sites[3].path, old.sites[3].units * 2, dead=2)
     return new, old, planted
@@ -251,20 +251,20 @@ def planted_pair():
 def test_compare_finds_exactly_the_planted_changes():
     new, old, planted = planted_pair()
     diff = compare_reports(new, old)
-    for path, (newly, revived) in planted.items():
+    for path, (newly, recovered) in planted.items():
         assert diff.site(path).newly_dead == newly
-        assert diff.site(path).revived == revived
+        assert diff.site(path).recovered == recovered
     for site in diff.sites:
         if site.path not in planted:
-            assert site.newly_dead == [] and site.revived == []
+            assert site.newly_dead == [] and site.recovered == []
     assert diff.only_new == ["decoder/new_layer"] and diff.only_old == [old.sites[2].path]
     changed = diff.site(old.sites[3].path)
     assert not changed.comparable and changed.units == 2 * changed.units_before
     assert any("unit count changed" in note for note in diff.notes)
     summary = diff.summary
     assert summary["newly_dead"] == sum(len(n) for n, _ in planted.values())
-    assert summary["revived"] == sum(len(r) for _, r in planted.values())
-    assert json.loads(json.dumps(diff.to_dict()))["schema"] == "deadrelu/diff@1"
+    assert summary["recovered"] == sum(len(r) for _, r in planted.values())
+    assert json.loads(json.dumps(diff.to_dict()))["schema"] == "deadrelu/diff@2"
 
 
 def test_compress_indices():
@@ -274,7 +274,7 @@ def test_compress_indices():
     assert long.endswith(")") and "… (+" in long
 
 
-def test_diff_figure_shows_dead_and_revived(tmp_path):
+def test_diff_figure_shows_dead_and_recovered(tmp_path):
     new, old, _ = planted_pair()
     plots.plot_diff(compare_reports(new, old), str(tmp_path / "diff.png"))
     png = assert_picture(tmp_path / "diff.png", red=True)
@@ -306,9 +306,9 @@ def test_report_compare_cli_prints_table_and_writes_diff_and_figure(tmp_path, ru
     assert code == 0, err
     assert "newly dead" in out and "only in the new report" in out
     written = json.loads((tmp_path / "diff.json").read_text())
-    for path, (newly, revived) in planted.items():
+    for path, (newly, recovered) in planted.items():
         entry = next(s for s in written["sites"] if s["path"] == path)
-        assert entry["newly_dead"] == newly and entry["revived"] == revived
+        assert entry["newly_dead"] == newly and entry["recovered"] == recovered
     assert_picture(tmp_path / "diff.png", red=True)
 
 

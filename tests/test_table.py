@@ -177,7 +177,7 @@ def test_the_views_of_a_diff_show_the_same_rows():
     new, old, _planted = planted_pair()
     diff = compare_reports(new, old)
     rows = rich_rows(terminal.diff_table(diff))
-    assert rows[0][-2:] == ["newly dead", "revived"] and len(rows) == 1 + len(diff.sites) + 2
+    assert rows[0][-2:] == ["newly dead", "recovered"] and len(rows) == 1 + len(diff.sites) + 2
     page = Page(render_html(new, diff=diff, site_figures=0)).table("site path")
     assert [[cell.text for cell in row] for row in page] == rows
     assert markdown_rows(terminal.diff_markdown(diff)) == rows
@@ -186,10 +186,10 @@ def test_the_views_of_a_diff_show_the_same_rows():
 def test_the_views_of_a_timeline_show_the_same_rows(report):
     from deadrelu.timeline import make_check
 
-    first = make_check(report, None, epoch=0, step=10)
-    second = make_check(report, first, epoch=1, step=20)
+    first = make_check(report, None, epoch=1, step=10)
+    second = make_check(report, first, epoch=2, step=20)
     second.action = "revive"
-    checks = [first, second, make_check(report, second, epoch=2, step=30)]
+    checks = [first, second, make_check(report, second, epoch=3, step=30)]
     rows = rich_rows(notebook.timeline_renderable(checks, rows=2))
     assert [row[0] for row in rows] == ["epoch", "2", "3"] and rows[1][-1] == "revive"
     html = Page(notebook.timeline_html(checks, rows=2, figure=False))

@@ -80,12 +80,17 @@ def _assert_run_matches(run: dict, monitor, steps: list[int]) -> None:
         histograms = run[f"deadrelu/{path}/active_rate"]
         assert [step for step, _ in histograms] == steps
         last = histograms[-1][1]  # buckets: (left edge, right edge, count)
-        rates = report.site(path).active_rate
-        assert last[:, 2].sum() == report.site(path).units
-        assert last[0, 0] == pytest.approx(rates.min()) and last[-1, 1] == pytest.approx(rates.max())
-    # Planted dead units: at the last check their active rate is 0, in the lowest bucket.
+        site = report.site(path)
+        assert last[:, 2].sum() == site.units
+        # The dead units alone in [0, 0]; (0, dying threshold) the dying ones; ten equal buckets to 1.
+        rates, d = np.asarray(site.active_rate), monitor.thresholds.dying
+        assert last[0].tolist() == [0.0, 0.0, len(site.dead)] == [0.0, 0.0, (rates == 0).sum()]
+        assert last[1].tolist() == [0.0, d, ((rates > 0) & (rates < d)).sum()]
+        np.testing.assert_allclose(last[2:, :2], np.stack([np.linspace(d, 1, 11)[:-1], np.linspace(d, 1, 11)[1:]], 1))
+        assert last[2:, 2].tolist() == np.histogram(rates[rates >= d], bins=np.linspace(d, 1, 11))[0].tolist()
+    # Planted dead units: at the last check their active rate is 0, in the dead bucket.
     assert set(KILLED) <= set(timeline[-1].dead["hidden"])
-    assert run["deadrelu/hidden/active_rate"][-1][1][0, 0] == 0.0
+    assert run["deadrelu/hidden/active_rate"][-1][1][0, 2] >= len(KILLED)
     images = run["deadrelu/unit_map"]
     assert [step for step, _ in images] == steps
     width, height, png = images[-1][1]

@@ -3,7 +3,7 @@
 MODEL may be followed by more files, or be a folder of checkpoints or a quoted glob pattern
 (`deadrelu.io.checkpoints.is_checkpoint_set`). Each checkpoint is scanned on the same data; the
 output is the monitor's timeline table with a column naming each file, `--json` the document of
-`CheckpointScan.to_dict()` (schema `deadrelu/checkpoints@1`), `--plot` the timeline figure,
+`CheckpointScan.to_dict()` (schema `deadrelu/checkpoints@2`), `--plot` the timeline figure,
 `--html` one page, `--tensorboard` each checkpoint's summaries at its epoch. `--fail-on` gates on
 the last checkpoint. Standard library only at import time.
 """
@@ -152,8 +152,13 @@ def _write(result, args, output) -> None:
 
         with SummaryWriter(args.tensorboard) as writer:
             for checkpoint in result:
-                writer.write(checkpoint.report, step=checkpoint.epoch)
-        output.note(f"wrote TensorBoard summaries into {writer.path} (one step per checkpoint: its epoch)", style="dim")
+                # Keras's TensorBoard callback logs epoch e (counted from 1) at step e - 1: the same step.
+                writer.write(checkpoint.report, step=checkpoint.epoch - 1)
+        output.note(
+            f"wrote TensorBoard summaries into {writer.path} (one step per checkpoint: its epoch − 1, as Keras's "
+            "TensorBoard callback steps epochs)",
+            style="dim",
+        )
 
 
 def _gate(result, args, output) -> int:

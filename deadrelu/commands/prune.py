@@ -226,16 +226,18 @@ def measure(result, args, output, loaded, out_path: str):
         A `deadrelu.fixes.model_utils.CostComparison`.
     """
     from deadrelu.data import load_data
+    from deadrelu.engine.mesh import whole_batches
     from deadrelu.fixes.model_utils import compare_cost
 
     model = loaded.model
     samples = min(filter(None, (args.samples, TIMING_SAMPLES)))
     data = load_data(_data(result, args), model, **{**data_options(args), "samples": samples})
-    x = next(iter(data.batches(samples)))
+    # Under --distribution, Keras's predict takes only batches that split evenly over the devices.
+    x, batch_size = whole_batches(next(iter(data.batches(samples))), args.batch_size)
     suffix = os.path.splitext(out_path)[1] or ".keras"
-    with output.progress("timing predict"):
+    with output.progress("timing predict (--no-timing skips it)"):
         return compare_cost(
-            model, result.model, x, batch_size=args.batch_size, rounds=args.timing_rounds, file_suffix=suffix
+            model, result.model, x, batch_size=batch_size, rounds=args.timing_rounds, file_suffix=suffix
         )
 
 

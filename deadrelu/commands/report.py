@@ -14,7 +14,7 @@ def register(subparsers, parents):
         parents=[parents["common"]],
         help="render a saved JSON report again, or compare two",
         description="Render a saved JSON report again (table, figures, a self-contained HTML page), or compare "
-        "it with an earlier one (--compare) to see which units died and which revived.",
+        "it with an earlier one (--compare) to see which units died and which recovered.",
     )
     parser.add_argument(
         "report", type=INPUT_FILE, metavar="REPORT.json", help="a report written by 'deadrelu scan --json'"
@@ -23,7 +23,7 @@ def register(subparsers, parents):
         "--compare",
         type=INPUT_FILE,
         metavar="OLD.json",
-        help="an earlier report (e.g. an earlier checkpoint): show newly dead and revived units",
+        help="an earlier report (e.g. an earlier checkpoint): show newly dead and recovered units",
     )
     parser.add_argument("--html", type=OUTPUT_FILE, metavar="PATH", help="write one self-contained HTML report here")
     parser.add_argument(
@@ -94,7 +94,11 @@ def _write_plot_dir(report, args, output) -> None:
 
 
 def _write_html(report, args, output, diff=None) -> None:
+    import os
+
     from deadrelu.views.html import write_html
 
-    write_html(report, args.html, diff=diff)
+    # Two reports of one model (checkpoints) share its name: the page is titled by the files compared.
+    title = f"{os.path.basename(args.report)} vs {os.path.basename(args.compare)}" if diff is not None else None
+    write_html(report, args.html, diff=diff, title=title)
     output.note(f"wrote HTML report {args.html}", style="dim")

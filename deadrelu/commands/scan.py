@@ -139,10 +139,11 @@ def _run(args, output, strategy) -> int:
     for note in report.notes:
         output.note(note, style="bold yellow" if "synthetic" in note else "yellow")
     code = emit(report, args, output)
+    hint = next_step(report, args, loaded.model)
     if args.html:
         from deadrelu.views.html import write_html
 
-        write_html(report, args.html)
+        write_html(report, args.html, next_steps=[hint] if hint else None)  # the terminal's next: line
         output.note(f"wrote HTML report {args.html}", style="dim")
     if args.tensorboard:
         from deadrelu.views.tensorboard import SummaryWriter
@@ -150,7 +151,6 @@ def _run(args, output, strategy) -> int:
         with SummaryWriter(args.tensorboard) as writer:
             writer.write(report, step=args.tensorboard_step)
         output.note(f"wrote TensorBoard summaries into {writer.path} (step {args.tensorboard_step})", style="dim")
-    hint = next_step(report, args, loaded.model)
     if hint and args.format == "table":
         output.note(hint, style="dim")
     return code

@@ -57,6 +57,15 @@ def save_model(model, path, *, force: bool = False, verify: bool = True, notes: 
     into `.h5` files that it cannot read back (e.g. `loss="mse"`); such a file is then written
     again without the compile settings, and a note says so.
 
+    The file loads with plain `keras.saving.load_model` compiled (loss, metrics, optimizer class
+    and configuration), ready to `fit`, and without Keras's "Skipping variable loading for
+    optimizer …" warning: in a `.keras` file, an optimizer that has no variables yet (deadrelu's
+    fixed models are compiled like the original with a fresh optimizer) gets them first
+    (`optimizer.build`: step 0, zero moments, what a fresh optimizer starts from), since Keras
+    builds the optimizer of a compiled file as it loads it and warns when the file holds fewer
+    variables; a `.h5` file keeps its compile settings but no optimizer variables, which Keras 3
+    restores into an optimizer built for no weight (the loaded model's first `fit` would fail).
+
     Args:
         model: A `keras.Model`.
         path: Where to write: `.keras` (the Keras 3 format) or `.h5` / `.hdf5` (legacy HDF5).
@@ -88,8 +97,12 @@ def save_model(model, path, *, force: bool = False, verify: bool = True, notes: 
     # it must not load in a process just because deadrelu was imported): the check names it.
     own = {"TFOpLambda": TFOpLambda}
     h5 = path.endswith(_H5_EXTENSIONS)
+    if not h5:
+        _build_fresh_optimizer(model)
     with atomic_output(path, force=force) as tmp, _quiet_keras():
         model.save(tmp)
+        if h5:
+            _drop_h5_optimizer_weights(tmp)
         if verify:
             try:
                 keras.models.load_model(tmp, custom_objects=own)
@@ -104,6 +117,51 @@ def save_model(model, path, *, force: bool = False, verify: bool = True, notes: 
                         "cannot read back from .h5; compile it before training, or save as .keras"
                     )
     return path
+
+
+def _build_fresh_optimizer(model) -> None:
+    """Creates the variables of a compiled model's optimizer that has none yet (its state at step 0).
+
+    Loading a compiled file, Keras builds the optimizer for every trainable variable and then
+    reads the optimizer variables the file holds; an unbuilt optimizer saves only two of them (the
+    step and the learning rate), so every load would warn that it skipped them. Built here, the
+    file holds exactly what a fresh optimizer has, and it loads silently, with the same result.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if not getattr(model, "compiled", False) or optimizer is None or getattr(optimizer, "built", True):
+        return
+    if not model.built:
+        return  # nothing to build the optimizer for (Keras builds it when the model is built)
+    with contextlib.suppress(Exception):  # a custom optimizer that cannot build: the file is still right
+        optimizer.build(model.trainable_variables)
+
+
+def _drop_h5_optimizer_weights(path: str) -> None:
+    """Rewrites a legacy `.h5` file Keras 3 just wrote without its optimizer variables (the
+    compile settings stay).
+
+    Keras 3 loads them by building the optimizer for `model._trainable_variables`, which is empty
+    for a functional model: the loaded optimizer then refuses the model's weights at the first
+    `fit` ("Unknown variable"). Without them, `fit` builds the optimizer, as for a new model. The
+    file is copied rather than edited in place, since HDF5 keeps the space of a deleted group.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "optimizer_weights" not in f:
+            return
+    lean = path + ".lean"
+    try:
+        with h5py.File(path, "r") as src, h5py.File(lean, "w") as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            for name in src:
+                if name != "optimizer_weights":
+                    src.copy(src[name], dst, name=name)
+        os.replace(lean, path)
+    finally:
+        if os.path.exists(lean):
+            os.remove(lean)
 
 
 @contextlib.contextmanager

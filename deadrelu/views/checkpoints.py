@@ -24,7 +24,7 @@ def checkpoint_table(result: CheckpointScan) -> table_model.Table:
         result: A `CheckpointScan`.
 
     Returns:
-        A `deadrelu.views.table.Table`: file, epoch, step, dead %, dying %, newly dead, revived,
+        A `deadrelu.views.table.Table`: file, epoch, step, dead %, dying %, newly dead, recovered,
         action (checks after an architecture change say "new architecture" there).
     """
     from deadrelu.views.notebook import timeline_table
@@ -49,7 +49,7 @@ def summary_line(result: CheckpointScan) -> str:
     died = [(sum(map(len, c.newly_dead.values())), c) for c in result.timeline[1:]]
     if died and max(died, key=lambda pair: pair[0])[0] > 0:
         count, check = max(died, key=lambda pair: pair[0])
-        text += f"; most units died by epoch {check.epoch + 1} (+{count:,})"
+        text += f"; most units died by epoch {check.epoch} (+{count:,})"
     return text
 
 
@@ -100,8 +100,8 @@ def render_checkpoints_html(result: CheckpointScan) -> str:
         png = figure_png(timeline_figure(list(result.timeline), title=f"{name}: dead units per checkpoint"))
         body += [
             "<h2>Timeline</h2>",
-            '<p class="muted">One row per checkpoint, in the order scanned; newly dead and revived units '
-            "against the previous checkpoint, as DeadReluMonitor records them.</p>",
+            '<p class="muted">One row per checkpoint, in the order scanned; newly dead and recovered units '
+            "(came back by themselves) against the previous checkpoint, as DeadReluMonitor records them.</p>",
             table_model.to_html(checkpoint_table(result)),
             f'<figure><img src="{png_data_uri(png)}" alt="timeline"><figcaption>Dead share per site (and '
             "the whole model, black) at each checkpoint.</figcaption></figure>",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import deadrelu.views.report_tables as tables
@@ -43,6 +44,11 @@ figure { margin: .5em 0 1.5em; } figure img { max-width: 100%; height: auto; bor
 figcaption { color: #555; font-size: .9em; }
 details summary { cursor: pointer; color: #2c3e50; }
 .kv th { width: 14em; background: none; position: static; } .muted { color: #777; }
+.meta { color: #555; font-size: .92em; margin: 0 0 1em; } .meta span { margin-right: 1.2em; white-space: nowrap; }
+.next li { margin: .2em 0 .4em; } .next code { background: #f4f5f7; padding: 1px 4px; border-radius: 3px; }
+.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 0 1.5em; }
+.units details { margin: .15em 0; } .units summary code { font-size: 12.5px; }
+.units figure { margin: .3em 0 1em; }
 """
 
 
@@ -164,10 +170,12 @@ def _others_section(report: Report) -> str:
 
 
 def _provenance_section(report: Report) -> str:
+    """The settings, then the model, data and tool provenance, behind one closed `<details>`."""
     parts = [
-        "<h2>Settings</h2>",
+        "<h2>Settings and provenance</h2>",
+        "<details><summary>The scan's settings; the model, data and tool it measured with</summary>",
+        "<h3>Settings</h3>",
         _key_values(report.settings),
-        "<h2>Provenance</h2>",
         "<h3>Model</h3>",
         _key_values(report.model),
         "<h3>Data</h3>",
@@ -176,7 +184,7 @@ def _provenance_section(report: Report) -> str:
     extra = dict(report.tool)
     if report.loss is not None:
         extra["mean loss"] = f"{report.loss:.6g}"
-    parts += ["<h3>Tool</h3>", _key_values(extra)]
+    parts += ["<h3>Tool</h3>", _key_values(extra), "</details>"]
     return "\n".join(parts)
 
 
@@ -185,7 +193,7 @@ def _figures_section(report: Report) -> str:
 
     return "\n".join(
         [
-            "<h2>Figures</h2>",
+            '<h2>Figures</h2><div class="figures">',
             _figure_html(
                 figure_png(overview_figure(report)),
                 "overview",
@@ -203,6 +211,7 @@ def _figures_section(report: Report) -> str:
                 "active rate histogram",
                 "Active rates of all units on log bins; dead units in their own bar.",
             ),
+            "</div>",
         ]
     )
 
@@ -217,27 +226,38 @@ def _choose_site_figures(report: Report, limit: int) -> list[int]:
 
 
 def _site_figures_section(report: Report, limit: int) -> str:
+    """One closed `<details>` per chosen site (its line says how many units are dead), holding its unit figure."""
     from deadrelu.views.plots import figure_png, site_figure
 
     if not report.sites or limit <= 0:
         return ""
     chosen = _choose_site_figures(report, limit)
-    parts = ["<h2>Units per site</h2>"]
-    if len(chosen) < len(report.sites):
-        parts.append(
-            f'<p class="muted">The {len(chosen)} sites with the largest dead share of {len(report.sites):,}; '
-            "write them all with <code>--plot-dir</code>.</p>"
+    parts = [
+        "<h2>Units per site</h2>",
+        '<p class="muted">Open a site to see its units: sorted active rates and an index-order map.'
+        + (
+            f" The {len(chosen)} sites with the largest dead share of {len(report.sites):,}; write them all "
+            "with <code>--plot-dir</code>."
+            if len(chosen) < len(report.sites)
+            else ""
         )
+        + '</p><div class="units">',
+    ]
     for i in chosen:
         site = report.sites[i]
-        parts.append(f'<h3 id="site-{i}">#{i} <code>{_e(site.path)}</code></h3>')
+        css = "bad" if site.flagged or site.non_finite else ("warn" if site.dead else "ok")
         parts.append(
-            _figure_html(
+            f'<details id="site-{i}"><summary>#{i} <code>{_e(site.path)}</code> '
+            f'<span class="{css}">{len(site.dead):,} of {site.units:,} units dead '
+            f"({percent(site.dead_fraction)})</span></summary>"
+            + _figure_html(
                 figure_png(site_figure(site, report.settings, index=i)),
                 f"units of {site.path}",
                 f"{site.path}: {len(site.dead)} of {site.units} units dead.",
             )
+            + "</details>"
         )
+    parts.append("</div>")
     return "\n".join(parts)
 
 
@@ -246,7 +266,7 @@ def _diff_section(diff: ReportDiff) -> str:
     from deadrelu.views.terminal import diff_summary
 
     s = diff.summary
-    css = "bad" if s["newly_dead"] > s["revived"] else ("ok" if s["revived"] else "")
+    css = "bad" if s["newly_dead"] > s["recovered"] else ("ok" if s["recovered"] else "")
     parts = [
         "<h2>Compared with an earlier report</h2>",
         f'<p class="summary {css}">{_e(diff_summary(diff))}</p>',
@@ -258,7 +278,7 @@ def _diff_section(diff: ReportDiff) -> str:
         _figure_html(
             figure_png(diff_figure(diff)),
             "diff",
-            "Per site: newly dead units (red, right) and revived units (green, left).",
+            "Per site: newly dead units (red, right) and recovered units (green, left).",
         )
     )
     parts.append(to_html(tables.diff_table(diff)))
@@ -266,36 +286,119 @@ def _diff_section(diff: ReportDiff) -> str:
     return "\n".join(parts)
 
 
+# -- the header and what to do next --------------------------------------------------------
+
+
+def page_info(report: Report) -> dict[str, str]:
+    """What the page's header says about how it was made: when (UTC, ISO 8601) and on which host it
+    was written, by which deadrelu and Keras versions, and the Keras backend the scan ran on.
+
+    Args:
+        report: The scan report (its `tool` names the backend, and the deadrelu version that measured it).
+
+    Returns:
+        `{"written", "host", "deadrelu", "keras", "backend"}`; "–" for what is not known (the backend of a
+        report written before it was recorded). `deadrelu` adds the measuring version when it differs.
+    """
+    import datetime
+    import importlib.metadata
+    import socket
+
+    from deadrelu._version import __version__
+
+    try:
+        keras_version = importlib.metadata.version("keras")
+    except importlib.metadata.PackageNotFoundError:
+        keras_version = "–"
+    measured = report.tool.get("version")
+    version = __version__ if not measured or measured == __version__ else f"{__version__} (measured with {measured})"
+    return {
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "host": socket.gethostname() or "–",
+        "deadrelu": version,
+        "keras": keras_version,
+        "backend": str(report.tool.get("backend") or "–"),
+    }
+
+
+def _header(report: Report, title: str) -> str:
+    info = page_info(report)
+    samples = report.data.get("samples")
+    source = [report.model.get("path"), report.data.get("source")]
+    source += [f"{samples:,} samples"] if isinstance(samples, int) else []
+    meta = (
+        f"<span>written {_e(info['written'])} on {_e(info['host'])}</span>"
+        f"<span>deadrelu {_e(info['deadrelu'])}</span><span>Keras {_e(info['keras'])}</span>"
+        f"<span>backend {_e(info['backend'])}</span>"
+    )
+    return (
+        f"<h1>deadrelu report: {_e(title)}</h1>"
+        f'<p class="muted">{" · ".join(_e(part) for part in source if part)}</p>'
+        f'<p class="meta">{meta}</p>'
+    )
+
+
+def _code_spans(line: str) -> str:
+    """A line of the terminal, escaped, its `backquoted` commands as `<code>`."""
+    parts = line.split("`")
+    if len(parts) % 2 == 0:  # an odd number of backquotes: show the line as it is
+        return _e(line)
+    return "".join(f"<code>{_e(part)}</code>" if i % 2 else _e(part) for i, part in enumerate(parts))
+
+
+def _next_section(next_steps) -> str:
+    """The `next:` lines the terminal prints after the scan, the same words, the commands as code."""
+    lines = [line.strip() for line in next_steps or () if line and line.strip()]
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_code_spans(line.removeprefix('next: '))}</li>" for line in lines)
+    return f'<h2 id="next">What to do next</h2><ul class="next">{items}</ul>'
+
+
 # -- the page -------------------------------------------------------------------------------
 
 
-def render_html(report: Report, *, diff: ReportDiff | None = None, site_figures: int = 40) -> str:
+def render_html(
+    report: Report,
+    *,
+    diff: ReportDiff | None = None,
+    site_figures: int = 40,
+    title: str | None = None,
+    next_steps: Sequence[str] | None = None,
+) -> str:
     """The whole report as one self-contained HTML page.
+
+    The page opens with a header (when and where it was written, the deadrelu and Keras versions, the
+    backend), the summary, what to do next, then the site table; the figures follow side by side,
+    each site's unit figure behind a line that opens it, and the settings and provenance last.
 
     Args:
         report: The scan report.
         diff: A `ReportDiff` against an earlier report, shown in its own section.
         site_figures: Most per-site unit figures to embed (the worst sites first when there are
             more); 0 for none.
+        title: What the page is titled after "deadrelu report:". Defaults to the model's name; with
+            `diff`, the two model files ("new.keras vs old.keras").
+        next_steps: The `next:` lines the command line printed after the scan (`deadrelu scan`'s
+            hint), shown as "What to do next"; None or empty for no such section.
 
     Returns:
         The HTML text.
     """
     name = report.model.get("name") or os.path.basename(str(report.model.get("path") or "")) or "model"
-    body = [
-        f"<h1>deadrelu report: {_e(name)}</h1>",
-        f'<p class="muted">{_e(report.model.get("path"))} · {_e(report.data.get("source"))} · '
-        f"{_e(report.tool.get('name', 'deadrelu'))} {_e(report.tool.get('version', ''))}</p>",
-        _summary_section(report),
-    ]
+    if title is None and diff is not None:
+        files = [os.path.basename(str(p or "")) for p in (report.model.get("path"), diff.old.get("model"))]
+        title = " vs ".join(files) if all(files) else None
+    title = title or name
+    body = [_header(report, title), _summary_section(report), _next_section(next_steps)]
     if diff is not None:
         body.append(_diff_section(diff))
     body += [
-        _figures_section(report),
         _sites_section(report),
         _why_section(report),
         _non_finite_section(report),
         _layer_gradient_section(report),
+        _figures_section(report),
         _site_figures_section(report, site_figures),
         _others_section(report),
         _provenance_section(report),
@@ -303,13 +406,21 @@ def render_html(report: Report, *, diff: ReportDiff | None = None, site_figures:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>deadrelu report: {_e(name)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<title>deadrelu report: {_e(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(part for part in body if part)
         + "\n</body>\n</html>\n"
     )
 
 
-def write_html(report: Report, path: str, *, diff: ReportDiff | None = None, site_figures: int = 40) -> None:
+def write_html(
+    report: Report,
+    path: str,
+    *,
+    diff: ReportDiff | None = None,
+    site_figures: int = 40,
+    title: str | None = None,
+    next_steps: Sequence[str] | None = None,
+) -> None:
     """Writes `render_html(report, ...)` to `path`, atomically (UTF-8).
 
     Args:
@@ -317,9 +428,11 @@ def write_html(report: Report, path: str, *, diff: ReportDiff | None = None, sit
         path: The output file.
         diff: Optional `ReportDiff` to include.
         site_figures: Most per-site unit figures to embed.
+        title: The page's title (`render_html`).
+        next_steps: The command line's `next:` lines (`render_html`).
     """
     from deadrelu.io.files import atomic_output
 
-    text = render_html(report, diff=diff, site_figures=site_figures)
+    text = render_html(report, diff=diff, site_figures=site_figures, title=title, next_steps=next_steps)
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

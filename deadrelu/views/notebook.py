@@ -13,6 +13,7 @@ notebook viewers all show it the same way. Every text taken from a result is esc
 from __future__ import annotations
 
 import html
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -356,6 +357,8 @@ def prune_html(result: PruneResult, *, rows: int = MAX_ROWS, after: Report | Non
     parts = [_line(text, color)]
     for table in _prune_tables(result, rows=rows, after=after):
         parts += [_muted(table.title), to_html(table, inline=True)]
+        if table.title.startswith("pruned units"):  # its notes' references, said once
+            parts += [_muted(line) for line in prune_tables.reason_legend(result)]
     parts += [
         _line(line, line_color or "inherit")
         for line, line_color in prune_tables.prune_lines(result, after=after, cost=cost)
@@ -381,7 +384,11 @@ def prune_renderable(
         cost: A `deadrelu.fixes.model_utils.CostComparison` of both models: adds file size and `predict` time.
         notes: Show the notes too (the command line says them on stderr instead).
     """
-    parts: list = [to_rich(table) for table in _prune_tables(result, rows=rows, after=after)]
+    parts: list = []
+    for table in _prune_tables(result, rows=rows, after=after):
+        parts.append(to_rich(table))
+        if table.title.startswith("pruned units"):  # its notes' references, said once
+            parts += [Text(line, style="dim") for line in prune_tables.reason_legend(result)]
     styles = {GREEN: "green", RED: "bold red", ORANGE: "yellow", GREY: "dim"}
     parts += [
         Text(line, style=styles.get(line_color, ""))
@@ -402,46 +409,68 @@ def _prune_tables(result: PruneResult, *, rows: int | None, after: Report | None
 # -- the monitor's timeline ----------------------------------------------------------------
 
 
+def _units(units: dict[str, list[int]]) -> int:
+    # timeline.count's twin: the views do not import the timeline at run time (it imports them).
+    return sum(len(indices) for indices in units.values())
+
+
 def timeline_summary(checks: Sequence[Check]) -> str:
-    """One line: how many checks, the dead share at the first and the last, the actions taken."""
+    """One line: how many checks, the dead share at the first and the last, the actions taken, and
+    how many revived units were alive at the next check."""
     if not checks:
         return "no checks yet: the monitor checks during fit"
     first, last = checks[0], checks[-1]
     text = (
-        f"{len(checks)} check{_s(len(checks))} (epochs {first.epoch + 1}–{last.epoch + 1}): dead "
+        f"{len(checks)} check{_s(len(checks))} (epochs {first.epoch}–{last.epoch}): dead "
         f"{first.dead_fraction:.1%} → {last.dead_fraction:.1%}, dying {last.dying_fraction:.1%} at the last"
     )
     actions = [c.action for c in checks if c.action]
     if actions:
         text += "; " + ", ".join(f"{actions.count(a)} × {a}" for a in dict.fromkeys(actions))
+    followed = [(_units(before.revived), _units(after.revived_alive)) for before, after in itertools.pairwise(checks)]
+    revived = sum(n for n, _ in followed if n)
+    if revived:
+        alive = sum(a for n, a in followed if n)
+        text += f"; {alive:,} of {revived:,} revived units alive at the next check ({alive / revived:.0%})"
     diverged = next((c for c in checks if c.diverged), None)
     if diverged is not None:
         text += (
-            f"; DIVERGED (NaN/inf) from epoch {diverged.epoch + 1}, {last.non_finite_fraction:.1%} non-finite "
-            "at the last"
+            f"; DIVERGED (NaN/inf) from epoch {diverged.epoch}, {last.non_finite_fraction:.1%} non-finite at the last"
         )
     return text
 
 
 def timeline_table(checks: Sequence[Check], *, rows: int = MAX_ROWS) -> table_model.Table:
     """The latest `rows` checks, one row each, the earlier ones counted in the caption; checks after
-    which the monitor acted, or at which the model had diverged, in red."""
+    which the monitor acted, or at which the model had diverged, in red. Units that came back by
+    themselves are "recovered"; with revivals, "revived alive" counts the units revived at the
+    previous check that are alive at this one, and the action says how many units were revived."""
     numeric = [table_model.Column(title, numeric=True) for title in ("epoch", "step", "dead %", "dying %")]
-    numeric += [table_model.Column(title, numeric=True) for title in ("newly dead", "revived")]
+    numeric += [table_model.Column(title, numeric=True) for title in ("newly dead", "recovered")]
+    revivals = any(c.revived for c in checks)
+    if revivals:
+        numeric.append(table_model.Column("revived alive", numeric=True))
     table = table_model.Table("deadrelu checks", [*numeric, table_model.Column("action")])
-    for c in list(checks)[-rows:]:
-        newly = sum(map(len, c.newly_dead.values()))
-        revived = sum(map(len, c.revived.values()))
-        table.add_row(
-            str(c.epoch + 1),
+    checks = list(checks)
+    for i in range(max(len(checks) - rows, 0), len(checks)):
+        c = checks[i]
+        newly = _units(c.newly_dead)
+        recovered = _units(c.recovered)
+        cells = [
+            str(c.epoch),
             f"{c.step:,}",
             f"{c.dead_fraction:.1%}",
             f"{c.dying_fraction:.1%}",
             f"+{newly:,}" if c.persistence is not None or newly else "–",
-            f"{revived:,}" if c.persistence is not None or revived else "–",
-            " ".join(part for part in (c.action, "diverged" if c.diverged else None) if part),
-            style="bad" if c.action or c.diverged else "",
-        )
+            f"{recovered:,}" if c.persistence is not None or recovered else "–",
+        ]
+        if revivals:
+            revived = _units(checks[i - 1].revived) if i and c.revived_alive_fraction is not None else 0
+            alive = _units(c.revived_alive)
+            cells.append(f"{alive:,}/{revived:,} ({alive / revived:.0%})" if revived else "–")
+        action = f"{c.action} {_units(c.revived):,}" if c.revived else c.action
+        cells.append(" ".join(part for part in (action, "diverged" if c.diverged else None) if part))
+        table.add_row(*cells, style="bad" if c.action or c.diverged else "")
     if len(checks) > rows:
         table.caption = f"{len(checks) - rows:,} earlier checks not shown (monitor.timeline has them)"
     return table

@@ -7,6 +7,7 @@ command line prints) render these same tables (`deadrelu.views.table`) and lines
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from deadrelu.views.table import GREEN, GREY, ORANGE, RED, Cell, Column, Table
@@ -18,7 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
 
 
 def prune_table(result: PruneResult, *, rows: int | None = None, after: Report | None = None) -> Table:
-    """The sites with selected units as one table for every view: units, dead, removed, why any stayed.
+    """The sites with selected units as one table for every view: units, dead, removed, and notes: live
+    units removed with their channel, selected units that stayed and why (`site_notes`; the reasons
+    several sites share are said once, in `reason_legend`).
 
     Args:
         result: The `PruneResult`.
@@ -43,8 +46,9 @@ def prune_table(result: PruneResult, *, rows: int | None = None, after: Report |
     if now is not None:
         columns += [Column("units after", numeric=True), Column("dead after", numeric=True)]
     shown = sites if rows is None else sites[:rows]
-    reasons = any(site["reason"] for site in shown)  # the column only where a unit stayed
-    columns += [Column("removed units")] + ([Column("kept: reason", style="warn")] if reasons else [])
+    notes = site_notes(result)
+    with_notes = any(notes.get(site["path"]) for site in shown)  # the column only where it says something
+    columns += [Column("removed units")] + ([Column("notes", style="warn")] if with_notes else [])
     title = "pruned units" + (f" (dead, and dormant ≤ {result.dormant:g})" if dormant else "")
     table = Table(title, columns)
     for site in shown:
@@ -64,11 +68,75 @@ def prune_table(result: PruneResult, *, rows: int | None = None, after: Report |
                 Cell(_count(dead), "warn" if dead else "good"),
             ]
         cells.append(Cell(compress_indices(removed), full=compress_indices(removed, limit=10**9)))
-        cells += [site["reason"] or ""] if reasons else []
+        cells += [notes.get(site["path"], "")] if with_notes else []
         table.add_row(*cells)
     if rows is not None and len(sites) > rows:
         table.caption = f"{len(sites) - rows:,} more sites (result.site_rows())"
     return table
+
+
+LIVE_REMOVED = (
+    "live units removed with their channel: such a channel reads only one channel before it (each output "
+    "channel of a DepthwiseConv reads only its own input channel; BatchNormalization and pooling keep channels "
+    "apart), and that channel was removed, so here it holds a constant (the depthwise bias, through "
+    "BatchNormalization and the ReLU): the channel goes as a whole, its constant folded into the bias of the "
+    "layer that reads it next (the output check covers it)"
+)
+"""The legend of the units a site loses without being selected (`prune_plan.removed_per_site`)."""
+
+_NAMED = re.compile(r"'[^']*'")
+
+
+def site_notes(result: PruneResult) -> dict[str, str]:
+    """Per site path, its "notes" cell: how many live units went with their channel, how many selected
+    units stayed, and why — a reason that several sites share by a reference to `reason_legend`.
+
+    Returns:
+        `{path: text}`, for the sites with something to say.
+    """
+    refs = _shared_reasons(result)
+    notes = {}
+    for site in result.site_rows():
+        parts = []
+        live = len(set(site["removed"]) - set(site["candidates"]))
+        if live:
+            parts.append(f"{live:,} live removed [a]")
+        reason = site["reason"]
+        if reason:
+            kept = f"{len(site['kept']):,} kept"
+            ref = refs.get(_NAMED.sub("'…'", reason))
+            if ref is None:
+                parts.append(f"{kept}: {reason}")
+            else:
+                names = ", ".join(name.strip("'") for name in dict.fromkeys(_NAMED.findall(reason)))
+                parts.append(f"{kept} [{ref}]" + (f" {names}" if names else ""))
+        if parts:
+            notes[site["path"]] = "; ".join(parts)
+    return notes
+
+
+def reason_legend(result: PruneResult) -> list[str]:
+    """The notes' references, said once each under the pruned-units table: "[a]" (live units removed
+    with their channel) when a site lost some, and "[1]", "[2]", ... for the reasons several sites share
+    (with the layer names they differ in as "'…'")."""
+    lines = []
+    if any(set(site["removed"]) - set(site["candidates"]) for site in result.site_rows()):
+        lines.append(f"[a] {LIVE_REMOVED}")
+    lines += [
+        f"[{ref}] {reason.replace(chr(39) + '…' + chr(39), '…')}" for reason, ref in _shared_reasons(result).items()
+    ]
+    return lines
+
+
+def _shared_reasons(result: PruneResult) -> dict[str, int]:
+    """The reasons (layer names replaced by "'…'") given for more than one site, numbered from 1 in order."""
+    counts: dict[str, int] = {}
+    for site in result.site_rows():
+        if site["reason"]:
+            key = _NAMED.sub("'…'", site["reason"])
+            counts[key] = counts.get(key, 0) + 1
+    shared = [reason for reason, count in counts.items() if count > 1]
+    return {reason: i for i, reason in enumerate(shared, 1)}
 
 
 def prune_layers_table(result: PruneResult, *, rows: int | None = None) -> Table:

@@ -245,7 +245,7 @@ def others_table(report: Report) -> Table | None:
 
 
 def diff_table(diff: ReportDiff, *, limit: int | None = None) -> Table:
-    """One row per matched site (newly dead in red, revived in green), then the unmatched sites.
+    """One row per matched site (newly dead in red, recovered in green), then the unmatched sites.
 
     Args:
         diff: The `ReportDiff`.
@@ -264,12 +264,12 @@ def diff_table(diff: ReportDiff, *, limit: int | None = None) -> Table:
             Column("dead after", numeric=True),
             Column("Δ", numeric=True),
             Column("newly dead"),
-            Column("revived"),
+            Column("recovered"),
         ],
     )
     sites = diff.sites
     if limit is not None and len(sites) > limit:
-        keep = {id(s) for s in sorted(sites, key=lambda s: -(len(s.newly_dead) + len(s.revived)))[:limit]}
+        keep = {id(s) for s in sorted(sites, key=lambda s: -(len(s.newly_dead) + len(s.recovered)))[:limit]}
         sites = [s for s in sites if id(s) in keep]
     for site in sites:
         delta = site.dead_after - site.dead_before
@@ -280,7 +280,7 @@ def diff_table(diff: ReportDiff, *, limit: int | None = None) -> Table:
             f"{site.dead_after:,}",
             Cell(f"{delta:+,}", "bad" if delta > 0 else ("good" if delta < 0 else "muted")),
             indices_cell(site.newly_dead, "bad" if site.newly_dead else "muted"),
-            indices_cell(site.revived, "good" if site.revived else "muted"),
+            indices_cell(site.recovered, "good" if site.recovered else "muted"),
         )
     for paths, where in ((diff.only_new, "new"), (diff.only_old, "old")):
         for path in paths:

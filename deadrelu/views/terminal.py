@@ -136,12 +136,12 @@ def markdown_table(report: Report) -> str:
 
 
 def diff_summary(diff: ReportDiff) -> str:
-    """One line: dead before → after, newly dead, revived, unmatched sites."""
+    """One line: dead before → after, newly dead, recovered, unmatched sites."""
     s = diff.summary
     text = (
         f"{diff.new.get('name') or diff.new.get('model') or 'new'} vs "
         f"{diff.old.get('name') or diff.old.get('model') or 'old'}: dead {s['dead_before']:,} → {s['dead_after']:,} "
-        f"over {s['matched_sites']} matched sites; {s['newly_dead']:,} newly dead, {s['revived']:,} revived"
+        f"over {s['matched_sites']} matched sites; {s['newly_dead']:,} newly dead, {s['recovered']:,} recovered"
     )
     if s["only_new"] or s["only_old"]:
         text += f"; {s['only_new']} site(s) only in the new report, {s['only_old']} only in the old"

@@ -1,12 +1,15 @@
 """Regenerates the pictures of docs/notebooks.md and docs/monitor.md from a real notebook run.
 
 Runs a notebook on an ipykernel kernel (nbclient), renders it as HTML (nbconvert) and takes
-screenshots with headless Chromium; the notebook trains the sample with the monitor and a
+screenshots with headless Chromium (`--views`: only the two pictures of docs/notebooks.md's HTML
+views, report_html.png and notebook_site.png); the notebook trains the sample with the monitor and a
 TensorBoard callback, whose event files are then read back (the unit map) and shown by a local
 TensorBoard server (127.0.0.1 only). Needs `pip install -e ".[test]" nbconvert` and
 `apt-get install chromium`. Run from anywhere: `python docs/images/make_images.py`.
 
-Writes, in this folder: notebook_report.png (a scan in a notebook: progress bar and report),
+Writes, in this folder: report_html.png (the top of the page `deadrelu scan --html` writes),
+notebook_site.png (`report.site("hidden_1")` in a notebook: every unit's numbers and its figure),
+notebook_report.png (a scan in a notebook: progress bar and report),
 notebook_timeline.png (the monitor's timeline), tensorboard_unit_map.png (the image TensorBoard
 shows under deadrelu/unit_map), tensorboard_histograms.png (TensorBoard's histograms tab).
 """
@@ -34,6 +37,53 @@ model.fit(x[500:], y[500:], epochs=6, batch_size=50, verbose=0,
           callbacks=[keras.callbacks.TensorBoard("logs"), monitor])  # any order
 monitor.timeline""",
 ]
+
+
+VIEW_CELLS = [
+    'import deadrelu\nreport = deadrelu.scan("samples/dying_mlp.keras", "samples/probe.npz", verbose=0)\n'
+    'report.site("hidden_1")  # one site: every unit\'s numbers and its unit figure',
+]
+
+
+def views() -> None:
+    """report_html.png (the top of `deadrelu scan --html`'s page) and notebook_site.png (`report.site(...)`
+    in a notebook run on a kernel)."""
+    import sys
+
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        (work / "samples").symlink_to(SAMPLES)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        scan = [sys.executable, "-m", "deadrelu", "scan", "samples/dying_mlp.keras", "--data", "samples/probe.npz"]
+        subprocess.run([*scan, "--html", "report.html", "--quiet"], cwd=work, env=env, check=True, capture_output=True)
+        # --quiet leaves the next: line out of stderr, not out of the page.
+        screenshot(work / "report.html", HERE / "report_html.png", width=1280, height=1900)
+        notebook = _run_notebook(VIEW_CELLS, work)
+        _notebook_screenshot(notebook, work, "notebook_site", height=1000)
+
+
+def _run_notebook(cells: list[str], work: Path):
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    ).execute()
+    for cell in notebook.cells:  # TensorFlow's start-up chatter on stderr is not what the pictures are about
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+    return notebook
+
+
+def _notebook_screenshot(notebook, work: Path, name: str, *, height: int) -> None:
+    from nbconvert import HTMLExporter
+
+    html, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    (work / f"{name}.html").write_text(html, encoding="utf-8")
+    screenshot(work / f"{name}.html", HERE / f"{name}.png", width=1100, height=height)
 
 
 def main() -> None:
@@ -168,4 +218,10 @@ def save_unit_map(run: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--views" in sys.argv[1:]:  # only report_html.png and notebook_site.png
+        views()
+    else:
+        main()
+        views()

@@ -27,8 +27,21 @@ def test_a_non_default_backend_is_named_in_one_line(run_cli, dying_mlp, backend)
         assert notes == [f"deadrelu: backend: {backend} (KERAS_BACKEND)"]
 
 
+def test_the_backend_is_the_first_line_on_stderr(run_cli, dying_mlp, probe_npz, backend):
+    # Run by tests/test_backends.py in a KERAS_BACKEND=jax (and =torch) process: docs/backends.md.
+    code, _out, err = run_cli(["scan", dying_mlp, "--data", probe_npz, "--samples", "100"])
+    assert code == 0, err
+    lines = err.splitlines()
+    assert len(lines) > 1 and lines[-1].startswith("deadrelu: next: ")  # the progress line, the next: line
+    if backend == "tensorflow":
+        assert not any("backend" in line for line in lines)
+    else:
+        assert lines[0] == f"deadrelu: backend: {backend} (KERAS_BACKEND)"
+        assert lines.count(lines[0]) == 1
+
+
 def test_bad_input_is_one_line_on_every_backend(run_cli, dying_mlp, tmp_path):
-    # The backend is named after the work: an error stays the one line it is on TensorFlow.
+    # The backend is named with the first note or progress line: an error before any stays one line.
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((4, 3), np.float32))
     code, out, err = run_cli(["scan", dying_mlp, "--data", wrong, "--quiet"])

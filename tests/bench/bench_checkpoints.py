@@ -6,7 +6,7 @@ Trains the sample MLP (samples/make_samples.py: three Dense(64, relu), Adam at l
 6,000 bars images, seed 7) for `--epochs` epochs with `keras.callbacks.ModelCheckpoint` saving a
 `.keras` and an `.h5` file every epoch and a `DeadReluMonitor(probe, check_freq="epoch")` on the
 same fit; then scans each folder with `deadrelu.scan_checkpoints` on the same probe data and
-compares the two timelines check by check (epoch, step, dead units, newly dead and revived units,
+compares the two timelines check by check (epoch, step, dead units, newly dead and recovered units,
 persistence: every field of `Check.to_dict()`). Prints one markdown row per epoch, then the times.
 """
 
@@ -60,16 +60,17 @@ def main() -> None:
     monitor_checks = [c.to_dict() for c in monitor.timeline]
     print(f"{args.epochs} epochs, probe {args.probe} samples, {sum(monitor.timeline[0].units.values())} units\n")
     print(
-        "| epoch | step | dead (monitor) | newly dead | revived | .keras folder: same check | .h5 folder: same check |"
+        "| epoch | step | dead (monitor) | newly dead | recovered "
+        "| .keras folder: same check | .h5 folder: same check |"
     )
     print("|---:|---:|---:|---:|---:|---|---|")
     for index, check in enumerate(monitor.timeline):
         same = ["yes" if results[k].timeline[index].to_dict() == monitor_checks[index] else "NO" for k in folders]
         newly = sum(map(len, check.newly_dead.values()))
-        revived = sum(map(len, check.revived.values()))
+        recovered = sum(map(len, check.recovered.values()))
         print(
-            f"| {check.epoch + 1} | {check.step:,} | {check.dead_fraction:.1%} | "
-            f"{f'+{newly}' if index else '–'} | {revived if index else '–'} | {same[0]} | {same[1]} |"
+            f"| {check.epoch} | {check.step:,} | {check.dead_fraction:.1%} | "
+            f"{f'+{newly}' if index else '–'} | {recovered if index else '–'} | {same[0]} | {same[1]} |"
         )
     for kind, result in results.items():
         equal = [c.to_dict() for c in result.timeline] == monitor_checks

@@ -202,7 +202,7 @@ def fit_with_monitor(on_dead: str, replicas: int = 2, epochs: int = 3):
     with strategy.scope():
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     x, y = data(6)
-    monitor = deadrelu.DeadReluMonitor(x[:64], on_dead=on_dead, max_dead_fraction=0.0, verbose=0)
+    monitor = deadrelu.DeadReluMonitor(x[:64], on_dead=on_dead, max_dead_fraction=0.0, verbose=0, log_details=True)
     history = keras.callbacks.History()
     # 96 samples in batches of 12: Keras's own step splits them evenly on 2 and 3 replicas.
     model.fit(x[:96], y[:96], batch_size=12, epochs=epochs, verbose=0, callbacks=[monitor, history])

@@ -22,38 +22,61 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CURVES_DPI = 110
 """Resolution of the training-curve files."""
-REVIVED, STOPPED = "#27ae60", "#c0392b"
+REVIVED, STOPPED, THRESHOLD = "#27ae60", "#c0392b", "#7f8c8d"
 
 
-def plot_timeline(checks: list[Check], path: str, *, title: str = "dead units during training") -> None:
-    """Saves `timeline_figure(checks, title=title)` (atomically; the folder of `path` must exist)."""
-    _save(timeline_figure(checks, title=title), path)
+def plot_timeline(
+    checks: list[Check],
+    path: str,
+    *,
+    title: str = "dead units during training",
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
+) -> None:
+    """Saves `timeline_figure(checks, ...)` (atomically; the folder of `path` must exist)."""
+    _save(timeline_figure(checks, title=title, threshold=threshold, threshold_label=threshold_label), path)
 
 
-def timeline_figure(checks: list[Check], *, title: str = "dead units during training") -> Figure:
+def timeline_figure(
+    checks: list[Check],
+    *,
+    title: str = "dead units during training",
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
+) -> Figure:
     """Each site's dead share over training (and the model's, in black).
 
     Epochs where the monitor revived units get a green dotted line, the epoch where it stopped
-    training a red dashed one. With more than 20 sites the sites are drawn but not named.
+    training a red dashed one. With more than 20 sites the sites are drawn but not named. The y axis
+    starts at 0 (with a margin of 2 % of its height below) and ends 15 % above the largest share
+    drawn, the threshold included (at most 100 %), so small shares are not flattened against a
+    fixed 0–100 % axis.
 
     Args:
-        checks: The monitor's checks (`deadrelu.timeline.Check`), in order.
+        checks: The monitor's checks (`deadrelu.timeline.Check`), in order; the x axis is
+            `Check.epoch` (counted from 1).
         title: Figure title.
+        threshold: A share to draw as a horizontal dashed line (e.g. the monitor's
+            `max_dead_fraction`), or None for none. Defaults to `None`.
+        threshold_label: The legend entry of that line. Defaults to `"threshold"`.
 
     Returns:
         The figure.
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
     fig = Figure(figsize=(8.5, 4.8))
     ax = fig.add_subplot()
+    top = threshold or 0.0
     if checks:
-        x = [c.epoch + 1 for c in checks]
+        x = [c.epoch for c in checks]
         paths = list(checks[-1].units)
         cmap = colormaps["tab20"]
         for i, site_path in enumerate(paths):
             shares = [c.site_dead_fraction(site_path) for c in checks]
+            top = max(top, *shares)
             ax.plot(
                 x,
                 shares,
@@ -65,16 +88,21 @@ def timeline_figure(checks: list[Check], *, title: str = "dead units during trai
         ax.plot(x, [c.dead_fraction for c in checks], color="black", lw=2.4, label="whole model")
         for c in checks:
             if c.action == "revive":
-                ax.axvline(c.epoch + 1, color=REVIVED, ls=":", lw=1)
+                ax.axvline(c.epoch, color=REVIVED, ls=":", lw=1)
             elif c.action == "stop":
-                ax.axvline(c.epoch + 1, color=STOPPED, ls="--", lw=1)
+                ax.axvline(c.epoch, color=STOPPED, ls="--", lw=1)
         if any(c.action == "revive" for c in checks):
             ax.plot([], [], color=REVIVED, ls=":", lw=1, label="revived (ReDo)")
         if any(c.action == "stop" for c in checks):
             ax.plot([], [], color=STOPPED, ls="--", lw=1, label="stopped")
         ax.set_xticks(np.unique(x))
+    if threshold is not None:
+        ax.axhline(threshold, color=THRESHOLD, ls="--", lw=1.2, label=f"{threshold_label} ({threshold:.0%})")
+    if checks or threshold is not None:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    ax.set_ylim(-0.02, 1.02)
+    top = min(1.02, top * 1.15) if top > 0 else 0.05
+    ax.set_ylim(-0.02 * top, top)  # 0 at the bottom, a margin so that lines at 0 are not cut in half
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
     ax.set_xlabel("epoch")
     ax.set_ylabel("share of units dead")
     ax.set_title(title, fontsize=10, loc="left")

@@ -1,4 +1,4 @@
-"""The diff figure of two reports: per site, newly dead and revived units and the dead share before → after."""
+"""The diff figure of two reports: per site, newly dead and recovered units and the dead share before → after."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def diff_figure(diff: ReportDiff) -> Figure:
-    """Per site: newly dead units (right, red) against revived units (left, green), and the dead share before → after.
+    """Per site: newly dead units (right, red) against recovered units (left, green), and the dead share before → after.
 
     Sites found in only one report get a grey label and no bar.
 
@@ -49,18 +49,18 @@ def diff_figure(diff: ReportDiff) -> Figure:
     ax = fig.add_subplot(grid[0, 0])
     rows = np.arange(len(sites))
     died = np.array([len(s.newly_dead) for s in sites], dtype=float)
-    revived = np.array([len(s.revived) for s in sites], dtype=float)
+    recovered = np.array([len(s.recovered) for s in sites], dtype=float)
     if died.any():
         draw_bars(ax, rows, 0.0, died, COLORS["dead"])
-    if revived.any():
-        draw_bars(ax, rows, 0.0, -revived, COLORS["healthy"])
+    if recovered.any():
+        draw_bars(ax, rows, 0.0, -recovered, COLORS["healthy"])
     ax.axvline(0, color="black", lw=0.8)
-    reach = max(float(died.max()) if died.size else 0.0, float(revived.max()) if revived.size else 0.0, 1.0)
+    reach = max(float(died.max()) if died.size else 0.0, float(recovered.max()) if recovered.size else 0.0, 1.0)
     ax.set_xlim(-reach * 1.15, reach * 1.15)
     ax.xaxis.set_major_formatter(abs_formatter())
     ax.xaxis.set_major_locator(integer_ticks())
     if len(labels) <= 60:
-        for row, (d, r) in enumerate(zip(died, revived)):
+        for row, (d, r) in enumerate(zip(died, recovered)):
             if d:
                 ax.text(
                     d + reach * 0.015,
@@ -84,7 +84,7 @@ def diff_figure(diff: ReportDiff) -> Figure:
     colors = ["black"] * len(sites) + [GREY] * (len(diff.only_new) + len(diff.only_old))
     row_ticks(ax, labels, layout, colors=colors)
     ax.tick_params(axis="x", labelsize=8)
-    ax.set_xlabel("units   ← revived | newly dead →", fontsize=8)
+    ax.set_xlabel("units   ← recovered | newly dead →", fontsize=8)
     ax.set_title("units that changed, per site (model order of the new report)", fontsize=9, loc="left")
     share = fig.add_subplot(grid[0, 1], sharey=ax)
     before = np.array([s.dead_before / s.units_before if s.units_before else 0.0 for s in sites])
@@ -108,13 +108,13 @@ def diff_figure(diff: ReportDiff) -> Figure:
     s = diff.summary
     entries = [
         (f"newly dead ({s['newly_dead']:,})", {"facecolor": COLORS["dead"]}),
-        (f"revived ({s['revived']:,})", {"facecolor": COLORS["healthy"]}),
+        (f"recovered ({s['recovered']:,})", {"facecolor": COLORS["healthy"]}),
     ]
     draw_header(
         fig,
         f"{diff.new.get('name') or 'new'} vs {diff.old.get('name') or 'old'}: dead units "
         f"{s['dead_before']:,} → {s['dead_after']:,}; {s['newly_dead']:,} newly dead, "
-        f"{s['revived']:,} revived",
+        f"{s['recovered']:,} recovered",
         f"new: {shorten(str(diff.new.get('model')), 60)}   old: {shorten(str(diff.old.get('model')), 60)}",
         legend_handles(entries),
     )
