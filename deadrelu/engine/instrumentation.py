@@ -220,13 +220,13 @@ def hooked(site_map: SiteMap, recorder: Recorder):
                 inner = "call" if site.kind == KIND_RELU_LAYER else "activation"
                 steps = _TimeSteps()
                 saved.append(_set(site.layer, inner, steps.wrap(getattr(site.layer, inner))))
-            saved.append(_set(layer, name, _wrap(getattr(layer, name), site.index, recorder, steps)))
-            if site.recurrent is not None:
-                saved.append(_set(site.recurrent, "unroll", True))
+            probe = _unroll(site.recurrent, 1, saved) if site.recurrent is not None else None
+            saved.append(_set(layer, name, _wrap(getattr(layer, name), site.index, recorder, steps, probe)))
         for roles in cells.values():
             layer, name = roles[0].hook
-            saved.append(_set(layer, name, _wrap_in_turn(getattr(layer, name), [s.index for s in roles], recorder)))
-            saved.append(_set(roles[0].recurrent, "unroll", True))
+            probe = _unroll(roles[0].recurrent, len(roles), saved)
+            wrapped = _wrap_in_turn(getattr(layer, name), [s.index for s in roles], recorder, probe)
+            saved.append(_set(layer, name, wrapped))
         yield
     finally:
         for layer, name, before in reversed(saved):
@@ -255,6 +255,50 @@ def capturing_input(layer, keep: Callable[[object], None]):
         _restore(*saved)
 
 
+def _unroll(recurrent, calls_per_step: int, saved: list) -> _ShapeProbe | None:
+    """Makes `recurrent` run its time steps one by one where its activation can be seen.
+
+    TensorFlow and JAX loop in a compiled `while`/`scan`: the layer is unrolled. PyTorch loops in
+    Python anyway, and its unrolled loop fails on a masked `go_backwards` layer (Keras ≤ 3.15 flips
+    a tuple): such a layer (a `Bidirectional`'s backward half too), when called with a mask, keeps
+    its loop, which runs the first step once more to learn the output's shape; a `_ShapeProbe`
+    leaves those `calls_per_step` activation calls unrecorded. Returns that probe, or None.
+    """
+    import keras
+
+    saved.append(_set(recurrent, "unroll", True))
+    if keras.backend.backend() != "torch" or not getattr(recurrent, "go_backwards", False):
+        return None
+    probe = _ShapeProbe(recurrent, calls_per_step)
+    saved.append(_set(recurrent, "call", probe.wrap(recurrent.call)))
+    return probe
+
+
+class _ShapeProbe:
+    """Counts the activation calls of a recurrent loop's extra shape step, to leave them unrecorded."""
+
+    def __init__(self, layer, calls_per_step: int):
+        self.layer = layer
+        self.calls_per_step = calls_per_step
+        self.pending = 0
+
+    def wrap(self, call: Callable) -> Callable:
+        def started(*args, **kwargs):
+            masked = kwargs.get("mask", args[2] if len(args) > 2 else None) is not None
+            object.__setattr__(self.layer, "unroll", not masked)
+            self.pending = self.calls_per_step if masked else 0
+            return call(*args, **kwargs)
+
+        return started
+
+    def take(self) -> bool:
+        """True for a call of the shape step (then not recorded)."""
+        if self.pending:
+            self.pending -= 1
+            return True
+        return False
+
+
 def _set(layer, name: str, value) -> tuple:
     """Sets an attribute on the instance, bypassing Keras's tracking; returns what restores it."""
     before = layer.__dict__.get(name, _MISSING)
@@ -269,11 +313,20 @@ def _restore(layer, name: str, before) -> None:
         object.__setattr__(layer, name, before)
 
 
-def _wrap(fn: Callable, site_index: int, recorder: Recorder, steps: _TimeSteps | None = None) -> Callable:
+def _wrap(
+    fn: Callable,
+    site_index: int,
+    recorder: Recorder,
+    steps: _TimeSteps | None = None,
+    probe: _ShapeProbe | None = None,
+) -> Callable:
     """`fn` (a site's nonlinearity, or the `call` of a `ReLU` layer or `TimeDistributed` wrapper) with
-    its output and input recorded; `steps` collects the pre-activation of a `TimeDistributed` site."""
+    its output and input recorded; `steps` collects the pre-activation of a `TimeDistributed` site,
+    `probe` tells the calls of a recurrent loop's shape step (not recorded)."""
 
     def wrapped(*args, **kwargs):
+        if probe is not None and probe.take():
+            return _unrecorded(fn, recorder, args, kwargs)
         if steps is None and recorder.fuse is not None:
             fused = recorder.fused(site_index, fn, args, kwargs)
             if fused is not None:  # the kernel applied the ReLU and measured it: `fn` does not run
@@ -293,7 +346,9 @@ def _wrap(fn: Callable, site_index: int, recorder: Recorder, steps: _TimeSteps |
     return wrapped
 
 
-def _wrap_in_turn(fn: Callable, site_indices: list[int], recorder: Recorder) -> Callable:
+def _wrap_in_turn(
+    fn: Callable, site_indices: list[int], recorder: Recorder, probe: _ShapeProbe | None = None
+) -> Callable:
     """A recurrent cell's `activation` recorded as its sites in turn: a GRU's one (the candidate),
     an LSTM's two (the candidate, then the new cell state), once per time step each.
 
@@ -303,6 +358,8 @@ def _wrap_in_turn(fn: Callable, site_indices: list[int], recorder: Recorder) -> 
     turn = {"records": None, "calls": 0}  # counted per recording: a pass that raised leaves no offset
 
     def wrapped(*args, **kwargs):
+        if probe is not None and probe.take():
+            return _unrecorded(fn, recorder, args, kwargs)
         if turn["records"] is not recorder.records:
             turn["records"], turn["calls"] = recorder.records, 0
         site_index = site_indices[turn["calls"] % len(site_indices)]
@@ -317,6 +374,15 @@ def _wrap_in_turn(fn: Callable, site_indices: list[int], recorder: Recorder) -> 
     wrapped.__name__ = getattr(fn, "__name__", "wrapped")
     wrapped.__deadrelu_wrapped__ = fn
     return wrapped
+
+
+def _unrecorded(fn: Callable, recorder: Recorder, args: tuple, kwargs: dict):
+    """`fn(*args, **kwargs)` with nothing recorded, not even the ReLU op it applies inside."""
+    recorder.quiet += 1
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        recorder.quiet -= 1
 
 
 def _first_argument(args: tuple, kwargs: dict):

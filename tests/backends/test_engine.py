@@ -276,3 +276,37 @@ def test_lstm_and_gru_sites_match_a_step_by_step_reference():
         assert_preact_matches(site, reference_preact(zs))
     # The planted units (others may be dead at this initialisation too, as the reference says).
     assert 1 in report.site("lstm:candidate").dead and 3 in report.site("gru:candidate").dead
+
+
+def test_masked_go_backwards_and_bidirectional_recurrent_sites_match_the_reference():
+    """A masked `go_backwards` GRU and a masked `Bidirectional` LSTM: PyTorch's unrolled loop cannot
+    run them (Keras flips a tuple), so there the layer keeps its loop and its shape step is not counted."""
+    from preact_reference import assert_preact_matches, reference_preact
+    from recurrent_reference import gru_steps, lstm_steps, plant_candidate
+
+    keras.utils.set_random_seed(12)
+    inputs = keras.Input((5, 3))
+    gru = L.GRU(4, activation="relu", return_sequences=True, go_backwards=True, name="gru")
+    bi = L.Bidirectional(L.LSTM(3, activation="relu", name="inner"), name="bi")
+    model = keras.Model(inputs, L.Dense(2)(bi(gru(L.Masking(0.0)(inputs)))))
+    plant_candidate(gru, [2], 3, 2, -20.0)
+    x = random_x((5, 3), 23, seed=13, scale=1.5)
+    x[:6, -2:] = 0.0  # padding, masked: the state carries over those steps
+    mask = np.any(x != 0.0, axis=-1)
+    report = deadrelu.scan(model, x, batch_size=10)
+    [gru_out] = outputs_of(model.inputs, [gru.output], x)
+    forward, backward = bi.forward_layer, bi.backward_layer
+    expected = {
+        "gru:candidate": gru_steps(gru, x, mask, backwards=True),
+        "bi/forward_inner:candidate": lstm_steps(forward, gru_out, mask)[0],
+        "bi/forward_inner:state": lstm_steps(forward, gru_out, mask)[1],
+        "bi/backward_inner:candidate": lstm_steps(backward, gru_out, mask, backwards=True)[0],
+        "bi/backward_inner:state": lstm_steps(backward, gru_out, mask, backwards=True)[1],
+    }
+    assert [s.path for s in report.sites] == list(expected)
+    for path, zs in expected.items():
+        site = report.site(path)
+        assert site.calls == len(zs) == 5, path
+        assert_site_matches(site, reference_stats([np.maximum(z, 0.0).astype(np.float32) for z in zs]))
+        assert_preact_matches(site, reference_preact(zs))
+    assert 2 in report.site("gru:candidate").dead
