@@ -1,16 +1,13 @@
 """Sites + batches → per-unit statistics: the one engine shared by scan, retrain and the callback.
 
-How it works: for the duration of each step call, every layer-level site's nonlinearity is
-wrapped so that its output, and its input (the pre-activation z), are handed to a recorder, and
-ReLUs applied as function calls are intercepted too and become op-level sites
-(`deadrelu.engine.instrumentation`, `deadrelu.engine.interception`). The step
-(`deadrelu.engine.steps`: a `tf.function`, a `jax.jit` or eager PyTorch) runs the model in
-inference mode and reduces every site output and its z to per-unit sums, maxima and minima
-(`keras.ops`, in `deadrelu.engine.reductions`), which the host adds to its totals batch
-after batch; at the end of the pass they become a `ProbeResult` (`deadrelu.engine.statistics`).
-Nothing of size samples × units is ever kept, so memory is O(units). The wrappers are removed
-after every call — a compiled step keeps the recording, the user's model object is left exactly
-as it was.
+How it works: for the duration of each step call, every layer-level site's nonlinearity is wrapped so that its output,
+and its input (the pre-activation z), are handed to a recorder, and ReLUs applied as function calls are intercepted
+too and become op-level sites (`deadrelu.engine.instrumentation`, `deadrelu.engine.interception`). The step
+(`deadrelu.engine.steps`: a `tf.function`, a `jax.jit` or eager PyTorch) runs the model in inference mode and reduces
+every site output and its z to per-unit sums, maxima and minima (`keras.ops`, in `deadrelu.engine.reductions`), which
+the host adds to its totals batch after batch; at the end of the pass they become a `ProbeResult`
+(`deadrelu.engine.statistics`). Nothing of size samples × units is ever kept, so memory is O(units). The wrappers are
+removed after every call — a compiled step keeps the recording, the user's model object is left exactly as it was.
 
 Op-level sites are found by the first, eager pass on one sample (which also learns every site's
 shape) and measured by the trace, so the complete list of sites is known after the first trace
@@ -261,8 +258,11 @@ class Probe:
             samples += n
             if on_batch is not None:
                 on_batch(n)
-        if pending is not None:
-            self._add(pending)
+        with hooked(self.site_map, self._recorder):  # batches the step held back (JAX: `lax.scan` groups)
+            held = [] if self._step is None else self._step.flush()
+        for stats in [pending, *held]:
+            if stats is not None:
+                self._add(stats)
         return samples
 
     def _add(self, stats) -> None:

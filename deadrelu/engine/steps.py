@@ -11,7 +11,8 @@ how to run the model on one batch and differentiate it:
 - JAX: one `jax.jit` over the model called in a `keras.StatelessScope` (weights passed as
   arrays); ∂ℓ/∂z at every site by `jax.grad` with respect to a zero added to each site output.
   Shapes are static under `jit`, so a short last batch is filled up with copies of its own
-  samples, which count nowhere.
+  samples, which count nowhere. A forward scan holds its full batches back and runs them in
+  groups, one `jax.lax.scan` each (`deadrelu.engine.steps_jax`).
 - PyTorch: eager; gradients by `torch.autograd.grad`.
 
 Under a strategy, and on JAX, every batch a replica (or `jit`) sees has the same number of rows;
@@ -108,6 +109,10 @@ class _Step:
     def combine(self, totals, samples: int) -> int:
         """Adds the other workers' totals to `totals` (several workers only); returns all samples."""
         return samples
+
+    def flush(self) -> list:
+        """Runs the batches the step held back (JAX's groups); returns their statistics (to `fetch`)."""
+        return []
 
     def _to_numpy(self, value):
         return np.asarray(value)
@@ -372,11 +377,21 @@ class JaxStep(_Step):
         super().__init__(probe)
         self._fn = None
         self._size = None  # the compiled batch size: shorter batches are filled up to it
+        self._groups = None  # full batches held back to run as one `lax.scan` (`steps_jax`)
+
+    @property
+    def size(self) -> int:
+        """The compiled batch size."""
+        return self._size
 
     def build(self, x, y) -> None:
         import jax
 
+        from deadrelu.engine.steps_jax import MIN_GROUP, BatchGroups
+
         self._size = _batch_size(x)
+        groups = None if self.probe.gradients else BatchGroups(self, x)
+        self._groups = groups if groups is not None and groups.size >= MIN_GROUP else None
         model = self.probe.model
         position = {id(v): i for i, v in enumerate(model.trainable_variables)}
         try:
@@ -389,9 +404,14 @@ class JaxStep(_Step):
         import jax.numpy as jnp
 
         self._weight_sums = [jnp.zeros(v.shape, "float32") for v in self._weight_variables()]
+        if self._groups is not None:
+            self._groups.reset()
 
     def trace(self, x) -> None:
-        self(x, None)
+        self.run_batch(x, None)
+
+    def flush(self) -> list:
+        return [] if self._groups is None else self._groups.flush()
 
     def _call(self, trainable, non_trainable, x):
         import keras
@@ -441,6 +461,15 @@ class JaxStep(_Step):
         return stats, sums
 
     def __call__(self, x, y):
+        """Runs one batch, or holds a full one back for a group (returns None; `flush` runs the rest)."""
+        from deadrelu.engine import mesh
+
+        if self._groups is not None and _batch_size(x) == self._size and mesh.active() is None:
+            return self._groups.hold(x)
+        return self.run_batch(x, y)
+
+    def run_batch(self, x, y):
+        """Runs one batch through the per-batch step; returns its packed statistics."""
         import jax
 
         from deadrelu.engine import mesh
@@ -467,6 +496,10 @@ class JaxStep(_Step):
     def fetch(self, stats) -> list[dict]:
         import jax
 
+        from deadrelu.engine.steps_jax import Grouped
+
+        if isinstance(stats, Grouped):
+            return stats.fetch()
         return [{name: np.asarray(value) for name, value in jax.device_get(stats).items()}]
 
     def unmeasurable(self, output, anchor, per_sample: int) -> str | None:

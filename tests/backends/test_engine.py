@@ -285,13 +285,13 @@ def test_masked_go_backwards_and_bidirectional_recurrent_sites_match_the_referen
     from recurrent_reference import gru_steps, lstm_steps, plant_candidate
 
     keras.utils.set_random_seed(12)
-    inputs = keras.Input((5, 3))
-    gru = L.GRU(4, activation="relu", return_sequences=True, go_backwards=True, name="gru")
-    bi = L.Bidirectional(L.LSTM(3, activation="relu", name="inner"), name="bi")
+    inputs = keras.Input((3, 2))
+    gru = L.GRU(3, activation="relu", return_sequences=True, go_backwards=True, name="gru")
+    bi = L.Bidirectional(L.LSTM(2, activation="relu", name="inner"), name="bi")
     model = keras.Model(inputs, L.Dense(2)(bi(gru(L.Masking(0.0)(inputs)))))
     plant_candidate(gru, [2], 3, 2, -20.0)
-    x = random_x((5, 3), 23, seed=13, scale=1.5)
-    x[:6, -2:] = 0.0  # padding, masked: the state carries over those steps
+    x = random_x((3, 2), 17, seed=13, scale=1.5)
+    x[:6, -1:] = 0.0  # padding, masked: the state carries over those steps
     mask = np.any(x != 0.0, axis=-1)
     report = deadrelu.scan(model, x, batch_size=10)
     [gru_out] = outputs_of(model.inputs, [gru.output], x)
@@ -306,7 +306,7 @@ def test_masked_go_backwards_and_bidirectional_recurrent_sites_match_the_referen
     assert [s.path for s in report.sites] == list(expected)
     for path, zs in expected.items():
         site = report.site(path)
-        assert site.calls == len(zs) == 5, path
+        assert site.calls == len(zs) == 3, path
         assert_site_matches(site, reference_stats([np.maximum(z, 0.0).astype(np.float32) for z in zs]))
         assert_preact_matches(site, reference_preact(zs))
     assert 2 in report.site("gru:candidate").dead

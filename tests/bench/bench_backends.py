@@ -13,6 +13,9 @@ not counted; then `--repeats` rounds, interleaved, the members of a compared pai
   model called eagerly under `torch.no_grad()`, then `torch.sum` of each site output. A tool that
   reads every activation cannot go below it.
 - scan: `deadrelu.scan(model, x, batch_size=B)`; target ≤ 1.10× the floor.
+- JAX only: the `lax.scan` floor, the same jitted forward and sums with the full batches stacked into
+  the groups deadrelu's JAX step forms, one `jax.lax.scan` each (`deadrelu.engine.steps_jax`); and the
+  scan without those groups (`steps_jax.MAX_GROUP = 1`, on a copy of the model): before and after.
 - train step: the floor of a gradient scan, one pass of the summed categorical cross-entropy's
   gradient with respect to every trainable weight, in inference mode, no optimizer — TensorFlow:
   `tf.function` + `GradientTape` (`_common.train_step_loop`); JAX: `jax.jit(jax.value_and_grad(loss))`
@@ -49,6 +52,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -105,6 +110,85 @@ def floor_loop(model, x, batch_size: int) -> Callable[[], None]:
             for start in range(0, len(x), batch_size):
                 values = observed(torch.from_numpy(x[start : start + batch_size]), training=False)
                 [torch.sum(a) for a in values[outputs:]]
+
+    return run
+
+
+def groups_of(full: int, largest: int) -> list[int]:
+    """How many full batches each `lax.scan` of the JAX engine runs (`deadrelu.engine.steps_jax`): groups of
+    `largest` while they fill up, then the rest as smaller powers of two, a single batch alone (0 here)."""
+    sizes = [largest] * (full // largest)
+    rest = full % largest
+    while rest >= 2:
+        sizes.append(1 << (rest.bit_length() - 1))
+        rest -= sizes[-1]
+    return sizes
+
+
+def floor_scan_loop(model, x, batch_size: int) -> Callable[[], None]:
+    """JAX: the floor in the engine's formulation — the same jitted forward and sums, full batches stacked
+    into the groups the engine forms and run as one `jax.lax.scan` each, the other batches per batch."""
+    import jax
+    import jax.numpy as jnp
+
+    observed = observed_model(model)
+    outputs = len(model.outputs)
+
+    def forward(trainable, non_trainable, batch):
+        values, _ = observed.stateless_call(trainable, non_trainable, batch, training=False)
+        return values[:outputs], [jnp.sum(a) for a in values[outputs:]]
+
+    step = jax.jit(forward)
+
+    @jax.jit
+    def scan(trainable, non_trainable, xs):
+        return jax.lax.scan(lambda carry, b: (carry, forward(trainable, non_trainable, b)), (), xs)[1]
+
+    largest = _group_size(x[:batch_size])
+    full = len(x) // batch_size
+    sizes = groups_of(full, largest)
+
+    def run() -> None:
+        trainable = [v.value for v in observed.trainable_variables]
+        non_trainable = [v.value for v in observed.non_trainable_variables]
+        results, start = [], 0
+        for g in sizes:
+            stop = start + g * batch_size
+            xs = np.stack([x[s : s + batch_size] for s in range(start, stop, batch_size)])
+            results.append(scan(trainable, non_trainable, xs))
+            start = stop
+        for s in range(start, len(x), batch_size):
+            results.append(step(trainable, non_trainable, x[s : s + batch_size]))
+        jax.block_until_ready(results)
+
+    return run
+
+
+def _group_size(batch) -> int:
+    """The largest group the engine forms for batches like `batch` (`steps_jax.BatchGroups`)."""
+    from deadrelu.engine import steps_jax
+
+    fits = max(1, min(steps_jax.MAX_GROUP, steps_jax.GROUP_BYTES // max(1, batch.nbytes)))
+    return 1 << (fits.bit_length() - 1)
+
+
+def per_batch_scan(model) -> Callable[[], None]:
+    """JAX: `deadrelu.scan` with the `lax.scan` groups turned off (the engine before them), on a copy of
+    the model (its own probe, built while `steps_jax.MAX_GROUP` is 1)."""
+    import keras
+
+    import deadrelu
+    from deadrelu.engine import steps_jax
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+
+    def run(x, batch_size: int) -> None:
+        largest, steps_jax.MAX_GROUP = steps_jax.MAX_GROUP, 1
+        try:
+            deadrelu.scan(copy, x, batch_size=batch_size, verbose=0)
+        finally:
+            steps_jax.MAX_GROUP = largest
 
     return run
 
@@ -199,6 +283,11 @@ def child(args: argparse.Namespace) -> None:
             "scan": lambda m=model, x=x, b=batch: deadrelu.scan(m, x, batch_size=b, verbose=0),
         }
         groups = [["predict", "floor", "scan"]]
+        if backend == "jax":  # the lax.scan groups: the floor in their formulation, and the scan without them
+            contenders["floor_scan"] = floor_scan_loop(model, x, batch)
+            before = per_batch_scan(model)
+            contenders["scan_per_batch"] = lambda x=x, b=batch, run=before: run(x, b)
+            groups = [["predict", "floor", "floor_scan", "scan", "scan_per_batch"]]
         if name == "cnn":
             contenders["train_step"] = train_step_loop(model, x, y, batch)
             contenders["gradients"] = lambda m=model, x=x, y=y, b=batch: deadrelu.scan(
@@ -218,6 +307,11 @@ def child(args: argparse.Namespace) -> None:
             "floor/predict": C.paired_ratio(t["floor"], t["predict"]),
             "scan/floor": C.paired_ratio(t["scan"], t["floor"]),
         }
+        if "floor_scan" in t:
+            result["floor_scan/floor"] = C.paired_ratio(t["floor_scan"], t["floor"])
+            result["scan/floor_scan"] = C.paired_ratio(t["scan"], t["floor_scan"])
+            result["scan_per_batch/floor"] = C.paired_ratio(t["scan_per_batch"], t["floor"])
+            result["scan_per_batch/floor_scan"] = C.paired_ratio(t["scan_per_batch"], t["floor_scan"])
         if "gradients" in t:
             result["gradients/train_step"] = C.paired_ratio(t["gradients"], t["train_step"])
             result["gradients/predict"] = C.paired_ratio(t["gradients"], t["predict"])
@@ -253,6 +347,22 @@ def table(backend: str, results: list[dict], args: argparse.Namespace) -> str:
         m, label = r["median"], "MNIST CNN" if r["model"] == "cnn" else r["model"]
         row(f"{label}: floor / predict", f"{m['floor']:.3f} / {m['predict']:.3f}", r["floor/predict"], None)
         row(f"{label}: scan / floor", f"{m['scan']:.3f} / {m['floor']:.3f}", r["scan/floor"], SCAN_VS_FLOOR)
+        if "floor_scan/floor" in r:  # JAX: before (per batch) and after (lax.scan groups), against both floors
+            fs, sp = m["floor_scan"], m["scan_per_batch"]
+            row(f"{label}: lax.scan floor / floor", f"{fs:.3f} / {m['floor']:.3f}", r["floor_scan/floor"], None)
+            row(f"{label}: scan / lax.scan floor", f"{m['scan']:.3f} / {fs:.3f}", r["scan/floor_scan"], SCAN_VS_FLOOR)
+            row(
+                f"{label}: per-batch scan (before) / floor",
+                f"{sp:.3f} / {m['floor']:.3f}",
+                r["scan_per_batch/floor"],
+                None,
+            )
+            row(
+                f"{label}: per-batch scan (before) / lax.scan floor",
+                f"{sp:.3f} / {fs:.3f}",
+                r["scan_per_batch/floor_scan"],
+                None,
+            )
         if "gradients/train_step" in r:
             row(
                 f"{label}: scan(gradients) / train step",
