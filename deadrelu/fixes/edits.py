@@ -193,6 +193,14 @@ def draw_columns(
 
 def _draw(initializer, shape: tuple, seed: int, dtype) -> np.ndarray | None:
     """A draw of the whole kernel from a seeded copy of the initializer (None if constant)."""
+    draw = seeded_draw(initializer, shape, seed, dtype)
+    if draw is not None and draw.size > 1 and float(np.std(draw)) == 0.0:
+        return None  # zeros / ones / constant: no way to break symmetry
+    return draw
+
+
+def seeded_draw(initializer, shape: tuple, seed: int, dtype) -> np.ndarray | None:
+    """A draw from a copy of `initializer` seeded with `seed`; None if it cannot be re-seeded or called."""
     import keras
 
     try:
@@ -200,12 +208,9 @@ def _draw(initializer, shape: tuple, seed: int, dtype) -> np.ndarray | None:
         config = init.get_config()
         if "seed" in config:
             init = type(init).from_config({**config, "seed": seed})
-        draw = np.asarray(init(shape, dtype=dtype))
+        return np.array(init(shape, dtype=dtype))
     except Exception:  # noqa: BLE001 - an initializer we cannot re-seed or call
         return None
-    if draw.size > 1 and float(np.std(draw)) == 0.0:
-        return None  # zeros / ones / constant: no way to break symmetry
-    return draw
 
 
 def reset_batchnorm(

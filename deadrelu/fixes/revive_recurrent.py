@@ -43,7 +43,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deadrelu.fixes.edits import Edits
+from deadrelu.fixes.edits import Edits, seeded_draw
 from deadrelu.fixes.graph import LayerGraph, UnitTarget
 
 # Gates per recurrent layer class, packed side by side in its kernels, and the one its activation reads.
@@ -169,14 +169,7 @@ def _draw(initializer, shape: tuple, seed: int, dtype, fallback: str | None = No
     """
     import keras
 
-    try:
-        init = keras.initializers.get(initializer)
-        config = init.get_config()
-        if "seed" in config:
-            init = type(init).from_config({**config, "seed": seed})
-        draw = np.array(init(shape, dtype=dtype))
-    except Exception:  # noqa: BLE001 - an initializer we cannot re-seed or call
-        draw = None
+    draw = seeded_draw(initializer, shape, seed, dtype)
     if fallback is None:
         return (np.zeros(shape, dtype) if draw is None else draw), False
     if draw is not None and (draw.size <= 1 or float(np.std(draw)) > 0.0):
