@@ -451,7 +451,7 @@ def relu_planted(shape: tuple, seed: int) -> np.ndarray:
 def test_relu_op_output_is_keras_relu_bit_for_bit(ops, name, shape):
     threshold, cap, keras_relu = RELUS[name]
     z = relu_planted(shape, seed=len(name) + len(shape))
-    got = ops.deadrelu_relu_site_stats(z, tf.zeros((0,)), **relu_attrs(threshold, cap))[0].numpy()
+    got = ops.deadrelu_relu_site_stats(z, tf.zeros((0,)), tf.zeros((0,)), **relu_attrs(threshold, cap))[0].numpy()
     assert got.shape == z.shape and got.dtype == np.float32
     want = np.asarray(keras_relu(tf.constant(z)))
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"{name} vs Keras")
@@ -472,9 +472,9 @@ def test_relu_op_is_keras_relu_when_it_writes_over_z_in_a_traced_function(ops, n
     z = relu_planted((6, 7, 5, 24), seed=3)
     empty = tf.zeros((0,))
     attrs = relu_attrs(threshold, cap)
-    traced = tf.function(lambda x: ops.deadrelu_relu_site_stats(x * 1.0, empty, **attrs), autograph=False)
+    traced = tf.function(lambda x: ops.deadrelu_relu_site_stats(x * 1.0, empty, empty, **attrs), autograph=False)
     got = traced(tf.constant(z))
-    eager = ops.deadrelu_relu_site_stats(z, empty, **attrs)
+    eager = ops.deadrelu_relu_site_stats(z, empty, empty, **attrs)
     np.testing.assert_array_equal(got[0].numpy().view(np.uint32), np.asarray(keras_relu(z)).view(np.uint32))
     for traced_value, eager_value in zip(got[1:], eager[1:]):
         np.testing.assert_array_equal(traced_value.numpy(), eager_value.numpy())
@@ -488,7 +488,7 @@ def test_relu_op_statistics_equal_the_site_and_preact_ops(ops, name, shape, mask
     z = relu_planted(shape, seed=sum(shape))
     valid = (np.arange(shape[0]) % 3 != 1).astype(np.float32) if masked else None
     valid_t = tf.constant(valid if masked else np.zeros(0, np.float32))
-    a, *stats = ops.deadrelu_relu_site_stats(z, valid_t, **relu_attrs(threshold, cap))
+    a, *stats = ops.deadrelu_relu_site_stats(z, valid_t, tf.zeros((0,)), **relu_attrs(threshold, cap))
     want_a = numpy_relu(z, threshold, cap)
     np.testing.assert_array_equal(a.numpy().view(np.uint32), want_a.view(np.uint32))  # padding rows too
     site_attrs = {"cap": cap, "capped": True} if cap is not None else {}
@@ -510,11 +510,56 @@ def test_relu_op_statistics_equal_the_site_and_preact_ops(ops, name, shape, mask
         assert stats[5].numpy().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["relu", "relu6", "ReLU(threshold=0.5)", "ReLU(threshold=1, max_value=2)"])
+@pytest.mark.parametrize("shape", [(5, 37), (4, 3, 16), (64, 49, 130)], ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["all-rows", "padding"])
+def test_relu_op_with_a_bias_is_the_op_on_bias_add_bit_for_bit(ops, name, shape, masked):
+    """Given the layer's bias, the op adds it as TensorFlow's `BiasAdd` does: output and every statistic
+    equal the op run on `tf.nn.bias_add`'s result, bit for bit (planted NaN, ±inf, subnormals included)."""
+    threshold, cap, _ = RELUS[name]
+    c = relu_planted(shape, seed=len(shape) + 11)
+    rng = np.random.default_rng(len(name))
+    bias = rng.normal(0, 2, shape[-1]).astype(np.float32)
+    bias[:4] = [-1e3, 1e3, 1e-40, -0.0][: min(4, shape[-1])]  # a dead unit, a saturated one, a subnormal, -0
+    valid = tf.constant((np.arange(shape[0]) % 3 != 1).astype(np.float32) if masked else np.zeros(0, np.float32))
+    attrs = relu_attrs(threshold, cap)
+    folded = ops.deadrelu_relu_site_stats(c, valid, bias, **attrs)
+    z = tf.nn.bias_add(tf.constant(c), tf.constant(bias))
+    unfolded = ops.deadrelu_relu_site_stats(z, valid, tf.zeros((0,)), **attrs)
+    for got, want in zip(folded, unfolded):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(folded[0].numpy().view(np.uint32), unfolded[0].numpy().view(np.uint32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bias must be"):
+        ops.deadrelu_relu_site_stats(c, valid, bias[:-1], **attrs)
+
+
+def test_relu_op_with_a_bias_has_bias_adds_gradient(ops):
+    """Under a tape the folded op's gradients (input and bias) are those of `relu(bias_add(c, b))`, bit for bit."""
+    c = tf.constant(relu_planted((16, 9, 24), seed=5)[..., :24] * np.float32(0.1))
+    c = tf.where(tf.math.is_finite(c), c, 0.0)
+    bias = tf.constant(np.random.default_rng(2).normal(0, 0.5, 24).astype(np.float32))
+    upstream = tf.constant(np.random.default_rng(3).normal(size=(16, 9, 24)).astype(np.float32))
+    empty = tf.zeros((0,))
+
+    def grads(apply):
+        with tf.GradientTape() as tape:
+            tape.watch([c, bias])
+            loss = tf.reduce_sum(apply(c, bias) * upstream)
+        return tape.gradient(loss, [c, bias])
+
+    fused = grads(lambda c, b: ops.deadrelu_relu_site_stats(c, empty, b)[0])
+    keras_relu = grads(lambda c, b: tf.nn.relu(tf.nn.bias_add(c, b)))
+    for got, want in zip(fused, keras_relu):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert np.count_nonzero(fused[1].numpy()) > 0
+
+
 def test_relu_op_refuses_malformed_inputs(ops):
     with pytest.raises(tf.errors.InvalidArgumentError, match="rank 1"):
-        ops.deadrelu_relu_site_stats(tf.zeros((4,)), tf.zeros((0,)))
+        ops.deadrelu_relu_site_stats(tf.zeros((4,)), tf.zeros((0,)), tf.zeros((0,)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="valid must be"):
-        ops.deadrelu_relu_site_stats(tf.zeros((4, 3)), tf.zeros((3,)))
+        ops.deadrelu_relu_site_stats(tf.zeros((4, 3)), tf.zeros((3,)), tf.zeros((0,)))
 
 
 # -- scans with and without the kernel ---------------------------------------------------------------
@@ -651,6 +696,15 @@ FUSED_SITES = {
     "op-level ReLUs, a layer called twice": 2,  # the shared Dense, called twice
     "unknown spatial sizes": 2,
 }
+# Of those, the sites whose z is a channels-last `BiasAdd` (a Conv or Dense with bias) or a
+# BatchNormalization's shift: the op reads what came before the sum and adds it itself.
+FOLDED_BIASES = {
+    "capped CNN": 3,
+    "channels-first thresholds": 0,
+    "ReLU layers, Activation, BN": 4,
+    "op-level ReLUs, a layer called twice": 2,
+    "unknown spatial sizes": 2,
+}
 FUSED_UNDER_TAPE = {
     "capped CNN": 2,
     "channels-first thresholds": 0,
@@ -670,6 +724,15 @@ def test_the_forward_step_applies_plain_relus_with_the_fused_op(scans_use_the_ke
     graph = probe_for(model)._step._fn.get_concrete_function().graph
     kinds = [op.type for op in graph.get_operations()]
     assert kinds.count("DeadreluReluSiteStats") == FUSED_SITES[name]
+    # A per-unit bias (a Conv's or Dense's BiasAdd, a BatchNormalization's shift) is folded into the
+    # op, which reads what came before the sum; the sum is left without a reader (TensorFlow prunes it).
+    fused = [op for op in graph.get_operations() if op.type == "DeadreluReluSiteStats"]
+    folded = [op for op in fused if op.inputs[2].shape.num_elements() != 0]
+    assert len(folded) == FOLDED_BIASES[name]
+    read = {tensor.name for op in graph.get_operations() for tensor in op.inputs}
+    for op in folded:
+        sums = [c for c in op.inputs[0].consumers() if c.type in ("BiasAdd", "AddV2")]
+        assert len(sums) == 1 and sums[0].outputs[0].name not in read
     deadrelu.scan(model, data=x, labels=one_hot(np.arange(8) % classes, classes), gradients=True, batch_size=8)
     graph = probe_for(model, gradients=True)._step._fn.get_concrete_function().graph
     assert [op.type for op in graph.get_operations()].count("DeadreluReluSiteStats") == FUSED_UNDER_TAPE[name]

@@ -173,6 +173,10 @@ class Probe:
             self._found = self._complete_map()
         return self._found
 
+    def site(self, index: int) -> Site:
+        """The site a `Record` of the step names by its index."""
+        return self._sites[index]
+
     @property
     def traces(self) -> int:
         """How many times the step's body was traced (on PyTorch, which runs eagerly: 1 once run)."""
@@ -507,11 +511,12 @@ class Probe:
         return self.loss_fn(y, y_pred, logits=logits)
 
     @own_code("reducing a batch's site outputs")
-    def measure(self, records: list, grads: list | None = None, *, valid=None, loss=None) -> dict:
-        """One batch's packed statistics (`Totals.pack`) from the recorded `Record`s (and gradients)."""
+    def measure(self, records: list, grads: list | None = None, *, valid=None, loss=None, passed=()) -> dict:
+        """One batch's packed statistics (`Totals.pack`) from the recorded `Record`s (and gradients;
+        `passed`: positions in `records` whose gradient is ∂ℓ/∂z, see `site_batch_stats`)."""
         grads = grads if grads is not None else [None] * len(records)
         stats = []
-        for record, grad in zip(records, grads):
+        for position, (record, grad) in enumerate(zip(records, grads)):
             if record.preact is None:  # z not observed: the site's pre-activation statistics are None
                 self._no_preact.add(record.index)
             if record.stats is not None:  # measured by the kernel as it applied the ReLU
@@ -522,18 +527,16 @@ class Probe:
                     )
                 stats.append((record.index, site_stats))
                 continue
-            stats.append((record.index, self._site_stats(record, grad, valid)))
+            stats.append((record.index, self._site_stats(record, grad, valid, position in passed)))
         return self._totals.pack(stats, loss=loss)
 
-    def _site_stats(self, record: Record, grad, valid) -> dict:
+    def _site_stats(self, record: Record, grad, valid, grad_passed: bool = False) -> dict:
         site = self._sites[record.index]
-        shape = {}
+        shape = {"grad_passed": grad_passed}
         if site.op_level:  # ReLUs on reshaped tensors: per sample, as found
-            _, positions, units = self._layout[record.index]
-            shape = {"positions": positions, "units": units}
-        return site_batch_stats(
-            site, record.output, grad, preact=record.preact, valid=valid, kernel=self._kernel, **shape
-        )
+            _, shape["positions"], shape["units"] = self._layout[record.index]
+        kernel = self._kernel
+        return site_batch_stats(site, record.output, grad, preact=record.preact, valid=valid, kernel=kernel, **shape)
 
     # -- results --------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ def site_batch_stats(
     units: int | None = None,
     valid: Any = None,
     kernel: Any = None,
+    grad_passed: bool = False,
 ) -> dict:
     """Reduces one site output (and its gradient) to per-unit sums over batch and positions.
 
@@ -66,6 +67,9 @@ def site_batch_stats(
         kernel: TensorFlow only: the fused ops of `deadrelu.kernel.ops()`, which compute the same
             numbers in one pass over the output. Defaults to None (TensorFlow's own ops). On
             PyTorch the numbers come from `deadrelu.engine.reductions_torch` (blocks of samples).
+        grad_passed: `grad` is ∂ℓ/∂z of a plain ReLU (autograd's own backward of it), already zero
+            wherever the unit passes no gradient: PyTorch then skips applying that mask (elsewhere
+            it is applied and changes nothing). Defaults to False.
 
     Returns:
         Tensors of shape [units], keyed as the statistics of `Totals` ("saturated" for capped
@@ -79,7 +83,9 @@ def site_batch_stats(
     if _backend() == "torch":  # eager: in blocks of samples, see the module
         from deadrelu.engine.reductions_torch import torch_site_stats
 
-        return torch_site_stats(site, output, grad, preact=preact, positions=positions, units=units, valid=valid)
+        return torch_site_stats(
+            site, output, grad, preact=preact, positions=positions, units=units, valid=valid, grad_passed=grad_passed
+        )
     count, wide = wide_dtypes()
     a = ops.cast(output, "float32")
     z = None if preact is None else ops.cast(preact, "float32")
@@ -334,7 +340,9 @@ def fused_relu_stats(kernel, site: Site, z, valid=None) -> tuple | None:
     On TensorFlow's CPU the scan's forward step hands the model this op's output instead of running
     Keras's ReLU (see `deadrelu.engine.instrumentation.plain_relu`): z is read once, for the output
     and every statistic of `site_batch_stats` (output and pre-activation), where measuring z beside
-    the output took two more passes and TensorFlow's fusion of the layer's bias and ReLU.
+    the output took two more passes and TensorFlow's fusion of the layer's bias and ReLU. When z is
+    a per-unit sum (the layer's `BiasAdd`, a BatchNormalization's shift), the op reads what came before
+    the sum and adds the bias itself (`_unbiased`).
 
     Args:
         kernel: The op module of `deadrelu.kernel.ops()`.
@@ -361,12 +369,42 @@ def fused_relu_stats(kernel, site: Site, z, valid=None) -> tuple | None:
         return None
     valid = tf.zeros((0,), tf.float32) if valid is None else valid
     cap = {"cap": float(site.max_value), "capped": True} if site.capped else {}
-    output, *values = op(z, valid, threshold=float(site.threshold), **cap)
+    z, bias = _unbiased(z)
+    output, *values = op(z, valid, bias, threshold=float(site.threshold), **cap)
     names = ("fires", "sample_fires", "sum_abs", "max", "saturated", "non_finite", *_PREACT)
     stats = dict(zip(names, values))
     if not site.capped:
         del stats["saturated"]
     return output, stats
+
+
+def _unbiased(z) -> tuple:
+    """z as (what the layer had before adding its per-unit bias, that bias) when z is traced as such a sum.
+
+    A channels-last `BiasAdd` (a Conv's or Dense's bias), or an `AddV2` of a [units] vector to a
+    tensor of z's shape (the shift of an inference-mode BatchNormalization, `x * scale + shift`).
+    The kernel then adds the bias itself (one float32 addition: the same z, bit for bit), and the
+    sum, left without a reader, is not run: one write and one read of the activation fewer (and
+    TensorFlow's fusion of a bias and ReLU into the convolution, which observing z undoes, costs
+    less). Anything else — an eager tensor, another op, channels first — is (z, []).
+    """
+    import tensorflow as tf
+
+    none = (z, tf.zeros((0,), tf.float32))
+    op = getattr(z, "op", None)  # an eager tensor has none (and raises AttributeError)
+    if op is None or op.type not in ("BiasAdd", "AddV2", "Add"):
+        return none
+    if op.type == "BiasAdd":
+        if op.get_attr("data_format") not in (b"NHWC", "NHWC"):
+            return none
+        value, bias = op.inputs
+    else:
+        value, bias = op.inputs if op.inputs[1].shape.rank == 1 else reversed(op.inputs)
+        if value.shape.rank != z.shape.rank or not value.shape.is_compatible_with(z.shape):
+            return none
+    if value.dtype != tf.float32 or bias.dtype != tf.float32 or bias.shape.rank != 1 or bias.shape[0] != z.shape[-1]:
+        return none
+    return value, bias
 
 
 def _flat_positions(x) -> Positions:

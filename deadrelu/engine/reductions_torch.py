@@ -43,6 +43,7 @@ def torch_site_stats(
     positions: int | None = None,
     units: int | None = None,
     valid: Any = None,
+    grad_passed: bool = False,
 ) -> dict:
     """`deadrelu.engine.reductions.site_batch_stats` of one PyTorch site output, block by block.
 
@@ -54,6 +55,9 @@ def torch_site_stats(
         preact: The pre-activation z, same shape, or None (then no "pre_*" statistic).
         positions, units: Given together for op-level sites (see `site_batch_stats`).
         valid: None, or a float32 [samples] vector of 1 (a real sample) and 0 (padding).
+        grad_passed: `grad` is ∂ℓ/∂z of a plain ReLU (zero wherever the unit passes no gradient):
+            the mask of where it passes is not applied again (a pass that reads the output and the
+            gradient together, whose memory PyTorch lays out in opposite orders).
 
     Returns:
         `{statistic: tensor of shape [units]}`, as `site_batch_stats` returns them.
@@ -64,12 +68,12 @@ def torch_site_stats(
     g = None if grad is None else _units_second(grad.to(torch.float32), site, positions, units)
     z = None if preact is None else _units_second(preact.to(torch.float32), site, positions, units)
     weights = None if valid is None else valid.to(torch.float32)
-    stats = _output_stats(site, a, g, weights, clean=False)
+    stats = _output_stats(site, a, g, weights, clean=False, grad_passed=grad_passed)
     finite = bool(torch.isfinite(stats["sum_abs"]).all())
     if g is not None:
         finite = finite and bool(torch.isfinite(stats["grad_abs"]).all())
     if not finite:  # a diverged model: NaN and ±inf are counted in "non_finite", read as zero elsewhere
-        stats = _output_stats(site, a, g, weights, clean=True)
+        stats = _output_stats(site, a, g, weights, clean=True, grad_passed=grad_passed)
     if z is not None:
         stats.update(_preact_stats(z, weights))
     return stats
@@ -100,7 +104,7 @@ def _blocks(x):
     return [(start, min(start + rows, x.shape[0])) for start in range(0, x.shape[0], rows)]
 
 
-def _output_stats(site: Site, a, g, weights, *, clean: bool) -> dict:
+def _output_stats(site: Site, a, g, weights, *, clean: bool, grad_passed: bool = False) -> dict:
     """fires, sample_fires, sum_abs, max, non_finite (and saturated, grad_abs, grad_zero)."""
     import torch
 
@@ -133,8 +137,11 @@ def _output_stats(site: Site, a, g, weights, *, clean: bool) -> dict:
             gb = g[start:stop]
             if clean:
                 gb = torch.where(torch.isfinite(gb), gb, 0.0)
-            passes = block > 0 if at_cap is None else (block > 0) & ~at_cap
-            gm = torch.where(passes, gb, 0.0).abs_()
+            if grad_passed:
+                gm = gb.abs()
+            else:
+                passes = block > 0 if at_cap is None else (block > 0) & ~at_cap
+                gm = torch.where(passes, gb, 0.0).abs_()
             # A subnormal gradient (PyTorch flushes them to zero only on the thread that asks; XLA
             # and TensorFlow on every thread) is the zero it is on the other backends.
             torch.nn.functional.threshold(gm, _LARGEST_SUBNORMAL, 0.0, inplace=True)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from deadrelu.engine.instrumentation import Record
+from deadrelu.engine.sites import KIND_FUSED
 from deadrelu.errors import UsageError
 
 
@@ -559,7 +560,10 @@ class TorchStep(_Step):
         # autograd's graph until asked for, like a tape's `watch`.
         y_pred, records = self.probe.recorded_call(lambda: model(x, training=False), anchor=x, watch=_track)
         total = torch.sum(self.probe.per_sample_loss(y, y_pred))
-        targets = [record.output for record in records] + variables
+        # ∂ℓ/∂z where autograd computes it anyway (a Keras layer's own ReLU): it is ∂ℓ/∂output
+        # where the unit passes gradient and 0 elsewhere, so the statistics need no mask.
+        passed = {i for i, record in enumerate(records) if _relu_of_preact(self.probe.site(record.index), record)}
+        targets = [record.preact if i in passed else record.output for i, record in enumerate(records)] + variables
         wanted = [t for t in targets if t.requires_grad]
         found = iter(torch.autograd.grad(total, wanted, allow_unused=True) if wanted else [])
         grads = [next(found) if t.requires_grad else None for t in targets]
@@ -571,7 +575,7 @@ class TorchStep(_Step):
             detached = [
                 Record(r.index, r.output.detach(), None if r.preact is None else r.preact.detach()) for r in records
             ]
-            stats = self.probe.measure(detached, grads[:k], loss=total.detach())
+            stats = self.probe.measure(detached, grads[:k], loss=total.detach(), passed=passed)
             self._weight_sums = [g if s is None else s + g for s, g in zip(self._weight_sums, grads[k:])]
         return stats
 
@@ -601,6 +605,23 @@ def _flushes_subnormals() -> bool:
     import torch
 
     return float(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item()) == 0.0
+
+
+def _relu_of_preact(site, record) -> bool:
+    """Whether a PyTorch site output is `torch.relu` of the recorded z, inside a Keras layer.
+
+    Then z feeds only that ReLU (Keras's own layers apply their activation to z and nothing else),
+    so ∂ℓ/∂z, which autograd's ReLU backward computes in any case, is ∂ℓ/∂output masked to where
+    the unit passes gradient. A user's layer might read z again: its sites keep ∂ℓ/∂output.
+    """
+    z, fn = record.preact, getattr(record.output, "grad_fn", None)
+    if z is None or fn is None or z.grad_fn is None or site.kind != KIND_FUSED or site.op_level:
+        return False
+    if site.capped or site.threshold or site.recurrent is not None:
+        return False
+    if not type(site.layer).__module__.startswith("keras."):
+        return False
+    return type(fn).__name__ == "ReluBackward0" and fn.next_functions[0][0] is z.grad_fn
 
 
 def _track(tensor) -> None:

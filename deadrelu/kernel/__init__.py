@@ -189,14 +189,19 @@ def _register_relu_gradient(tf) -> None:
     """Gives `deadrelu_relu_site_stats` the gradient of the ReLU it applies (once per process).
 
     Its output `a` is Keras's ReLU of z, so ∂a/∂z is TensorFlow's own `ReluGrad` on `a` (1 where
-    a > 0): the gradient step may then apply a plain ReLU site by the kernel under a tape, and the
-    weights' gradients are those of the model's own ReLU, bit for bit. The statistics outputs have
-    no gradient. Only sites without a threshold or cap are fused under a tape (see
+    a > 0), and a bias folded into the op (z = input + bias) gets `BiasAddGrad` of that: the
+    gradient step may then apply a plain ReLU site by the kernel under a tape, and the weights'
+    gradients are those of the model's own ReLU and bias. The statistics outputs have no gradient.
+    Only sites without a threshold or cap are fused under a tape (see
     `deadrelu.engine.instrumentation.plain_relu`), where this is the exact derivative.
     """
 
     def relu_site_stats_grad(op, grad_a, *_):
-        return tf.raw_ops.ReluGrad(gradients=grad_a, features=op.outputs[0]), None
+        grad_z = tf.raw_ops.ReluGrad(gradients=grad_a, features=op.outputs[0])
+        # A folded bias gets BiasAdd's own gradient (a BatchNormalization's shift: the same sums).
+        folded = op.inputs[2].shape.num_elements() != 0
+        grad_bias = tf.raw_ops.BiasAddGrad(out_backprop=grad_z, data_format="NHWC") if folded else None
+        return grad_z, None, grad_bias
 
     with contextlib.suppress(KeyError):  # registered already (another cached library path in this process)
         tf.RegisterGradient("DeadreluReluSiteStats")(relu_site_stats_grad)

@@ -22,7 +22,9 @@
 //
 // The fourth, `DeadreluReluSiteStats`, applies a layer-level site's ReLU itself: it reads z once and
 // returns the ReLU's output (what Keras's relu computes, bit for bit) with the statistics of the other
-// two ops, so that a scan's forward step reads each activation once (see `ReluSiteStatsOp`).
+// two ops, so that a scan's forward step reads each activation once (see `ReluSiteStatsOp`). Given
+// the layer's bias, it reads the layer's output before the bias instead and adds the bias itself
+// (one float32 addition, as `BiasAdd`): the layer's `BiasAdd` then has no reader and is not run.
 
 #include <algorithm>
 #include <cfloat>
@@ -100,6 +102,7 @@ REGISTER_OP("DeadreluPreactStats")
 REGISTER_OP("DeadreluReluSiteStats")
     .Input("z: float")                // pre-activations [samples, ..., units], units contiguous
     .Input("valid: float")            // [samples] of 1 (counted) and 0 (padding), or [0]: all counted
+    .Input("bias: float")             // [units] added to z first (the layer's BiasAdd, folded in), or [0]
     .Attr("threshold: float = 0")     // ReLU(threshold=t): z > t passes, the rest is 0
     .Attr("cap: float = 0")           // the site's max_value, with capped
     .Attr("capped: bool = false")
@@ -616,6 +619,14 @@ class ReluSiteStatsOp : public SiteStatsOp {
                 ::tensorflow::errors::InvalidArgument("valid must be [samples] or [0], got ",
                                                       valid.shape().DebugString()));
     layout.valid = nv ? valid.flat<float>().data() : nullptr;
+    const Tensor& bias_in = ctx->input(2);
+    const int64_t nb = bias_in.NumElements();
+    OP_REQUIRES(ctx, bias_in.dims() == 1 && (nb == 0 || nb == layout.units),
+                ::tensorflow::errors::InvalidArgument("bias must be [units] or [0], got ",
+                                                      bias_in.shape().DebugString()));
+    // Without a bias, zeros: z + 0 is z for every value the op reads (-0 and subnormals read as 0).
+    std::vector<float> no_bias(nb ? 0 : layout.units, 0.f);
+    const float* bias = nb ? bias_in.flat<float>().data() : no_bias.data();
     // `a` takes z's buffer when nothing else reads z (in a scan's step, nothing does): each value
     // of z is read, then overwritten by its ReLU, and no new activation-sized buffer is written.
     Tensor* a_out = nullptr;
@@ -639,13 +650,13 @@ class ReluSiteStatsOp : public SiteStatsOp {
           const float* zi = zs + i * p * u;
           float* ai = as + i * p * u;
           if (layout.valid && layout.valid[i] == 0.f) {
-            ApplyRows(zi, ai, p * u);
+            ApplyRows(zi, bias, ai, p, u);
             continue;
           }
           for (int64_t start = 0; start < p; start += kBlock) {
             const int64_t stop = std::min(p, start + kBlock);
-            const Rows rows{zi + start * u, ai + start * u, stop - start, u,
-                            &block,         &highest[at],   &lowest[at],  &sums[at], &squares[at]};
+            const Rows rows{zi + start * u, bias,         ai + start * u, stop - start, u,
+                            &block,         &highest[at], &lowest[at],    &sums[at],   &squares[at]};
             MeasureBlock(rows);
             if (!Finite(block.sum.data(), u)) Remeasure(ai + start * u, stop - start, u, &block, mine.non_finite);
             SettleBlock(stop == p, u, &block, &sample, mine);
@@ -694,7 +705,8 @@ class ReluSiteStatsOp : public SiteStatsOp {
   // block's (of `a`) and the chunk's (of z).
   struct Rows {
     const float* z;
-    float* a;  // may be z itself
+    const float* bias;  // [units], added to z before anything reads it
+    float* a;           // may be z itself
     int64_t rows, units;
     Block* block;
     float *highest, *lowest;
@@ -750,7 +762,7 @@ class ReluSiteStatsOp : public SiteStatsOp {
       float x[W];
       const float* zr = r.z + j * r.units + k0;
       float* ar = r.a + j * r.units + k0;
-      for (int w = 0; w < W; ++w) x[w] = zr[w];
+      for (int w = 0; w < W; ++w) x[w] = zr[w] + r.bias[k0 + w];
       for (int w = 0; w < W; ++w) {
         const float v = std::fabs(x[w]);
         const float kept = PreactStatsOp::KeptOrZero(x[w], (v >= FLT_MIN) & (v <= FLT_MAX));
@@ -808,12 +820,13 @@ class ReluSiteStatsOp : public SiteStatsOp {
     const F16 smallest = zero + FLT_MIN, largest = zero + FLT_MAX;
     const F16 threshold = zero + threshold_, cap = zero + cap_;
     const I16 magnitude = I16{} + 0x7fffffff;
+    const F16 bias = LoadV<F16>(r.bias + k0);
     I16 count = {}, at_cap = {};
     F16 total = {}, best = zero - std::numeric_limits<float>::infinity();
     F16 hi = LoadV<F16>(r.highest + k0), lo = LoadV<F16>(r.lowest + k0);
     D8 s1a = {}, s1b = {}, s2a = {}, s2b = {};
     for (int64_t j = 0; j < r.rows; ++j) {
-      const F16 x = LoadV<F16>(r.z + j * r.units + k0);  // read before `a` is written (maybe over it)
+      const F16 x = LoadV<F16>(r.z + j * r.units + k0) + bias;  // read before `a` is written (maybe over it)
       const F16 v = (F16)((I16)x & magnitude);
       const F16 kept = (F16)((I16)x & ((v >= smallest) & (v <= largest)));
       hi = hi < kept ? kept : hi;
@@ -854,37 +867,25 @@ class ReluSiteStatsOp : public SiteStatsOp {
     return y;
   }
 
-  // `count` contiguous values: z into a, or z's own buffer overwritten by a (one loop each, so that
-  // each vectorizes without a check of how the two overlap).
+  // A padding sample's rows: its output only. Each value is read before its `a` is written, so
+  // `a` may be z's own buffer.
   template <bool kThreshold, bool kCapped>
-  static void ReluInto(const float* __restrict z, float* __restrict a, int64_t count, float threshold, float cap) {
-    for (int64_t k = 0; k < count; ++k) a[k] = Relu<kThreshold, kCapped>(z[k], threshold, cap);
-  }
-
-  template <bool kThreshold, bool kCapped>
-  static void ReluInPlace(float* __restrict a, int64_t count, float threshold, float cap) {
-    for (int64_t k = 0; k < count; ++k) a[k] = Relu<kThreshold, kCapped>(a[k], threshold, cap);
-  }
-
-  template <bool kThreshold, bool kCapped>
-  void Apply(const float* z, float* a, int64_t count) const {
-    if (z == a) {
-      ReluInPlace<kThreshold, kCapped>(a, count, threshold_, cap_);
-    } else {
-      ReluInto<kThreshold, kCapped>(z, a, count, threshold_, cap_);
+  void Apply(const float* z, const float* bias, float* a, int64_t rows, int64_t units) const {
+    for (int64_t j = 0; j < rows; ++j, z += units, a += units) {
+      for (int64_t k = 0; k < units; ++k) a[k] = Relu<kThreshold, kCapped>(z[k] + bias[k], threshold_, cap_);
     }
   }
 
-  void ApplyRows(const float* z, float* a, int64_t count) const {
+  void ApplyRows(const float* z, const float* bias, float* a, int64_t rows, int64_t units) const {
     const bool threshold = threshold_ != 0.f;
     if (threshold && capped_) {
-      Apply<true, true>(z, a, count);
+      Apply<true, true>(z, bias, a, rows, units);
     } else if (threshold) {
-      Apply<true, false>(z, a, count);
+      Apply<true, false>(z, bias, a, rows, units);
     } else if (capped_) {
-      Apply<false, true>(z, a, count);
+      Apply<false, true>(z, bias, a, rows, units);
     } else {
-      Apply<false, false>(z, a, count);
+      Apply<false, false>(z, bias, a, rows, units);
     }
   }
 

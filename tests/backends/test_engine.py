@@ -168,6 +168,58 @@ def test_gradients_match_the_backends_autodiff():
     assert report.loss == pytest.approx(expected_loss, rel=1e-5)
 
 
+class _ReadsZTwice(L.Layer):
+    """A user's layer with an `activation` that also adds z to its output: ∂ℓ/∂z is not ∂ℓ/∂relu(z) masked."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(units)
+        self.activation = keras.activations.relu
+
+    def call(self, x):
+        z = self.dense(x)
+        return self.activation(z) + 0.5 * z
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the ∂ℓ/∂z shortcut is PyTorch's gradient step")
+def test_torch_gradient_statistics_from_the_relus_own_backward_equal_the_masked_output_gradient(monkeypatch):
+    """Keras layers' own ReLUs take ∂ℓ/∂z from autograd (no mask pass); every other site keeps
+    ∂ℓ/∂output masked where the unit passes gradient. Both give the same statistics."""
+    from deadrelu.engine import steps
+
+    keras.utils.set_random_seed(21)
+    inputs = keras.Input((9, 9, 3))
+    h = L.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    h = L.Conv2D(6, 3, activation="relu6", name="capped")(h)
+    h = L.ReLU(name="relu_layer")(L.Conv2D(5, 2, name="before_relu")(h))
+    h = _ReadsZTwice(7, name="reads_z_twice")(L.Flatten()(h))
+    outputs = L.Dense(3, activation="softmax")(L.Dense(12, activation="relu", name="dense")(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(loss="categorical_crossentropy")
+    plant_bias(model.get_layer("conv"), {2: -1e3})
+    x = random_x((9, 9, 3), 70, seed=22)
+    y = keras.utils.to_categorical(np.arange(70) % 3, 3)
+    decided = []
+    shortcut = steps._relu_of_preact
+
+    def spy(site, record):
+        decided.append((site.path, shortcut(site, record)))
+        return decided[-1][1]
+
+    monkeypatch.setattr(steps, "_relu_of_preact", spy)
+    fast = deadrelu.scan(model, x, labels=y, gradients=True, batch_size=32)
+    assert {path for path, used in decided if used} == {"conv", "dense"}
+    assert {path for path, used in decided if not used} == {"capped", "relu_layer", "reads_z_twice"}
+    monkeypatch.setattr(steps, "_relu_of_preact", lambda site, record: False)
+    masked = deadrelu.scan(model, x, labels=y, gradients=True, batch_size=32)
+    for a, b in zip(fast.sites, masked.sites):
+        assert a.path == b.path
+        np.testing.assert_array_equal(a.grad_zero_rate, b.grad_zero_rate, err_msg=a.path)
+        close(a.grad_mean_abs, b.grad_mean_abs, f"{a.path} grad_mean_abs")
+    conv = fast.sites[0]
+    assert conv.grad_zero_rate[2] == 1.0 and conv.grad_mean_abs.max() > 0
+
+
 def _all_dead_classifier(seed: int, samples: int, units: int = 24, optimizer: str = "adam"):
     """A compiled classifier whose hidden ReLUs are all dead (bias -30), and its data."""
     keras.utils.set_random_seed(seed)
