@@ -185,7 +185,7 @@ class DeadReluMonitor(keras.callbacks.Callback):
         self.strategy = strategy
         self.log_details = validation.boolean(log_details, "log_details")
         self._strategy = None  # resolved against the model of the fit
-        self._probe = None  # kept across fits of the same model: traced once
+        self._probe = None  # the model's cached probe, kept across fits: traced once
         self._probe_data = None
         self._summaries: SummaryWriter | None = None  # open during a fit with a TensorBoard log folder
         self._reset()
@@ -232,14 +232,16 @@ class DeadReluMonitor(keras.callbacks.Callback):
         """Loads the probe data for the model, and traces the probe unless it is this model's already."""
         from deadrelu.data import load_data
         from deadrelu.engine.distribute import resolve_strategy
-        from deadrelu.engine.probe import Probe
+        from deadrelu.engine.probe import probe_for
 
         strategy = resolve_strategy(self.strategy, self.model)
         self._probe_data = load_data(
             self.data, self.model, samples=self.samples, rescale=self.rescale, strategy=strategy
         )
         if self._probe is None or self._probe.model is not self.model or strategy is not self._strategy:
-            self._probe = Probe(self.model, strategy=strategy)
+            # The model's cached probe: a new monitor on a model already scanned or watched reuses its
+            # traced (on JAX: compiled) step, instead of compiling it again in the first check.
+            self._probe = probe_for(self.model, strategy=strategy)
         self._strategy = strategy
 
     def on_train_end(self, logs: dict | None = None) -> None:

@@ -34,6 +34,9 @@ _LARGEST_SUBNORMAL = float(np.nextafter(np.float32(np.finfo(np.float32).tiny), n
 # blocks (each costs a dozen eager ops). Against 1 MB, 4 MB took 0.86× on the MNIST CNN, 0.85× on
 # MobileNetV2 and 0.73× on DenseNet121; 16 MB took the CNN 1.10× (tests/bench/ab_torch_blocks.py).
 _BLOCK_BYTES = 4 << 20
+# With a gradient beside the output (two tensors and their temporaries), 4 MB blocks took a
+# gradient scan of the CNN 1.08× the time of 1 MB ones.
+_GRADIENT_BLOCK_BYTES = 1 << 20
 
 
 def torch_site_stats(
@@ -99,10 +102,10 @@ def _positions(x) -> tuple[int, ...]:
     return tuple(range(2, x.dim()))
 
 
-def _blocks(x):
-    """Row ranges of `x` (a `_units_second` view) of about `_BLOCK_BYTES` each."""
+def _blocks(x, size: int | None = None):
+    """Row ranges of `x` (a `_units_second` view) of about `size` bytes each (`_BLOCK_BYTES`)."""
     per_sample = max(1, x[0].numel() * x.element_size())
-    rows = max(1, _BLOCK_BYTES // per_sample)
+    rows = max(1, (size or _BLOCK_BYTES) // per_sample)
     return [(start, min(start + rows, x.shape[0])) for start in range(0, x.shape[0], rows)]
 
 
@@ -117,7 +120,7 @@ def _output_stats(site: Site, a, g, weights, *, clean: bool, grad_passed: bool =
     def keep(name: str, value) -> None:
         per_sample.setdefault(name, []).append(value)
 
-    for start, stop in _blocks(a):
+    for start, stop in _blocks(a, _GRADIENT_BLOCK_BYTES if g is not None else None):
         block = a[start:stop]
         if clean:
             bad = ~torch.isfinite(block)
