@@ -236,6 +236,23 @@ def test_one_monitor_serves_two_fits(xy, capsys):
     assert monitor._probe._step.traces == 1
 
 
+def test_a_new_monitor_and_a_scan_reuse_the_models_traced_probe(xy):
+    """The probe is the model's (`probe_for`): a second monitor, and a scan of the same model and
+    data shape, run the step the first monitor traced — a new monitor does not trace (on JAX,
+    compile) again in its first check — and the numbers stay each run's own."""
+    x, y = xy
+    model = _model()
+    first = deadrelu.DeadReluMonitor(x[:100], verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[first])
+    second = deadrelu.DeadReluMonitor(x[:100], verbose=0)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[second])
+    assert second._probe is first._probe and second._probe._step.traces == 1
+    report = deadrelu.scan(model, x[:100])
+    assert first._probe._step.traces == 1
+    assert report.dead_fraction == pytest.approx(second.timeline[-1].dead_fraction)
+    assert [c.epoch for c in first.timeline] == [1] and [c.epoch for c in second.timeline] == [1, 2]
+
+
 def test_stop_and_patience_start_afresh_each_fit(xy):
     x, y = xy
     model = _model()

@@ -535,8 +535,9 @@ class Probe:
         shape = {"grad_passed": grad_passed}
         if site.op_level:  # ReLUs on reshaped tensors: per sample, as found
             _, shape["positions"], shape["units"] = self._layout[record.index]
-        kernel = self._kernel
-        return site_batch_stats(site, record.output, grad, preact=record.preact, valid=valid, kernel=kernel, **shape)
+        return site_batch_stats(
+            site, record.output, grad, preact=record.preact, valid=valid, kernel=self._kernel, **shape
+        )
 
     # -- results --------------------------------------------------------------------------
 
@@ -693,11 +694,6 @@ def _first_line(exc: BaseException) -> str:
         return type(exc).__name__
     if lines[0].startswith("Graph execution error"):
         # The op's own message follows the Python stack of where the op was defined.
-        lines = [
-            line
-            for line in lines
-            if not line.startswith(("[[", "File ", "Detected at", "Graph execution"))
-            and not line.startswith(("self.", "return ", "outputs = "))
-        ] or lines
-        lines = lines[-1:]
+        noise = ("[[", "File ", "Detected at", "Graph execution", "self.", "return ", "outputs = ")
+        lines = [line for line in lines if not line.startswith(noise)][-1:] or lines[-1:]
     return re.sub(r"\s*\[\[.*$|\s*\[Op:.*$", "", lines[0])[:300]
