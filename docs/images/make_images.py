@@ -87,31 +87,16 @@ def _notebook_screenshot(notebook, work: Path, name: str, *, height: int) -> Non
 
 
 def main() -> None:
-    import nbclient
     import nbformat
-    from nbconvert import HTMLExporter
 
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         (work / "samples").symlink_to(SAMPLES)
-        notebook = nbformat.v4.new_notebook()
-        notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        nbclient.NotebookClient(
-            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}
-        ).execute()
-        for cell in notebook.cells:  # TensorFlow's start-up chatter on stderr is not what the pictures are about
-            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
-        page, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
-
+        notebook = _run_notebook(CELLS, work)
         first = nbformat.from_dict({**notebook, "cells": notebook.cells[:2]})
         last = nbformat.from_dict({**notebook, "cells": notebook.cells[2:]})
-        for name, part, height in (("notebook_report", first, 900), ("notebook_timeline", last, 1000)):
-            html, _ = HTMLExporter(template_name="lab").from_notebook_node(part)
-            (work / f"{name}.html").write_text(html, encoding="utf-8")
-            screenshot(work / f"{name}.html", HERE / f"{name}.png", width=1100, height=height)
-        (work / "notebook.html").write_text(page, encoding="utf-8")
+        _notebook_screenshot(first, work, "notebook_report", height=900)
+        _notebook_screenshot(last, work, "notebook_timeline", height=1000)
         save_unit_map(work / "logs" / "deadrelu", HERE / "tensorboard_unit_map.png")
         tensorboard_screenshot(work, HERE / "tensorboard_histograms.png")
 
