@@ -28,12 +28,35 @@ RTOL = 1e-5
 GRAD_RTOL = 1e-4
 
 
-def _scan(backend: str, args: list[str], out) -> dict:
-    env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, "-m", "deadrelu", "scan", *args, "--gradients", "--quiet", "--json", str(out)]
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, f"{backend}: exit {done.returncode}\n{done.stderr[-3000:]}"
-    return json.loads(out.read_text())
+def _scan_all(backends: list[str], args: list[str], tmp_path) -> dict[str, dict]:
+    """Runs the scan on every backend at once (each process mostly imports and compiles on one core)."""
+    running = {}
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
+        out = tmp_path / f"{backend}.json"
+        command = [sys.executable, "-m", "deadrelu", "scan", *args, "--gradients", "--quiet", "--json", str(out)]
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        running[backend] = (process, out)
+    reports = {}
+    try:
+        for backend, (process, out) in running.items():
+            _, err = process.communicate(timeout=240)
+            assert process.returncode == 0, f"{backend}: exit {process.returncode}\n{err[-3000:]}"
+            reports[backend] = json.loads(out.read_text())
+    finally:
+        for process, _ in running.values():
+            if process.poll() is None:
+                os.killpg(process.pid, 9)  # a timeout or a failure elsewhere: nothing is left running
+                process.communicate()
+    return reports
 
 
 def _differences(a, b, path: str = "", scale: float = 0.0) -> list[str]:
@@ -72,9 +95,9 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_backend_gives_the_same_report(case, shared, tmp_path):
     args = [str(a) for a in CASES[case](shared)]
-    reference = _scan("tensorflow", args, tmp_path / "tensorflow.json")
+    reports = _scan_all(["tensorflow", *OTHER_BACKENDS], args, tmp_path)
+    reference = reports.pop("tensorflow")
     assert reference["sites"] and any(site["grad_zero_rate"] for site in reference["sites"])
-    for backend in OTHER_BACKENDS:
-        report = _scan(backend, args, tmp_path / f"{backend}.json")
+    for backend, report in reports.items():
         differences = _differences(reference, report)
         assert not differences, f"{backend} differs from tensorflow:\n" + "\n".join(differences[:20])

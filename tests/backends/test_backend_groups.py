@@ -1,7 +1,9 @@
-"""JAX: full batches run in groups, one `jax.lax.scan` each (`deadrelu.engine.steps_jax`).
+"""JAX: full batches run in groups, one `jax.lax.scan` each, and the step's compiler options
+(`deadrelu.engine.steps_jax`).
 
 The grouped scan must give the per-batch scan's numbers: counts exactly, sums to 1e-6 — and both
-the numpy reference of a plain forward pass.
+the numpy reference of a plain forward pass. The forward step compiled with YNNPACK's elementwise
+fusions must give the default compile's numbers bit for bit, and an XLA that rejects them its defaults.
 """
 
 from __future__ import annotations
@@ -75,3 +77,61 @@ def test_group_size_follows_the_memory_budget(monkeypatch):
     assert probe_for(few)._step._groups is None
     conv = np.asarray(keras.Model(model.input, model.get_layer("conv").output)(x))
     np.testing.assert_allclose(report.sites[0].max_output, conv.reshape(-1, 4).max(0), rtol=1e-6)
+
+
+# -- the step's compiler options (`steps_jax.COMPILER_OPTIONS`) ----------------------------------
+
+
+def _cnn():
+    """Big enough for XLA to hand its elementwise work to YNNPACK (small tensors stay in its own loops)."""
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(32, 3, activation="relu", name="conv")(inputs)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(16, 3, name="conv_bn")(h)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU(max_value=6.0, name="relu6")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(32, activation="relu", name="hidden")(h)
+    outputs = keras.layers.Dense(10, activation="softmax", name="classes")(h)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(5)
+    model.set_weights([rng.normal(scale=0.3, size=w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+def _compiled_text(model, x) -> str:
+    step = probe_for(model)._step
+    weights = [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+    return step._fn.lower(*weights, x, np.ones(len(x), np.float32)).compile().as_text()
+
+
+def test_the_step_compiles_with_ynnpack_elementwise_fusions_and_gives_the_same_numbers(monkeypatch):
+    if not steps_jax._takes_options():
+        pytest.skip("this XLA does not take the YNNPACK fusion option (or runs on no CPU)")
+    x = np.random.default_rng(6).normal(size=(200, 28, 28, 1)).astype("float32")
+    fused, plain = _cnn(), _cnn()
+    report = deadrelu.scan(fused, x, batch_size=64, verbose=0)
+    texts = [_compiled_text(fused, x[:64])]
+    monkeypatch.setattr(steps_jax, "COMPILER_OPTIONS", {})  # jax.jit's defaults
+    reference = deadrelu.scan(plain, x, batch_size=64, verbose=0)
+    texts.append(_compiled_text(plain, x[:64]))
+    # The options take effect: XLA hands more of the step to YNNPACK…
+    assert texts[0].count("__ynn_fusion") > texts[1].count("__ynn_fusion")
+    # …and every number of the scan is the default compile's, bit for bit.
+    assert [s.to_dict() for s in report.sites] == [s.to_dict() for s in reference.sites]
+    conv = np.asarray(keras.Model(fused.input, fused.get_layer("conv").output)(x))
+    np.testing.assert_allclose(report.sites[0].active_rate, (conv > 0).reshape(-1, 32).mean(0), rtol=1e-12)
+
+
+def test_an_xla_that_rejects_the_options_compiles_the_step_with_its_defaults(monkeypatch):
+    monkeypatch.setattr(steps_jax, "COMPILER_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION"})
+    steps_jax._takes_options.cache_clear()
+    try:
+        assert not steps_jax._takes_options()
+        model, x = _model(), np.random.default_rng(7).normal(size=(40, 6, 6, 2)).astype("float32")
+        report = deadrelu.scan(model, x, batch_size=16, verbose=0)
+    finally:
+        monkeypatch.undo()
+        steps_jax._takes_options.cache_clear()
+    conv = np.asarray(keras.Model(model.input, model.get_layer("conv").output)(x))
+    np.testing.assert_allclose(report.sites[0].active_rate, (conv > 0).reshape(-1, 4).mean(0), rtol=1e-12)

@@ -13,7 +13,9 @@ not counted; then `--repeats` rounds, interleaved, the members of a compared pai
   model called eagerly under `torch.no_grad()`, then `torch.sum` of each site output. A tool that
   reads every activation cannot go below it.
 - scan: `deadrelu.scan(model, x, batch_size=B)`; target ≤ 1.10× the floor.
-- JAX only: the `lax.scan` floor, the same jitted forward and sums with the full batches stacked into
+- JAX only: the floor compiled as deadrelu compiles its own step, with YNNPACK's elementwise fusions
+  (`deadrelu.engine.steps_jax.COMPILER_OPTIONS`), which makes the forward pass itself faster; the
+  `lax.scan` floor, the same jitted forward and sums with the full batches stacked into
   the groups deadrelu's JAX step forms, one `jax.lax.scan` each (`deadrelu.engine.steps_jax`); and the
   scan without those groups (`steps_jax.MAX_GROUP = 1`, on a copy of the model): before and after.
 - train step: the floor of a gradient scan, one pass of the summed categorical cross-entropy's
@@ -76,8 +78,9 @@ def observed_model(model):
     return keras.Model(model.inputs, [*model.outputs, *C.site_outputs(model)])
 
 
-def floor_loop(model, x, batch_size: int) -> Callable[[], None]:
-    """The floor of observing on the active backend (see the module docstring)."""
+def floor_loop(model, x, batch_size: int, compiler_options: dict | None = None) -> Callable[[], None]:
+    """The floor of observing on the active backend (see the module docstring); on JAX, `compiler_options`
+    compiles it as deadrelu compiles its own step (`steps_jax.COMPILER_OPTIONS`)."""
     import keras
 
     backend = keras.backend.backend()
@@ -89,10 +92,11 @@ def floor_loop(model, x, batch_size: int) -> Callable[[], None]:
         import jax
         import jax.numpy as jnp
 
-        @jax.jit
-        def step(trainable, non_trainable, batch):
+        def forward(trainable, non_trainable, batch):
             values, _ = observed.stateless_call(trainable, non_trainable, batch, training=False)
             return values[:outputs], [jnp.sum(a) for a in values[outputs:]]
+
+        step = jax.jit(forward, compiler_options=compiler_options)
 
         def run() -> None:
             trainable = [v.value for v in observed.trainable_variables]
@@ -284,10 +288,13 @@ def child(args: argparse.Namespace) -> None:
         }
         groups = [["predict", "floor", "scan"]]
         if backend == "jax":  # the lax.scan groups: the floor in their formulation, and the scan without them
+            from deadrelu.engine import steps_jax
+
             contenders["floor_scan"] = floor_scan_loop(model, x, batch)
             before = per_batch_scan(model)
             contenders["scan_per_batch"] = lambda x=x, b=batch, run=before: run(x, b)
-            groups = [["predict", "floor", "floor_scan", "scan", "scan_per_batch"]]
+            contenders["floor_fused"] = floor_loop(model, x, batch, steps_jax.COMPILER_OPTIONS)
+            groups = [["predict", "floor", "floor_fused", "floor_scan", "scan", "scan_per_batch"]]
         if name == "cnn":
             contenders["train_step"] = train_step_loop(model, x, y, batch)
             contenders["gradients"] = lambda m=model, x=x, y=y, b=batch: deadrelu.scan(
@@ -307,6 +314,9 @@ def child(args: argparse.Namespace) -> None:
             "floor/predict": C.paired_ratio(t["floor"], t["predict"]),
             "scan/floor": C.paired_ratio(t["scan"], t["floor"]),
         }
+        if "floor_fused" in t:
+            result["floor_fused/floor"] = C.paired_ratio(t["floor_fused"], t["floor"])
+            result["scan/floor_fused"] = C.paired_ratio(t["scan"], t["floor_fused"])
         if "floor_scan" in t:
             result["floor_scan/floor"] = C.paired_ratio(t["floor_scan"], t["floor"])
             result["scan/floor_scan"] = C.paired_ratio(t["scan"], t["floor_scan"])
@@ -347,6 +357,10 @@ def table(backend: str, results: list[dict], args: argparse.Namespace) -> str:
         m, label = r["median"], "MNIST CNN" if r["model"] == "cnn" else r["model"]
         row(f"{label}: floor / predict", f"{m['floor']:.3f} / {m['predict']:.3f}", r["floor/predict"], None)
         row(f"{label}: scan / floor", f"{m['scan']:.3f} / {m['floor']:.3f}", r["scan/floor"], SCAN_VS_FLOOR)
+        if "floor_fused/floor" in r:  # JAX: the floor compiled with the options of deadrelu's step
+            ff, fl = m["floor_fused"], m["floor"]
+            row(f"{label}: floor, YNNPACK eltwise / floor", f"{ff:.3f} / {fl:.3f}", r["floor_fused/floor"], None)
+            row(f"{label}: scan / floor, YNNPACK eltwise", f"{m['scan']:.3f} / {ff:.3f}", r["scan/floor_fused"], None)
         if "floor_scan/floor" in r:  # JAX: before (per batch) and after (lax.scan groups), against both floors
             fs, sp = m["floor_scan"], m["scan_per_batch"]
             row(f"{label}: lax.scan floor / floor", f"{fs:.3f} / {m['floor']:.3f}", r["floor_scan/floor"], None)
