@@ -18,6 +18,7 @@ alternating), ratios are paired medians against the floor:
 
 Usage (from the repository root):
     python tests/bench/jax_floor_formulations.py --repeats 7
+    python tests/bench/jax_floor_formulations.py --repeats 7 --deadrelu-options   # compiled as deadrelu's step
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def z_stats(variant: str, z, axes) -> list:
     return [high, low, jnp.sum(d, axis=axes), jnp.sum(d * d, axis=axes)]
 
 
-def make_step(model, variant: str):
+def make_step(model, variant: str, compiler_options: dict | None = None):
     """One jitted step: the model's forward, and the variant's reductions of each ReLU site."""
     import jax
     import keras
@@ -98,7 +99,7 @@ def make_step(model, variant: str):
                 reductions += z_stats(variant, z, axes)
         return y, reductions
 
-    return jax.jit(step)
+    return jax.jit(step, compiler_options=compiler_options)
 
 
 def main() -> None:
@@ -106,21 +107,29 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument(
+        "--deadrelu-options",
+        action="store_true",
+        help="compile every variant as deadrelu compiles its step (steps_jax.COMPILER_OPTIONS)",
+    )
     args = p.parse_args()
 
     import jax
+
+    from deadrelu.engine import steps_jax
 
     model = C.mnist_cnn()
     x, _, source = C.load_inputs(args.samples)
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     batch = args.batch_size
-    steps = {variant: make_step(model, variant) for variant in VARIANTS}
+    options = steps_jax.COMPILER_OPTIONS if args.deadrelu_options else None
+    steps = {variant: make_step(model, variant, options) for variant in VARIANTS}
 
     def run(step) -> None:
         jax.block_until_ready([step(trainable, non_trainable, x[s : s + batch]) for s in range(0, len(x), batch)])
 
-    print(f"deadrelu {C.revision()}; JAX {jax.__version__}; {source}; batch {batch}")
+    print(f"deadrelu {C.revision()}; JAX {jax.__version__}; {source}; batch {batch}; compiler options {options}")
     print(f"load average before: {C.load_average()}")
     for step in steps.values():
         run(step)
