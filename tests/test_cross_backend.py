@@ -1,7 +1,7 @@
 """The same file scanned on TensorFlow, JAX and PyTorch gives the same report.
 
-Each backend runs `deadrelu scan ... --gradients --json` in its own process (KERAS_BACKEND set),
-on the sample model and on a real CNN from ../shared/models. The reports must agree: counts and
+Each backend runs `deadrelu scan ... --gradients --json` in its own process (KERAS_BACKEND set; the
+three at once), on the sample model and on a real CNN from ../shared/models. The reports must agree: counts and
 verdicts exactly, activation statistics to 1e-5 relative and gradient statistics to 1e-4 (per-unit
 numbers relative to the site's largest: a near-dead unit's gradient of 1e-8 is a difference of
 float32 rounding, not of meaning). A backend that is not installed is skipped.

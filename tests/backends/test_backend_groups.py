@@ -3,7 +3,8 @@
 
 The grouped scan must give the per-batch scan's numbers: counts exactly, sums to 1e-6 — and both
 the numpy reference of a plain forward pass. The forward step compiled with YNNPACK's elementwise
-fusions must give the default compile's numbers bit for bit, and an XLA that rejects them its defaults.
+fusions must give the default compile's numbers bit for bit on a ReLU / BatchNormalization model, and
+an XLA that rejects them its defaults.
 """
 
 from __future__ import annotations
