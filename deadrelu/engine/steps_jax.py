@@ -50,10 +50,19 @@ COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(f"LIBRARY_F
 
 
 def jit(fn: Callable) -> Callable:
-    """`jax.jit(fn)`, with `COMPILER_OPTIONS` on a CPU whose XLA takes them (older ones do not)."""
+    """`jax.jit(fn)`, with `COMPILER_OPTIONS` on a CPU whose XLA takes them (older ones do not), unless
+    `DEADRELU_KERNEL=off` (deadrelu's own fast paths off: `jax.jit`'s defaults, as on TensorFlow its ops).
+
+    Raises:
+        UsageError: `DEADRELU_KERNEL` is neither "auto" nor "off".
+    """
     import jax
 
-    return jax.jit(fn, compiler_options=COMPILER_OPTIONS) if _takes_options() else jax.jit(fn)
+    from deadrelu import kernel
+
+    if kernel.mode() == "off" or not _takes_options():
+        return jax.jit(fn)
+    return jax.jit(fn, compiler_options=COMPILER_OPTIONS)
 
 
 @functools.cache

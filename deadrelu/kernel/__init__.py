@@ -21,8 +21,8 @@ changes. The kernel is used on CPUs only (no GPU visible to TensorFlow), and nev
 PyTorch backends (their steps reduce with `keras.ops`).
 
 Environment:
-    DEADRELU_KERNEL: "auto" (build and use it when possible) or "off" (TensorFlow's ops only).
-        Defaults to "auto".
+    DEADRELU_KERNEL: "auto" (build and use it when possible) or "off" (TensorFlow's ops only; on
+        JAX, `jax.jit`'s default compiler options, see `deadrelu.engine.steps_jax`). Defaults to "auto".
     DEADRELU_CACHE_DIR: Where the built library is kept. Defaults to `$XDG_CACHE_HOME/deadrelu`,
         else `~/.cache/deadrelu`.
     CXX: The C++ compiler. Defaults to `c++`, else `g++`, else `clang++`, whichever is found.

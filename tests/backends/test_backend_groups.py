@@ -136,3 +136,22 @@ def test_an_xla_that_rejects_the_options_compiles_the_step_with_its_defaults(mon
         steps_jax._takes_options.cache_clear()
     conv = np.asarray(keras.Model(model.input, model.get_layer("conv").output)(x))
     np.testing.assert_allclose(report.sites[0].active_rate, (conv > 0).reshape(-1, 4).mean(0), rtol=1e-12)
+
+
+def test_kernel_off_compiles_the_step_with_jax_jits_defaults(monkeypatch):
+    if not steps_jax._takes_options():
+        pytest.skip("this XLA does not take the YNNPACK fusion option (or runs on no CPU)")
+    x = np.random.default_rng(8).normal(size=(64, 28, 28, 1)).astype("float32")
+    counts = {}
+    for setting in ("auto", "off"):
+        monkeypatch.setenv("DEADRELU_KERNEL", setting)
+        model = _cnn()
+        deadrelu.scan(model, x, batch_size=64, verbose=0)
+        counts[setting] = _compiled_text(model, x).count("__ynn_fusion")
+    monkeypatch.setattr(steps_jax, "COMPILER_OPTIONS", {})
+    plain = _cnn()
+    deadrelu.scan(plain, x, batch_size=64, verbose=0)
+    assert counts["off"] == _compiled_text(plain, x).count("__ynn_fusion") < counts["auto"]
+    monkeypatch.setenv("DEADRELU_KERNEL", "fast")
+    with pytest.raises(deadrelu.UsageError, match="DEADRELU_KERNEL='fast'"):
+        deadrelu.scan(_cnn(), x, batch_size=64, verbose=0)
