@@ -39,13 +39,11 @@ GROUP_BYTES = 256 * 2**20
 _FUSIONS = "INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "REDUCE", "ELTWISE"
 #: XLA's CPU compiler options of the forward step: YNNPACK's elementwise fusions besides the dot,
 #: convolution and reduce ones XLA uses by default, so that a layer's bias and ReLU and the step's
-#: statistics run inside YNNPACK's kernels. On the MNIST CNN the floor of observing takes 0.75× its
-#: default time and a scan 0.83× (DenseNet121 0.88×, MobileNetV2 1.01×; tests/bench/ab_jax_fusions.py),
-#: with the same numbers bit for bit. Where a tanh, sigmoid, GELU, LayerNormalization… runs before
-#: a site, YNNPACK's own approximations round differently (1e-7 relative), as `predict` and an eager
-#: call do: a pre-activation within rounding of zero can move a count by one. Only deadrelu's own
-#: programs are compiled so. The gradient step keeps the defaults: its backward pass rounds
-#: differently too, and gradients are at their floor without the option.
+#: statistics run inside YNNPACK's kernels (a scan of the MNIST CNN: 0.83× the time; docs/backends.md,
+#: tests/bench/ab_jax_fusions.py). The numbers are the default compile's bit for bit on ReLU and
+#: BatchNormalization models; after a tanh, sigmoid, GELU… YNNPACK's own approximations round
+#: differently (1e-7 relative). The gradient step keeps the defaults (its backward pass would round
+#: differently, and it is at its floor without them).
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in _FUSIONS)}
 
 
