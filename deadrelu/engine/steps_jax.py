@@ -56,7 +56,7 @@ def jit(fn: Callable) -> Callable:
     """
     import jax
 
-    from deadrelu import kernel
+    import deadrelu.kernel as kernel
 
     if kernel.mode() == "off" or not _takes_options():
         return jax.jit(fn)
