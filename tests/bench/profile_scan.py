@@ -3,10 +3,12 @@
 Two views of one model, on the same batches as `bench_scan.py`:
 
 1. A/B by substitution, CPU milliseconds per batch (median of `--repeats` interleaved rounds): the
-   compiled forward loop (the floor), the whole scan, the probe with every site's reduction
-   replaced by a trivial one (what the engine costs besides reducing: hooks, accumulators, the
-   Python loop, the data path), and the probe reducing one site only, for the `--sites` largest;
-   the difference to the trivial probe is that site's reduction.
+   compiled forward loop (the floor), the whole scan, the probe as a scan runs it, the same probe
+   without the kernel's fused ReLU op (TensorFlow applies the ReLU, the kernel's other ops reduce),
+   the probe with every site's reduction replaced by a trivial one (what the engine costs besides
+   reducing: hooks, accumulators, the Python loop, the data path), and the probe reducing one site
+   only, for the `--sites` largest; the difference to the trivial probe is that site's reduction.
+   The substituted probes run without the fused op, which reduces as it applies the ReLU.
 2. `cProfile` of warm scans: the share spent executing the traced step (`TFE_Py_Execute`) and the
    Python functions around it that cost the most.
 
@@ -43,8 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def trivial_stats(site, output, grad=None, *, positions=None, units=None, valid=None, kernel=None) -> dict:
-    """Per-unit statistics of the right shapes and dtypes that read only the first row of the output."""
+def trivial_stats(site, output, grad=None, *, positions=None, units=None, **_) -> dict:
+    """Per-unit statistics of the right shapes and dtypes that read only the first row of the output
+    (no pre-activation statistics: their totals keep their neutral values)."""
     import tensorflow as tf
 
     units = units or output.shape[site.channel_axis]
@@ -82,24 +85,28 @@ def main(argv=None) -> int:
         f"load {C.load_average()}"
     )
 
-    real = probe_module.site_batch_stats
+    real, real_fused = probe_module.site_batch_stats, probe_module.fused_relu_stats
 
-    def probe_with(stats_fn):
-        """A fresh probe traced with `stats_fn` as its reduction; returns a pass over the batches."""
+    def probe_with(stats_fn, fused: bool = False):
+        """A fresh probe traced with `stats_fn` as its reduction; returns a pass over the batches. Unless
+        `fused`, without the kernel's fused ReLU op: it measures as it applies the ReLU, so a probe
+        with it would keep reducing whatever `stats_fn` is."""
         probe_module.site_batch_stats = stats_fn
+        probe_module.fused_relu_stats = real_fused if fused else (lambda *args, **kwargs: None)
         try:
             probe = probe_module.Probe(model)
             result = probe.run(batches[:1])
         finally:
-            probe_module.site_batch_stats = real
+            probe_module.site_batch_stats, probe_module.fused_relu_stats = real, real_fused
         return (lambda: probe.run(batches)), result
 
-    full, result = probe_with(real)
+    full, result = probe_with(real, fused=True)
     sizes = sorted(((s.positions * s.units, s.site.path) for s in result.sites), reverse=True)
     contenders = {
         "forward": C.forward_loop(model, x, batch),
         "scan": lambda: deadrelu.scan(model, x, batch_size=batch),
         "probe, every site": full,
+        "probe, every site, no fused ReLU op": probe_with(real)[0],
         "probe, no reduction": probe_with(trivial_stats)[0],
     }
     for _, path in sizes[: args.sites]:
