@@ -1,9 +1,8 @@
 """A real `MultiWorkerMirroredStrategy` cluster on localhost, for tests: worker subprocesses with `TF_CONFIG`.
 
-Each worker is a new process in its own session (so a kill reaches everything it started), on free
-127.0.0.1 ports, told its place by `TF_CONFIG` as TensorFlow reads it. `run_cluster` waits for all
-of them within one time bound, and always kills and reaps every worker, even on a failure or a
-timeout.
+Each worker is a new process (started by `processes.run_at_once`: in its own session, bounded in
+time, always killed and reaped, even on a failure or a timeout), on free 127.0.0.1 ports, told its
+place by `TF_CONFIG` as TensorFlow reads it.
 
 Example:
     >>> results = run_cluster([sys.executable, "-m", "deadrelu", "scan", "m.keras", "--strategy",
@@ -14,17 +13,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from processes import run_at_once
 
 
 @dataclasses.dataclass
@@ -79,53 +75,8 @@ def run_cluster(
         One `WorkerResult` per worker, in index order.
     """
     argvs = [list(command)] * workers if isinstance(command[0], str) else [list(c) for c in command]
-    folders = [Path(cwd)] * workers if isinstance(cwd, (str, os.PathLike)) else [Path(c) for c in cwd]
     ports = free_ports(workers)
     base = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    processes: list[subprocess.Popen] = []
-    # Output goes to unnamed temporary files, not pipes: a worker blocked on a full pipe would hold
-    # up the whole cluster (its peers wait for it in every collective).
-    logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(workers)]  # noqa: SIM115
-    try:
-        for index in range(workers):
-            processes.append(
-                subprocess.Popen(
-                    argvs[index],
-                    cwd=folders[index],
-                    env={**base, "TF_CONFIG": tf_config(ports, index)},
-                    stdout=logs[index][0],
-                    stderr=logs[index][1],
-                    text=True,
-                    start_new_session=True,
-                )
-            )
-        deadline = time.monotonic() + timeout
-        codes = []
-        for process in processes:
-            try:
-                codes.append(process.wait(timeout=max(deadline - time.monotonic(), 0.1)))
-            except subprocess.TimeoutExpired:
-                _kill(process)
-                codes.append(None)
-        results = []
-        for index, ((out, err), code) in enumerate(zip(logs, codes)):
-            out.seek(0)
-            err.seek(0)
-            note = "" if code is not None else f"\n[killed after {timeout:g} s]"
-            results.append(WorkerResult(index, code, out.read(), err.read() + note))
-        return results
-    finally:
-        for process in processes:
-            _kill(process)
-        for out, err in logs:
-            out.close()
-            err.close()
-
-
-def _kill(process: subprocess.Popen) -> None:
-    """Kills the worker's whole session (it and anything it started) and reaps it."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
+    envs = [{**base, "TF_CONFIG": tf_config(ports, index)} for index in range(workers)]
+    done = run_at_once(argvs, envs=envs, cwd=cwd, timeout=timeout)
+    return [WorkerResult(index, d.returncode, d.stdout, d.stderr) for index, d in enumerate(done)]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 
 import pytest
 
 from paths import ROOT
+from processes import run_at_once
 
 # Seconds one backend's run may take (about 30 s on 2 cores today) before it is killed.
 TIMEOUT = 300
@@ -33,16 +33,9 @@ def test_backend_suite(backend):
         # (XLA's HLO passes still run) the run takes 63 s instead of 94 s. Users and benchmarks keep it.
         env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
     command = [sys.executable, "-m", "pytest", "tests/backends", "-q", "-p", "no:cacheprovider", "-W", "ignore"]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)  # pytest and anything it started
-        output, _ = process.communicate()
+    (done,) = run_at_once([command], envs=[env], cwd=ROOT, timeout=TIMEOUT, merge_stderr=True)
+    output = done.stdout
+    if done.returncode is None:  # killed, with pytest and anything it started
         pytest.fail(f"tests/backends on {backend} took over {TIMEOUT} s and was killed:\n{output[-6000:]}")
-    assert process.returncode == 0, (
-        f"tests/backends on {backend} failed (exit {process.returncode}):\n{output[-12000:]}"
-    )
+    assert done.returncode == 0, f"tests/backends on {backend} failed (exit {done.returncode}):\n{output[-12000:]}"
     assert " passed" in output.splitlines()[-1], output[-2000:]

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from paths import ROOT, SAMPLES
+from processes import run_at_once
 
 OTHER_BACKENDS = [b for b in ("jax", "torch") if importlib.util.find_spec(b) is not None]
 # Where the backends may differ without being wrong: the backend named, where the run happened.
@@ -30,32 +30,14 @@ GRAD_RTOL = 1e-4
 
 def _scan_all(backends: list[str], args: list[str], tmp_path) -> dict[str, dict]:
     """Runs the scan on every backend at once (each process mostly imports and compiles on one core)."""
-    running = {}
-    for backend in backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
-        out = tmp_path / f"{backend}.json"
-        command = [sys.executable, "-m", "deadrelu", "scan", *args, "--gradients", "--quiet", "--json", str(out)]
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        running[backend] = (process, out)
+    outs = [tmp_path / f"{backend}.json" for backend in backends]
+    scan = [sys.executable, "-m", "deadrelu", "scan", *args, "--gradients", "--quiet", "--json"]
+    argvs = [[*scan, str(out)] for out in outs]
+    envs = [dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="") for backend in backends]
     reports = {}
-    try:
-        for backend, (process, out) in running.items():
-            _, err = process.communicate(timeout=240)
-            assert process.returncode == 0, f"{backend}: exit {process.returncode}\n{err[-3000:]}"
-            reports[backend] = json.loads(out.read_text())
-    finally:
-        for process, _ in running.values():
-            if process.poll() is None:
-                os.killpg(process.pid, 9)  # a timeout or a failure elsewhere: nothing is left running
-                process.communicate()
+    for backend, out, done in zip(backends, outs, run_at_once(argvs, envs=envs, cwd=ROOT, timeout=240)):
+        assert done.returncode == 0, f"{backend}: exit {done.returncode}\n{done.stderr[-3000:]}"
+        reports[backend] = json.loads(out.read_text())
     return reports
 
 

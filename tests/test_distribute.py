@@ -24,6 +24,7 @@ import deadrelu
 import deadrelu.engine.distribute as distribute
 from cluster import run_cluster
 from deadrelu.data import load_data
+from processes import run_at_once
 
 L = keras.layers
 TESTS = Path(__file__).parent
@@ -221,20 +222,11 @@ def test_mirrored_on_2_and_3_logical_cpus():
     """tests/distributed in a process with 3 logical CPUs: scan, datasets, the monitor, revive, prune."""
     env = {**os.environ, "DEADRELU_DISTRIBUTED_TESTS": "1", "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [sys.executable, "-m", "pytest", str(TESTS / "distributed"), "-q", "-p", "no:cacheprovider", "-x"]
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        out, _ = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        out, _ = process.communicate()
+    (done,) = run_at_once([command], envs=[env], cwd=REPO, timeout=240, merge_stderr=True)
+    out = done.stdout
+    if done.returncode is None:
         pytest.fail(f"tests/distributed did not finish in 240 s:\n{out[-3000:]}")
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, 9)
-            process.wait()
-    assert process.returncode == 0, out[-6000:]
+    assert done.returncode == 0, out[-6000:]
     assert " passed" in out and " skipped" not in out, out[-2000:]
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import keras
@@ -169,6 +168,7 @@ import deadrelu  # noqa: E402
 from deadrelu import kernel  # noqa: E402
 from deadrelu.engine.probe import probe_for  # noqa: E402
 from paths import ROOT  # noqa: E402
+from processes import run_at_once  # noqa: E402
 
 # Seconds a JAX or PyTorch subprocess may take (under 20 s on 2 cores) before it is killed.
 TIMEOUT = 240
@@ -178,22 +178,11 @@ def run_backend(backend: str) -> dict:
     """This file as a script under `KERAS_BACKEND=backend`, bounded in time; its JSON result."""
     pytest.importorskip(backend, reason=f"{backend} is not installed (pip install 'deadrelu[{backend}]')")
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(
-        [sys.executable, __file__],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        output, _ = process.communicate()
+    (done,) = run_at_once([[sys.executable, __file__]], envs=[env], cwd=ROOT, timeout=TIMEOUT, merge_stderr=True)
+    output = done.stdout
+    if done.returncode is None:
         pytest.fail(f"the scan on {backend} took over {TIMEOUT} s and was killed:\n{output[-4000:]}")
-    assert process.returncode == 0, output[-6000:]
+    assert done.returncode == 0, output[-6000:]
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
     assert result["backend"] == backend

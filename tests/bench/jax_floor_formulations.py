@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
-import numpy as np
 
 VARIANTS = ("floor", "output stats", "+ z, sum", "+ z, 2 passes", "+ z, 1 pass", "+ z, first", "+ c, 2 passes")
 
@@ -131,20 +129,12 @@ def main() -> None:
 
     print(f"deadrelu {C.revision()}; JAX {jax.__version__}; {source}; batch {batch}; compiler options {options}")
     print(f"load average before: {C.load_average()}")
-    for step in steps.values():
-        run(step)
-    times = {variant: [] for variant in steps}
-    for round_ in range(args.repeats):
-        order = list(steps.items())
-        for variant, step in order if round_ % 2 else order[::-1]:
-            start = time.perf_counter()
-            run(step)
-            times[variant].append(time.perf_counter() - start)
-    floor = np.array(times["floor"])
+    contenders = {variant: (lambda step=step: run(step)) for variant, step in steps.items()}
+    times = C.time_interleaved(contenders, args.repeats, log=lambda line: None, groups=[list(contenders)])
     print(f"load average after: {C.load_average()}\n")
     print("| variant | seconds (median) | / floor (paired) |\n|---|---:|---:|")
-    for variant, values in times.items():
-        print(f"| {variant} | {np.median(values):.3f} | {np.median(np.array(values) / floor):.2f}× |")
+    for variant, timing in times.items():
+        print(f"| {variant} | {timing.median:.3f} | {C.paired_ratio(timing, times['floor']):.2f}× |")
 
 
 if __name__ == "__main__":

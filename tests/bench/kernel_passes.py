@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -52,19 +51,16 @@ def main() -> None:
         "site stats": tf.function(lambda: ops.deadrelu_site_stats(tf.reshape(tf.nn.relu(z), rows), every_row)),
         "preact stats": tf.function(lambda: ops.deadrelu_preact_stats(tf.reshape(z, rows), every_row)),
     }
-    times = {name: [] for name in variants}
-    for fn in variants.values():
-        tf.nest.map_structure(lambda v: v.numpy(), fn())
-    for round_ in range(args.repeats):
-        order = list(variants.items())
-        for name, fn in order if round_ % 2 else order[::-1]:
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda v: v.numpy(), fn())
-            times[name].append(time.perf_counter() - start)
+
+    def fetched(fn):
+        return lambda: tf.nest.map_structure(lambda v: v.numpy(), fn())
+
+    contenders = {name: fetched(fn) for name, fn in variants.items()}
+    times = C.time_interleaved(contenders, args.repeats, log=lambda line: None, groups=[list(contenders)])
     print(f"deadrelu {C.revision()}; TensorFlow {tf.__version__}; z {tuple(z.shape)}; load {C.load_average()}")
     print("| variant | ms (median) |\n|---|---:|")
-    for name, values in times.items():
-        print(f"| {name} | {np.median(values) * 1e3:.2f} |")
+    for name, timing in times.items():
+        print(f"| {name} | {timing.median * 1e3:.2f} |")
 
 
 if __name__ == "__main__":
